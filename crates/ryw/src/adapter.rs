@@ -1,0 +1,311 @@
+//! The adapter trait: what the layer needs to know about one store.
+//!
+//! A [`StoreAdapter`] tells the layer whether a request reads or writes, which scopes it touches,
+//! how a fence is applied, how a write is stamped, which versions a response carries, which errors
+//! are transient, and whether a request may be replayed. The layer decides *when* to fence, retry
+//! and report; the adapter decides *how* on its store.
+//!
+//! # Example implementation
+//!
+//! A key-value store whose reads can go to the leader and whose responses carry the item version:
+//!
+//! ```
+//! use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp};
+//! use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
+//! use ryw::version::{ScopeKey, StoreId, Version};
+//!
+//! #[derive(Clone, Debug)]
+//! enum KvRequest {
+//!     Get { key: String, leader: bool },
+//!     Put { key: String, value: String, idempotency_key: Option<String> },
+//! }
+//!
+//! #[derive(Debug)]
+//! struct KvResponse { version: u64 }
+//!
+//! #[derive(Debug)]
+//! enum KvError { Timeout, Invalid }
+//!
+//! #[derive(Clone, Debug)]
+//! struct KvAdapter;
+//!
+//! const STORE: StoreId = StoreId::new(1);
+//!
+//! impl StoreAdapter for KvAdapter {
+//!     type Request = KvRequest;
+//!     type Response = KvResponse;
+//!     type Error = KvError;
+//!
+//!     fn store(&self) -> StoreId { STORE }
+//!
+//!     fn operation(&self, request: &KvRequest) -> Operation {
+//!         match request {
+//!             KvRequest::Get { .. } => Operation::Read,
+//!             KvRequest::Put { .. } => Operation::Write(Replay::Safe),
+//!         }
+//!     }
+//!
+//!     fn scopes(&self, request: &KvRequest, scopes: &mut Scopes) {
+//!         let (KvRequest::Get { key, .. } | KvRequest::Put { key, .. }) = request;
+//!         scopes.push(ScopeKey::new(STORE, key.as_bytes()));
+//!     }
+//!
+//!     fn fence_support(&self) -> FenceSupport {
+//!         FenceSupport::new().escalate(true)
+//!     }
+//!
+//!     fn stamp_write(&self, request: &mut KvRequest, stamp: &WriteStamp<'_>) {
+//!         if let KvRequest::Put { idempotency_key, .. } = request {
+//!             *idempotency_key = Some(stamp.write_id.to_string());
+//!         }
+//!     }
+//!
+//!     fn apply_fence(&self, request: &mut KvRequest, _: &ReadFence, strategy: FenceStrategy) {
+//!         if let KvRequest::Get { leader, .. } = request {
+//!             *leader = strategy == FenceStrategy::Escalate;
+//!         }
+//!     }
+//!
+//!     fn observe(&self, request: &KvRequest, response: &KvResponse, observed: &mut Observed) {
+//!         let (KvRequest::Get { key, .. } | KvRequest::Put { key, .. }) = request;
+//!         observed.push(ScopeKey::new(STORE, key.as_bytes()), Version::new(response.version));
+//!     }
+//!
+//!     fn classify(&self, error: &KvError) -> ErrorClass {
+//!         match error {
+//!             KvError::Timeout => ErrorClass::AMBIGUOUS,
+//!             KvError::Invalid => ErrorClass::Permanent,
+//!         }
+//!     }
+//! }
+//! ```
+
+use crate::clock::HybridTimestamp;
+use crate::conflict::Conflict;
+use crate::fence::{FenceStrategy, FenceSupport, ReadFence};
+use crate::session::WriteId;
+use crate::version::{ScopeKey, StoreId, Version};
+use smallvec::SmallVec;
+use std::time::Duration;
+
+/// Whether a request reads or writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Operation {
+    /// A read: fenced, verified, replayable.
+    Read,
+    /// A write, with whether it may be replayed after an ambiguous failure.
+    Write(Replay),
+}
+
+/// Whether a write may be sent again after an attempt whose outcome is unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Replay {
+    /// The store recognises a replay by its [`WriteId`] (or the write is idempotent): replaying
+    /// cannot duplicate its effect.
+    Safe,
+    /// The write is not idempotent (a counter, a list append): after an ambiguous failure it is
+    /// reported as [`crate::Error::Ambiguous`], never sent again. Failures known not to have
+    /// applied are still retried.
+    Never,
+}
+
+/// Whether a failed attempt may have applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Applied {
+    /// The store did not apply the request (throttled, unavailable before sending).
+    No,
+    /// Unknown: a timeout or a connection lost after sending.
+    Unknown,
+}
+
+/// How the layer treats an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// Worth retrying with backoff.
+    Transient(Applied),
+    /// A conditional write lost to another writer: see [`StoreAdapter::conflict`].
+    Conflict,
+    /// Retrying cannot help (validation, authorization, a missing table...).
+    Permanent,
+}
+
+impl ErrorClass {
+    /// Transient, known not to have applied.
+    pub const RETRYABLE: ErrorClass = ErrorClass::Transient(Applied::No);
+    /// Transient, may have applied.
+    pub const AMBIGUOUS: ErrorClass = ErrorClass::Transient(Applied::Unknown);
+
+    /// True for transient errors.
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorClass::Transient(_))
+    }
+}
+
+/// The scopes a request touches (inline for up to two).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scopes(SmallVec<[ScopeKey; 2]>);
+
+impl Scopes {
+    /// No scopes.
+    pub fn new() -> Self {
+        Scopes(SmallVec::new())
+    }
+
+    /// Adds a scope (duplicates are ignored).
+    pub fn push(&mut self, scope: ScopeKey) {
+        if !self.0.contains(&scope) {
+            self.0.push(scope);
+        }
+    }
+
+    /// The scopes.
+    pub fn iter(&self) -> impl Iterator<Item = ScopeKey> + '_ {
+        self.0.iter().copied()
+    }
+
+    /// Number of scopes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Versions (and optionally a clock reading) a response carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    versions: SmallVec<[(ScopeKey, Version); 2]>,
+    clock: Option<HybridTimestamp>,
+    strong: bool,
+}
+
+impl Observed {
+    /// Nothing observed.
+    pub fn new() -> Self {
+        Observed::default()
+    }
+
+    /// Records that the response reflects `scope` at `version` (use `Version::ZERO` for an item
+    /// that does not exist). A scope recorded twice keeps the larger version.
+    pub fn push(&mut self, scope: ScopeKey, version: Version) {
+        if let Some(slot) = self.versions.iter_mut().find(|(s, _)| *s == scope) {
+            slot.1 = slot.1.max(version);
+        } else {
+            self.versions.push((scope, version));
+        }
+    }
+
+    /// Records a timestamp the session's hybrid clock must move past (a Scylla write time, a
+    /// cluster time).
+    pub fn clock(&mut self, seen: HybridTimestamp) {
+        self.clock = Some(self.clock.map_or(seen, |c| c.max(seen)));
+    }
+
+    /// Marks the response as served by the strongly consistent path (it reflects every store
+    /// horizon).
+    pub fn mark_strong(&mut self) {
+        self.strong = true;
+    }
+
+    /// The version observed for `scope`.
+    pub fn get(&self, scope: ScopeKey) -> Option<Version> {
+        self.versions
+            .iter()
+            .find(|(s, _)| *s == scope)
+            .map(|(_, v)| *v)
+    }
+
+    /// All observed versions.
+    pub fn iter(&self) -> impl Iterator<Item = (ScopeKey, Version)> + '_ {
+        self.versions.iter().copied()
+    }
+
+    /// The clock reading, if any.
+    pub fn seen_clock(&self) -> Option<HybridTimestamp> {
+        self.clock
+    }
+
+    /// Whether the response came from the strong path.
+    pub fn is_strong(&self) -> bool {
+        self.strong
+    }
+}
+
+/// What the layer stamps on a write, once, before the first attempt.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteStamp<'a> {
+    /// The write's idempotency key.
+    pub write_id: WriteId,
+    /// The session's hybrid clock reading for this write: after every version the session has
+    /// seen. Stores with client timestamps (Scylla) write it as the cell timestamp.
+    pub timestamp: HybridTimestamp,
+    /// What the session has seen of the written scopes (for writes-follow-reads).
+    pub fence: &'a ReadFence,
+}
+
+/// One store's mapping of the session concepts. See the [module docs](self) for an example.
+///
+/// # Clone
+///
+/// The adapter is cloned into every request's future; keep it cheap (configuration behind an
+/// `Arc`).
+pub trait StoreAdapter: Clone + Send + Sync + 'static {
+    /// The store operation (the inner service's request).
+    type Request: Clone;
+    /// The inner service's response.
+    type Response;
+    /// The inner service's error.
+    type Error;
+
+    /// The store this adapter serves.
+    fn store(&self) -> StoreId;
+
+    /// Whether `request` reads or writes, and whether a write may be replayed.
+    fn operation(&self, request: &Self::Request) -> Operation;
+
+    /// The scopes `request` touches.
+    fn scopes(&self, request: &Self::Request, scopes: &mut Scopes);
+
+    /// Which fence strategies the store offers.
+    fn fence_support(&self) -> FenceSupport;
+
+    /// Stamps a write with its [`WriteId`] and timestamp. Called once; replays reuse the stamped
+    /// request.
+    fn stamp_write(&self, request: &mut Self::Request, stamp: &WriteStamp<'_>);
+
+    /// Applies `fence` to a read with `strategy` (set a wait version, route to the strong path, or
+    /// ask for versions to verify). Called on a fresh copy of the read for every attempt.
+    fn apply_fence(&self, request: &mut Self::Request, fence: &ReadFence, strategy: FenceStrategy);
+
+    /// Records the versions `response` reflects.
+    fn observe(&self, request: &Self::Request, response: &Self::Response, observed: &mut Observed);
+
+    /// Classifies an error for the retry policy.
+    fn classify(&self, error: &Self::Error) -> ErrorClass;
+
+    /// Conflict metadata for an error classified [`ErrorClass::Conflict`].
+    fn conflict(&self, request: &Self::Request, error: &Self::Error) -> Option<Conflict> {
+        let _ = (request, error);
+        None
+    }
+
+    /// Rewrites a write so that it applies over the conflict's current version (for a resolver
+    /// that keeps this write). Returns false when the store cannot (the conflict is then
+    /// reported).
+    fn rebase(&self, request: &mut Self::Request, conflict: &Conflict) -> bool {
+        let _ = (request, conflict);
+        false
+    }
+
+    /// How long replication may take: coarsened scopes fence their store this long.
+    fn replication_window(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+}

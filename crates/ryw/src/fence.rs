@@ -1,0 +1,432 @@
+//! Read fences: what a read must reflect, how the store is asked to meet it, and the visibility
+//! status every read returns.
+//!
+//! A [`ReadFence`] lists, for each scope a read touches, the version the read must reflect (the
+//! session's high-water mark) and whether a coarsened store horizon is live. The layer meets it
+//! with one of three [`FenceStrategy`]s, chosen by [`FenceConfig`] and what the adapter supports
+//! ([`FenceSupport`]):
+//!
+//! - [`FenceStrategy::ServerWait`]: the store waits until it has the version (MongoDB
+//!   `afterClusterTime`);
+//! - [`FenceStrategy::Escalate`]: read strongly (DynamoDB `ConsistentRead`, Scylla
+//!   `LOCAL_QUORUM`, a MongoDB primary);
+//! - [`FenceStrategy::Verify`]: read cheaply, compare the versions the response carries with the
+//!   fence, and on a miss re-read after a short delay, then escalate.
+//!
+//! Every read ends with a [`Visibility`]: `Guaranteed` (the fence was met, and how), or `Pending`
+//! (the budget ran out: the caller has the data, the required and observed versions, and knows a
+//! later read converges). With [`StaleReadPolicy::Error`] a stale read is an error instead.
+//!
+//! # Example: the decision sequence for a verify-first read
+//!
+//! ```
+//! use ryw::fence::{FenceConfig, FenceDecision, FenceStrategy, FenceSupport, ReadFence};
+//! use ryw::version::{Requirement, ScopeKey, StoreId, Version};
+//! use std::time::Duration;
+//!
+//! let scope = ScopeKey::new(StoreId::new(1), b"posts/1");
+//! let fence = ReadFence::from_requirements([Requirement {
+//!     scope,
+//!     version: Version::new(9),
+//!     horizon: None,
+//! }]);
+//! let config = FenceConfig::verify_then_escalate(1, Duration::from_millis(5));
+//! let support = FenceSupport::new().escalate(true);
+//!
+//! assert_eq!(fence.initial_strategy(&config, support), FenceStrategy::Verify);
+//! // The first cheap read was stale: re-read once after a delay, then escalate, then give up.
+//! assert_eq!(
+//!     fence.after_stale(&config, support, FenceStrategy::Verify, 0),
+//!     FenceDecision::Retry { strategy: FenceStrategy::Verify, delay: Duration::from_millis(5) }
+//! );
+//! assert_eq!(
+//!     fence.after_stale(&config, support, FenceStrategy::Verify, 1),
+//!     FenceDecision::Retry { strategy: FenceStrategy::Escalate, delay: Duration::ZERO }
+//! );
+//! assert_eq!(
+//!     fence.after_stale(&config, support, FenceStrategy::Escalate, 1),
+//!     FenceDecision::GiveUp
+//! );
+//! ```
+
+use crate::adapter::Observed;
+use crate::version::{Requirement, ScopeKey, Version};
+use smallvec::SmallVec;
+use std::fmt;
+use std::time::Duration;
+
+/// How a fence is applied to a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FenceStrategy {
+    /// The store waits until it has the required version.
+    ServerWait,
+    /// The read goes to a strongly consistent path.
+    Escalate,
+    /// The read is cheap; the layer verifies the versions it returns.
+    Verify,
+}
+
+/// Which strategies an adapter's store offers (verification is always possible).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FenceSupport {
+    server_wait: bool,
+    escalate: bool,
+    global_versions: bool,
+}
+
+impl FenceSupport {
+    /// Verification only.
+    pub const fn new() -> Self {
+        FenceSupport {
+            server_wait: false,
+            escalate: false,
+            global_versions: false,
+        }
+    }
+
+    /// The store can wait for a version server-side.
+    pub const fn server_wait(mut self, yes: bool) -> Self {
+        self.server_wait = yes;
+        self
+    }
+
+    /// The store can serve a strongly consistent read.
+    pub const fn escalate(mut self, yes: bool) -> Self {
+        self.escalate = yes;
+        self
+    }
+
+    /// Versions are positions in one store-wide order (a cluster time, an oplog position), so a
+    /// server wait on a store horizon's version is sound.
+    pub const fn global_versions(mut self, yes: bool) -> Self {
+        self.global_versions = yes;
+        self
+    }
+
+    /// Whether `strategy` is offered.
+    pub const fn supports(self, strategy: FenceStrategy) -> bool {
+        match strategy {
+            FenceStrategy::ServerWait => self.server_wait,
+            FenceStrategy::Escalate => self.escalate,
+            FenceStrategy::Verify => true,
+        }
+    }
+
+    /// Whether versions are store-wide.
+    pub const fn has_global_versions(self) -> bool {
+        self.global_versions
+    }
+}
+
+/// What the caller gets when a read stays stale after the fence budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StaleReadPolicy {
+    /// Return the data with [`Visibility::Pending`] (the default).
+    #[default]
+    Pending,
+    /// Fail with [`crate::Error::StaleRead`].
+    Error,
+}
+
+/// How the layer fences reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FenceConfig {
+    /// The strategy of the first attempt (falls back to `Verify` when unsupported).
+    pub initial: FenceStrategy,
+    /// Cheap re-reads after a stale verified read, before escalating.
+    pub rereads: u32,
+    /// Delay before each cheap re-read (the replica usually catches up within it).
+    pub reread_delay: Duration,
+    /// Escalate when cheap reads stay stale (if the store can).
+    pub escalate_on_stale: bool,
+    /// What a read that stays stale returns.
+    pub stale_reads: StaleReadPolicy,
+}
+
+impl Default for FenceConfig {
+    /// Verify first, one re-read after 10 ms, then escalate; stale reads are `Pending`.
+    fn default() -> Self {
+        Self::verify_then_escalate(1, Duration::from_millis(10))
+    }
+}
+
+impl FenceConfig {
+    /// Cheap reads verified by version; `rereads` cheap retries `delay` apart, then escalation.
+    pub const fn verify_then_escalate(rereads: u32, delay: Duration) -> Self {
+        FenceConfig {
+            initial: FenceStrategy::Verify,
+            rereads,
+            reread_delay: delay,
+            escalate_on_stale: true,
+            stale_reads: StaleReadPolicy::Pending,
+        }
+    }
+
+    /// Let the store wait for the version (falls back to verification when unsupported).
+    pub const fn server_wait() -> Self {
+        FenceConfig {
+            initial: FenceStrategy::ServerWait,
+            rereads: 0,
+            reread_delay: Duration::ZERO,
+            escalate_on_stale: true,
+            stale_reads: StaleReadPolicy::Pending,
+        }
+    }
+
+    /// Escalate every fenced read up front.
+    pub const fn escalate() -> Self {
+        FenceConfig {
+            initial: FenceStrategy::Escalate,
+            rereads: 0,
+            reread_delay: Duration::ZERO,
+            escalate_on_stale: true,
+            stale_reads: StaleReadPolicy::Pending,
+        }
+    }
+
+    /// Sets what a read that stays stale returns.
+    pub const fn stale_reads(mut self, policy: StaleReadPolicy) -> Self {
+        self.stale_reads = policy;
+        self
+    }
+}
+
+/// The next step after a stale attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FenceDecision {
+    /// Read again with `strategy` after `delay`.
+    Retry {
+        /// The strategy of the next attempt.
+        strategy: FenceStrategy,
+        /// How long to wait first.
+        delay: Duration,
+    },
+    /// The budget is spent: report the read as pending (or fail, per [`StaleReadPolicy`]).
+    GiveUp,
+}
+
+/// The requirements one read must meet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadFence {
+    requirements: SmallVec<[Requirement; 2]>,
+}
+
+impl ReadFence {
+    /// A fence with no requirements.
+    pub fn new() -> Self {
+        ReadFence::default()
+    }
+
+    /// A fence from explicit requirements.
+    pub fn from_requirements(reqs: impl IntoIterator<Item = Requirement>) -> Self {
+        ReadFence {
+            requirements: reqs.into_iter().collect(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, req: Requirement) {
+        self.requirements.push(req);
+    }
+
+    /// The requirements, one per scope read.
+    pub fn requirements(&self) -> &[Requirement] {
+        &self.requirements
+    }
+
+    /// True when no requirement constrains the read.
+    pub fn is_unfenced(&self) -> bool {
+        self.requirements.iter().all(Requirement::is_unfenced)
+    }
+
+    /// True when a live store horizon covers one of the scopes.
+    pub fn has_horizon(&self) -> bool {
+        self.requirements.iter().any(|r| r.horizon.is_some())
+    }
+
+    /// The largest version required (exact or horizon): what a server wait waits for.
+    pub fn max_version(&self) -> Version {
+        self.requirements
+            .iter()
+            .map(|r| r.version.max(r.horizon.unwrap_or(Version::ZERO)))
+            .max()
+            .unwrap_or(Version::ZERO)
+    }
+
+    /// The exact requirement on `scope`, if the read touches it.
+    pub fn requirement(&self, scope: ScopeKey) -> Option<&Requirement> {
+        self.requirements.iter().find(|r| r.scope == scope)
+    }
+
+    /// The strategy of the first attempt.
+    pub fn initial_strategy(&self, config: &FenceConfig, support: FenceSupport) -> FenceStrategy {
+        if self.is_unfenced() {
+            return FenceStrategy::Verify;
+        }
+        if self.has_horizon() {
+            // A horizon cannot be verified by one scope's version.
+            if config.initial == FenceStrategy::ServerWait
+                && support.server_wait
+                && support.global_versions
+            {
+                return FenceStrategy::ServerWait;
+            }
+            if support.escalate {
+                return FenceStrategy::Escalate;
+            }
+            return FenceStrategy::Verify;
+        }
+        if support.supports(config.initial) {
+            config.initial
+        } else {
+            FenceStrategy::Verify
+        }
+    }
+
+    /// Checks a response's observed versions against the fence after an attempt with `strategy`.
+    ///
+    /// Verified reads need an observed version at least the requirement on every fenced scope and
+    /// no live horizon. Server-wait and escalated reads are trusted when the adapter observed no
+    /// version for a scope, and checked when it did.
+    pub fn check(&self, strategy: FenceStrategy, observed: &Observed) -> Result<(), Staleness> {
+        for r in &self.requirements {
+            if r.is_unfenced() {
+                continue;
+            }
+            let seen = observed.get(r.scope);
+            let trusted = match strategy {
+                FenceStrategy::Verify => false,
+                FenceStrategy::ServerWait | FenceStrategy::Escalate => true,
+            };
+            let ok = match seen {
+                Some(v) => {
+                    v >= r.version && (r.horizon.is_none() || trusted || observed.is_strong())
+                }
+                None => trusted,
+            };
+            if !ok {
+                return Err(Staleness {
+                    scope: r.scope,
+                    required: r.version.max(r.horizon.unwrap_or(Version::ZERO)),
+                    observed: seen,
+                    horizon: r.horizon.is_some(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The next step after a stale attempt made with `last`, `rereads_done` cheap re-reads in.
+    pub fn after_stale(
+        &self,
+        config: &FenceConfig,
+        support: FenceSupport,
+        last: FenceStrategy,
+        rereads_done: u32,
+    ) -> FenceDecision {
+        if last == FenceStrategy::Verify && !self.has_horizon() && rereads_done < config.rereads {
+            return FenceDecision::Retry {
+                strategy: FenceStrategy::Verify,
+                delay: config.reread_delay,
+            };
+        }
+        if last != FenceStrategy::Escalate && config.escalate_on_stale && support.escalate {
+            return FenceDecision::Retry {
+                strategy: FenceStrategy::Escalate,
+                delay: Duration::ZERO,
+            };
+        }
+        FenceDecision::GiveUp
+    }
+}
+
+/// Why one attempt did not meet its fence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Staleness {
+    /// The scope that was behind.
+    pub scope: ScopeKey,
+    /// The version required.
+    pub required: Version,
+    /// The version the response carried, if any.
+    pub observed: Option<Version>,
+    /// A store horizon (not an exact entry) required the fence.
+    pub horizon: bool,
+}
+
+/// A read that stayed stale after the fence budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleRead {
+    /// What was behind on the last attempt.
+    pub staleness: Staleness,
+    /// Attempts made, including the first.
+    pub attempts: u32,
+    /// The strategy of the last attempt.
+    pub last_strategy: FenceStrategy,
+}
+
+impl fmt::Display for StaleRead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.staleness;
+        write!(
+            f,
+            "read of {:?} stayed stale after {} attempts: required {}, observed {}",
+            s.scope,
+            self.attempts,
+            s.required,
+            match s.observed {
+                Some(v) => v.to_string(),
+                None => "no version".to_owned(),
+            }
+        )
+    }
+}
+
+/// How a read that met its fence met it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FencePath {
+    /// The session had no requirement on the scopes read.
+    Unfenced,
+    /// The first cheap read was verified.
+    Verified,
+    /// A cheap re-read, after a delay, was verified.
+    ReRead,
+    /// The store waited for the version.
+    ServerWait,
+    /// The read was escalated to the strong path.
+    Escalated,
+    /// A write: it is visible to the session from now on.
+    Write,
+}
+
+/// The visibility status of a response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Visibility {
+    /// The response reflects everything the session requires.
+    Guaranteed(FencePath),
+    /// The response may be behind the session; a later read converges.
+    Pending(Box<StaleRead>),
+}
+
+impl Visibility {
+    /// True for [`Visibility::Guaranteed`].
+    pub fn is_guaranteed(&self) -> bool {
+        matches!(self, Visibility::Guaranteed(_))
+    }
+
+    /// True for [`Visibility::Pending`].
+    pub fn is_pending(&self) -> bool {
+        matches!(self, Visibility::Pending(_))
+    }
+
+    /// The path of a guaranteed response.
+    pub fn path(&self) -> Option<FencePath> {
+        match self {
+            Visibility::Guaranteed(p) => Some(*p),
+            Visibility::Pending(_) => None,
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The response future of [`crate::ReadYourWrites`].
+
+use crate::adapter::{Applied, ErrorClass, Observed, Operation, Replay, StoreAdapter, WriteStamp};
+use crate::clock::HybridTimestamp;
+use crate::conflict::Resolution;
+use crate::error::Error;
+use crate::fence::{FenceDecision, FencePath, FenceStrategy, ReadFence, StaleRead, StaleReadPolicy, Visibility};
+use crate::layer::Shared;
+use crate::session::{Session, WriteId};
+use crate::SessionResponse;
+use pin_project::pin_project;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tower::retry::Policy;
+use tower::Service;
+
+#[pin_project(project = StateProj)]
+enum State<F, B> {
+    Calling {
+        #[pin]
+        future: F,
+    },
+    Backoff {
+        #[pin]
+        sleep: B,
+    },
+    Delay {
+        #[pin]
+        sleep: tokio::time::Sleep,
+    },
+    Ready,
+    Done,
+}
+
+/// Per-request bookkeeping, kept apart from the pinned state.
+pub(crate) struct Attempt<A: StoreAdapter> {
+    pub(crate) session: Session,
+    pub(crate) base: A::Request,
+    pub(crate) op: Operation,
+    pub(crate) fence: ReadFence,
+    pub(crate) strategy: FenceStrategy,
+    pub(crate) stamp: Option<(WriteId, HybridTimestamp)>,
+    pub(crate) stale_reads: StaleReadPolicy,
+    pub(crate) attempts: u32,
+    pub(crate) rereads: u32,
+    pub(crate) conflicts: u32,
+    pub(crate) held: Option<(A::Response, StaleRead)>,
+}
+
+/// The future returned by [`crate::ReadYourWrites`]: drives the attempts of one request (retries,
+/// re-reads, escalation, conflict rounds) without boxing.
+#[pin_project]
+pub struct ResponseFuture<S, A, P>
+where
+    A: StoreAdapter,
+    S: Service<A::Request>,
+    P: Policy<A::Request, A::Response, A::Error>,
+{
+    #[pin]
+    state: State<S::Future, P::Future>,
+    inner: S,
+    policy: P,
+    shared: Arc<Shared<A>>,
+    attempt: Attempt<A>,
+}
+
+impl<S, A, P> fmt::Debug for ResponseFuture<S, A, P>
+where
+    A: StoreAdapter,
+    S: Service<A::Request>,
+    P: Policy<A::Request, A::Response, A::Error>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("session", &self.attempt.session)
+            .field("operation", &self.attempt.op)
+            .field("attempts", &self.attempt.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, A, P> ResponseFuture<S, A, P>
+where
+    A: StoreAdapter,
+    S: Service<A::Request, Response = A::Response, Error = A::Error>,
+    P: Policy<A::Request, A::Response, A::Error>,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        inner: S,
+        policy: P,
+        shared: Arc<Shared<A>>,
+        attempt: Attempt<A>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Calling { future },
+            inner,
+            policy,
+            shared,
+            attempt,
+        }
+    }
+}
+
+impl<S, A, P> Future for ResponseFuture<S, A, P>
+where
+    A: StoreAdapter,
+    S: Service<A::Request, Response = A::Response, Error = A::Error>,
+    P: Policy<A::Request, A::Response, A::Error>,
+{
+    type Output = Result<SessionResponse<A::Response>, Error<A::Error>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx));
+                    let at = &mut *this.attempt;
+                    at.attempts += 1;
+                    let class = match &result {
+                        Err(e) => Some(this.shared.adapter.classify(e)),
+                        Ok(_) => None,
+                    };
+                    // Conflicts are the resolver's, not the retry policy's.
+                    let mut result = match (class, result) {
+                        (Some(ErrorClass::Conflict), Err(error)) => {
+                            match resolve_conflict(this.shared, at, error) {
+                                Ok(()) => {
+                                    this.state.set(State::Ready);
+                                    continue;
+                                }
+                                Err(e) => {
+                                    this.state.set(State::Done);
+                                    return Poll::Ready(Err(e));
+                                }
+                            }
+                        }
+                        (_, result) => result,
+                    };
+                    if let Some(backoff) = this.policy.retry(&mut at.base, &mut result) {
+                        this.state.set(State::Backoff { sleep: backoff });
+                        continue;
+                    }
+                    let outcome = match result {
+                        Ok(response) => on_response(this.shared, at, response),
+                        Err(error) => Step::Done(on_final_error(at, class, error)),
+                    };
+                    match outcome {
+                        Step::Done(out) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(out);
+                        }
+                        Step::Again(delay) if delay.is_zero() => this.state.set(State::Ready),
+                        Step::Again(delay) => this.state.set(State::Delay {
+                            sleep: tokio::time::sleep(delay),
+                        }),
+                    }
+                }
+                StateProj::Backoff { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Ready);
+                }
+                StateProj::Delay { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Ready);
+                }
+                StateProj::Ready => {
+                    if let Err(e) = ready!(this.inner.poll_ready(cx)) {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(Error::NotReady(e)));
+                    }
+                    let at = &*this.attempt;
+                    let mut request = at.base.clone();
+                    if at.op == Operation::Read && !at.fence.is_unfenced() {
+                        this.shared
+                            .adapter
+                            .apply_fence(&mut request, &at.fence, at.strategy);
+                    }
+                    let future = this.inner.call(request);
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+enum Step<T> {
+    Done(T),
+    Again(std::time::Duration),
+}
+
+type Out<A> = Result<SessionResponse<<A as StoreAdapter>::Response>, Error<<A as StoreAdapter>::Error>>;
+
+fn on_response<A: StoreAdapter>(
+    shared: &Shared<A>,
+    at: &mut Attempt<A>,
+    response: A::Response,
+) -> Step<Out<A>> {
+    let mut observed = Observed::new();
+    shared.adapter.observe(&at.base, &response, &mut observed);
+    record(shared, &at.session, &observed);
+    if let Operation::Write(_) = at.op {
+        return Step::Done(Ok(SessionResponse::new(
+            response,
+            Visibility::Guaranteed(FencePath::Write),
+            at.stamp.map(|(w, _)| w),
+            at.attempts,
+        )));
+    }
+    match at.fence.check(at.strategy, &observed) {
+        Ok(()) => {
+            let path = if at.fence.is_unfenced() {
+                FencePath::Unfenced
+            } else {
+                match at.strategy {
+                    FenceStrategy::Verify if at.rereads == 0 => FencePath::Verified,
+                    FenceStrategy::Verify => FencePath::ReRead,
+                    FenceStrategy::ServerWait => FencePath::ServerWait,
+                    FenceStrategy::Escalate => FencePath::Escalated,
+                }
+            };
+            Step::Done(Ok(SessionResponse::new(
+                response,
+                Visibility::Guaranteed(path),
+                None,
+                at.attempts,
+            )))
+        }
+        Err(staleness) => {
+            let stale = StaleRead {
+                staleness,
+                attempts: at.attempts,
+                last_strategy: at.strategy,
+            };
+            tracing::debug!(target: "ryw::fence", attempts = at.attempts, strategy = ?at.strategy, "read behind its fence");
+            match at
+                .fence
+                .after_stale(&shared.fence, shared.support, at.strategy, at.rereads)
+            {
+                FenceDecision::Retry { strategy, delay } => {
+                    if strategy == FenceStrategy::Verify {
+                        at.rereads += 1;
+                    }
+                    at.strategy = strategy;
+                    at.held = Some((response, stale));
+                    Step::Again(delay)
+                }
+                _ => Step::Done(give_up(at, response, stale)),
+            }
+        }
+    }
+}
+
+fn give_up<A: StoreAdapter>(at: &Attempt<A>, response: A::Response, stale: StaleRead) -> Out<A> {
+    match at.stale_reads {
+        StaleReadPolicy::Error => Err(Error::StaleRead(Box::new(stale))),
+        _ => Ok(SessionResponse::new(
+            response,
+            Visibility::Pending(Box::new(stale)),
+            None,
+            at.attempts,
+        )),
+    }
+}
+
+fn on_final_error<A: StoreAdapter>(
+    at: &mut Attempt<A>,
+    class: Option<ErrorClass>,
+    error: A::Error,
+) -> Out<A> {
+    // A re-read or escalation failed: the earlier (stale) data is still worth returning.
+    if let Some((response, mut stale)) = at.held.take() {
+        stale.attempts = at.attempts;
+        return give_up(at, response, stale);
+    }
+    let transient = class.is_some_and(|c| c.is_transient());
+    if let (Operation::Write(Replay::Never), Some(ErrorClass::Transient(Applied::Unknown)), Some((write_id, _))) =
+        (at.op, class, at.stamp)
+    {
+        return Err(Error::Ambiguous {
+            write_id,
+            source: error,
+        });
+    }
+    Err(Error::Store {
+        source: error,
+        attempts: at.attempts,
+        transient,
+    })
+}
+
+fn resolve_conflict<A: StoreAdapter>(
+    shared: &Shared<A>,
+    at: &mut Attempt<A>,
+    error: A::Error,
+) -> Result<(), Error<A::Error>> {
+    let store_error = |error| Error::Store {
+        source: error,
+        attempts: at.attempts,
+        transient: false,
+    };
+    let Some((write_id, timestamp)) = at.stamp else {
+        return Err(store_error(error));
+    };
+    let Some(conflict) = shared.adapter.conflict(&at.base, &error) else {
+        return Err(store_error(error));
+    };
+    // Record the winner's version: the session has now seen it.
+    let mut observed = Observed::new();
+    observed.push(conflict.scope, conflict.current);
+    if let Some(ts) = conflict.current_timestamp {
+        observed.clock(ts);
+    }
+    record(shared, &at.session, &observed);
+    if at.conflicts >= shared.conflict_retries {
+        return Err(Error::Conflict(Box::new(conflict)));
+    }
+    let rebased = match shared.resolver.resolve(&at.base, &conflict) {
+        Resolution::Overwrite => shared.adapter.rebase(&mut at.base, &conflict),
+        Resolution::Merge(mut merged) => {
+            shared.adapter.stamp_write(
+                &mut merged,
+                &WriteStamp {
+                    write_id,
+                    timestamp,
+                    fence: &at.fence,
+                },
+            );
+            let ok = shared.adapter.rebase(&mut merged, &conflict);
+            if ok {
+                at.base = merged;
+            }
+            ok
+        }
+        _ => false,
+    };
+    if !rebased {
+        return Err(Error::Conflict(Box::new(conflict)));
+    }
+    tracing::debug!(target: "ryw::conflict", "write rebased onto the current version");
+    at.conflicts += 1;
+    Ok(())
+}
+
+/// Merges what a response showed into the session (versions only move forward).
+pub(crate) fn record<A: StoreAdapter>(shared: &Shared<A>, session: &Session, observed: &Observed) {
+    let mut state = session.lock();
+    let at = crate::coarsening_for(shared, &state, observed.iter().count());
+    for (scope, version) in observed.iter() {
+        state.advance(scope, version, at);
+    }
+    if let Some(ts) = observed.seen_clock() {
+        state.observe_clock(ts);
+    }
+}

@@ -1,0 +1,156 @@
+use crate::adapter::StoreAdapter;
+use crate::clock::{Clock, SystemClock};
+use crate::conflict::{ConflictResolver, LastWriterWins};
+use crate::fence::{FenceConfig, FenceSupport};
+use crate::retry::RetryPolicy;
+use crate::ReadYourWrites;
+use std::fmt;
+use std::sync::Arc;
+use tower::Layer;
+
+/// Configuration shared by every request of a layer.
+pub(crate) struct Shared<A: StoreAdapter> {
+    pub(crate) adapter: A,
+    pub(crate) support: FenceSupport,
+    pub(crate) fence: FenceConfig,
+    pub(crate) resolver: Arc<dyn ConflictResolver<A::Request>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) conflict_retries: u32,
+    pub(crate) window_micros: u64,
+}
+
+impl<A: StoreAdapter> Clone for Shared<A> {
+    fn clone(&self) -> Self {
+        Shared {
+            adapter: self.adapter.clone(),
+            support: self.support,
+            fence: self.fence.clone(),
+            resolver: self.resolver.clone(),
+            clock: self.clock.clone(),
+            conflict_retries: self.conflict_retries,
+            window_micros: self.window_micros,
+        }
+    }
+}
+
+impl<A: StoreAdapter + fmt::Debug> fmt::Debug for Shared<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("adapter", &self.adapter)
+            .field("fence", &self.fence)
+            .field("resolver", &self.resolver)
+            .field("clock", &self.clock)
+            .field("conflict_retries", &self.conflict_retries)
+            .finish()
+    }
+}
+
+/// Applies [`ReadYourWrites`] to a store service. See the [crate docs](crate) for an example.
+///
+/// Built from an adapter with [`ReadYourWritesLayer::new`]; defaults: [`FenceConfig::default`]
+/// (verify, one re-read after 10 ms, then escalate), [`RetryPolicy::new`], [`LastWriterWins`],
+/// the system clock, two conflict rounds.
+pub struct ReadYourWritesLayer<A: StoreAdapter, P = RetryPolicy<A>> {
+    shared: Arc<Shared<A>>,
+    policy: P,
+}
+
+impl<A: StoreAdapter, P: Clone> Clone for ReadYourWritesLayer<A, P> {
+    fn clone(&self) -> Self {
+        ReadYourWritesLayer {
+            shared: self.shared.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+impl<A: StoreAdapter + fmt::Debug, P: fmt::Debug> fmt::Debug for ReadYourWritesLayer<A, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadYourWritesLayer")
+            .field("shared", &self.shared)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl<A: StoreAdapter> ReadYourWritesLayer<A> {
+    /// A layer for `adapter` with the default configuration.
+    pub fn new(adapter: A) -> Self {
+        let policy = RetryPolicy::new(adapter.clone());
+        let window_micros = adapter.replication_window().as_micros() as u64;
+        ReadYourWritesLayer {
+            shared: Arc::new(Shared {
+                support: adapter.fence_support(),
+                adapter,
+                fence: FenceConfig::default(),
+                resolver: Arc::new(LastWriterWins),
+                clock: Arc::new(SystemClock),
+                conflict_retries: 2,
+                window_micros,
+            }),
+            policy,
+        }
+    }
+}
+
+impl<A: StoreAdapter, P> ReadYourWritesLayer<A, P> {
+    fn shared_mut(&mut self) -> &mut Shared<A> {
+        Arc::make_mut(&mut self.shared)
+    }
+
+    /// How reads are fenced.
+    pub fn fence(mut self, config: FenceConfig) -> Self {
+        self.shared_mut().fence = config;
+        self
+    }
+
+    /// The conflict resolver (default [`LastWriterWins`]).
+    pub fn resolver(mut self, resolver: impl ConflictResolver<A::Request>) -> Self {
+        self.shared_mut().resolver = Arc::new(resolver);
+        self
+    }
+
+    /// The time source (default the system clock; simulations pass a virtual one).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.shared_mut().clock = Arc::new(clock);
+        self
+    }
+
+    /// How many times one write may be rebased onto a newer version before its conflict is
+    /// reported.
+    pub fn conflict_retries(mut self, n: u32) -> Self {
+        self.shared_mut().conflict_retries = n;
+        self
+    }
+
+    /// The retry policy (any `tower::retry::Policy` over the adapter's types).
+    pub fn retry<Q>(self, policy: Q) -> ReadYourWritesLayer<A, Q> {
+        ReadYourWritesLayer {
+            shared: self.shared,
+            policy,
+        }
+    }
+
+    /// The fence configuration.
+    pub fn fence_config(&self) -> &FenceConfig {
+        &self.shared.fence
+    }
+
+    /// The adapter.
+    pub fn adapter(&self) -> &A {
+        &self.shared.adapter
+    }
+
+    /// The retry policy.
+    pub fn retry_policy(&self) -> &P {
+        &self.policy
+    }
+}
+
+impl<S, A: StoreAdapter, P: Clone> Layer<S> for ReadYourWritesLayer<A, P> {
+    type Service = ReadYourWrites<S, A, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ReadYourWrites::from_parts(inner, self.shared.clone(), self.policy.clone())
+    }
+}

@@ -1,0 +1,310 @@
+//! Retrying transient failures: backoff with jitter, a shared budget, and the replay rule.
+//!
+//! [`RetryPolicy`] is a [`tower::retry::Policy`]: it can drive the session layer's own retries
+//! (the default) or a plain `tower::retry::RetryLayer`. It retries only errors the adapter
+//! classifies as transient; an attempt that may have applied is replayed only when the write may
+//! be replayed ([`crate::adapter::Replay::Safe`]); and because the request it replays is the one
+//! already stamped, every replay carries the write's original [`crate::session::WriteId`] (and
+//! timestamp).
+//!
+//! Retries draw on a [`RetryBudget`] shared by all requests of a layer, so an outage produces a
+//! bounded number of extra attempts instead of a retry storm.
+//!
+//! # Example
+//!
+//! ```
+//! use ryw::retry::{Backoff, RetryBudget};
+//! use std::time::Duration;
+//!
+//! let backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(200));
+//! // Full jitter: somewhere in [0, min(max, base * 2^attempt)].
+//! assert!(backoff.delay(3, 0.5) <= Duration::from_millis(40));
+//!
+//! let budget = RetryBudget::new(0.2, 2);
+//! assert!(budget.try_withdraw() && budget.try_withdraw());
+//! assert!(!budget.try_withdraw()); // reserve spent, no deposits yet
+//! for _ in 0..5 {
+//!     budget.record_request();
+//! }
+//! assert!(budget.try_withdraw()); // 5 requests at 20% earn one retry
+//! ```
+
+use crate::adapter::{Applied, ErrorClass, Operation, Replay, StoreAdapter};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const UNIT: i64 = 1000;
+
+/// A retry budget: every request deposits `ratio` of a retry, every retry withdraws one, with a
+/// reserve for quiet periods and a ceiling so a long calm spell does not bank unlimited retries.
+#[derive(Debug)]
+pub struct RetryBudget {
+    balance: AtomicI64,
+    deposit: i64,
+    ceiling: i64,
+}
+
+impl RetryBudget {
+    /// `ratio` retries per request (0.2 = at most 20% extra load), starting with `reserve`
+    /// retries. The balance never exceeds `reserve` plus 100 requests' worth.
+    pub fn new(ratio: f32, reserve: u32) -> Self {
+        let deposit = (ratio.clamp(0.0, 1000.0) * UNIT as f32) as i64;
+        let reserve = i64::from(reserve) * UNIT;
+        RetryBudget {
+            balance: AtomicI64::new(reserve),
+            deposit,
+            ceiling: reserve + deposit * 100,
+        }
+    }
+
+    /// Records one request (a deposit).
+    pub fn record_request(&self) {
+        let _ = self
+            .balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some((b + self.deposit).min(self.ceiling))
+            });
+    }
+
+    /// Takes one retry from the budget; false when it is spent.
+    pub fn try_withdraw(&self) -> bool {
+        self.balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b >= UNIT).then_some(b - UNIT)
+            })
+            .is_ok()
+    }
+}
+
+impl Default for RetryBudget {
+    /// 20% extra load, 10 retries in reserve.
+    fn default() -> Self {
+        RetryBudget::new(0.2, 10)
+    }
+}
+
+impl tower::retry::budget::Budget for RetryBudget {
+    fn deposit(&self) {
+        self.record_request();
+    }
+
+    fn withdraw(&self) -> bool {
+        self.try_withdraw()
+    }
+}
+
+/// Exponential backoff with full jitter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first retry's maximum delay.
+    pub base: Duration,
+    /// The cap on any delay.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// Backoff from `base`, doubling, capped at `max`.
+    pub const fn new(base: Duration, max: Duration) -> Self {
+        Backoff { base, max }
+    }
+
+    /// The delay before retry number `attempt` (0-based), for a uniform draw `unit` in `[0, 1)`.
+    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max);
+        ceiling.mul_f64(unit.clamp(0.0, 1.0))
+    }
+}
+
+impl Default for Backoff {
+    /// 10 ms base, 1 s cap.
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+/// The default retry policy: transient errors only, replays only when safe, backoff with jitter,
+/// a per-request attempt cap and a shared [`RetryBudget`].
+///
+/// # Clone
+///
+/// Cloned per request (attempt counters are per request); the budget and jitter seed are shared.
+#[derive(Debug)]
+pub struct RetryPolicy<A> {
+    adapter: A,
+    shared: Arc<PolicyShared>,
+    max_retries: u32,
+    backoff: Backoff,
+    retries: u32,
+    rng: u64,
+}
+
+#[derive(Debug)]
+struct PolicyShared {
+    budget: RetryBudget,
+    seed: AtomicU64,
+}
+
+impl<A: Clone> Clone for RetryPolicy<A> {
+    fn clone(&self) -> Self {
+        // Each clone gets its own jitter stream, derived deterministically from the shared seed.
+        let rng = self.shared.seed.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        RetryPolicy {
+            adapter: self.adapter.clone(),
+            shared: self.shared.clone(),
+            max_retries: self.max_retries,
+            backoff: self.backoff,
+            retries: 0,
+            rng,
+        }
+    }
+}
+
+impl<A> RetryPolicy<A> {
+    /// The default policy for `adapter`: 3 retries, [`Backoff::default`], [`RetryBudget::default`].
+    pub fn new(adapter: A) -> Self {
+        Self::with_budget(adapter, RetryBudget::default())
+    }
+
+    /// A policy drawing on `budget`.
+    pub fn with_budget(adapter: A, budget: RetryBudget) -> Self {
+        RetryPolicy {
+            adapter,
+            shared: Arc::new(PolicyShared {
+                budget,
+                seed: AtomicU64::new(0x853c_49e6_748f_ea9b),
+            }),
+            max_retries: 3,
+            backoff: Backoff::default(),
+            retries: 0,
+            rng: 1,
+        }
+    }
+
+    /// At most `n` retries per request.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// The backoff between retries.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Seeds the jitter (simulations use it for reproducible runs).
+    pub fn seed(self, seed: u64) -> Self {
+        self.shared.seed.store(seed, Ordering::Relaxed);
+        self
+    }
+
+    /// The shared budget.
+    pub fn budget(&self) -> &RetryBudget {
+        &self.shared.budget
+    }
+
+    /// Retries made so far by this request.
+    pub fn retries(&self) -> u32 {
+        self.retries
+    }
+
+    fn next_unit(&mut self) -> f64 {
+        // splitmix64
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Whether an error of class `class` on an operation `op` may be retried at all (before budget
+/// and attempt caps).
+pub fn may_retry(op: Operation, class: ErrorClass) -> bool {
+    match class {
+        ErrorClass::Transient(Applied::No) => true,
+        ErrorClass::Transient(Applied::Unknown) => {
+            matches!(op, Operation::Read | Operation::Write(Replay::Safe))
+        }
+        _ => false,
+    }
+}
+
+impl<A: StoreAdapter> tower::retry::Policy<A::Request, A::Response, A::Error> for RetryPolicy<A> {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        req: &mut A::Request,
+        result: &mut Result<A::Response, A::Error>,
+    ) -> Option<Self::Future> {
+        let error = match result {
+            Ok(_) => {
+                self.shared.budget.record_request();
+                return None;
+            }
+            Err(e) => e,
+        };
+        let class = self.adapter.classify(error);
+        let op = self.adapter.operation(req);
+        if !may_retry(op, class) || self.retries >= self.max_retries {
+            return None;
+        }
+        if !self.shared.budget.try_withdraw() {
+            tracing::debug!(target: "ryw::retry", "retry budget spent");
+            return None;
+        }
+        let unit = self.next_unit();
+        let delay = self.backoff.delay(self.retries, unit);
+        self.retries += 1;
+        tracing::debug!(target: "ryw::retry", retry = self.retries, delay_us = delay.as_micros() as u64, "retrying transient error");
+        Some(tokio::time::sleep(delay))
+    }
+
+    fn clone_request(&mut self, req: &A::Request) -> Option<A::Request> {
+        Some(req.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_rule() {
+        let w_safe = Operation::Write(Replay::Safe);
+        let w_never = Operation::Write(Replay::Never);
+        assert!(may_retry(w_never, ErrorClass::RETRYABLE));
+        assert!(!may_retry(w_never, ErrorClass::AMBIGUOUS));
+        assert!(may_retry(w_safe, ErrorClass::AMBIGUOUS));
+        assert!(may_retry(Operation::Read, ErrorClass::AMBIGUOUS));
+        assert!(!may_retry(Operation::Read, ErrorClass::Permanent));
+        assert!(!may_retry(w_safe, ErrorClass::Conflict));
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let b = Backoff::new(Duration::from_millis(10), Duration::from_millis(100));
+        assert_eq!(b.delay(0, 1.0), Duration::from_millis(10));
+        assert_eq!(b.delay(10, 1.0), Duration::from_millis(100));
+        assert_eq!(b.delay(40, 0.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn budget_ceiling() {
+        let b = RetryBudget::new(1.0, 0);
+        for _ in 0..1000 {
+            b.record_request();
+        }
+        let mut n = 0;
+        while b.try_withdraw() {
+            n += 1;
+        }
+        assert_eq!(n, 100);
+    }
+}

@@ -1,0 +1,466 @@
+//! Keeping session state between requests inside one process.
+//!
+//! A [`SessionStore`] holds the last known state of each session, so that a request arriving
+//! without a token (or with an older one) still starts from everything this instance has seen.
+//! [`SessionStore::save`] merges by pointwise maximum, never overwrites: concurrent requests of
+//! one session cannot lose each other's progress.
+//!
+//! [`InMemorySessionStore`] is sharded and compact (about 70 to 100 bytes per session with one
+//! scope), bounded by a session count and optionally a time to live. Eviction is generational:
+//! each shard keeps a young and an old table; sessions are written to the young one, and when it
+//! fills up (or, with a TTL, when it is older than the TTL) the old table is dropped and the young
+//! one becomes old. A session used within the last generation is never evicted, a session unused
+//! for two generations always is: least-recently-used eviction within a factor of two, with no
+//! per-entry bookkeeping.
+//!
+//! # Example
+//!
+//! ```
+//! use ryw::store::{InMemorySessionStore, SessionStore};
+//! use ryw::{Session, SessionId};
+//! use std::time::Duration;
+//!
+//! let store = InMemorySessionStore::builder()
+//!     .max_sessions(1_000_000)
+//!     .ttl(Duration::from_secs(3600))
+//!     .build();
+//!
+//! let session = Session::with_id(SessionId::derive(b"user:1"));
+//! store.save(&session.snapshot());
+//! let loaded = store.load(session.id()).expect("just saved");
+//! assert_eq!(loaded.id(), session.id());
+//! ```
+
+use crate::clock::HybridTimestamp;
+use crate::session::{SessionId, SessionState, DEFAULT_REPLICATION_WINDOW_MICROS};
+use crate::version::{
+    Coarsening, Entry, ScopeKey, StoreHorizon, Version, VersionVector, DEFAULT_SCOPE_CAP,
+};
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Where sessions live between requests.
+///
+/// # Example implementation
+///
+/// ```
+/// use ryw::store::SessionStore;
+/// use ryw::{SessionId, SessionState};
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+///
+/// /// An unbounded store, for tests.
+/// #[derive(Debug, Default)]
+/// struct Unbounded(Mutex<HashMap<SessionId, SessionState>>);
+///
+/// impl SessionStore for Unbounded {
+///     fn load(&self, id: SessionId) -> Option<SessionState> {
+///         self.0.lock().unwrap().get(&id).cloned()
+///     }
+///     fn save(&self, state: &SessionState) {
+///         let mut map = self.0.lock().unwrap();
+///         match map.get_mut(&state.id()) {
+///             Some(existing) => {
+///                 let at = ryw::version::Coarsening { now_micros: 0, window_micros: 0 };
+///                 existing.merge(state, at);
+///             }
+///             None => {
+///                 map.insert(state.id(), state.clone());
+///             }
+///         }
+///     }
+///     fn remove(&self, id: SessionId) -> bool {
+///         self.0.lock().unwrap().remove(&id).is_some()
+///     }
+/// }
+/// ```
+pub trait SessionStore: Send + Sync + 'static {
+    /// The stored state of `id`, if any (and not expired).
+    fn load(&self, id: SessionId) -> Option<SessionState>;
+
+    /// Merges `state` into the stored state of its session (pointwise maximum), or stores it.
+    fn save(&self, state: &SessionState);
+
+    /// Forgets `id`. Returns whether it was stored.
+    fn remove(&self, id: SessionId) -> bool;
+}
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is used by `SessionId`; this keeps any other use well defined.
+        self.0 = crate::version::stable_hash(bytes) ^ self.0.rotate_left(5);
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        // Session ids are random or derived through a mixing hash: their bits are already uniform.
+        self.0 = (v as u64) ^ ((v >> 64) as u64).rotate_left(32);
+    }
+}
+
+type Table = HashMap<SessionId, Record, BuildHasherDefault<IdHasher>>;
+
+/// One session, compactly: 48 bytes inline, plus a heap block only for sessions with more than
+/// one scope or a store horizon.
+struct Record {
+    write_seq: u64,
+    clock: u64,
+    last_used: u32,
+    data: Data,
+}
+
+enum Data {
+    Empty,
+    One(u64, u64),
+    Many(Box<Spill>),
+}
+
+struct Spill {
+    entries: Box<[Entry]>,
+    horizons: Box<[StoreHorizon]>,
+    cap: u16,
+}
+
+impl Record {
+    fn from_state(state: &SessionState, now: u32) -> Self {
+        let vector = state.vector();
+        let data = if vector.is_empty() {
+            Data::Empty
+        } else if vector.len() == 1
+            && vector.horizons().next().is_none()
+            && vector.cap() == DEFAULT_SCOPE_CAP
+        {
+            let e = vector.entries().next().expect("one entry");
+            Data::One(e.scope.to_bits(), e.version.get())
+        } else {
+            Data::Many(Box::new(Spill {
+                entries: vector.entries().collect(),
+                horizons: vector.horizons().collect(),
+                cap: vector.cap() as u16,
+            }))
+        };
+        Record {
+            write_seq: state.write_seq(),
+            clock: state.clock().get(),
+            last_used: now,
+            data,
+        }
+    }
+
+    fn to_state(&self, id: SessionId) -> SessionState {
+        let never = Coarsening {
+            now_micros: 0,
+            window_micros: 0,
+        };
+        let vector = match &self.data {
+            Data::Empty => VersionVector::default(),
+            Data::One(scope, version) => {
+                let mut v = VersionVector::default();
+                v.advance(ScopeKey::from_bits(*scope), Version::new(*version), never);
+                v
+            }
+            Data::Many(spill) => {
+                let mut v = VersionVector::with_cap(spill.cap as usize);
+                for e in spill.entries.iter() {
+                    v.advance(e.scope, e.version, never);
+                }
+                for h in spill.horizons.iter() {
+                    v.raise_horizon(*h);
+                }
+                v
+            }
+        };
+        SessionState::from_parts(id, self.write_seq, HybridTimestamp::new(self.clock), vector)
+    }
+}
+
+struct Shard {
+    young: Table,
+    old: Table,
+    young_since: u32,
+}
+
+/// Builds an [`InMemorySessionStore`].
+#[derive(Clone, Debug)]
+pub struct InMemorySessionStoreBuilder {
+    max_sessions: usize,
+    ttl: Option<Duration>,
+    shards: usize,
+}
+
+impl InMemorySessionStoreBuilder {
+    /// At most this many sessions are kept (rounded down to fill the shards' tables; at least
+    /// 16 per shard).
+    pub fn max_sessions(mut self, n: usize) -> Self {
+        self.max_sessions = n;
+        self
+    }
+
+    /// Sessions unused for this long are gone (loads return `None` from then on; memory is
+    /// reclaimed within a second TTL).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Number of shards (rounded up to a power of two; default 16).
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = n.max(1).next_power_of_two();
+        self
+    }
+
+    /// Builds the store. Tables grow as sessions arrive; nothing is allocated up front.
+    pub fn build(self) -> InMemorySessionStore {
+        let per_generation = (self.max_sessions / self.shards / 2).max(7);
+        // The largest table capacity hashbrown reaches without growing past it: 7/8 of a power of
+        // two. Rotating exactly there keeps tables full instead of half empty.
+        let mut buckets = 8usize;
+        while (buckets * 2) / 8 * 7 <= per_generation {
+            buckets *= 2;
+        }
+        let generation_cap = buckets / 8 * 7;
+        InMemorySessionStore {
+            shards: (0..self.shards)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        young: Table::default(),
+                        old: Table::default(),
+                        young_since: 0,
+                    })
+                })
+                .collect(),
+            mask: self.shards - 1,
+            generation_cap,
+            ttl_secs: self.ttl.map(|t| t.as_secs().clamp(1, u64::from(u32::MAX)) as u32),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+/// A sharded, bounded, in-memory [`SessionStore`]. See the [module docs](self).
+pub struct InMemorySessionStore {
+    shards: Box<[Mutex<Shard>]>,
+    mask: usize,
+    generation_cap: usize,
+    ttl_secs: Option<u32>,
+    epoch: Instant,
+}
+
+impl fmt::Debug for InMemorySessionStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InMemorySessionStore")
+            .field("shards", &self.shards.len())
+            .field("capacity", &self.capacity())
+            .field("ttl_secs", &self.ttl_secs)
+            .finish()
+    }
+}
+
+impl Default for InMemorySessionStore {
+    /// One million sessions, no TTL.
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+impl InMemorySessionStore {
+    /// A builder: one million sessions, no TTL, 16 shards.
+    pub fn builder() -> InMemorySessionStoreBuilder {
+        InMemorySessionStoreBuilder {
+            max_sessions: 1_000_000,
+            ttl: None,
+            shards: 16,
+        }
+    }
+
+    /// The most sessions the store holds at once.
+    pub fn capacity(&self) -> usize {
+        self.generation_cap * 2 * self.shards.len()
+    }
+
+    /// Sessions currently held (including expired ones not yet reclaimed).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = lock(s);
+                s.young.len() + s.old.len()
+            })
+            .sum()
+    }
+
+    /// True when no session is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn now(&self) -> u32 {
+        self.epoch.elapsed().as_secs().min(u64::from(u32::MAX)) as u32
+    }
+
+    fn shard(&self, id: SessionId) -> MutexGuard<'_, Shard> {
+        let v = id.as_u128();
+        let h = (v as u64) ^ ((v >> 64) as u64).rotate_left(32);
+        lock(&self.shards[((h >> 40) as usize) & self.mask])
+    }
+
+    fn expired(&self, record: &Record, now: u32) -> bool {
+        self.ttl_secs
+            .is_some_and(|ttl| now.saturating_sub(record.last_used) >= ttl)
+    }
+
+    fn rotate_if_needed(&self, shard: &mut Shard, now: u32) {
+        let aged = self
+            .ttl_secs
+            .is_some_and(|ttl| now.saturating_sub(shard.young_since) >= ttl);
+        if shard.young.len() >= self.generation_cap || aged {
+            std::mem::swap(&mut shard.young, &mut shard.old);
+            shard.young.clear();
+            shard.young_since = now;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SessionStore for InMemorySessionStore {
+    fn load(&self, id: SessionId) -> Option<SessionState> {
+        let now = self.now();
+        let mut shard = self.shard(id);
+        if let Some(r) = shard.young.get_mut(&id) {
+            if self.expired(r, now) {
+                shard.young.remove(&id);
+                return None;
+            }
+            r.last_used = now;
+            return Some(r.to_state(id));
+        }
+        let mut r = shard.old.remove(&id)?;
+        if self.expired(&r, now) {
+            return None;
+        }
+        r.last_used = now;
+        let state = r.to_state(id);
+        self.rotate_if_needed(&mut shard, now);
+        shard.young.insert(id, r);
+        Some(state)
+    }
+
+    fn save(&self, state: &SessionState) {
+        let now = self.now();
+        let id = state.id();
+        let mut shard = self.shard(id);
+        let existing = match shard.young.get_mut(&id) {
+            Some(r) => Some(r),
+            None => None,
+        };
+        if let Some(r) = existing {
+            if !self.expired(r, now) {
+                let mut merged = r.to_state(id);
+                merged.merge(
+                    state,
+                    Coarsening {
+                        now_micros: crate::clock::Clock::now_micros(&crate::clock::SystemClock),
+                        window_micros: DEFAULT_REPLICATION_WINDOW_MICROS,
+                    },
+                );
+                *r = Record::from_state(&merged, now);
+            } else {
+                *r = Record::from_state(state, now);
+            }
+            return;
+        }
+        let record = match shard.old.remove(&id) {
+            Some(old) if !self.expired(&old, now) => {
+                let mut merged = old.to_state(id);
+                merged.merge(
+                    state,
+                    Coarsening {
+                        now_micros: crate::clock::Clock::now_micros(&crate::clock::SystemClock),
+                        window_micros: DEFAULT_REPLICATION_WINDOW_MICROS,
+                    },
+                );
+                Record::from_state(&merged, now)
+            }
+            _ => Record::from_state(state, now),
+        };
+        self.rotate_if_needed(&mut shard, now);
+        shard.young.insert(id, record);
+    }
+
+    fn remove(&self, id: SessionId) -> bool {
+        let mut shard = self.shard(id);
+        shard.young.remove(&id).is_some() | shard.old.remove(&id).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::StoreId;
+
+    fn state(id: u128, versions: &[(u64, u64)]) -> SessionState {
+        let mut s = SessionState::new(SessionId::from_u128(id));
+        let at = Coarsening {
+            now_micros: 0,
+            window_micros: 0,
+        };
+        for &(scope, v) in versions {
+            s.advance(ScopeKey::from_hash(StoreId::new(1), scope), Version::new(v), at);
+        }
+        s
+    }
+
+    #[test]
+    fn record_is_compact() {
+        assert_eq!(std::mem::size_of::<Record>(), 48);
+        assert_eq!(std::mem::size_of::<(SessionId, Record)>(), 64);
+    }
+
+    #[test]
+    fn save_merges_and_round_trips() {
+        let store = InMemorySessionStore::default();
+        let a = state(1, &[(1, 5)]);
+        store.save(&a);
+        assert_eq!(store.load(a.id()).unwrap(), a);
+        store.save(&state(1, &[(1, 3), (2, 7)]));
+        let got = store.load(a.id()).unwrap();
+        let s1 = ScopeKey::from_hash(StoreId::new(1), 1);
+        let s2 = ScopeKey::from_hash(StoreId::new(1), 2);
+        assert_eq!(got.vector().get(s1), Some(Version::new(5)));
+        assert_eq!(got.vector().get(s2), Some(Version::new(7)));
+        assert!(store.remove(a.id()));
+        assert!(store.load(a.id()).is_none());
+        assert!(!store.remove(a.id()));
+    }
+
+    #[test]
+    fn bounded_with_generational_eviction() {
+        let store = InMemorySessionStore::builder()
+            .max_sessions(64)
+            .shards(1)
+            .build();
+        let cap = store.capacity();
+        assert!(cap <= 64, "{cap}");
+        // Keep session 0 hot while many others pass through.
+        for i in 1..1000u128 {
+            store.save(&state(i, &[(1, 1)]));
+            assert!(store.load(SessionId::from_u128(0)).is_none() || i > 0);
+            store.save(&state(0, &[(1, i as u64)]));
+            assert!(store.len() <= cap);
+        }
+        assert!(store.load(SessionId::from_u128(0)).is_some());
+        assert!(store.load(SessionId::from_u128(1)).is_none());
+    }
+}

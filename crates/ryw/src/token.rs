@@ -1,0 +1,686 @@
+//! The portable session token: a compact, versioned binary form of a session's state, then
+//! base64url (no padding).
+//!
+//! A token is immutable: every response of the session layer yields a new one, and tokens from
+//! concurrent requests of one session merge by pointwise maximum
+//! ([`crate::session::Session::merge`]). One token carries a section per store, so one session
+//! can span several stores.
+//!
+//! Decoding untrusted input never panics and never allocates without bound: input longer than
+//! [`MAX_TOKEN_LEN`] characters is rejected before any decoding, counts are checked against the
+//! bytes that remain, and every failure is a distinct [`TokenError`].
+//!
+//! # Format (version 1)
+//!
+//! ```text
+//! token    := 0x01 flags session_id[16] varint(write_seq) varint(clock)
+//!             [varint(issued_at) varint(expires_at)]        if flags & TIMES
+//!             varint(n_sections) section*
+//!             [key_id[1] tag[32]]                            if flags & SIGNED
+//! section  := kind[1] varint(len) payload[len]               kind 0x01 = store versions
+//! store    := store_id[1] sflags[1] [varint(version) varint(until_micros)]  if sflags & HORIZON
+//!             varint(n_entries) (hash56[7] varint(version delta))*
+//! ```
+//!
+//! Entries of a section are sorted by version and delta-encoded, so a session's versions (usually
+//! close together) take a few bytes each. A 4-scope token is about 90 to 105 characters. The
+//! signature tag is reserved in the format; [`SessionToken::signature`] exposes it.
+//!
+//! # Example
+//!
+//! ```
+//! use ryw::session::{SessionId, SessionState};
+//! use ryw::token::{SessionToken, TokenError};
+//! use ryw::version::{Coarsening, ScopeKey, StoreId, Version};
+//!
+//! let mut state = SessionState::new(SessionId::derive(b"user:7"));
+//! let at = Coarsening { now_micros: 0, window_micros: 0 };
+//! state.advance(ScopeKey::new(StoreId::new(1), b"posts/1"), Version::new(42), at);
+//!
+//! let encoded = SessionToken::new(state.clone()).encode()?;
+//! let decoded = SessionToken::decode(&encoded)?;
+//! assert_eq!(decoded.state(), &state);
+//!
+//! assert!(matches!(SessionToken::decode("not base64!"), Err(TokenError::NotBase64)));
+//! # Ok::<(), TokenError>(())
+//! ```
+
+use crate::clock::HybridTimestamp;
+use crate::session::{SessionId, SessionState};
+use crate::version::{
+    Coarsening, Entry, ScopeKey, StoreHorizon, StoreId, Version, VersionVector, MAX_SCOPE_CAP,
+};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use smallvec::SmallVec;
+use std::fmt;
+
+/// The largest encoded token accepted or produced, in characters (1 KiB).
+pub const MAX_TOKEN_LEN: usize = 1024;
+
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+
+const FLAG_SIGNED: u8 = 0b01;
+const FLAG_TIMES: u8 = 0b10;
+const KNOWN_FLAGS: u8 = FLAG_SIGNED | FLAG_TIMES;
+const SECTION_STORE: u8 = 0x01;
+const STORE_FLAG_HORIZON: u8 = 0b1;
+const SIGNATURE_LEN: usize = 1 + 32;
+const MAX_BYTES: usize = MAX_TOKEN_LEN / 4 * 3;
+
+/// Why a token could not be decoded (or encoded).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The token is empty.
+    #[error("session token is empty")]
+    Empty,
+    /// The token is longer than [`MAX_TOKEN_LEN`] characters.
+    #[error("session token is {len} characters, more than the {max} allowed")]
+    Oversized {
+        /// The length presented (or that encoding would produce).
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The token is not base64url without padding.
+    #[error("session token is not base64url")]
+    NotBase64,
+    /// The token ended in the middle of a field.
+    #[error("session token is truncated (while reading {field})")]
+    Truncated {
+        /// The field being read.
+        field: &'static str,
+    },
+    /// The token was written by a format version this build does not read.
+    #[error("session token format version {0} is not supported (this build reads {FORMAT_VERSION})")]
+    UnknownVersion(u8),
+    /// The token sets flags this build does not know.
+    #[error("session token sets unknown flags {0:#04x}")]
+    UnknownFlags(u8),
+    /// The token carries a section of a kind this build does not know.
+    #[error("session token carries an unknown section kind {0:#04x}")]
+    UnknownSection(u8),
+    /// The token carries more exact scopes than a session may hold.
+    #[error("session token carries {count} scopes, more than the {max} allowed")]
+    TooManyScopes {
+        /// Scopes in the token.
+        count: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The token is structurally invalid (duplicate scope or store, bad varint, overflow,
+    /// trailing bytes...).
+    #[error("session token is malformed: {0}")]
+    Malformed(&'static str),
+}
+
+impl TokenError {
+    /// True for errors caused by the token's length alone.
+    pub fn is_oversized(&self) -> bool {
+        matches!(self, TokenError::Oversized { .. })
+    }
+
+    /// True when the token ended early.
+    pub fn is_truncated(&self) -> bool {
+        matches!(self, TokenError::Truncated { .. })
+    }
+
+    /// True when the token was produced by a newer or unknown format (version, flags, sections).
+    pub fn is_unsupported(&self) -> bool {
+        matches!(
+            self,
+            TokenError::UnknownVersion(_) | TokenError::UnknownFlags(_) | TokenError::UnknownSection(_)
+        )
+    }
+}
+
+/// The signature reserved in the token format: a key id and a 32-byte tag (HMAC-SHA256).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Signature {
+    /// Which key of the ring signed the token.
+    pub key_id: u8,
+    /// The tag.
+    pub tag: [u8; 32],
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signature")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The portable, immutable form of a session's state.
+#[derive(Clone, PartialEq)]
+pub struct SessionToken {
+    state: SessionState,
+    issued_at: Option<u64>,
+    expires_at: Option<u64>,
+    signature: Option<Signature>,
+}
+
+impl fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Contents stay out of logs: only the id and the shape.
+        f.debug_struct("SessionToken")
+            .field("session", &self.state.id())
+            .field("scopes", &self.state.vector().len())
+            .field("signed", &self.signature.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionToken {
+    /// A token for `state`, without times or signature.
+    pub fn new(state: SessionState) -> Self {
+        SessionToken {
+            state,
+            issued_at: None,
+            expires_at: None,
+            signature: None,
+        }
+    }
+
+    /// The session state carried.
+    pub fn state(&self) -> &SessionState {
+        &self.state
+    }
+
+    /// Takes the state out.
+    pub fn into_state(self) -> SessionState {
+        self.state
+    }
+
+    /// Issue and expiry times (seconds since the Unix epoch), when present.
+    pub fn times(&self) -> Option<(u64, u64)> {
+        Some((self.issued_at?, self.expires_at?))
+    }
+
+    /// Sets issue and expiry times (seconds since the Unix epoch). Clears any signature.
+    pub fn with_times(mut self, issued_at: u64, expires_at: u64) -> Self {
+        self.issued_at = Some(issued_at);
+        self.expires_at = Some(expires_at);
+        self.signature = None;
+        self
+    }
+
+    /// The signature as received, when the token carries one. It is not verified here.
+    pub fn signature(&self) -> Option<&Signature> {
+        self.signature.as_ref()
+    }
+
+    /// Attaches a signature computed over [`SessionToken::signed_bytes`].
+    pub fn with_signature(mut self, signature: Signature) -> Self {
+        self.signature = Some(signature);
+        self
+    }
+
+    /// The bytes a signature covers: the whole binary token up to (not including) the key id and
+    /// tag, with the SIGNED flag set.
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, TokenError> {
+        let mut out = Vec::with_capacity(128);
+        self.write_body(&mut out, true)?;
+        Ok(out)
+    }
+
+    /// Encodes to base64url. Fails only when even the coarsened state would exceed
+    /// [`MAX_TOKEN_LEN`] (a session spanning dozens of stores at once).
+    ///
+    /// Exact entries are coarsened into store horizons (safe: fences become stricter) until the
+    /// token fits.
+    pub fn encode(&self) -> Result<String, TokenError> {
+        let mut bytes = Vec::with_capacity(96);
+        self.write_body(&mut bytes, self.signature.is_some())?;
+        if let Some(sig) = &self.signature {
+            bytes.push(sig.key_id);
+            bytes.extend_from_slice(&sig.tag);
+        }
+        if bytes.len() > MAX_BYTES {
+            return Err(TokenError::Oversized {
+                len: base64_len(bytes.len()),
+                max: MAX_TOKEN_LEN,
+            });
+        }
+        Ok(URL_SAFE_NO_PAD.encode(&bytes))
+    }
+
+    fn write_body(&self, out: &mut Vec<u8>, signed: bool) -> Result<(), TokenError> {
+        // Coarsen until the entries fit, keeping a margin for the signature.
+        let budget = MAX_BYTES - SIGNATURE_LEN;
+        let mut coarsened: Option<VersionVector> = None;
+        loop {
+            let vector = coarsened.as_ref().unwrap_or(self.state.vector());
+            out.clear();
+            write_header(out, &self.state, self.issued_at.zip(self.expires_at), signed);
+            write_sections(out, vector);
+            if out.len() <= budget {
+                return Ok(());
+            }
+            if vector.len() == 0 {
+                return Err(TokenError::Oversized {
+                    len: base64_len(out.len() + SIGNATURE_LEN),
+                    max: MAX_TOKEN_LEN,
+                });
+            }
+            let mut next = vector.clone();
+            let now = crate::clock::Clock::now_micros(&crate::clock::SystemClock);
+            next.enforce_cap(
+                vector.len() / 2,
+                Coarsening {
+                    now_micros: now,
+                    window_micros: crate::session::DEFAULT_REPLICATION_WINDOW_MICROS,
+                },
+            );
+            coarsened = Some(next);
+        }
+    }
+
+    /// Decodes an untrusted token. Never panics; allocation is bounded by [`MAX_TOKEN_LEN`].
+    pub fn decode(encoded: &str) -> Result<Self, TokenError> {
+        if encoded.is_empty() {
+            return Err(TokenError::Empty);
+        }
+        if encoded.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Oversized {
+                len: encoded.len(),
+                max: MAX_TOKEN_LEN,
+            });
+        }
+        let mut buf = [0u8; MAX_BYTES + 3];
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(encoded.as_bytes(), &mut buf)
+            .map_err(|_| TokenError::NotBase64)?;
+        Self::from_bytes(&buf[..n])
+    }
+
+    /// Decodes the binary form (after base64). Never panics.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TokenError> {
+        if bytes.is_empty() {
+            return Err(TokenError::Empty);
+        }
+        if bytes.len() > MAX_BYTES {
+            return Err(TokenError::Oversized {
+                len: base64_len(bytes.len()),
+                max: MAX_TOKEN_LEN,
+            });
+        }
+        let mut r = Reader { bytes, pos: 0 };
+        let version = r.u8("format version")?;
+        if version != FORMAT_VERSION {
+            return Err(TokenError::UnknownVersion(version));
+        }
+        let flags = r.u8("flags")?;
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(TokenError::UnknownFlags(flags & !KNOWN_FLAGS));
+        }
+        let id = SessionId::from_bytes(r.array::<16>("session id")?);
+        let write_seq = r.varint("write sequence")?;
+        let clock = HybridTimestamp::new(r.varint("clock")?);
+        let (issued_at, expires_at) = if flags & FLAG_TIMES != 0 {
+            let issued = r.varint("issued at")?;
+            let expires = r.varint("expires at")?;
+            (Some(issued), Some(expires))
+        } else {
+            (None, None)
+        };
+        let sections = r.varint("section count")?;
+        // Each section takes at least two bytes: a count larger than that is a lie.
+        if sections > (r.remaining() / 2) as u64 {
+            return Err(TokenError::Truncated { field: "sections" });
+        }
+        let mut vector = VersionVector::with_cap(MAX_SCOPE_CAP);
+        let mut seen_stores = [false; 256];
+        let mut scopes = 0usize;
+        let never = Coarsening {
+            now_micros: 0,
+            window_micros: 0,
+        };
+        for _ in 0..sections {
+            let kind = r.u8("section kind")?;
+            let len = r.varint("section length")?;
+            if len > r.remaining() as u64 {
+                return Err(TokenError::Truncated { field: "section" });
+            }
+            let payload = r.take(len as usize, "section")?;
+            if kind != SECTION_STORE {
+                return Err(TokenError::UnknownSection(kind));
+            }
+            let mut s = Reader {
+                bytes: payload,
+                pos: 0,
+            };
+            let store = StoreId::new(s.u8("store id")?);
+            if std::mem::replace(&mut seen_stores[store.get() as usize], true) {
+                return Err(TokenError::Malformed("duplicate store section"));
+            }
+            let sflags = s.u8("store flags")?;
+            if sflags & !STORE_FLAG_HORIZON != 0 {
+                return Err(TokenError::Malformed("unknown store flags"));
+            }
+            if sflags & STORE_FLAG_HORIZON != 0 {
+                let version = Version::new(s.varint("horizon version")?);
+                let until_micros = s.varint("horizon time")?;
+                vector.raise_horizon(StoreHorizon {
+                    store,
+                    version,
+                    until_micros,
+                });
+            }
+            let count = s.varint("entry count")?;
+            if count > (s.remaining() / 8) as u64 {
+                return Err(TokenError::Truncated { field: "entries" });
+            }
+            scopes += count as usize;
+            if scopes > MAX_SCOPE_CAP {
+                return Err(TokenError::TooManyScopes {
+                    count: scopes,
+                    max: MAX_SCOPE_CAP,
+                });
+            }
+            let mut version = 0u64;
+            for _ in 0..count {
+                let raw = s.array::<7>("scope")?;
+                let mut wide = [0u8; 8];
+                wide[..7].copy_from_slice(&raw);
+                let scope = ScopeKey::from_hash(store, u64::from_le_bytes(wide));
+                let delta = s.varint("version")?;
+                version = version
+                    .checked_add(delta)
+                    .ok_or(TokenError::Malformed("version overflow"))?;
+                if version == 0 {
+                    return Err(TokenError::Malformed("zero version"));
+                }
+                if vector.get(scope).is_some() {
+                    return Err(TokenError::Malformed("duplicate scope"));
+                }
+                vector.advance(scope, Version::new(version), never);
+            }
+            if s.remaining() != 0 {
+                return Err(TokenError::Malformed("trailing bytes in section"));
+            }
+        }
+        let signature = if flags & FLAG_SIGNED != 0 {
+            let key_id = r.u8("key id")?;
+            let tag = r.array::<32>("signature")?;
+            Some(Signature { key_id, tag })
+        } else {
+            None
+        };
+        if r.remaining() != 0 {
+            return Err(TokenError::Malformed("trailing bytes"));
+        }
+        vector.set_cap_at_least_len(crate::version::DEFAULT_SCOPE_CAP);
+        Ok(SessionToken {
+            state: SessionState::from_parts(id, write_seq, clock, vector),
+            issued_at,
+            expires_at,
+            signature,
+        })
+    }
+}
+
+fn base64_len(bytes: usize) -> usize {
+    (bytes * 4).div_ceil(3)
+}
+
+fn write_header(
+    out: &mut Vec<u8>,
+    state: &SessionState,
+    times: Option<(u64, u64)>,
+    signed: bool,
+) {
+    let mut flags = 0;
+    if signed {
+        flags |= FLAG_SIGNED;
+    }
+    if times.is_some() {
+        flags |= FLAG_TIMES;
+    }
+    out.push(FORMAT_VERSION);
+    out.push(flags);
+    out.extend_from_slice(&state.id().to_bytes());
+    put_varint(out, state.write_seq());
+    put_varint(out, state.clock().get());
+    if let Some((issued, expires)) = times {
+        put_varint(out, issued);
+        put_varint(out, expires);
+    }
+}
+
+fn write_sections(out: &mut Vec<u8>, vector: &VersionVector) {
+    let mut entries: SmallVec<[Entry; 8]> = vector.entries().collect();
+    entries.sort_unstable_by_key(|e| (e.scope.store(), e.version, e.scope));
+    let mut stores: SmallVec<[StoreId; 4]> = entries.iter().map(|e| e.scope.store()).collect();
+    stores.extend(vector.horizons().map(|h| h.store));
+    stores.sort_unstable();
+    stores.dedup();
+    put_varint(out, stores.len() as u64);
+    for store in stores {
+        out.push(SECTION_STORE);
+        // Reserve one byte for the length; sections are short, and a longer length shifts.
+        let len_at = out.len();
+        out.push(0);
+        let start = out.len();
+        out.push(store.get());
+        match vector.horizon(store) {
+            Some(h) => {
+                out.push(STORE_FLAG_HORIZON);
+                put_varint(out, h.version.get());
+                put_varint(out, h.until_micros);
+            }
+            None => out.push(0),
+        }
+        let mine = entries.iter().filter(|e| e.scope.store() == store);
+        put_varint(out, mine.clone().count() as u64);
+        let mut prev = 0u64;
+        for e in mine {
+            out.extend_from_slice(&e.scope.hash56().to_le_bytes()[..7]);
+            put_varint(out, e.version.get() - prev);
+            prev = e.version.get();
+        }
+        let len = out.len() - start;
+        if len < 0x80 {
+            out[len_at] = len as u8;
+        } else {
+            let mut prefix = SmallVec::<[u8; 10]>::new();
+            put_varint_small(&mut prefix, len as u64);
+            out.splice(len_at..len_at + 1, prefix);
+        }
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_varint_small(out: &mut SmallVec<[u8; 10]>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, TokenError> {
+        let b = *self
+            .bytes
+            .get(self.pos)
+            .ok_or(TokenError::Truncated { field })?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], TokenError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or(TokenError::Truncated { field })?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], TokenError> {
+        let s = self.take(N, field)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    fn varint(&mut self, field: &'static str) -> Result<u64, TokenError> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.u8(field)?;
+            let bits = u64::from(b & 0x7f);
+            if i == 9 && b > 1 {
+                return Err(TokenError::Malformed("varint overflow"));
+            }
+            v |= bits << (7 * i);
+            if b & 0x80 == 0 {
+                if i > 0 && b == 0 {
+                    return Err(TokenError::Malformed("non-minimal varint"));
+                }
+                return Ok(v);
+            }
+        }
+        Err(TokenError::Malformed("varint overflow"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::SessionId;
+
+    const AT: Coarsening = Coarsening {
+        now_micros: 0,
+        window_micros: 0,
+    };
+
+    fn state_with(n: u64, base: u64) -> SessionState {
+        let mut s = SessionState::new(SessionId::from_u128(0x0123_4567_89ab_cdef_0011_2233_4455_6677));
+        s.next_write(1_764_000_000_000_000);
+        for i in 0..n {
+            s.advance(
+                ScopeKey::new(StoreId::new(1), format!("item/{i}").as_bytes()),
+                Version::new(base + i * 1_000),
+                AT,
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn round_trip_with_times_signature_and_horizon() {
+        let mut s = state_with(3, 7);
+        s.vector_mut().raise_horizon(StoreHorizon {
+            store: StoreId::new(9),
+            version: Version::new(77),
+            until_micros: 123_456,
+        });
+        let t = SessionToken::new(s)
+            .with_times(10, 20)
+            .with_signature(Signature {
+                key_id: 3,
+                tag: [0xab; 32],
+            });
+        let enc = t.encode().unwrap();
+        let back = SessionToken::decode(&enc).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.times(), Some((10, 20)));
+        assert_eq!(back.signature().unwrap().key_id, 3);
+        assert!(!format!("{back:?}").contains("171"));
+    }
+
+    #[test]
+    fn four_scope_token_is_compact() {
+        // Versions like Scylla microsecond timestamps, a few ms apart.
+        let s = state_with(4, 1_764_000_000_000_000);
+        let enc = SessionToken::new(s).encode().unwrap();
+        assert!(enc.len() <= 110, "{} chars", enc.len());
+    }
+
+    #[test]
+    fn typed_errors() {
+        let good = SessionToken::new(state_with(2, 5)).encode().unwrap();
+        let bytes = URL_SAFE_NO_PAD.decode(&good).unwrap();
+        assert_eq!(SessionToken::decode(""), Err(TokenError::Empty));
+        assert!(SessionToken::decode(&"A".repeat(2000)).unwrap_err().is_oversized());
+        assert_eq!(SessionToken::decode("***"), Err(TokenError::NotBase64));
+        for cut in 1..bytes.len() {
+            let e = SessionToken::from_bytes(&bytes[..cut]).unwrap_err();
+            assert!(
+                e.is_truncated() || matches!(e, TokenError::Malformed(_)),
+                "cut {cut}: {e:?}"
+            );
+        }
+        let mut v = bytes.clone();
+        v[0] = 2;
+        assert_eq!(SessionToken::from_bytes(&v), Err(TokenError::UnknownVersion(2)));
+        let mut v = bytes.clone();
+        v[1] = 0x80;
+        assert_eq!(SessionToken::from_bytes(&v), Err(TokenError::UnknownFlags(0x80)));
+        let mut v = bytes.clone();
+        v.push(0);
+        assert_eq!(
+            SessionToken::from_bytes(&v),
+            Err(TokenError::Malformed("trailing bytes"))
+        );
+        // Replace the store section kind.
+        let mut v = bytes.clone();
+        let kind_at = 2 + 16 + 1 + 8 + 1;
+        assert_eq!(v[kind_at], SECTION_STORE);
+        v[kind_at] = 0x7f;
+        assert_eq!(SessionToken::from_bytes(&v), Err(TokenError::UnknownSection(0x7f)));
+    }
+
+    #[test]
+    fn encode_coarsens_rather_than_overflow() {
+        let mut s = SessionState::new(SessionId::from_u128(1));
+        *s.vector_mut() = VersionVector::with_cap(MAX_SCOPE_CAP);
+        for i in 0..MAX_SCOPE_CAP as u64 {
+            s.advance(
+                ScopeKey::from_hash(StoreId::new((i % 2) as u8), i),
+                Version::new(u64::MAX - (i << 50)),
+                AT,
+            );
+        }
+        let enc = SessionToken::new(s.clone()).encode().unwrap();
+        assert!(enc.len() <= MAX_TOKEN_LEN);
+        let back = SessionToken::decode(&enc).unwrap();
+        // Whatever was coarsened is still required: the decoded state dominates the original.
+        assert!(back.state().vector().dominates(s.vector()));
+        assert!(back.state().vector().len() < s.vector().len());
+    }
+
+    #[test]
+    fn a_session_spanning_too_many_stores_is_a_typed_error() {
+        let mut s = SessionState::new(SessionId::from_u128(1));
+        for store in 0..=255u8 {
+            s.vector_mut().raise_horizon(StoreHorizon {
+                store: StoreId::new(store),
+                version: Version::new(u64::MAX),
+                until_micros: u64::MAX,
+            });
+        }
+        assert!(SessionToken::new(s).encode().unwrap_err().is_oversized());
+    }
+}

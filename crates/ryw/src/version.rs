@@ -1,0 +1,450 @@
+//! Versions, scopes and the bounded version vector a session keeps.
+//!
+//! A [`Version`] is a position in one [`ScopeKey`]'s total order (a MongoDB cluster time packed
+//! into 64 bits, a Scylla write timestamp, a DynamoDB item version). A [`VersionVector`] holds,
+//! per scope, the high-water mark every later read of that scope must reflect. Vectors only move
+//! forward: [`VersionVector::advance`] and [`VersionVector::merge`] ignore older values, and two
+//! vectors are compared with [`VersionVector::dominates`] (a partial order), never with `Ord`.
+//!
+//! The vector is bounded. Past its cap, the least recently advanced entries are *coarsened* into
+//! a per-store [`StoreHorizon`]: "this session touched this store up to version V; until time T
+//! every read of that store is fenced". Coarsening is always safe (it only makes fences
+//! stricter) and never silent (the horizon is visible in the vector and in the token).
+//!
+//! # Example
+//!
+//! ```
+//! use ryw::version::{Coarsening, ScopeKey, StoreId, Version, VersionVector};
+//!
+//! let store = StoreId::new(1);
+//! let post = ScopeKey::new(store, b"posts/42");
+//! let mut vector = VersionVector::with_cap(8);
+//! let at = Coarsening { now_micros: 0, window_micros: 1_000_000 };
+//!
+//! vector.advance(post, Version::new(7), at);
+//! vector.advance(post, Version::new(3), at); // older: ignored
+//! assert_eq!(vector.get(post), Some(Version::new(7)));
+//! assert_eq!(vector.requirement(post, 0).version, Version::new(7));
+//! ```
+
+use smallvec::SmallVec;
+use std::fmt;
+
+/// A position in one scope's total order. Larger is newer.
+///
+/// `Version::ZERO` means "nothing": an item that does not exist yet, or no requirement.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version(u64);
+
+impl Version {
+    /// The smallest version: no requirement, or an absent item.
+    pub const ZERO: Version = Version(0);
+
+    /// Wraps a raw 64-bit version.
+    pub const fn new(raw: u64) -> Self {
+        Version(raw)
+    }
+
+    /// The raw 64-bit value.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+/// Identifies one store (one adapter's deployment) inside a session; tokens may carry sections
+/// for up to 256 stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StoreId(u8);
+
+impl StoreId {
+    /// A store id. Applications that use several stores in one session give each a distinct id.
+    pub const fn new(id: u8) -> Self {
+        StoreId(id)
+    }
+
+    /// The raw id.
+    pub const fn get(self) -> u8 {
+        self.0
+    }
+}
+
+/// What a version applies to: a store plus a 56-bit stable hash of the scope's name (a MongoDB
+/// deployment, a Scylla partition, a DynamoDB item).
+///
+/// The hash is FNV-1a followed by a 64-bit finalizer: stable across processes, builds and
+/// platforms, so tokens stay meaningful wherever they travel. Two scopes that collide (about one
+/// chance in 2^56 per pair) share a high-water mark, which only makes fences stricter.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ScopeKey(u64);
+
+const HASH_BITS: u32 = 56;
+const HASH_MASK: u64 = (1 << HASH_BITS) - 1;
+
+impl ScopeKey {
+    /// Hashes `name` into a scope of `store`.
+    pub fn new(store: StoreId, name: &[u8]) -> Self {
+        Self::from_hash(store, stable_hash(name))
+    }
+
+    /// Builds a scope from a precomputed hash; only the low 56 bits are kept.
+    pub const fn from_hash(store: StoreId, hash: u64) -> Self {
+        ScopeKey(((store.0 as u64) << HASH_BITS) | (hash & HASH_MASK))
+    }
+
+    /// The store this scope belongs to.
+    pub const fn store(self) -> StoreId {
+        StoreId((self.0 >> HASH_BITS) as u8)
+    }
+
+    /// The 56-bit hash of the scope's name.
+    pub const fn hash56(self) -> u64 {
+        self.0 & HASH_MASK
+    }
+
+    /// The packed 64-bit form (store in the top byte).
+    pub const fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    /// Rebuilds a scope from [`ScopeKey::to_bits`].
+    pub const fn from_bits(bits: u64) -> Self {
+        ScopeKey(bits)
+    }
+}
+
+impl fmt::Debug for ScopeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ScopeKey({}:{:014x})", self.store().0, self.hash56())
+    }
+}
+
+/// FNV-1a 64 with the murmur3 finalizer: stable and well mixed.
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Coarsened state for one store: entries evicted from the vector, summarised.
+///
+/// Until `until_micros` (wall-clock microseconds since the Unix epoch) every read of the store
+/// that is not covered by an exact entry must be escalated (or waited for at `version` when the
+/// store's versions are global).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreHorizon {
+    /// The store.
+    pub store: StoreId,
+    /// The largest version among the evicted entries.
+    pub version: Version,
+    /// Until when reads of the store stay fenced.
+    pub until_micros: u64,
+}
+
+/// When and for how long a coarsened entry keeps fencing its store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coarsening {
+    /// The current wall-clock time, in microseconds since the Unix epoch.
+    pub now_micros: u64,
+    /// How long replication of the store may take: a horizon created now lasts this long.
+    pub window_micros: u64,
+}
+
+/// One exact entry of a [`VersionVector`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The scope.
+    pub scope: ScopeKey,
+    /// Its high-water mark.
+    pub version: Version,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    entry: Entry,
+    touched: u32,
+}
+
+/// The default number of exact entries a vector keeps before coarsening.
+pub const DEFAULT_SCOPE_CAP: usize = 32;
+
+/// The largest cap a vector accepts: beyond it a token could not stay under its size cap.
+pub const MAX_SCOPE_CAP: usize = 48;
+
+/// The requirement a read of one scope must meet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Requirement {
+    /// The scope read.
+    pub scope: ScopeKey,
+    /// The exact high-water mark (`Version::ZERO` when the session has none for this scope).
+    pub version: Version,
+    /// A live store horizon covering this scope: the read cannot be verified by version alone.
+    pub horizon: Option<Version>,
+}
+
+impl Requirement {
+    /// True when the read needs no fence at all.
+    pub fn is_unfenced(&self) -> bool {
+        self.version == Version::ZERO && self.horizon.is_none()
+    }
+}
+
+/// Per-scope high-water marks with a cap, coarsening into per-store horizons.
+#[derive(Clone, Debug)]
+pub struct VersionVector {
+    slots: SmallVec<[Slot; 4]>,
+    horizons: SmallVec<[StoreHorizon; 1]>,
+    cap: u16,
+    tick: u32,
+}
+
+impl Default for VersionVector {
+    fn default() -> Self {
+        Self::with_cap(DEFAULT_SCOPE_CAP)
+    }
+}
+
+impl PartialEq for VersionVector {
+    fn eq(&self, other: &Self) -> bool {
+        let mut a: SmallVec<[Entry; 8]> = self.entries().collect();
+        let mut b: SmallVec<[Entry; 8]> = other.entries().collect();
+        a.sort_by_key(|e| e.scope);
+        b.sort_by_key(|e| e.scope);
+        let mut ha = self.horizons.clone();
+        let mut hb = other.horizons.clone();
+        ha.sort_by_key(|h| h.store);
+        hb.sort_by_key(|h| h.store);
+        a == b && ha == hb
+    }
+}
+
+impl VersionVector {
+    /// An empty vector that keeps at most `cap` exact entries (clamped to `1..=MAX_SCOPE_CAP`).
+    pub fn with_cap(cap: usize) -> Self {
+        VersionVector {
+            slots: SmallVec::new(),
+            horizons: SmallVec::new(),
+            cap: cap.clamp(1, MAX_SCOPE_CAP) as u16,
+            tick: 0,
+        }
+    }
+
+    /// The cap on exact entries.
+    pub fn cap(&self) -> usize {
+        self.cap as usize
+    }
+
+    /// Sets the cap to `cap`, or to the current number of entries if larger (never evicts).
+    pub(crate) fn set_cap_at_least_len(&mut self, cap: usize) {
+        self.cap = cap.max(self.slots.len()).clamp(1, MAX_SCOPE_CAP) as u16;
+    }
+
+    /// Number of exact entries.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when the vector has neither entries nor horizons.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty() && self.horizons.is_empty()
+    }
+
+    /// The exact entries, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.slots.iter().map(|s| s.entry)
+    }
+
+    /// The store horizons, in no particular order.
+    pub fn horizons(&self) -> impl Iterator<Item = StoreHorizon> + '_ {
+        self.horizons.iter().copied()
+    }
+
+    /// The exact high-water mark of `scope`, if the vector has one.
+    pub fn get(&self, scope: ScopeKey) -> Option<Version> {
+        self.slots
+            .iter()
+            .find(|s| s.entry.scope == scope)
+            .map(|s| s.entry.version)
+    }
+
+    /// The horizon of `store`, if any (live or not).
+    pub fn horizon(&self, store: StoreId) -> Option<StoreHorizon> {
+        self.horizons.iter().find(|h| h.store == store).copied()
+    }
+
+    /// The requirement a read of `scope` must meet at `now_micros`.
+    pub fn requirement(&self, scope: ScopeKey, now_micros: u64) -> Requirement {
+        let version = self.get(scope).unwrap_or(Version::ZERO);
+        let horizon = self
+            .horizons
+            .iter()
+            .find(|h| h.store == scope.store() && h.until_micros > now_micros)
+            .map(|h| h.version);
+        Requirement {
+            scope,
+            version,
+            horizon,
+        }
+    }
+
+    /// Raises the high-water mark of `scope` to `version`; older values are ignored. Returns true
+    /// when the vector changed. May coarsen the least recently advanced entry when full.
+    pub fn advance(&mut self, scope: ScopeKey, version: Version, at: Coarsening) -> bool {
+        self.tick = self.tick.wrapping_add(1);
+        let tick = self.tick;
+        if let Some(slot) = self.slots.iter_mut().find(|s| s.entry.scope == scope) {
+            slot.touched = tick;
+            if version > slot.entry.version {
+                slot.entry.version = version;
+                return true;
+            }
+            return false;
+        }
+        if version == Version::ZERO {
+            return false;
+        }
+        self.slots.push(Slot {
+            entry: Entry { scope, version },
+            touched: tick,
+        });
+        self.enforce_cap(self.cap as usize, at);
+        true
+    }
+
+    /// Raises the horizon of `horizon.store` to at least `horizon` (pointwise max of version and
+    /// time).
+    pub fn raise_horizon(&mut self, horizon: StoreHorizon) {
+        if let Some(h) = self.horizons.iter_mut().find(|h| h.store == horizon.store) {
+            h.version = h.version.max(horizon.version);
+            h.until_micros = h.until_micros.max(horizon.until_micros);
+        } else {
+            self.horizons.push(horizon);
+        }
+    }
+
+    /// Pointwise maximum with `other`. Never moves any entry backwards.
+    pub fn merge(&mut self, other: &VersionVector, at: Coarsening) {
+        for e in other.entries() {
+            self.advance(e.scope, e.version, at);
+        }
+        for h in other.horizons() {
+            self.raise_horizon(h);
+        }
+    }
+
+    /// Forgets horizons that expired before `now_micros`.
+    pub fn expire_horizons(&mut self, now_micros: u64) {
+        self.horizons.retain(|h| h.until_micros > now_micros);
+    }
+
+    /// Coarsens the least recently advanced entries until at most `cap` remain.
+    pub fn enforce_cap(&mut self, cap: usize, at: Coarsening) {
+        while self.slots.len() > cap {
+            let (idx, _) = self
+                .slots
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, s)| self.tick.wrapping_sub(s.touched))
+                .expect("non-empty");
+            let evicted = self.slots.swap_remove(idx).entry;
+            tracing::debug!(target: "ryw::session", store = evicted.scope.store().0, "scope coarsened into store horizon");
+            self.raise_horizon(StoreHorizon {
+                store: evicted.scope.store(),
+                version: evicted.version,
+                until_micros: at.now_micros.saturating_add(at.window_micros),
+            });
+        }
+    }
+
+    /// True when every requirement of `other` is implied by `self`: each exact entry of `other`
+    /// is at most the matching entry of `self` (or covered by a horizon of `self` at least as
+    /// large and lasting), and each horizon of `other` is covered likewise.
+    pub fn dominates(&self, other: &VersionVector) -> bool {
+        let entries_ok = other.entries().all(|e| {
+            self.get(e.scope).is_some_and(|v| v >= e.version)
+                || self
+                    .horizon(e.scope.store())
+                    .is_some_and(|h| h.version >= e.version)
+        });
+        let horizons_ok = other.horizons().all(|o| {
+            self.horizon(o.store)
+                .is_some_and(|h| h.version >= o.version && h.until_micros >= o.until_micros)
+        });
+        entries_ok && horizons_ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AT: Coarsening = Coarsening {
+        now_micros: 1_000,
+        window_micros: 500,
+    };
+
+    fn scope(n: u64) -> ScopeKey {
+        ScopeKey::from_hash(StoreId::new(1), n)
+    }
+
+    #[test]
+    fn scope_hash_is_stable() {
+        // Pinned: tokens from other processes and builds depend on this value.
+        assert_eq!(stable_hash(b""), 17280346270528514342);
+        let k = ScopeKey::new(StoreId::new(3), b"users/1");
+        assert_eq!(k.store(), StoreId::new(3));
+        assert_eq!(ScopeKey::from_bits(k.to_bits()), k);
+        assert_ne!(k, ScopeKey::new(StoreId::new(3), b"users/2"));
+        assert_ne!(k, ScopeKey::new(StoreId::new(4), b"users/1"));
+    }
+
+    #[test]
+    fn advance_never_moves_back() {
+        let mut v = VersionVector::with_cap(4);
+        assert!(v.advance(scope(1), Version::new(5), AT));
+        assert!(!v.advance(scope(1), Version::new(4), AT));
+        assert_eq!(v.get(scope(1)), Some(Version::new(5)));
+        assert!(!v.advance(scope(2), Version::ZERO, AT));
+        assert_eq!(v.len(), 1);
+    }
+
+    #[test]
+    fn eviction_coarsens_least_recently_advanced() {
+        let mut v = VersionVector::with_cap(2);
+        v.advance(scope(1), Version::new(10), AT);
+        v.advance(scope(2), Version::new(20), AT);
+        v.advance(scope(1), Version::new(11), AT); // touch 1: 2 is now the oldest
+        v.advance(scope(3), Version::new(5), AT);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v.get(scope(2)), None);
+        let h = v.horizon(StoreId::new(1)).unwrap();
+        assert_eq!(h.version, Version::new(20));
+        assert_eq!(h.until_micros, 1_500);
+        let r = v.requirement(scope(2), 1_499);
+        assert_eq!(r.horizon, Some(Version::new(20)));
+        assert!(v.requirement(scope(2), 1_500).is_unfenced());
+    }
+
+    #[test]
+    fn dominance_is_partial() {
+        let mut a = VersionVector::with_cap(4);
+        let mut b = VersionVector::with_cap(4);
+        a.advance(scope(1), Version::new(2), AT);
+        b.advance(scope(2), Version::new(2), AT);
+        assert!(!a.dominates(&b) && !b.dominates(&a));
+        a.merge(&b, AT);
+        assert!(a.dominates(&b));
+    }
+}
