@@ -1,0 +1,143 @@
+//! The [`StoreAdapter`] of the simulated store: all three fence strategies.
+
+use crate::store::{Node, SimError, SimRequest, SimResponse, Target};
+use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp};
+use ryw::conflict::Conflict;
+use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
+use ryw::{ScopeKey, StoreId};
+use std::time::Duration;
+
+/// Maps the session concepts onto the simulated store.
+///
+/// - scope: one key; version: the log position of the key's last write (store-wide order);
+/// - server wait: `min_version` on the replica; escalate: read the primary; verify: compare the
+///   key's version;
+/// - writes carry their `WriteId` (the store skips a write whose id already applied, so replays are
+///   safe) and the session's hybrid clock;
+/// - a failed conditional write is a conflict with the current version, clock and writer.
+#[derive(Clone, Debug)]
+pub struct SimAdapter {
+    store: StoreId,
+    window: Duration,
+}
+
+impl Default for SimAdapter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SimAdapter {
+    /// The adapter for store id 0, with a 2 s replication window.
+    pub const fn new() -> Self {
+        SimAdapter {
+            store: StoreId::new(0),
+            window: Duration::from_secs(2),
+        }
+    }
+
+    /// Uses another store id (for sessions spanning several stores).
+    pub const fn with_store(mut self, store: StoreId) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// The scope of `key`.
+    pub fn scope(&self, key: &str) -> ScopeKey {
+        ScopeKey::new(self.store, key.as_bytes())
+    }
+}
+
+impl StoreAdapter for SimAdapter {
+    type Request = SimRequest;
+    type Response = SimResponse;
+    type Error = SimError;
+
+    fn store(&self) -> StoreId {
+        self.store
+    }
+
+    fn operation(&self, request: &SimRequest) -> Operation {
+        match request {
+            SimRequest::Get(_) => Operation::Read,
+            SimRequest::Put(_) => Operation::Write(Replay::Safe),
+        }
+    }
+
+    fn scopes(&self, request: &SimRequest, scopes: &mut Scopes) {
+        scopes.push(self.scope(request.key()));
+    }
+
+    fn fence_support(&self) -> FenceSupport {
+        FenceSupport::new()
+            .server_wait(true)
+            .escalate(true)
+            .global_versions(true)
+    }
+
+    fn stamp_write(&self, request: &mut SimRequest, stamp: &WriteStamp<'_>) {
+        if let SimRequest::Put(put) = request {
+            put.write_id = Some(stamp.write_id);
+            put.clock = Some(stamp.timestamp);
+        }
+    }
+
+    fn apply_fence(&self, request: &mut SimRequest, fence: &ReadFence, strategy: FenceStrategy) {
+        if let SimRequest::Get(get) = request {
+            match strategy {
+                FenceStrategy::ServerWait => get.min_version = Some(fence.max_version()),
+                FenceStrategy::Escalate => get.target = Target::Primary,
+                _ => {}
+            }
+        }
+    }
+
+    fn observe(&self, request: &SimRequest, response: &SimResponse, observed: &mut Observed) {
+        observed.push(self.scope(request.key()), response.version);
+        if let Some(clock) = response.clock {
+            observed.clock(clock);
+        }
+        if response.served_by == Node::Primary {
+            observed.mark_strong();
+        }
+    }
+
+    fn classify(&self, error: &SimError) -> ErrorClass {
+        match error {
+            SimError::Unavailable => ErrorClass::RETRYABLE,
+            SimError::Timeout => ErrorClass::AMBIGUOUS,
+            SimError::ConditionFailed(_) => ErrorClass::Conflict,
+        }
+    }
+
+    fn conflict(&self, request: &SimRequest, error: &SimError) -> Option<Conflict> {
+        let (SimRequest::Put(put), SimError::ConditionFailed(current)) = (request, error) else {
+            return None;
+        };
+        let mut conflict = Conflict::new(
+            self.scope(&put.key),
+            put.write_id?,
+            put.clock?,
+            put.if_version,
+            current.version,
+        );
+        conflict.current_timestamp = current.clock;
+        conflict.current_writer = current.writer;
+        conflict.item = current.value.map(|v| std::sync::Arc::new(v) as _);
+        Some(conflict)
+    }
+
+    fn rebase(&self, request: &mut SimRequest, conflict: &Conflict) -> bool {
+        match request {
+            SimRequest::Put(put) => {
+                put.if_version = Some(conflict.current);
+                true
+            }
+            SimRequest::Get(_) => false,
+        }
+    }
+
+    fn replication_window(&self) -> Duration {
+        self.window
+    }
+}

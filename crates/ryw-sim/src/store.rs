@@ -1,0 +1,575 @@
+//! The simulated store: one primary with an ordered log, N lagging replicas, behind a tower
+//! `Service` per client instance.
+
+use crate::config::{PartitionKind, SimConfig};
+use crate::rng::SimRng;
+use ryw::clock::{Clock, HybridTimestamp};
+use ryw::{Version, WriteId};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A key of the simulated store.
+pub type Key = Arc<str>;
+
+/// Where a read goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// The replica nearest the client instance.
+    Local,
+    /// A given replica.
+    Replica(usize),
+    /// The primary (a strong read).
+    Primary,
+}
+
+/// Which node served a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Node {
+    /// The primary.
+    Primary,
+    /// A replica.
+    Replica(usize),
+}
+
+/// A read of one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Get {
+    /// The key.
+    pub key: Key,
+    /// Where the read goes.
+    pub target: Target,
+    /// Server wait: the replica answers only once it has applied this log position.
+    pub min_version: Option<Version>,
+}
+
+/// A write of one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Put {
+    /// The key.
+    pub key: Key,
+    /// The value (workloads write unique values so the checker can tell writes apart).
+    pub value: u64,
+    /// The idempotency key: a write whose id already applied is not applied again.
+    pub write_id: Option<WriteId>,
+    /// The writer's hybrid clock reading, kept with the value.
+    pub clock: Option<HybridTimestamp>,
+    /// Apply only if the key's current version is this one (`Version::ZERO`: absent).
+    pub if_version: Option<Version>,
+}
+
+/// A request to the simulated store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SimRequest {
+    /// A read.
+    Get(Get),
+    /// A write.
+    Put(Put),
+}
+
+impl SimRequest {
+    /// A read of `key` at the local replica.
+    pub fn get(key: impl Into<Key>) -> Self {
+        SimRequest::Get(Get {
+            key: key.into(),
+            target: Target::Local,
+            min_version: None,
+        })
+    }
+
+    /// A strong read of `key` at the primary.
+    pub fn get_primary(key: impl Into<Key>) -> Self {
+        SimRequest::Get(Get {
+            key: key.into(),
+            target: Target::Primary,
+            min_version: None,
+        })
+    }
+
+    /// An unconditional write of `value` to `key`.
+    pub fn put(key: impl Into<Key>, value: u64) -> Self {
+        SimRequest::Put(Put {
+            key: key.into(),
+            value,
+            write_id: None,
+            clock: None,
+            if_version: None,
+        })
+    }
+
+    /// A write applied only if `key` is at `version`.
+    pub fn put_if(key: impl Into<Key>, value: u64, version: Version) -> Self {
+        SimRequest::Put(Put {
+            key: key.into(),
+            value,
+            write_id: None,
+            clock: None,
+            if_version: Some(version),
+        })
+    }
+
+    /// The key the request touches.
+    pub fn key(&self) -> &Key {
+        match self {
+            SimRequest::Get(g) => &g.key,
+            SimRequest::Put(p) => &p.key,
+        }
+    }
+}
+
+/// The answer to a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimResponse {
+    /// The key.
+    pub key: Key,
+    /// The value read (for reads) or written.
+    pub value: Option<u64>,
+    /// The log position of the key's visible write (reads) or of the write (writes);
+    /// `Version::ZERO` when the key has never been written at that node.
+    pub version: Version,
+    /// The hybrid clock of that write, if the writer gave one.
+    pub clock: Option<HybridTimestamp>,
+    /// The node that served the request.
+    pub served_by: Node,
+    /// How much of the log the serving node had applied.
+    pub applied: Version,
+    /// The write had already applied under the same write id: this attempt changed nothing.
+    pub deduplicated: bool,
+}
+
+impl SimResponse {
+    /// The value.
+    pub fn value(&self) -> Option<u64> {
+        self.value
+    }
+}
+
+/// The state of a key at the primary, reported by a failed conditional write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CurrentVersion {
+    /// Its version (log position).
+    pub version: Version,
+    /// Its value.
+    pub value: Option<u64>,
+    /// Its writer's clock.
+    pub clock: Option<HybridTimestamp>,
+    /// Its writer.
+    pub writer: Option<WriteId>,
+}
+
+/// Errors of the simulated store.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// The node could not be reached; nothing applied.
+    #[error("node unavailable")]
+    Unavailable,
+    /// No response: the request may or may not have applied.
+    #[error("request timed out")]
+    Timeout,
+    /// A conditional write found another version.
+    #[error("condition failed: key is at {}", .0.version)]
+    ConditionFailed(Box<CurrentVersion>),
+}
+
+impl SimError {
+    /// True for [`SimError::Unavailable`].
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, SimError::Unavailable)
+    }
+
+    /// True for [`SimError::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, SimError::Timeout)
+    }
+
+    /// True for [`SimError::ConditionFailed`].
+    pub fn is_condition_failed(&self) -> bool {
+        matches!(self, SimError::ConditionFailed(_))
+    }
+}
+
+/// One applied write in the primary's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Its position (1-based): the version of the write.
+    pub position: u64,
+    /// The key.
+    pub key: Key,
+    /// The value.
+    pub value: u64,
+    /// The write id, if the request carried one.
+    pub write_id: Option<WriteId>,
+    /// The writer's clock, if any.
+    pub clock: Option<HybridTimestamp>,
+    /// When it applied, in microseconds of simulated time.
+    pub at_micros: u64,
+}
+
+struct World {
+    config: SimConfig,
+    rng: SimRng,
+    log: Vec<LogEntry>,
+    by_key: HashMap<Key, Vec<u64>>,
+    /// Per replica, when each log entry arrives (microseconds; non-decreasing).
+    arrivals: Vec<Vec<u64>>,
+    applied_ids: HashMap<WriteId, u64>,
+}
+
+impl World {
+    fn visible(&self, key: &Key, applied: u64) -> Option<&LogEntry> {
+        let positions = self.by_key.get(key)?;
+        let idx = positions.partition_point(|&p| p <= applied);
+        let p = *positions.get(idx.checked_sub(1)?)?;
+        Some(&self.log[(p - 1) as usize])
+    }
+
+    fn applied_at(&self, replica: usize, now: u64) -> u64 {
+        self.arrivals[replica].partition_point(|&a| a <= now) as u64
+    }
+
+    fn primary_unreachable(&self, now: Duration) -> bool {
+        self.config
+            .partitions
+            .iter()
+            .any(|p| p.kind == PartitionKind::PrimaryUnreachable && p.covers(now))
+    }
+
+    fn leg(&mut self, base: Duration) -> Duration {
+        let jitter = self.rng.exponential(self.config.latency.jitter.as_secs_f64());
+        base / 2 + Duration::from_secs_f64(jitter.min(1.0))
+    }
+
+    fn read(&self, key: &Key, node: Node, applied: u64) -> SimResponse {
+        let entry = self.visible(key, applied);
+        SimResponse {
+            key: key.clone(),
+            value: entry.map(|e| e.value),
+            version: Version::new(entry.map_or(0, |e| e.position)),
+            clock: entry.and_then(|e| e.clock),
+            served_by: node,
+            applied: Version::new(applied),
+            deduplicated: false,
+        }
+    }
+
+    fn apply_put(&mut self, put: &Put, now: u64) -> Result<SimResponse, SimError> {
+        let applied = self.log.len() as u64;
+        if let Some(id) = put.write_id {
+            if let Some(&p) = self.applied_ids.get(&id) {
+                let e = &self.log[(p - 1) as usize];
+                return Ok(SimResponse {
+                    key: e.key.clone(),
+                    value: Some(e.value),
+                    version: Version::new(p),
+                    clock: e.clock,
+                    served_by: Node::Primary,
+                    applied: Version::new(applied),
+                    deduplicated: true,
+                });
+            }
+        }
+        if let Some(expected) = put.if_version {
+            let current = self.visible(&put.key, applied);
+            let current_version = Version::new(current.map_or(0, |e| e.position));
+            if current_version != expected {
+                return Err(SimError::ConditionFailed(Box::new(CurrentVersion {
+                    version: current_version,
+                    value: current.map(|e| e.value),
+                    clock: current.and_then(|e| e.clock),
+                    writer: current.and_then(|e| e.write_id),
+                })));
+            }
+        }
+        let position = applied + 1;
+        self.log.push(LogEntry {
+            position,
+            key: put.key.clone(),
+            value: put.value,
+            write_id: put.write_id,
+            clock: put.clock,
+            at_micros: now,
+        });
+        self.by_key.entry(put.key.clone()).or_default().push(position);
+        if let Some(id) = put.write_id {
+            self.applied_ids.insert(id, position);
+        }
+        for r in 0..self.arrivals.len() {
+            let lag = self.config.lag_of(r).sample(&mut self.rng);
+            let mut arrival = now + lag.as_micros() as u64;
+            for p in &self.config.partitions {
+                if p.kind == PartitionKind::ReplicaIsolated(r)
+                    && p.covers(Duration::from_micros(arrival))
+                {
+                    arrival = p.end.as_micros() as u64 + lag.as_micros() as u64;
+                }
+            }
+            let prev = self.arrivals[r].last().copied().unwrap_or(0);
+            self.arrivals[r].push(arrival.max(prev));
+        }
+        Ok(SimResponse {
+            key: put.key.clone(),
+            value: Some(put.value),
+            version: Version::new(position),
+            clock: put.clock,
+            served_by: Node::Primary,
+            applied: Version::new(position),
+            deduplicated: false,
+        })
+    }
+}
+
+/// The simulated store. Cheap to clone; all clones share one deployment.
+///
+/// Runs in tokio time: under a paused runtime (`start_paused = true`) a whole simulation is
+/// deterministic for a given seed and takes no real time.
+#[derive(Clone)]
+pub struct SimStore {
+    world: Arc<Mutex<World>>,
+    start: Instant,
+}
+
+impl fmt::Debug for SimStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = self.lock();
+        f.debug_struct("SimStore")
+            .field("replicas", &w.arrivals.len())
+            .field("log_len", &w.log.len())
+            .finish()
+    }
+}
+
+/// Base of the simulated wall clock: 2025-11-14T22:13:20Z, in microseconds.
+pub const SIM_EPOCH_MICROS: u64 = 1_763_158_400_000_000;
+
+impl SimStore {
+    /// A new deployment. Must be called inside a tokio runtime with the time driver.
+    pub fn new(config: SimConfig) -> Self {
+        let replicas = config.replicas.max(1);
+        SimStore {
+            world: Arc::new(Mutex::new(World {
+                rng: SimRng::new(config.seed),
+                config,
+                log: Vec::new(),
+                by_key: HashMap::new(),
+                arrivals: vec![Vec::new(); replicas],
+                applied_ids: HashMap::new(),
+            })),
+            start: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A client of app instance `instance`: its local replica is `instance % replicas`.
+    pub fn client(&self, instance: usize) -> SimClient {
+        let replicas = self.lock().arrivals.len();
+        SimClient {
+            store: self.clone(),
+            local: instance % replicas,
+        }
+    }
+
+    /// The simulated wall clock, for the session layer.
+    pub fn clock(&self) -> SimClock {
+        SimClock { start: self.start }
+    }
+
+    /// Simulated time since the store was created.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// A copy of the primary's log.
+    pub fn log(&self) -> Vec<LogEntry> {
+        self.lock().log.clone()
+    }
+
+    /// Number of replicas.
+    pub fn replicas(&self) -> usize {
+        self.lock().arrivals.len()
+    }
+
+    /// Waits until every duplicate delivery that may still be in flight has landed.
+    pub async fn quiesce(&self) {
+        let wait = self.lock().config.duplicate_delay_max + Duration::from_millis(10);
+        tokio::time::sleep(wait).await;
+    }
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    async fn execute(self, local: usize, request: SimRequest) -> Result<SimResponse, SimError> {
+        match request {
+            SimRequest::Get(get) => self.execute_get(local, get).await,
+            SimRequest::Put(put) => self.execute_put(put).await,
+        }
+    }
+
+    async fn execute_get(self, local: usize, get: Get) -> Result<SimResponse, SimError> {
+        let node = match get.target {
+            Target::Local => Node::Replica(local),
+            Target::Replica(r) => Node::Replica(r % self.replicas()),
+            Target::Primary => Node::Primary,
+        };
+        let (out, back, lost) = {
+            let mut guard = self.lock();
+            let w = &mut *guard;
+            let base = match node {
+                Node::Primary => w.config.latency.primary,
+                Node::Replica(_) => w.config.latency.replica,
+            };
+            let out = w.leg(base);
+            let back = w.leg(base);
+            let lost = w.rng.chance(w.config.lost_responses);
+            (out, back, lost)
+        };
+        tokio::time::sleep(out).await;
+        let response = match node {
+            Node::Primary => {
+                let read = {
+                    let w = self.lock();
+                    (!w.primary_unreachable(self.now()))
+                        .then(|| w.read(&get.key, Node::Primary, w.log.len() as u64))
+                };
+                match read {
+                    Some(response) => response,
+                    None => {
+                        tokio::time::sleep(back).await;
+                        return Err(SimError::Unavailable);
+                    }
+                }
+            }
+            Node::Replica(r) => {
+                if let Some(min) = get.min_version {
+                    let wait = {
+                        let w = self.lock();
+                        let now = self.now().as_micros() as u64;
+                        let max = w.config.max_server_wait.as_micros() as u64;
+                        let needed = min.get();
+                        if w.applied_at(r, now) >= needed {
+                            Some(0)
+                        } else if needed as usize <= w.log.len() {
+                            let at = w.arrivals[r][(needed - 1) as usize];
+                            (at - now <= max).then_some(at - now)
+                        } else {
+                            None
+                        }
+                    };
+                    match wait {
+                        Some(micros) => tokio::time::sleep(Duration::from_micros(micros)).await,
+                        None => {
+                            let max = self.lock().config.max_server_wait;
+                            tokio::time::sleep(max + back).await;
+                            return Err(SimError::Timeout);
+                        }
+                    }
+                }
+                let w = self.lock();
+                let now = self.now().as_micros() as u64;
+                w.read(&get.key, node, w.applied_at(r, now))
+            }
+        };
+        tokio::time::sleep(back).await;
+        if lost {
+            return Err(SimError::Timeout);
+        }
+        Ok(response)
+    }
+
+    async fn execute_put(self, put: Put) -> Result<SimResponse, SimError> {
+        let (out, back, lost, duplicate) = {
+            let mut guard = self.lock();
+            let w = &mut *guard;
+            let base = w.config.latency.primary;
+            let out = w.leg(base);
+            let back = w.leg(base);
+            let lost = w.rng.chance(w.config.lost_responses);
+            let duplicate = if w.rng.chance(w.config.duplicate_deliveries) {
+                let max = w.config.duplicate_delay_max.as_secs_f64();
+                Some(Duration::from_secs_f64(w.rng.unit() * max))
+            } else {
+                None
+            };
+            (out, back, lost, duplicate)
+        };
+        tokio::time::sleep(out).await;
+        let result = {
+            let mut w = self.lock();
+            if w.primary_unreachable(self.now()) {
+                Err(SimError::Unavailable)
+            } else {
+                let now = self.now().as_micros() as u64;
+                w.apply_put(&put, now)
+            }
+        };
+        if let Some(delay) = duplicate {
+            let store = self.clone();
+            let copy = put.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let mut w = store.lock();
+                if !w.primary_unreachable(store.now()) {
+                    let now = store.now().as_micros() as u64;
+                    let _ = w.apply_put(&copy, now);
+                }
+            });
+        }
+        tokio::time::sleep(back).await;
+        match result {
+            Ok(_) if lost => Err(SimError::Timeout),
+            other => other,
+        }
+    }
+}
+
+/// A wall clock that follows tokio's (virtual) time from [`SIM_EPOCH_MICROS`].
+#[derive(Clone, Copy, Debug)]
+pub struct SimClock {
+    start: Instant,
+}
+
+impl Clock for SimClock {
+    fn now_micros(&self) -> u64 {
+        SIM_EPOCH_MICROS + self.start.elapsed().as_micros() as u64
+    }
+}
+
+/// One app instance's connection to the store: a tower `Service<SimRequest>`.
+#[derive(Clone, Debug)]
+pub struct SimClient {
+    store: SimStore,
+    local: usize,
+}
+
+impl SimClient {
+    /// The replica this client reads by default.
+    pub fn local_replica(&self) -> usize {
+        self.local
+    }
+}
+
+/// The future of a [`SimClient`] call.
+pub type SimFuture = Pin<Box<dyn Future<Output = Result<SimResponse, SimError>> + Send>>;
+
+impl tower::Service<SimRequest> for SimClient {
+    type Response = SimResponse;
+    type Error = SimError;
+    type Future = SimFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), SimError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: SimRequest) -> SimFuture {
+        Box::pin(self.store.clone().execute(self.local, request))
+    }
+}

@@ -1,0 +1,425 @@
+//! Seeded workloads: users spread over app instances that share nothing but the session token,
+//! run against the simulated store in one of four [`Mode`]s, recorded as a [`History`].
+//!
+//! # Example
+//!
+//! ```
+//! use ryw_sim::workload::{run_blocking, Mode, Scenario};
+//!
+//! let scenario = Scenario::random(42);
+//! let with_layer = run_blocking(&scenario, &Mode::ryw());
+//! assert_eq!(with_layer.check.violations.len(), 0);
+//! ```
+
+use crate::adapter::SimAdapter;
+use crate::checker::{check, CheckReport, History, Op, OpKind, ReadStatus};
+use crate::config::{LagModel, LatencyModel, Partition, PartitionKind, SimConfig};
+use crate::rng::SimRng;
+use crate::store::{Key, Node, SimClient, SimError, SimRequest, SimResponse, SimStore};
+use ryw::fence::FenceConfig;
+use ryw::retry::RetryPolicy;
+use ryw::{ReadYourWrites, ReadYourWritesLayer, Session, SessionId, Visibility};
+use std::time::Duration;
+use tower::{Layer, ServiceExt};
+
+/// How the application reads and writes.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Mode {
+    /// No session layer: reads go to the local replica, failed writes are retried as they are.
+    Plain,
+    /// Every read goes to the primary.
+    Strong,
+    /// After any write, the user's reads go to the primary for this long (the Rails and GitLab
+    /// style of "sticking"); writes are retried as they are.
+    Pinned(Duration),
+    /// Through the ryw session layer, with this fence configuration; the session travels between
+    /// instances as an encoded token.
+    Ryw(FenceConfig),
+}
+
+impl Mode {
+    /// The ryw layer with its default fence (verify, one re-read, escalate).
+    pub fn ryw() -> Self {
+        Mode::Ryw(FenceConfig::default())
+    }
+
+    /// A short name for tables.
+    pub fn name(&self) -> String {
+        match self {
+            Mode::Plain => "no session layer".into(),
+            Mode::Strong => "always-strong reads".into(),
+            Mode::Pinned(d) => format!("pin to primary {}s after a write", d.as_secs_f64()),
+            Mode::Ryw(c) => format!("ryw ({:?} fence)", c.initial).to_lowercase(),
+        }
+    }
+}
+
+/// A workload over a simulated deployment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// The deployment.
+    pub sim: SimConfig,
+    /// Users (one session each).
+    pub users: usize,
+    /// App instances; each request of a user goes to a random one.
+    pub instances: usize,
+    /// Operations per user.
+    pub ops_per_user: usize,
+    /// Share of operations that write.
+    pub write_ratio: f64,
+    /// Keys each user owns (writes go to the user's own keys).
+    pub keys_per_user: usize,
+    /// Share of reads of another user's keys.
+    pub foreign_read_ratio: f64,
+    /// Shortest pause between a user's operations.
+    pub think_min: Duration,
+    /// Longest pause between a user's operations.
+    pub think_max: Duration,
+    /// Seed of the users' choices.
+    pub seed: u64,
+}
+
+impl Default for Scenario {
+    /// 8 users, 3 instances, 40 operations each, 25% writes, no faults.
+    fn default() -> Self {
+        Scenario {
+            sim: SimConfig::default(),
+            users: 8,
+            instances: 3,
+            ops_per_user: 40,
+            write_ratio: 0.25,
+            keys_per_user: 2,
+            foreign_read_ratio: 0.2,
+            think_min: Duration::from_millis(5),
+            think_max: Duration::from_millis(200),
+            seed: 0,
+        }
+    }
+}
+
+impl Scenario {
+    /// A random small scenario with lag, partitions, lost responses and duplicated deliveries,
+    /// entirely determined by `seed`.
+    pub fn random(seed: u64) -> Self {
+        let mut rng = SimRng::new(seed);
+        let replicas = 1 + rng.below(3);
+        let lags = (0..replicas)
+            .map(|_| {
+                LagModel::new(
+                    Duration::from_millis(rng.below(40) as u64),
+                    Duration::from_millis(1 + rng.below(80) as u64),
+                )
+                .spikes(rng.unit() * 0.1, Duration::from_millis(rng.below(800) as u64))
+            })
+            .collect();
+        let mut sim = SimConfig::default()
+            .seed(rng.next_u64())
+            .replicas(replicas)
+            .lag_per_replica(lags)
+            .latency(LatencyModel {
+                replica: Duration::from_micros(200 + rng.below(2_000) as u64),
+                primary: Duration::from_micros(1_000 + rng.below(10_000) as u64),
+                jitter: Duration::from_micros(rng.below(1_000) as u64),
+            })
+            .lost_responses(if rng.chance(0.7) { rng.unit() * 0.1 } else { 0.0 })
+            .duplicate_deliveries(if rng.chance(0.5) { rng.unit() * 0.1 } else { 0.0 });
+        let horizon_ms = 2_000;
+        for _ in 0..rng.below(3) {
+            let start = rng.below(horizon_ms) as u64;
+            let len = 50 + rng.below(800) as u64;
+            let kind = if rng.chance(0.5) {
+                PartitionKind::PrimaryUnreachable
+            } else {
+                PartitionKind::ReplicaIsolated(rng.below(replicas))
+            };
+            sim = sim.partition(Partition {
+                start: Duration::from_millis(start),
+                end: Duration::from_millis(start + len),
+                kind,
+            });
+        }
+        Scenario {
+            sim,
+            users: 1 + rng.below(4),
+            instances: 1 + rng.below(3),
+            ops_per_user: 10 + rng.below(30),
+            write_ratio: 0.1 + rng.unit() * 0.5,
+            keys_per_user: 1 + rng.below(3),
+            foreign_read_ratio: rng.unit() * 0.3,
+            think_min: Duration::ZERO,
+            think_max: Duration::from_millis(1 + rng.below(120) as u64),
+            seed: rng.next_u64(),
+        }
+    }
+}
+
+/// What one run produced.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// The recorded history.
+    pub history: History,
+    /// The checker's findings on it.
+    pub check: CheckReport,
+    /// Latency of every completed read, in microseconds of simulated time.
+    pub read_latencies_micros: Vec<u64>,
+    /// Reads that returned data.
+    pub reads: usize,
+    /// Of those, reads whose data came from a replica.
+    pub replica_reads: usize,
+    /// Reads reported `Pending`.
+    pub pending_reads: usize,
+    /// Operations that returned an error.
+    pub failed_ops: usize,
+    /// The longest encoded token seen (ryw mode).
+    pub max_token_len: usize,
+}
+
+impl RunReport {
+    /// Share of reads served by a replica.
+    pub fn replica_share(&self) -> f64 {
+        if self.reads == 0 {
+            0.0
+        } else {
+            self.replica_reads as f64 / self.reads as f64
+        }
+    }
+
+    /// The `p`-th percentile (0 to 100) of read latency.
+    pub fn read_latency_percentile(&self, p: f64) -> Duration {
+        if self.read_latencies_micros.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut v = self.read_latencies_micros.clone();
+        v.sort_unstable();
+        let idx = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+        Duration::from_micros(v[idx.min(v.len() - 1)])
+    }
+}
+
+type Layered = ReadYourWrites<SimClient, SimAdapter, RetryPolicy<SimAdapter>>;
+
+struct UserResult {
+    ops: Vec<Op>,
+    latencies: Vec<u64>,
+    reads: usize,
+    replica_reads: usize,
+    pending: usize,
+    failed: usize,
+    max_token_len: usize,
+}
+
+/// Runs `scenario` in `mode` on a fresh store inside the current (paused) tokio runtime.
+pub async fn run(scenario: &Scenario, mode: &Mode) -> RunReport {
+    let store = SimStore::new(scenario.sim.clone());
+    let services: Vec<Layered> = match mode {
+        Mode::Ryw(fence) => (0..scenario.instances.max(1))
+            .map(|i| {
+                let adapter = SimAdapter::new();
+                let policy = RetryPolicy::new(adapter.clone())
+                    .max_retries(4)
+                    .seed(scenario.seed ^ i as u64);
+                ReadYourWritesLayer::new(adapter)
+                    .fence(fence.clone())
+                    .clock(store.clock())
+                    .retry(policy)
+                    .layer(store.client(i))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut rng = SimRng::new(scenario.seed);
+    let mut tasks = tokio::task::JoinSet::new();
+    for user in 0..scenario.users {
+        let user_rng = rng.fork();
+        let store = store.clone();
+        let services = services.clone();
+        let scenario = scenario.clone();
+        let mode = mode.clone();
+        tasks.spawn(async move { run_user(user, user_rng, store, services, scenario, mode).await });
+    }
+    let mut results = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        results.push(r.expect("user task panicked"));
+    }
+    results.sort_by_key(|r| r.ops.first().map(|o| o.session));
+    store.quiesce().await;
+    let mut history = History {
+        ops: Vec::new(),
+        log: store.log(),
+    };
+    let mut report = RunReport {
+        history: History::default(),
+        check: CheckReport::default(),
+        read_latencies_micros: Vec::new(),
+        reads: 0,
+        replica_reads: 0,
+        pending_reads: 0,
+        failed_ops: 0,
+        max_token_len: 0,
+    };
+    for r in results {
+        history.ops.extend(r.ops);
+        report.read_latencies_micros.extend(r.latencies);
+        report.reads += r.reads;
+        report.replica_reads += r.replica_reads;
+        report.pending_reads += r.pending;
+        report.failed_ops += r.failed;
+        report.max_token_len = report.max_token_len.max(r.max_token_len);
+    }
+    report.check = check(&history);
+    report.history = history;
+    report
+}
+
+/// Runs `scenario` in `mode` on a fresh paused single-threaded runtime: deterministic per seed.
+pub fn run_blocking(scenario: &Scenario, mode: &Mode) -> RunReport {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a tokio runtime")
+        .block_on(run(scenario, mode))
+}
+
+async fn run_user(
+    user: usize,
+    mut rng: SimRng,
+    store: SimStore,
+    services: Vec<Layered>,
+    scenario: Scenario,
+    mode: Mode,
+) -> UserResult {
+    let mut out = UserResult {
+        ops: Vec::with_capacity(scenario.ops_per_user),
+        latencies: Vec::new(),
+        reads: 0,
+        replica_reads: 0,
+        pending: 0,
+        failed: 0,
+        max_token_len: 0,
+    };
+    // Derived ids keep runs reproducible; real applications use random or per-user ids.
+    let id = SessionId::derive(format!("sim:{}:{user}", scenario.seed).as_bytes());
+    let mut token = Session::with_id(id).token().encode().expect("fresh token encodes");
+    let mut last_write: Option<Duration> = None;
+    let instances = scenario.instances.max(1);
+    for n in 0..scenario.ops_per_user {
+        let lo = scenario.think_min.as_micros() as u64;
+        let hi = scenario.think_max.as_micros() as u64;
+        let think = lo + (rng.unit() * hi.saturating_sub(lo) as f64) as u64;
+        tokio::time::sleep(Duration::from_micros(think)).await;
+        let instance = rng.below(instances);
+        let is_write = rng.chance(scenario.write_ratio);
+        let owner = if !is_write && scenario.users > 1 && rng.chance(scenario.foreign_read_ratio) {
+            (user + 1 + rng.below(scenario.users - 1)) % scenario.users
+        } else {
+            user
+        };
+        let key: Key = format!("user{owner}/k{}", rng.below(scenario.keys_per_user.max(1))).into();
+        let value = ((user as u64 + 1) << 32) | (n as u64 + 1);
+        let invoked = store.elapsed();
+        let kind = match &mode {
+            Mode::Ryw(_) => {
+                let session = Session::from_encoded(&token).expect("own token decodes");
+                let request = if is_write {
+                    SimRequest::put(key.clone(), value)
+                } else {
+                    SimRequest::get(key.clone())
+                };
+                let result = services[instance].clone().oneshot(session.request(request)).await;
+                token = session.token().encode().expect("token encodes");
+                out.max_token_len = out.max_token_len.max(token.len());
+                match (is_write, result) {
+                    (true, Ok(_)) => OpKind::Write { value, ok: true },
+                    (true, Err(_)) => OpKind::Write { value, ok: false },
+                    (false, Ok(response)) => {
+                        let status = match response.visibility() {
+                            Visibility::Guaranteed(_) => ReadStatus::Guaranteed,
+                            _ => ReadStatus::Pending,
+                        };
+                        read_kind(&mut out, response.get_ref(), status)
+                    }
+                    (false, Err(_)) => OpKind::Read {
+                        observed: None,
+                        status: ReadStatus::Guaranteed,
+                    },
+                }
+            }
+            _ => {
+                let client = store.client(instance);
+                if is_write {
+                    let ok = naive_write(client, SimRequest::put(key.clone(), value)).await;
+                    if ok {
+                        last_write = Some(store.elapsed());
+                    }
+                    OpKind::Write { value, ok }
+                } else {
+                    let primary = match &mode {
+                        Mode::Strong => true,
+                        Mode::Pinned(window) => {
+                            last_write.is_some_and(|t| store.elapsed() < t + *window)
+                        }
+                        _ => false,
+                    };
+                    let request = if primary {
+                        SimRequest::get_primary(key.clone())
+                    } else {
+                        SimRequest::get(key.clone())
+                    };
+                    match client.oneshot(request).await {
+                        Ok(response) => read_kind(&mut out, &response, ReadStatus::Unchecked),
+                        Err(_) => OpKind::Read {
+                            observed: None,
+                            status: ReadStatus::Unchecked,
+                        },
+                    }
+                }
+            }
+        };
+        let completed = store.elapsed();
+        match &kind {
+            OpKind::Read { observed: Some(_), .. } => {
+                out.latencies.push((completed - invoked).as_micros() as u64)
+            }
+            OpKind::Read { observed: None, .. } | OpKind::Write { ok: false, .. } => out.failed += 1,
+            _ => {}
+        }
+        out.ops.push(Op {
+            session: user,
+            key,
+            kind,
+            invoked_micros: invoked.as_micros() as u64,
+            completed_micros: completed.as_micros() as u64,
+        });
+    }
+    out
+}
+
+fn read_kind(out: &mut UserResult, response: &SimResponse, status: ReadStatus) -> OpKind {
+    out.reads += 1;
+    if matches!(response.served_by, Node::Replica(_)) {
+        out.replica_reads += 1;
+    }
+    if status == ReadStatus::Pending {
+        out.pending += 1;
+    }
+    OpKind::Read {
+        observed: Some(response.version),
+        status,
+    }
+}
+
+/// What applications without idempotency keys do: retry a failed write as it is, a few times.
+async fn naive_write(client: SimClient, request: SimRequest) -> bool {
+    for _ in 0..3 {
+        match client.clone().oneshot(request.clone()).await {
+            Ok(_) => return true,
+            Err(SimError::Timeout | SimError::Unavailable) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
