@@ -72,6 +72,9 @@ pub struct Scenario {
     pub keys_per_user: usize,
     /// Share of reads of another user's keys.
     pub foreign_read_ratio: f64,
+    /// Probability that a write is followed at once (after a 2 to 5 ms redirect) by a read of the
+    /// same key, as a web page does after a POST.
+    pub read_after_write: f64,
     /// Shortest pause between a user's operations.
     pub think_min: Duration,
     /// Longest pause between a user's operations.
@@ -91,6 +94,7 @@ impl Default for Scenario {
             write_ratio: 0.25,
             keys_per_user: 2,
             foreign_read_ratio: 0.2,
+            read_after_write: 0.5,
             think_min: Duration::from_millis(5),
             think_max: Duration::from_millis(200),
             seed: 0,
@@ -147,6 +151,7 @@ impl Scenario {
             write_ratio: 0.1 + rng.unit() * 0.5,
             keys_per_user: 1 + rng.below(3),
             foreign_read_ratio: rng.unit() * 0.3,
+            read_after_write: rng.unit(),
             think_min: Duration::ZERO,
             think_max: Duration::from_millis(1 + rng.below(120) as u64),
             seed: rng.next_u64(),
@@ -304,19 +309,37 @@ async fn run_user(
     let mut token = Session::with_id(id).token().encode().expect("fresh token encodes");
     let mut last_write: Option<Duration> = None;
     let instances = scenario.instances.max(1);
+    let mut follow_up: Option<Key> = None;
     for n in 0..scenario.ops_per_user {
-        let lo = scenario.think_min.as_micros() as u64;
-        let hi = scenario.think_max.as_micros() as u64;
-        let think = lo + (rng.unit() * hi.saturating_sub(lo) as f64) as u64;
-        tokio::time::sleep(Duration::from_micros(think)).await;
-        let instance = rng.below(instances);
-        let is_write = rng.chance(scenario.write_ratio);
-        let owner = if !is_write && scenario.users > 1 && rng.chance(scenario.foreign_read_ratio) {
-            (user + 1 + rng.below(scenario.users - 1)) % scenario.users
-        } else {
-            user
+        let (is_write, key) = match follow_up.take() {
+            Some(key) => {
+                let redirect = 2_000 + rng.below(3_000) as u64;
+                tokio::time::sleep(Duration::from_micros(redirect)).await;
+                (false, key)
+            }
+            None => {
+                let lo = scenario.think_min.as_micros() as u64;
+                let hi = scenario.think_max.as_micros() as u64;
+                let think = lo + (rng.unit() * hi.saturating_sub(lo) as f64) as u64;
+                tokio::time::sleep(Duration::from_micros(think)).await;
+                let is_write = rng.chance(scenario.write_ratio);
+                let owner = if !is_write
+                    && scenario.users > 1
+                    && rng.chance(scenario.foreign_read_ratio)
+                {
+                    (user + 1 + rng.below(scenario.users - 1)) % scenario.users
+                } else {
+                    user
+                };
+                let key: Key =
+                    format!("user{owner}/k{}", rng.below(scenario.keys_per_user.max(1))).into();
+                if is_write && rng.chance(scenario.read_after_write) {
+                    follow_up = Some(key.clone());
+                }
+                (is_write, key)
+            }
         };
-        let key: Key = format!("user{owner}/k{}", rng.below(scenario.keys_per_user.max(1))).into();
+        let instance = rng.below(instances);
         let value = ((user as u64 + 1) << 32) | (n as u64 + 1);
         let invoked = store.elapsed();
         let kind = match &mode {

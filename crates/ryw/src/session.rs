@@ -12,7 +12,7 @@
 //! use ryw::session::{Session, SessionId};
 //!
 //! let session = Session::new();
-//! let token = session.token().encode();
+//! let token = session.token().encode()?;
 //!
 //! // Another app instance, given only the token:
 //! let elsewhere = Session::from_encoded(&token)?;

@@ -1,0 +1,470 @@
+//! tower-test unit tests of the session layer: readiness, stamping, retry and replay rules,
+//! fences, conflicts, pointwise merging.
+
+use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp};
+use ryw::clock::HybridTimestamp;
+use ryw::conflict::{Conflict, ConflictResolver, Resolution};
+use ryw::fence::{FenceConfig, FencePath, FenceStrategy, FenceSupport, ReadFence, StaleReadPolicy};
+use ryw::retry::{Backoff, RetryBudget, RetryPolicy};
+use ryw::version::Coarsening;
+use ryw::{ReadYourWritesLayer, ScopeKey, Session, StoreId, Version, WriteId};
+use std::time::Duration;
+use tokio_test_shim::*;
+use tower::{Layer, Service, ServiceExt};
+use tower_test::mock;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const STORE: StoreId = StoreId::new(1);
+
+#[derive(Clone, Debug, PartialEq)]
+enum Req {
+    Get {
+        key: &'static str,
+        strong: bool,
+    },
+    Put {
+        key: &'static str,
+        write_id: Option<WriteId>,
+        ts: Option<HybridTimestamp>,
+        if_version: Option<Version>,
+        replay: Replay,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Resp {
+    version: u64,
+    clock: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum KvError {
+    #[error("throttled")]
+    Throttled,
+    #[error("timeout")]
+    Timeout,
+    #[error("invalid")]
+    Invalid,
+    #[error("condition failed at {0}")]
+    Condition(u64, u64, u128),
+}
+
+fn key_of(r: &Req) -> &'static str {
+    match r {
+        Req::Get { key, .. } | Req::Put { key, .. } => key,
+    }
+}
+
+fn scope(key: &str) -> ScopeKey {
+    ScopeKey::new(STORE, key.as_bytes())
+}
+
+#[derive(Clone, Debug)]
+struct Kv {
+    support: FenceSupport,
+}
+
+impl StoreAdapter for Kv {
+    type Request = Req;
+    type Response = Resp;
+    type Error = BoxError;
+
+    fn store(&self) -> StoreId {
+        STORE
+    }
+    fn operation(&self, r: &Req) -> Operation {
+        match r {
+            Req::Get { .. } => Operation::Read,
+            Req::Put { replay, .. } => Operation::Write(*replay),
+        }
+    }
+    fn scopes(&self, r: &Req, scopes: &mut Scopes) {
+        scopes.push(scope(key_of(r)));
+    }
+    fn fence_support(&self) -> FenceSupport {
+        self.support
+    }
+    fn stamp_write(&self, r: &mut Req, stamp: &WriteStamp<'_>) {
+        if let Req::Put { write_id, ts, .. } = r {
+            *write_id = Some(stamp.write_id);
+            *ts = Some(stamp.timestamp);
+        }
+    }
+    fn apply_fence(&self, r: &mut Req, _fence: &ReadFence, strategy: FenceStrategy) {
+        if let Req::Get { strong, .. } = r {
+            *strong = strategy == FenceStrategy::Escalate;
+        }
+    }
+    fn observe(&self, r: &Req, resp: &Resp, observed: &mut Observed) {
+        observed.push(scope(key_of(r)), Version::new(resp.version));
+        if let Some(c) = resp.clock {
+            observed.clock(HybridTimestamp::new(c));
+        }
+    }
+    fn classify(&self, e: &BoxError) -> ErrorClass {
+        match e.downcast_ref::<KvError>() {
+            Some(KvError::Throttled) => ErrorClass::RETRYABLE,
+            Some(KvError::Timeout) => ErrorClass::AMBIGUOUS,
+            Some(KvError::Condition(..)) => ErrorClass::Conflict,
+            _ => ErrorClass::Permanent,
+        }
+    }
+    fn conflict(&self, r: &Req, e: &BoxError) -> Option<Conflict> {
+        let (Req::Put { key, write_id, ts, if_version, .. }, Some(KvError::Condition(v, their_ts, their_session))) =
+            (r, e.downcast_ref::<KvError>())
+        else {
+            return None;
+        };
+        let mut c = Conflict::new(scope(key), (*write_id)?, (*ts)?, *if_version, Version::new(*v));
+        c.current_timestamp = Some(HybridTimestamp::new(*their_ts));
+        c.current_writer = Some(WriteId::new(ryw::SessionId::from_u128(*their_session), 1));
+        Some(c)
+    }
+    fn rebase(&self, r: &mut Req, c: &Conflict) -> bool {
+        if let Req::Put { if_version, .. } = r {
+            *if_version = Some(c.current);
+            return true;
+        }
+        false
+    }
+}
+
+fn get(key: &'static str) -> Req {
+    Req::Get { key, strong: false }
+}
+
+fn put(key: &'static str, replay: Replay) -> Req {
+    Req::Put {
+        key,
+        write_id: None,
+        ts: None,
+        if_version: None,
+        replay,
+    }
+}
+
+fn resp(version: u64) -> Resp {
+    Resp {
+        version,
+        clock: None,
+    }
+}
+
+fn adapter() -> Kv {
+    Kv {
+        support: FenceSupport::new().escalate(true),
+    }
+}
+
+fn layer(fence: FenceConfig) -> ReadYourWritesLayer<Kv> {
+    let policy = RetryPolicy::new(adapter())
+        .backoff(Backoff::new(Duration::from_millis(1), Duration::from_millis(5)))
+        .max_retries(3);
+    ReadYourWritesLayer::new(adapter()).fence(fence).retry(policy)
+}
+
+fn session_at(key: &str, version: u64) -> Session {
+    let s = Session::new();
+    s.with_state(|st| {
+        st.advance(
+            scope(key),
+            Version::new(version),
+            Coarsening {
+                now_micros: 0,
+                window_micros: 0,
+            },
+        )
+    });
+    s
+}
+
+/// Helpers around tokio-test without the dependency.
+mod tokio_test_shim {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    pub(crate) fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(f).poll(&mut cx)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn poll_ready_forwards_to_inner() {
+    let (mut svc, mut handle) = mock::spawn_layer::<Req, Resp, _>(layer(FenceConfig::default()));
+    handle.allow(0);
+    assert!(svc.poll_ready().is_pending());
+    handle.allow(1);
+    assert!(svc.poll_ready().is_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn write_is_stamped_and_replayed_with_the_same_write_id() {
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::default()).layer(svc);
+    let session = Session::new();
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session.request(put("a", Replay::Safe))),
+    );
+    let (first, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Timeout);
+    let (second, send) = handle.next_request().await.unwrap();
+    send.send_response(resp(7));
+    let out = call.await.unwrap().unwrap();
+    assert_eq!(first, second, "a replay is the same stamped request");
+    let Req::Put { write_id: Some(w), ts: Some(_), .. } = first else {
+        panic!("not stamped: {first:?}")
+    };
+    assert_eq!(w, WriteId::new(session.id(), 1));
+    assert_eq!(out.write_id(), Some(w));
+    assert_eq!(out.attempts(), 2);
+    assert_eq!(out.visibility().path(), Some(FencePath::Write));
+    assert_eq!(session.snapshot().vector().get(scope("a")), Some(Version::new(7)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn unreplayable_write_is_ambiguous_not_resent() {
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::default()).layer(svc);
+    let session = Session::new();
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session.request(put("a", Replay::Never))),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Timeout);
+    let err = call.await.unwrap().unwrap_err();
+    assert!(err.is_ambiguous(), "{err}");
+    handle.allow(1);
+    assert!(poll_once(&mut Box::pin(handle.next_request())).is_pending());
+}
+
+#[tokio::test(start_paused = true)]
+async fn unreplayable_write_is_retried_when_known_not_applied() {
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::default()).layer(svc);
+    let session = Session::new();
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session.request(put("a", Replay::Never))),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Throttled);
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(resp(1));
+    assert!(call.await.unwrap().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_errors_are_not_retried_and_budget_caps_retries() {
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::default()).layer(svc);
+    let call = tokio::spawn(svc.ready().await.unwrap().call(Session::new().request(get("a"))));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Invalid);
+    let err = call.await.unwrap().unwrap_err();
+    assert!(err.is_store() && !err.is_transient());
+    assert_eq!(err.store_error().unwrap().to_string(), "invalid");
+
+    // An empty budget: the first transient error is final.
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let policy = RetryPolicy::with_budget(adapter(), RetryBudget::new(0.0, 0));
+    let mut svc = ReadYourWritesLayer::new(adapter()).retry(policy).layer(svc);
+    let call = tokio::spawn(svc.ready().await.unwrap().call(Session::new().request(get("a"))));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Throttled);
+    let err = call.await.unwrap().unwrap_err();
+    assert!(err.is_transient());
+    match err {
+        ryw::Error::Store { attempts, .. } => assert_eq!(attempts, 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_read_is_reread_then_escalated() {
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::verify_then_escalate(1, Duration::from_millis(10))).layer(svc);
+    let session = session_at("a", 5);
+    let call = tokio::spawn(svc.ready().await.unwrap().call(session.request(get("a"))));
+    let (r1, send) = handle.next_request().await.unwrap();
+    assert_eq!(r1, get("a"));
+    send.send_response(resp(3));
+    let t = tokio::time::Instant::now();
+    let (r2, send) = handle.next_request().await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(10), "re-read after the delay");
+    assert_eq!(r2, get("a"));
+    send.send_response(resp(4));
+    let (r3, send) = handle.next_request().await.unwrap();
+    assert_eq!(r3, Req::Get { key: "a", strong: true });
+    send.send_response(resp(6));
+    let out = call.await.unwrap().unwrap();
+    assert_eq!(out.visibility().path(), Some(FencePath::Escalated));
+    assert_eq!(out.attempts(), 3);
+    assert_eq!(out.get_ref().version, 6);
+    assert_eq!(session.snapshot().vector().get(scope("a")), Some(Version::new(6)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_that_stays_stale_is_pending_or_an_error() {
+    for policy in [StaleReadPolicy::Pending, StaleReadPolicy::Error] {
+        let (svc, mut handle) = mock::pair::<Req, Resp>();
+        let mut svc = layer(FenceConfig::verify_then_escalate(0, Duration::ZERO)).layer(svc);
+        let session = session_at("a", 5);
+        let call = tokio::spawn(
+            svc.ready()
+                .await
+                .unwrap()
+                .call(session.request(get("a")).stale_reads(policy)),
+        );
+        for _ in 0..2 {
+            let (_, send) = handle.next_request().await.unwrap();
+            send.send_response(resp(2));
+        }
+        let out = call.await.unwrap();
+        let stale = match policy {
+            StaleReadPolicy::Pending => {
+                let out = out.unwrap();
+                assert_eq!(out.get_ref().version, 2, "the data is still returned");
+                match out.visibility() {
+                    ryw::Visibility::Pending(s) => (**s).clone(),
+                    other => panic!("{other:?}"),
+                }
+            }
+            _ => out.unwrap_err().stale_read().cloned().unwrap(),
+        };
+        assert_eq!(stale.staleness.required, Version::new(5));
+        assert_eq!(stale.staleness.observed, Some(Version::new(2)));
+        assert_eq!(stale.attempts, 2);
+        assert_eq!(stale.last_strategy, FenceStrategy::Escalate);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_escalation_returns_the_stale_data_as_pending() {
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::verify_then_escalate(0, Duration::ZERO)).layer(svc);
+    let session = session_at("a", 5);
+    let call = tokio::spawn(svc.ready().await.unwrap().call(session.request(get("a"))));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(resp(2));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Invalid);
+    let out = call.await.unwrap().unwrap();
+    assert!(out.visibility().is_pending());
+}
+
+#[tokio::test(start_paused = true)]
+async fn unfenced_reads_are_not_escalated() {
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::escalate()).layer(svc);
+    let call = tokio::spawn(svc.ready().await.unwrap().call(Session::new().request(get("a"))));
+    let (r, send) = handle.next_request().await.unwrap();
+    assert_eq!(r, get("a"));
+    send.send_response(resp(0));
+    let out = call.await.unwrap().unwrap();
+    assert_eq!(out.visibility().path(), Some(FencePath::Unfenced));
+}
+
+#[tokio::test(start_paused = true)]
+async fn escalate_up_front_when_configured() {
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::escalate()).layer(svc);
+    let call = tokio::spawn(svc.ready().await.unwrap().call(session_at("a", 1).request(get("a"))));
+    let (r, send) = handle.next_request().await.unwrap();
+    assert_eq!(r, Req::Get { key: "a", strong: true });
+    send.send_response(resp(1));
+    assert_eq!(
+        call.await.unwrap().unwrap().visibility().path(),
+        Some(FencePath::Escalated)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn coarsened_scope_escalates_until_the_horizon_passes() {
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::default()).layer(svc);
+    let session = Session::new();
+    session.with_state(|st| {
+        *st.vector_mut() = ryw::VersionVector::with_cap(1);
+        let at = Coarsening {
+            now_micros: ryw::clock::Clock::now_micros(&ryw::clock::SystemClock),
+            window_micros: 60_000_000,
+        };
+        st.advance(scope("old"), Version::new(9), at);
+        st.advance(scope("new"), Version::new(1), at);
+    });
+    assert_eq!(session.snapshot().vector().get(scope("old")), None);
+    let call = tokio::spawn(svc.ready().await.unwrap().call(session.request(get("old"))));
+    let (r, send) = handle.next_request().await.unwrap();
+    assert_eq!(r, Req::Get { key: "old", strong: true }, "a horizon cannot be verified: escalate");
+    send.send_response(resp(3));
+    assert!(call.await.unwrap().unwrap().visibility().is_guaranteed());
+}
+
+#[derive(Debug)]
+struct AlwaysMine;
+impl ConflictResolver<Req> for AlwaysMine {
+    fn resolve(&self, _: &Req, _: &Conflict) -> Resolution<Req> {
+        Resolution::Overwrite
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn conflicts_go_to_the_resolver() {
+    // Last writer wins: the other write has a later clock, so this one yields.
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::default()).layer(svc);
+    let session = Session::new();
+    let call = tokio::spawn(svc.ready().await.unwrap().call(session.request(put("a", Replay::Safe))));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Condition(4, u64::MAX, 1));
+    let err = call.await.unwrap().unwrap_err();
+    assert!(err.is_conflict());
+    assert_eq!(err.conflict().unwrap().current, Version::new(4));
+    assert_eq!(session.snapshot().vector().get(scope("a")), Some(Version::new(4)), "the winner was seen");
+
+    // A resolver that keeps this write: rebased onto the current version, same write id.
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::default()).resolver(AlwaysMine).layer(svc);
+    let call = tokio::spawn(svc.ready().await.unwrap().call(session.request(put("a", Replay::Safe))));
+    let (first, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Condition(8, 1, 1));
+    let (second, send) = handle.next_request().await.unwrap();
+    send.send_response(resp(9));
+    let (Req::Put { write_id: w1, if_version: None, .. }, Req::Put { write_id: w2, if_version, .. }) = (&first, &second) else {
+        panic!("{first:?} {second:?}")
+    };
+    assert_eq!(w1, w2);
+    assert_eq!(*if_version, Some(Version::new(8)));
+    assert!(call.await.unwrap().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_requests_merge_pointwise() {
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::default()).layer(svc);
+    let session = Session::new();
+    let a = tokio::spawn(svc.ready().await.unwrap().call(session.request(put("a", Replay::Safe))));
+    let (_, send_a) = handle.next_request().await.unwrap();
+    let b = tokio::spawn(svc.ready().await.unwrap().call(session.request(put("a", Replay::Safe))));
+    let (_, send_b) = handle.next_request().await.unwrap();
+    // The later write completes first; the earlier one's older version must not win.
+    send_b.send_response(Resp { version: 10, clock: Some(u64::MAX / 2) });
+    b.await.unwrap().unwrap();
+    send_a.send_response(resp(9));
+    a.await.unwrap().unwrap();
+    let state = session.snapshot();
+    assert_eq!(state.vector().get(scope("a")), Some(Version::new(10)));
+    assert_eq!(state.write_seq(), 2);
+    assert!(state.clock() >= HybridTimestamp::new(u64::MAX / 2), "the clock moved past what was seen");
+}
