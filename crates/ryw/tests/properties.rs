@@ -1,0 +1,266 @@
+//! Property tests of the pure core against a simple reference model: an unbounded map of
+//! per-scope maxima.
+
+use proptest::prelude::*;
+use ryw::fence::{
+    FenceConfig, FenceDecision, FenceStrategy, FenceSupport, ReadFence, StaleReadPolicy,
+};
+use ryw::adapter::Observed;
+use ryw::session::{SessionId, SessionState};
+use ryw::token::{SessionToken, MAX_TOKEN_LEN};
+use ryw::version::{Coarsening, Requirement, ScopeKey, StoreId, Version, VersionVector};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const NOW: u64 = 1_000_000;
+const AT: Coarsening = Coarsening {
+    now_micros: NOW,
+    window_micros: 5_000_000,
+};
+
+fn scope(store: u8, n: u8) -> ScopeKey {
+    ScopeKey::from_hash(StoreId::new(store), u64::from(n) * 0x9e37_79b9)
+}
+
+#[derive(Clone, Debug)]
+enum VecOp {
+    Advance { store: u8, n: u8, version: u64 },
+    Merge(Vec<(u8, u8, u64)>),
+}
+
+fn op() -> impl Strategy<Value = VecOp> {
+    prop_oneof![
+        4 => (0u8..3, 0u8..24, 0u64..1_000).prop_map(|(store, n, version)| VecOp::Advance { store, n, version }),
+        1 => prop::collection::vec((0u8..3, 0u8..24, 0u64..1_000), 0..8).prop_map(VecOp::Merge),
+    ]
+}
+
+fn vector_from(entries: &[(u8, u8, u64)], cap: usize) -> VersionVector {
+    let mut v = VersionVector::with_cap(cap);
+    for &(s, n, ver) in entries {
+        v.advance(scope(s, n), Version::new(ver), AT);
+    }
+    v
+}
+
+/// The requirement is at least the reference maximum (coarsening is safe) and an exact entry
+/// never exceeds it (nothing is invented).
+fn covers(v: &VersionVector, reference: &BTreeMap<ScopeKey, u64>) -> Result<(), TestCaseError> {
+    for (&s, &max) in reference {
+        let r = v.requirement(s, NOW);
+        let ok = r.version.get() >= max || r.horizon.is_some_and(|h| h.get() >= max);
+        prop_assert!(ok, "{s:?}: required {r:?} does not cover {max}");
+        if let Some(exact) = v.get(s) {
+            prop_assert!(exact.get() <= max);
+        }
+    }
+    for e in v.entries() {
+        prop_assert!(reference.contains_key(&e.scope), "invented scope {:?}", e.scope);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn bounded_vector_always_covers_the_reference(cap in 1usize..12, ops in prop::collection::vec(op(), 1..60)) {
+        let mut v = VersionVector::with_cap(cap);
+        let mut reference = BTreeMap::new();
+        for op in ops {
+            match op {
+                VecOp::Advance { store, n, version } => {
+                    v.advance(scope(store, n), Version::new(version), AT);
+                    if version > 0 {
+                        let e = reference.entry(scope(store, n)).or_insert(0);
+                        *e = (*e).max(version);
+                    }
+                }
+                VecOp::Merge(entries) => {
+                    v.merge(&vector_from(&entries, 48), AT);
+                    for (s, n, ver) in entries {
+                        if ver > 0 {
+                            let e = reference.entry(scope(s, n)).or_insert(0);
+                            *e = (*e).max(ver);
+                        }
+                    }
+                }
+            }
+            prop_assert!(v.len() <= cap);
+            covers(&v, &reference)?;
+        }
+    }
+
+    #[test]
+    fn unbounded_merge_is_the_pointwise_max(
+        a in prop::collection::vec((0u8..3, 0u8..10, 0u64..1_000), 0..12),
+        b in prop::collection::vec((0u8..3, 0u8..10, 0u64..1_000), 0..12),
+        c in prop::collection::vec((0u8..3, 0u8..10, 0u64..1_000), 0..12),
+    ) {
+        let (va, vb, vc) = (vector_from(&a, 48), vector_from(&b, 48), vector_from(&c, 48));
+        let mut ab = va.clone();
+        ab.merge(&vb, AT);
+        let mut ba = vb.clone();
+        ba.merge(&va, AT);
+        prop_assert_eq!(&ab, &ba, "commutative");
+        let mut aa = va.clone();
+        aa.merge(&va, AT);
+        prop_assert_eq!(&aa, &va, "idempotent");
+        let mut ab_c = ab.clone();
+        ab_c.merge(&vc, AT);
+        let mut bc = vb.clone();
+        bc.merge(&vc, AT);
+        let mut a_bc = va.clone();
+        a_bc.merge(&bc, AT);
+        prop_assert_eq!(&ab_c, &a_bc, "associative");
+        prop_assert!(ab.dominates(&va) && ab.dominates(&vb));
+        let mut reference = BTreeMap::new();
+        for &(s, n, v) in a.iter().chain(&b) {
+            if v > 0 {
+                let e = reference.entry(scope(s, n)).or_insert(0);
+                *e = (*e).max(v);
+            }
+        }
+        for (s, max) in reference {
+            prop_assert_eq!(ab.get(s), Some(Version::new(max)));
+        }
+    }
+
+    #[test]
+    fn token_round_trips_and_stays_under_the_cap(
+        id in any::<u128>(),
+        seq in any::<u64>(),
+        clock in any::<u64>(),
+        entries in prop::collection::vec((any::<u8>(), any::<u8>(), any::<u64>()), 0..48),
+        cap in 1usize..48,
+    ) {
+        let mut state = SessionState::new(SessionId::from_u128(id));
+        *state.vector_mut() = VersionVector::with_cap(cap);
+        for &(s, n, v) in &entries {
+            state.advance(scope(s % 4, n), Version::new(v), AT);
+        }
+        let state = SessionState::from_parts(state.id(), seq, ryw::clock::HybridTimestamp::new(clock), state.vector().clone());
+        let encoded = SessionToken::new(state.clone()).encode().unwrap();
+        prop_assert!(encoded.len() <= MAX_TOKEN_LEN);
+        let decoded = SessionToken::decode(&encoded).unwrap();
+        prop_assert!(decoded.state().dominates(&state), "the decoded state implies the original");
+        if decoded.state().vector().len() == state.vector().len() {
+            prop_assert_eq!(decoded.state(), &state);
+        }
+    }
+
+    #[test]
+    fn realistic_four_scope_tokens_fit_110_characters(
+        base in 0u64..(1 << 52),
+        deltas in prop::collection::vec(0u64..(1 << 27), 4),
+        seq in 0u64..128,
+        stores in prop::collection::vec(0u8..1, 4),
+    ) {
+        let mut state = SessionState::new(SessionId::random());
+        let mut v = base;
+        for (i, (d, s)) in deltas.iter().zip(&stores).enumerate() {
+            v += d + 1;
+            state.advance(scope(*s, i as u8), Version::new(v), AT);
+        }
+        let state = SessionState::from_parts(state.id(), seq, ryw::clock::HybridTimestamp::new(v), state.vector().clone());
+        let encoded = SessionToken::new(state).encode().unwrap();
+        prop_assert!(encoded.len() <= 110, "{} characters", encoded.len());
+    }
+
+    #[test]
+    fn decoding_arbitrary_text_never_panics(s in "\\PC{0,1100}") {
+        let _ = SessionToken::decode(&s);
+    }
+
+    #[test]
+    fn decoding_mutated_tokens_never_panics(
+        entries in prop::collection::vec((any::<u8>(), any::<u8>(), 1u64..1 << 40), 0..6),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        use base64::Engine;
+        let mut state = SessionState::new(SessionId::from_u128(9));
+        for &(s, n, v) in &entries {
+            state.advance(scope(s % 3, n), Version::new(v), AT);
+        }
+        let encoded = SessionToken::new(state).encode().unwrap();
+        let mut bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&encoded).unwrap();
+        for (i, x) in flips {
+            let i = i.index(bytes.len());
+            bytes[i] ^= x;
+        }
+        let _ = SessionToken::from_bytes(&bytes);
+        let _ = SessionToken::from_bytes(&bytes[..cut.index(bytes.len() + 1)]);
+    }
+
+    #[test]
+    fn fence_decisions_terminate_and_respect_support(
+        rereads in 0u32..4,
+        escalate_on_stale in any::<bool>(),
+        initial in prop_oneof![Just(FenceStrategy::Verify), Just(FenceStrategy::Escalate), Just(FenceStrategy::ServerWait)],
+        wait in any::<bool>(), escalate in any::<bool>(), global in any::<bool>(),
+        required in 0u64..10, horizon in proptest::option::of(0u64..10),
+    ) {
+        let config = FenceConfig {
+            initial,
+            rereads,
+            reread_delay: Duration::from_millis(3),
+            escalate_on_stale,
+            stale_reads: StaleReadPolicy::Pending,
+        };
+        let support = FenceSupport::new().server_wait(wait).escalate(escalate).global_versions(global);
+        let fence = ReadFence::from_requirements([Requirement {
+            scope: scope(0, 0),
+            version: Version::new(required),
+            horizon: horizon.map(Version::new),
+        }]);
+        let mut strategy = fence.initial_strategy(&config, support);
+        prop_assert!(support.supports(strategy));
+        if fence.has_horizon() && strategy == FenceStrategy::ServerWait {
+            prop_assert!(global, "waiting on a horizon needs store-wide versions");
+        }
+        let mut done = 0;
+        let mut attempts = 1;
+        let mut escalations = u32::from(strategy == FenceStrategy::Escalate);
+        loop {
+            match fence.after_stale(&config, support, strategy, done) {
+                FenceDecision::Retry { strategy: next, .. } => {
+                    prop_assert!(support.supports(next));
+                    if next == FenceStrategy::Verify {
+                        prop_assert!(!fence.has_horizon(), "re-reading cannot satisfy a horizon");
+                        done += 1;
+                    }
+                    if next == FenceStrategy::Escalate {
+                        escalations += 1;
+                    }
+                    strategy = next;
+                    attempts += 1;
+                }
+                _ => break,
+            }
+            prop_assert!(attempts <= rereads + 3);
+        }
+        prop_assert!(escalations <= 1);
+    }
+
+    #[test]
+    fn verification_matches_the_reference(required in 0u64..20, seen in proptest::option::of(0u64..20), horizon in any::<bool>(), strong in any::<bool>()) {
+        let s = scope(0, 1);
+        let fence = ReadFence::from_requirements([Requirement {
+            scope: s,
+            version: Version::new(required),
+            horizon: horizon.then_some(Version::new(required)),
+        }]);
+        let mut observed = Observed::new();
+        if let Some(v) = seen {
+            observed.push(s, Version::new(v));
+        }
+        if strong {
+            observed.mark_strong();
+        }
+        let ok = fence.check(FenceStrategy::Verify, &observed).is_ok();
+        let unfenced = required == 0 && !horizon;
+        let expected = unfenced || seen.is_some_and(|v| v >= required && (!horizon || strong));
+        prop_assert_eq!(ok, expected);
+    }
+}
