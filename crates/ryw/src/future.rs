@@ -14,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use crate::retry::SessionRetryPolicy;
 use tower::retry::Policy;
 use tower::Service;
 
@@ -28,8 +29,8 @@ enum State<F, B> {
         sleep: B,
     },
     Delay {
-        #[pin]
-        sleep: tokio::time::Sleep,
+        // Boxed: re-reads are the cold path, and the future stays small without it.
+        sleep: Pin<Box<tokio::time::Sleep>>,
     },
     Ready,
     Done,
@@ -43,11 +44,13 @@ pub(crate) struct Attempt<A: StoreAdapter> {
     pub(crate) fence: ReadFence,
     pub(crate) strategy: FenceStrategy,
     pub(crate) stamp: Option<(WriteId, HybridTimestamp)>,
+    /// The session's clock when the request started.
+    pub(crate) clock_at_start: HybridTimestamp,
     pub(crate) stale_reads: StaleReadPolicy,
     pub(crate) attempts: u32,
     pub(crate) rereads: u32,
     pub(crate) conflicts: u32,
-    pub(crate) held: Option<(A::Response, StaleRead)>,
+    pub(crate) held: Option<Box<(A::Response, StaleRead)>>,
 }
 
 /// The future returned by [`crate::ReadYourWrites`]: drives the attempts of one request (retries,
@@ -62,8 +65,9 @@ where
     #[pin]
     state: State<S::Future, P::Future>,
     inner: S,
-    policy: P,
-    shared: Arc<Shared<A>>,
+    /// Cloned from the shared prototype at the first failure only.
+    policy: Option<P>,
+    shared: Arc<Shared<A, P>>,
     attempt: Attempt<A>,
 }
 
@@ -91,14 +95,13 @@ where
     pub(crate) fn new(
         future: S::Future,
         inner: S,
-        policy: P,
-        shared: Arc<Shared<A>>,
+        shared: Arc<Shared<A, P>>,
         attempt: Attempt<A>,
     ) -> Self {
         ResponseFuture {
             state: State::Calling { future },
             inner,
-            policy,
+            policy: None,
             shared,
             attempt,
         }
@@ -109,7 +112,7 @@ impl<S, A, P> Future for ResponseFuture<S, A, P>
 where
     A: StoreAdapter,
     S: Service<A::Request, Response = A::Response, Error = A::Error>,
-    P: Policy<A::Request, A::Response, A::Error>,
+    P: SessionRetryPolicy<A::Request, A::Response, A::Error>,
 {
     type Output = Result<SessionResponse<A::Response>, Error<A::Error>>;
 
@@ -141,9 +144,20 @@ where
                         }
                         (_, result) => result,
                     };
-                    if let Some(backoff) = this.policy.retry(&mut at.base, &mut result) {
-                        this.state.set(State::Backoff { sleep: backoff });
-                        continue;
+                    // tower's contract: the policy sees every result once it exists. Until the
+                    // first failure it does not: the prototype hears of the success instead.
+                    if this.policy.is_none() && result.is_err() {
+                        *this.policy = Some(this.shared.policy.clone());
+                    }
+                    match this.policy.as_mut() {
+                        Some(policy) => {
+                            if let Some(backoff) = policy.retry(&mut at.base, &mut result) {
+                                this.state.set(State::Backoff { sleep: backoff });
+                                continue;
+                            }
+                        }
+                        None if at.attempts == 1 => this.shared.policy.first_attempt_succeeded(),
+                        None => {}
                     }
                     let outcome = match result {
                         Ok(response) => on_response(this.shared, at, response),
@@ -156,7 +170,7 @@ where
                         }
                         Step::Again(delay) if delay.is_zero() => this.state.set(State::Ready),
                         Step::Again(delay) => this.state.set(State::Delay {
-                            sleep: tokio::time::sleep(delay),
+                            sleep: Box::pin(tokio::time::sleep(delay)),
                         }),
                     }
                 }
@@ -165,7 +179,7 @@ where
                     this.state.set(State::Ready);
                 }
                 StateProj::Delay { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
@@ -196,14 +210,16 @@ enum Step<T> {
 
 type Out<A> = Result<SessionResponse<<A as StoreAdapter>::Response>, Error<<A as StoreAdapter>::Error>>;
 
-fn on_response<A: StoreAdapter>(
-    shared: &Shared<A>,
+fn on_response<A: StoreAdapter, P>(
+    shared: &Shared<A, P>,
     at: &mut Attempt<A>,
     response: A::Response,
 ) -> Step<Out<A>> {
     let mut observed = Observed::new();
     shared.adapter.observe(&at.base, &response, &mut observed);
-    record(shared, &at.session, &observed);
+    if !already_known(at, &observed) {
+        record(shared, &at.session, &observed);
+    }
     if let Operation::Write(_) = at.op {
         return Step::Done(Ok(SessionResponse::new(
             response,
@@ -247,13 +263,26 @@ fn on_response<A: StoreAdapter>(
                         at.rereads += 1;
                     }
                     at.strategy = strategy;
-                    at.held = Some((response, stale));
+                    at.held = Some(Box::new((response, stale)));
                     Step::Again(delay)
                 }
                 _ => Step::Done(give_up(at, response, stale)),
             }
         }
     }
+}
+
+/// True when the session already held everything `observed` shows when the request started
+/// (state only grows, so it still does): the common steady-state read skips the second lock.
+fn already_known<A: StoreAdapter>(at: &Attempt<A>, observed: &Observed) -> bool {
+    at.op == Operation::Read
+        && observed
+            .seen_clock()
+            .is_none_or(|c| c <= at.clock_at_start)
+        && observed.iter().all(|(scope, v)| {
+            v == crate::Version::ZERO
+                || at.fence.requirement(scope).is_some_and(|r| r.version >= v)
+        })
 }
 
 fn give_up<A: StoreAdapter>(at: &Attempt<A>, response: A::Response, stale: StaleRead) -> Out<A> {
@@ -274,7 +303,8 @@ fn on_final_error<A: StoreAdapter>(
     error: A::Error,
 ) -> Out<A> {
     // A re-read or escalation failed: the earlier (stale) data is still worth returning.
-    if let Some((response, mut stale)) = at.held.take() {
+    if let Some(held) = at.held.take() {
+        let (response, mut stale) = *held;
         stale.attempts = at.attempts;
         return give_up(at, response, stale);
     }
@@ -294,8 +324,8 @@ fn on_final_error<A: StoreAdapter>(
     })
 }
 
-fn resolve_conflict<A: StoreAdapter>(
-    shared: &Shared<A>,
+fn resolve_conflict<A: StoreAdapter, P>(
+    shared: &Shared<A, P>,
     at: &mut Attempt<A>,
     error: A::Error,
 ) -> Result<(), Error<A::Error>> {
@@ -348,7 +378,7 @@ fn resolve_conflict<A: StoreAdapter>(
 }
 
 /// Merges what a response showed into the session (versions only move forward).
-pub(crate) fn record<A: StoreAdapter>(shared: &Shared<A>, session: &Session, observed: &Observed) {
+pub(crate) fn record<A: StoreAdapter, P>(shared: &Shared<A, P>, session: &Session, observed: &Observed) {
     let mut state = session.lock();
     let at = crate::coarsening_for(shared, &state, observed.iter().count());
     for (scope, version) in observed.iter() {

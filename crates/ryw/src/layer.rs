@@ -9,8 +9,10 @@ use std::sync::Arc;
 use tower::Layer;
 
 /// Configuration shared by every request of a layer.
-pub(crate) struct Shared<A: StoreAdapter> {
+pub(crate) struct Shared<A: StoreAdapter, P> {
     pub(crate) adapter: A,
+    /// The retry policy prototype: cloned into a request only when it fails.
+    pub(crate) policy: P,
     pub(crate) support: FenceSupport,
     pub(crate) fence: FenceConfig,
     pub(crate) resolver: Arc<dyn ConflictResolver<A::Request>>,
@@ -19,10 +21,11 @@ pub(crate) struct Shared<A: StoreAdapter> {
     pub(crate) window_micros: u64,
 }
 
-impl<A: StoreAdapter> Clone for Shared<A> {
+impl<A: StoreAdapter, P: Clone> Clone for Shared<A, P> {
     fn clone(&self) -> Self {
         Shared {
             adapter: self.adapter.clone(),
+            policy: self.policy.clone(),
             support: self.support,
             fence: self.fence.clone(),
             resolver: self.resolver.clone(),
@@ -33,10 +36,11 @@ impl<A: StoreAdapter> Clone for Shared<A> {
     }
 }
 
-impl<A: StoreAdapter + fmt::Debug> fmt::Debug for Shared<A> {
+impl<A: StoreAdapter + fmt::Debug, P: fmt::Debug> fmt::Debug for Shared<A, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared")
             .field("adapter", &self.adapter)
+            .field("policy", &self.policy)
             .field("fence", &self.fence)
             .field("resolver", &self.resolver)
             .field("clock", &self.clock)
@@ -51,15 +55,13 @@ impl<A: StoreAdapter + fmt::Debug> fmt::Debug for Shared<A> {
 /// (verify, one re-read after 10 ms, then escalate), [`RetryPolicy::new`], [`LastWriterWins`],
 /// the system clock, two conflict rounds.
 pub struct ReadYourWritesLayer<A: StoreAdapter, P = RetryPolicy<A>> {
-    shared: Arc<Shared<A>>,
-    policy: P,
+    shared: Arc<Shared<A, P>>,
 }
 
-impl<A: StoreAdapter, P: Clone> Clone for ReadYourWritesLayer<A, P> {
+impl<A: StoreAdapter, P> Clone for ReadYourWritesLayer<A, P> {
     fn clone(&self) -> Self {
         ReadYourWritesLayer {
             shared: self.shared.clone(),
-            policy: self.policy.clone(),
         }
     }
 }
@@ -68,7 +70,6 @@ impl<A: StoreAdapter + fmt::Debug, P: fmt::Debug> fmt::Debug for ReadYourWritesL
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReadYourWritesLayer")
             .field("shared", &self.shared)
-            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -82,19 +83,19 @@ impl<A: StoreAdapter> ReadYourWritesLayer<A> {
             shared: Arc::new(Shared {
                 support: adapter.fence_support(),
                 adapter,
+                policy,
                 fence: FenceConfig::default(),
                 resolver: Arc::new(LastWriterWins),
                 clock: Arc::new(SystemClock),
                 conflict_retries: 2,
                 window_micros,
             }),
-            policy,
         }
     }
 }
 
-impl<A: StoreAdapter, P> ReadYourWritesLayer<A, P> {
-    fn shared_mut(&mut self) -> &mut Shared<A> {
+impl<A: StoreAdapter, P: Clone> ReadYourWritesLayer<A, P> {
+    fn shared_mut(&mut self) -> &mut Shared<A, P> {
         Arc::make_mut(&mut self.shared)
     }
 
@@ -125,9 +126,18 @@ impl<A: StoreAdapter, P> ReadYourWritesLayer<A, P> {
 
     /// The retry policy (any `tower::retry::Policy` over the adapter's types).
     pub fn retry<Q>(self, policy: Q) -> ReadYourWritesLayer<A, Q> {
+        let s = Arc::unwrap_or_clone(self.shared);
         ReadYourWritesLayer {
-            shared: self.shared,
-            policy,
+            shared: Arc::new(Shared {
+                adapter: s.adapter,
+                policy,
+                support: s.support,
+                fence: s.fence,
+                resolver: s.resolver,
+                clock: s.clock,
+                conflict_retries: s.conflict_retries,
+                window_micros: s.window_micros,
+            }),
         }
     }
 
@@ -143,14 +153,14 @@ impl<A: StoreAdapter, P> ReadYourWritesLayer<A, P> {
 
     /// The retry policy.
     pub fn retry_policy(&self) -> &P {
-        &self.policy
+        &self.shared.policy
     }
 }
 
-impl<S, A: StoreAdapter, P: Clone> Layer<S> for ReadYourWritesLayer<A, P> {
+impl<S, A: StoreAdapter, P> Layer<S> for ReadYourWritesLayer<A, P> {
     type Service = ReadYourWrites<S, A, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ReadYourWrites::from_parts(inner, self.shared.clone(), self.policy.clone())
+        ReadYourWrites::from_parts(inner, self.shared.clone())
     }
 }

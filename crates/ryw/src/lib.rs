@@ -104,12 +104,11 @@ use crate::adapter::{Operation, Scopes, WriteStamp};
 use crate::fence::ReadFence;
 use crate::future::{Attempt, ResponseFuture};
 use crate::layer::Shared;
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryPolicy, SessionRetryPolicy};
 use crate::version::Coarsening;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tower::retry::Policy;
 use tower::Service;
 
 /// A store request paired with the session it belongs to.
@@ -227,16 +226,14 @@ impl<T> SessionResponse<T> {
 /// request is cloned once per request and once per further attempt; both should be cheap.
 pub struct ReadYourWrites<S, A: StoreAdapter, P = RetryPolicy<A>> {
     inner: S,
-    shared: Arc<Shared<A>>,
-    policy: P,
+    shared: Arc<Shared<A, P>>,
 }
 
-impl<S: Clone, A: StoreAdapter, P: Clone> Clone for ReadYourWrites<S, A, P> {
+impl<S: Clone, A: StoreAdapter, P> Clone for ReadYourWrites<S, A, P> {
     fn clone(&self) -> Self {
         ReadYourWrites {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
-            policy: self.policy.clone(),
         }
     }
 }
@@ -248,18 +245,13 @@ impl<S: fmt::Debug, A: StoreAdapter + fmt::Debug, P: fmt::Debug> fmt::Debug
         f.debug_struct("ReadYourWrites")
             .field("inner", &self.inner)
             .field("shared", &self.shared)
-            .field("policy", &self.policy)
             .finish()
     }
 }
 
 impl<S, A: StoreAdapter, P> ReadYourWrites<S, A, P> {
-    pub(crate) fn from_parts(inner: S, shared: Arc<Shared<A>>, policy: P) -> Self {
-        ReadYourWrites {
-            inner,
-            shared,
-            policy,
-        }
+    pub(crate) fn from_parts(inner: S, shared: Arc<Shared<A, P>>) -> Self {
+        ReadYourWrites { inner, shared }
     }
 
     /// The inner service.
@@ -280,8 +272,8 @@ impl<S, A: StoreAdapter, P> ReadYourWrites<S, A, P> {
 
 /// The coarsening parameters for `extra` new entries: the real clock is read only when an
 /// eviction can happen.
-pub(crate) fn coarsening_for<A: StoreAdapter>(
-    shared: &Shared<A>,
+pub(crate) fn coarsening_for<A: StoreAdapter, P>(
+    shared: &Shared<A, P>,
     state: &SessionState,
     extra: usize,
 ) -> Coarsening {
@@ -300,7 +292,7 @@ impl<S, A, P> Service<SessionRequest<A::Request>> for ReadYourWrites<S, A, P>
 where
     A: StoreAdapter,
     S: Service<A::Request, Response = A::Response, Error = A::Error> + Clone,
-    P: Policy<A::Request, A::Response, A::Error> + Clone,
+    P: SessionRetryPolicy<A::Request, A::Response, A::Error>,
 {
     type Response = SessionResponse<A::Response>;
     type Error = Error<A::Error>;
@@ -324,6 +316,7 @@ where
 
         let mut fence = ReadFence::new();
         let mut stamp = None;
+        let clock_at_start;
         {
             let mut state = session.lock();
             let now = match op {
@@ -337,6 +330,7 @@ where
             if let Operation::Write(_) = op {
                 stamp = Some(state.next_write(now));
             }
+            clock_at_start = state.clock();
         }
 
         let strategy = match op {
@@ -367,7 +361,6 @@ where
         ResponseFuture::new(
             future,
             inner,
-            self.policy.clone(),
             self.shared.clone(),
             Attempt {
                 session,
@@ -376,6 +369,7 @@ where
                 fence,
                 strategy,
                 stamp,
+                clock_at_start,
                 stale_reads: stale_reads.unwrap_or(shared.fence.stale_reads),
                 attempts: 0,
                 rereads: 0,

@@ -59,7 +59,12 @@ impl RetryBudget {
     }
 
     /// Records one request (a deposit).
+    #[inline]
     pub fn record_request(&self) {
+        // In steady state the balance sits at its ceiling: a plain load, no read-modify-write.
+        if self.balance.load(Ordering::Relaxed) >= self.ceiling {
+            return;
+        }
         let _ = self
             .balance
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
@@ -150,15 +155,15 @@ struct PolicyShared {
 
 impl<A: Clone> Clone for RetryPolicy<A> {
     fn clone(&self) -> Self {
-        // Each clone gets its own jitter stream, derived deterministically from the shared seed.
-        let rng = self.shared.seed.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        // The jitter stream is drawn from the shared seed at the first retry, not here: the
+        // common, successful request touches no shared counter.
         RetryPolicy {
             adapter: self.adapter.clone(),
             shared: self.shared.clone(),
             max_retries: self.max_retries,
             backoff: self.backoff,
             retries: 0,
-            rng,
+            rng: 0,
         }
     }
 }
@@ -180,7 +185,7 @@ impl<A> RetryPolicy<A> {
             max_retries: 3,
             backoff: Backoff::default(),
             retries: 0,
-            rng: 1,
+            rng: 0,
         }
     }
 
@@ -213,6 +218,14 @@ impl<A> RetryPolicy<A> {
     }
 
     fn next_unit(&mut self) -> f64 {
+        if self.rng == 0 {
+            // Each request gets its own stream, derived deterministically from the shared seed.
+            self.rng = self
+                .shared
+                .seed
+                .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+                | 1;
+        }
         // splitmix64
         self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.rng;
@@ -232,6 +245,45 @@ pub fn may_retry(op: Operation, class: ErrorClass) -> bool {
             matches!(op, Operation::Read | Operation::Write(Replay::Safe))
         }
         _ => false,
+    }
+}
+
+/// A retry policy for the session layer: a [`tower::retry::Policy`] (the layer clones it for a
+/// request at that request's first failure, and from then on calls `retry` with every result, as
+/// `tower::retry::Retry` does), plus a hook on the shared prototype for requests whose first
+/// attempt succeeds, which never clone it.
+///
+/// Any tower policy becomes one with an empty impl:
+///
+/// ```
+/// use ryw::retry::SessionRetryPolicy;
+/// use std::future::Ready;
+///
+/// /// Retries every error once, immediately.
+/// #[derive(Clone, Debug, Default)]
+/// struct Once(bool);
+///
+/// impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for Once {
+///     type Future = Ready<()>;
+///     fn retry(&mut self, _: &mut Req, result: &mut Result<Res, E>) -> Option<Ready<()>> {
+///         (result.is_err() && !std::mem::replace(&mut self.0, true)).then(|| std::future::ready(()))
+///     }
+///     fn clone_request(&mut self, req: &Req) -> Option<Req> {
+///         Some(req.clone())
+///     }
+/// }
+///
+/// impl<Req: Clone, Res, E> SessionRetryPolicy<Req, Res, E> for Once {}
+/// ```
+pub trait SessionRetryPolicy<Req, Res, E>: tower::retry::Policy<Req, Res, E> + Clone {
+    /// A request succeeded at its first attempt (the policy was not cloned for it). Budgets
+    /// count it here. The default does nothing.
+    fn first_attempt_succeeded(&self) {}
+}
+
+impl<A: StoreAdapter> SessionRetryPolicy<A::Request, A::Response, A::Error> for RetryPolicy<A> {
+    fn first_attempt_succeeded(&self) {
+        self.shared.budget.record_request();
     }
 }
 

@@ -1,0 +1,43 @@
+//! Token encode and decode (unsigned), for 1-, 4- and 16-scope sessions.
+//!
+//! `cargo bench -p ryw --bench token`
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use ryw::clock::HybridTimestamp;
+use ryw::version::{Coarsening, ScopeKey, StoreId};
+use ryw::{SessionId, SessionState, SessionToken, Version};
+use std::hint::black_box;
+
+fn state(scopes: u64) -> SessionState {
+    // Scylla-like versions: microsecond timestamps a few milliseconds apart.
+    let mut s = SessionState::new(SessionId::random());
+    let at = Coarsening { now_micros: 0, window_micros: 0 };
+    for i in 0..scopes {
+        s.advance(
+            ScopeKey::new(StoreId::new(1), format!("partition/{i}").as_bytes()),
+            Version::new(1_764_000_000_000_000 + i * 3_517),
+            at,
+        );
+    }
+    let v = s.vector().clone();
+    SessionState::from_parts(s.id(), 12, HybridTimestamp::new(1_764_000_000_100_000), v)
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("token");
+    for scopes in [1u64, 4, 16] {
+        let token = SessionToken::new(state(scopes));
+        let encoded = token.encode().unwrap();
+        println!("{scopes}-scope token: {} characters", encoded.len());
+        group.bench_function(format!("encode {scopes} scopes"), |b| {
+            b.iter(|| black_box(black_box(&token).encode().unwrap()))
+        });
+        group.bench_function(format!("decode {scopes} scopes"), |b| {
+            b.iter(|| black_box(SessionToken::decode(black_box(&encoded)).unwrap()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
