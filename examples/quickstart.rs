@@ -103,7 +103,8 @@ fn print_row(name: &str, r: &RunReport) {
         "{:<36} {:>10} {:>10} {:>13.1}% {:>7.2} ms {:>7.2} ms",
         name,
         r.check.guarantee_violations(),
-        r.check.count(ryw_sim::checker::ViolationKind::DuplicatedEffect),
+        r.check
+            .count(ryw_sim::checker::ViolationKind::DuplicatedEffect),
         100.0 * r.replica_share(),
         r.read_latency_percentile(50.0).as_secs_f64() * 1e3,
         r.read_latency_percentile(99.0).as_secs_f64() * 1e3,

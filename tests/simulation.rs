@@ -72,7 +72,10 @@ fn without_the_layer_the_checker_finds_violations() {
         ViolationKind::DuplicatedEffect,
         ViolationKind::MonotonicWrites,
     ] {
-        assert!(found.get(&kind).copied().unwrap_or(0) > 0, "no {kind:?} found");
+        assert!(
+            found.get(&kind).copied().unwrap_or(0) > 0,
+            "no {kind:?} found"
+        );
     }
 }
 
@@ -92,7 +95,10 @@ fn pinning_still_violates_when_lag_outlasts_the_window() {
         violations += run_blocking(&scenario, &Mode::Pinned(Duration::from_secs(2)))
             .check
             .guarantee_violations();
-        assert!(run_blocking(&scenario, &Mode::ryw()).check.violations.is_empty());
+        assert!(run_blocking(&scenario, &Mode::ryw())
+            .check
+            .violations
+            .is_empty());
     }
     assert!(violations > 0);
 }

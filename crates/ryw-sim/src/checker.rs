@@ -244,7 +244,9 @@ pub fn check(history: &History) -> CheckReport {
                                     kind: ViolationKind::MonotonicReads,
                                     session,
                                     ops: vec![r, i],
-                                    detail: format!("read saw {seen} after an earlier read saw {prev}"),
+                                    detail: format!(
+                                        "read saw {seen} after an earlier read saw {prev}"
+                                    ),
                                 });
                             }
                         }
@@ -260,7 +262,9 @@ pub fn check(history: &History) -> CheckReport {
                             kind: ViolationKind::LostWrite,
                             session,
                             ops: vec![i],
-                            detail: format!("acknowledged write of value {value} is not in the log"),
+                            detail: format!(
+                                "acknowledged write of value {value} is not in the log"
+                            ),
                         });
                         continue;
                     };
@@ -319,7 +323,10 @@ pub fn check(history: &History) -> CheckReport {
             kind: ViolationKind::DuplicatedEffect,
             session: op.map_or(usize::MAX, |i| history.ops[i].session),
             ops: op.into_iter().collect(),
-            detail: format!("value {value} applied {} times (v{}..v{})", e.count, e.first, e.last),
+            detail: format!(
+                "value {value} applied {} times (v{}..v{})",
+                e.count, e.first, e.last
+            ),
         });
     }
     report
@@ -395,7 +402,13 @@ mod tests {
                 write(2, 13, 0),
                 write(2, 14, 10), // 13 re-applied after 14
             ],
-            log: vec![entry(1, 10), entry(2, 12), entry(3, 13), entry(4, 14), entry(5, 13)],
+            log: vec![
+                entry(1, 10),
+                entry(2, 12),
+                entry(3, 13),
+                entry(4, 14),
+                entry(5, 13),
+            ],
         };
         let r = check(&h);
         for kind in [
@@ -413,7 +426,11 @@ mod tests {
     #[test]
     fn pending_reads_are_flagged_not_checked_and_lost_writes_found() {
         let h = History {
-            ops: vec![write(0, 10, 0), read(0, 0, 10, ReadStatus::Pending), write(0, 11, 20)],
+            ops: vec![
+                write(0, 10, 0),
+                read(0, 0, 10, ReadStatus::Pending),
+                write(0, 11, 20),
+            ],
             log: vec![entry(1, 10)],
         };
         let r = check(&h);

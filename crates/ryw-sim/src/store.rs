@@ -241,7 +241,9 @@ impl World {
     }
 
     fn leg(&mut self, base: Duration) -> Duration {
-        let jitter = self.rng.exponential(self.config.latency.jitter.as_secs_f64());
+        let jitter = self
+            .rng
+            .exponential(self.config.latency.jitter.as_secs_f64());
         base / 2 + Duration::from_secs_f64(jitter.min(1.0))
     }
 
@@ -295,7 +297,10 @@ impl World {
             clock: put.clock,
             at_micros: now,
         });
-        self.by_key.entry(put.key.clone()).or_default().push(position);
+        self.by_key
+            .entry(put.key.clone())
+            .or_default()
+            .push(position);
         if let Some(id) = put.write_id {
             self.applied_ids.insert(id, position);
         }

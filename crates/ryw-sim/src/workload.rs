@@ -114,7 +114,10 @@ impl Scenario {
                     Duration::from_millis(rng.below(40) as u64),
                     Duration::from_millis(1 + rng.below(80) as u64),
                 )
-                .spikes(rng.unit() * 0.1, Duration::from_millis(rng.below(800) as u64))
+                .spikes(
+                    rng.unit() * 0.1,
+                    Duration::from_millis(rng.below(800) as u64),
+                )
             })
             .collect();
         let mut sim = SimConfig::default()
@@ -126,8 +129,16 @@ impl Scenario {
                 primary: Duration::from_micros(1_000 + rng.below(10_000) as u64),
                 jitter: Duration::from_micros(rng.below(1_000) as u64),
             })
-            .lost_responses(if rng.chance(0.7) { rng.unit() * 0.1 } else { 0.0 })
-            .duplicate_deliveries(if rng.chance(0.5) { rng.unit() * 0.1 } else { 0.0 });
+            .lost_responses(if rng.chance(0.7) {
+                rng.unit() * 0.1
+            } else {
+                0.0
+            })
+            .duplicate_deliveries(if rng.chance(0.5) {
+                rng.unit() * 0.1
+            } else {
+                0.0
+            });
         let horizon_ms = 2_000;
         for _ in 0..rng.below(3) {
             let start = rng.below(horizon_ms) as u64;
@@ -306,7 +317,10 @@ async fn run_user(
     };
     // Derived ids keep runs reproducible; real applications use random or per-user ids.
     let id = SessionId::derive(format!("sim:{}:{user}", scenario.seed).as_bytes());
-    let mut token = Session::with_id(id).token().encode().expect("fresh token encodes");
+    let mut token = Session::with_id(id)
+        .token()
+        .encode()
+        .expect("fresh token encodes");
     let mut last_write: Option<Duration> = None;
     let instances = scenario.instances.max(1);
     let mut follow_up: Option<Key> = None;
@@ -323,14 +337,12 @@ async fn run_user(
                 let think = lo + (rng.unit() * hi.saturating_sub(lo) as f64) as u64;
                 tokio::time::sleep(Duration::from_micros(think)).await;
                 let is_write = rng.chance(scenario.write_ratio);
-                let owner = if !is_write
-                    && scenario.users > 1
-                    && rng.chance(scenario.foreign_read_ratio)
-                {
-                    (user + 1 + rng.below(scenario.users - 1)) % scenario.users
-                } else {
-                    user
-                };
+                let owner =
+                    if !is_write && scenario.users > 1 && rng.chance(scenario.foreign_read_ratio) {
+                        (user + 1 + rng.below(scenario.users - 1)) % scenario.users
+                    } else {
+                        user
+                    };
                 let key: Key =
                     format!("user{owner}/k{}", rng.below(scenario.keys_per_user.max(1))).into();
                 if is_write && rng.chance(scenario.read_after_write) {
@@ -350,7 +362,10 @@ async fn run_user(
                 } else {
                     SimRequest::get(key.clone())
                 };
-                let result = services[instance].clone().oneshot(session.request(request)).await;
+                let result = services[instance]
+                    .clone()
+                    .oneshot(session.request(request))
+                    .await;
                 token = session.token().encode().expect("token encodes");
                 out.max_token_len = out.max_token_len.max(token.len());
                 match (is_write, result) {
@@ -402,10 +417,12 @@ async fn run_user(
         };
         let completed = store.elapsed();
         match &kind {
-            OpKind::Read { observed: Some(_), .. } => {
-                out.latencies.push((completed - invoked).as_micros() as u64)
+            OpKind::Read {
+                observed: Some(_), ..
+            } => out.latencies.push((completed - invoked).as_micros() as u64),
+            OpKind::Read { observed: None, .. } | OpKind::Write { ok: false, .. } => {
+                out.failed += 1
             }
-            OpKind::Read { observed: None, .. } | OpKind::Write { ok: false, .. } => out.failed += 1,
             _ => {}
         }
         out.ops.push(Op {

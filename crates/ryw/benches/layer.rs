@@ -49,8 +49,17 @@ where
     }
 }
 
-fn inner() -> impl Service<Req, Response = Resp, Error = Infallible, Future = std::future::Ready<Result<Resp, Infallible>>> + Clone {
-    tower::service_fn(|r: Req| std::future::ready(Ok(Resp { version: 1_000 + r.key })))
+fn inner() -> impl Service<
+    Req,
+    Response = Resp,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Resp, Infallible>>,
+> + Clone {
+    tower::service_fn(|r: Req| {
+        std::future::ready(Ok(Resp {
+            version: 1_000 + r.key,
+        }))
+    })
 }
 
 fn session_with_scopes(n: u64) -> Session {
@@ -60,7 +69,10 @@ fn session_with_scopes(n: u64) -> Session {
             st.advance(
                 ScopeKey::from_hash(common::STORE, k),
                 Version::new(900 + k),
-                Coarsening { now_micros: 0, window_micros: 0 },
+                Coarsening {
+                    now_micros: 0,
+                    window_micros: 0,
+                },
             );
         }
     });
@@ -69,7 +81,12 @@ fn session_with_scopes(n: u64) -> Session {
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("layer");
-    let read = |k: u64| Req { key: k, write: false, strong: false, write_seq: 0 };
+    let read = |k: u64| Req {
+        key: k,
+        write: false,
+        strong: false,
+        write_seq: 0,
+    };
     let mut k = 0u64;
 
     let mut bare = inner();
@@ -107,7 +124,12 @@ fn bench(c: &mut Criterion) {
     group.bench_function("ryw write, 8-scope session", |b| {
         b.iter(|| {
             k = (k + 1) & 7;
-            let w = Req { key: k, write: true, strong: false, write_seq: 0 };
+            let w = Req {
+                key: k,
+                write: true,
+                strong: false,
+                write_seq: 0,
+            };
             black_box(drive(&mut svc, session.request(black_box(w))))
         })
     });

@@ -34,7 +34,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-const AT: Coarsening = Coarsening { now_micros: 0, window_micros: 0 };
+const AT: Coarsening = Coarsening {
+    now_micros: 0,
+    window_micros: 0,
+};
 
 fn id(i: u64) -> SessionId {
     // Random-looking ids, as `SessionId::random` gives.
@@ -44,13 +47,21 @@ fn id(i: u64) -> SessionId {
 fn state(i: u64, scopes: u64) -> SessionState {
     let mut s = SessionState::new(id(i));
     for k in 0..scopes {
-        s.advance(ScopeKey::from_hash(StoreId::new(1), i * 31 + k), Version::new(100 + k), AT);
+        s.advance(
+            ScopeKey::from_hash(StoreId::new(1), i * 31 + k),
+            Version::new(100 + k),
+            AT,
+        );
     }
     s
 }
 
-fn filled(n: u64, scopes: u64) -> InMemorySessionStore {
-    let store = InMemorySessionStore::builder().max_sessions(2 * n as usize + 64).build();
+/// A store that holds `n` sessions without evicting any: generational eviction keeps between
+/// half and all of `max_sessions`, so it is sized at twice `n`.
+fn filled(n: u64, scopes: u64, max_sessions: usize) -> InMemorySessionStore {
+    let store = InMemorySessionStore::builder()
+        .max_sessions(max_sessions)
+        .build();
     for i in 0..n {
         store.save(&state(i, scopes));
     }
@@ -60,7 +71,7 @@ fn filled(n: u64, scopes: u64) -> InMemorySessionStore {
 fn report_memory() {
     for (n, scopes) in [(1_000_000u64, 1u64), (1_000_000, 4)] {
         let before = LIVE.load(Ordering::Relaxed);
-        let store = filled(n, scopes);
+        let store = filled(n, scopes, 2 * n as usize);
         let after = LIVE.load(Ordering::Relaxed);
         let held = store.len();
         println!(
@@ -76,7 +87,11 @@ fn report_memory() {
 
 fn lookup_update(store: &InMemorySessionStore, i: u64) {
     let mut s = store.load(id(i)).expect("present");
-    s.advance(ScopeKey::from_hash(StoreId::new(1), i * 31), Version::new(200 + i), AT);
+    s.advance(
+        ScopeKey::from_hash(StoreId::new(1), i * 31),
+        Version::new(200 + i),
+        AT,
+    );
     store.save(black_box(&s));
 }
 
@@ -84,7 +99,7 @@ fn bench(c: &mut Criterion) {
     report_memory();
     let mut group = c.benchmark_group("store load+save");
     for n in [10_000u64, 1_000_000] {
-        let store = Arc::new(filled(n, 1));
+        let store = Arc::new(filled(n, 1, 4 * n as usize));
         let mut i = 0u64;
         group.bench_with_input(BenchmarkId::new("1 thread", n), &n, |b, &n| {
             b.iter(|| {

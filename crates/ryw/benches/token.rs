@@ -11,7 +11,10 @@ use std::hint::black_box;
 fn state(scopes: u64) -> SessionState {
     // Scylla-like versions: microsecond timestamps a few milliseconds apart.
     let mut s = SessionState::new(SessionId::random());
-    let at = Coarsening { now_micros: 0, window_micros: 0 };
+    let at = Coarsening {
+        now_micros: 0,
+        window_micros: 0,
+    };
     for i in 0..scopes {
         s.advance(
             ScopeKey::new(StoreId::new(1), format!("partition/{i}").as_bytes()),

@@ -140,6 +140,7 @@ impl ErrorClass {
     pub const AMBIGUOUS: ErrorClass = ErrorClass::Transient(Applied::Unknown);
 
     /// True for transient errors.
+    #[inline]
     pub fn is_transient(self) -> bool {
         matches!(self, ErrorClass::Transient(_))
     }
@@ -151,11 +152,13 @@ pub struct Scopes(SmallVec<[ScopeKey; 2]>);
 
 impl Scopes {
     /// No scopes.
+    #[inline]
     pub fn new() -> Self {
         Scopes(SmallVec::new())
     }
 
     /// Adds a scope (duplicates are ignored).
+    #[inline]
     pub fn push(&mut self, scope: ScopeKey) {
         if !self.0.contains(&scope) {
             self.0.push(scope);
@@ -163,16 +166,19 @@ impl Scopes {
     }
 
     /// The scopes.
+    #[inline]
     pub fn iter(&self) -> impl Iterator<Item = ScopeKey> + '_ {
         self.0.iter().copied()
     }
 
     /// Number of scopes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
     /// True when empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -188,12 +194,14 @@ pub struct Observed {
 
 impl Observed {
     /// Nothing observed.
+    #[inline]
     pub fn new() -> Self {
         Observed::default()
     }
 
     /// Records that the response reflects `scope` at `version` (use `Version::ZERO` for an item
     /// that does not exist). A scope recorded twice keeps the larger version.
+    #[inline]
     pub fn push(&mut self, scope: ScopeKey, version: Version) {
         if let Some(slot) = self.versions.iter_mut().find(|(s, _)| *s == scope) {
             slot.1 = slot.1.max(version);
@@ -204,17 +212,20 @@ impl Observed {
 
     /// Records a timestamp the session's hybrid clock must move past (a Scylla write time, a
     /// cluster time).
+    #[inline]
     pub fn clock(&mut self, seen: HybridTimestamp) {
         self.clock = Some(self.clock.map_or(seen, |c| c.max(seen)));
     }
 
     /// Marks the response as served by the strongly consistent path (it reflects every store
     /// horizon).
+    #[inline]
     pub fn mark_strong(&mut self) {
         self.strong = true;
     }
 
     /// The version observed for `scope`.
+    #[inline]
     pub fn get(&self, scope: ScopeKey) -> Option<Version> {
         self.versions
             .iter()
@@ -223,16 +234,19 @@ impl Observed {
     }
 
     /// All observed versions.
+    #[inline]
     pub fn iter(&self) -> impl Iterator<Item = (ScopeKey, Version)> + '_ {
         self.versions.iter().copied()
     }
 
     /// The clock reading, if any.
+    #[inline]
     pub fn seen_clock(&self) -> Option<HybridTimestamp> {
         self.clock
     }
 
     /// Whether the response came from the strong path.
+    #[inline]
     pub fn is_strong(&self) -> bool {
         self.strong
     }

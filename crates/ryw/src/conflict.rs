@@ -104,7 +104,8 @@ impl fmt::Display for Conflict {
             "write {} to {:?} expected {} but found {}",
             self.write_id,
             self.scope,
-            self.expected.map_or_else(|| "none".to_owned(), |v| v.to_string()),
+            self.expected
+                .map_or_else(|| "none".to_owned(), |v| v.to_string()),
             self.current
         )
     }
@@ -185,7 +186,10 @@ mod tests {
         assert_eq!(r, Resolution::Overwrite);
         let mut c = conflict(1, None, 1);
         c.item = Some(Arc::new(String::from("theirs")));
-        assert_eq!(c.current_item::<String>().map(String::as_str), Some("theirs"));
+        assert_eq!(
+            c.current_item::<String>().map(String::as_str),
+            Some("theirs")
+        );
         assert!(c.current_item::<u32>().is_none());
     }
 }

@@ -74,9 +74,9 @@ impl<E> Error<E> {
     /// The store's error, when there is one.
     pub fn store_error(&self) -> Option<&E> {
         match self {
-            Error::Store { source, .. } | Error::Ambiguous { source, .. } | Error::NotReady(source) => {
-                Some(source)
-            }
+            Error::Store { source, .. }
+            | Error::Ambiguous { source, .. }
+            | Error::NotReady(source) => Some(source),
             _ => None,
         }
     }

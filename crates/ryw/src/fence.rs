@@ -105,6 +105,7 @@ impl FenceSupport {
     }
 
     /// Whether `strategy` is offered.
+    #[inline]
     pub const fn supports(self, strategy: FenceStrategy) -> bool {
         match strategy {
             FenceStrategy::ServerWait => self.server_wait,
@@ -216,6 +217,7 @@ pub struct ReadFence {
 
 impl ReadFence {
     /// A fence with no requirements.
+    #[inline]
     pub fn new() -> Self {
         ReadFence::default()
     }
@@ -227,21 +229,25 @@ impl ReadFence {
         }
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, req: Requirement) {
         self.requirements.push(req);
     }
 
     /// The requirements, one per scope read.
+    #[inline]
     pub fn requirements(&self) -> &[Requirement] {
         &self.requirements
     }
 
     /// True when no requirement constrains the read.
+    #[inline]
     pub fn is_unfenced(&self) -> bool {
         self.requirements.iter().all(Requirement::is_unfenced)
     }
 
     /// True when a live store horizon covers one of the scopes.
+    #[inline]
     pub fn has_horizon(&self) -> bool {
         self.requirements.iter().any(|r| r.horizon.is_some())
     }
@@ -256,11 +262,13 @@ impl ReadFence {
     }
 
     /// The exact requirement on `scope`, if the read touches it.
+    #[inline]
     pub fn requirement(&self, scope: ScopeKey) -> Option<&Requirement> {
         self.requirements.iter().find(|r| r.scope == scope)
     }
 
     /// The strategy of the first attempt.
+    #[inline]
     pub fn initial_strategy(&self, config: &FenceConfig, support: FenceSupport) -> FenceStrategy {
         if self.is_unfenced() {
             return FenceStrategy::Verify;
@@ -290,6 +298,7 @@ impl ReadFence {
     /// Verified reads need an observed version at least the requirement on every fenced scope and
     /// no live horizon. Server-wait and escalated reads are trusted when the adapter observed no
     /// version for a scope, and checked when it did.
+    #[inline]
     pub fn check(&self, strategy: FenceStrategy, observed: &Observed) -> Result<(), Staleness> {
         for r in &self.requirements {
             if r.is_unfenced() {
@@ -413,16 +422,19 @@ pub enum Visibility {
 
 impl Visibility {
     /// True for [`Visibility::Guaranteed`].
+    #[inline]
     pub fn is_guaranteed(&self) -> bool {
         matches!(self, Visibility::Guaranteed(_))
     }
 
     /// True for [`Visibility::Pending`].
+    #[inline]
     pub fn is_pending(&self) -> bool {
         matches!(self, Visibility::Pending(_))
     }
 
     /// The path of a guaranteed response.
+    #[inline]
     pub fn path(&self) -> Option<FencePath> {
         match self {
             Visibility::Guaranteed(p) => Some(*p),

@@ -4,8 +4,11 @@ use crate::adapter::{Applied, ErrorClass, Observed, Operation, Replay, StoreAdap
 use crate::clock::HybridTimestamp;
 use crate::conflict::Resolution;
 use crate::error::Error;
-use crate::fence::{FenceDecision, FencePath, FenceStrategy, ReadFence, StaleRead, StaleReadPolicy, Visibility};
+use crate::fence::{
+    FenceDecision, FencePath, FenceStrategy, ReadFence, StaleRead, StaleReadPolicy, Visibility,
+};
 use crate::layer::Shared;
+use crate::retry::SessionRetryPolicy;
 use crate::session::{Session, WriteId};
 use crate::SessionResponse;
 use pin_project::pin_project;
@@ -14,7 +17,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use crate::retry::SessionRetryPolicy;
 use tower::retry::Policy;
 use tower::Service;
 
@@ -208,7 +210,8 @@ enum Step<T> {
     Again(std::time::Duration),
 }
 
-type Out<A> = Result<SessionResponse<<A as StoreAdapter>::Response>, Error<<A as StoreAdapter>::Error>>;
+type Out<A> =
+    Result<SessionResponse<<A as StoreAdapter>::Response>, Error<<A as StoreAdapter>::Error>>;
 
 fn on_response<A: StoreAdapter, P>(
     shared: &Shared<A, P>,
@@ -276,12 +279,9 @@ fn on_response<A: StoreAdapter, P>(
 /// (state only grows, so it still does): the common steady-state read skips the second lock.
 fn already_known<A: StoreAdapter>(at: &Attempt<A>, observed: &Observed) -> bool {
     at.op == Operation::Read
-        && observed
-            .seen_clock()
-            .is_none_or(|c| c <= at.clock_at_start)
+        && observed.seen_clock().is_none_or(|c| c <= at.clock_at_start)
         && observed.iter().all(|(scope, v)| {
-            v == crate::Version::ZERO
-                || at.fence.requirement(scope).is_some_and(|r| r.version >= v)
+            v == crate::Version::ZERO || at.fence.requirement(scope).is_some_and(|r| r.version >= v)
         })
 }
 
@@ -309,8 +309,11 @@ fn on_final_error<A: StoreAdapter>(
         return give_up(at, response, stale);
     }
     let transient = class.is_some_and(|c| c.is_transient());
-    if let (Operation::Write(Replay::Never), Some(ErrorClass::Transient(Applied::Unknown)), Some((write_id, _))) =
-        (at.op, class, at.stamp)
+    if let (
+        Operation::Write(Replay::Never),
+        Some(ErrorClass::Transient(Applied::Unknown)),
+        Some((write_id, _)),
+    ) = (at.op, class, at.stamp)
     {
         return Err(Error::Ambiguous {
             write_id,
@@ -378,7 +381,11 @@ fn resolve_conflict<A: StoreAdapter, P>(
 }
 
 /// Merges what a response showed into the session (versions only move forward).
-pub(crate) fn record<A: StoreAdapter, P>(shared: &Shared<A, P>, session: &Session, observed: &Observed) {
+pub(crate) fn record<A: StoreAdapter, P>(
+    shared: &Shared<A, P>,
+    session: &Session,
+    observed: &Observed,
+) {
     let mut state = session.lock();
     let at = crate::coarsening_for(shared, &state, observed.iter().count());
     for (scope, version) in observed.iter() {

@@ -121,6 +121,7 @@ pub struct SessionRequest<R> {
 
 impl<R> SessionRequest<R> {
     /// Pairs `request` with `session` (see also [`Session::request`]).
+    #[inline]
     pub fn new(session: Session, request: R) -> Self {
         SessionRequest {
             session,
@@ -182,6 +183,7 @@ impl<T> SessionResponse<T> {
     }
 
     /// The visibility status.
+    #[inline]
     pub fn visibility(&self) -> &Visibility {
         &self.visibility
     }
@@ -197,6 +199,7 @@ impl<T> SessionResponse<T> {
     }
 
     /// The store response.
+    #[inline]
     pub fn get_ref(&self) -> &T {
         &self.response
     }
@@ -207,6 +210,7 @@ impl<T> SessionResponse<T> {
     }
 
     /// Takes the store response out.
+    #[inline]
     pub fn into_inner(self) -> T {
         self.response
     }

@@ -187,21 +187,25 @@ impl SessionState {
     }
 
     /// The session id.
+    #[inline]
     pub fn id(&self) -> SessionId {
         self.id
     }
 
     /// The sequence number of the last write stamped.
+    #[inline]
     pub fn write_seq(&self) -> u64 {
         self.write_seq
     }
 
     /// The hybrid clock's last reading.
+    #[inline]
     pub fn clock(&self) -> HybridTimestamp {
         self.clock
     }
 
     /// The version vector.
+    #[inline]
     pub fn vector(&self) -> &VersionVector {
         &self.vector
     }
@@ -212,6 +216,7 @@ impl SessionState {
     }
 
     /// Stamps a new write: the next [`WriteId`] and a clock reading after every timestamp seen.
+    #[inline]
     pub fn next_write(&mut self, now_micros: u64) -> (WriteId, HybridTimestamp) {
         self.write_seq += 1;
         self.clock = self.clock.next(now_micros);
@@ -219,11 +224,13 @@ impl SessionState {
     }
 
     /// Moves the hybrid clock to at least `seen`.
+    #[inline]
     pub fn observe_clock(&mut self, seen: HybridTimestamp) {
         self.clock.observe(seen);
     }
 
     /// Raises the high-water mark of `scope`.
+    #[inline]
     pub fn advance(&mut self, scope: ScopeKey, version: Version, at: Coarsening) -> bool {
         self.vector.advance(scope, version, at)
     }
@@ -267,7 +274,9 @@ pub struct Session {
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The state is not printed: it is token content.
-        f.debug_struct("Session").field("id", &self.shared.id).finish()
+        f.debug_struct("Session")
+            .field("id", &self.shared.id)
+            .finish()
     }
 }
 
@@ -340,10 +349,12 @@ impl Session {
     }
 
     /// Pairs `request` with this session, ready for the session layer.
+    #[inline]
     pub fn request<R>(&self, request: R) -> crate::SessionRequest<R> {
         crate::SessionRequest::new(self.clone(), request)
     }
 
+    #[inline]
     pub(crate) fn lock(&self) -> MutexGuard<'_, SessionState> {
         // A panic while holding the lock cannot leave the state half-updated in a way that
         // breaks its invariants (every mutation is a monotone max), so poisoning is ignored.

@@ -189,6 +189,10 @@ struct Shard {
     young_since: u32,
 }
 
+/// One shard per cache-line pair, so two threads on different shards never share a line.
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
+
 /// Builds an [`InMemorySessionStore`].
 #[derive(Clone, Debug)]
 pub struct InMemorySessionStoreBuilder {
@@ -231,16 +235,18 @@ impl InMemorySessionStoreBuilder {
         InMemorySessionStore {
             shards: (0..self.shards)
                 .map(|_| {
-                    Mutex::new(Shard {
+                    Padded(Mutex::new(Shard {
                         young: Table::default(),
                         old: Table::default(),
                         young_since: 0,
-                    })
+                    }))
                 })
                 .collect(),
             mask: self.shards - 1,
             generation_cap,
-            ttl_secs: self.ttl.map(|t| t.as_secs().clamp(1, u64::from(u32::MAX)) as u32),
+            ttl_secs: self
+                .ttl
+                .map(|t| t.as_secs().clamp(1, u64::from(u32::MAX)) as u32),
             epoch: Instant::now(),
         }
     }
@@ -248,7 +254,7 @@ impl InMemorySessionStoreBuilder {
 
 /// A sharded, bounded, in-memory [`SessionStore`]. See the [module docs](self).
 pub struct InMemorySessionStore {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Padded]>,
     mask: usize,
     generation_cap: usize,
     ttl_secs: Option<u32>,
@@ -292,7 +298,7 @@ impl InMemorySessionStore {
         self.shards
             .iter()
             .map(|s| {
-                let s = lock(s);
+                let s = lock(&s.0);
                 s.young.len() + s.old.len()
             })
             .sum()
@@ -310,7 +316,7 @@ impl InMemorySessionStore {
     fn shard(&self, id: SessionId) -> MutexGuard<'_, Shard> {
         let v = id.as_u128();
         let h = (v as u64) ^ ((v >> 64) as u64).rotate_left(32);
-        lock(&self.shards[((h >> 40) as usize) & self.mask])
+        lock(&self.shards[((h >> 40) as usize) & self.mask].0)
     }
 
     fn expired(&self, record: &Record, now: u32) -> bool {
@@ -327,6 +333,19 @@ impl InMemorySessionStore {
             shard.young.clear();
             shard.young_since = now;
         }
+    }
+}
+
+/// Reads the wall clock only when the merge can overflow the cap and coarsen.
+fn coarsening(into: &SessionState, from: &SessionState) -> Coarsening {
+    let may_evict = into.vector().len() + from.vector().len() > into.vector().cap();
+    Coarsening {
+        now_micros: if may_evict {
+            crate::clock::Clock::now_micros(&crate::clock::SystemClock)
+        } else {
+            0
+        },
+        window_micros: DEFAULT_REPLICATION_WINDOW_MICROS,
     }
 }
 
@@ -361,20 +380,10 @@ impl SessionStore for InMemorySessionStore {
         let now = self.now();
         let id = state.id();
         let mut shard = self.shard(id);
-        let existing = match shard.young.get_mut(&id) {
-            Some(r) => Some(r),
-            None => None,
-        };
-        if let Some(r) = existing {
+        if let Some(r) = shard.young.get_mut(&id) {
             if !self.expired(r, now) {
                 let mut merged = r.to_state(id);
-                merged.merge(
-                    state,
-                    Coarsening {
-                        now_micros: crate::clock::Clock::now_micros(&crate::clock::SystemClock),
-                        window_micros: DEFAULT_REPLICATION_WINDOW_MICROS,
-                    },
-                );
+                merged.merge(state, coarsening(&merged, state));
                 *r = Record::from_state(&merged, now);
             } else {
                 *r = Record::from_state(state, now);
@@ -384,13 +393,7 @@ impl SessionStore for InMemorySessionStore {
         let record = match shard.old.remove(&id) {
             Some(old) if !self.expired(&old, now) => {
                 let mut merged = old.to_state(id);
-                merged.merge(
-                    state,
-                    Coarsening {
-                        now_micros: crate::clock::Clock::now_micros(&crate::clock::SystemClock),
-                        window_micros: DEFAULT_REPLICATION_WINDOW_MICROS,
-                    },
-                );
+                merged.merge(state, coarsening(&merged, state));
                 Record::from_state(&merged, now)
             }
             _ => Record::from_state(state, now),
@@ -417,7 +420,11 @@ mod tests {
             window_micros: 0,
         };
         for &(scope, v) in versions {
-            s.advance(ScopeKey::from_hash(StoreId::new(1), scope), Version::new(v), at);
+            s.advance(
+                ScopeKey::from_hash(StoreId::new(1), scope),
+                Version::new(v),
+                at,
+            );
         }
         s
     }

@@ -94,7 +94,9 @@ pub enum TokenError {
         field: &'static str,
     },
     /// The token was written by a format version this build does not read.
-    #[error("session token format version {0} is not supported (this build reads {FORMAT_VERSION})")]
+    #[error(
+        "session token format version {0} is not supported (this build reads {FORMAT_VERSION})"
+    )]
     UnknownVersion(u8),
     /// The token sets flags this build does not know.
     #[error("session token sets unknown flags {0:#04x}")]
@@ -131,7 +133,9 @@ impl TokenError {
     pub fn is_unsupported(&self) -> bool {
         matches!(
             self,
-            TokenError::UnknownVersion(_) | TokenError::UnknownFlags(_) | TokenError::UnknownSection(_)
+            TokenError::UnknownVersion(_)
+                | TokenError::UnknownFlags(_)
+                | TokenError::UnknownSection(_)
         )
     }
 }
@@ -254,12 +258,17 @@ impl SessionToken {
         loop {
             let vector = coarsened.as_ref().unwrap_or(self.state.vector());
             out.clear();
-            write_header(out, &self.state, self.issued_at.zip(self.expires_at), signed);
+            write_header(
+                out,
+                &self.state,
+                self.issued_at.zip(self.expires_at),
+                signed,
+            );
             write_sections(out, vector);
             if out.len() <= budget {
                 return Ok(());
             }
-            if vector.len() == 0 {
+            if vector.entries().next().is_none() {
                 return Err(TokenError::Oversized {
                     len: base64_len(out.len() + SIGNATURE_LEN),
                     max: MAX_TOKEN_LEN,
@@ -426,12 +435,7 @@ fn base64_len(bytes: usize) -> usize {
     (bytes * 4).div_ceil(3)
 }
 
-fn write_header(
-    out: &mut Vec<u8>,
-    state: &SessionState,
-    times: Option<(u64, u64)>,
-    signed: bool,
-) {
+fn write_header(out: &mut Vec<u8>, state: &SessionState, times: Option<(u64, u64)>, signed: bool) {
     let mut flags = 0;
     if signed {
         flags |= FLAG_SIGNED;
@@ -576,7 +580,9 @@ mod tests {
     };
 
     fn state_with(n: u64, base: u64) -> SessionState {
-        let mut s = SessionState::new(SessionId::from_u128(0x0123_4567_89ab_cdef_0011_2233_4455_6677));
+        let mut s = SessionState::new(SessionId::from_u128(
+            0x0123_4567_89ab_cdef_0011_2233_4455_6677,
+        ));
         s.next_write(1_764_000_000_000_000);
         for i in 0..n {
             s.advance(
@@ -623,7 +629,9 @@ mod tests {
         let good = SessionToken::new(state_with(2, 5)).encode().unwrap();
         let bytes = URL_SAFE_NO_PAD.decode(&good).unwrap();
         assert_eq!(SessionToken::decode(""), Err(TokenError::Empty));
-        assert!(SessionToken::decode(&"A".repeat(2000)).unwrap_err().is_oversized());
+        assert!(SessionToken::decode(&"A".repeat(2000))
+            .unwrap_err()
+            .is_oversized());
         assert_eq!(SessionToken::decode("***"), Err(TokenError::NotBase64));
         for cut in 1..bytes.len() {
             let e = SessionToken::from_bytes(&bytes[..cut]).unwrap_err();
@@ -634,10 +642,16 @@ mod tests {
         }
         let mut v = bytes.clone();
         v[0] = 2;
-        assert_eq!(SessionToken::from_bytes(&v), Err(TokenError::UnknownVersion(2)));
+        assert_eq!(
+            SessionToken::from_bytes(&v),
+            Err(TokenError::UnknownVersion(2))
+        );
         let mut v = bytes.clone();
         v[1] = 0x80;
-        assert_eq!(SessionToken::from_bytes(&v), Err(TokenError::UnknownFlags(0x80)));
+        assert_eq!(
+            SessionToken::from_bytes(&v),
+            Err(TokenError::UnknownFlags(0x80))
+        );
         let mut v = bytes.clone();
         v.push(0);
         assert_eq!(
@@ -649,7 +663,10 @@ mod tests {
         let kind_at = 2 + 16 + 1 + 8 + 1;
         assert_eq!(v[kind_at], SECTION_STORE);
         v[kind_at] = 0x7f;
-        assert_eq!(SessionToken::from_bytes(&v), Err(TokenError::UnknownSection(0x7f)));
+        assert_eq!(
+            SessionToken::from_bytes(&v),
+            Err(TokenError::UnknownSection(0x7f))
+        );
     }
 
     #[test]

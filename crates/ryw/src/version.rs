@@ -196,6 +196,7 @@ pub struct Requirement {
 
 impl Requirement {
     /// True when the read needs no fence at all.
+    #[inline]
     pub fn is_unfenced(&self) -> bool {
         self.version == Version::ZERO && self.horizon.is_none()
     }
@@ -242,6 +243,7 @@ impl VersionVector {
     }
 
     /// The cap on exact entries.
+    #[inline]
     pub fn cap(&self) -> usize {
         self.cap as usize
     }
@@ -252,26 +254,31 @@ impl VersionVector {
     }
 
     /// Number of exact entries.
+    #[inline]
     pub fn len(&self) -> usize {
         self.slots.len()
     }
 
     /// True when the vector has neither entries nor horizons.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty() && self.horizons.is_empty()
     }
 
     /// The exact entries, in no particular order.
+    #[inline]
     pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
         self.slots.iter().map(|s| s.entry)
     }
 
     /// The store horizons, in no particular order.
+    #[inline]
     pub fn horizons(&self) -> impl Iterator<Item = StoreHorizon> + '_ {
         self.horizons.iter().copied()
     }
 
     /// The exact high-water mark of `scope`, if the vector has one.
+    #[inline]
     pub fn get(&self, scope: ScopeKey) -> Option<Version> {
         self.slots
             .iter()
@@ -285,6 +292,7 @@ impl VersionVector {
     }
 
     /// The requirement a read of `scope` must meet at `now_micros`.
+    #[inline]
     pub fn requirement(&self, scope: ScopeKey, now_micros: u64) -> Requirement {
         let version = self.get(scope).unwrap_or(Version::ZERO);
         let horizon = self

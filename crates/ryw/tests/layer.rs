@@ -111,12 +111,26 @@ impl StoreAdapter for Kv {
         }
     }
     fn conflict(&self, r: &Req, e: &BoxError) -> Option<Conflict> {
-        let (Req::Put { key, write_id, ts, if_version, .. }, Some(KvError::Condition(v, their_ts, their_session))) =
-            (r, e.downcast_ref::<KvError>())
+        let (
+            Req::Put {
+                key,
+                write_id,
+                ts,
+                if_version,
+                ..
+            },
+            Some(KvError::Condition(v, their_ts, their_session)),
+        ) = (r, e.downcast_ref::<KvError>())
         else {
             return None;
         };
-        let mut c = Conflict::new(scope(key), (*write_id)?, (*ts)?, *if_version, Version::new(*v));
+        let mut c = Conflict::new(
+            scope(key),
+            (*write_id)?,
+            (*ts)?,
+            *if_version,
+            Version::new(*v),
+        );
         c.current_timestamp = Some(HybridTimestamp::new(*their_ts));
         c.current_writer = Some(WriteId::new(ryw::SessionId::from_u128(*their_session), 1));
         Some(c)
@@ -159,9 +173,14 @@ fn adapter() -> Kv {
 
 fn layer(fence: FenceConfig) -> ReadYourWritesLayer<Kv> {
     let policy = RetryPolicy::new(adapter())
-        .backoff(Backoff::new(Duration::from_millis(1), Duration::from_millis(5)))
+        .backoff(Backoff::new(
+            Duration::from_millis(1),
+            Duration::from_millis(5),
+        ))
         .max_retries(3);
-    ReadYourWritesLayer::new(adapter()).fence(fence).retry(policy)
+    ReadYourWritesLayer::new(adapter())
+        .fence(fence)
+        .retry(policy)
 }
 
 fn session_at(key: &str, version: u64) -> Session {
@@ -217,14 +236,22 @@ async fn write_is_stamped_and_replayed_with_the_same_write_id() {
     send.send_response(resp(7));
     let out = call.await.unwrap().unwrap();
     assert_eq!(first, second, "a replay is the same stamped request");
-    let Req::Put { write_id: Some(w), ts: Some(_), .. } = first else {
+    let Req::Put {
+        write_id: Some(w),
+        ts: Some(_),
+        ..
+    } = first
+    else {
         panic!("not stamped: {first:?}")
     };
     assert_eq!(w, WriteId::new(session.id(), 1));
     assert_eq!(out.write_id(), Some(w));
     assert_eq!(out.attempts(), 2);
     assert_eq!(out.visibility().path(), Some(FencePath::Write));
-    assert_eq!(session.snapshot().vector().get(scope("a")), Some(Version::new(7)));
+    assert_eq!(
+        session.snapshot().vector().get(scope("a")),
+        Some(Version::new(7))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -268,7 +295,12 @@ async fn unreplayable_write_is_retried_when_known_not_applied() {
 async fn permanent_errors_are_not_retried_and_budget_caps_retries() {
     let (svc, mut handle) = mock::pair::<Req, Resp>();
     let mut svc = layer(FenceConfig::default()).layer(svc);
-    let call = tokio::spawn(svc.ready().await.unwrap().call(Session::new().request(get("a"))));
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Session::new().request(get("a"))),
+    );
     let (_, send) = handle.next_request().await.unwrap();
     send.send_error(KvError::Invalid);
     let err = call.await.unwrap().unwrap_err();
@@ -279,7 +311,12 @@ async fn permanent_errors_are_not_retried_and_budget_caps_retries() {
     let (svc, mut handle) = mock::pair::<Req, Resp>();
     let policy = RetryPolicy::with_budget(adapter(), RetryBudget::new(0.0, 0));
     let mut svc = ReadYourWritesLayer::new(adapter()).retry(policy).layer(svc);
-    let call = tokio::spawn(svc.ready().await.unwrap().call(Session::new().request(get("a"))));
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Session::new().request(get("a"))),
+    );
     let (_, send) = handle.next_request().await.unwrap();
     send.send_error(KvError::Throttled);
     let err = call.await.unwrap().unwrap_err();
@@ -293,7 +330,11 @@ async fn permanent_errors_are_not_retried_and_budget_caps_retries() {
 #[tokio::test(start_paused = true)]
 async fn stale_read_is_reread_then_escalated() {
     let (svc, mut handle) = mock::pair::<Req, Resp>();
-    let mut svc = layer(FenceConfig::verify_then_escalate(1, Duration::from_millis(10))).layer(svc);
+    let mut svc = layer(FenceConfig::verify_then_escalate(
+        1,
+        Duration::from_millis(10),
+    ))
+    .layer(svc);
     let session = session_at("a", 5);
     let call = tokio::spawn(svc.ready().await.unwrap().call(session.request(get("a"))));
     let (r1, send) = handle.next_request().await.unwrap();
@@ -301,17 +342,29 @@ async fn stale_read_is_reread_then_escalated() {
     send.send_response(resp(3));
     let t = tokio::time::Instant::now();
     let (r2, send) = handle.next_request().await.unwrap();
-    assert!(t.elapsed() >= Duration::from_millis(10), "re-read after the delay");
+    assert!(
+        t.elapsed() >= Duration::from_millis(10),
+        "re-read after the delay"
+    );
     assert_eq!(r2, get("a"));
     send.send_response(resp(4));
     let (r3, send) = handle.next_request().await.unwrap();
-    assert_eq!(r3, Req::Get { key: "a", strong: true });
+    assert_eq!(
+        r3,
+        Req::Get {
+            key: "a",
+            strong: true
+        }
+    );
     send.send_response(resp(6));
     let out = call.await.unwrap().unwrap();
     assert_eq!(out.visibility().path(), Some(FencePath::Escalated));
     assert_eq!(out.attempts(), 3);
     assert_eq!(out.get_ref().version, 6);
-    assert_eq!(session.snapshot().vector().get(scope("a")), Some(Version::new(6)));
+    assert_eq!(
+        session.snapshot().vector().get(scope("a")),
+        Some(Version::new(6))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -367,7 +420,12 @@ async fn failed_escalation_returns_the_stale_data_as_pending() {
 async fn unfenced_reads_are_not_escalated() {
     let (svc, mut handle) = mock::pair::<Req, Resp>();
     let mut svc = layer(FenceConfig::escalate()).layer(svc);
-    let call = tokio::spawn(svc.ready().await.unwrap().call(Session::new().request(get("a"))));
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Session::new().request(get("a"))),
+    );
     let (r, send) = handle.next_request().await.unwrap();
     assert_eq!(r, get("a"));
     send.send_response(resp(0));
@@ -379,9 +437,20 @@ async fn unfenced_reads_are_not_escalated() {
 async fn escalate_up_front_when_configured() {
     let (svc, mut handle) = mock::pair::<Req, Resp>();
     let mut svc = layer(FenceConfig::escalate()).layer(svc);
-    let call = tokio::spawn(svc.ready().await.unwrap().call(session_at("a", 1).request(get("a"))));
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session_at("a", 1).request(get("a"))),
+    );
     let (r, send) = handle.next_request().await.unwrap();
-    assert_eq!(r, Req::Get { key: "a", strong: true });
+    assert_eq!(
+        r,
+        Req::Get {
+            key: "a",
+            strong: true
+        }
+    );
     send.send_response(resp(1));
     assert_eq!(
         call.await.unwrap().unwrap().visibility().path(),
@@ -406,7 +475,14 @@ async fn coarsened_scope_escalates_until_the_horizon_passes() {
     assert_eq!(session.snapshot().vector().get(scope("old")), None);
     let call = tokio::spawn(svc.ready().await.unwrap().call(session.request(get("old"))));
     let (r, send) = handle.next_request().await.unwrap();
-    assert_eq!(r, Req::Get { key: "old", strong: true }, "a horizon cannot be verified: escalate");
+    assert_eq!(
+        r,
+        Req::Get {
+            key: "old",
+            strong: true
+        },
+        "a horizon cannot be verified: escalate"
+    );
     send.send_response(resp(3));
     assert!(call.await.unwrap().unwrap().visibility().is_guaranteed());
 }
@@ -425,23 +501,51 @@ async fn conflicts_go_to_the_resolver() {
     let (svc, mut handle) = mock::pair::<Req, Resp>();
     let mut svc = layer(FenceConfig::default()).layer(svc);
     let session = Session::new();
-    let call = tokio::spawn(svc.ready().await.unwrap().call(session.request(put("a", Replay::Safe))));
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session.request(put("a", Replay::Safe))),
+    );
     let (_, send) = handle.next_request().await.unwrap();
     send.send_error(KvError::Condition(4, u64::MAX, 1));
     let err = call.await.unwrap().unwrap_err();
     assert!(err.is_conflict());
     assert_eq!(err.conflict().unwrap().current, Version::new(4));
-    assert_eq!(session.snapshot().vector().get(scope("a")), Some(Version::new(4)), "the winner was seen");
+    assert_eq!(
+        session.snapshot().vector().get(scope("a")),
+        Some(Version::new(4)),
+        "the winner was seen"
+    );
 
     // A resolver that keeps this write: rebased onto the current version, same write id.
     let (svc, mut handle) = mock::pair::<Req, Resp>();
-    let mut svc = layer(FenceConfig::default()).resolver(AlwaysMine).layer(svc);
-    let call = tokio::spawn(svc.ready().await.unwrap().call(session.request(put("a", Replay::Safe))));
+    let mut svc = layer(FenceConfig::default())
+        .resolver(AlwaysMine)
+        .layer(svc);
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session.request(put("a", Replay::Safe))),
+    );
     let (first, send) = handle.next_request().await.unwrap();
     send.send_error(KvError::Condition(8, 1, 1));
     let (second, send) = handle.next_request().await.unwrap();
     send.send_response(resp(9));
-    let (Req::Put { write_id: w1, if_version: None, .. }, Req::Put { write_id: w2, if_version, .. }) = (&first, &second) else {
+    let (
+        Req::Put {
+            write_id: w1,
+            if_version: None,
+            ..
+        },
+        Req::Put {
+            write_id: w2,
+            if_version,
+            ..
+        },
+    ) = (&first, &second)
+    else {
         panic!("{first:?} {second:?}")
     };
     assert_eq!(w1, w2);
@@ -454,17 +558,33 @@ async fn concurrent_requests_merge_pointwise() {
     let (svc, mut handle) = mock::pair::<Req, Resp>();
     let mut svc = layer(FenceConfig::default()).layer(svc);
     let session = Session::new();
-    let a = tokio::spawn(svc.ready().await.unwrap().call(session.request(put("a", Replay::Safe))));
+    let a = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session.request(put("a", Replay::Safe))),
+    );
     let (_, send_a) = handle.next_request().await.unwrap();
-    let b = tokio::spawn(svc.ready().await.unwrap().call(session.request(put("a", Replay::Safe))));
+    let b = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session.request(put("a", Replay::Safe))),
+    );
     let (_, send_b) = handle.next_request().await.unwrap();
     // The later write completes first; the earlier one's older version must not win.
-    send_b.send_response(Resp { version: 10, clock: Some(u64::MAX / 2) });
+    send_b.send_response(Resp {
+        version: 10,
+        clock: Some(u64::MAX / 2),
+    });
     b.await.unwrap().unwrap();
     send_a.send_response(resp(9));
     a.await.unwrap().unwrap();
     let state = session.snapshot();
     assert_eq!(state.vector().get(scope("a")), Some(Version::new(10)));
     assert_eq!(state.write_seq(), 2);
-    assert!(state.clock() >= HybridTimestamp::new(u64::MAX / 2), "the clock moved past what was seen");
+    assert!(
+        state.clock() >= HybridTimestamp::new(u64::MAX / 2),
+        "the clock moved past what was seen"
+    );
 }

@@ -2,10 +2,10 @@
 //! per-scope maxima.
 
 use proptest::prelude::*;
+use ryw::adapter::Observed;
 use ryw::fence::{
     FenceConfig, FenceDecision, FenceStrategy, FenceSupport, ReadFence, StaleReadPolicy,
 };
-use ryw::adapter::Observed;
 use ryw::session::{SessionId, SessionState};
 use ryw::token::{SessionToken, MAX_TOKEN_LEN};
 use ryw::version::{Coarsening, Requirement, ScopeKey, StoreId, Version, VersionVector};
@@ -55,7 +55,11 @@ fn covers(v: &VersionVector, reference: &BTreeMap<ScopeKey, u64>) -> Result<(), 
         }
     }
     for e in v.entries() {
-        prop_assert!(reference.contains_key(&e.scope), "invented scope {:?}", e.scope);
+        prop_assert!(
+            reference.contains_key(&e.scope),
+            "invented scope {:?}",
+            e.scope
+        );
     }
     Ok(())
 }
@@ -222,22 +226,19 @@ proptest! {
         let mut done = 0;
         let mut attempts = 1;
         let mut escalations = u32::from(strategy == FenceStrategy::Escalate);
-        loop {
-            match fence.after_stale(&config, support, strategy, done) {
-                FenceDecision::Retry { strategy: next, .. } => {
-                    prop_assert!(support.supports(next));
-                    if next == FenceStrategy::Verify {
-                        prop_assert!(!fence.has_horizon(), "re-reading cannot satisfy a horizon");
-                        done += 1;
-                    }
-                    if next == FenceStrategy::Escalate {
-                        escalations += 1;
-                    }
-                    strategy = next;
-                    attempts += 1;
-                }
-                _ => break,
+        while let FenceDecision::Retry { strategy: next, .. } =
+            fence.after_stale(&config, support, strategy, done)
+        {
+            prop_assert!(support.supports(next));
+            if next == FenceStrategy::Verify {
+                prop_assert!(!fence.has_horizon(), "re-reading cannot satisfy a horizon");
+                done += 1;
             }
+            if next == FenceStrategy::Escalate {
+                escalations += 1;
+            }
+            strategy = next;
+            attempts += 1;
             prop_assert!(attempts <= rereads + 3);
         }
         prop_assert!(escalations <= 1);

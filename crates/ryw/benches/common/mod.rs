@@ -50,7 +50,10 @@ impl StoreAdapter for BenchAdapter {
         r.strong = strategy == FenceStrategy::Escalate;
     }
     fn observe(&self, r: &Req, resp: &Resp, observed: &mut Observed) {
-        observed.push(ScopeKey::from_hash(STORE, r.key), Version::new(resp.version));
+        observed.push(
+            ScopeKey::from_hash(STORE, r.key),
+            Version::new(resp.version),
+        );
     }
     fn classify(&self, _: &std::convert::Infallible) -> ErrorClass {
         ErrorClass::Permanent
