@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls this script and nothing else).
 #
-# Unit, property, layer, simulation and benchmark-smoke tests, doc tests, then formatting and
-# lints. Nothing to install: the core and the simulated store need no server.
+# Starts the test servers that can run here (moto for DynamoDB; see tests/servers.sh), then runs
+# unit, property, layer, simulation, adapter and benchmark-smoke tests, doc tests, formatting and
+# lints. Tests that need Docker live in testcontainers/ and say what they skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+source tests/servers.sh
+start_moto
+# With the servers up, an adapter test that cannot reach its server fails instead of skipping.
+export RYW_REQUIRE_SERVERS=1
 
 cargo test --workspace --all-targets
 cargo test --workspace --doc

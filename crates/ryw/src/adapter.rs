@@ -217,8 +217,8 @@ impl Observed {
         self.clock = Some(self.clock.map_or(seen, |c| c.max(seen)));
     }
 
-    /// Marks the response as served by the strongly consistent path (it reflects every store
-    /// horizon).
+    /// Marks the response as served by the strongly consistent path: it reflects every write
+    /// acknowledged before it was served, so it meets any fence (including store horizons).
     #[inline]
     pub fn mark_strong(&mut self) {
         self.strong = true;

@@ -295,11 +295,17 @@ impl ReadFence {
 
     /// Checks a response's observed versions against the fence after an attempt with `strategy`.
     ///
-    /// Verified reads need an observed version at least the requirement on every fenced scope and
-    /// no live horizon. Server-wait and escalated reads are trusted when the adapter observed no
-    /// version for a scope, and checked when it did.
+    /// A response the adapter marked strong ([`Observed::mark_strong`]: served by the strongly
+    /// consistent path) is authoritative and meets any fence, even when its version is lower (the
+    /// item was deleted and created again). Otherwise, verified reads need an observed version at
+    /// least the requirement on every fenced scope and no live horizon; server-wait and escalated
+    /// reads are trusted when the adapter observed no version for a scope, and checked when it
+    /// did.
     #[inline]
     pub fn check(&self, strategy: FenceStrategy, observed: &Observed) -> Result<(), Staleness> {
+        if observed.is_strong() {
+            return Ok(());
+        }
         for r in &self.requirements {
             if r.is_unfenced() {
                 continue;
@@ -310,9 +316,7 @@ impl ReadFence {
                 FenceStrategy::ServerWait | FenceStrategy::Escalate => true,
             };
             let ok = match seen {
-                Some(v) => {
-                    v >= r.version && (r.horizon.is_none() || trusted || observed.is_strong())
-                }
+                Some(v) => v >= r.version && (r.horizon.is_none() || trusted),
                 None => trusted,
             };
             if !ok {

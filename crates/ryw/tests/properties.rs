@@ -261,7 +261,7 @@ proptest! {
         }
         let ok = fence.check(FenceStrategy::Verify, &observed).is_ok();
         let unfenced = required == 0 && !horizon;
-        let expected = unfenced || seen.is_some_and(|v| v >= required && (!horizon || strong));
+        let expected = unfenced || strong || seen.is_some_and(|v| v >= required && !horizon);
         prop_assert_eq!(ok, expected);
     }
 }

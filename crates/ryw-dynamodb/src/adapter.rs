@@ -1,0 +1,504 @@
+//! The [`StoreAdapter`] for DynamoDB.
+
+use crate::error::DynamoError;
+use crate::expr::{self, key_bytes, Item};
+use crate::{DynamoConfig, DynamoOperation, DynamoRequest, DynamoResponse, TableSchema, WriteMeta};
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
+use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp};
+use ryw::clock::HybridTimestamp;
+use ryw::conflict::Conflict;
+use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
+use ryw::{ScopeKey, StoreId, Version, WriteId};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Maps the session concepts onto DynamoDB. See the [crate docs](crate).
+///
+/// Cheap to clone (the configuration is shared).
+#[derive(Clone, Debug)]
+pub struct DynamoAdapter {
+    pub(crate) config: Arc<DynamoConfig>,
+}
+
+/// Builds a [`DynamoAdapter`].
+#[derive(Clone, Debug, Default)]
+pub struct DynamoAdapterBuilder {
+    config: DynamoConfig,
+}
+
+impl DynamoAdapterBuilder {
+    /// Declares a table's key schema. Writes through the session layer to a table without one
+    /// fail with [`DynamoError::UnknownTable`]; reads of it are not fenced.
+    pub fn table(mut self, schema: TableSchema) -> Self {
+        self.config.tables.insert(schema.table.clone(), schema);
+        self
+    }
+
+    /// The version attribute (default `ryw_version`).
+    pub fn version_attribute(mut self, name: impl Into<String>) -> Self {
+        self.config.version_attribute = name.into();
+        self
+    }
+
+    /// The attribute holding the last write's id (default `ryw_write_id`).
+    pub fn write_id_attribute(mut self, name: impl Into<String>) -> Self {
+        self.config.write_id_attribute = name.into();
+        self
+    }
+
+    /// The attribute holding the last write's hybrid clock (default `ryw_clock`).
+    pub fn clock_attribute(mut self, name: impl Into<String>) -> Self {
+        self.config.clock_attribute = name.into();
+        self
+    }
+
+    /// The store id in session tokens (default 2).
+    pub fn store(mut self, store: StoreId) -> Self {
+        self.config.store = store;
+        self
+    }
+
+    /// How long replication may take (default 2 s; coarsened scopes fence the store this long).
+    pub fn replication_window(mut self, window: Duration) -> Self {
+        self.config.replication_window = window;
+        self
+    }
+
+    /// Builds the adapter.
+    pub fn build(self) -> DynamoAdapter {
+        DynamoAdapter {
+            config: Arc::new(self.config),
+        }
+    }
+}
+
+impl DynamoAdapter {
+    /// A builder with the default attribute names and no tables.
+    pub fn builder() -> DynamoAdapterBuilder {
+        DynamoAdapterBuilder::default()
+    }
+
+    fn schema(&self, table: Option<&String>) -> Option<&TableSchema> {
+        self.config.tables.get(table?)
+    }
+
+    /// The scope of the item with `key` (a key map or a whole item) in `table`.
+    pub fn item_scope(&self, table: &str, key: &Item) -> Option<ScopeKey> {
+        let schema = self.config.tables.get(table)?;
+        let pk = key.get(&schema.partition_key)?;
+        let mut attrs = vec![(schema.partition_key.as_str(), pk)];
+        if let Some(sk_name) = &schema.sort_key {
+            attrs.push((sk_name.as_str(), key.get(sk_name)?));
+        }
+        Some(ScopeKey::new(
+            self.config.store,
+            &key_bytes(b'i', table, "", &mut attrs),
+        ))
+    }
+
+    /// The scope of one partition of `table` (or of one of its global secondary indexes).
+    pub fn partition_scope(
+        &self,
+        table: &str,
+        index: Option<&str>,
+        value: &AttributeValue,
+    ) -> ScopeKey {
+        ScopeKey::new(
+            self.config.store,
+            &key_bytes(b'p', table, index.unwrap_or(""), &mut [("", value)]),
+        )
+    }
+
+    /// Partition scopes a written item touches: its table's and those of its declared indexes.
+    fn written_partitions(&self, table: &str, item: &Item, scopes: &mut Scopes) {
+        let Some(schema) = self.config.tables.get(table) else {
+            return;
+        };
+        if let Some(v) = item.get(&schema.partition_key) {
+            scopes.push(self.partition_scope(table, None, v));
+        }
+        let mut indexes: Vec<_> = schema.indexes.iter().collect();
+        indexes.sort();
+        for (index, attr) in indexes {
+            if let Some(v) = item.get(attr) {
+                scopes.push(self.partition_scope(table, Some(index), v));
+            }
+        }
+    }
+
+    fn query_scope(
+        &self,
+        q: &aws_sdk_dynamodb::operation::query::builders::QueryInputBuilder,
+    ) -> Option<ScopeKey> {
+        let table = q.get_table_name().as_ref()?;
+        let schema = self.config.tables.get(table)?;
+        // A global index has its own partitions; a local one shares the table's.
+        let (attr, index) = match q.get_index_name().as_deref() {
+            Some(i) => match schema.indexes.get(i) {
+                Some(a) => (a, Some(i)),
+                None => (&schema.partition_key, None),
+            },
+            None => (&schema.partition_key, None),
+        };
+        let value = expr::key_condition_value(
+            q.get_key_condition_expression().as_deref()?,
+            q.get_expression_attribute_names().as_ref(),
+            q.get_expression_attribute_values().as_ref(),
+            attr,
+        )?;
+        Some(self.partition_scope(table, index, value))
+    }
+
+    /// The item scope of each write of a transaction (`None` for condition checks and unknown
+    /// tables).
+    fn transaction_item_scopes(&self, items: &[TransactWriteItem]) -> Vec<Option<ScopeKey>> {
+        items
+            .iter()
+            .map(|ti| {
+                if let Some(p) = &ti.put {
+                    self.item_scope(&p.table_name, &p.item)
+                } else if let Some(u) = &ti.update {
+                    self.item_scope(&u.table_name, &u.key)
+                } else if let Some(d) = &ti.delete {
+                    self.item_scope(&d.table_name, &d.key)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn single_write_scope(&self, op: &DynamoOperation) -> Option<ScopeKey> {
+        match op {
+            DynamoOperation::PutItem(b) => {
+                self.item_scope(b.get_table_name().as_ref()?, b.get_item().as_ref()?)
+            }
+            DynamoOperation::UpdateItem(b) => {
+                self.item_scope(b.get_table_name().as_ref()?, b.get_key().as_ref()?)
+            }
+            DynamoOperation::DeleteItem(b) => {
+                self.item_scope(b.get_table_name().as_ref()?, b.get_key().as_ref()?)
+            }
+            _ => None,
+        }
+    }
+
+    fn observe_item(&self, scope: Option<ScopeKey>, item: &Item, observed: &mut Observed) {
+        if let Some(scope) = scope {
+            let v = expr::number(item, &self.config.version_attribute).unwrap_or(0);
+            observed.push(scope, Version::new(v));
+        }
+        if let Some(c) = expr::number(item, &self.config.clock_attribute) {
+            observed.clock(HybridTimestamp::new(c));
+        }
+    }
+
+    fn conflict_from_item(
+        &self,
+        scope: ScopeKey,
+        write: &WriteMeta,
+        expected: Option<u64>,
+        item: Option<&Item>,
+    ) -> Conflict {
+        let current = item
+            .and_then(|i| expr::number(i, &self.config.version_attribute))
+            .unwrap_or(0);
+        let mut conflict = Conflict::new(
+            scope,
+            write.write_id,
+            write.clock,
+            expected.map(Version::new),
+            Version::new(current),
+        );
+        if let Some(item) = item {
+            conflict.current_timestamp =
+                expr::number(item, &self.config.clock_attribute).map(HybridTimestamp::new);
+            conflict.current_writer =
+                expr::string(item, &self.config.write_id_attribute).and_then(WriteId::parse);
+            conflict.item = Some(Arc::new(item.clone()));
+        }
+        conflict
+    }
+}
+
+impl StoreAdapter for DynamoAdapter {
+    type Request = DynamoRequest;
+    type Response = DynamoResponse;
+    type Error = DynamoError;
+
+    fn store(&self) -> StoreId {
+        self.config.store
+    }
+
+    fn operation(&self, request: &DynamoRequest) -> Operation {
+        match request.operation {
+            DynamoOperation::GetItem(_) | DynamoOperation::Query(_) => Operation::Read,
+            // Writes are conditional on the version and carry their write id, so a replay is
+            // recognised (and transactions carry a ClientRequestToken).
+            _ => Operation::Write(Replay::Safe),
+        }
+    }
+
+    fn scopes(&self, request: &DynamoRequest, scopes: &mut Scopes) {
+        match &request.operation {
+            DynamoOperation::GetItem(b) => {
+                if let (Some(t), Some(k)) = (b.get_table_name(), b.get_key()) {
+                    if let Some(s) = self.item_scope(t, k) {
+                        scopes.push(s);
+                    }
+                }
+            }
+            DynamoOperation::Query(q) => {
+                if let Some(s) = self.query_scope(q) {
+                    scopes.push(s);
+                }
+            }
+            DynamoOperation::PutItem(b) => {
+                if let Some(s) = self.single_write_scope(&request.operation) {
+                    scopes.push(s);
+                }
+                if let (Some(t), Some(item)) = (b.get_table_name(), b.get_item()) {
+                    self.written_partitions(t, item, scopes);
+                }
+            }
+            DynamoOperation::UpdateItem(b) => {
+                if let Some(s) = self.single_write_scope(&request.operation) {
+                    scopes.push(s);
+                }
+                if let (Some(t), Some(key)) = (b.get_table_name(), b.get_key()) {
+                    self.written_partitions(t, key, scopes);
+                }
+            }
+            DynamoOperation::DeleteItem(_) => {
+                if let Some(s) = self.single_write_scope(&request.operation) {
+                    scopes.push(s);
+                }
+            }
+            DynamoOperation::TransactWriteItems(b) => {
+                let items = b.get_transact_items().as_deref().unwrap_or_default();
+                for s in self.transaction_item_scopes(items).into_iter().flatten() {
+                    scopes.push(s);
+                }
+                for ti in items {
+                    if let Some(p) = &ti.put {
+                        self.written_partitions(&p.table_name, &p.item, scopes);
+                    } else if let Some(u) = &ti.update {
+                        self.written_partitions(&u.table_name, &u.key, scopes);
+                    }
+                }
+            }
+        }
+    }
+
+    fn fence_support(&self) -> FenceSupport {
+        FenceSupport::new().escalate(true)
+    }
+
+    fn stamp_write(&self, request: &mut DynamoRequest, stamp: &WriteStamp<'_>) {
+        let seen = |scope: Option<ScopeKey>| -> Option<u64> {
+            Some(
+                scope
+                    .and_then(|s| stamp.fence.requirement(s))
+                    .map_or(0, |r| r.version.get()),
+            )
+        };
+        let expected = match &request.operation {
+            DynamoOperation::TransactWriteItems(b) => {
+                let items = b.get_transact_items().as_deref().unwrap_or_default();
+                self.transaction_item_scopes(items)
+                    .into_iter()
+                    .zip(items)
+                    .map(|(scope, ti)| {
+                        if ti.condition_check.is_some() {
+                            None
+                        } else {
+                            seen(scope)
+                        }
+                    })
+                    .collect()
+            }
+            op => vec![request
+                .explicit_version
+                .or_else(|| seen(self.single_write_scope(op)))],
+        };
+        request.write = Some(WriteMeta {
+            write_id: stamp.write_id,
+            clock: stamp.timestamp,
+            expected,
+        });
+    }
+
+    fn apply_fence(
+        &self,
+        request: &mut DynamoRequest,
+        _fence: &ReadFence,
+        strategy: FenceStrategy,
+    ) {
+        if strategy != FenceStrategy::Escalate {
+            return;
+        }
+        match &mut request.operation {
+            DynamoOperation::GetItem(b) => *b = std::mem::take(b).consistent_read(true),
+            // Global secondary indexes have no strong reads: the attempt is a plain re-read.
+            DynamoOperation::Query(q) if q.get_index_name().is_none() || self.is_local_index(q) => {
+                *q = std::mem::take(q).consistent_read(true)
+            }
+            _ => {}
+        }
+    }
+
+    fn observe(&self, request: &DynamoRequest, response: &DynamoResponse, observed: &mut Observed) {
+        match &request.operation {
+            DynamoOperation::GetItem(b) => {
+                let scope = match (b.get_table_name(), b.get_key()) {
+                    (Some(t), Some(k)) => self.item_scope(t, k),
+                    _ => None,
+                };
+                match response.item() {
+                    Some(item) => self.observe_item(scope, item, observed),
+                    None => {
+                        if let Some(s) = scope {
+                            observed.push(s, Version::ZERO);
+                        }
+                    }
+                }
+                if response.consistent {
+                    observed.mark_strong();
+                }
+            }
+            DynamoOperation::Query(q) => {
+                let table = q.get_table_name().clone().unwrap_or_default();
+                let mut newest = 0u64;
+                for item in response.items() {
+                    self.observe_item(self.item_scope(&table, item), item, observed);
+                    newest =
+                        newest.max(expr::number(item, &self.config.clock_attribute).unwrap_or(0));
+                }
+                if let Some(scope) = self.query_scope(q) {
+                    observed.push(scope, Version::new(newest));
+                }
+                if response.consistent {
+                    observed.mark_strong();
+                }
+            }
+            op => {
+                let Some(write) = &request.write else { return };
+                observed.clock(write.clock);
+                let mut partitions = Scopes::new();
+                let item_scopes = match op {
+                    DynamoOperation::TransactWriteItems(b) => {
+                        let items = b.get_transact_items().as_deref().unwrap_or_default();
+                        for ti in items {
+                            if let Some(p) = &ti.put {
+                                self.written_partitions(&p.table_name, &p.item, &mut partitions);
+                            } else if let Some(u) = &ti.update {
+                                self.written_partitions(&u.table_name, &u.key, &mut partitions);
+                            }
+                        }
+                        self.transaction_item_scopes(items)
+                    }
+                    DynamoOperation::PutItem(b) => {
+                        if let (Some(t), Some(item)) = (b.get_table_name(), b.get_item()) {
+                            self.written_partitions(t, item, &mut partitions);
+                        }
+                        vec![self.single_write_scope(op)]
+                    }
+                    DynamoOperation::UpdateItem(b) => {
+                        if let (Some(t), Some(key)) = (b.get_table_name(), b.get_key()) {
+                            self.written_partitions(t, key, &mut partitions);
+                        }
+                        vec![self.single_write_scope(op)]
+                    }
+                    _ => vec![self.single_write_scope(op)],
+                };
+                for (scope, version) in item_scopes.into_iter().zip(&response.written) {
+                    if let (Some(s), Some(v)) = (scope, version) {
+                        observed.push(s, Version::new(*v));
+                    }
+                }
+                for p in partitions.iter() {
+                    observed.push(p, Version::new(write.clock.get()));
+                }
+            }
+        }
+    }
+
+    fn classify(&self, error: &DynamoError) -> ErrorClass {
+        error.class()
+    }
+
+    fn conflict(&self, request: &DynamoRequest, error: &DynamoError) -> Option<Conflict> {
+        let write = request.write.as_ref()?;
+        match (&request.operation, error) {
+            (
+                DynamoOperation::TransactWriteItems(b),
+                DynamoError::TransactionCanceled {
+                    reasons,
+                    version_conflicts,
+                },
+            ) => {
+                let items = b.get_transact_items().as_deref().unwrap_or_default();
+                let scopes = self.transaction_item_scopes(items);
+                let i = *version_conflicts.first()?;
+                let mut conflict = self.conflict_from_item(
+                    scopes.get(i).copied().flatten()?,
+                    write,
+                    write.expected.get(i).copied().flatten(),
+                    reasons.get(i).and_then(|r| r.item()),
+                );
+                // Every reason stays available to a resolver.
+                conflict.item = Some(Arc::new(reasons.clone()));
+                Some(conflict)
+            }
+            (op, DynamoError::ConditionFailed(c)) if c.version_conflict => {
+                Some(self.conflict_from_item(
+                    self.single_write_scope(op)?,
+                    write,
+                    c.expected,
+                    c.item.as_ref(),
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    fn rebase(&self, request: &mut DynamoRequest, conflict: &Conflict) -> bool {
+        if request.explicit_version.is_some() {
+            // The caller's own read-modify-write: the conflict is theirs to handle.
+            return false;
+        }
+        let index = match &request.operation {
+            DynamoOperation::TransactWriteItems(b) => {
+                let items = b.get_transact_items().as_deref().unwrap_or_default();
+                self.transaction_item_scopes(items)
+                    .iter()
+                    .position(|s| *s == Some(conflict.scope))
+            }
+            _ => Some(0),
+        };
+        match (index, request.write.as_mut()) {
+            (Some(i), Some(write)) if i < write.expected.len() => {
+                write.expected[i] = Some(conflict.current.get());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn replication_window(&self) -> Duration {
+        self.config.replication_window
+    }
+}
+
+impl DynamoAdapter {
+    /// Local secondary indexes (not declared as global) support consistent reads.
+    fn is_local_index(
+        &self,
+        q: &aws_sdk_dynamodb::operation::query::builders::QueryInputBuilder,
+    ) -> bool {
+        match (self.schema(q.get_table_name().as_ref()), q.get_index_name()) {
+            (Some(schema), Some(index)) => !schema.indexes.contains_key(index),
+            _ => false,
+        }
+    }
+}

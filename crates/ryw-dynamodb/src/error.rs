@@ -1,0 +1,247 @@
+//! Errors of the DynamoDB service, classified for the retry policy.
+
+use crate::expr::Item;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::CancellationReason;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use ryw::adapter::{Applied, ErrorClass};
+
+/// A conditional write whose condition failed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConditionFailure {
+    /// The item as it is now (DynamoDB returns it with `ReturnValuesOnConditionCheckFailure`).
+    pub item: Option<Item>,
+    /// The version ryw's condition expected.
+    pub expected: Option<u64>,
+    /// True when the version differed (another writer won); false when the version matched and
+    /// the caller's own condition failed.
+    pub version_conflict: bool,
+}
+
+/// An error from [`crate::DynamoService`].
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DynamoError {
+    /// A conditional write failed (`ConditionalCheckFailedException`).
+    #[error("condition check failed{}", if .0.version_conflict { " (version conflict)" } else { "" })]
+    ConditionFailed(Box<ConditionFailure>),
+    /// A transaction was canceled; one reason per item, in request order.
+    #[error("transaction canceled: {}", reasons_text(.reasons))]
+    TransactionCanceled {
+        /// The cancellation reasons.
+        reasons: Vec<CancellationReason>,
+        /// Items whose reason is a version conflict with another writer.
+        version_conflicts: Vec<usize>,
+    },
+    /// Throttled (`ProvisionedThroughputExceededException`, `ThrottlingException`,
+    /// `RequestLimitExceeded`) or a transaction in progress: nothing applied.
+    #[error("throttled: {code}: {message}")]
+    Throttled {
+        /// The error code.
+        code: String,
+        /// The message.
+        message: String,
+    },
+    /// The request is invalid (`ValidationException`, or the SDK refused to build it).
+    #[error("invalid request: {message}")]
+    Validation {
+        /// The message.
+        message: String,
+    },
+    /// The table or index does not exist.
+    #[error("resource not found: {message}")]
+    ResourceNotFound {
+        /// The message.
+        message: String,
+    },
+    /// The service answered with another error; 5xx are transient.
+    #[error("service error {status} {code}: {message}")]
+    Service {
+        /// The HTTP status.
+        status: u16,
+        /// The error code.
+        code: String,
+        /// The message.
+        message: String,
+    },
+    /// No answer in time, or the connection failed after the request may have been sent.
+    #[error("no response: {0}")]
+    NoResponse(String),
+    /// The request never left the client (a connection could not be made, credentials failed).
+    #[error("request not sent: {0}")]
+    NotSent(String),
+    /// A write through the session layer names a table the adapter has no key schema for.
+    #[error("table {0:?} has no key schema in the ryw DynamoDB adapter configuration")]
+    UnknownTable(String),
+}
+
+fn reasons_text(reasons: &[CancellationReason]) -> String {
+    reasons
+        .iter()
+        .map(|r| r.code().unwrap_or("?"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl DynamoError {
+    /// True for a failed condition (a version conflict or the caller's own condition).
+    pub fn is_condition_failed(&self) -> bool {
+        matches!(self, DynamoError::ConditionFailed(_))
+    }
+
+    /// True for a canceled transaction.
+    pub fn is_transaction_canceled(&self) -> bool {
+        matches!(self, DynamoError::TransactionCanceled { .. })
+    }
+
+    /// True when another writer won (a version conflict, single item or in a transaction).
+    pub fn is_version_conflict(&self) -> bool {
+        match self {
+            DynamoError::ConditionFailed(c) => c.version_conflict,
+            DynamoError::TransactionCanceled {
+                version_conflicts, ..
+            } => !version_conflicts.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// True for throttling.
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, DynamoError::Throttled { .. })
+    }
+
+    /// True for validation errors.
+    pub fn is_validation(&self) -> bool {
+        matches!(self, DynamoError::Validation { .. })
+    }
+
+    /// True for a missing table or index.
+    pub fn is_resource_not_found(&self) -> bool {
+        matches!(self, DynamoError::ResourceNotFound { .. })
+    }
+
+    /// True when the request may have applied without the client knowing.
+    pub fn is_ambiguous(&self) -> bool {
+        self.class() == ErrorClass::Transient(Applied::Unknown)
+    }
+
+    /// True when retrying may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.class().is_transient()
+    }
+
+    /// How the session layer treats the error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            DynamoError::ConditionFailed(c) if c.version_conflict => ErrorClass::Conflict,
+            DynamoError::TransactionCanceled {
+                reasons,
+                version_conflicts,
+            } => {
+                if !version_conflicts.is_empty() {
+                    ErrorClass::Conflict
+                } else if reasons.iter().any(|r| {
+                    matches!(
+                        r.code(),
+                        Some(
+                            "TransactionConflict"
+                                | "ThrottlingError"
+                                | "ProvisionedThroughputExceeded"
+                        )
+                    )
+                }) {
+                    ErrorClass::RETRYABLE
+                } else {
+                    ErrorClass::Permanent
+                }
+            }
+            DynamoError::Throttled { .. } | DynamoError::NotSent(_) => ErrorClass::RETRYABLE,
+            DynamoError::Service { status, .. } if *status >= 500 => ErrorClass::AMBIGUOUS,
+            DynamoError::NoResponse(_) => ErrorClass::AMBIGUOUS,
+            _ => ErrorClass::Permanent,
+        }
+    }
+
+    /// Maps any SDK error by its code and status.
+    pub(crate) fn from_sdk<E>(error: SdkError<E, HttpResponse>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match error {
+            SdkError::ConstructionFailure(e) => DynamoError::Validation {
+                message: format!("{:?}", e),
+            },
+            SdkError::TimeoutError(_) => DynamoError::NoResponse("timeout".into()),
+            SdkError::DispatchFailure(e) => {
+                if e.is_io() || e.is_timeout() {
+                    DynamoError::NoResponse(format!("{:?}", e))
+                } else {
+                    DynamoError::NotSent(format!("{:?}", e))
+                }
+            }
+            SdkError::ResponseError(e) => DynamoError::NoResponse(format!("{:?}", e)),
+            SdkError::ServiceError(e) => {
+                let status = e.raw().status().as_u16();
+                let err = e.into_err();
+                Self::from_code(
+                    status,
+                    err.code().unwrap_or("Unknown"),
+                    err.message().unwrap_or(""),
+                )
+            }
+            other => DynamoError::NoResponse(format!("{other:?}")),
+        }
+    }
+
+    fn from_code(status: u16, code: &str, message: &str) -> Self {
+        let message = message.to_owned();
+        match code {
+            "ProvisionedThroughputExceededException"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "TransactionInProgressException" => DynamoError::Throttled {
+                code: code.to_owned(),
+                message,
+            },
+            "ValidationException" | "SerializationException" => DynamoError::Validation { message },
+            "ResourceNotFoundException" => DynamoError::ResourceNotFound { message },
+            _ => DynamoError::Service {
+                status,
+                code: code.to_owned(),
+                message,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let throttled =
+            DynamoError::from_code(400, "ProvisionedThroughputExceededException", "slow down");
+        assert!(throttled.is_throttled() && throttled.is_transient() && !throttled.is_ambiguous());
+        let invalid = DynamoError::from_code(400, "ValidationException", "bad");
+        assert!(invalid.is_validation() && !invalid.is_transient());
+        let internal = DynamoError::from_code(500, "InternalServerError", "oops");
+        assert!(internal.is_transient() && internal.is_ambiguous());
+        assert!(
+            DynamoError::from_code(400, "ResourceNotFoundException", "").is_resource_not_found()
+        );
+        let own_condition = DynamoError::ConditionFailed(Box::new(ConditionFailure {
+            item: None,
+            expected: Some(1),
+            version_conflict: false,
+        }));
+        assert_eq!(own_condition.class(), ErrorClass::Permanent);
+        let conflict = DynamoError::TransactionCanceled {
+            reasons: vec![CancellationReason::builder()
+                .code("TransactionConflict")
+                .build()],
+            version_conflicts: vec![],
+        };
+        assert_eq!(conflict.class(), ErrorClass::RETRYABLE);
+    }
+}

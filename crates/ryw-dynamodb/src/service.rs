@@ -1,0 +1,563 @@
+//! The tower `Service` over `aws_sdk_dynamodb::Client`.
+
+use crate::adapter::DynamoAdapter;
+use crate::error::{ConditionFailure, DynamoError};
+use crate::expr::{self, Item};
+use crate::{
+    DynamoConfig, DynamoOperation, DynamoOutput, DynamoRequest, DynamoResponse, WriteMeta,
+};
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::delete_item::{DeleteItemError, DeleteItemOutput};
+use aws_sdk_dynamodb::operation::put_item::{PutItemError, PutItemOutput};
+use aws_sdk_dynamodb::operation::transact_write_items::{
+    TransactWriteItemsError, TransactWriteItemsOutput,
+};
+use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::Client;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// A tower `Service<DynamoRequest>` over the SDK client.
+///
+/// Requests stamped by the session layer are rewritten before sending: a condition on the version
+/// attribute is ANDed with the caller's own, the version, write id and clock attributes are set,
+/// and a failed condition returns the old item, from which the service recognises a replay of a
+/// write that had already applied. Unstamped requests are sent as they are.
+#[derive(Clone)]
+pub struct DynamoService {
+    client: Client,
+    config: Arc<DynamoConfig>,
+}
+
+impl fmt::Debug for DynamoService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DynamoService")
+            .field("tables", &self.config.tables.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DynamoService {
+    /// A service sending through `client`, configured like `adapter`.
+    pub fn new(client: Client, adapter: &DynamoAdapter) -> Self {
+        DynamoService {
+            client,
+            config: adapter.config.clone(),
+        }
+    }
+
+    /// The SDK client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// The future of a [`DynamoService`] call (boxed: the SDK's futures are unnameable).
+pub type DynamoFuture = Pin<Box<dyn Future<Output = Result<DynamoResponse, DynamoError>> + Send>>;
+
+impl tower::Service<DynamoRequest> for DynamoService {
+    type Response = DynamoResponse;
+    type Error = DynamoError;
+    type Future = DynamoFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), DynamoError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: DynamoRequest) -> DynamoFuture {
+        let client = self.client.clone();
+        let config = self.config.clone();
+        Box::pin(async move { send(&client, &config, request).await })
+    }
+}
+
+fn response(output: DynamoOutput, written: Vec<Option<u64>>, consistent: bool) -> DynamoResponse {
+    DynamoResponse {
+        output,
+        written,
+        replayed: false,
+        consistent,
+    }
+}
+
+/// The values ryw's expressions use for one item write.
+struct Stamp<'a> {
+    config: &'a DynamoConfig,
+    write_id: String,
+    clock: u64,
+    expected: u64,
+}
+
+impl Stamp<'_> {
+    fn new<'a>(config: &'a DynamoConfig, write: &WriteMeta, expected: Option<u64>) -> Stamp<'a> {
+        Stamp {
+            config,
+            write_id: write.write_id.to_string(),
+            clock: write.clock.get(),
+            expected: expected.unwrap_or(0),
+        }
+    }
+
+    /// The version this write gives the item: expected + 1, or the writer's clock for an item
+    /// the session has never seen (so versions keep growing across delete and re-create).
+    fn next(&self) -> u64 {
+        if self.expected == 0 {
+            self.clock
+        } else {
+            self.expected + 1
+        }
+    }
+
+    /// The condition: the version is the expected one, or the item has none (absent, deleted, or
+    /// written without ryw).
+    fn condition(&self, caller: Option<String>) -> String {
+        let ours = if self.expected == 0 {
+            expr::version_condition(0).to_owned()
+        } else {
+            format!(
+                "{} OR attribute_not_exists(#ryw_v)",
+                expr::version_condition(self.expected)
+            )
+        };
+        expr::and_condition(caller, &ours)
+    }
+
+    fn names(
+        &self,
+        caller: Option<HashMap<String, String>>,
+        expressions: &[Option<&str>],
+    ) -> HashMap<String, String> {
+        let mut names = expr::with_names(caller, self.config);
+        expr::prune_names(&mut names, expressions);
+        names
+    }
+
+    fn values(
+        &self,
+        caller: Option<HashMap<String, AttributeValue>>,
+        expressions: &[Option<&str>],
+    ) -> Option<HashMap<String, AttributeValue>> {
+        let mut values = caller.unwrap_or_default();
+        let ours = [
+            (
+                expr::VALUE_EXPECTED,
+                AttributeValue::N(self.expected.to_string()),
+            ),
+            (expr::VALUE_NEXT, AttributeValue::N(self.next().to_string())),
+            (expr::VALUE_WRITE, AttributeValue::S(self.write_id.clone())),
+            (expr::VALUE_CLOCK, AttributeValue::N(self.clock.to_string())),
+        ];
+        for (k, v) in ours {
+            if expressions.iter().flatten().any(|e| e.contains(k)) {
+                values.insert(k.to_owned(), v);
+            }
+        }
+        (!values.is_empty()).then_some(values)
+    }
+
+    fn stamp_item(&self, item: &mut Item) {
+        let c = self.config;
+        item.insert(
+            c.version_attribute.clone(),
+            AttributeValue::N(self.next().to_string()),
+        );
+        item.insert(
+            c.write_id_attribute.clone(),
+            AttributeValue::S(self.write_id.clone()),
+        );
+        item.insert(
+            c.clock_attribute.clone(),
+            AttributeValue::N(self.clock.to_string()),
+        );
+    }
+
+    fn update_expression(&self, caller: Option<String>) -> String {
+        expr::add_set_assignments(
+            caller,
+            "#ryw_v = :ryw_next, #ryw_w = :ryw_wid, #ryw_c = :ryw_clock",
+        )
+    }
+
+    /// Whether a failed condition's old item shows this very write (an earlier attempt landed).
+    fn landed(&self, item: Option<&Item>, deleting: bool) -> bool {
+        match item {
+            Some(item) => {
+                expr::string(item, &self.config.write_id_attribute) == Some(&self.write_id)
+            }
+            // A delete retried after it applied finds no item at all.
+            None => deleting && self.expected > 0,
+        }
+    }
+
+    fn failure(&self, item: Option<Item>) -> DynamoError {
+        let current = item
+            .as_ref()
+            .and_then(|i| expr::number(i, &self.config.version_attribute));
+        // The version condition holds when the version matches or is absent: if it held, the
+        // caller's own condition is what failed.
+        let version_held = current.is_none() || current == Some(self.expected);
+        DynamoError::ConditionFailed(Box::new(ConditionFailure {
+            item,
+            expected: Some(self.expected),
+            version_conflict: !version_held,
+        }))
+    }
+}
+
+fn client_request_token(write: &WriteMeta) -> String {
+    // 36 characters at most: 80 bits of the session id and 48 of the sequence.
+    let id = write.write_id.session.as_u128();
+    format!(
+        "{:020x}{:012x}",
+        id >> 48,
+        write.write_id.seq & 0xffff_ffff_ffff
+    )
+}
+
+fn check_table(config: &DynamoConfig, table: Option<&String>) -> Result<(), DynamoError> {
+    match table {
+        Some(t) if config.tables.contains_key(t) => Ok(()),
+        other => Err(DynamoError::UnknownTable(
+            other.cloned().unwrap_or_default(),
+        )),
+    }
+}
+
+fn with_ryw_projection(
+    projection: Option<String>,
+    names: Option<HashMap<String, String>>,
+    config: &DynamoConfig,
+) -> (Option<String>, Option<HashMap<String, String>>) {
+    match projection {
+        Some(p) if !p.trim().is_empty() => {
+            let p = format!("{p}, #ryw_v, #ryw_c");
+            let mut names = expr::with_names(names, config);
+            expr::prune_names(&mut names, &[Some(&p)]);
+            (Some(p), Some(names))
+        }
+        other => (other, names),
+    }
+}
+
+async fn send(
+    client: &Client,
+    config: &DynamoConfig,
+    request: DynamoRequest,
+) -> Result<DynamoResponse, DynamoError> {
+    let DynamoRequest {
+        operation, write, ..
+    } = request;
+    match operation {
+        DynamoOperation::GetItem(mut b) => {
+            let (p, n) = with_ryw_projection(
+                b.get_projection_expression().clone(),
+                b.get_expression_attribute_names().clone(),
+                config,
+            );
+            b = b
+                .set_projection_expression(p)
+                .set_expression_attribute_names(n);
+            let consistent = b.get_consistent_read().unwrap_or(false);
+            let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
+            Ok(response(DynamoOutput::GetItem(out), vec![], consistent))
+        }
+        DynamoOperation::Query(mut b) => {
+            let (p, n) = with_ryw_projection(
+                b.get_projection_expression().clone(),
+                b.get_expression_attribute_names().clone(),
+                config,
+            );
+            b = b
+                .set_projection_expression(p)
+                .set_expression_attribute_names(n);
+            let consistent = b.get_consistent_read().unwrap_or(false);
+            let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
+            Ok(response(DynamoOutput::Query(out), vec![], consistent))
+        }
+        DynamoOperation::PutItem(mut b) => {
+            let Some(write) = write else {
+                let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
+                return Ok(response(DynamoOutput::PutItem(out), vec![], false));
+            };
+            check_table(config, b.get_table_name().as_ref())?;
+            let stamp = Stamp::new(config, &write, write.expected.first().copied().flatten());
+            let mut item = b.get_item().clone().unwrap_or_default();
+            stamp.stamp_item(&mut item);
+            let condition = stamp.condition(b.get_condition_expression().clone());
+            let exprs = [Some(condition.as_str())];
+            let names = stamp.names(b.get_expression_attribute_names().clone(), &exprs);
+            let values = stamp.values(b.get_expression_attribute_values().clone(), &exprs);
+            b = b
+                .set_item(Some(item))
+                .condition_expression(condition.clone())
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(values)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            match b.send_with(client).await {
+                Ok(out) => Ok(response(
+                    DynamoOutput::PutItem(out),
+                    vec![Some(stamp.next())],
+                    false,
+                )),
+                Err(SdkError::ServiceError(e))
+                    if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
+                {
+                    let PutItemError::ConditionalCheckFailedException(c) = e.into_err() else {
+                        unreachable!("matched above")
+                    };
+                    let item = c.item;
+                    if stamp.landed(item.as_ref(), false) {
+                        let version = item
+                            .as_ref()
+                            .and_then(|i| expr::number(i, &config.version_attribute));
+                        tracing::debug!(target: "ryw::dynamodb", "retried put had already applied");
+                        return Ok(replayed(
+                            DynamoOutput::PutItem(PutItemOutput::builder().build()),
+                            vec![version],
+                        ));
+                    }
+                    Err(stamp.failure(item))
+                }
+                Err(e) => Err(DynamoError::from_sdk(e)),
+            }
+        }
+        DynamoOperation::UpdateItem(mut b) => {
+            let Some(write) = write else {
+                let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
+                return Ok(response(DynamoOutput::UpdateItem(out), vec![], false));
+            };
+            check_table(config, b.get_table_name().as_ref())?;
+            let stamp = Stamp::new(config, &write, write.expected.first().copied().flatten());
+            let update = stamp.update_expression(b.get_update_expression().clone());
+            let condition = stamp.condition(b.get_condition_expression().clone());
+            let exprs = [Some(update.as_str()), Some(condition.as_str())];
+            let names = stamp.names(b.get_expression_attribute_names().clone(), &exprs);
+            let values = stamp.values(b.get_expression_attribute_values().clone(), &exprs);
+            b = b
+                .update_expression(update.clone())
+                .condition_expression(condition.clone())
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(values)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            match b.send_with(client).await {
+                Ok(out) => Ok(response(
+                    DynamoOutput::UpdateItem(out),
+                    vec![Some(stamp.next())],
+                    false,
+                )),
+                Err(SdkError::ServiceError(e))
+                    if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
+                {
+                    let UpdateItemError::ConditionalCheckFailedException(c) = e.into_err() else {
+                        unreachable!("matched above")
+                    };
+                    let item = c.item;
+                    if stamp.landed(item.as_ref(), false) {
+                        let version = item
+                            .as_ref()
+                            .and_then(|i| expr::number(i, &config.version_attribute));
+                        return Ok(replayed(
+                            DynamoOutput::UpdateItem(UpdateItemOutput::builder().build()),
+                            vec![version],
+                        ));
+                    }
+                    Err(stamp.failure(item))
+                }
+                Err(e) => Err(DynamoError::from_sdk(e)),
+            }
+        }
+        DynamoOperation::DeleteItem(mut b) => {
+            let Some(write) = write else {
+                let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
+                return Ok(response(DynamoOutput::DeleteItem(out), vec![], false));
+            };
+            check_table(config, b.get_table_name().as_ref())?;
+            let stamp = Stamp::new(config, &write, write.expected.first().copied().flatten());
+            let condition = stamp.condition(b.get_condition_expression().clone());
+            let exprs = [Some(condition.as_str())];
+            let names = stamp.names(b.get_expression_attribute_names().clone(), &exprs);
+            let values = stamp.values(b.get_expression_attribute_values().clone(), &exprs);
+            b = b
+                .condition_expression(condition.clone())
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(values)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            // The version that marks the deletion: later reads of an older copy are stale.
+            let marker = stamp.next();
+            match b.send_with(client).await {
+                Ok(out) => Ok(response(
+                    DynamoOutput::DeleteItem(out),
+                    vec![Some(marker)],
+                    false,
+                )),
+                Err(SdkError::ServiceError(e))
+                    if matches!(e.err(), DeleteItemError::ConditionalCheckFailedException(_)) =>
+                {
+                    let DeleteItemError::ConditionalCheckFailedException(c) = e.into_err() else {
+                        unreachable!("matched above")
+                    };
+                    if stamp.landed(c.item.as_ref(), true) {
+                        return Ok(replayed(
+                            DynamoOutput::DeleteItem(DeleteItemOutput::builder().build()),
+                            vec![Some(marker)],
+                        ));
+                    }
+                    Err(stamp.failure(c.item))
+                }
+                Err(e) => Err(DynamoError::from_sdk(e)),
+            }
+        }
+        DynamoOperation::TransactWriteItems(mut b) => {
+            let Some(write) = write else {
+                let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
+                return Ok(response(
+                    DynamoOutput::TransactWriteItems(out),
+                    vec![],
+                    false,
+                ));
+            };
+            let mut items = b.get_transact_items().clone().unwrap_or_default();
+            let mut stamps = Vec::with_capacity(items.len());
+            for (i, ti) in items.iter_mut().enumerate() {
+                let expected = write.expected.get(i).copied().flatten();
+                let stamp = Stamp::new(config, &write, expected);
+                if let Some(p) = ti.put.as_mut() {
+                    check_table(config, Some(&p.table_name))?;
+                    stamp.stamp_item(&mut p.item);
+                    let condition = stamp.condition(p.condition_expression.take());
+                    let exprs = [Some(condition.as_str())];
+                    p.expression_attribute_names =
+                        Some(stamp.names(p.expression_attribute_names.take(), &exprs));
+                    p.expression_attribute_values =
+                        stamp.values(p.expression_attribute_values.take(), &exprs);
+                    p.condition_expression = Some(condition);
+                    p.return_values_on_condition_check_failure =
+                        Some(ReturnValuesOnConditionCheckFailure::AllOld);
+                    stamps.push(Some((stamp, false)));
+                } else if let Some(u) = ti.update.as_mut() {
+                    check_table(config, Some(&u.table_name))?;
+                    let update =
+                        stamp.update_expression(Some(std::mem::take(&mut u.update_expression)));
+                    let condition = stamp.condition(u.condition_expression.take());
+                    let exprs = [Some(update.as_str()), Some(condition.as_str())];
+                    u.expression_attribute_names =
+                        Some(stamp.names(u.expression_attribute_names.take(), &exprs));
+                    u.expression_attribute_values =
+                        stamp.values(u.expression_attribute_values.take(), &exprs);
+                    u.update_expression = update;
+                    u.condition_expression = Some(condition);
+                    u.return_values_on_condition_check_failure =
+                        Some(ReturnValuesOnConditionCheckFailure::AllOld);
+                    stamps.push(Some((stamp, false)));
+                } else if let Some(d) = ti.delete.as_mut() {
+                    check_table(config, Some(&d.table_name))?;
+                    let condition = stamp.condition(d.condition_expression.take());
+                    let exprs = [Some(condition.as_str())];
+                    d.expression_attribute_names =
+                        Some(stamp.names(d.expression_attribute_names.take(), &exprs));
+                    d.expression_attribute_values =
+                        stamp.values(d.expression_attribute_values.take(), &exprs);
+                    d.condition_expression = Some(condition);
+                    d.return_values_on_condition_check_failure =
+                        Some(ReturnValuesOnConditionCheckFailure::AllOld);
+                    stamps.push(Some((stamp, true)));
+                } else {
+                    stamps.push(None);
+                }
+            }
+            if b.get_client_request_token().is_none() {
+                b = b.client_request_token(client_request_token(&write));
+            }
+            b = b.set_transact_items(Some(items));
+            let written: Vec<Option<u64>> = stamps
+                .iter()
+                .map(|s| s.as_ref().map(|(s, _)| s.next()))
+                .collect();
+            match b.send_with(client).await {
+                Ok(out) => Ok(response(
+                    DynamoOutput::TransactWriteItems(out),
+                    written,
+                    false,
+                )),
+                Err(SdkError::ServiceError(e))
+                    if matches!(
+                        e.err(),
+                        TransactWriteItemsError::TransactionCanceledException(_)
+                    ) =>
+                {
+                    let TransactWriteItemsError::TransactionCanceledException(c) = e.into_err()
+                    else {
+                        unreachable!("matched above")
+                    };
+                    let reasons = c.cancellation_reasons.unwrap_or_default();
+                    let mut landed = 0;
+                    let mut version_conflicts = Vec::new();
+                    let mut other = false;
+                    for (i, reason) in reasons.iter().enumerate() {
+                        match reason.code() {
+                            None | Some("None") => {}
+                            Some("ConditionalCheckFailed") => {
+                                match stamps.get(i).and_then(|s| s.as_ref()) {
+                                    Some((stamp, deleting))
+                                        if stamp.landed(reason.item(), *deleting) =>
+                                    {
+                                        landed += 1
+                                    }
+                                    Some((stamp, _)) => {
+                                        if let DynamoError::ConditionFailed(f) =
+                                            stamp.failure(reason.item().cloned())
+                                        {
+                                            if f.version_conflict {
+                                                version_conflicts.push(i);
+                                            } else {
+                                                other = true;
+                                            }
+                                        }
+                                    }
+                                    None => other = true,
+                                }
+                            }
+                            Some(_) => other = true,
+                        }
+                    }
+                    if landed > 0 && version_conflicts.is_empty() && !other {
+                        // Every failed condition shows this transaction's own write: it committed
+                        // on an earlier attempt.
+                        tracing::debug!(target: "ryw::dynamodb", "retried transaction had already applied");
+                        return Ok(replayed(
+                            DynamoOutput::TransactWriteItems(
+                                TransactWriteItemsOutput::builder().build(),
+                            ),
+                            written,
+                        ));
+                    }
+                    Err(DynamoError::TransactionCanceled {
+                        reasons,
+                        version_conflicts,
+                    })
+                }
+                Err(e) => Err(DynamoError::from_sdk(e)),
+            }
+        }
+    }
+}
+
+fn replayed(output: DynamoOutput, written: Vec<Option<u64>>) -> DynamoResponse {
+    DynamoResponse {
+        output,
+        written,
+        replayed: true,
+        consistent: false,
+    }
+}

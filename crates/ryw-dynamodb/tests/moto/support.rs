@@ -1,0 +1,309 @@
+//! Test support: a client for the moto server that `tests/run-all.sh` starts, fresh tables, and
+//! two clearly named test-only layers that inject what moto never does (stale reads, lost
+//! responses). Every response that reaches the assertions comes from moto.
+
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ScalarAttributeType,
+};
+use aws_sdk_dynamodb::Client;
+use ryw_dynamodb::{DynamoError, DynamoOperation, DynamoRequest, DynamoResponse};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tower::Service;
+
+pub type Item = HashMap<String, AttributeValue>;
+
+/// The moto endpoint, or `None` (with a message) when the suite runs without servers.
+pub fn endpoint() -> Option<String> {
+    match std::env::var("RYW_DYNAMODB_ENDPOINT") {
+        Ok(e) if !e.is_empty() => Some(e),
+        _ => {
+            assert!(
+                std::env::var_os("RYW_REQUIRE_SERVERS").is_none(),
+                "RYW_REQUIRE_SERVERS is set but RYW_DYNAMODB_ENDPOINT is not"
+            );
+            eprintln!(
+                "skipped: RYW_DYNAMODB_ENDPOINT is not set (bash tests/run-all.sh starts moto)"
+            );
+            None
+        }
+    }
+}
+
+pub fn client(endpoint: &str) -> Client {
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "ryw-tests"))
+        .build();
+    Client::from_conf(config)
+}
+
+static TABLES: AtomicUsize = AtomicUsize::new(0);
+
+/// Creates a fresh table keyed by `pk` (string) with a global index `by_author` on `author`.
+pub async fn fresh_table(client: &Client) -> String {
+    let name = format!(
+        "t{}_{}",
+        std::process::id(),
+        TABLES.fetch_add(1, Ordering::Relaxed)
+    );
+    client
+        .create_table()
+        .table_name(&name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attr("pk"))
+        .attribute_definitions(attr("author"))
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name("by_author")
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name("author")
+                        .key_type(KeyType::Hash)
+                        .build()
+                        .unwrap(),
+                )
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create table");
+    name
+}
+
+fn attr(name: &str) -> AttributeDefinition {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .unwrap()
+}
+
+pub fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+pub fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// Reads an item with a consistent read, straight from moto (no ryw).
+pub async fn peek(client: &Client, table: &str, pk: &str) -> Option<Item> {
+    client
+        .get_item()
+        .table_name(table)
+        .key("pk", s(pk))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+}
+
+/// An item a lagging replica still serves, and for how many more reads.
+type Held = (Option<Item>, usize);
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<DynamoResponse, DynamoError>> + Send>>;
+
+/// TEST ONLY. Plays a lagging replica: while a key is held, eventually consistent GetItem
+/// responses for it carry the held (older) item instead of moto's, and eventually consistent
+/// queries return no items. Consistent reads always pass through to moto untouched.
+#[derive(Clone, Default)]
+pub struct StaleReplicaForTests<S> {
+    inner: S,
+    held: Arc<Mutex<HashMap<String, Held>>>,
+    queries_stale: Arc<Mutex<usize>>,
+    pub eventual_reads: Arc<AtomicUsize>,
+    pub consistent_reads: Arc<AtomicUsize>,
+}
+
+impl<S> StaleReplicaForTests<S> {
+    pub fn new(inner: S) -> Self {
+        StaleReplicaForTests {
+            inner,
+            held: Default::default(),
+            queries_stale: Default::default(),
+            eventual_reads: Default::default(),
+            consistent_reads: Default::default(),
+        }
+    }
+
+    /// The next `reads` eventually consistent reads of `pk` see `old` (None: not there yet).
+    pub fn hold(&self, pk: &str, old: Option<Item>, reads: usize) {
+        self.held
+            .lock()
+            .unwrap()
+            .insert(pk.to_owned(), (old, reads));
+    }
+
+    /// The next `reads` eventually consistent queries return nothing.
+    pub fn stale_queries(&self, reads: usize) {
+        *self.queries_stale.lock().unwrap() = reads;
+    }
+}
+
+impl<S> Service<DynamoRequest> for StaleReplicaForTests<S>
+where
+    S: Service<DynamoRequest, Response = DynamoResponse, Error = DynamoError, Future = BoxFuture>,
+{
+    type Response = DynamoResponse;
+    type Error = DynamoError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), DynamoError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: DynamoRequest) -> BoxFuture {
+        let (eventual, key) = match req.operation() {
+            DynamoOperation::GetItem(b) => {
+                let pk = b
+                    .get_key()
+                    .as_ref()
+                    .and_then(|k| k.get("pk"))
+                    .and_then(|v| v.as_s().ok())
+                    .cloned();
+                (!b.get_consistent_read().unwrap_or(false), pk)
+            }
+            DynamoOperation::Query(q) => (!q.get_consistent_read().unwrap_or(false), None),
+            _ => (false, None),
+        };
+        let is_query = matches!(req.operation(), DynamoOperation::Query(_));
+        if matches!(
+            req.operation(),
+            DynamoOperation::GetItem(_) | DynamoOperation::Query(_)
+        ) {
+            if eventual {
+                self.eventual_reads.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.consistent_reads.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let held = self.held.clone();
+        let queries = self.queries_stale.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            if !eventual {
+                return Ok(resp);
+            }
+            if is_query {
+                let mut q = queries.lock().unwrap();
+                if *q > 0 {
+                    *q -= 1;
+                    return Ok(with_output(resp, |o| match o {
+                        ryw_dynamodb::DynamoOutput::Query(_) => ryw_dynamodb::DynamoOutput::Query(
+                            aws_sdk_dynamodb::operation::query::QueryOutput::builder()
+                                .count(0)
+                                .build(),
+                        ),
+                        other => other,
+                    }));
+                }
+                return Ok(resp);
+            }
+            let Some(key) = key else { return Ok(resp) };
+            let mut held = held.lock().unwrap();
+            match held.get_mut(&key) {
+                Some((old, left)) if *left > 0 => {
+                    *left -= 1;
+                    let old = old.clone();
+                    Ok(with_output(resp, move |_| {
+                        ryw_dynamodb::DynamoOutput::GetItem(
+                            aws_sdk_dynamodb::operation::get_item::GetItemOutput::builder()
+                                .set_item(old)
+                                .build(),
+                        )
+                    }))
+                }
+                _ => Ok(resp),
+            }
+        })
+    }
+}
+
+/// Rebuilds a response with another output (the metadata ryw needs stays).
+fn with_output(
+    resp: DynamoResponse,
+    f: impl FnOnce(ryw_dynamodb::DynamoOutput) -> ryw_dynamodb::DynamoOutput,
+) -> DynamoResponse {
+    resp.map_output(f)
+}
+
+/// TEST ONLY. Loses the responses of the next `n` writes *after* moto applied them: the caller
+/// sees `DynamoError::NoResponse`, as after a timeout.
+#[derive(Clone)]
+pub struct LoseWriteResponsesForTests<S> {
+    inner: S,
+    remaining: Arc<AtomicUsize>,
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl<S> LoseWriteResponsesForTests<S> {
+    pub fn new(inner: S, n: usize) -> Self {
+        LoseWriteResponsesForTests {
+            inner,
+            remaining: Arc::new(AtomicUsize::new(n)),
+            calls: Default::default(),
+        }
+    }
+}
+
+impl<S> Service<DynamoRequest> for LoseWriteResponsesForTests<S>
+where
+    S: Service<DynamoRequest, Response = DynamoResponse, Error = DynamoError, Future = BoxFuture>,
+{
+    type Response = DynamoResponse;
+    type Error = DynamoError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), DynamoError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: DynamoRequest) -> BoxFuture {
+        let write = !matches!(
+            req.operation(),
+            DynamoOperation::GetItem(_) | DynamoOperation::Query(_)
+        );
+        if write {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+        }
+        let remaining = self.remaining.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            if write
+                && remaining
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1))
+                    .is_ok()
+            {
+                return Err(DynamoError::NoResponse(
+                    "response lost by the test layer".into(),
+                ));
+            }
+            Ok(resp)
+        })
+    }
+}

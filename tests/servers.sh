@@ -1,0 +1,48 @@
+# Sourced by tests/run-all.sh: installs and starts the test servers that can run on this machine,
+# on 127.0.0.1 only, and stops them when the script exits.
+#
+# - moto's server (DynamoDB), from PyPI, in a virtual environment under target/ci-tools.
+
+TOOLS="${RYW_TOOLS_DIR:-$PWD/target/ci-tools}"
+MOTO_VERSION="5.2.5"
+mkdir -p "$TOOLS"
+SERVER_PIDS=()
+
+stop_servers() {
+  for pid in "${SERVER_PIDS[@]:-}"; do
+    [[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true
+  done
+}
+trap stop_servers EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_http() { # url, seconds
+  local deadline=$((SECONDS + $2))
+  until curl -sf -X POST "$1" >/dev/null 2>&1; do
+    if ((SECONDS > deadline)); then return 1; fi
+    sleep 0.3
+  done
+}
+
+start_moto() {
+  local venv="$TOOLS/moto-$MOTO_VERSION"
+  if [[ ! -x "$venv/bin/moto_server" ]]; then
+    echo "servers: installing moto[server]==$MOTO_VERSION into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  fi
+  local port
+  port=$(free_port)
+  "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$TOOLS/moto.log" 2>&1 &
+  SERVER_PIDS+=($!)
+  if ! wait_http "http://127.0.0.1:$port/moto-api/reset" 60; then
+    echo "servers: moto did not start; its log:" >&2
+    cat "$TOOLS/moto.log" >&2
+    return 1
+  fi
+  export RYW_DYNAMODB_ENDPOINT="http://127.0.0.1:$port"
+  echo "servers: moto (DynamoDB) on $RYW_DYNAMODB_ENDPOINT"
+}
