@@ -14,6 +14,8 @@ export RYW_REQUIRE_SERVERS=1
 
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+# The Docker suites compile here and print what they skipped (they run where Docker exists).
+cargo test -p ryw-testcontainers --features docker -- --nocapture
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "run-all: every step passed"

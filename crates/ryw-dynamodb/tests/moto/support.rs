@@ -1,6 +1,7 @@
 //! Test support: a client for the moto server that `tests/run-all.sh` starts, fresh tables, and
 //! two clearly named test-only layers that inject what moto never does (stale reads, lost
 //! responses). Every response that reaches the assertions comes from moto.
+#![allow(dead_code)]
 
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::{

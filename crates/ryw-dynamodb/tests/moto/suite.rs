@@ -1,0 +1,661 @@
+//! The DynamoDB adapter suite, run against moto (`tests/moto/main.rs`) and against DynamoDB
+//! Local (`testcontainers/tests/dynamodb_local.rs`). Each case takes a client and makes its own
+//! table.
+#![allow(dead_code)]
+
+use crate::support::*;
+use aws_sdk_dynamodb::operation::{
+    delete_item::DeleteItemInput, get_item::GetItemInput, put_item::PutItemInput,
+    query::QueryInput, transact_write_items::TransactWriteItemsInput, update_item::UpdateItemInput,
+};
+use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::Client;
+use ryw::conflict::{Conflict, ConflictResolver, Resolution};
+use ryw::fence::FencePath;
+use ryw::{ReadYourWritesLayer, Session, Version, Visibility};
+use ryw_dynamodb::{DynamoAdapter, DynamoError, DynamoRequest, DynamoService, TableSchema};
+use std::sync::atomic::Ordering;
+use tower::{Layer, Service, ServiceExt};
+
+fn adapter(table: &str) -> DynamoAdapter {
+    DynamoAdapter::builder()
+        .table(TableSchema::new(table, "pk").global_index("by_author", "author"))
+        .build()
+}
+
+fn put(table: &str, pk: &str, body: &str) -> DynamoRequest {
+    PutItemInput::builder()
+        .table_name(table)
+        .item("pk", s(pk))
+        .item("body", s(body))
+        .item("author", s("ada"))
+        .into()
+}
+
+fn get(table: &str, pk: &str) -> DynamoRequest {
+    GetItemInput::builder()
+        .table_name(table)
+        .key("pk", s(pk))
+        .into()
+}
+
+fn version_of(item: &Item) -> u64 {
+    item["ryw_version"].as_n().unwrap().parse().unwrap()
+}
+
+pub async fn writes_carry_version_write_id_and_clock(client: Client) {
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let mut svc = ReadYourWritesLayer::new(adapter.clone())
+        .layer(DynamoService::new(client.clone(), &adapter));
+    let session = Session::new();
+
+    let out = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(put(&table, "a", "one")))
+        .await
+        .unwrap();
+    let write_id = out.write_id().unwrap();
+    let item = peek(&client, &table, "a").await.unwrap();
+    let v1 = version_of(&item);
+    assert_eq!(item["ryw_write_id"].as_s().unwrap(), &write_id.to_string());
+    assert!(item["ryw_clock"].as_n().is_ok());
+    assert_eq!(out.get_ref().written_version(), Some(Version::new(v1)));
+
+    // An update expects the version the session saw and moves it by one.
+    let update = UpdateItemInput::builder()
+        .table_name(&table)
+        .key("pk", s("a"))
+        .update_expression("SET body = :b")
+        .expression_attribute_values(":b", s("two"));
+    svc.ready()
+        .await
+        .unwrap()
+        .call(session.request(DynamoRequest::from(update)))
+        .await
+        .unwrap();
+    let item = peek(&client, &table, "a").await.unwrap();
+    assert_eq!(version_of(&item), v1 + 1);
+    assert_eq!(item["body"].as_s().unwrap(), "two");
+
+    // The session's token carries the item's version.
+    let scope = adapter
+        .item_scope(&table, &[("pk".to_owned(), s("a"))].into())
+        .unwrap();
+    assert_eq!(
+        session.snapshot().vector().get(scope),
+        Some(Version::new(v1 + 1))
+    );
+}
+
+pub async fn another_instance_with_the_token_reads_its_write_through_escalation(client: Client) {
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let layer = ReadYourWritesLayer::new(adapter.clone());
+    let mut instance_a = layer.layer(DynamoService::new(client.clone(), &adapter));
+    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
+    let mut instance_b = layer.layer(stale.clone());
+
+    let session = Session::new();
+    instance_a
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(put(&table, "p", "hello")))
+        .await
+        .unwrap();
+    let token = session.token().encode().unwrap();
+
+    // Instance B's replica has not seen the item yet, for two eventually consistent reads.
+    stale.hold("p", None, 2);
+    let elsewhere = Session::from_encoded(&token).unwrap();
+    let read = instance_b
+        .ready()
+        .await
+        .unwrap()
+        .call(elsewhere.request(get(&table, "p")))
+        .await
+        .unwrap();
+    assert_eq!(
+        read.visibility(),
+        &Visibility::Guaranteed(FencePath::Escalated)
+    );
+    assert_eq!(
+        read.get_ref().item().unwrap()["body"].as_s().unwrap(),
+        "hello"
+    );
+    assert!(read.get_ref().is_consistent());
+    assert_eq!(
+        stale.eventual_reads.load(Ordering::Relaxed),
+        2,
+        "verify, then one re-read"
+    );
+    assert_eq!(
+        stale.consistent_reads.load(Ordering::Relaxed),
+        1,
+        "then escalation"
+    );
+
+    // Without ryw, the same replica serves the missing item.
+    stale.hold("p", None, 1);
+    let plain = stale.clone().oneshot(get(&table, "p")).await.unwrap();
+    assert!(plain.item().is_none());
+
+    // Once the replica has caught up, reads stay on the cheap path.
+    let read = instance_b
+        .ready()
+        .await
+        .unwrap()
+        .call(elsewhere.request(get(&table, "p")))
+        .await
+        .unwrap();
+    assert_eq!(
+        read.visibility(),
+        &Visibility::Guaranteed(FencePath::Verified)
+    );
+    assert!(!read.get_ref().is_consistent());
+}
+
+pub async fn an_older_copy_is_stale_and_an_unseen_item_is_not_fenced(client: Client) {
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
+    let mut svc = ReadYourWritesLayer::new(adapter.clone()).layer(stale.clone());
+    let session = Session::new();
+    svc.ready()
+        .await
+        .unwrap()
+        .call(session.request(put(&table, "x", "v1")))
+        .await
+        .unwrap();
+    let old = peek(&client, &table, "x").await;
+    svc.ready()
+        .await
+        .unwrap()
+        .call(session.request(put(&table, "x", "v2")))
+        .await
+        .unwrap();
+
+    stale.hold("x", old, 1);
+    let read = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(get(&table, "x")))
+        .await
+        .unwrap();
+    assert_eq!(
+        read.visibility(),
+        &Visibility::Guaranteed(FencePath::ReRead)
+    );
+    assert_eq!(read.get_ref().item().unwrap()["body"].as_s().unwrap(), "v2");
+
+    // A session that never saw the item accepts whatever the replica has.
+    stale.hold("x", None, 1);
+    let fresh = Session::new();
+    let read = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(fresh.request(get(&table, "x")))
+        .await
+        .unwrap();
+    assert_eq!(
+        read.visibility(),
+        &Visibility::Guaranteed(FencePath::Unfenced)
+    );
+}
+
+pub async fn a_gsi_query_that_stays_stale_is_pending(client: Client) {
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
+    let mut svc = ReadYourWritesLayer::new(adapter.clone()).layer(stale.clone());
+    let session = Session::new();
+    svc.ready()
+        .await
+        .unwrap()
+        .call(session.request(put(&table, "q1", "by ada")))
+        .await
+        .unwrap();
+
+    let query = || -> DynamoRequest {
+        QueryInput::builder()
+            .table_name(&table)
+            .index_name("by_author")
+            .key_condition_expression("#a = :a")
+            .expression_attribute_names("#a", "author")
+            .expression_attribute_values(":a", s("ada"))
+            .into()
+    };
+    stale.stale_queries(10);
+    let read = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(query()))
+        .await
+        .unwrap();
+    let Visibility::Pending(stale_read) = read.visibility() else {
+        panic!("expected pending, got {:?}", read.visibility())
+    };
+    assert_eq!(stale_read.staleness.observed, Some(Version::ZERO));
+    assert!(stale_read.staleness.required > Version::ZERO);
+    assert_eq!(
+        stale.consistent_reads.load(Ordering::Relaxed),
+        0,
+        "a GSI has no strong reads"
+    );
+
+    stale.stale_queries(0);
+    let read = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(query()))
+        .await
+        .unwrap();
+    assert_eq!(
+        read.visibility(),
+        &Visibility::Guaranteed(FencePath::Verified)
+    );
+    assert_eq!(read.get_ref().items().len(), 1);
+}
+
+pub async fn an_ambiguous_write_is_resolved_as_success_and_applied_once(client: Client) {
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let lossy = LoseWriteResponsesForTests::new(DynamoService::new(client.clone(), &adapter), 1);
+    let mut svc = ReadYourWritesLayer::new(adapter.clone()).layer(lossy.clone());
+    let session = Session::new();
+
+    // A counter: applying twice would show.
+    let bump = || -> DynamoRequest {
+        UpdateItemInput::builder()
+            .table_name(&table)
+            .key("pk", s("c"))
+            .update_expression("ADD hits :one")
+            .expression_attribute_values(":one", n(1))
+            .into()
+    };
+    let out = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(bump()))
+        .await
+        .unwrap();
+    assert!(
+        out.get_ref().was_replayed(),
+        "the retry found its own write id on the item"
+    );
+    assert_eq!(out.attempts(), 2);
+    assert_eq!(lossy.calls.load(Ordering::Relaxed), 2);
+    let item = peek(&client, &table, "c").await.unwrap();
+    assert_eq!(item["hits"].as_n().unwrap(), "1", "applied once");
+    assert_eq!(
+        item["ryw_write_id"].as_s().unwrap(),
+        &out.write_id().unwrap().to_string()
+    );
+
+    // A put too.
+    let lossy = LoseWriteResponsesForTests::new(DynamoService::new(client.clone(), &adapter), 1);
+    let mut svc = ReadYourWritesLayer::new(adapter.clone()).layer(lossy);
+    let out = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(bump()))
+        .await
+        .unwrap();
+    assert!(out.get_ref().was_replayed());
+    let item = peek(&client, &table, "c").await.unwrap();
+    assert_eq!(item["hits"].as_n().unwrap(), "2");
+}
+
+#[derive(Debug)]
+struct Yield;
+impl<R> ConflictResolver<R> for Yield {
+    fn resolve(&self, _: &R, _: &Conflict) -> Resolution<R> {
+        Resolution::Yield
+    }
+}
+
+pub async fn conflicts_go_to_the_resolver_with_both_versions_and_the_item(client: Client) {
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let service = DynamoService::new(client.clone(), &adapter);
+    let mut lww = ReadYourWritesLayer::new(adapter.clone()).layer(service.clone());
+    let mut polite = ReadYourWritesLayer::new(adapter.clone())
+        .resolver(Yield)
+        .layer(service.clone());
+
+    let alice = Session::new();
+    lww.ready()
+        .await
+        .unwrap()
+        .call(alice.request(put(&table, "k", "alice")))
+        .await
+        .unwrap();
+    let v_alice = version_of(&peek(&client, &table, "k").await.unwrap());
+
+    // Bob never saw the item: his write conflicts; with a resolver that yields he is told.
+    let bob = Session::new();
+    let err = polite
+        .ready()
+        .await
+        .unwrap()
+        .call(bob.request(put(&table, "k", "bob")))
+        .await
+        .unwrap_err();
+    let conflict = err.conflict().expect("a conflict");
+    assert_eq!(conflict.current, Version::new(v_alice));
+    assert_eq!(conflict.expected, Some(Version::ZERO));
+    assert!(conflict.current_writer.is_some() && conflict.current_timestamp.is_some());
+    let theirs = conflict.current_item::<Item>().unwrap();
+    assert_eq!(theirs["body"].as_s().unwrap(), "alice");
+    assert_eq!(
+        peek(&client, &table, "k").await.unwrap()["body"]
+            .as_s()
+            .unwrap(),
+        "alice"
+    );
+
+    // The conflict showed Bob the current version: his next write is based on it.
+    let out = polite
+        .ready()
+        .await
+        .unwrap()
+        .call(bob.request(put(&table, "k", "bob")))
+        .await
+        .unwrap();
+    assert_eq!(out.attempts(), 1);
+    assert_eq!(
+        version_of(&peek(&client, &table, "k").await.unwrap()),
+        v_alice + 1
+    );
+
+    // Last writer wins (the default): Carol, who never saw the item, conflicts, and her later
+    // clock wins; the write is rebased onto the current version.
+    let carol = Session::new();
+    let out = lww
+        .ready()
+        .await
+        .unwrap()
+        .call(carol.request(put(&table, "k", "carol")))
+        .await
+        .unwrap();
+    assert_eq!(out.attempts(), 2);
+    let item = peek(&client, &table, "k").await.unwrap();
+    assert_eq!(item["body"].as_s().unwrap(), "carol");
+    assert_eq!(version_of(&item), v_alice + 2);
+
+    // A read-modify-write with an explicit, outdated version is always reported.
+    let err = lww
+        .ready()
+        .await
+        .unwrap()
+        .call(alice.request(put(&table, "k", "alice again").expect_version(Version::new(v_alice))))
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict());
+    assert_eq!(
+        peek(&client, &table, "k").await.unwrap()["body"]
+            .as_s()
+            .unwrap(),
+        "carol"
+    );
+}
+
+pub async fn the_callers_own_condition_failing_is_not_a_conflict(client: Client) {
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let mut svc = ReadYourWritesLayer::new(adapter.clone())
+        .layer(DynamoService::new(client.clone(), &adapter));
+    let session = Session::new();
+    svc.ready()
+        .await
+        .unwrap()
+        .call(session.request(put(&table, "c", "v1")))
+        .await
+        .unwrap();
+    let guarded: DynamoRequest = PutItemInput::builder()
+        .table_name(&table)
+        .item("pk", s("c"))
+        .item("body", s("v2"))
+        .condition_expression("body = :expected")
+        .expression_attribute_values(":expected", s("something else"))
+        .into();
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(guarded))
+        .await
+        .unwrap_err();
+    assert!(err.is_store() && !err.is_transient() && !err.is_conflict());
+    let store = err.store_error().unwrap();
+    assert!(store.is_condition_failed() && !store.is_version_conflict());
+}
+
+pub async fn transactions_stamp_every_item_and_report_cancellation_reasons(client: Client) {
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let session = Session::new();
+    let tx_put = |pk: &str| {
+        TransactWriteItem::builder()
+            .put(
+                Put::builder()
+                    .table_name(&table)
+                    .item("pk", s(pk))
+                    .item("body", s("tx"))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+    };
+    let tx = TransactWriteItemsInput::builder()
+        .transact_items(tx_put("t1"))
+        .transact_items(tx_put("t2"));
+    let mut svc = ReadYourWritesLayer::new(adapter.clone())
+        .layer(DynamoService::new(client.clone(), &adapter));
+    let out = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(DynamoRequest::from(tx)))
+        .await
+        .unwrap();
+    let write_id = out.write_id().unwrap().to_string();
+    for pk in ["t1", "t2"] {
+        let item = peek(&client, &table, pk).await.unwrap();
+        assert_eq!(item["ryw_write_id"].as_s().unwrap(), &write_id);
+    }
+
+    // A condition check that fails: canceled, with one reason per item.
+    let check = TransactWriteItem::builder()
+        .condition_check(
+            ConditionCheck::builder()
+                .table_name(&table)
+                .key("pk", s("t1"))
+                .condition_expression("body = :nope")
+                .expression_attribute_values(":nope", s("nope"))
+                .build()
+                .unwrap(),
+        )
+        .build();
+    let tx = TransactWriteItemsInput::builder()
+        .transact_items(check)
+        .transact_items(tx_put("t3"));
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(DynamoRequest::from(tx)))
+        .await
+        .unwrap_err();
+    let Some(DynamoError::TransactionCanceled { reasons, .. }) = err.store_error() else {
+        panic!("{err:?}")
+    };
+    let codes: Vec<_> = reasons.iter().map(|r| r.code().unwrap_or("")).collect();
+    assert_eq!(codes, ["ConditionalCheckFailed", "None"]);
+    assert!(peek(&client, &table, "t3").await.is_none());
+}
+
+pub async fn delete_then_read_and_recreate(client: Client) {
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
+    let mut svc = ReadYourWritesLayer::new(adapter.clone()).layer(stale.clone());
+    let session = Session::new();
+    svc.ready()
+        .await
+        .unwrap()
+        .call(session.request(put(&table, "d", "v1")))
+        .await
+        .unwrap();
+    let before = peek(&client, &table, "d").await;
+    let del: DynamoRequest = DeleteItemInput::builder()
+        .table_name(&table)
+        .key("pk", s("d"))
+        .into();
+    svc.ready()
+        .await
+        .unwrap()
+        .call(session.request(del))
+        .await
+        .unwrap();
+    assert!(peek(&client, &table, "d").await.is_none());
+
+    // A replica that still has the item is stale for this session; the strong read is not.
+    stale.hold("d", before, 5);
+    let read = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(get(&table, "d")))
+        .await
+        .unwrap();
+    assert_eq!(
+        read.visibility(),
+        &Visibility::Guaranteed(FencePath::Escalated)
+    );
+    assert!(read.get_ref().item().is_none());
+
+    // Writing it again works, with a version above the deletion.
+    svc.ready()
+        .await
+        .unwrap()
+        .call(session.request(put(&table, "d", "v2")))
+        .await
+        .unwrap();
+    assert_eq!(
+        peek(&client, &table, "d").await.unwrap()["body"]
+            .as_s()
+            .unwrap(),
+        "v2"
+    );
+}
+
+pub async fn errors_are_typed(client: Client) {
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let mut svc = ReadYourWritesLayer::new(adapter.clone())
+        .layer(DynamoService::new(client.clone(), &adapter));
+    let session = Session::new();
+
+    let missing = get("no_such_table", "a");
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(missing))
+        .await
+        .unwrap_err();
+    assert!(
+        err.store_error().unwrap().is_resource_not_found(),
+        "{err:?}"
+    );
+
+    let bad_key: DynamoRequest = GetItemInput::builder()
+        .table_name(&table)
+        .key("nope", s("a"))
+        .into();
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(bad_key))
+        .await
+        .unwrap_err();
+    assert!(err.store_error().unwrap().is_validation(), "{err:?}");
+    assert_eq!(
+        err.store_error().unwrap().class(),
+        ryw::adapter::ErrorClass::Permanent
+    );
+
+    let unknown = put("not_configured", "a", "x");
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(unknown))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.store_error(), Some(DynamoError::UnknownTable(t)) if t == "not_configured")
+    );
+}
+
+/// moto ignores `ClientRequestToken`: the replay meets its own conditions, and the write ids
+/// on the items show the transaction had committed. (DynamoDB Local answers the replay itself;
+/// see testcontainers/.)
+pub async fn a_lost_transaction_response_is_recognised_by_write_id(client: Client) {
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let session = Session::new();
+    let tx_put = |pk: &str| {
+        TransactWriteItem::builder()
+            .put(
+                Put::builder()
+                    .table_name(&table)
+                    .item("pk", s(pk))
+                    .item("body", s("tx"))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+    };
+    let bump = TransactWriteItem::builder()
+        .update(
+            Update::builder()
+                .table_name(&table)
+                .key("pk", s("t1"))
+                .update_expression("ADD hits :one")
+                .expression_attribute_values(":one", n(1))
+                .build()
+                .unwrap(),
+        )
+        .build();
+    let lossy = LoseWriteResponsesForTests::new(DynamoService::new(client.clone(), &adapter), 1);
+    let mut svc = ReadYourWritesLayer::new(adapter.clone()).layer(lossy);
+    let tx = TransactWriteItemsInput::builder()
+        .transact_items(bump)
+        .transact_items(tx_put("t4"));
+    let out = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(DynamoRequest::from(tx)))
+        .await
+        .unwrap();
+    assert!(out.get_ref().was_replayed());
+    assert_eq!(
+        peek(&client, &table, "t1").await.unwrap()["hits"]
+            .as_n()
+            .unwrap(),
+        "1"
+    );
+}
