@@ -14,6 +14,9 @@ export RYW_REQUIRE_SERVERS=1
 
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+# The examples run: the quickstart on the simulated store, the DynamoDB scenario on moto.
+cargo run --quiet --example quickstart
+DYNAMODB_ENDPOINT="$RYW_DYNAMODB_ENDPOINT" cargo run --quiet --example dynamodb
 # The Docker suites compile here and print what they skipped (they run where Docker exists).
 cargo test -p ryw-testcontainers --features docker -- --nocapture
 cargo fmt --all -- --check
