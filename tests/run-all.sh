@@ -2,8 +2,9 @@
 # The whole test suite, as CI runs it (`.ci/run` calls this script and nothing else).
 #
 # Starts the test servers that can run here (moto for DynamoDB; see tests/servers.sh), then runs
-# unit, property, layer, simulation, adapter and benchmark-smoke tests, doc tests, formatting and
-# lints. Tests that need Docker live in testcontainers/ and say what they skipped.
+# unit, property, layer, simulation, adapter and benchmark-smoke tests, doc tests, the examples,
+# formatting and lints. Tests that need Docker live in testcontainers/: they compile here and
+# print what they skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,13 +13,20 @@ start_moto
 # With the servers up, an adapter test that cannot reach its server fails instead of skipping.
 export RYW_REQUIRE_SERVERS=1
 
-cargo test --workspace --all-targets
-cargo test --workspace --doc
+LOG="$TOOLS/test-output.log"
+: >"$LOG"
+run_tests() { cargo test "$@" 2>&1 | tee -a "$LOG"; }
+
+run_tests -p ryw-testcontainers --features docker -- --nocapture
+run_tests --workspace --all-targets
+run_tests --workspace --doc
+
 # The examples run: the quickstart on the simulated store, the DynamoDB scenario on moto.
 cargo run --quiet --example quickstart
 DYNAMODB_ENDPOINT="$RYW_DYNAMODB_ENDPOINT" cargo run --quiet --example dynamodb
-# The Docker suites compile here and print what they skipped (they run where Docker exists).
-cargo test -p ryw-testcontainers --features docker -- --nocapture
+
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --quiet -- -D warnings
-echo "run-all: every step passed"
+cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "summary: %d passed, %d failed\n", p, f }' "$LOG"
