@@ -190,6 +190,7 @@ pub struct Observed {
     versions: SmallVec<[(ScopeKey, Version); 2]>,
     clock: Option<HybridTimestamp>,
     strong: bool,
+    context: Option<(Version, std::sync::Arc<[u8]>)>,
 }
 
 impl Observed {
@@ -222,6 +223,24 @@ impl Observed {
     #[inline]
     pub fn mark_strong(&mut self) {
         self.strong = true;
+    }
+
+    /// Records an opaque store context the session must carry (MongoDB's signed
+    /// `$clusterTime`), with the version it goes with; the session keeps the newest.
+    pub fn context(&mut self, version: Version, bytes: impl Into<std::sync::Arc<[u8]>>) {
+        if self.context.as_ref().is_none_or(|(v, _)| version > *v) {
+            self.context = Some((version, bytes.into()));
+        }
+    }
+
+    /// The store context recorded, if any.
+    #[inline]
+    pub fn seen_context(&self) -> Option<(Version, &[u8])> {
+        self.context.as_ref().map(|(v, b)| (*v, &**b))
+    }
+
+    pub(crate) fn context_shared(&self) -> Option<(Version, std::sync::Arc<[u8]>)> {
+        self.context.clone()
     }
 
     /// The version observed for `scope`.

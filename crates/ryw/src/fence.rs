@@ -213,6 +213,7 @@ pub enum FenceDecision {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReadFence {
     requirements: SmallVec<[Requirement; 2]>,
+    context: Option<crate::session::StoreContext>,
 }
 
 impl ReadFence {
@@ -226,12 +227,23 @@ impl ReadFence {
     pub fn from_requirements(reqs: impl IntoIterator<Item = Requirement>) -> Self {
         ReadFence {
             requirements: reqs.into_iter().collect(),
+            context: None,
         }
     }
 
     #[inline]
     pub(crate) fn push(&mut self, req: Requirement) {
         self.requirements.push(req);
+    }
+
+    /// The context the session carries for this store (MongoDB's signed `$clusterTime`), if any.
+    #[inline]
+    pub fn context(&self) -> Option<&crate::session::StoreContext> {
+        self.context.as_ref()
+    }
+
+    pub(crate) fn set_context(&mut self, context: Option<crate::session::StoreContext>) {
+        self.context = context;
     }
 
     /// The requirements, one per scope read.

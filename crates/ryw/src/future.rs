@@ -280,6 +280,9 @@ fn on_response<A: StoreAdapter, P>(
 fn already_known<A: StoreAdapter>(at: &Attempt<A>, observed: &Observed) -> bool {
     at.op == Operation::Read
         && observed.seen_clock().is_none_or(|c| c <= at.clock_at_start)
+        && observed
+            .seen_context()
+            .is_none_or(|(v, _)| at.fence.context().is_some_and(|c| c.version >= v))
         && observed.iter().all(|(scope, v)| {
             v == crate::Version::ZERO || at.fence.requirement(scope).is_some_and(|r| r.version >= v)
         })
@@ -387,6 +390,13 @@ pub(crate) fn record<A: StoreAdapter, P>(
     observed: &Observed,
 ) {
     let mut state = session.lock();
+    if let Some((version, bytes)) = observed.context_shared() {
+        state.advance_context(crate::session::StoreContext {
+            store: shared.adapter.store(),
+            version,
+            bytes,
+        });
+    }
     let at = crate::coarsening_for(shared, &state, observed.iter().count());
     for (scope, version) in observed.iter() {
         state.advance(scope, version, at);

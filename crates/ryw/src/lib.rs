@@ -331,6 +331,9 @@ where
             for scope in scopes.iter() {
                 fence.push(state.vector().requirement(scope, now));
             }
+            if let Some(c) = state.context(adapter.store()) {
+                fence.set_context(Some(c.clone()));
+            }
             if let Operation::Write(_) = op {
                 stamp = Some(state.next_write(now));
             }

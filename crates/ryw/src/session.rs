@@ -25,7 +25,7 @@
 
 use crate::clock::HybridTimestamp;
 use crate::token::{SessionToken, TokenError};
-use crate::version::{Coarsening, ScopeKey, Version, VersionVector};
+use crate::version::{Coarsening, ScopeKey, StoreId, Version, VersionVector};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -158,6 +158,37 @@ pub struct SessionState {
     write_seq: u64,
     clock: HybridTimestamp,
     vector: VersionVector,
+    contexts: Vec<StoreContext>,
+}
+
+/// The largest opaque context a store may keep in a session (bytes).
+pub const MAX_CONTEXT_LEN: usize = 160;
+
+/// The most store contexts one session holds.
+pub const MAX_CONTEXTS: usize = 2;
+
+/// An opaque piece of store state a session carries, with the version it goes with: MongoDB's
+/// server-signed `$clusterTime` document, kept whole. Merging keeps, per store, the context of the
+/// largest version.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreContext {
+    /// The store.
+    pub store: StoreId,
+    /// The version the bytes go with (merging keeps the largest).
+    pub version: Version,
+    /// The bytes, at most [`MAX_CONTEXT_LEN`].
+    pub bytes: Arc<[u8]>,
+}
+
+impl fmt::Debug for StoreContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The bytes may be a server signature: not logged.
+        f.debug_struct("StoreContext")
+            .field("store", &self.store)
+            .field("version", &self.version)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
 }
 
 impl SessionState {
@@ -168,6 +199,7 @@ impl SessionState {
             write_seq: 0,
             clock: HybridTimestamp::default(),
             vector: VersionVector::default(),
+            contexts: Vec::new(),
         }
     }
 
@@ -183,6 +215,42 @@ impl SessionState {
             write_seq,
             clock,
             vector,
+            contexts: Vec::new(),
+        }
+    }
+
+    /// The context a store keeps in this session, if any.
+    #[inline]
+    pub fn context(&self, store: StoreId) -> Option<&StoreContext> {
+        if self.contexts.is_empty() {
+            return None;
+        }
+        self.contexts.iter().find(|c| c.store == store)
+    }
+
+    /// All store contexts.
+    pub fn contexts(&self) -> &[StoreContext] {
+        &self.contexts
+    }
+
+    /// Keeps `context` if its store has none yet or an older one. Contexts longer than
+    /// [`MAX_CONTEXT_LEN`], or a third store, are refused (returns false).
+    pub fn advance_context(&mut self, context: StoreContext) -> bool {
+        if context.bytes.len() > MAX_CONTEXT_LEN {
+            return false;
+        }
+        let len = self.contexts.len();
+        match self.contexts.iter_mut().find(|c| c.store == context.store) {
+            Some(c) if context.version > c.version => {
+                *c = context;
+                true
+            }
+            Some(_) => false,
+            None if len < MAX_CONTEXTS => {
+                self.contexts.push(context);
+                true
+            }
+            None => false,
         }
     }
 
@@ -244,6 +312,9 @@ impl SessionState {
         self.write_seq = self.write_seq.max(other.write_seq);
         self.clock.observe(other.clock);
         self.vector.merge(&other.vector, at);
+        for c in &other.contexts {
+            self.advance_context(c.clone());
+        }
         true
     }
 
@@ -252,6 +323,10 @@ impl SessionState {
         self.write_seq >= other.write_seq
             && self.clock >= other.clock
             && self.vector.dominates(&other.vector)
+            && other.contexts.iter().all(|o| {
+                self.context(o.store)
+                    .is_some_and(|c| c.version >= o.version)
+            })
     }
 }
 

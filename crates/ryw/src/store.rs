@@ -127,15 +127,17 @@ enum Data {
 struct Spill {
     entries: Box<[Entry]>,
     horizons: Box<[StoreHorizon]>,
+    contexts: Box<[crate::session::StoreContext]>,
     cap: u16,
 }
 
 impl Record {
     fn from_state(state: &SessionState, now: u32) -> Self {
         let vector = state.vector();
-        let data = if vector.is_empty() {
+        let data = if vector.is_empty() && state.contexts().is_empty() {
             Data::Empty
         } else if vector.len() == 1
+            && state.contexts().is_empty()
             && vector.horizons().next().is_none()
             && vector.cap() == DEFAULT_SCOPE_CAP
         {
@@ -145,6 +147,7 @@ impl Record {
             Data::Many(Box::new(Spill {
                 entries: vector.entries().collect(),
                 horizons: vector.horizons().collect(),
+                contexts: state.contexts().into(),
                 cap: vector.cap() as u16,
             }))
         };
@@ -160,6 +163,10 @@ impl Record {
         let never = Coarsening {
             now_micros: 0,
             window_micros: 0,
+        };
+        let contexts = match &self.data {
+            Data::Many(spill) => &spill.contexts[..],
+            _ => &[],
         };
         let vector = match &self.data {
             Data::Empty => VersionVector::default(),
@@ -179,7 +186,12 @@ impl Record {
                 v
             }
         };
-        SessionState::from_parts(id, self.write_seq, HybridTimestamp::new(self.clock), vector)
+        let mut state =
+            SessionState::from_parts(id, self.write_seq, HybridTimestamp::new(self.clock), vector);
+        for c in contexts {
+            state.advance_context(c.clone());
+        }
+        state
     }
 }
 
@@ -446,6 +458,16 @@ mod tests {
         let s1 = ScopeKey::from_hash(StoreId::new(1), 1);
         let s2 = ScopeKey::from_hash(StoreId::new(1), 2);
         assert_eq!(got.vector().get(s1), Some(Version::new(5)));
+        assert_eq!(got.vector().get(s2), Some(Version::new(7)));
+        let mut with_ctx = state(1, &[]);
+        with_ctx.advance_context(crate::session::StoreContext {
+            store: StoreId::new(4),
+            version: Version::new(3),
+            bytes: vec![1, 2, 3].into(),
+        });
+        store.save(&with_ctx);
+        let got = store.load(a.id()).unwrap();
+        assert_eq!(&*got.context(StoreId::new(4)).unwrap().bytes, &[1, 2, 3]);
         assert_eq!(got.vector().get(s2), Some(Version::new(7)));
         assert!(store.remove(a.id()));
         assert!(store.load(a.id()).is_none());

@@ -17,9 +17,11 @@
 //!             [varint(issued_at) varint(expires_at)]        if flags & TIMES
 //!             varint(n_sections) section*
 //!             [key_id[1] tag[32]]                            if flags & SIGNED
-//! section  := kind[1] varint(len) payload[len]               kind 0x01 = store versions
+//! section  := kind[1] varint(len) payload[len]               kind 0x01 = store versions,
+//!                                                            kind 0x02 = store context
 //! store    := store_id[1] sflags[1] [varint(version) varint(until_micros)]  if sflags & HORIZON
 //!             varint(n_entries) (hash56[7] varint(version delta))*
+//! context  := store_id[1] varint(version) bytes[..]          at most 160 bytes, 2 per token
 //! ```
 //!
 //! Entries of a section are sorted by version and delta-encoded, so a session's versions (usually
@@ -46,7 +48,7 @@
 //! ```
 
 use crate::clock::HybridTimestamp;
-use crate::session::{SessionId, SessionState};
+use crate::session::{SessionId, SessionState, StoreContext, MAX_CONTEXTS, MAX_CONTEXT_LEN};
 use crate::version::{
     Coarsening, Entry, ScopeKey, StoreHorizon, StoreId, Version, VersionVector, MAX_SCOPE_CAP,
 };
@@ -65,6 +67,7 @@ const FLAG_SIGNED: u8 = 0b01;
 const FLAG_TIMES: u8 = 0b10;
 const KNOWN_FLAGS: u8 = FLAG_SIGNED | FLAG_TIMES;
 const SECTION_STORE: u8 = 0x01;
+const SECTION_CONTEXT: u8 = 0x02;
 const STORE_FLAG_HORIZON: u8 = 0b1;
 const SIGNATURE_LEN: usize = 1 + 32;
 const MAX_BYTES: usize = MAX_TOKEN_LEN / 4 * 3;
@@ -264,7 +267,7 @@ impl SessionToken {
                 self.issued_at.zip(self.expires_at),
                 signed,
             );
-            write_sections(out, vector);
+            write_sections(out, vector, self.state.contexts());
             if out.len() <= budget {
                 return Ok(());
             }
@@ -342,6 +345,7 @@ impl SessionToken {
         }
         let mut vector = VersionVector::with_cap(MAX_SCOPE_CAP);
         let mut seen_stores = [false; 256];
+        let mut contexts: Vec<StoreContext> = Vec::new();
         let mut scopes = 0usize;
         let never = Coarsening {
             now_micros: 0,
@@ -354,6 +358,30 @@ impl SessionToken {
                 return Err(TokenError::Truncated { field: "section" });
             }
             let payload = r.take(len as usize, "section")?;
+            if kind == SECTION_CONTEXT {
+                let mut s = Reader {
+                    bytes: payload,
+                    pos: 0,
+                };
+                let store = StoreId::new(s.u8("context store")?);
+                let version = Version::new(s.varint("context version")?);
+                let bytes = &payload[s.pos..];
+                if bytes.len() > MAX_CONTEXT_LEN {
+                    return Err(TokenError::Malformed("store context too long"));
+                }
+                if contexts.iter().any(|c: &StoreContext| c.store == store) {
+                    return Err(TokenError::Malformed("duplicate store context"));
+                }
+                if contexts.len() == MAX_CONTEXTS {
+                    return Err(TokenError::Malformed("too many store contexts"));
+                }
+                contexts.push(StoreContext {
+                    store,
+                    version,
+                    bytes: bytes.into(),
+                });
+                continue;
+            }
             if kind != SECTION_STORE {
                 return Err(TokenError::UnknownSection(kind));
             }
@@ -422,8 +450,12 @@ impl SessionToken {
             return Err(TokenError::Malformed("trailing bytes"));
         }
         vector.set_cap_at_least_len(crate::version::DEFAULT_SCOPE_CAP);
+        let mut state = SessionState::from_parts(id, write_seq, clock, vector);
+        for c in contexts {
+            state.advance_context(c);
+        }
         Ok(SessionToken {
-            state: SessionState::from_parts(id, write_seq, clock, vector),
+            state,
             issued_at,
             expires_at,
             signature,
@@ -454,14 +486,28 @@ fn write_header(out: &mut Vec<u8>, state: &SessionState, times: Option<(u64, u64
     }
 }
 
-fn write_sections(out: &mut Vec<u8>, vector: &VersionVector) {
+fn write_sections(out: &mut Vec<u8>, vector: &VersionVector, contexts: &[StoreContext]) {
     let mut entries: SmallVec<[Entry; 8]> = vector.entries().collect();
     entries.sort_unstable_by_key(|e| (e.scope.store(), e.version, e.scope));
     let mut stores: SmallVec<[StoreId; 4]> = entries.iter().map(|e| e.scope.store()).collect();
     stores.extend(vector.horizons().map(|h| h.store));
     stores.sort_unstable();
     stores.dedup();
-    put_varint(out, stores.len() as u64);
+    put_varint(out, (stores.len() + contexts.len()) as u64);
+    for c in contexts {
+        out.push(SECTION_CONTEXT);
+        let mut payload = SmallVec::<[u8; 192]>::new();
+        payload.push(c.store.get());
+        let mut v = c.version.get();
+        while v >= 0x80 {
+            payload.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        payload.push(v as u8);
+        payload.extend_from_slice(&c.bytes);
+        put_varint(out, payload.len() as u64);
+        out.extend_from_slice(&payload);
+    }
     for store in stores {
         out.push(SECTION_STORE);
         // Reserve one byte for the length; sections are short, and a longer length shifts.
@@ -602,6 +648,11 @@ mod tests {
             version: Version::new(77),
             until_micros: 123_456,
         });
+        assert!(s.advance_context(StoreContext {
+            store: StoreId::new(3),
+            version: Version::new(99),
+            bytes: vec![7u8; 120].into(),
+        }));
         let t = SessionToken::new(s)
             .with_times(10, 20)
             .with_signature(Signature {
@@ -613,7 +664,33 @@ mod tests {
         assert_eq!(back, t);
         assert_eq!(back.times(), Some((10, 20)));
         assert_eq!(back.signature().unwrap().key_id, 3);
+        assert_eq!(
+            back.state().context(StoreId::new(3)).unwrap().bytes.len(),
+            120
+        );
         assert!(!format!("{back:?}").contains("171"));
+    }
+
+    #[test]
+    fn contexts_keep_the_newest_and_are_bounded() {
+        let mut s = state_with(0, 1);
+        let ctx = |v: u64, len: usize| StoreContext {
+            store: StoreId::new(1),
+            version: Version::new(v),
+            bytes: vec![v as u8; len].into(),
+        };
+        assert!(s.advance_context(ctx(5, 10)));
+        assert!(!s.advance_context(ctx(4, 10)), "older");
+        assert!(!s.advance_context(ctx(9, MAX_CONTEXT_LEN + 1)), "too long");
+        let mut other = s.clone();
+        assert!(other.advance_context(ctx(8, 10)));
+        s.merge(&other, AT);
+        assert_eq!(s.context(StoreId::new(1)).unwrap().version, Version::new(8));
+        // A token whose context section is duplicated is malformed.
+        let enc = SessionToken::new(s).encode().unwrap();
+        let bytes = URL_SAFE_NO_PAD.decode(&enc).unwrap();
+        let back = SessionToken::from_bytes(&bytes).unwrap();
+        assert_eq!(back.state().context(StoreId::new(1)).unwrap().bytes[0], 8);
     }
 
     #[test]
