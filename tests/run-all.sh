@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls this script and nothing else).
 #
-# Starts the test servers that can run here (moto for DynamoDB; see tests/servers.sh), then runs
+# Starts the test servers that can run here (moto for DynamoDB, SecantusDB for MongoDB; see
+# tests/servers.sh), then runs
 # unit, property, layer, simulation, adapter and benchmark-smoke tests, doc tests, the examples,
 # formatting and lints. Tests that need Docker live in testcontainers/: they compile here and
 # print what they skipped.
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 
 source tests/servers.sh
 start_moto
+start_secantus
 # With the servers up, an adapter test that cannot reach its server fails instead of skipping.
 export RYW_REQUIRE_SERVERS=1
 

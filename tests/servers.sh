@@ -1,10 +1,12 @@
 # Sourced by tests/run-all.sh: installs and starts the test servers that can run on this machine,
 # on 127.0.0.1 only, and stops them when the script exits.
 #
-# - moto's server (DynamoDB), from PyPI, in a virtual environment under target/ci-tools.
+# - moto's server (DynamoDB), from PyPI, in a virtual environment under target/ci-tools;
+# - SecantusDB (a MongoDB-wire-compatible single-node replica set), from PyPI, likewise.
 
 TOOLS="${RYW_TOOLS_DIR:-$PWD/target/ci-tools}"
 MOTO_VERSION="5.2.5"
+SECANTUS_VERSION="0.7.0b3"
 mkdir -p "$TOOLS"
 SERVER_PIDS=()
 
@@ -45,4 +47,29 @@ start_moto() {
   fi
   export RYW_DYNAMODB_ENDPOINT="http://127.0.0.1:$port"
   echo "servers: moto (DynamoDB) on $RYW_DYNAMODB_ENDPOINT"
+}
+
+start_secantus() {
+  local venv="$TOOLS/secantus-$SECANTUS_VERSION"
+  if [[ ! -x "$venv/bin/secantusd-py" ]]; then
+    echo "servers: installing secantusdb==$SECANTUS_VERSION into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "secantusdb==$SECANTUS_VERSION"
+  fi
+  local port
+  port=$(free_port)
+  "$venv/bin/secantusd-py" --host 127.0.0.1 --port "$port" --storage-path :memory: \
+    --enable-test-commands >"$TOOLS/secantus.log" 2>&1 &
+  SERVER_PIDS+=($!)
+  local deadline=$((SECONDS + 60))
+  until grep -q "listening on" "$TOOLS/secantus.log" 2>/dev/null; do
+    if ((SECONDS > deadline)); then
+      echo "servers: SecantusDB did not start; its log:" >&2
+      cat "$TOOLS/secantus.log" >&2
+      return 1
+    fi
+    sleep 0.3
+  done
+  export RYW_MONGODB_URI="mongodb://127.0.0.1:$port/?replicaSet=secantus"
+  echo "servers: SecantusDB (MongoDB) on $RYW_MONGODB_URI"
 }

@@ -1,0 +1,401 @@
+//! The tower `Service` over one collection.
+
+use crate::error::MongoError;
+use crate::{
+    cluster_time_from, MongoAdapter, MongoConfig, MongoOperation, MongoOutput, MongoRequest,
+    MongoResponse,
+};
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::{
+    Acknowledgment, CollectionOptions, ReadConcern, ReadPreference, ReturnDocument,
+    SelectionCriteria, WriteConcern,
+};
+use mongodb::{Client, ClientSession, Collection};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// A tower `Service<MongoRequest<T>>` over one collection, with majority read and write concern.
+///
+/// Every call runs in its own causally consistent `ClientSession`, advanced to the times the
+/// request carries; the response carries the session's times afterwards.
+pub struct MongoService<T: Send + Sync> {
+    client: Client,
+    collection: Collection<T>,
+    config: Arc<MongoConfig>,
+}
+
+impl<T: Send + Sync> Clone for MongoService<T> {
+    fn clone(&self) -> Self {
+        MongoService {
+            client: self.client.clone(),
+            collection: self.collection.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<T: Send + Sync> fmt::Debug for MongoService<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MongoService")
+            .field("collection", &self.collection.namespace())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + Sync> MongoService<T> {
+    /// The service for `database.collection`, configured like `adapter`.
+    pub fn new(client: &Client, database: &str, collection: &str, adapter: &MongoAdapter) -> Self {
+        let options = CollectionOptions::builder()
+            .read_concern(ReadConcern::majority())
+            .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
+            .selection_criteria(SelectionCriteria::ReadPreference(
+                adapter.config.read_preference.clone(),
+            ))
+            .build();
+        MongoService {
+            client: client.clone(),
+            collection: client
+                .database(database)
+                .collection_with_options(collection, options),
+            config: adapter.config.clone(),
+        }
+    }
+
+    /// The collection.
+    pub fn collection(&self) -> &Collection<T> {
+        &self.collection
+    }
+}
+
+/// The future of a [`MongoService`] call (boxed: the driver's futures are unnameable).
+pub type MongoFuture<T> =
+    Pin<Box<dyn Future<Output = Result<MongoResponse<T>, MongoError>> + Send>>;
+
+impl<T> tower::Service<MongoRequest<T>> for MongoService<T>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static,
+{
+    type Response = MongoResponse<T>;
+    type Error = MongoError;
+    type Future = MongoFuture<T>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), MongoError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: MongoRequest<T>) -> MongoFuture<T> {
+        let this = self.clone();
+        Box::pin(async move { this.send(request).await })
+    }
+}
+
+fn driver(e: mongodb::error::Error) -> MongoError {
+    MongoError::from_driver(e)
+}
+
+fn to_doc<T: Serialize>(value: &T) -> Result<Document, MongoError> {
+    mongodb::bson::to_document(value).map_err(|e| MongoError::Invalid(e.to_string()))
+}
+
+/// `filter AND the document does not carry this write id yet`.
+fn not_yet(filter: Document, field: &str, write_id: &str) -> Document {
+    doc! { "$and": [filter, { field: { "$ne": write_id } }] }
+}
+
+/// Adds `field: write_id` to the `$set` of an update document.
+fn set_write_id(mut update: Document, field: &str, write_id: &str) -> Result<Document, MongoError> {
+    if !update.keys().all(|k| k.starts_with('$')) {
+        return Err(MongoError::Invalid(
+            "an update document must use update operators ($set, $inc...)".into(),
+        ));
+    }
+    match update.get_mut("$set") {
+        Some(Bson::Document(set)) => {
+            set.insert(field, write_id);
+        }
+        Some(_) => return Err(MongoError::Invalid("$set must be a document".into())),
+        None => {
+            update.insert("$set", doc! { field: write_id });
+        }
+    }
+    Ok(update)
+}
+
+impl<T> MongoService<T>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static,
+{
+    async fn send(&self, request: MongoRequest<T>) -> Result<MongoResponse<T>, MongoError> {
+        let mut session = self.client.start_session().await.map_err(driver)?;
+        if let Some(ct) = request.cluster_time.as_deref().and_then(cluster_time_from) {
+            session.advance_cluster_time(&ct);
+        }
+        if let Some(ts) = request.after {
+            session.advance_operation_time(ts);
+        }
+        let criteria = request
+            .primary
+            .then_some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
+        let write_id = request.write_id.map(|w| w.to_string());
+        let (output, replayed) = self
+            .run(&mut session, request.operation, criteria, write_id)
+            .await?;
+        Ok(MongoResponse {
+            output,
+            operation_time: session.operation_time(),
+            cluster_time: session.cluster_time().cloned(),
+            replayed,
+        })
+    }
+
+    async fn already_applied(
+        &self,
+        session: &mut ClientSession,
+        write_id: &str,
+    ) -> Result<bool, MongoError> {
+        let n = self
+            .collection
+            .count_documents(doc! { &self.config.write_id_field: write_id })
+            .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+            .session(&mut *session)
+            .await
+            .map_err(driver)?;
+        Ok(n > 0)
+    }
+
+    async fn run(
+        &self,
+        session: &mut ClientSession,
+        operation: MongoOperation<T>,
+        criteria: Option<SelectionCriteria>,
+        write_id: Option<String>,
+    ) -> Result<(MongoOutput<T>, bool), MongoError> {
+        let field = self.config.write_id_field.as_str();
+        let coll = &self.collection;
+        Ok(match operation {
+            MongoOperation::Find { filter } => {
+                let mut cursor = coll
+                    .find(filter)
+                    .optional(criteria, |a, c| a.selection_criteria(c))
+                    .session(&mut *session)
+                    .await
+                    .map_err(driver)?;
+                let mut docs = Vec::new();
+                while let Some(doc) = cursor.next(&mut *session).await {
+                    docs.push(doc.map_err(driver)?);
+                }
+                (MongoOutput::Documents(docs), false)
+            }
+            MongoOperation::FindOne { filter } => {
+                let found = coll
+                    .find_one(filter)
+                    .optional(criteria, |a, c| a.selection_criteria(c))
+                    .session(&mut *session)
+                    .await
+                    .map_err(driver)?;
+                (MongoOutput::Document(found), false)
+            }
+            MongoOperation::Aggregate { pipeline } => {
+                let mut cursor = coll
+                    .aggregate(pipeline)
+                    .optional(criteria, |a, c| a.selection_criteria(c))
+                    .session(&mut *session)
+                    .await
+                    .map_err(driver)?;
+                let mut docs = Vec::new();
+                while let Some(doc) = cursor.next(&mut *session).await {
+                    docs.push(doc.map_err(driver)?);
+                }
+                (MongoOutput::Aggregated(docs), false)
+            }
+            MongoOperation::InsertOne { document } => {
+                let mut doc = to_doc(&document)?;
+                let ours = match (&write_id, doc.contains_key("_id")) {
+                    (Some(w), false) => {
+                        doc.insert("_id", w.as_str());
+                        true
+                    }
+                    _ => false,
+                };
+                let raw = coll.clone_with_type::<Document>();
+                match raw.insert_one(doc.clone()).session(&mut *session).await {
+                    Ok(r) => (MongoOutput::Inserted(vec![r.inserted_id]), false),
+                    Err(e) => match MongoError::from_driver(e) {
+                        // Only this write can have inserted a document with its own id.
+                        MongoError::DuplicateKey { .. } if ours => (
+                            MongoOutput::Inserted(vec![doc
+                                .get("_id")
+                                .cloned()
+                                .unwrap_or(Bson::Null)]),
+                            true,
+                        ),
+                        other => return Err(other),
+                    },
+                }
+            }
+            MongoOperation::InsertMany { documents } => {
+                let mut docs = Vec::with_capacity(documents.len());
+                let mut ours = true;
+                for (i, d) in documents.iter().enumerate() {
+                    let mut doc = to_doc(d)?;
+                    match (&write_id, doc.contains_key("_id")) {
+                        (Some(w), false) => {
+                            doc.insert("_id", format!("{w}/{i}"));
+                        }
+                        _ => ours = false,
+                    }
+                    docs.push(doc);
+                }
+                let ids: Vec<Bson> = docs
+                    .iter()
+                    .map(|d| d.get("_id").cloned().unwrap_or(Bson::Null))
+                    .collect();
+                let raw = coll.clone_with_type::<Document>();
+                match raw
+                    .insert_many(docs)
+                    .ordered(false)
+                    .session(&mut *session)
+                    .await
+                {
+                    Ok(_) => (MongoOutput::Inserted(ids), false),
+                    Err(e) => {
+                        let only_own_duplicates = ours
+                            && matches!(&*e.kind, mongodb::error::ErrorKind::InsertMany(m)
+                                if m.write_concern_error.is_none()
+                                    && m.write_errors.as_ref().is_some_and(|w| w.iter().all(|w| w.code == 11000)));
+                        if only_own_duplicates {
+                            (MongoOutput::Inserted(ids), true)
+                        } else {
+                            return Err(driver(e));
+                        }
+                    }
+                }
+            }
+            op @ (MongoOperation::UpdateOne { .. } | MongoOperation::UpdateMany { .. }) => {
+                let (many, filter, update) = match op {
+                    MongoOperation::UpdateMany { filter, update } => (true, filter, update),
+                    MongoOperation::UpdateOne { filter, update } => (false, filter, update),
+                    _ => unreachable!("matched above"),
+                };
+                let (filter, update) = match &write_id {
+                    Some(w) => (not_yet(filter, field, w), set_write_id(update, field, w)?),
+                    None => (filter, update),
+                };
+                let r = if many {
+                    coll.update_many(filter, update)
+                        .session(&mut *session)
+                        .await
+                } else {
+                    coll.update_one(filter, update).session(&mut *session).await
+                }
+                .map_err(driver)?;
+                let replayed = match &write_id {
+                    Some(w) if r.matched_count == 0 => self.already_applied(session, w).await?,
+                    _ => false,
+                };
+                (
+                    MongoOutput::Updated {
+                        matched: r.matched_count,
+                        modified: r.modified_count,
+                    },
+                    replayed,
+                )
+            }
+            MongoOperation::ReplaceOne {
+                filter,
+                replacement,
+            } => {
+                let mut doc = to_doc(&replacement)?;
+                let filter = match &write_id {
+                    Some(w) => {
+                        doc.insert(field, w.as_str());
+                        not_yet(filter, field, w)
+                    }
+                    None => filter,
+                };
+                let raw = coll.clone_with_type::<Document>();
+                let r = raw
+                    .replace_one(filter, doc)
+                    .session(&mut *session)
+                    .await
+                    .map_err(driver)?;
+                let replayed = match &write_id {
+                    Some(w) if r.matched_count == 0 => self.already_applied(session, w).await?,
+                    _ => false,
+                };
+                (
+                    MongoOutput::Updated {
+                        matched: r.matched_count,
+                        modified: r.modified_count,
+                    },
+                    replayed,
+                )
+            }
+            MongoOperation::DeleteOne { filter } => {
+                let r = coll
+                    .delete_one(filter)
+                    .session(&mut *session)
+                    .await
+                    .map_err(driver)?;
+                (MongoOutput::Deleted(r.deleted_count), false)
+            }
+            MongoOperation::DeleteMany { filter } => {
+                let r = coll
+                    .delete_many(filter)
+                    .session(&mut *session)
+                    .await
+                    .map_err(driver)?;
+                (MongoOutput::Deleted(r.deleted_count), false)
+            }
+            MongoOperation::FindOneAndUpdate { filter, update } => {
+                let (filter_w, update) = match &write_id {
+                    Some(w) => (
+                        not_yet(filter.clone(), field, w),
+                        set_write_id(update, field, w)?,
+                    ),
+                    None => (filter.clone(), update),
+                };
+                let found = coll
+                    .find_one_and_update(filter_w, update)
+                    .return_document(ReturnDocument::After)
+                    .session(&mut *session)
+                    .await
+                    .map_err(driver)?;
+                match (found, &write_id) {
+                    (Some(d), _) => (MongoOutput::Document(Some(d)), false),
+                    (None, Some(w)) => {
+                        // A replay: return the document this write already updated.
+                        let done = coll
+                            .find_one(doc! { field: w.as_str() })
+                            .selection_criteria(SelectionCriteria::ReadPreference(
+                                ReadPreference::Primary,
+                            ))
+                            .session(&mut *session)
+                            .await
+                            .map_err(driver)?;
+                        let replayed = done.is_some();
+                        (MongoOutput::Document(done), replayed)
+                    }
+                    (None, None) => (MongoOutput::Document(None), false),
+                }
+            }
+        })
+    }
+}
+
+/// Applies a builder step only when a value is present.
+trait Optional: Sized {
+    fn optional<V>(self, value: Option<V>, f: impl FnOnce(Self, V) -> Self) -> Self {
+        match value {
+            Some(v) => f(self, v),
+            None => self,
+        }
+    }
+}
+
+impl<A> Optional for A {}

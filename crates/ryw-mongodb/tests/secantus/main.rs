@@ -1,0 +1,355 @@
+//! The MongoDB adapter against SecantusDB, a MongoDB-wire-compatible single-node replica set
+//! started by `tests/run-all.sh` (`RYW_MONGODB_URI`). Without it every test prints that it
+//! skipped. SecantusDB has no secondaries and does not make reads wait: what these tests prove is
+//! what goes on the wire (asserted with the driver's command monitoring) and what comes back;
+//! the waiting and secondary paths are for a real replica set (see the README).
+
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::event::command::CommandEvent;
+use mongodb::event::EventHandler;
+use mongodb::options::ClientOptions;
+use mongodb::Client;
+use ryw::{FenceConfig, ReadYourWritesLayer, Session};
+use ryw_mongodb::{
+    timestamp_of, version_of, MongoAdapter, MongoError, MongoOutput, MongoRequest, MongoResponse,
+    MongoService,
+};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tower::{Layer, Service, ServiceExt};
+
+fn uri() -> Option<String> {
+    match std::env::var("RYW_MONGODB_URI") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            assert!(
+                std::env::var_os("RYW_REQUIRE_SERVERS").is_none(),
+                "RYW_REQUIRE_SERVERS is set but RYW_MONGODB_URI is not"
+            );
+            eprintln!(
+                "skipped: RYW_MONGODB_URI is not set (bash tests/run-all.sh starts SecantusDB)"
+            );
+            None
+        }
+    }
+}
+
+/// A client whose started commands are recorded.
+async fn monitored(uri: &str, app_name: &str) -> (Client, Arc<Mutex<Vec<Document>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let mut options = ClientOptions::parse(uri).await.unwrap();
+    options.app_name = Some(app_name.to_owned());
+    options.command_event_handler = Some(EventHandler::callback(move |ev: CommandEvent| {
+        if let CommandEvent::Started(s) = ev {
+            sink.lock().unwrap().push(s.command.clone());
+        }
+    }));
+    (Client::with_options(options).unwrap(), seen)
+}
+
+static COLLECTIONS: AtomicUsize = AtomicUsize::new(0);
+
+fn fresh() -> String {
+    format!(
+        "c{}_{}",
+        std::process::id(),
+        COLLECTIONS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+macro_rules! secantus {
+    () => {
+        match uri() {
+            Some(u) => u,
+            None => return,
+        }
+    };
+}
+
+fn layer() -> ReadYourWritesLayer<ryw_mongodb::MongoAdapterFor<Document>> {
+    ReadYourWritesLayer::new(MongoAdapter::new().documents()).fence(FenceConfig::server_wait())
+}
+
+#[tokio::test]
+async fn the_token_carries_operation_time_and_signed_cluster_time() {
+    let uri = secantus!();
+    let client = Client::with_uri_str(&uri).await.unwrap();
+    let adapter = MongoAdapter::new();
+    let coll = fresh();
+    let mut svc = layer().layer(MongoService::<Document>::new(
+        &client, "ryw", &coll, &adapter,
+    ));
+    let session = Session::new();
+    let out = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(MongoRequest::insert_one(doc! { "title": "hello" })))
+        .await
+        .unwrap();
+    let op_time = out.get_ref().operation_time().expect("operationTime");
+    assert!(out.get_ref().cluster_time().is_some());
+
+    let token = session.token().encode().unwrap();
+    let state = Session::from_encoded(&token).unwrap().snapshot();
+    assert_eq!(
+        state.vector().get(adapter.scope()),
+        Some(version_of(op_time))
+    );
+    let ctx = state
+        .context(ryw::StoreId::new(1))
+        .expect("the cluster time travels");
+    let doc = Document::from_reader(&*ctx.bytes).unwrap();
+    assert!(doc.get_timestamp("clusterTime").is_ok());
+    assert!(
+        doc.get_document("signature").is_ok(),
+        "kept whole, signature included"
+    );
+}
+
+#[tokio::test]
+async fn a_fresh_client_given_only_the_token_sends_after_cluster_time() {
+    let uri = secantus!();
+    let adapter = MongoAdapter::new();
+    let coll = fresh();
+    let writer = Client::with_uri_str(&uri).await.unwrap();
+    let session = Session::new();
+    let out = layer()
+        .layer(MongoService::<Document>::new(
+            &writer, "ryw", &coll, &adapter,
+        ))
+        .oneshot(session.request(MongoRequest::insert_one(doc! { "n": 1 })))
+        .await
+        .unwrap();
+    let written = out.get_ref().operation_time().unwrap();
+    let token = session.token().encode().unwrap();
+
+    // Another process: a new client, a session rebuilt from the token alone.
+    let (reader, seen) = monitored(&uri, "ryw-reader").await;
+    let elsewhere = Session::from_encoded(&token).unwrap();
+    let read = layer()
+        .layer(MongoService::<Document>::new(
+            &reader, "ryw", &coll, &adapter,
+        ))
+        .oneshot(elsewhere.request(MongoRequest::find(doc! { "n": 1 })))
+        .await
+        .unwrap();
+    assert_eq!(read.get_ref().documents().len(), 1);
+    assert!(read.visibility().is_guaranteed());
+
+    let commands = seen.lock().unwrap();
+    let find = commands
+        .iter()
+        .find(|c| c.contains_key("find"))
+        .expect("a find went out");
+    let after = find
+        .get_document("readConcern")
+        .and_then(|rc| rc.get_timestamp("afterClusterTime"))
+        .expect("readConcern.afterClusterTime on the wire");
+    assert!(
+        version_of(after) >= version_of(written),
+        "{after:?} < {written:?}"
+    );
+    assert_eq!(
+        find.get_document("readConcern")
+            .unwrap()
+            .get_str("level")
+            .unwrap(),
+        "majority"
+    );
+    let gossip = find
+        .get_document("$clusterTime")
+        .expect("$clusterTime gossiped");
+    assert!(version_of(gossip.get_timestamp("clusterTime").unwrap()) >= version_of(written));
+    let _ = timestamp_of(version_of(written));
+}
+
+type Fut = Pin<Box<dyn Future<Output = Result<MongoResponse<Document>, MongoError>> + Send>>;
+
+/// TEST ONLY. Loses the response of the next write after the server applied it.
+#[derive(Clone)]
+struct LoseNextWriteResponseForTests<S> {
+    inner: S,
+    armed: Arc<AtomicUsize>,
+}
+
+impl<S> Service<MongoRequest<Document>> for LoseNextWriteResponseForTests<S>
+where
+    S: Service<
+        MongoRequest<Document>,
+        Response = MongoResponse<Document>,
+        Error = MongoError,
+        Future = Fut,
+    >,
+{
+    type Response = MongoResponse<Document>;
+    type Error = MongoError;
+    type Future = Fut;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), MongoError>> {
+        self.inner.poll_ready(cx)
+    }
+    fn call(&mut self, req: MongoRequest<Document>) -> Fut {
+        let armed = self.armed.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let out = fut.await?;
+            if armed
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(MongoError::Network(
+                    "response lost by the test layer".into(),
+                ));
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[tokio::test]
+async fn writes_replayed_from_another_attempt_apply_once() {
+    let uri = secantus!();
+    let client = Client::with_uri_str(&uri).await.unwrap();
+    let adapter = MongoAdapter::new();
+    let coll = fresh();
+    let service = MongoService::<Document>::new(&client, "ryw", &coll, &adapter);
+    let lossy = LoseNextWriteResponseForTests {
+        inner: service.clone(),
+        armed: Arc::new(AtomicUsize::new(1)),
+    };
+    let mut svc = layer().layer(lossy.clone());
+    let session = Session::new();
+
+    // insert_one without _id: the retry meets its own deterministic _id.
+    let out = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(MongoRequest::insert_one(doc! { "k": "a" })))
+        .await
+        .unwrap();
+    assert!(out.get_ref().was_replayed());
+    assert_eq!(
+        service
+            .collection()
+            .count_documents(doc! { "k": "a" })
+            .await
+            .unwrap(),
+        1
+    );
+    let MongoOutput::Inserted(ids) = out.get_ref().output() else {
+        panic!()
+    };
+    assert_eq!(ids[0], Bson::String(out.write_id().unwrap().to_string()));
+
+    // update_one with $inc: the retry excludes the document it already changed.
+    lossy.armed.store(1, Ordering::Relaxed);
+    let bump = MongoRequest::update_one(doc! { "k": "a" }, doc! { "$inc": { "hits": 1 } });
+    let out = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(bump))
+        .await
+        .unwrap();
+    assert!(out.get_ref().was_replayed());
+    let d = service
+        .collection()
+        .find_one(doc! { "k": "a" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.get_i32("hits").unwrap(), 1, "applied once");
+}
+
+#[tokio::test]
+async fn a_retryable_write_interrupted_by_fail_command_lands_once() {
+    let uri = secantus!();
+    // The fail point is scoped to this client: tests run in parallel on one server.
+    let (client, seen) = monitored(&uri, "ryw-failpoint-test").await;
+    let adapter = MongoAdapter::new();
+    let coll = fresh();
+    client
+        .database("admin")
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": { "times": 1 },
+            "data": {
+                "failCommands": ["insert"],
+                "appName": "ryw-failpoint-test",
+                "errorCode": 91,
+                "errorLabels": ["RetryableWriteError"],
+            },
+        })
+        .await
+        .expect("failCommand (SecantusDB with --enable-test-commands)");
+    let out = layer()
+        .layer(MongoService::<Document>::new(
+            &client, "ryw", &coll, &adapter,
+        ))
+        .oneshot(Session::new().request(MongoRequest::insert_one(doc! { "once": true })))
+        .await
+        .unwrap();
+    let attempts = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.get_str("insert").is_ok())
+        .count();
+    assert!(
+        attempts >= 2,
+        "the fail point interrupted the first attempt ({attempts} inserts sent)"
+    );
+    assert!(out.visibility().is_guaranteed());
+    let n = client
+        .database("ryw")
+        .collection::<Document>(&coll)
+        .count_documents(doc! { "once": true })
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn errors_are_typed() {
+    let uri = secantus!();
+    let client = Client::with_uri_str(&uri).await.unwrap();
+    let adapter = MongoAdapter::new();
+    let coll = fresh();
+    let mut svc = layer().layer(MongoService::<Document>::new(
+        &client, "ryw", &coll, &adapter,
+    ));
+    let session = Session::new();
+
+    let no_operators = MongoRequest::update_one(doc! {}, doc! { "plain": 1 });
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(no_operators))
+        .await
+        .unwrap_err();
+    assert!(err.store_error().unwrap().is_invalid(), "{err:?}");
+
+    let first = MongoRequest::insert_one(doc! { "_id": 7 });
+    svc.ready()
+        .await
+        .unwrap()
+        .call(session.request(first))
+        .await
+        .unwrap();
+    let again = MongoRequest::insert_one(doc! { "_id": 7 });
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(again))
+        .await
+        .unwrap_err();
+    assert!(err.store_error().unwrap().is_duplicate_key(), "{err:?}");
+    assert!(!err.is_transient());
+}
