@@ -281,7 +281,7 @@ async fn a_retryable_write_interrupted_by_fail_command_lands_once() {
             "data": {
                 "failCommands": ["insert"],
                 "appName": "ryw-failpoint-test",
-                "errorCode": 91,
+                "errorCode": 262,
                 "errorLabels": ["RetryableWriteError"],
             },
         })
