@@ -194,6 +194,26 @@ impl Stamp<'_> {
         }
     }
 
+    /// After `ConditionalCheckFailed`: `Ok(version)` when the old item shows this very write
+    /// (an earlier attempt landed; the version it wrote, or the deletion marker), otherwise the
+    /// failure.
+    fn after_failed_condition(
+        &self,
+        item: Option<Item>,
+        deleting: bool,
+    ) -> Result<Option<u64>, DynamoError> {
+        if !self.landed(item.as_ref(), deleting) {
+            return Err(self.failure(item));
+        }
+        tracing::debug!(target: "ryw::dynamodb", "retried write had already applied");
+        Ok(if deleting {
+            Some(self.next())
+        } else {
+            item.as_ref()
+                .and_then(|i| expr::number(i, &self.config.version_attribute))
+        })
+    }
+
     fn failure(&self, item: Option<Item>) -> DynamoError {
         let current = item
             .as_ref()
@@ -312,18 +332,11 @@ async fn send(
                     let PutItemError::ConditionalCheckFailedException(c) = e.into_err() else {
                         unreachable!("matched above")
                     };
-                    let item = c.item;
-                    if stamp.landed(item.as_ref(), false) {
-                        let version = item
-                            .as_ref()
-                            .and_then(|i| expr::number(i, &config.version_attribute));
-                        tracing::debug!(target: "ryw::dynamodb", "retried put had already applied");
-                        return Ok(replayed(
-                            DynamoOutput::PutItem(PutItemOutput::builder().build()),
-                            vec![version],
-                        ));
-                    }
-                    Err(stamp.failure(item))
+                    let version = stamp.after_failed_condition(c.item, false)?;
+                    Ok(replayed(
+                        DynamoOutput::PutItem(PutItemOutput::builder().build()),
+                        vec![version],
+                    ))
                 }
                 Err(e) => Err(DynamoError::from_sdk(e)),
             }
@@ -360,17 +373,11 @@ async fn send(
                     let UpdateItemError::ConditionalCheckFailedException(c) = e.into_err() else {
                         unreachable!("matched above")
                     };
-                    let item = c.item;
-                    if stamp.landed(item.as_ref(), false) {
-                        let version = item
-                            .as_ref()
-                            .and_then(|i| expr::number(i, &config.version_attribute));
-                        return Ok(replayed(
-                            DynamoOutput::UpdateItem(UpdateItemOutput::builder().build()),
-                            vec![version],
-                        ));
-                    }
-                    Err(stamp.failure(item))
+                    let version = stamp.after_failed_condition(c.item, false)?;
+                    Ok(replayed(
+                        DynamoOutput::UpdateItem(UpdateItemOutput::builder().build()),
+                        vec![version],
+                    ))
                 }
                 Err(e) => Err(DynamoError::from_sdk(e)),
             }
@@ -407,13 +414,11 @@ async fn send(
                     let DeleteItemError::ConditionalCheckFailedException(c) = e.into_err() else {
                         unreachable!("matched above")
                     };
-                    if stamp.landed(c.item.as_ref(), true) {
-                        return Ok(replayed(
-                            DynamoOutput::DeleteItem(DeleteItemOutput::builder().build()),
-                            vec![Some(marker)],
-                        ));
-                    }
-                    Err(stamp.failure(c.item))
+                    let version = stamp.after_failed_condition(c.item, true)?;
+                    Ok(replayed(
+                        DynamoOutput::DeleteItem(DeleteItemOutput::builder().build()),
+                        vec![version],
+                    ))
                 }
                 Err(e) => Err(DynamoError::from_sdk(e)),
             }
