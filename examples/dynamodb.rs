@@ -2,8 +2,8 @@
 //! instances that share nothing but the session token, with and without ryw.
 //!
 //! ```text
-//! DYNAMODB_ENDPOINT=http://127.0.0.1:8000 cargo run --example dynamodb   # moto or DynamoDB Local
-//! AWS_REGION=eu-west-1 cargo run --example dynamodb                      # real AWS (credentials chain)
+//! DYNAMODB_ENDPOINT=http://127.0.0.1:8000 cargo run --features dynamodb --example dynamodb   # moto or DynamoDB Local
+//! AWS_REGION=eu-west-1 cargo run --features dynamodb --example dynamodb                      # real AWS (credentials chain)
 //! ```
 //!
 //! It creates the table `ryw_quickstart_<pid>` (on demand billing) and deletes it at the end.

@@ -2,7 +2,7 @@
 //! instances that share nothing but the session token, with and without ryw.
 //!
 //! ```text
-//! MONGODB_URI='mongodb://127.0.0.1:27017/?replicaSet=rs0' cargo run --example mongodb
+//! MONGODB_URI='mongodb://127.0.0.1:27017/?replicaSet=rs0' cargo run --features mongodb --example mongodb
 //! ```
 //!
 //! Each instance has its own `mongodb::Client` (as separate processes would); reads prefer

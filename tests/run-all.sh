@@ -20,12 +20,12 @@ LOG="$TOOLS/test-output.log"
 run_tests() { cargo test "$@" 2>&1 | tee -a "$LOG"; }
 
 run_tests -p ryw-testcontainers --features docker -- --nocapture
-run_tests --workspace --all-targets
-run_tests --workspace --doc
+run_tests --workspace --all-targets --all-features
+run_tests --workspace --all-features --doc
 
 # The examples run: the quickstart on the simulated store, the DynamoDB scenario on moto.
 cargo run --quiet --example quickstart
-DYNAMODB_ENDPOINT="$RYW_DYNAMODB_ENDPOINT" cargo run --quiet --example dynamodb
+DYNAMODB_ENDPOINT="$RYW_DYNAMODB_ENDPOINT" cargo run --quiet --features dynamodb --example dynamodb
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
