@@ -98,6 +98,21 @@ fn driver(e: mongodb::error::Error) -> MongoError {
     MongoError::from_driver(e)
 }
 
+/// Every batch of a cursor, read within `session`.
+async fn drain<D>(
+    cursor: &mut mongodb::SessionCursor<D>,
+    session: &mut ClientSession,
+) -> Result<Vec<D>, MongoError>
+where
+    D: DeserializeOwned + Send + Sync + Unpin,
+{
+    let mut docs = Vec::new();
+    while let Some(doc) = cursor.next(session).await {
+        docs.push(doc.map_err(driver)?);
+    }
+    Ok(docs)
+}
+
 fn to_doc<T: Serialize>(value: &T) -> Result<Document, MongoError> {
     mongodb::bson::to_document(value).map_err(|e| MongoError::Invalid(e.to_string()))
 }
@@ -185,11 +200,10 @@ where
                     .session(&mut *session)
                     .await
                     .map_err(driver)?;
-                let mut docs = Vec::new();
-                while let Some(doc) = cursor.next(&mut *session).await {
-                    docs.push(doc.map_err(driver)?);
-                }
-                (MongoOutput::Documents(docs), false)
+                (
+                    MongoOutput::Documents(drain(&mut cursor, session).await?),
+                    false,
+                )
             }
             MongoOperation::FindOne { filter } => {
                 let found = coll
@@ -207,11 +221,10 @@ where
                     .session(&mut *session)
                     .await
                     .map_err(driver)?;
-                let mut docs = Vec::new();
-                while let Some(doc) = cursor.next(&mut *session).await {
-                    docs.push(doc.map_err(driver)?);
-                }
-                (MongoOutput::Aggregated(docs), false)
+                (
+                    MongoOutput::Aggregated(drain(&mut cursor, session).await?),
+                    false,
+                )
             }
             MongoOperation::InsertOne { document } => {
                 let mut doc = to_doc(&document)?;

@@ -498,12 +498,7 @@ fn write_sections(out: &mut Vec<u8>, vector: &VersionVector, contexts: &[StoreCo
         out.push(SECTION_CONTEXT);
         let mut payload = SmallVec::<[u8; 192]>::new();
         payload.push(c.store.get());
-        let mut v = c.version.get();
-        while v >= 0x80 {
-            payload.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        payload.push(v as u8);
+        put_varint(&mut payload, c.version.get());
         payload.extend_from_slice(&c.bytes);
         put_varint(out, payload.len() as u64);
         out.extend_from_slice(&payload);
@@ -536,26 +531,19 @@ fn write_sections(out: &mut Vec<u8>, vector: &VersionVector, contexts: &[StoreCo
             out[len_at] = len as u8;
         } else {
             let mut prefix = SmallVec::<[u8; 10]>::new();
-            put_varint_small(&mut prefix, len as u64);
+            put_varint(&mut prefix, len as u64);
             out.splice(len_at..len_at + 1, prefix);
         }
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+/// LEB128: seven bits a byte, low bits first, into any byte buffer.
+fn put_varint(out: &mut impl Extend<u8>, mut v: u64) {
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        out.extend([(v as u8) | 0x80]);
         v >>= 7;
     }
-    out.push(v as u8);
-}
-
-fn put_varint_small(out: &mut SmallVec<[u8; 10]>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+    out.extend([v as u8]);
 }
 
 struct Reader<'a> {
