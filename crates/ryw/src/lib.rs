@@ -87,6 +87,7 @@ pub mod future;
 mod layer;
 pub mod retry;
 pub mod session;
+pub mod signing;
 pub mod store;
 pub mod token;
 pub mod version;

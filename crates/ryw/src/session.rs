@@ -318,6 +318,22 @@ impl SessionState {
         true
     }
 
+    /// Takes in what another state has observed, whichever session it belongs to: the version
+    /// vector, the clock and the store contexts (the write sequence too, when it is the same
+    /// session). Used when a client presents tokens of two sessions at once (two concurrent first
+    /// requests that each started one): the fences become stricter, never weaker, and write ids
+    /// stay unique because the sequence of another session is not taken.
+    pub fn absorb(&mut self, other: &SessionState, at: Coarsening) {
+        if other.id == self.id {
+            self.write_seq = self.write_seq.max(other.write_seq);
+        }
+        self.clock.observe(other.clock);
+        self.vector.merge(&other.vector, at);
+        for c in &other.contexts {
+            self.advance_context(c.clone());
+        }
+    }
+
     /// True when `self` implies everything `other` requires.
     pub fn dominates(&self, other: &SessionState) -> bool {
         self.write_seq >= other.write_seq

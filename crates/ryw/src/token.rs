@@ -15,6 +15,7 @@
 //! ```text
 //! token    := 0x01 flags session_id[16] varint(write_seq) varint(clock)
 //!             [varint(issued_at) varint(expires_at)]        if flags & TIMES
+//!             [binding[8]]                                   if flags & BOUND
 //!             varint(n_sections) section*
 //!             [key_id[1] tag[32]]                            if flags & SIGNED
 //! section  := kind[1] varint(len) payload[len]               kind 0x01 = store versions,
@@ -25,8 +26,10 @@
 //! ```
 //!
 //! Entries of a section are sorted by version and delta-encoded, so a session's versions (usually
-//! close together) take a few bytes each. A 4-scope token is about 90 to 105 characters. The
-//! signature tag is reserved in the format; [`SessionToken::signature`] exposes it.
+//! close together) take a few bytes each. A 4-scope token is about 90 to 105 characters unsigned,
+//! 135 to 150 signed. Signing, expiry, revocation and principal binding live in
+//! [`crate::signing`]: this module only reads and writes the format, and [`SessionToken::decode`]
+//! does not verify anything.
 //!
 //! # Example
 //!
@@ -63,14 +66,18 @@ pub const MAX_TOKEN_LEN: usize = 1024;
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
 
-const FLAG_SIGNED: u8 = 0b01;
-const FLAG_TIMES: u8 = 0b10;
-const KNOWN_FLAGS: u8 = FLAG_SIGNED | FLAG_TIMES;
+const FLAG_SIGNED: u8 = 0b001;
+const FLAG_TIMES: u8 = 0b010;
+const FLAG_BOUND: u8 = 0b100;
+const KNOWN_FLAGS: u8 = FLAG_SIGNED | FLAG_TIMES | FLAG_BOUND;
 const SECTION_STORE: u8 = 0x01;
 const SECTION_CONTEXT: u8 = 0x02;
 const STORE_FLAG_HORIZON: u8 = 0b1;
-const SIGNATURE_LEN: usize = 1 + 32;
-const MAX_BYTES: usize = MAX_TOKEN_LEN / 4 * 3;
+pub(crate) const SIGNATURE_LEN: usize = 1 + 32;
+pub(crate) const MAX_BYTES: usize = MAX_TOKEN_LEN / 4 * 3;
+
+/// The length of a principal binding: a keyed fingerprint of the principal, never the principal.
+pub const BINDING_LEN: usize = 8;
 
 /// Why a token could not be decoded (or encoded).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -166,6 +173,7 @@ pub struct SessionToken {
     state: SessionState,
     issued_at: Option<u64>,
     expires_at: Option<u64>,
+    binding: Option<[u8; BINDING_LEN]>,
     signature: Option<Signature>,
 }
 
@@ -175,6 +183,7 @@ impl fmt::Debug for SessionToken {
         f.debug_struct("SessionToken")
             .field("session", &self.state.id())
             .field("scopes", &self.state.vector().len())
+            .field("bound", &self.binding.is_some())
             .field("signed", &self.signature.is_some())
             .finish_non_exhaustive()
     }
@@ -187,6 +196,7 @@ impl SessionToken {
             state,
             issued_at: None,
             expires_at: None,
+            binding: None,
             signature: None,
         }
     }
@@ -210,6 +220,19 @@ impl SessionToken {
     pub fn with_times(mut self, issued_at: u64, expires_at: u64) -> Self {
         self.issued_at = Some(issued_at);
         self.expires_at = Some(expires_at);
+        self.signature = None;
+        self
+    }
+
+    /// The principal binding (a keyed fingerprint of the principal the token was issued to), when
+    /// the token carries one. It is not verified here; see [`crate::signing`].
+    pub fn binding(&self) -> Option<&[u8; BINDING_LEN]> {
+        self.binding.as_ref()
+    }
+
+    /// Sets the principal binding. Clears any signature.
+    pub fn with_binding(mut self, binding: [u8; BINDING_LEN]) -> Self {
+        self.binding = Some(binding);
         self.signature = None;
         self
     }
@@ -245,66 +268,23 @@ impl SessionToken {
             bytes.push(sig.key_id);
             bytes.extend_from_slice(&sig.tag);
         }
-        if bytes.len() > MAX_BYTES {
-            return Err(TokenError::Oversized {
-                len: base64_len(bytes.len()),
-                max: MAX_TOKEN_LEN,
-            });
-        }
-        Ok(URL_SAFE_NO_PAD.encode(&bytes))
+        encode_base64(&bytes)
     }
 
     fn write_body(&self, out: &mut Vec<u8>, signed: bool) -> Result<(), TokenError> {
-        // Coarsen until the entries fit, keeping a margin for the signature.
-        let budget = MAX_BYTES - SIGNATURE_LEN;
-        let mut coarsened: Option<VersionVector> = None;
-        loop {
-            let vector = coarsened.as_ref().unwrap_or(self.state.vector());
-            out.clear();
-            write_header(
-                out,
-                &self.state,
-                self.issued_at.zip(self.expires_at),
-                signed,
-            );
-            write_sections(out, vector, self.state.contexts());
-            if out.len() <= budget {
-                return Ok(());
-            }
-            if vector.entries().next().is_none() {
-                return Err(TokenError::Oversized {
-                    len: base64_len(out.len() + SIGNATURE_LEN),
-                    max: MAX_TOKEN_LEN,
-                });
-            }
-            let mut next = vector.clone();
-            let now = crate::clock::Clock::now_micros(&crate::clock::SystemClock);
-            next.enforce_cap(
-                vector.len() / 2,
-                Coarsening {
-                    now_micros: now,
-                    window_micros: crate::session::DEFAULT_REPLICATION_WINDOW_MICROS,
-                },
-            );
-            coarsened = Some(next);
-        }
+        write_body(
+            out,
+            &self.state,
+            self.issued_at.zip(self.expires_at),
+            self.binding.as_ref(),
+            signed,
+        )
     }
 
     /// Decodes an untrusted token. Never panics; allocation is bounded by [`MAX_TOKEN_LEN`].
     pub fn decode(encoded: &str) -> Result<Self, TokenError> {
-        if encoded.is_empty() {
-            return Err(TokenError::Empty);
-        }
-        if encoded.len() > MAX_TOKEN_LEN {
-            return Err(TokenError::Oversized {
-                len: encoded.len(),
-                max: MAX_TOKEN_LEN,
-            });
-        }
         let mut buf = [0u8; MAX_BYTES + 3];
-        let n = URL_SAFE_NO_PAD
-            .decode_slice(encoded.as_bytes(), &mut buf)
-            .map_err(|_| TokenError::NotBase64)?;
+        let n = decode_base64(encoded, &mut buf)?;
         Self::from_bytes(&buf[..n])
     }
 
@@ -337,6 +317,11 @@ impl SessionToken {
             (Some(issued), Some(expires))
         } else {
             (None, None)
+        };
+        let binding = if flags & FLAG_BOUND != 0 {
+            Some(r.array::<BINDING_LEN>("principal binding")?)
+        } else {
+            None
         };
         let sections = r.varint("section count")?;
         // Each section takes at least two bytes: a count larger than that is a lie.
@@ -458,8 +443,78 @@ impl SessionToken {
             state,
             issued_at,
             expires_at,
+            binding,
             signature,
         })
+    }
+}
+
+/// Checks the length of an untrusted token and decodes its base64 into `buf`, returning the
+/// number of bytes. Never allocates.
+pub(crate) fn decode_base64(
+    encoded: &str,
+    buf: &mut [u8; MAX_BYTES + 3],
+) -> Result<usize, TokenError> {
+    if encoded.is_empty() {
+        return Err(TokenError::Empty);
+    }
+    if encoded.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::Oversized {
+            len: encoded.len(),
+            max: MAX_TOKEN_LEN,
+        });
+    }
+    URL_SAFE_NO_PAD
+        .decode_slice(encoded.as_bytes(), buf)
+        .map_err(|_| TokenError::NotBase64)
+}
+
+pub(crate) fn encode_base64(bytes: &[u8]) -> Result<String, TokenError> {
+    if bytes.len() > MAX_BYTES {
+        return Err(TokenError::Oversized {
+            len: base64_len(bytes.len()),
+            max: MAX_TOKEN_LEN,
+        });
+    }
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Writes the binary token up to the signature (with the SIGNED flag when `signed`), coarsening
+/// exact entries into store horizons until it fits.
+pub(crate) fn write_body(
+    out: &mut Vec<u8>,
+    state: &SessionState,
+    times: Option<(u64, u64)>,
+    binding: Option<&[u8; BINDING_LEN]>,
+    signed: bool,
+) -> Result<(), TokenError> {
+    // Coarsen until the entries fit, keeping a margin for the signature.
+    let budget = MAX_BYTES - SIGNATURE_LEN;
+    let mut coarsened: Option<VersionVector> = None;
+    loop {
+        let vector = coarsened.as_ref().unwrap_or(state.vector());
+        out.clear();
+        write_header(out, state, times, binding, signed);
+        write_sections(out, vector, state.contexts());
+        if out.len() <= budget {
+            return Ok(());
+        }
+        if vector.entries().next().is_none() {
+            return Err(TokenError::Oversized {
+                len: base64_len(out.len() + SIGNATURE_LEN),
+                max: MAX_TOKEN_LEN,
+            });
+        }
+        let mut next = vector.clone();
+        let now = crate::clock::Clock::now_micros(&crate::clock::SystemClock);
+        next.enforce_cap(
+            vector.len() / 2,
+            Coarsening {
+                now_micros: now,
+                window_micros: crate::session::DEFAULT_REPLICATION_WINDOW_MICROS,
+            },
+        );
+        coarsened = Some(next);
     }
 }
 
@@ -467,13 +522,22 @@ fn base64_len(bytes: usize) -> usize {
     (bytes * 4).div_ceil(3)
 }
 
-fn write_header(out: &mut Vec<u8>, state: &SessionState, times: Option<(u64, u64)>, signed: bool) {
+fn write_header(
+    out: &mut Vec<u8>,
+    state: &SessionState,
+    times: Option<(u64, u64)>,
+    binding: Option<&[u8; BINDING_LEN]>,
+    signed: bool,
+) {
     let mut flags = 0;
     if signed {
         flags |= FLAG_SIGNED;
     }
     if times.is_some() {
         flags |= FLAG_TIMES;
+    }
+    if binding.is_some() {
+        flags |= FLAG_BOUND;
     }
     out.push(FORMAT_VERSION);
     out.push(flags);
@@ -483,6 +547,9 @@ fn write_header(out: &mut Vec<u8>, state: &SessionState, times: Option<(u64, u64
     if let Some((issued, expires)) = times {
         put_varint(out, issued);
         put_varint(out, expires);
+    }
+    if let Some(b) = binding {
+        out.extend_from_slice(b);
     }
 }
 
