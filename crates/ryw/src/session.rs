@@ -291,6 +291,14 @@ impl SessionState {
         (WriteId::new(self.id, self.write_seq), self.clock)
     }
 
+    /// Skips `n` write ids (saturating): the writes stamped from here on cannot reuse an id that
+    /// another holder of this same state stamps. The HTTP layer skips a random block on every
+    /// request, because two app instances serving concurrent requests of one token would otherwise
+    /// both stamp the next sequence number, for two different writes.
+    pub fn skip_write_ids(&mut self, n: u64) {
+        self.write_seq = self.write_seq.saturating_add(n);
+    }
+
     /// Moves the hybrid clock to at least `seen`.
     #[inline]
     pub fn observe_clock(&mut self, seen: HybridTimestamp) {

@@ -1,0 +1,157 @@
+//! Carries ryw session tokens over HTTP, so a user's session follows them across app instances
+//! that share nothing else.
+//!
+//! - [`ServerSessionLayer`] (for axum, hyper and tower-http stacks) reads the token from a header
+//!   ([`DEFAULT_HEADER`] unless configured) or a cookie, verifies it with a
+//!   [`TokenAuthority`](ryw::signing::TokenAuthority), puts the [`Session`](ryw::Session) into the
+//!   request extensions for the handlers and the store layer, and writes the advanced, re-signed
+//!   token on the response. A bad token is rejected with a 4xx JSON body, or, if configured,
+//!   replaced by a fresh session and reported in the [`RESET_HEADER`] response header.
+//! - [`ClientSessionLayer`] does the client half for service-to-service calls: it sends the tokens
+//!   it holds and keeps the advanced ones that come back.
+//!
+//! # Concurrent requests of one session
+//!
+//! Tokens from concurrent requests merge by pointwise maximum, never "last completed wins":
+//!
+//! - the client layer keeps every token that is not covered by another (at most
+//!   [`MAX_TOKENS_PER_REQUEST`]) and sends them all; the server merges what it is sent, so the next
+//!   response carries one token again;
+//! - the server layer merges each session with what the same instance last saw of it (a
+//!   [`SessionStore`](ryw::SessionStore), in memory by default), so two concurrent requests served
+//!   by one instance both answer with the merged state.
+//!
+//! Browsers keep only the last `Set-Cookie`: with the cookie transport, two concurrent requests
+//! served by *different* instances can still answer with tokens that each miss the other's write,
+//! and the cookie keeps one of them. The header transport with [`ClientSessionLayer`] (or a
+//! client that merges the same way) does not have that gap.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{routing::get, Extension, Router};
+//! use ryw::signing::{SigningKey, TokenAuthority};
+//! use ryw::Session;
+//! use ryw_http::{ServerSessionLayer, TokenStatus, DEFAULT_HEADER};
+//! use std::sync::Arc;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let authority = Arc::new(TokenAuthority::new(SigningKey::new(1, [42u8; 32])?));
+//! let app = Router::new()
+//!     .route(
+//!         "/whoami",
+//!         get(|Extension(session): Extension<Session>, Extension(status): Extension<TokenStatus>| async move {
+//!             format!("{} ({status:?})", session.id())
+//!         }),
+//!     )
+//!     .layer(ServerSessionLayer::new(authority.clone()));
+//!
+//! // No token: a new session, and its first token comes back on the response.
+//! let response = app
+//!     .clone()
+//!     .oneshot(http::Request::get("/whoami").body(axum::body::Body::empty())?)
+//!     .await?;
+//! let token = response.headers()[DEFAULT_HEADER].to_str()?.to_owned();
+//! let id = authority.verify(&token, None)?.state().id();
+//!
+//! // The next request, on any instance with the same key, continues that session.
+//! let response = app
+//!     .oneshot(
+//!         http::Request::get("/whoami")
+//!             .header(DEFAULT_HEADER, &token)
+//!             .body(axum::body::Body::empty())?,
+//!     )
+//!     .await?;
+//! let body = axum::body::to_bytes(response.into_body(), 1024).await?;
+//! assert_eq!(std::str::from_utf8(&body)?, format!("{id} (Continued)"));
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+
+pub mod client;
+pub mod server;
+
+pub use client::ClientSessionLayer;
+pub use server::{BadTokenPolicy, ServerSessionLayer, TokenRejection, TokenStatus};
+
+use std::fmt;
+use std::sync::Arc;
+
+/// The header a token travels in unless configured otherwise: `ryw-session`.
+///
+/// A request may carry several tokens of one client (from concurrent responses), as repeated
+/// headers or comma-separated (base64url has no commas).
+pub const DEFAULT_HEADER: &str = "ryw-session";
+
+/// The response header that says a bad token was replaced by a fresh session
+/// ([`BadTokenPolicy::StartFresh`]); its value is the error code
+/// ([`VerifyError::code`](ryw::signing::VerifyError::code)), such as `token_expired`.
+pub const RESET_HEADER: &str = "ryw-session-reset";
+
+/// The response header on a rejected request ([`BadTokenPolicy::Reject`]); its value is the error
+/// code. [`ClientSessionLayer`] drops the tokens it holds when it sees it, so the next request
+/// starts a new session.
+pub const REJECTED_HEADER: &str = "ryw-session-rejected";
+
+/// The most tokens one request may carry (and a client keeps).
+pub const MAX_TOKENS_PER_REQUEST: usize = 4;
+
+/// The authenticated principal of a request (a user id, a service name), put into the request
+/// extensions by the application's authentication layer, which runs before
+/// [`ServerSessionLayer`].
+///
+/// Tokens issued to a principal are bound to it: presented by another principal (or by an
+/// anonymous request), they are rejected as
+/// [`VerifyError::WrongPrincipal`](ryw::signing::VerifyError::WrongPrincipal). The principal
+/// itself never appears in the token, only a keyed 8-byte fingerprint.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Principal(Arc<[u8]>);
+
+impl Principal {
+    /// A principal from its stable identifier.
+    pub fn new(id: impl AsRef<[u8]>) -> Self {
+        Principal(id.as_ref().into())
+    }
+
+    /// The identifier.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Identifiers may be personal data: only the length is shown.
+        f.debug_struct("Principal")
+            .field("len", &self.0.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Splits the values of a token header into tokens: repeated headers and comma-separated values.
+pub(crate) fn tokens_in<'a>(
+    values: impl Iterator<Item = &'a http::HeaderValue> + 'a,
+) -> impl Iterator<Item = Result<&'a str, ()>> + 'a {
+    values.flat_map(|v| {
+        let parts: Vec<Result<&'a str, ()>> = match v.to_str() {
+            Ok(s) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(Ok)
+                .collect(),
+            Err(_) => vec![Err(())],
+        };
+        parts
+    })
+}

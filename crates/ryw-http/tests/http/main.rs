@@ -1,0 +1,379 @@
+//! End to end through real HTTP on loopback: two axum instances of the web example's application
+//! (`examples/web/app.rs`) that share nothing but the signing key and the store, and a hyper
+//! client with [`ClientSessionLayer`].
+//!
+//! The store is the simulated one, in real time: each instance reads its own replica, which lags
+//! the primary by 300 ms, so a read through the other instance right after a write is stale unless
+//! the session fences it.
+
+#[path = "../../../../examples/web/app.rs"]
+mod app;
+
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use ryw::signing::{KeyRing, SigningKey, TokenAuthority};
+use ryw::{ReadYourWritesLayer, Session, SessionToken};
+use ryw_http::{BadTokenPolicy, ClientSessionLayer, DEFAULT_HEADER, REJECTED_HEADER, RESET_HEADER};
+use ryw_sim::{LagModel, LatencyModel, SimAdapter, SimConfig, SimStore};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+const SECRET_1: [u8; 32] = [0x11; 32];
+const SECRET_2: [u8; 32] = [0x22; 32];
+
+struct Deployment {
+    a: SocketAddr,
+    b: SocketAddr,
+    /// Instance A's authority (B has its own, with the same keys).
+    authority_a: Arc<TokenAuthority>,
+    authority_b: Arc<TokenAuthority>,
+    store: SimStore,
+}
+
+fn authority() -> Arc<TokenAuthority> {
+    Arc::new(
+        TokenAuthority::builder(KeyRing::new(SigningKey::new(1, SECRET_1).unwrap()))
+            .ttl(Duration::from_secs(600))
+            .leeway(Duration::ZERO)
+            .build(),
+    )
+}
+
+async fn deploy(policy: BadTokenPolicy) -> Deployment {
+    let store = SimStore::new(
+        SimConfig::default()
+            .seed(11)
+            .replicas(2)
+            .lag(LagModel::new(Duration::from_millis(300), Duration::ZERO))
+            .latency(LatencyModel {
+                replica: Duration::from_millis(1),
+                primary: Duration::from_millis(2),
+                jitter: Duration::ZERO,
+            }),
+    );
+    let instance = |i: usize, authority: Arc<TokenAuthority>| {
+        let service = ServiceBuilder::new()
+            .layer(ReadYourWritesLayer::new(SimAdapter::new()).clock(store.clock()))
+            .service(store.client(i));
+        app::router(BoxCloneSyncService::new(service), authority, policy)
+    };
+    let (authority_a, authority_b) = (authority(), authority());
+    let a = app::serve(instance(0, authority_a.clone())).await.unwrap();
+    let b = app::serve(instance(1, authority_b.clone())).await.unwrap();
+    Deployment {
+        a,
+        b,
+        authority_a,
+        authority_b,
+        store,
+    }
+}
+
+type Http = Client<HttpConnector, String>;
+
+fn http() -> Http {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+struct Reply {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+async fn send<S>(client: &mut S, request: http::Request<String>) -> Reply
+where
+    S: Service<
+        http::Request<String>,
+        Response = http::Response<hyper::body::Incoming>,
+        Error = hyper_util::client::legacy::Error,
+    >,
+{
+    let response = client.ready().await.unwrap().call(request).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    }
+}
+
+fn put(addr: SocketAddr, id: &str, value: u64) -> http::Request<String> {
+    http::Request::put(format!("http://{addr}/posts/{id}"))
+        .body(value.to_string())
+        .unwrap()
+}
+
+fn get(addr: SocketAddr, id: &str) -> http::Request<String> {
+    http::Request::get(format!("http://{addr}/posts/{id}"))
+        .body(String::new())
+        .unwrap()
+}
+
+fn with_token(mut request: http::Request<String>, token: &str) -> http::Request<String> {
+    request
+        .headers_mut()
+        .insert(DEFAULT_HEADER, token.parse().unwrap());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_across_instances() {
+    let d = deploy(BadTokenPolicy::Reject).await;
+    let session = ClientSessionLayer::new();
+    let mut client = ServiceBuilder::new().layer(session.clone()).service(http());
+
+    let wrote = send(&mut client, put(d.a, "1", 41)).await;
+    assert_eq!(wrote.status, 200, "{}", wrote.body);
+    assert_eq!(session.tokens().len(), 1);
+
+    // Through the other instance, whose replica has not caught up: the fence makes it seen.
+    let read = send(&mut client, get(d.b, "1")).await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert!(read.body.starts_with("{\"value\":41,"), "{}", read.body);
+    assert!(read.body.contains("guaranteed"), "{}", read.body);
+
+    // Control: a client without the token reads the stale replica through the same instance.
+    let mut stranger = http();
+    let stale = send(&mut stranger, get(d.b, "1")).await;
+    assert!(stale.body.starts_with("{\"value\":null,"), "{}", stale.body);
+
+    // The token the client holds was re-issued by B and still carries the write.
+    let token = &session.tokens()[0];
+    let state = d.authority_a.verify(token, None).unwrap().into_state();
+    assert!(state.write_seq() >= 1);
+    assert_eq!(state.vector().len(), 1);
+    assert!(d.store.log().len() == 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_merge_instead_of_last_completed_wins() {
+    let d = deploy(BadTokenPolicy::Reject).await;
+    let session = ClientSessionLayer::new();
+    let client = ServiceBuilder::new().layer(session.clone()).service(http());
+    // Establish the session first, then write two posts at once through both instances.
+    send(&mut client.clone(), get(d.a, "0")).await;
+    let (mut c1, mut c2) = (client.clone(), client.clone());
+    let (r1, r2) = tokio::join!(
+        send(&mut c1, put(d.a, "x", 1)),
+        send(&mut c2, put(d.b, "y", 2))
+    );
+    assert_eq!((r1.status, r2.status), (200, 200));
+    // Each response carries only its own write: the client keeps both tokens.
+    assert_eq!(session.tokens().len(), 2, "neither token covers the other");
+
+    // The next request sends both; the server merges; one token comes back.
+    let mut client = client;
+    let x = send(&mut client, get(d.b, "x")).await;
+    assert_eq!(session.tokens().len(), 1);
+    let y = send(&mut client, get(d.a, "y")).await;
+    assert!(x.body.starts_with("{\"value\":1,"), "{}", x.body);
+    assert!(y.body.starts_with("{\"value\":2,"), "{}", y.body);
+    let state = d
+        .authority_b
+        .verify(&session.tokens()[0], None)
+        .unwrap()
+        .into_state();
+    assert_eq!(state.vector().len(), 2, "posts x and y");
+    // Both writes landed, each once, under two different write ids.
+    let log = d.store.log();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_ne!(log[0].write_id, log[1].write_id);
+}
+
+/// Tampers with a token's bytes and re-encodes it.
+fn altered(token: &str, at: usize) -> String {
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut bytes = engine.decode(token).unwrap();
+    bytes[at] ^= 0x01;
+    engine.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_token_gets_its_status_and_body() {
+    let d = deploy(BadTokenPolicy::Reject).await;
+    let mut client = http();
+    let good = d
+        .authority_a
+        .issue(&Session::new().snapshot(), Some(b"alice"))
+        .unwrap();
+    let expired = d
+        .authority_a
+        .issue_at(
+            &Session::new().snapshot(),
+            None,
+            ryw::signing::now_secs() - 601,
+        )
+        .unwrap();
+    let revoked_session = Session::new();
+    let revoked = d
+        .authority_a
+        .issue(&revoked_session.snapshot(), None)
+        .unwrap();
+    d.authority_b
+        .revocations()
+        .revoke_session(revoked_session.id());
+    let unsigned = SessionToken::new(Session::new().snapshot())
+        .encode()
+        .unwrap();
+    let mut unknown_version = {
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut bytes = engine.decode(&good).unwrap();
+        bytes[0] = 7;
+        engine.encode(bytes)
+    };
+    unknown_version.push_str("");
+    let five = vec![good.clone(); 5].join(",");
+
+    let cases: Vec<(&str, String, Option<&str>, u16, &str)> = vec![
+        // (what, token, user, status, code)
+        (
+            "tampered",
+            altered(&good, 20),
+            Some("alice"),
+            401,
+            "token_bad_signature",
+        ),
+        ("expired", expired, None, 401, "token_expired"),
+        ("revoked", revoked, None, 401, "token_revoked"),
+        (
+            "another principal's",
+            good.clone(),
+            Some("mallory"),
+            401,
+            "token_wrong_principal",
+        ),
+        (
+            "anonymous use of a bound token",
+            good.clone(),
+            None,
+            401,
+            "token_wrong_principal",
+        ),
+        ("unsigned", unsigned, None, 401, "token_unsigned"),
+        ("oversized", "A".repeat(2000), None, 400, "token_oversized"),
+        (
+            "truncated",
+            good[..40].to_owned(),
+            Some("alice"),
+            400,
+            "token_truncated",
+        ),
+        (
+            "not base64",
+            "not*base64".to_owned(),
+            None,
+            400,
+            "token_not_base64",
+        ),
+        (
+            "unknown format version",
+            unknown_version,
+            None,
+            400,
+            "token_unknown_version",
+        ),
+        (
+            "too many tokens",
+            five,
+            Some("alice"),
+            400,
+            "token_too_many",
+        ),
+    ];
+    for (what, token, user, status, code) in cases {
+        let mut request = with_token(get(d.b, "1"), &token);
+        if let Some(user) = user {
+            request
+                .headers_mut()
+                .insert("x-user", user.parse().unwrap());
+        }
+        let reply = send(&mut client, request).await;
+        assert_eq!(reply.status, status, "{what}: {}", reply.body);
+        assert!(
+            reply
+                .body
+                .starts_with(&format!("{{\"error\":\"{code}\",\"message\":\"")),
+            "{what}: {}",
+            reply.body
+        );
+        assert_eq!(reply.headers[REJECTED_HEADER], code, "{what}");
+        assert!(!reply.headers.contains_key(DEFAULT_HEADER), "{what}");
+    }
+
+    // The good token, presented by its principal, passes.
+    let mut request = with_token(get(d.b, "1"), &good);
+    request
+        .headers_mut()
+        .insert("x-user", "alice".parse().unwrap());
+    let reply = send(&mut client, request).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // The re-issued token is still bound to alice.
+    let reissued = reply.headers[DEFAULT_HEADER].to_str().unwrap();
+    assert!(d.authority_a.verify(reissued, Some(b"alice")).is_ok());
+    assert!(d.authority_a.verify(reissued, Some(b"bob")).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_fresh_policy_serves_the_request_and_says_so() {
+    let d = deploy(BadTokenPolicy::StartFresh).await;
+    let session = ClientSessionLayer::new();
+    let mut client = ServiceBuilder::new().layer(session.clone()).service(http());
+    send(&mut client, put(d.a, "1", 5)).await;
+    let held = session.tokens()[0].clone();
+
+    let request = with_token(get(d.b, "1"), &altered(&held, 20));
+    let reply = send(&mut client, request).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.headers[RESET_HEADER], "token_bad_signature");
+    let fresh = reply.headers[DEFAULT_HEADER].to_str().unwrap();
+    let fresh_id = d.authority_b.verify(fresh, None).unwrap().state().id();
+    let old_id = d.authority_b.verify(&held, None).unwrap().state().id();
+    assert_ne!(fresh_id, old_id, "a new session");
+    // The client dropped what the server refused and kept the fresh token only.
+    assert_eq!(session.tokens(), vec![fresh.to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_keeps_old_tokens_valid_until_retired() {
+    let d = deploy(BadTokenPolicy::Reject).await;
+    let mut client = http();
+    let old = send(&mut client, put(d.a, "1", 9)).await.headers[DEFAULT_HEADER]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    // Both instances rotate to key 2 (in production: one deploy after another).
+    for authority in [&d.authority_a, &d.authority_b] {
+        authority
+            .rotate(SigningKey::new(2, SECRET_2).unwrap())
+            .unwrap();
+    }
+    let reply = send(&mut client, with_token(get(d.b, "1"), &old)).await;
+    assert_eq!(reply.status, 200, "old token still valid: {}", reply.body);
+    assert!(reply.body.starts_with("{\"value\":9,"), "{}", reply.body);
+    let new = reply.headers[DEFAULT_HEADER].to_str().unwrap().to_owned();
+    let signed_by = d.authority_b.verify(&new, None).unwrap();
+    assert_eq!(
+        signed_by.signature().unwrap().key_id,
+        2,
+        "re-issued with the new key"
+    );
+
+    for authority in [&d.authority_a, &d.authority_b] {
+        assert!(authority.retire(1));
+    }
+    let reply = send(&mut client, with_token(get(d.b, "1"), &old)).await;
+    assert_eq!(reply.status, 401);
+    assert!(reply.body.contains("token_unknown_key"), "{}", reply.body);
+    let reply = send(&mut client, with_token(get(d.a, "1"), &new)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
