@@ -3,8 +3,8 @@
 #
 # Starts the test servers that can run here (moto for DynamoDB, SecantusDB for MongoDB; see
 # tests/servers.sh), then runs
-# unit, property, layer, simulation, adapter and benchmark-smoke tests, doc tests, the examples,
-# formatting and lints. Tests that need Docker live in testcontainers/: they compile here and
+# unit, property, layer, simulation, adapter, HTTP and benchmark-smoke tests, doc tests, the
+# examples, a bounded fuzzing run of the token decoder, formatting and lints. Tests that need Docker live in testcontainers/: they compile here and
 # print what they skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,11 @@ run_tests --workspace --all-features --doc
 
 # The examples run: the quickstart on the simulated store, the DynamoDB scenario on moto.
 cargo run --quiet --example quickstart
+cargo run --quiet --example web
 DYNAMODB_ENDPOINT="$RYW_DYNAMODB_ENDPOINT" cargo run --quiet --features dynamodb --example dynamodb
+
+# Fuzz the token decoder and verifier for a bounded time (installs cargo-fuzz on first use).
+bash crates/ryw/fuzz/run.sh "${RYW_FUZZ_SECONDS:-30}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
