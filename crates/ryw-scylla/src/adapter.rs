@@ -1,0 +1,202 @@
+//! The ScyllaDB mapping of the session concepts.
+
+use crate::error::ScyllaError;
+use crate::request::{RequestKind, ScyllaRequest};
+use crate::service::ScyllaResponse;
+use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp};
+use ryw::clock::HybridTimestamp;
+use ryw::conflict::Conflict;
+use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
+use ryw::version::{ScopeKey, StoreId, Version};
+use scylla::statement::Consistency;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The store id ScyllaDB scopes use unless configured.
+pub const SCYLLA_STORE: StoreId = StoreId::new(3);
+
+/// The ScyllaDB [`StoreAdapter`]:
+///
+/// - writes carry the session's hybrid clock reading as their timestamp (`USING TIMESTAMP` via
+///   the driver's `set_timestamp`), the same on every attempt, at the write consistency
+///   (`LOCAL_QUORUM` by default); lightweight transactions keep Scylla's own timestamp;
+/// - reads run at the cheap consistency (`LOCAL_ONE` by default); the fence verifies the
+///   `WRITETIME` of the tracked column against the session's high-water mark for the partition,
+///   and escalates to the strong consistency (`LOCAL_QUORUM`) on a miss;
+/// - non-idempotent writes and lightweight transactions are never replayed after an ambiguous
+///   failure; `[applied] = false` is a conflict with the current row.
+///
+/// Reads are guaranteed by quorum intersection: the strong read level and the write level must
+/// overlap (`LOCAL_QUORUM` and `LOCAL_QUORUM`, the defaults).
+///
+/// Use it with [`ryw::FenceConfig::verify_then_escalate`]`(0, ..)` to re-read at the strong
+/// level on the first miss, or [`ryw::FenceConfig::escalate`] to read strongly whenever the
+/// session has a live fence.
+#[derive(Clone, Debug)]
+pub struct ScyllaAdapter {
+    config: Arc<Config>,
+}
+
+#[derive(Debug)]
+struct Config {
+    store: StoreId,
+    read: Consistency,
+    strong: Consistency,
+    write: Consistency,
+    replication_window: Duration,
+}
+
+impl Default for ScyllaAdapter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ScyllaAdapter {
+    /// The defaults: store id 3, reads at `LOCAL_ONE`, strong reads and writes at `LOCAL_QUORUM`.
+    pub fn new() -> Self {
+        ScyllaAdapter {
+            config: Arc::new(Config {
+                store: SCYLLA_STORE,
+                read: Consistency::LocalOne,
+                strong: Consistency::LocalQuorum,
+                write: Consistency::LocalQuorum,
+                replication_window: Duration::from_secs(5),
+            }),
+        }
+    }
+
+    fn config(&mut self) -> &mut Config {
+        Arc::get_mut(&mut self.config).expect("configure the adapter before cloning it")
+    }
+
+    /// The store id of this cluster (several clusters in one session need distinct ids).
+    pub fn store_id(mut self, store: StoreId) -> Self {
+        self.config().store = store;
+        self
+    }
+
+    /// The consistency of cheap reads (default `LOCAL_ONE`; `ONE` across datacenters).
+    pub fn read_consistency(mut self, c: Consistency) -> Self {
+        self.config().read = c;
+        self
+    }
+
+    /// The consistency of escalated reads (default `LOCAL_QUORUM`).
+    pub fn strong_consistency(mut self, c: Consistency) -> Self {
+        self.config().strong = c;
+        self
+    }
+
+    /// The consistency of writes (default `LOCAL_QUORUM`).
+    pub fn write_consistency(mut self, c: Consistency) -> Self {
+        self.config().write = c;
+        self
+    }
+
+    /// How long replication may take (coarsened scopes are fenced this long; default 5 s).
+    pub fn replication_window(mut self, window: Duration) -> Self {
+        self.config().replication_window = window;
+        self
+    }
+
+    fn scopes_of<'a>(&'a self, request: &'a ScyllaRequest) -> impl Iterator<Item = ScopeKey> + 'a {
+        let store = self.config.store;
+        request
+            .partitions
+            .iter()
+            .map(move |p| ScopeKey::new(store, p))
+    }
+}
+
+impl StoreAdapter for ScyllaAdapter {
+    type Request = ScyllaRequest;
+    type Response = ScyllaResponse;
+    type Error = ScyllaError;
+
+    fn store(&self) -> StoreId {
+        self.config.store
+    }
+
+    fn operation(&self, request: &ScyllaRequest) -> Operation {
+        match request.kind {
+            RequestKind::Read { .. } => Operation::Read,
+            RequestKind::Write if request.idempotent => Operation::Write(Replay::Safe),
+            RequestKind::Write | RequestKind::Conditional => Operation::Write(Replay::Never),
+        }
+    }
+
+    fn scopes(&self, request: &ScyllaRequest, scopes: &mut Scopes) {
+        for scope in self.scopes_of(request) {
+            scopes.push(scope);
+        }
+    }
+
+    fn fence_support(&self) -> FenceSupport {
+        FenceSupport::new().escalate(true)
+    }
+
+    fn stamp_write(&self, request: &mut ScyllaRequest, stamp: &WriteStamp<'_>) {
+        request.stamp = Some((stamp.write_id, stamp.timestamp.get()));
+        request.consistency = Some(self.config.write);
+    }
+
+    fn apply_fence(&self, request: &mut ScyllaRequest, _: &ReadFence, strategy: FenceStrategy) {
+        request.consistency = Some(match strategy {
+            FenceStrategy::Escalate => self.config.strong,
+            _ => self.config.read,
+        });
+    }
+
+    fn observe(&self, request: &ScyllaRequest, response: &ScyllaResponse, observed: &mut Observed) {
+        let version = match request.kind {
+            RequestKind::Read { .. } => response.writetime().and_then(|t| u64::try_from(t).ok()),
+            // A write is visible from its own timestamp on; a lightweight transaction's
+            // timestamp is Scylla's, so the session requires at least its own clock reading,
+            // which at worst sends the next read of that partition to the strong level.
+            RequestKind::Write | RequestKind::Conditional => request.stamp.map(|(_, t)| t),
+        };
+        if let Some(v) = version.filter(|v| *v > 0) {
+            observed.clock(HybridTimestamp::new(v));
+            for scope in self.scopes_of(request) {
+                observed.push(scope, Version::new(v));
+            }
+        }
+        if request.consistency == Some(self.config.strong)
+            && matches!(request.kind, RequestKind::Read { .. })
+        {
+            observed.mark_strong();
+        }
+    }
+
+    fn classify(&self, error: &ScyllaError) -> ErrorClass {
+        error.class()
+    }
+
+    fn conflict(&self, request: &ScyllaRequest, error: &ScyllaError) -> Option<Conflict> {
+        let ScyllaError::NotApplied { current } = error else {
+            return None;
+        };
+        let (write_id, timestamp) = request.stamp?;
+        let scope = self.scopes_of(request).next()?;
+        // Scylla returns the current row, not its write time: the current version is unknown
+        // (0); the row is attached for the resolver (`conflict.current_item::<Row>()`).
+        let mut conflict = Conflict::new(
+            scope,
+            write_id,
+            HybridTimestamp::new(timestamp),
+            None,
+            Version::new(0),
+        );
+        if let Some(row) = current {
+            conflict.item = Some(Arc::new(scylla::value::Row {
+                columns: row.columns.clone(),
+            }));
+        }
+        Some(conflict)
+    }
+
+    fn replication_window(&self) -> Duration {
+        self.config.replication_window
+    }
+}

@@ -1,0 +1,111 @@
+//! Errors of the ScyllaDB service, classified for the session layer's retry policy.
+
+use ryw::adapter::ErrorClass;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+use scylla::value::Row;
+
+/// Why a ScyllaDB request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScyllaError {
+    /// The driver failed to execute the request (the server's error is in it, see
+    /// [`ScyllaError::db_error`]).
+    #[error(transparent)]
+    Execution(#[from] ExecutionError),
+    /// A lightweight transaction was not applied (`[applied] = false`): its condition did not
+    /// hold. The current row, as Scylla returned it, without the `[applied]` column.
+    #[error("lightweight transaction not applied: its condition did not hold")]
+    NotApplied {
+        /// The current row (columns in the order of the result, `[applied]` removed), if any.
+        current: Option<Row>,
+    },
+    /// The result did not have the shape the request declared (a read without its
+    /// `writetime(<column>)` column, a conditional write without `[applied]`).
+    #[error("unexpected result: {0}")]
+    Result(String),
+}
+
+impl ScyllaError {
+    /// The server's error, when the server answered with one.
+    pub fn db_error(&self) -> Option<&DbError> {
+        match self {
+            ScyllaError::Execution(ExecutionError::LastAttemptError(
+                RequestAttemptError::DbError(e, _),
+            )) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The coordinator timed out waiting for replicas to acknowledge a write: it may have
+    /// applied.
+    pub fn is_write_timeout(&self) -> bool {
+        matches!(
+            self.db_error(),
+            Some(DbError::WriteTimeout { .. } | DbError::WriteFailure { .. })
+        )
+    }
+
+    /// A read, or the client itself, timed out.
+    pub fn is_timeout(&self) -> bool {
+        self.is_write_timeout()
+            || matches!(self.db_error(), Some(DbError::ReadTimeout { .. }))
+            || matches!(self, ScyllaError::Execution(ExecutionError::RequestTimeout(_)))
+    }
+
+    /// Not enough replicas were alive for the consistency level: nothing was written.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self.db_error(), Some(DbError::Unavailable { .. }))
+    }
+
+    /// The node was overloaded, bootstrapping or rate limiting: nothing was done.
+    pub fn is_overloaded(&self) -> bool {
+        matches!(
+            self.db_error(),
+            Some(
+                DbError::Overloaded | DbError::IsBootstrapping | DbError::RateLimitReached { .. }
+            )
+        )
+    }
+
+    /// A lightweight transaction's condition did not hold.
+    pub fn is_not_applied(&self) -> bool {
+        matches!(self, ScyllaError::NotApplied { .. })
+    }
+
+    /// How the session layer treats the error: unavailable, overloaded and read timeouts are
+    /// retried (nothing was written); write timeouts, server errors and broken connections are
+    /// ambiguous (retried only with the same timestamp, and only for idempotent writes); a failed
+    /// condition is a conflict; everything else (syntax, invalid, unauthorized...) is permanent.
+    pub fn class(&self) -> ErrorClass {
+        if self.is_not_applied() {
+            return ErrorClass::Conflict;
+        }
+        if let Some(db) = self.db_error() {
+            return match db {
+                DbError::Unavailable { .. }
+                | DbError::Overloaded
+                | DbError::IsBootstrapping
+                | DbError::RateLimitReached { .. }
+                | DbError::ReadTimeout { .. }
+                | DbError::ReadFailure { .. } => ErrorClass::RETRYABLE,
+                DbError::WriteTimeout { .. }
+                | DbError::WriteFailure { .. }
+                | DbError::ServerError => ErrorClass::AMBIGUOUS,
+                _ => ErrorClass::Permanent,
+            };
+        }
+        match self {
+            ScyllaError::Execution(
+                ExecutionError::ConnectionPoolError(_) | ExecutionError::EmptyPlan,
+            ) => ErrorClass::RETRYABLE,
+            ScyllaError::Execution(
+                ExecutionError::RequestTimeout(_)
+                | ExecutionError::LastAttemptError(
+                    RequestAttemptError::BrokenConnectionError(_)
+                    | RequestAttemptError::UnableToAllocStreamId,
+                ),
+            ) => ErrorClass::AMBIGUOUS,
+            _ => ErrorClass::Permanent,
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! What goes into the ScyllaDB service: a statement, its bound values, and what the session layer
+//! needs to know about it (read or write, the partitions it touches, whether it is idempotent).
+
+use ryw::session::WriteId;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::Batch;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, Statement};
+use std::fmt;
+use std::sync::Arc;
+
+/// Bound values of one statement, shared between the attempts of a request.
+pub type Values = Arc<dyn SerializeRow + Send + Sync>;
+
+/// The statement to run.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum ScyllaStatement {
+    /// An unprepared statement (QUERY; the driver prepares it first when it has bound values).
+    Query(Statement),
+    /// A prepared statement (EXECUTE).
+    Prepared(PreparedStatement),
+    /// A batch (BATCH), with one set of values per statement.
+    Batch(Batch),
+}
+
+impl fmt::Debug for ScyllaStatement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScyllaStatement::Query(s) => f.debug_tuple("Query").field(&s.contents).finish(),
+            ScyllaStatement::Prepared(p) => f
+                .debug_tuple("Prepared")
+                .field(&p.get_statement())
+                .finish(),
+            ScyllaStatement::Batch(b) => f
+                .debug_struct("Batch")
+                .field("statements", &b.statements.len())
+                .finish(),
+        }
+    }
+}
+
+impl From<Statement> for ScyllaStatement {
+    fn from(s: Statement) -> Self {
+        ScyllaStatement::Query(s)
+    }
+}
+
+impl From<&str> for ScyllaStatement {
+    fn from(s: &str) -> Self {
+        ScyllaStatement::Query(Statement::new(s))
+    }
+}
+
+impl From<PreparedStatement> for ScyllaStatement {
+    fn from(s: PreparedStatement) -> Self {
+        ScyllaStatement::Prepared(s)
+    }
+}
+
+impl From<Batch> for ScyllaStatement {
+    fn from(b: Batch) -> Self {
+        ScyllaStatement::Batch(b)
+    }
+}
+
+/// What a request does, as the session layer sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestKind {
+    /// A read. `track` names the column whose `WRITETIME` the statement selects: the adapter reads
+    /// the result column `writetime(<track>)` and compares it with the session's high-water mark.
+    Read {
+        /// The tracked column.
+        track: Arc<str>,
+    },
+    /// A plain write (INSERT, UPDATE, DELETE, or a batch of them). Its timestamp is the session's
+    /// hybrid clock reading, the same on every attempt.
+    Write,
+    /// A lightweight transaction (`IF ...`). Scylla assigns its timestamp (Paxos); `[applied] =
+    /// false` becomes a conflict with the current row.
+    Conditional,
+}
+
+/// One request to [`ScyllaService`](crate::ScyllaService).
+///
+/// ```
+/// use ryw_scylla::ScyllaRequest;
+///
+/// // A read of one partition, verified by the write time of `body`.
+/// let read = ScyllaRequest::read(
+///     "SELECT body, WRITETIME(body) FROM app.posts WHERE user_id = ? AND post_id = ?",
+///     ("u7", 1i32),
+/// )
+/// .partition(b"u7")
+/// .track("body");
+///
+/// // A write to the same partition; an append to a list is not idempotent.
+/// let write = ScyllaRequest::write(
+///     "UPDATE app.posts SET tags = tags + ? WHERE user_id = ? AND post_id = ?",
+///     (vec!["rust"], "u7", 1i32),
+/// )
+/// .partition(b"u7")
+/// .not_idempotent();
+/// # let _ = (read, write);
+/// ```
+#[derive(Clone)]
+pub struct ScyllaRequest {
+    pub(crate) statement: ScyllaStatement,
+    pub(crate) values: Values,
+    pub(crate) batch_values: Arc<[Values]>,
+    pub(crate) kind: RequestKind,
+    pub(crate) partitions: Vec<Arc<[u8]>>,
+    pub(crate) idempotent: bool,
+    /// The session clock reading for a write (set once by the layer; pinned for every attempt).
+    pub(crate) stamp: Option<(WriteId, u64)>,
+    /// The consistency of this attempt (set by the fence for reads, by the adapter for writes).
+    pub(crate) consistency: Option<Consistency>,
+}
+
+impl fmt::Debug for ScyllaRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Bound values may be personal data: not shown.
+        f.debug_struct("ScyllaRequest")
+            .field("statement", &self.statement)
+            .field("kind", &self.kind)
+            .field("partitions", &self.partitions.len())
+            .field("idempotent", &self.idempotent)
+            .field("stamp", &self.stamp)
+            .field("consistency", &self.consistency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScyllaRequest {
+    fn new(
+        statement: ScyllaStatement,
+        values: Values,
+        batch_values: Arc<[Values]>,
+        kind: RequestKind,
+    ) -> Self {
+        ScyllaRequest {
+            statement,
+            values,
+            batch_values,
+            kind,
+            partitions: Vec::new(),
+            idempotent: true,
+            stamp: None,
+            consistency: None,
+        }
+    }
+
+    /// A read. Name the partition with [`ScyllaRequest::partition`] and the tracked column with
+    /// [`ScyllaRequest::track`] (the statement must select `WRITETIME(<column>)`).
+    pub fn read(
+        statement: impl Into<ScyllaStatement>,
+        values: impl SerializeRow + Send + Sync + 'static,
+    ) -> Self {
+        Self::new(
+            statement.into(),
+            Arc::new(values),
+            Arc::new([]),
+            RequestKind::Read { track: "".into() },
+        )
+    }
+
+    /// A write: INSERT, UPDATE or DELETE (no `IF`).
+    pub fn write(
+        statement: impl Into<ScyllaStatement>,
+        values: impl SerializeRow + Send + Sync + 'static,
+    ) -> Self {
+        Self::new(
+            statement.into(),
+            Arc::new(values),
+            Arc::new([]),
+            RequestKind::Write,
+        )
+    }
+
+    /// A lightweight transaction (`INSERT ... IF NOT EXISTS`, `UPDATE ... IF ...`).
+    pub fn conditional(
+        statement: impl Into<ScyllaStatement>,
+        values: impl SerializeRow + Send + Sync + 'static,
+    ) -> Self {
+        let mut r = Self::new(
+            statement.into(),
+            Arc::new(values),
+            Arc::new([]),
+            RequestKind::Conditional,
+        );
+        r.idempotent = false;
+        r
+    }
+
+    /// A batch of writes, with one set of values per statement (`()` for none).
+    pub fn batch(batch: Batch, values: Vec<Values>) -> Self {
+        Self::new(
+            ScyllaStatement::Batch(batch),
+            Arc::new(()),
+            values.into(),
+            RequestKind::Write,
+        )
+    }
+
+    /// Adds a partition the request touches (its scope): the partition key's bytes, in any
+    /// stable encoding (`b"user:7"`). Use the full primary key instead when reads of one row must
+    /// not be fenced by writes to its neighbours.
+    pub fn partition(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.partitions.push(key.as_ref().into());
+        self
+    }
+
+    /// For a read: the column whose `WRITETIME` the statement selects.
+    pub fn track(mut self, column: &str) -> Self {
+        if let RequestKind::Read { track } = &mut self.kind {
+            *track = column.into();
+        }
+        self
+    }
+
+    /// Marks a write as not idempotent (counters, list appends): it is never retried after a
+    /// failure that may have applied, by the driver or by ryw.
+    pub fn not_idempotent(mut self) -> Self {
+        self.idempotent = false;
+        self
+    }
+
+    /// What the request does.
+    pub fn kind(&self) -> &RequestKind {
+        &self.kind
+    }
+
+    /// The timestamp (microseconds) every attempt of this write carries, once stamped. `None` for
+    /// reads, unstamped writes and lightweight transactions (Scylla assigns theirs).
+    pub fn timestamp(&self) -> Option<i64> {
+        match self.kind {
+            RequestKind::Write => self.stamp.map(|(_, t)| t as i64),
+            _ => None,
+        }
+    }
+
+    /// The consistency this attempt runs at, once the layer has chosen it.
+    pub fn consistency(&self) -> Option<Consistency> {
+        self.consistency
+    }
+}

@@ -1,0 +1,191 @@
+//! The tower `Service` over the driver's `Session`.
+
+use crate::error::ScyllaError;
+use crate::request::{RequestKind, ScyllaRequest, ScyllaStatement};
+use scylla::client::session::Session;
+use scylla::response::query_result::{QueryResult, QueryRowsResult};
+use scylla::serialize::row::SerializeRow;
+use scylla::value::{CqlValue, Row};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// What a request returned.
+#[derive(Debug)]
+pub struct ScyllaResponse {
+    rows: Option<QueryRowsResult>,
+    writetime: Option<i64>,
+}
+
+impl ScyllaResponse {
+    /// The rows, for a statement that returns rows (deserialize them with
+    /// `rows.rows::<(..)>()`).
+    pub fn rows(&self) -> Option<&QueryRowsResult> {
+        self.rows.as_ref()
+    }
+
+    /// Takes the rows out.
+    pub fn into_rows(self) -> Option<QueryRowsResult> {
+        self.rows
+    }
+
+    /// For a read: the largest `WRITETIME` of the tracked column in the rows returned
+    /// (microseconds), or `None` when no row had the column set.
+    pub fn writetime(&self) -> Option<i64> {
+        self.writetime
+    }
+}
+
+/// A tower `Service<ScyllaRequest>` over a shared driver `Session`. Every attempt runs with the
+/// consistency and timestamp the request carries, so a retry (the driver's or ryw's) sends the
+/// same timestamp.
+///
+/// # Clone
+///
+/// Cheap: the session is shared.
+#[derive(Clone)]
+pub struct ScyllaService {
+    session: Arc<Session>,
+}
+
+impl fmt::Debug for ScyllaService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScyllaService").finish_non_exhaustive()
+    }
+}
+
+impl ScyllaService {
+    /// A service over `session`.
+    pub fn new(session: Arc<Session>) -> Self {
+        ScyllaService { session }
+    }
+
+    /// The driver session.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<ScyllaResponse, ScyllaError>> + Send>>;
+
+impl tower::Service<ScyllaRequest> for ScyllaService {
+    type Response = ScyllaResponse;
+    type Error = ScyllaError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ScyllaError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: ScyllaRequest) -> BoxFuture {
+        let session = self.session.clone();
+        Box::pin(async move { execute(&session, request).await })
+    }
+}
+
+macro_rules! configure {
+    ($statement:expr, $request:expr) => {{
+        let s = &mut $statement;
+        if let Some(c) = $request.consistency {
+            s.set_consistency(c);
+        }
+        s.set_timestamp($request.timestamp());
+        s.set_is_idempotent($request.idempotent);
+    }};
+}
+
+async fn execute(session: &Session, request: ScyllaRequest) -> Result<ScyllaResponse, ScyllaError> {
+    let values: &(dyn SerializeRow + Send + Sync) = &*request.values;
+    let result: QueryResult = match &request.statement {
+        ScyllaStatement::Query(s) => {
+            let mut s = s.clone();
+            configure!(s, request);
+            session.query_unpaged(s, values).await?
+        }
+        ScyllaStatement::Prepared(p) => {
+            let mut p = p.clone();
+            configure!(p, request);
+            session.execute_unpaged(&p, values).await?
+        }
+        ScyllaStatement::Batch(b) => {
+            let mut b = b.clone();
+            configure!(b, request);
+            let values: Vec<&(dyn SerializeRow + Send + Sync)> =
+                request.batch_values.iter().map(|v| &**v).collect();
+            session.batch(&b, values).await?
+        }
+    };
+    match &request.kind {
+        RequestKind::Write => Ok(ScyllaResponse {
+            rows: result.into_rows_result().ok(),
+            writetime: None,
+        }),
+        RequestKind::Read { track } => {
+            let rows = result
+                .into_rows_result()
+                .map_err(|e| ScyllaError::Result(format!("a read returned no rows result: {e}")))?;
+            let writetime = max_writetime(&rows, track)?;
+            Ok(ScyllaResponse {
+                rows: Some(rows),
+                writetime,
+            })
+        }
+        RequestKind::Conditional => {
+            let rows = result.into_rows_result().map_err(|e| {
+                ScyllaError::Result(format!("a conditional write returned no rows: {e}"))
+            })?;
+            let (applied, current) = applied(&rows)?;
+            if applied {
+                Ok(ScyllaResponse {
+                    rows: Some(rows),
+                    writetime: None,
+                })
+            } else {
+                Err(ScyllaError::NotApplied { current })
+            }
+        }
+    }
+}
+
+fn max_writetime(rows: &QueryRowsResult, track: &str) -> Result<Option<i64>, ScyllaError> {
+    let name = format!("writetime({track})");
+    let Some((index, _)) = rows.column_specs().get_by_name(&name) else {
+        return Err(ScyllaError::Result(format!(
+            "the read declares tracked column `{track}` but selects no `{name}`"
+        )));
+    };
+    let mut max: Option<i64> = None;
+    let iter = rows
+        .rows::<Row>()
+        .map_err(|e| ScyllaError::Result(format!("rows could not be read: {e}")))?;
+    for row in iter {
+        let row = row.map_err(|e| ScyllaError::Result(format!("a row could not be read: {e}")))?;
+        if let Some(Some(CqlValue::BigInt(t))) = row.columns.get(index) {
+            max = Some(max.map_or(*t, |m| m.max(*t)));
+        }
+    }
+    Ok(max)
+}
+
+fn applied(rows: &QueryRowsResult) -> Result<(bool, Option<Row>), ScyllaError> {
+    let Some((index, _)) = rows.column_specs().get_by_name("[applied]") else {
+        return Err(ScyllaError::Result(
+            "a conditional write returned no `[applied]` column".into(),
+        ));
+    };
+    let mut iter = rows
+        .rows::<Row>()
+        .map_err(|e| ScyllaError::Result(format!("rows could not be read: {e}")))?;
+    let Some(row) = iter.next() else {
+        return Err(ScyllaError::Result("a conditional write returned no row".into()));
+    };
+    let mut row = row.map_err(|e| ScyllaError::Result(format!("a row could not be read: {e}")))?;
+    let applied = matches!(row.columns.get(index), Some(Some(CqlValue::Boolean(true))));
+    if index < row.columns.len() {
+        row.columns.remove(index);
+    }
+    let current = (!row.columns.iter().all(Option::is_none)).then_some(row);
+    Ok((applied, current))
+}
