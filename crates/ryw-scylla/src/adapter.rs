@@ -26,8 +26,15 @@ pub const SCYLLA_STORE: StoreId = StoreId::new(3);
 /// - non-idempotent writes and lightweight transactions are never replayed after an ambiguous
 ///   failure; `[applied] = false` is a conflict with the current row.
 ///
-/// Reads are guaranteed by quorum intersection: the strong read level and the write level must
-/// overlap (`LOCAL_QUORUM` and `LOCAL_QUORUM`, the defaults).
+/// An escalated read is verified like a cheap one: it is guaranteed when it shows the required
+/// write time (or no write time: a deleted row), and stays `Pending` otherwise. The strong level
+/// and the write level must overlap (`LOCAL_QUORUM` and `LOCAL_QUORUM`, the defaults) for the
+/// escalation to find the write.
+///
+/// After a lightweight transaction the session requires its own clock reading of the partition,
+/// since Scylla assigns the transaction's timestamp from the coordinator's clock: when that clock
+/// runs behind the client's, the next read of the partition escalates and may report `Pending`
+/// although the transaction applied.
 ///
 /// Use it with [`ryw::FenceConfig::verify_then_escalate`]`(0, ..)` to re-read at the strong
 /// level on the first miss, or [`ryw::FenceConfig::escalate`] to read strongly whenever the
@@ -161,11 +168,6 @@ impl StoreAdapter for ScyllaAdapter {
             for scope in self.scopes_of(request) {
                 observed.push(scope, Version::new(v));
             }
-        }
-        if request.consistency == Some(self.config.strong)
-            && matches!(request.kind, RequestKind::Read { .. })
-        {
-            observed.mark_strong();
         }
     }
 

@@ -11,7 +11,7 @@ pub enum ScyllaError {
     /// The driver failed to execute the request (the server's error is in it, see
     /// [`ScyllaError::db_error`]).
     #[error(transparent)]
-    Execution(#[from] ExecutionError),
+    Execution(Box<ExecutionError>),
     /// A lightweight transaction was not applied (`[applied] = false`): its condition did not
     /// hold. The current row, as Scylla returned it, without the `[applied]` column.
     #[error("lightweight transaction not applied: its condition did not hold")]
@@ -25,13 +25,25 @@ pub enum ScyllaError {
     Result(String),
 }
 
+impl From<ExecutionError> for ScyllaError {
+    fn from(e: ExecutionError) -> Self {
+        ScyllaError::Execution(Box::new(e))
+    }
+}
+
 impl ScyllaError {
+    /// The driver's error, when the driver failed.
+    pub fn execution_error(&self) -> Option<&ExecutionError> {
+        match self {
+            ScyllaError::Execution(e) => Some(e),
+            _ => None,
+        }
+    }
+
     /// The server's error, when the server answered with one.
     pub fn db_error(&self) -> Option<&DbError> {
-        match self {
-            ScyllaError::Execution(ExecutionError::LastAttemptError(
-                RequestAttemptError::DbError(e, _),
-            )) => Some(e),
+        match self.execution_error()? {
+            ExecutionError::LastAttemptError(RequestAttemptError::DbError(e, _)) => Some(e),
             _ => None,
         }
     }
@@ -49,7 +61,10 @@ impl ScyllaError {
     pub fn is_timeout(&self) -> bool {
         self.is_write_timeout()
             || matches!(self.db_error(), Some(DbError::ReadTimeout { .. }))
-            || matches!(self, ScyllaError::Execution(ExecutionError::RequestTimeout(_)))
+            || matches!(
+                self.execution_error(),
+                Some(ExecutionError::RequestTimeout(_))
+            )
     }
 
     /// Not enough replicas were alive for the consistency level: nothing was written.
@@ -61,9 +76,7 @@ impl ScyllaError {
     pub fn is_overloaded(&self) -> bool {
         matches!(
             self.db_error(),
-            Some(
-                DbError::Overloaded | DbError::IsBootstrapping | DbError::RateLimitReached { .. }
-            )
+            Some(DbError::Overloaded | DbError::IsBootstrapping | DbError::RateLimitReached { .. })
         )
     }
 
@@ -94,11 +107,11 @@ impl ScyllaError {
                 _ => ErrorClass::Permanent,
             };
         }
-        match self {
-            ScyllaError::Execution(
-                ExecutionError::ConnectionPoolError(_) | ExecutionError::EmptyPlan,
-            ) => ErrorClass::RETRYABLE,
-            ScyllaError::Execution(
+        match self.execution_error() {
+            Some(ExecutionError::ConnectionPoolError(_) | ExecutionError::EmptyPlan) => {
+                ErrorClass::RETRYABLE
+            }
+            Some(
                 ExecutionError::RequestTimeout(_)
                 | ExecutionError::LastAttemptError(
                     RequestAttemptError::BrokenConnectionError(_)

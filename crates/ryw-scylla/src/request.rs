@@ -28,10 +28,9 @@ impl fmt::Debug for ScyllaStatement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ScyllaStatement::Query(s) => f.debug_tuple("Query").field(&s.contents).finish(),
-            ScyllaStatement::Prepared(p) => f
-                .debug_tuple("Prepared")
-                .field(&p.get_statement())
-                .finish(),
+            ScyllaStatement::Prepared(p) => {
+                f.debug_tuple("Prepared").field(&p.get_statement()).finish()
+            }
             ScyllaStatement::Batch(b) => f
                 .debug_struct("Batch")
                 .field("statements", &b.statements.len())

@@ -179,7 +179,9 @@ fn applied(rows: &QueryRowsResult) -> Result<(bool, Option<Row>), ScyllaError> {
         .rows::<Row>()
         .map_err(|e| ScyllaError::Result(format!("rows could not be read: {e}")))?;
     let Some(row) = iter.next() else {
-        return Err(ScyllaError::Result("a conditional write returned no row".into()));
+        return Err(ScyllaError::Result(
+            "a conditional write returned no row".into(),
+        ));
     };
     let mut row = row.map_err(|e| ScyllaError::Result(format!("a row could not be read: {e}")))?;
     let applied = matches!(row.columns.get(index), Some(Some(CqlValue::Boolean(true))));

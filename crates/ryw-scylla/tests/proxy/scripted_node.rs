@@ -1,0 +1,347 @@
+//! `ScriptedScyllaNode`: one CQL node played by ScyllaDB's own test proxy (`scylla-proxy`) in dry
+//! mode. The real driver connects to it; the node answers the handshake, refuses the driver's
+//! metadata queries (the driver then runs on placeholder metadata, as it is designed to), and
+//! answers the test's statements from a script of [`Reply`] rules, recording every statement
+//! frame it receives so the test can assert what went on the wire.
+
+#![allow(dead_code)]
+
+use bytes::{BufMut, Bytes, BytesMut};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::Consistency;
+use scylla_cql::frame::protocol_features::ProtocolFeatures;
+use scylla_cql::frame::request::RequestV2;
+use scylla_proxy::{
+    Condition, Node, Proxy, Reaction, RequestFrame, RequestOpcode, RequestReaction, RequestRule,
+    ResponseFrame, ResponseOpcode, RunningProxy, TargetShard,
+};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// A CQL type id of the protocol (v4), for result columns.
+#[derive(Clone, Copy, Debug)]
+pub enum CqlType {
+    BigInt = 0x0002,
+    Boolean = 0x0004,
+    Int = 0x0009,
+    Text = 0x000D,
+}
+
+/// A cell value of a forged row.
+#[derive(Clone, Debug)]
+pub enum Cell {
+    Null,
+    BigInt(i64),
+    Int(i32),
+    Boolean(bool),
+    Text(&'static str),
+}
+
+impl Cell {
+    fn bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            Cell::Null => None,
+            Cell::BigInt(v) => Some(v.to_be_bytes().to_vec()),
+            Cell::Int(v) => Some(v.to_be_bytes().to_vec()),
+            Cell::Boolean(v) => Some(vec![u8::from(*v)]),
+            Cell::Text(v) => Some(v.as_bytes().to_vec()),
+        }
+    }
+}
+
+/// What the node answers to a statement.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// RESULT Void (a write).
+    Void,
+    /// RESULT Rows with these columns and rows.
+    Rows {
+        columns: Vec<(&'static str, CqlType)>,
+        rows: Vec<Vec<Cell>>,
+    },
+    /// RESULT Prepared for a statement with these bind markers (id `id`).
+    Prepared {
+        id: &'static [u8],
+        markers: Vec<(&'static str, CqlType)>,
+    },
+    /// An ERROR: a write timeout (a write that may have applied).
+    WriteTimeout,
+    /// An ERROR: a read timeout.
+    ReadTimeout,
+    /// An ERROR: not enough replicas alive (nothing was written).
+    Unavailable,
+    /// An ERROR: a syntax error.
+    SyntaxError,
+}
+
+fn put_string(buf: &mut BytesMut, s: &str) {
+    buf.put_u16(s.len() as u16);
+    buf.put_slice(s.as_bytes());
+}
+
+fn result_body(reply: &Reply) -> Bytes {
+    let mut buf = BytesMut::new();
+    match reply {
+        Reply::Void => buf.put_i32(0x0001),
+        Reply::Rows { columns, rows } => {
+            buf.put_i32(0x0002);
+            buf.put_i32(0x0001); // global table spec
+            buf.put_i32(columns.len() as i32);
+            put_string(&mut buf, "app");
+            put_string(&mut buf, "posts");
+            for (name, typ) in columns {
+                put_string(&mut buf, name);
+                buf.put_u16(*typ as u16);
+            }
+            buf.put_i32(rows.len() as i32);
+            for row in rows {
+                for cell in row {
+                    match cell.bytes() {
+                        Some(b) => {
+                            buf.put_i32(b.len() as i32);
+                            buf.put_slice(&b);
+                        }
+                        None => buf.put_i32(-1),
+                    }
+                }
+            }
+        }
+        Reply::Prepared { id, markers } => {
+            buf.put_i32(0x0004);
+            buf.put_u16(id.len() as u16);
+            buf.put_slice(id);
+            // Prepared metadata: global table spec, the bind markers, no partition key indexes.
+            buf.put_i32(0x0001);
+            buf.put_i32(markers.len() as i32);
+            buf.put_i32(0);
+            put_string(&mut buf, "app");
+            put_string(&mut buf, "posts");
+            for (name, typ) in markers {
+                put_string(&mut buf, name);
+                buf.put_u16(*typ as u16);
+            }
+            // Result metadata: none.
+            buf.put_i32(0x0004);
+            buf.put_i32(0);
+        }
+        Reply::WriteTimeout | Reply::ReadTimeout | Reply::Unavailable | Reply::SyntaxError => {
+            unreachable!("errors are forged by the proxy")
+        }
+    }
+    buf.freeze()
+}
+
+/// A statement frame as the node received it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub opcode: RequestOpcode,
+    /// The statement text (QUERY), or the prepared id (EXECUTE); empty for BATCH.
+    pub text: String,
+    pub consistency: Option<Consistency>,
+    pub timestamp: Option<i64>,
+    /// Statement texts of a BATCH.
+    pub batch: Vec<String>,
+}
+
+fn decode(frame: &RequestFrame) -> Seen {
+    let features = ProtocolFeatures::default();
+    let mut seen = Seen {
+        opcode: frame.opcode,
+        text: String::new(),
+        consistency: None,
+        timestamp: None,
+        batch: Vec::new(),
+    };
+    match frame.deserialize(&features) {
+        Ok(RequestV2::Query(q)) => {
+            seen.text = q.contents.to_string();
+            seen.consistency = Some(q.parameters.consistency);
+            seen.timestamp = q.parameters.timestamp;
+        }
+        Ok(RequestV2::Execute(e)) => {
+            seen.text = String::from_utf8_lossy(e.id.as_ref()).into_owned();
+            seen.consistency = Some(e.parameters.consistency);
+            seen.timestamp = e.parameters.timestamp;
+        }
+        Ok(RequestV2::Batch(b)) => {
+            seen.consistency = Some(b.consistency);
+            seen.timestamp = b.timestamp;
+            seen.batch = b
+                .statements
+                .iter()
+                .map(|s| match s {
+                    scylla_cql::frame::request::batch::BatchStatement::Query { text } => {
+                        text.to_string()
+                    }
+                    scylla_cql::frame::request::batch::BatchStatement::Prepared { id } => {
+                        String::from_utf8_lossy(id).into_owned()
+                    }
+                })
+                .collect();
+        }
+        _ => {}
+    }
+    seen
+}
+
+/// A rule of the script: statements whose frame body contains `marker` (case-sensitive), with
+/// opcode `opcode`, get `replies` in turn (the last one repeats).
+#[derive(Clone, Debug)]
+pub struct Script {
+    pub opcode: RequestOpcode,
+    pub marker: &'static str,
+    pub replies: Vec<Reply>,
+}
+
+impl Script {
+    pub fn query(marker: &'static str, replies: Vec<Reply>) -> Self {
+        Script {
+            opcode: RequestOpcode::Query,
+            marker,
+            replies,
+        }
+    }
+    pub fn prepare(marker: &'static str, reply: Reply) -> Self {
+        Script {
+            opcode: RequestOpcode::Prepare,
+            marker,
+            replies: vec![reply],
+        }
+    }
+    pub fn execute(id: &'static str, replies: Vec<Reply>) -> Self {
+        Script {
+            opcode: RequestOpcode::Execute,
+            marker: id,
+            replies,
+        }
+    }
+    pub fn batch(marker: &'static str, replies: Vec<Reply>) -> Self {
+        Script {
+            opcode: RequestOpcode::Batch,
+            marker,
+            replies,
+        }
+    }
+}
+
+/// One scripted node and the driver session connected to it.
+pub struct ScriptedScyllaNode {
+    pub addr: SocketAddr,
+    proxy: Option<RunningProxy>,
+    seen: mpsc::UnboundedReceiver<(RequestFrame, Option<TargetShard>)>,
+}
+
+fn forge(reply: Reply) -> RequestReaction {
+    match reply {
+        Reply::WriteTimeout => RequestReaction::forge().write_timeout(),
+        Reply::ReadTimeout => RequestReaction::forge().read_timeout(),
+        Reply::Unavailable => RequestReaction::forge().unavailable(),
+        Reply::SyntaxError => RequestReaction::forge().syntax_error(),
+        other => {
+            let body = result_body(&other);
+            RequestReaction::forge_response(Arc::new(move |frame: RequestFrame| {
+                ResponseFrame::new(
+                    frame.params.for_response(),
+                    ResponseOpcode::Result,
+                    body.clone(),
+                )
+            }))
+        }
+    }
+}
+
+impl ScriptedScyllaNode {
+    /// Starts the node on a fresh loopback address, with `script` for the test's statements.
+    pub async fn start(script: Vec<Script>) -> Self {
+        let addr = SocketAddr::new(scylla_proxy::get_exclusive_local_address(), 9042);
+        let (tx, seen) = mpsc::unbounded_channel();
+        let mut rules = vec![
+            RequestRule(
+                Condition::RequestOpcode(RequestOpcode::Options),
+                RequestReaction::forge_response(Arc::new(|frame: RequestFrame| {
+                    ResponseFrame::forged_supported(frame.params, &HashMap::new()).unwrap()
+                })),
+            ),
+            RequestRule(
+                Condition::RequestOpcode(RequestOpcode::Startup)
+                    .or(Condition::RequestOpcode(RequestOpcode::Register)),
+                RequestReaction::forge_response(Arc::new(|frame: RequestFrame| {
+                    ResponseFrame::forged_ready(frame.params)
+                })),
+            ),
+        ];
+        for s in script {
+            let condition = Condition::RequestOpcode(s.opcode).and(
+                Condition::BodyContainsCaseSensitive(s.marker.as_bytes().into()),
+            );
+            let n = s.replies.len();
+            for (i, reply) in s.replies.into_iter().enumerate() {
+                // Each reply but the last answers once; the last one answers from then on.
+                let condition = if i + 1 < n {
+                    condition.clone().and(Condition::TrueForLimitedTimes(1))
+                } else {
+                    condition.clone()
+                };
+                let reaction = forge(reply);
+                let reaction = if s.opcode == RequestOpcode::Prepare {
+                    reaction
+                } else {
+                    reaction.with_feedback_when_performed(tx.clone())
+                };
+                rules.push(RequestRule(condition, reaction));
+            }
+        }
+        // Everything else (the driver's metadata queries): a server error.
+        rules.push(RequestRule(
+            Condition::RequestOpcode(RequestOpcode::Query)
+                .or(Condition::RequestOpcode(RequestOpcode::Prepare))
+                .or(Condition::RequestOpcode(RequestOpcode::Execute))
+                .or(Condition::RequestOpcode(RequestOpcode::Batch)),
+            RequestReaction::forge().server_error(),
+        ));
+        let proxy = Proxy::builder()
+            .with_node(
+                Node::builder()
+                    .proxy_address(addr)
+                    .request_rules(rules)
+                    .build_dry_mode(),
+            )
+            .build()
+            .run()
+            .await
+            .expect("the scripted node starts");
+        ScriptedScyllaNode {
+            addr,
+            proxy: Some(proxy),
+            seen,
+        }
+    }
+
+    /// A driver session connected to the node.
+    pub async fn session(&self) -> Session {
+        SessionBuilder::new()
+            .known_node_addr(self.addr)
+            .build()
+            .await
+            .expect("the driver connects to the scripted node")
+    }
+
+    /// The statement frames answered by the script so far, in order.
+    pub fn seen(&mut self) -> Vec<Seen> {
+        let mut out = Vec::new();
+        while let Ok((frame, _)) = self.seen.try_recv() {
+            out.push(decode(&frame));
+        }
+        out
+    }
+
+    /// Stops the node.
+    pub async fn stop(mut self) {
+        if let Some(p) = self.proxy.take() {
+            let _ = p.finish().await;
+        }
+    }
+}
