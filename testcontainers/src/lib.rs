@@ -1,5 +1,5 @@
-//! Integration tests of the ryw adapters against real stores in Docker (DynamoDB Local; MongoDB
-//! replica sets and ScyllaDB clusters as their adapters arrive).
+//! Integration tests of the ryw adapters against real stores in Docker: DynamoDB Local, a MongoDB
+//! replica set, and ScyllaDB.
 //!
 //! The suites are built with `--features docker` and run only where `RYW_DOCKER_TESTS=1` is set
 //! and a Docker engine is reachable:

@@ -3,6 +3,10 @@
 //! metadata queries (the driver then runs on placeholder metadata, as it is designed to), and
 //! answers the test's statements from a script of [`Reply`] rules, recording every statement
 //! frame it receives so the test can assert what went on the wire.
+//!
+//! The driver reaches the node through a small loopback relay that acknowledges every segment at
+//! once (`TCP_QUICKACK`): the proxy writes a frame's header and body in two writes without
+//! `TCP_NODELAY`, and without the relay every response waits out the driver's 40 ms delayed ACK.
 
 #![allow(dead_code)]
 
@@ -19,6 +23,8 @@ use scylla_proxy::{
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// A CQL type id of the protocol (v4), for result columns.
@@ -227,8 +233,41 @@ impl Script {
     }
 }
 
+/// Forwards every connection on `listener` to `upstream`, acknowledging the upstream's segments
+/// at once.
+async fn relay(listener: TcpListener, upstream: SocketAddr) {
+    while let Ok((down, _)) = listener.accept().await {
+        let Ok(up) = TcpStream::connect(upstream).await else {
+            continue;
+        };
+        let _ = down.set_nodelay(true);
+        let _ = up.set_nodelay(true);
+        let (mut down_read, mut down_write) = down.into_split();
+        let (mut up_read, mut up_write) = up.into_split();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut down_read, &mut up_write).await;
+            let _ = up_write.shutdown().await;
+        });
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match up_read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let _ = up_read.as_ref().set_quickack(true);
+                if down_write.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            let _ = down_write.shutdown().await;
+        });
+    }
+}
+
 /// One scripted node and the driver session connected to it.
 pub struct ScriptedScyllaNode {
+    /// Where the driver connects (the relay in front of the node).
     pub addr: SocketAddr,
     proxy: Option<RunningProxy>,
     seen: mpsc::UnboundedReceiver<(RequestFrame, Option<TargetShard>)>,
@@ -313,8 +352,13 @@ impl ScriptedScyllaNode {
             .run()
             .await
             .expect("the scripted node starts");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("the relay binds");
+        let relay_addr = listener.local_addr().expect("the relay's address");
+        tokio::spawn(relay(listener, addr));
         ScriptedScyllaNode {
-            addr,
+            addr: relay_addr,
             proxy: Some(proxy),
             seen,
         }
