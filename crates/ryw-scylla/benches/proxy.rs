@@ -90,6 +90,24 @@ fn bench(c: &mut Criterion) {
             std::hint::black_box(rows.unwrap());
         })
     });
+    group.bench_function("raw driver read, rows read as dynamic values", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut s = Statement::new(SELECT);
+            s.set_consistency(Consistency::LocalOne);
+            let rows = driver
+                .query_unpaged(s, ())
+                .await
+                .unwrap()
+                .into_rows_result()
+                .unwrap();
+            let n = rows
+                .rows::<scylla::value::Row>()
+                .unwrap()
+                .filter_map(Result::ok)
+                .count();
+            std::hint::black_box((rows, n));
+        })
+    });
     group.bench_function("ryw read (fenced, WRITETIME verified)", |b| {
         b.to_async(&rt).iter(|| {
             let mut service = service.clone();
