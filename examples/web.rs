@@ -6,9 +6,18 @@
 //! cargo run --example web
 //! ```
 //!
-//! The store is the embedded simulated one, in real time: a primary and two replicas lagging
-//! 300 ms; instance A reads replica 0, instance B replica 1. The session travels in the
-//! `ryw-session` header, signed and bound to the user (`x-user` stands in for authentication).
+//! By default the store is the embedded simulated one, in real time: a primary and two replicas
+//! lagging 300 ms; instance A reads replica 0, instance B replica 1. With `DYNAMODB_ENDPOINT` set
+//! (and the `dynamodb` feature), it is DynamoDB there (moto, DynamoDB Local or AWS), in a table
+//! `ryw_web_<pid>` created and deleted by the example; emulators never serve a stale read, so
+//! there the stranger of step 3 sees the post too.
+//!
+//! ```text
+//! DYNAMODB_ENDPOINT=http://127.0.0.1:8000 cargo run --features dynamodb --example web
+//! ```
+//!
+//! The session travels in the `ryw-session` header, signed and bound to the user (`x-user`
+//! stands in for authentication).
 
 #[path = "web/app.rs"]
 mod app;
@@ -22,7 +31,6 @@ use ryw_http::{BadTokenPolicy, ClientSessionLayer, DEFAULT_HEADER};
 use ryw_sim::{LagModel, LatencyModel, SimAdapter, SimConfig, SimStore};
 use std::sync::Arc;
 use std::time::Duration;
-use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -43,27 +51,41 @@ async fn main() -> Result<(), BoxError> {
     // Each instance loads the same key from its configuration; here, one random secret.
     let mut secret = [0u8; 32];
     secret.copy_from_slice(&ryw::SessionId::random().as_u128().to_le_bytes().repeat(2));
-    let instance = |replica: usize| {
-        let authority = Arc::new(
+    let authority = || {
+        Arc::new(
             TokenAuthority::builder(KeyRing::new(SigningKey::new(1, secret).expect("32 bytes")))
                 .ttl(Duration::from_secs(3600))
                 .build(),
-        );
+        )
+    };
+    let sim_instance = |replica: usize| {
         let service = ServiceBuilder::new()
             .layer(ReadYourWritesLayer::new(SimAdapter::new()).clock(store.clock()))
             .service(store.client(replica));
-        app::router(
-            BoxCloneSyncService::new(service),
-            authority,
-            BadTokenPolicy::Reject,
-        )
+        app::sim_posts(service)
     };
-    let a = app::serve(instance(0)).await?;
-    let b = app::serve(instance(1)).await?;
-    println!(
-        "instance A on http://{a} (reads replica 0), instance B on http://{b} (reads replica 1)"
-    );
-    println!("replicas lag the primary by 300 ms\n");
+    let (posts_a, posts_b, dynamo) = match std::env::var("DYNAMODB_ENDPOINT") {
+        #[cfg(feature = "dynamodb")]
+        Ok(endpoint) => {
+            let (a, b, cleanup) = dynamo::instances(&endpoint).await?;
+            println!("store: DynamoDB at {endpoint} (table {})", cleanup.1);
+            (a, b, Some(cleanup))
+        }
+        #[cfg(not(feature = "dynamodb"))]
+        Ok(_) => {
+            println!("DYNAMODB_ENDPOINT is set, but this build has no DynamoDB: run with --features dynamodb");
+            println!("store: simulated, replicas lag the primary by 300 ms");
+            (sim_instance(0), sim_instance(1), None::<()>)
+        }
+        Err(_) => {
+            println!("store: simulated, replicas lag the primary by 300 ms");
+            (sim_instance(0), sim_instance(1), None)
+        }
+    };
+    let instance = |posts| app::router(posts, authority(), BadTokenPolicy::Reject);
+    let a = app::serve(instance(posts_a)).await?;
+    let b = app::serve(instance(posts_b)).await?;
+    println!("instance A on http://{a}, instance B on http://{b}\n");
 
     let session = ClientSessionLayer::new();
     let mut alice = ServiceBuilder::new()
@@ -143,8 +165,76 @@ async fn main() -> Result<(), BoxError> {
         .await?;
     let body = response.into_body().collect().await?.to_bytes();
     println!(
-        "7. 400 ms later, the replica has caught up for everyone\n   {}",
+        "7. 400 ms later, everyone sees it\n   {}",
         String::from_utf8_lossy(&body)
     );
+    #[cfg(feature = "dynamodb")]
+    if let Some((client, table)) = dynamo {
+        client.delete_table().table_name(&table).send().await?;
+    }
+    #[cfg(not(feature = "dynamodb"))]
+    let _ = dynamo;
     Ok(())
+}
+
+#[cfg(feature = "dynamodb")]
+mod dynamo {
+    use super::{app, BoxError};
+    use aws_sdk_dynamodb::client::Waiters;
+    use aws_sdk_dynamodb::config::{Credentials, Region};
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    use aws_sdk_dynamodb::Client;
+    use std::time::Duration;
+
+    async fn client(endpoint: &str) -> Client {
+        let mut loader = aws_config::from_env().endpoint_url(endpoint);
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            loader = loader
+                .credentials_provider(Credentials::new("test", "test", None, None, "example"));
+        }
+        if std::env::var_os("AWS_REGION").is_none() {
+            loader = loader.region(Region::new("us-east-1"));
+        }
+        Client::new(&loader.load().await)
+    }
+
+    /// Two instances, each with its own client, over a new table; and what to delete at the end.
+    pub(super) async fn instances(
+        endpoint: &str,
+    ) -> Result<(app::PostStore, app::PostStore, (Client, String)), BoxError> {
+        let admin = client(endpoint).await;
+        let table = format!("ryw_web_{}", std::process::id());
+        admin
+            .create_table()
+            .table_name(&table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("pk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("pk")
+                    .key_type(KeyType::Hash)
+                    .build()?,
+            )
+            .send()
+            .await?;
+        admin
+            .wait_until_table_exists()
+            .table_name(&table)
+            .wait(Duration::from_secs(120))
+            .await?;
+        let a = app::dynamo::DynamoPosts::new(client(endpoint).await, &table);
+        let b = app::dynamo::DynamoPosts::new(client(endpoint).await, &table);
+        Ok((
+            std::sync::Arc::new(a),
+            std::sync::Arc::new(b),
+            (admin, table),
+        ))
+    }
 }

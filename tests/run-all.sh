@@ -26,6 +26,7 @@ run_tests --workspace --all-features --doc
 # The examples run: the quickstart on the simulated store, the DynamoDB scenario on moto.
 cargo run --quiet --example quickstart
 cargo run --quiet --example web
+DYNAMODB_ENDPOINT="$RYW_DYNAMODB_ENDPOINT" cargo run --quiet --features dynamodb --example web
 DYNAMODB_ENDPOINT="$RYW_DYNAMODB_ENDPOINT" cargo run --quiet --features dynamodb --example dynamodb
 
 # Fuzz the token decoder and verifier for a bounded time (installs cargo-fuzz on first use).

@@ -16,19 +16,179 @@ use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use axum::{Extension, Router};
 use ryw::signing::TokenAuthority;
-use ryw::{Session, SessionRequest, SessionResponse, Visibility};
+use ryw::{Session, SessionRequest, SessionResponse, Visibility, WriteId};
 use ryw_http::{BadTokenPolicy, Principal, ServerSessionLayer};
 use ryw_sim::{SimError, SimRequest, SimResponse};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use tower::util::BoxCloneSyncService;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt};
 
-/// The store as the handlers see it: the ryw layer over one instance's store client.
-pub type PostStore = BoxCloneSyncService<
+/// A boxed future, for the store trait below.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What a write returned.
+pub struct Written {
+    pub write_id: Option<WriteId>,
+    pub visibility: Visibility,
+}
+
+/// What a read returned.
+pub struct Read {
+    pub value: Option<u64>,
+    pub visibility: Visibility,
+}
+
+/// The posts as the handlers see them: a store behind the ryw layer. Implemented for the
+/// simulated store and, with the `dynamodb` feature, for DynamoDB.
+pub trait Posts: Send + Sync + 'static {
+    /// Writes post `id`.
+    fn put(&self, session: Session, id: String, value: u64) -> BoxFuture<Result<Written, String>>;
+    /// Reads post `id`.
+    fn get(&self, session: Session, id: String) -> BoxFuture<Result<Read, String>>;
+}
+
+/// The store of one app instance.
+pub type PostStore = Arc<dyn Posts>;
+
+/// The simulated store's service stack, as one type.
+pub type SimStack = BoxCloneSyncService<
     SessionRequest<SimRequest>,
     SessionResponse<SimResponse>,
     ryw::Error<SimError>,
 >;
+
+/// Posts on the simulated store.
+pub struct SimPosts(pub SimStack);
+
+impl Posts for SimPosts {
+    fn put(&self, session: Session, id: String, value: u64) -> BoxFuture<Result<Written, String>> {
+        let service = self.0.clone();
+        Box::pin(async move {
+            let response = service
+                .oneshot(session.request(SimRequest::put(format!("posts/{id}"), value)))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Written {
+                write_id: response.write_id(),
+                visibility: response.visibility().clone(),
+            })
+        })
+    }
+
+    fn get(&self, session: Session, id: String) -> BoxFuture<Result<Read, String>> {
+        let service = self.0.clone();
+        Box::pin(async move {
+            let response = service
+                .oneshot(session.request(SimRequest::get(format!("posts/{id}"))))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Read {
+                value: response.get_ref().value(),
+                visibility: response.visibility().clone(),
+            })
+        })
+    }
+}
+
+/// Posts on the simulated store, from an instance's service stack.
+pub fn sim_posts<S>(stack: S) -> PostStore
+where
+    S: tower::Service<
+            SessionRequest<SimRequest>,
+            Response = SessionResponse<SimResponse>,
+            Error = ryw::Error<SimError>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    Arc::new(SimPosts(BoxCloneSyncService::new(stack)))
+}
+
+/// Posts on DynamoDB: items `{pk: "posts/<id>", value: N}` in one table.
+#[cfg(feature = "dynamodb")]
+pub mod dynamo {
+    use super::{BoxFuture, Posts, Read, Written};
+    use aws_sdk_dynamodb::operation::{get_item::GetItemInput, put_item::PutItemInput};
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use ryw::{ReadYourWritesLayer, Session};
+    use ryw_dynamodb::{DynamoAdapter, DynamoRequest, DynamoService, TableSchema};
+    use tower::{Layer, ServiceExt};
+
+    /// One app instance's view of the table.
+    pub struct DynamoPosts {
+        service: ryw::ReadYourWrites<DynamoService, DynamoAdapter>,
+        table: String,
+    }
+
+    impl DynamoPosts {
+        /// An instance with its own service over `client`.
+        pub fn new(client: aws_sdk_dynamodb::Client, table: &str) -> Self {
+            let adapter = DynamoAdapter::builder()
+                .table(TableSchema::new(table, "pk"))
+                .build();
+            let service = ReadYourWritesLayer::new(adapter.clone())
+                .layer(DynamoService::new(client, &adapter));
+            DynamoPosts {
+                service,
+                table: table.to_owned(),
+            }
+        }
+    }
+
+    impl Posts for DynamoPosts {
+        fn put(
+            &self,
+            session: Session,
+            id: String,
+            value: u64,
+        ) -> BoxFuture<Result<Written, String>> {
+            let request: DynamoRequest = PutItemInput::builder()
+                .table_name(&self.table)
+                .item("pk", AttributeValue::S(format!("posts/{id}")))
+                .item("value", AttributeValue::N(value.to_string()))
+                .into();
+            let service = self.service.clone();
+            Box::pin(async move {
+                let response = service
+                    .oneshot(session.request(request))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Written {
+                    write_id: response.write_id(),
+                    visibility: response.visibility().clone(),
+                })
+            })
+        }
+
+        fn get(&self, session: Session, id: String) -> BoxFuture<Result<Read, String>> {
+            let request: DynamoRequest = GetItemInput::builder()
+                .table_name(&self.table)
+                .key("pk", AttributeValue::S(format!("posts/{id}")))
+                .into();
+            let service = self.service.clone();
+            Box::pin(async move {
+                let response = service
+                    .oneshot(session.request(request))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let value = response
+                    .get_ref()
+                    .item()
+                    .and_then(|i| i.get("value"))
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse().ok());
+                Ok(Read {
+                    value,
+                    visibility: response.visibility().clone(),
+                })
+            })
+        }
+    }
+}
 
 /// The visibility status as the API reports it.
 pub fn describe(visibility: &Visibility) -> String {
@@ -51,51 +211,39 @@ async fn put_post(
             "{\"error\":\"body must be a number\"}".into(),
         );
     };
-    let request = session.request(SimRequest::put(format!("posts/{id}"), value));
-    match store.oneshot(request).await {
-        Ok(response) => (
+    match store.put(session, id, value).await {
+        Ok(written) => (
             StatusCode::OK,
             format!(
                 "{{\"write_id\":\"{}\",\"visibility\":\"{}\"}}",
-                response
-                    .write_id()
-                    .map(|w| w.to_string())
-                    .unwrap_or_default(),
-                describe(response.visibility())
+                written.write_id.map(|w| w.to_string()).unwrap_or_default(),
+                describe(&written.visibility)
             ),
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{{\"error\":\"{e}\"}}"),
+            format!("{{\"error\":{e:?}}}"),
         ),
     }
 }
 
 async fn get_post(
-    State(mut store): State<PostStore>,
+    State(store): State<PostStore>,
     Extension(session): Extension<Session>,
     Path(id): Path<String>,
 ) -> (StatusCode, String) {
-    let request = session.request(SimRequest::get(format!("posts/{id}")));
-    let result = match store.ready().await {
-        Ok(ready) => ready.call(request).await,
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(response) => (
+    match store.get(session, id).await {
+        Ok(read) => (
             StatusCode::OK,
             format!(
                 "{{\"value\":{},\"visibility\":\"{}\"}}",
-                response
-                    .get_ref()
-                    .value()
-                    .map_or("null".to_owned(), |v| v.to_string()),
-                describe(response.visibility())
+                read.value.map_or("null".to_owned(), |v| v.to_string()),
+                describe(&read.visibility)
             ),
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{{\"error\":\"{e}\"}}"),
+            format!("{{\"error\":{e:?}}}"),
         ),
     }
 }

@@ -19,7 +19,6 @@ use ryw_sim::{LagModel, LatencyModel, SimAdapter, SimConfig, SimStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 const SECRET_1: [u8; 32] = [0x11; 32];
@@ -59,7 +58,7 @@ async fn deploy(policy: BadTokenPolicy) -> Deployment {
         let service = ServiceBuilder::new()
             .layer(ReadYourWritesLayer::new(SimAdapter::new()).clock(store.clock()))
             .service(store.client(i));
-        app::router(BoxCloneSyncService::new(service), authority, policy)
+        app::router(app::sim_posts(service), authority, policy)
     };
     let (authority_a, authority_b) = (authority(), authority());
     let a = app::serve(instance(0, authority_a.clone())).await.unwrap();
