@@ -6,6 +6,8 @@
 //! the primary by 300 ms, so a read through the other instance right after a write is stale unless
 //! the session fences it.
 
+// The app has a DynamoDB store behind the root package's `dynamodb` feature, unknown here.
+#[allow(unexpected_cfgs)]
 #[path = "../../../../examples/web/app.rs"]
 mod app;
 
