@@ -4,6 +4,7 @@ use crate::error::ScyllaError;
 use crate::request::{RequestKind, ScyllaRequest, ScyllaStatement};
 use scylla::client::session::Session;
 use scylla::response::query_result::{QueryResult, QueryRowsResult};
+use scylla::deserialize::row::ColumnIterator;
 use scylla::serialize::row::SerializeRow;
 use scylla::value::{CqlValue, Row};
 use std::fmt;
@@ -156,14 +157,27 @@ fn max_writetime(rows: &QueryRowsResult, track: &str) -> Result<Option<i64>, Scy
             "the read declares tracked column `{track}` but selects no `{name}`"
         )));
     };
-    let mut max: Option<i64> = None;
+    // Raw columns: only the write time is decoded, nothing is allocated per row.
     let iter = rows
-        .rows::<Row>()
+        .rows::<ColumnIterator<'_, '_>>()
         .map_err(|e| ScyllaError::Result(format!("rows could not be read: {e}")))?;
+    let mut max: Option<i64> = None;
     for row in iter {
         let row = row.map_err(|e| ScyllaError::Result(format!("a row could not be read: {e}")))?;
-        if let Some(Some(CqlValue::BigInt(t))) = row.columns.get(index) {
-            max = Some(max.map_or(*t, |m| m.max(*t)));
+        for column in row {
+            let column =
+                column.map_err(|e| ScyllaError::Result(format!("a row could not be read: {e}")))?;
+            if column.index != index {
+                continue;
+            }
+            if let Some(slice) = column.slice {
+                let bytes: [u8; 8] = slice.as_slice().try_into().map_err(|_| {
+                    ScyllaError::Result(format!("`{name}` is not a 64-bit write time"))
+                })?;
+                let t = i64::from_be_bytes(bytes);
+                max = Some(max.map_or(t, |m| m.max(t)));
+            }
+            break;
         }
     }
     Ok(max)
