@@ -19,6 +19,8 @@
 //!
 //! The session travels as a compact [`SessionToken`] (about 90 to 105 base64url characters for 4
 //! scopes, capped at 1 KiB), so a second app instance given only the token continues the session.
+//! Before a token goes to a client, [`signing`] signs it (HMAC-SHA256 with key rotation, expiry,
+//! revocation, principal binding); the `ryw-http` crate carries it in a header or cookie.
 //!
 //! What is store-specific lives in a [`StoreAdapter`]; adapters exist for MongoDB, ScyllaDB and
 //! DynamoDB in their own crates, and `ryw-sim` has a simulated replicated store.
