@@ -3,8 +3,8 @@
 use crate::error::ScyllaError;
 use crate::request::{RequestKind, ScyllaRequest, ScyllaStatement};
 use scylla::client::session::Session;
-use scylla::response::query_result::{QueryResult, QueryRowsResult};
 use scylla::deserialize::row::ColumnIterator;
+use scylla::response::query_result::{QueryResult, QueryRowsResult};
 use scylla::serialize::row::SerializeRow;
 use scylla::value::{CqlValue, Row};
 use std::fmt;

@@ -172,6 +172,45 @@ proptest! {
     }
 
     #[test]
+    fn signed_tokens_verify_for_their_principal_and_any_alteration_is_refused(
+        entries in prop::collection::vec((any::<u8>(), any::<u8>(), 1u64..1 << 60), 0..12),
+        seq in any::<u64>(),
+        principal in proptest::option::of(prop::collection::vec(any::<u8>(), 0..40)),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
+    ) {
+        use base64::Engine;
+        use ryw::signing::{SigningKey, TokenAuthority};
+        let authority = TokenAuthority::new(SigningKey::new(7, [0x3c; 32]).unwrap());
+        let mut state = SessionState::new(SessionId::from_u128(11));
+        for &(s, n, v) in &entries {
+            state.advance(scope(s % 3, n), Version::new(v), AT);
+        }
+        let state = SessionState::from_parts(state.id(), seq, ryw::clock::HybridTimestamp::new(5), state.vector().clone());
+        let p = principal.as_deref();
+        let token = authority.issue_at(&state, p, 1_000).unwrap();
+        let verified = authority.verify_at(&token, p, 1_000).unwrap();
+        prop_assert!(verified.state().dominates(&state));
+        // Another principal (or none, for a bound token) is refused.
+        if let Some(p) = p {
+            let mut other = p.to_vec();
+            other.push(1);
+            prop_assert!(authority.verify_at(&token, Some(&other), 1_000).unwrap_err().is_wrong_principal());
+        }
+        // Any change to the bytes is refused, with a decode or signature error.
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut bytes = engine.decode(&token).unwrap();
+        for (i, x) in flips {
+            let i = i.index(bytes.len());
+            bytes[i] ^= x;
+        }
+        let altered = engine.encode(&bytes);
+        if altered != token {
+            let e = authority.verify_at(&altered, p, 1_000).unwrap_err();
+            prop_assert!(e.is_malformed() || e.is_untrusted(), "{e:?}");
+        }
+    }
+
+    #[test]
     fn decoding_arbitrary_text_never_panics(s in "\\PC{0,1100}") {
         let _ = SessionToken::decode(&s);
     }
