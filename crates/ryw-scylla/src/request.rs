@@ -234,7 +234,11 @@ impl ScyllaRequest {
     /// reads, unstamped writes and lightweight transactions (Scylla assigns theirs).
     pub fn timestamp(&self) -> Option<i64> {
         match self.kind {
-            RequestKind::Write => self.stamp.map(|(_, t)| t as i64),
+            // CQL timestamps are signed: a clock past i64::MAX (only from an absurd token) is
+            // clamped rather than wrapped into the past.
+            RequestKind::Write => self
+                .stamp
+                .map(|(_, t)| i64::try_from(t).unwrap_or(i64::MAX)),
             _ => None,
         }
     }

@@ -284,9 +284,13 @@ impl SessionState {
     }
 
     /// Stamps a new write: the next [`WriteId`] and a clock reading after every timestamp seen.
+    ///
+    /// The sequence saturates at `u64::MAX` instead of overflowing (a state decoded from an
+    /// absurd unsigned token must not panic); write ids of such a session are then no longer
+    /// unique.
     #[inline]
     pub fn next_write(&mut self, now_micros: u64) -> (WriteId, HybridTimestamp) {
-        self.write_seq += 1;
+        self.write_seq = self.write_seq.saturating_add(1);
         self.clock = self.clock.next(now_micros);
         (WriteId::new(self.id, self.write_seq), self.clock)
     }
@@ -499,6 +503,21 @@ mod tests {
         assert_eq!(a.write_seq(), 1);
         let other = SessionState::new(SessionId::from_u128(2));
         assert!(!a.merge(&other, AT));
+    }
+
+    #[test]
+    fn an_exhausted_write_sequence_saturates_instead_of_panicking() {
+        let mut s = SessionState::from_parts(
+            SessionId::from_u128(1),
+            u64::MAX,
+            HybridTimestamp::new(u64::MAX),
+            VersionVector::default(),
+        );
+        let (id, t) = s.next_write(5);
+        assert_eq!(id.seq, u64::MAX);
+        assert_eq!(t.get(), u64::MAX);
+        s.skip_write_ids(10);
+        assert_eq!(s.write_seq(), u64::MAX);
     }
 
     #[test]
