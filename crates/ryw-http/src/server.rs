@@ -35,7 +35,7 @@ pub enum BadTokenPolicy {
 }
 
 /// How the request's session came about; in the request extensions beside the
-/// [`Session`](ryw::Session).
+/// [`Session`] (see the [crate docs](crate)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TokenStatus {

@@ -1,4 +1,4 @@
-//! ScyllaDB (and Cassandra) for [ryw](ryw): session clocks as write timestamps, pinned across
+//! ScyllaDB (and Cassandra) for [`ryw`]: session clocks as write timestamps, pinned across
 //! retries, and cheap reads verified by `WRITETIME`.
 //!
 //! The driver draws a fresh client timestamp for every attempt of a statement unless one is
