@@ -3,7 +3,7 @@
 //! client with [`ClientSessionLayer`].
 //!
 //! The store is the simulated one, in real time: each instance reads its own replica, which lags
-//! the primary by 300 ms, so a read through the other instance right after a write is stale unless
+//! the primary by 3 s (long enough that a loaded CI machine never sees it catch up mid-test), so a read through the other instance right after a write is stale unless
 //! the session fences it.
 
 // The app has a DynamoDB store behind the root package's `dynamodb` feature, unknown here.
@@ -49,7 +49,7 @@ async fn deploy(policy: BadTokenPolicy) -> Deployment {
         SimConfig::default()
             .seed(11)
             .replicas(2)
-            .lag(LagModel::new(Duration::from_millis(300), Duration::ZERO))
+            .lag(LagModel::new(Duration::from_secs(3), Duration::ZERO))
             .latency(LatencyModel {
                 replica: Duration::from_millis(1),
                 primary: Duration::from_millis(2),
