@@ -3,8 +3,8 @@
 //! client with [`ClientSessionLayer`].
 //!
 //! The store is the simulated one, in real time: each instance reads its own replica, which lags
-//! the primary by 3 s (long enough that a loaded CI machine never sees it catch up mid-test), so a read through the other instance right after a write is stale unless
-//! the session fences it.
+//! the primary by 3 s (long enough that a loaded CI machine never sees it catch up mid-test), so
+//! a read through the other instance right after a write is stale unless the session fences it.
 
 // The app has a DynamoDB store behind the root package's `dynamodb` feature, unknown here.
 #[allow(unexpected_cfgs)]
