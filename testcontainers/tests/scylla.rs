@@ -5,7 +5,9 @@
 //! What the scripted-node suite (`crates/ryw-scylla/tests/proxy/`) cannot show: that the server
 //! stores the session clock as the cell timestamp (`WRITETIME` equals the stamp), that fenced reads
 //! verify against it, and that a lightweight transaction answers `[applied] = false` with the
-//! current row. One node cannot serve a stale read; the stale paths are covered on the wire.
+//! current row. `scylla_three_nodes` adds a three-node cluster (replication factor 3) with one
+//! node paused while the session writes: reads coordinated by that node at `LOCAL_ONE` may miss
+//! the write, and through ryw they never do.
 
 #[cfg(not(feature = "docker"))]
 #[test]
@@ -25,6 +27,166 @@ mod docker {
     use testcontainers_modules::testcontainers::runners::AsyncRunner;
     use testcontainers_modules::testcontainers::ImageExt;
     use tower::{Layer, ServiceExt};
+
+    use scylla::policies::load_balancing::{NodeIdentifier, SingleTargetLoadBalancingPolicy};
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+
+    fn node_args(seeds: &str) -> Vec<String> {
+        [
+            "--smp",
+            "1",
+            "--memory",
+            "750M",
+            "--overprovisioned",
+            "1",
+            "--developer-mode",
+            "1",
+            "--seeds",
+            seeds,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn scylla_three_nodes() {
+        if !ryw_testcontainers::docker_enabled("ScyllaDB three-node suite") {
+            return;
+        }
+        let network = format!("ryw-scylla-{}", std::process::id());
+        let seed = format!("{network}-0");
+        // Nodes join one at a time, as Scylla requires.
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let node = ScyllaDB::default()
+                .with_network(&network)
+                .with_container_name(format!("{network}-{i}"))
+                .with_cmd(node_args(&seed))
+                .start()
+                .await
+                .expect("start a ScyllaDB node");
+            nodes.push(node);
+        }
+        // The driver learns the nodes' network addresses; map them to the published ports.
+        let mut translate: HashMap<SocketAddr, SocketAddr> = HashMap::new();
+        let mut published = Vec::new();
+        for node in &nodes {
+            let inside = SocketAddr::new(node.get_bridge_ip_address().await.unwrap(), 9042);
+            let host = node.get_host().await.unwrap().to_string();
+            let port = node.get_host_port_ipv4(9042).await.unwrap();
+            let outside = tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .unwrap()
+                .next()
+                .unwrap();
+            translate.insert(inside, outside);
+            published.push(outside);
+        }
+        let connect = |pinned: Option<SocketAddr>| {
+            let translate = translate.clone();
+            let first = published[0];
+            async move {
+                let mut builder = SessionBuilder::new()
+                    .known_node_addr(first)
+                    .address_translator(Arc::new(translate));
+                if let Some(addr) = pinned {
+                    let profile = scylla::client::execution_profile::ExecutionProfile::builder()
+                        .load_balancing_policy(SingleTargetLoadBalancingPolicy::new(
+                            NodeIdentifier::NodeAddress(addr),
+                            None,
+                        ))
+                        .build();
+                    builder = builder.default_execution_profile_handle(profile.into_handle());
+                }
+                builder.build().await.expect("connect")
+            }
+        };
+        let admin = connect(None).await;
+        for _ in 0..60 {
+            admin.refresh_metadata().await.ok();
+            if admin.get_cluster_state().get_nodes_info().len() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(admin.get_cluster_state().get_nodes_info().len(), 3);
+        for ddl in [
+            "CREATE KEYSPACE IF NOT EXISTS app WITH replication = {'class': 'NetworkTopologyStrategy', 'replication_factor': 3}",
+            "CREATE TABLE IF NOT EXISTS app.posts (user_id text PRIMARY KEY, body text)",
+        ] {
+            admin.query_unpaged(ddl, ()).await.expect(ddl);
+        }
+        let writer = ReadYourWritesLayer::new(ScyllaAdapter::new())
+            .layer(ScyllaService::new(Arc::new(admin)));
+        // Reads coordinated by the third node only.
+        let lagging = Arc::new(connect(Some(published[2])).await);
+        let reader = ReadYourWritesLayer::new(ScyllaAdapter::new())
+            .fence(FenceConfig::verify_then_escalate(0, Duration::ZERO))
+            .layer(ScyllaService::new(lagging.clone()));
+
+        let mut plain_stale = 0;
+        let rounds = 20;
+        for round in 0..rounds {
+            let session = Session::new();
+            let user = format!("u{round}");
+            let body = format!("post {round}");
+            nodes[2].pause().await.expect("pause the third node");
+            let write = ScyllaRequest::write(
+                "INSERT INTO app.posts (user_id, body) VALUES (?, ?)",
+                (user.clone(), body.clone()),
+            )
+            .partition(user.as_bytes());
+            writer
+                .clone()
+                .oneshot(session.request(write))
+                .await
+                .expect("a quorum write with one node paused");
+            nodes[2].unpause().await.expect("unpause the third node");
+
+            let mut plain =
+                scylla::statement::Statement::new("SELECT body FROM app.posts WHERE user_id = ?");
+            plain.set_consistency(scylla::statement::Consistency::LocalOne);
+            let seen = lagging
+                .query_unpaged(plain, (&user,))
+                .await
+                .ok()
+                .and_then(|r| r.into_rows_result().ok())
+                .and_then(|r| r.maybe_first_row::<(String,)>().ok().flatten());
+            if seen.map(|(b,)| b) != Some(body.clone()) {
+                plain_stale += 1;
+            }
+
+            let elsewhere = Session::from_encoded(&session.token().encode().unwrap()).unwrap();
+            let read = ScyllaRequest::read(
+                "SELECT body, WRITETIME(body) FROM app.posts WHERE user_id = ?",
+                (user.clone(),),
+            )
+            .partition(user.as_bytes())
+            .track("body");
+            let response = reader
+                .clone()
+                .oneshot(elsewhere.request(read))
+                .await
+                .expect("read");
+            assert!(
+                response.visibility().is_guaranteed(),
+                "{:?}",
+                response.visibility()
+            );
+            let (got, _) = response
+                .get_ref()
+                .rows()
+                .unwrap()
+                .first_row::<(String, i64)>()
+                .unwrap();
+            assert_eq!(got, body, "ryw reads its write through the lagging node");
+        }
+        eprintln!(
+            "three nodes: {plain_stale} of {rounds} plain LOCAL_ONE reads through the paused node missed the write; ryw missed none"
+        );
+    }
 
     #[tokio::test]
     async fn scylla_suite() {
