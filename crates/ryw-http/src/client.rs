@@ -258,3 +258,72 @@ where
         Poll::Ready(Ok(response))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ryw::version::{Coarsening, ScopeKey, StoreId, Version};
+    use ryw::SessionId;
+    use tower::{service_fn, ServiceExt};
+
+    const AT: Coarsening = Coarsening {
+        now_micros: 0,
+        window_micros: 0,
+    };
+
+    fn token(id: u128, scopes: &[(&str, u64)]) -> String {
+        let mut s = SessionState::new(SessionId::from_u128(id));
+        for (name, v) in scopes {
+            s.advance(
+                ScopeKey::new(StoreId::new(1), name.as_bytes()),
+                Version::new(*v),
+                AT,
+            );
+        }
+        SessionToken::new(s).encode().unwrap()
+    }
+
+    #[test]
+    fn keeps_only_tokens_no_other_covers() {
+        let mut held = Held::default();
+        held.offer(&token(1, &[("a", 1)]));
+        held.offer(&token(1, &[("a", 2)]));
+        assert_eq!(held.tokens.len(), 1, "the newer token covers the older");
+        held.offer(&token(1, &[("a", 1)]));
+        assert_eq!(held.tokens.len(), 1, "an older token is ignored");
+        held.offer(&token(1, &[("b", 1)]));
+        assert_eq!(held.tokens.len(), 2, "incomparable tokens are both kept");
+        held.offer(&token(1, &[("a", 2), ("b", 1)]));
+        assert_eq!(held.tokens.len(), 1, "a merged token covers both");
+        for i in 0..10u64 {
+            held.offer(&token(1, &[(&format!("k{i}"), 1)]));
+        }
+        assert_eq!(held.tokens.len(), MAX_TOKENS_PER_REQUEST, "bounded");
+        held.offer("not a token");
+        assert_eq!(held.tokens.len(), MAX_TOKENS_PER_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn a_refused_session_is_dropped() {
+        let layer = ClientSessionLayer::new()
+            .with_token(&token(1, &[("a", 1)]))
+            .unwrap();
+        let fresh = token(2, &[]);
+        let answer = fresh.clone();
+        let service = layer.layer(service_fn(move |request: Request<()>| {
+            let answer = answer.clone();
+            async move {
+                assert!(request.headers().contains_key(crate::DEFAULT_HEADER));
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .header(RESET_HEADER, "token_expired")
+                        .header(crate::DEFAULT_HEADER, answer)
+                        .body(())
+                        .unwrap(),
+                )
+            }
+        }));
+        service.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(layer.tokens(), vec![fresh]);
+    }
+}
