@@ -47,7 +47,8 @@
 //!
 //! // Revocation by session id.
 //! let token = authority.issue(&state, None)?;
-//! authority.revocations().revoke_session(state.id());
+//! let revocations = authority.revocations().expect("built with the default list");
+//! revocations.revoke_session(state.id());
 //! assert!(authority.verify(&token, None).unwrap_err().is_revoked());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -542,16 +543,11 @@ impl TokenAuthority {
         self.ttl
     }
 
-    /// The in-memory revocation list, when the authority was built with the default one.
-    ///
-    /// # Panics
-    ///
-    /// When the authority was built with [`TokenAuthorityBuilder::revocations`]: revoke through
-    /// the list given there.
-    pub fn revocations(&self) -> &InMemoryRevocationList {
-        self.in_memory
-            .as_deref()
-            .expect("this authority checks a caller-provided revocation list; revoke through it")
+    /// The in-memory revocation list, when the authority was built with the default one (`None`
+    /// when it checks a list given to [`TokenAuthorityBuilder::revocations`]: revoke through
+    /// that one).
+    pub fn revocations(&self) -> Option<&InMemoryRevocationList> {
+        self.in_memory.as_deref()
     }
 
     /// Makes `key` the signing key; the current one keeps verifying (see [`KeyRing::rotate`]).
@@ -851,14 +847,14 @@ mod tests {
         let a = authority();
         let s = state(1);
         let t = a.issue_at(&s, None, NOW).unwrap();
-        a.revocations().revoke_session_at(s.id(), NOW);
+        a.revocations().unwrap().revoke_session_at(s.id(), NOW);
         assert_eq!(
             a.verify_at(&t, None, NOW),
             Err(VerifyError::Revoked(Revocation::Session))
         );
-        assert!(a.revocations().restore_session(s.id()));
+        assert!(a.revocations().unwrap().restore_session(s.id()));
         assert!(a.verify_at(&t, None, NOW).is_ok());
-        a.revocations().revoke_issued_before(NOW + 1);
+        a.revocations().unwrap().revoke_issued_before(NOW + 1);
         assert_eq!(
             a.verify_at(&t, None, NOW),
             Err(VerifyError::Revoked(Revocation::IssuedBefore {
@@ -868,9 +864,10 @@ mod tests {
         let later = a.issue_at(&s, None, NOW + 1).unwrap();
         assert!(a.verify_at(&later, None, NOW + 1).is_ok());
         a.revocations()
+            .unwrap()
             .revoke_session_at(SessionId::from_u128(9), NOW);
-        assert_eq!(a.revocations().forget_revoked_before(NOW + 1), 1);
-        assert!(a.revocations().is_empty());
+        assert_eq!(a.revocations().unwrap().forget_revoked_before(NOW + 1), 1);
+        assert!(a.revocations().unwrap().is_empty());
     }
 
     #[test]

@@ -220,6 +220,7 @@ async fn every_bad_token_gets_its_status_and_body() {
         .unwrap();
     d.authority_b
         .revocations()
+        .unwrap()
         .revoke_session(revoked_session.id());
     let unsigned = SessionToken::new(Session::new().snapshot())
         .encode()
