@@ -10,13 +10,11 @@
 //! Emulators never serve a stale read, so there both modes show no stale reads; on real
 //! DynamoDB the eventually consistent mode does, now and then, and ryw does not.
 
-use aws_sdk_dynamodb::client::Waiters;
-use aws_sdk_dynamodb::config::{Credentials, Region};
+#[path = "shared/dynamodb.rs"]
+mod shared;
+
 use aws_sdk_dynamodb::operation::{get_item::GetItemInput, put_item::PutItemInput};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use ryw::{ReadYourWritesLayer, Session};
 use ryw_dynamodb::{DynamoAdapter, DynamoRequest, DynamoService, TableSchema};
@@ -37,45 +35,11 @@ struct Tally {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let client = match std::env::var("DYNAMODB_ENDPOINT") {
-        Ok(endpoint) => {
-            let mut loader = aws_config::from_env().endpoint_url(&endpoint);
-            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-                loader = loader
-                    .credentials_provider(Credentials::new("test", "test", None, None, "example"));
-            }
-            if std::env::var_os("AWS_REGION").is_none() {
-                loader = loader.region(Region::new("us-east-1"));
-            }
-            Client::new(&loader.load().await)
-        }
-        Err(_) => Client::new(&aws_config::load_from_env().await),
-    };
-
+    let client = shared::client(std::env::var("DYNAMODB_ENDPOINT").ok().as_deref()).await;
     let table = format!("ryw_quickstart_{}", std::process::id());
-    client
-        .create_table()
-        .table_name(&table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()?,
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
-                .build()?,
-        )
-        .send()
-        .await?;
-    client
-        .wait_until_table_exists()
-        .table_name(&table)
-        .wait(Duration::from_secs(120))
-        .await?;
+    shared::create_table(&client, &table)
+        .await
+        .map_err(|e| e.to_string())?;
 
     println!(
         "{USERS} users x {POSTS_PER_USER} posts, each read back at once through a random one of \

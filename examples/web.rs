@@ -178,59 +178,23 @@ async fn main() -> Result<(), BoxError> {
 }
 
 #[cfg(feature = "dynamodb")]
-mod dynamo {
-    use super::{app, BoxError};
-    use aws_sdk_dynamodb::client::Waiters;
-    use aws_sdk_dynamodb::config::{Credentials, Region};
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
-    use aws_sdk_dynamodb::Client;
-    use std::time::Duration;
+#[path = "shared/dynamodb.rs"]
+mod shared;
 
-    async fn client(endpoint: &str) -> Client {
-        let mut loader = aws_config::from_env().endpoint_url(endpoint);
-        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-            loader = loader
-                .credentials_provider(Credentials::new("test", "test", None, None, "example"));
-        }
-        if std::env::var_os("AWS_REGION").is_none() {
-            loader = loader.region(Region::new("us-east-1"));
-        }
-        Client::new(&loader.load().await)
-    }
+#[cfg(feature = "dynamodb")]
+mod dynamo {
+    use super::{app, shared, BoxError};
+    use aws_sdk_dynamodb::Client;
 
     /// Two instances, each with its own client, over a new table; and what to delete at the end.
     pub(super) async fn instances(
         endpoint: &str,
     ) -> Result<(app::PostStore, app::PostStore, (Client, String)), BoxError> {
-        let admin = client(endpoint).await;
+        let admin = shared::client(Some(endpoint)).await;
         let table = format!("ryw_web_{}", std::process::id());
-        admin
-            .create_table()
-            .table_name(&table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("pk")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()?,
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("pk")
-                    .key_type(KeyType::Hash)
-                    .build()?,
-            )
-            .send()
-            .await?;
-        admin
-            .wait_until_table_exists()
-            .table_name(&table)
-            .wait(Duration::from_secs(120))
-            .await?;
-        let a = app::dynamo::DynamoPosts::new(client(endpoint).await, &table);
-        let b = app::dynamo::DynamoPosts::new(client(endpoint).await, &table);
+        shared::create_table(&admin, &table).await?;
+        let a = app::dynamo::DynamoPosts::new(shared::client(Some(endpoint)).await, &table);
+        let b = app::dynamo::DynamoPosts::new(shared::client(Some(endpoint)).await, &table);
         Ok((
             std::sync::Arc::new(a),
             std::sync::Arc::new(b),

@@ -44,6 +44,20 @@ async fn stack(node: &ScriptedScyllaNode) -> Stack {
         .service(ScyllaService::new(Arc::new(driver)))
 }
 
+/// One request through the stack.
+async fn call(
+    service: &mut Stack,
+    session: &Session,
+    request: ScyllaRequest,
+) -> Result<ryw::SessionResponse<ryw_scylla::ScyllaResponse>, ryw::Error<ryw_scylla::ScyllaError>> {
+    service
+        .ready()
+        .await
+        .expect("the service is ready")
+        .call(session.request(request))
+        .await
+}
+
 fn rows(writetime: i64) -> Reply {
     Reply::Rows {
         columns: vec![
@@ -81,21 +95,9 @@ async fn query_frames_carry_the_session_clock_and_the_consistency() {
     let mut service = stack(&node).await;
     let session = Session::new();
     for _ in 0..2 {
-        service
-            .ready()
-            .await
-            .unwrap()
-            .call(session.request(insert()))
-            .await
-            .unwrap();
+        call(&mut service, &session, insert()).await.unwrap();
     }
-    let read = service
-        .ready()
-        .await
-        .unwrap()
-        .call(session.request(select()))
-        .await
-        .unwrap();
+    let read = call(&mut service, &session, select()).await.unwrap();
     let seen = node.seen();
     assert_eq!(seen.len(), 4, "{seen:#?}");
     // Writes: the hybrid clock (the wall clock, then strictly after it), at LOCAL_QUORUM.
@@ -130,20 +132,8 @@ async fn a_stale_read_is_reread_at_local_quorum_and_then_guaranteed() {
     .await;
     let mut service = stack(&node).await;
     let session = Session::new();
-    service
-        .ready()
-        .await
-        .unwrap()
-        .call(session.request(insert()))
-        .await
-        .unwrap();
-    let read = service
-        .ready()
-        .await
-        .unwrap()
-        .call(session.request(select()))
-        .await
-        .unwrap();
+    call(&mut service, &session, insert()).await.unwrap();
+    let read = call(&mut service, &session, select()).await.unwrap();
     assert_eq!(
         read.visibility(),
         &Visibility::Guaranteed(FencePath::Escalated)
@@ -169,13 +159,7 @@ async fn a_read_that_stays_stale_is_pending_and_an_unfenced_read_is_cheap() {
 
     // A session that never wrote: one cheap read, guaranteed (nothing to fence).
     let stranger = Session::new();
-    let read = service
-        .ready()
-        .await
-        .unwrap()
-        .call(stranger.request(select()))
-        .await
-        .unwrap();
+    let read = call(&mut service, &stranger, select()).await.unwrap();
     assert_eq!(
         read.visibility(),
         &Visibility::Guaranteed(FencePath::Unfenced)
@@ -183,20 +167,8 @@ async fn a_read_that_stays_stale_is_pending_and_an_unfenced_read_is_cheap() {
     assert_eq!(node.seen().len(), 1);
 
     let session = Session::new();
-    service
-        .ready()
-        .await
-        .unwrap()
-        .call(session.request(insert()))
-        .await
-        .unwrap();
-    let read = service
-        .ready()
-        .await
-        .unwrap()
-        .call(session.request(select()))
-        .await
-        .unwrap();
+    call(&mut service, &session, insert()).await.unwrap();
+    let read = call(&mut service, &session, select()).await.unwrap();
     let Visibility::Pending(stale) = read.visibility() else {
         panic!("{:?}", read.visibility());
     };
@@ -218,13 +190,7 @@ async fn a_retried_write_carries_the_same_timestamp() {
     .await;
     let mut service = stack(&node).await;
     let session = Session::new();
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(session.request(insert()))
-        .await
-        .unwrap();
+    let response = call(&mut service, &session, insert()).await.unwrap();
     assert!(response.attempts() >= 2);
     let seen = node.seen();
     assert_eq!(seen.len(), 2, "{seen:#?}");
@@ -240,13 +206,7 @@ async fn a_retried_write_carries_the_same_timestamp() {
         ScyllaRequest::write("UPDATE app.counters SET n = n + 1 WHERE user_id = 'u1'", ())
             .partition(b"u1")
             .not_idempotent();
-    let error = service
-        .ready()
-        .await
-        .unwrap()
-        .call(session.request(counter))
-        .await
-        .unwrap_err();
+    let error = call(&mut service, &session, counter).await.unwrap_err();
     assert!(matches!(error, ryw::Error::Ambiguous { .. }), "{error:?}");
     assert_eq!(node.seen().len(), 1, "sent once");
     node.stop().await;
@@ -277,13 +237,7 @@ async fn execute_and_batch_frames_carry_the_timestamp_and_consistency() {
     let session = Session::new();
     let update = ScyllaRequest::write(ScyllaStatement::Prepared(prepared), ("edited", "u1"))
         .partition(b"u1");
-    service
-        .ready()
-        .await
-        .unwrap()
-        .call(session.request(update))
-        .await
-        .unwrap();
+    call(&mut service, &session, update).await.unwrap();
 
     let mut batch = Batch::new(BatchType::Logged);
     batch.append_statement("INSERT INTO app.batched (user_id, n) VALUES ('u1', 1)");
@@ -292,13 +246,7 @@ async fn execute_and_batch_frames_carry_the_timestamp_and_consistency() {
     let request = ScyllaRequest::batch(batch, values)
         .partition(b"u1")
         .partition(b"u2");
-    service
-        .ready()
-        .await
-        .unwrap()
-        .call(session.request(request))
-        .await
-        .unwrap();
+    call(&mut service, &session, request).await.unwrap();
 
     let seen = node.seen();
     assert_eq!(seen.len(), 2, "{seen:#?}");
@@ -349,13 +297,7 @@ async fn a_lightweight_transaction_not_applied_is_a_conflict_with_the_current_ro
         )
         .partition(b"u1")
     };
-    let error = service
-        .ready()
-        .await
-        .unwrap()
-        .call(session.request(lwt()))
-        .await
-        .unwrap_err();
+    let error = call(&mut service, &session, lwt()).await.unwrap_err();
     let ryw::Error::Conflict(conflict) = error else {
         panic!("{error:?}");
     };
@@ -371,13 +313,7 @@ async fn a_lightweight_transaction_not_applied_is_a_conflict_with_the_current_ro
     assert_eq!(seen[0].timestamp, None, "Scylla assigns an LWT's timestamp");
 
     // Applied: the session now requires its own clock reading of the partition.
-    let ok = service
-        .ready()
-        .await
-        .unwrap()
-        .call(session.request(lwt()))
-        .await
-        .unwrap();
+    let ok = call(&mut service, &session, lwt()).await.unwrap();
     assert!(ok.visibility().is_guaranteed());
     assert_eq!(session.snapshot().vector().len(), 1);
     node.stop().await;
@@ -398,24 +334,12 @@ async fn errors_are_typed_and_classified_for_the_retry_policy() {
         ScyllaRequest::write("UPDATE app.counters SET n = n + 1 WHERE user_id = 'u1'", ())
             .partition(b"u1")
             .not_idempotent();
-    let done = service
-        .ready()
-        .await
-        .unwrap()
-        .call(session.request(counter))
-        .await
-        .unwrap();
+    let done = call(&mut service, &session, counter).await.unwrap();
     assert_eq!(done.attempts(), 2);
     assert_eq!(node.seen().len(), 2);
 
     let bad = ScyllaRequest::read("SELECT nonsense FROM app.posts", ()).partition(b"u1");
-    let error = service
-        .ready()
-        .await
-        .unwrap()
-        .call(session.request(bad))
-        .await
-        .unwrap_err();
+    let error = call(&mut service, &session, bad).await.unwrap_err();
     let ryw::Error::Store { source, .. } = &error else {
         panic!("{error:?}");
     };
@@ -428,13 +352,7 @@ async fn errors_are_typed_and_classified_for_the_retry_policy() {
     assert_eq!(node.seen().len(), 1, "a syntax error is not retried");
 
     // A read timeout is retried.
-    let read = service
-        .ready()
-        .await
-        .unwrap()
-        .call(Session::new().request(select()))
-        .await
-        .unwrap();
+    let read = call(&mut service, &Session::new(), select()).await.unwrap();
     assert_eq!(read.get_ref().writetime(), Some(1));
     node.stop().await;
 }
