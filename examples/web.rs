@@ -48,12 +48,11 @@ async fn main() -> Result<(), BoxError> {
                 jitter: Duration::ZERO,
             }),
     );
-    // Each instance loads the same key from its configuration; here, one random secret.
-    let mut secret = [0u8; 32];
-    secret.copy_from_slice(&ryw::SessionId::random().as_u128().to_le_bytes().repeat(2));
+    // Each instance loads the same key from its configuration; here, one random key.
+    let key = SigningKey::generate(1);
     let authority = || {
         Arc::new(
-            TokenAuthority::builder(KeyRing::new(SigningKey::new(1, secret).expect("32 bytes")))
+            TokenAuthority::builder(KeyRing::new(key.clone()))
                 .ttl(Duration::from_secs(3600))
                 .build(),
         )

@@ -40,16 +40,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use tower::{Layer, Service};
 
-/// What `a` implies about `b`: every fence of `b` is at least as strict in `a`.
-fn covers(a: &SessionState, b: &SessionState) -> bool {
-    a.vector().dominates(b.vector())
-        && a.clock() >= b.clock()
-        && (a.id() != b.id() || a.write_seq() >= b.write_seq())
-        && b.contexts()
-            .iter()
-            .all(|o| a.context(o.store).is_some_and(|c| c.version >= o.version))
-}
-
 #[derive(Default)]
 struct Held {
     tokens: Vec<(SessionState, String)>,
@@ -65,8 +55,8 @@ impl Held {
                 return;
             }
         };
-        self.tokens.retain(|(held, _)| !covers(&state, held));
-        if self.tokens.iter().any(|(held, _)| covers(held, &state)) {
+        self.tokens.retain(|(held, _)| !state.covers(held));
+        if self.tokens.iter().any(|(held, _)| held.covers(&state)) {
             return;
         }
         if self.tokens.len() == MAX_TOKENS_PER_REQUEST {

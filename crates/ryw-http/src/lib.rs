@@ -139,19 +139,20 @@ impl fmt::Debug for Principal {
 }
 
 /// Splits the values of a token header into tokens: repeated headers and comma-separated values.
+/// A value that is not visible ASCII yields one `Err(())`.
 pub(crate) fn tokens_in<'a>(
     values: impl Iterator<Item = &'a http::HeaderValue> + 'a,
 ) -> impl Iterator<Item = Result<&'a str, ()>> + 'a {
     values.flat_map(|v| {
-        let parts: Vec<Result<&'a str, ()>> = match v.to_str() {
-            Ok(s) => s
-                .split(',')
+        let (text, not_text) = match v.to_str() {
+            Ok(text) => (text, None),
+            Err(_) => ("", Some(Err(()))),
+        };
+        not_text.into_iter().chain(
+            text.split(',')
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
-                .map(Ok)
-                .collect(),
-            Err(_) => vec![Err(())],
-        };
-        parts
+                .map(Ok),
+        )
     })
 }

@@ -8,11 +8,8 @@ use crate::{tokens_in, Principal, MAX_TOKENS_PER_REQUEST, REJECTED_HEADER, RESET
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use pin_project::pin_project;
-use ryw::clock::{Clock, SystemClock};
-use ryw::session::DEFAULT_REPLICATION_WINDOW_MICROS;
 use ryw::signing::{TokenAuthority, VerifyError};
-use ryw::version::Coarsening;
-use ryw::{InMemorySessionStore, Session, SessionId, SessionState, SessionStore};
+use ryw::{InMemorySessionStore, Session, SessionId, SessionStore};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -150,19 +147,12 @@ struct Config {
     store: Option<Arc<dyn SessionStore>>,
 }
 
-fn coarsening() -> Coarsening {
-    Coarsening {
-        now_micros: SystemClock.now_micros(),
-        window_micros: DEFAULT_REPLICATION_WINDOW_MICROS,
-    }
-}
-
 impl Config {
     fn open(
         &self,
         headers: &HeaderMap,
         principal: Option<&Principal>,
-    ) -> Result<(SessionState, TokenStatus), TokenRejection> {
+    ) -> Result<(Session, TokenStatus), TokenRejection> {
         let mut tokens: Vec<&str> = Vec::new();
         for token in tokens_in(headers.get_all(&self.header).iter()) {
             let token = token.map_err(|()| TokenRejection::NotText)?;
@@ -175,35 +165,34 @@ impl Config {
         }
         if tokens.is_empty() {
             if let Some(cookie) = &self.cookie {
-                if let Some(token) = cookie_value(headers, &cookie.name)? {
+                if let Some(token) = cookie_value(headers, &cookie.name) {
                     tokens.push(token);
                 }
             }
         }
         if tokens.is_empty() {
-            return Ok((SessionState::new(SessionId::random()), TokenStatus::New));
+            return Ok((Session::new(), TokenStatus::New));
         }
         let principal = principal.map(Principal::as_bytes);
-        let mut merged: Option<SessionState> = None;
-        let at = coarsening();
+        let mut session: Option<Session> = None;
         for token in tokens {
             let state = self
                 .authority
                 .verify(token, principal)
                 .map_err(TokenRejection::Invalid)?
                 .into_state();
-            match &mut merged {
-                None => merged = Some(state),
-                Some(m) => m.absorb(&state, at),
+            match &session {
+                None => session = Some(Session::from_state(state)),
+                Some(s) => s.absorb(&state),
             }
         }
-        let mut state = merged.expect("at least one token");
+        let session = session.expect("at least one token");
         if let Some(store) = &self.store {
-            if let Some(seen) = store.load(state.id()) {
-                state.merge(&seen, at);
+            if let Some(seen) = store.load(session.id()) {
+                session.merge(&seen);
             }
         }
-        Ok((state, TokenStatus::Continued))
+        Ok((session, TokenStatus::Continued))
     }
 
     fn finish<B>(
@@ -213,11 +202,14 @@ impl Config {
         status: &TokenStatus,
         response: &mut Response<B>,
     ) {
-        let mut state = session.snapshot();
         if let Some(store) = &self.store {
-            if let Some(seen) = store.load(state.id()) {
-                state.merge(&seen, coarsening());
+            // What a concurrent request of the session left here since this one started.
+            if let Some(seen) = store.load(session.id()) {
+                session.merge(&seen);
             }
+        }
+        let state = session.snapshot();
+        if let Some(store) = &self.store {
             store.save(&state);
         }
         let headers = response.headers_mut();
@@ -253,16 +245,7 @@ impl Config {
     }
 }
 
-fn random_u32() -> u32 {
-    let mut bytes = [0u8; 4];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS randomness: the session id generator has its own fallback.
-        return SessionId::random().as_u128() as u32;
-    }
-    u32::from_le_bytes(bytes)
-}
-
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, TokenRejection> {
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     for value in headers.get_all(COOKIE) {
         let Ok(text) = value.to_str() else {
             continue;
@@ -270,12 +253,12 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str
         for pair in text.split(';') {
             if let Some((k, v)) = pair.trim().split_once('=') {
                 if k == name {
-                    return Ok(Some(v.trim_matches('"')));
+                    return Some(v.trim_matches('"'));
                 }
             }
         }
     }
-    Ok(None)
+    None
 }
 
 /// A [`Layer`] that carries the session token of every request; see the [crate docs](crate).
@@ -432,7 +415,7 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let principal = request.extensions().get::<Principal>().cloned();
-        let (state, status) = match self.config.open(request.headers(), principal.as_ref()) {
+        let (session, status) = match self.config.open(request.headers(), principal.as_ref()) {
             Ok(opened) => opened,
             Err(rejection) => {
                 tracing::debug!(target: "ryw::http", code = rejection.code(), "bad session token");
@@ -445,7 +428,7 @@ where
                         };
                     }
                     BadTokenPolicy::StartFresh => (
-                        SessionState::new(SessionId::random()),
+                        Session::new(),
                         TokenStatus::Reset {
                             code: rejection.code(),
                         },
@@ -453,12 +436,11 @@ where
                 }
             }
         };
-        let mut state = state;
         // Concurrent requests carrying the same token may reach different instances: each one
         // stamps its writes from its own random block of the write sequence (2^32 wide), so two
         // different writes do not get the same WriteId (the idempotency key).
-        state.skip_write_ids(u64::from(random_u32()) + 1);
-        let session = Session::from_state(state);
+        let block = u64::from(SessionId::random().as_u128() as u32) + 1;
+        session.with_state(|state| state.skip_write_ids(block));
         request.extensions_mut().insert(session.clone());
         request.extensions_mut().insert(status.clone());
         ResponseFuture {

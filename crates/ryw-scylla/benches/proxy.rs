@@ -11,25 +11,13 @@
 mod scripted_node;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use ryw::clock::Clock;
 use ryw::{FenceConfig, ReadYourWritesLayer, Session};
 use ryw_scylla::{ScyllaAdapter, ScyllaRequest, ScyllaService};
-use scripted_node::{Cell, CqlType, Reply, Script, ScriptedScyllaNode};
+use scripted_node::{Cell, CqlType, FixedClock, Reply, Script, ScriptedScyllaNode, NOW};
 use scylla::statement::{Consistency, Statement};
 use std::sync::Arc;
 use std::time::Duration;
 use tower::{Service, ServiceBuilder, ServiceExt};
-
-const NOW: u64 = 1_800_000_000_000_000;
-
-#[derive(Clone, Copy, Debug)]
-struct FixedClock;
-
-impl Clock for FixedClock {
-    fn now_micros(&self) -> u64 {
-        NOW
-    }
-}
 
 const INSERT: &str = "INSERT INTO app.posts (user_id, body) VALUES ('u1', 'hello')";
 const SELECT: &str = "SELECT body, WRITETIME(body) FROM app.posts WHERE user_id = 'u1'";
@@ -61,7 +49,7 @@ fn bench(c: &mut Criterion) {
     let service = ServiceBuilder::new()
         .layer(
             ReadYourWritesLayer::new(ScyllaAdapter::new())
-                .clock(FixedClock)
+                .clock(FixedClock(NOW))
                 .fence(FenceConfig::verify_then_escalate(0, Duration::ZERO)),
         )
         .service(ScyllaService::new(driver.clone()));

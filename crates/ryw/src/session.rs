@@ -321,12 +321,7 @@ impl SessionState {
         if other.id != self.id {
             return false;
         }
-        self.write_seq = self.write_seq.max(other.write_seq);
-        self.clock.observe(other.clock);
-        self.vector.merge(&other.vector, at);
-        for c in &other.contexts {
-            self.advance_context(c.clone());
-        }
+        self.absorb(other, at);
         true
     }
 
@@ -346,6 +341,18 @@ impl SessionState {
         }
     }
 
+    /// True when absorbing `other` ([`SessionState::absorb`]) would make no fence stricter: `self`
+    /// dominates `other`, comparing write sequences only within one session.
+    pub fn covers(&self, other: &SessionState) -> bool {
+        self.vector.dominates(&other.vector)
+            && self.clock >= other.clock
+            && (self.id != other.id || self.write_seq >= other.write_seq)
+            && other.contexts.iter().all(|o| {
+                self.context(o.store)
+                    .is_some_and(|c| c.version >= o.version)
+            })
+    }
+
     /// True when `self` implies everything `other` requires.
     pub fn dominates(&self, other: &SessionState) -> bool {
         self.write_seq >= other.write_seq
@@ -355,6 +362,20 @@ impl SessionState {
                 self.context(o.store)
                     .is_some_and(|c| c.version >= o.version)
             })
+    }
+}
+
+/// The coarsening of a merge outside the layer: the wall clock is read only when the merge can
+/// overflow the cap and coarsen, with the default replication window.
+pub(crate) fn merge_coarsening(into: &SessionState, from: &SessionState) -> Coarsening {
+    let may_evict = into.vector().len() + from.vector().len() > into.vector().cap();
+    Coarsening {
+        now_micros: if may_evict {
+            crate::clock::Clock::now_micros(&crate::clock::SystemClock)
+        } else {
+            0
+        },
+        window_micros: DEFAULT_REPLICATION_WINDOW_MICROS,
     }
 }
 
@@ -439,11 +460,17 @@ impl Session {
     /// Merges another state of this session (from a token that came with a request, or from a
     /// session store) by pointwise maximum. Returns false if `other` belongs to another session.
     pub fn merge(&self, other: &SessionState) -> bool {
-        let at = Coarsening {
-            now_micros: crate::clock::Clock::now_micros(&crate::clock::SystemClock),
-            window_micros: DEFAULT_REPLICATION_WINDOW_MICROS,
-        };
-        self.lock().merge(other, at)
+        let mut state = self.lock();
+        let at = merge_coarsening(&state, other);
+        state.merge(other, at)
+    }
+
+    /// Takes in what another state has observed, whichever session it belongs to
+    /// ([`SessionState::absorb`]).
+    pub fn absorb(&self, other: &SessionState) {
+        let mut state = self.lock();
+        let at = merge_coarsening(&state, other);
+        state.absorb(other, at);
     }
 
     /// Runs `f` with the state locked. Keep `f` short: every request of the session waits on it.

@@ -53,6 +53,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use crate::clock::{Clock, SystemClock};
 use crate::session::{SessionId, SessionState};
 use crate::token::{
     decode_base64, encode_base64, write_body, SessionToken, TokenError, BINDING_LEN, MAX_BYTES,
@@ -64,7 +65,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -143,18 +144,21 @@ impl SigningKey {
         self.id
     }
 
-    fn tag(&self, body: &[u8], key_id: u8) -> [u8; 32] {
+    /// The MAC state over a token body and the key id that follows it.
+    fn mac_of(&self, body: &[u8], key_id: u8) -> HmacSha256 {
         let mut mac = self.mac.clone();
         mac.update(body);
         mac.update(&[key_id]);
-        mac.finalize().into_bytes().into()
+        mac
     }
 
+    fn tag(&self, body: &[u8], key_id: u8) -> [u8; 32] {
+        self.mac_of(body, key_id).finalize().into_bytes().into()
+    }
+
+    /// Constant-time comparison.
     fn check(&self, body: &[u8], key_id: u8, tag: &[u8; 32]) -> bool {
-        let mut mac = self.mac.clone();
-        mac.update(body);
-        mac.update(&[key_id]);
-        mac.verify_slice(tag).is_ok()
+        self.mac_of(body, key_id).verify_slice(tag).is_ok()
     }
 
     fn binding(&self, principal: &[u8]) -> [u8; BINDING_LEN] {
@@ -661,10 +665,7 @@ impl TokenAuthority {
 
 /// Seconds since the Unix epoch, by the system clock.
 pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemClock.now_micros() / 1_000_000
 }
 
 #[cfg(test)]

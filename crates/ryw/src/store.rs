@@ -32,7 +32,7 @@
 //! ```
 
 use crate::clock::HybridTimestamp;
-use crate::session::{SessionId, SessionState, DEFAULT_REPLICATION_WINDOW_MICROS};
+use crate::session::{merge_coarsening, SessionId, SessionState};
 use crate::version::{
     Coarsening, Entry, ScopeKey, StoreHorizon, Version, VersionVector, DEFAULT_SCOPE_CAP,
 };
@@ -348,19 +348,6 @@ impl InMemorySessionStore {
     }
 }
 
-/// Reads the wall clock only when the merge can overflow the cap and coarsen.
-fn coarsening(into: &SessionState, from: &SessionState) -> Coarsening {
-    let may_evict = into.vector().len() + from.vector().len() > into.vector().cap();
-    Coarsening {
-        now_micros: if may_evict {
-            crate::clock::Clock::now_micros(&crate::clock::SystemClock)
-        } else {
-            0
-        },
-        window_micros: DEFAULT_REPLICATION_WINDOW_MICROS,
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -395,7 +382,7 @@ impl SessionStore for InMemorySessionStore {
         if let Some(r) = shard.young.get_mut(&id) {
             if !self.expired(r, now) {
                 let mut merged = r.to_state(id);
-                merged.merge(state, coarsening(&merged, state));
+                merged.merge(state, merge_coarsening(&merged, state));
                 *r = Record::from_state(&merged, now);
             } else {
                 *r = Record::from_state(state, now);
@@ -405,7 +392,7 @@ impl SessionStore for InMemorySessionStore {
         let record = match shard.old.remove(&id) {
             Some(old) if !self.expired(&old, now) => {
                 let mut merged = old.to_state(id);
-                merged.merge(state, coarsening(&merged, state));
+                merged.merge(state, merge_coarsening(&merged, state));
                 Record::from_state(&merged, now)
             }
             _ => Record::from_state(state, now),

@@ -7,29 +7,16 @@
 
 mod scripted_node;
 
-use ryw::clock::Clock;
 use ryw::fence::FencePath;
 use ryw::{FenceConfig, ReadYourWritesLayer, Session, Visibility};
 use ryw_scylla::{ScyllaAdapter, ScyllaRequest, ScyllaService, ScyllaStatement, Values};
-use scripted_node::{Cell, CqlType, Reply, Script, ScriptedScyllaNode};
+use scripted_node::{Cell, CqlType, FixedClock, Reply, Script, ScriptedScyllaNode, NOW};
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::Consistency;
 use scylla_proxy::RequestOpcode;
 use std::sync::Arc;
 use std::time::Duration;
 use tower::{Service, ServiceBuilder, ServiceExt};
-
-/// The wall clock the layer reads: fixed, so the write timestamps are known in advance.
-#[derive(Clone, Copy, Debug)]
-struct FixedClock(u64);
-
-impl Clock for FixedClock {
-    fn now_micros(&self) -> u64 {
-        self.0
-    }
-}
-
-const NOW: u64 = 1_800_000_000_000_000;
 
 type Stack = ryw::ReadYourWrites<ScyllaService, ScyllaAdapter>;
 

@@ -27,6 +27,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+/// A wall-clock reading for the tests (2027-01-15), so write timestamps are known in advance.
+pub const NOW: u64 = 1_800_000_000_000_000;
+
+/// The wall clock the layer reads: fixed.
+#[derive(Clone, Copy, Debug)]
+pub struct FixedClock(pub u64);
+
+impl ryw::clock::Clock for FixedClock {
+    fn now_micros(&self) -> u64 {
+        self.0
+    }
+}
+
 /// A CQL type id of the protocol (v4), for result columns.
 #[derive(Clone, Copy, Debug)]
 pub enum CqlType {
