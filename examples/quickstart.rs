@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         think_min: Duration::from_millis(20),
         think_max: Duration::from_millis(1_000),
         seed,
+        ..Scenario::default()
     };
 
     println!(

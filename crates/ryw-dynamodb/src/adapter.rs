@@ -10,7 +10,6 @@ use ryw::conflict::Conflict;
 use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
 use ryw::{ScopeKey, StoreId, Version, WriteId};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Maps the session concepts onto DynamoDB. See the [crate docs](crate).
 ///
@@ -55,12 +54,6 @@ impl DynamoAdapterBuilder {
     /// The store id in session tokens (default 2).
     pub fn store(mut self, store: StoreId) -> Self {
         self.config.store = store;
-        self
-    }
-
-    /// How long replication may take (default 2 s; coarsened scopes fence the store this long).
-    pub fn replication_window(mut self, window: Duration) -> Self {
-        self.config.replication_window = window;
         self
     }
 
@@ -483,10 +476,6 @@ impl StoreAdapter for DynamoAdapter {
             }
             _ => false,
         }
-    }
-
-    fn replication_window(&self) -> Duration {
-        self.config.replication_window
     }
 }
 

@@ -95,7 +95,6 @@ use aws_sdk_dynamodb::operation::update_item::{
 use ryw::clock::HybridTimestamp;
 use ryw::{StoreId, Version, WriteId};
 use std::collections::HashMap;
-use std::time::Duration;
 
 /// The key schema of one table, and the partition attributes of its global secondary indexes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,7 +147,6 @@ pub(crate) struct DynamoConfig {
     pub(crate) write_id_attribute: String,
     pub(crate) clock_attribute: String,
     pub(crate) tables: HashMap<String, TableSchema>,
-    pub(crate) replication_window: Duration,
 }
 
 impl Default for DynamoConfig {
@@ -159,7 +157,6 @@ impl Default for DynamoConfig {
             write_id_attribute: "ryw_write_id".into(),
             clock_attribute: "ryw_clock".into(),
             tables: HashMap::new(),
-            replication_window: Duration::from_secs(2),
         }
     }
 }

@@ -230,13 +230,9 @@ impl Stamp<'_> {
 }
 
 fn client_request_token(write: &WriteMeta) -> String {
-    // 36 characters at most: 80 bits of the session id and 48 of the sequence.
-    let id = write.write_id.session.as_u128();
-    format!(
-        "{:020x}{:012x}",
-        id >> 48,
-        write.write_id.seq & 0xffff_ffff_ffff
-    )
+    // 32 hex characters (DynamoDB takes at most 36): a 128-bit digest of the whole write id, so
+    // two different writes (two lanes of one session) never share a request token.
+    format!("{:032x}", write.write_id.digest128())
 }
 
 fn check_table(config: &DynamoConfig, table: Option<&String>) -> Result<(), DynamoError> {

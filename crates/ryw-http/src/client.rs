@@ -252,14 +252,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ryw::version::{Coarsening, ScopeKey, StoreId, Version};
+    use ryw::version::{ScopeKey, StoreId, Version};
     use ryw::SessionId;
     use tower::{service_fn, ServiceExt};
-
-    const AT: Coarsening = Coarsening {
-        now_micros: 0,
-        window_micros: 0,
-    };
 
     fn token(id: u128, scopes: &[(&str, u64)]) -> String {
         let mut s = SessionState::new(SessionId::from_u128(id));
@@ -267,7 +262,6 @@ mod tests {
             s.advance(
                 ScopeKey::new(StoreId::new(1), name.as_bytes()),
                 Version::new(*v),
-                AT,
             );
         }
         SessionToken::new(s).encode().unwrap()

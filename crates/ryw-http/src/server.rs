@@ -9,7 +9,7 @@ use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use pin_project::pin_project;
 use ryw::signing::{TokenAuthority, VerifyError};
-use ryw::{InMemorySessionStore, Session, SessionId, SessionStore};
+use ryw::{InMemorySessionStore, Session, SessionStore};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -436,11 +436,9 @@ where
                 }
             }
         };
-        // Concurrent requests carrying the same token may reach different instances: each one
-        // stamps its writes from its own random block of the write sequence (2^32 wide), so two
-        // different writes do not get the same WriteId (the idempotency key).
-        let block = u64::from(SessionId::random().as_u128() as u32) + 1;
-        session.with_state(|state| state.skip_write_ids(block));
+        // Concurrent requests carrying the same token may reach different instances: the core
+        // gives each continuation its own lane of write ids (`ryw::WriteId`), so two different
+        // writes never get the same idempotency key.
         request.extensions_mut().insert(session.clone());
         request.extensions_mut().insert(status.clone());
         ResponseFuture {

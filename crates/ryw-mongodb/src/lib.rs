@@ -69,7 +69,6 @@ use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter
 use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
 use ryw::{ScopeKey, StoreId, Version, WriteId};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Packs a BSON timestamp into a ryw version (seconds in the high half, increment in the low).
 pub fn version_of(ts: Timestamp) -> Version {
@@ -438,10 +437,6 @@ impl<T: Clone + Send + Sync + 'static> StoreAdapter for MongoAdapterFor<T> {
 
     fn classify(&self, error: &MongoError) -> ErrorClass {
         error.class()
-    }
-
-    fn replication_window(&self) -> Duration {
-        Duration::from_secs(10)
     }
 }
 

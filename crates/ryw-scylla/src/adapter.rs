@@ -10,7 +10,6 @@ use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
 use ryw::version::{ScopeKey, StoreId, Version};
 use scylla::statement::Consistency;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The store id ScyllaDB scopes use unless configured.
 pub const SCYLLA_STORE: StoreId = StoreId::new(3);
@@ -50,7 +49,6 @@ struct Config {
     read: Consistency,
     strong: Consistency,
     write: Consistency,
-    replication_window: Duration,
 }
 
 impl Default for ScyllaAdapter {
@@ -68,7 +66,6 @@ impl ScyllaAdapter {
                 read: Consistency::LocalOne,
                 strong: Consistency::LocalQuorum,
                 write: Consistency::LocalQuorum,
-                replication_window: Duration::from_secs(5),
             }),
         }
     }
@@ -98,12 +95,6 @@ impl ScyllaAdapter {
     /// The consistency of writes (default `LOCAL_QUORUM`).
     pub fn write_consistency(mut self, c: Consistency) -> Self {
         self.config().write = c;
-        self
-    }
-
-    /// How long replication may take (coarsened scopes are fenced this long; default 5 s).
-    pub fn replication_window(mut self, window: Duration) -> Self {
-        self.config().replication_window = window;
         self
     }
 
@@ -196,9 +187,5 @@ impl StoreAdapter for ScyllaAdapter {
             }));
         }
         Some(conflict)
-    }
-
-    fn replication_window(&self) -> Duration {
-        self.config.replication_window
     }
 }

@@ -5,7 +5,6 @@ use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter
 use ryw::conflict::Conflict;
 use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
 use ryw::{ScopeKey, StoreId};
-use std::time::Duration;
 
 /// Maps the session concepts onto the simulated store.
 ///
@@ -18,7 +17,6 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct SimAdapter {
     store: StoreId,
-    window: Duration,
 }
 
 impl Default for SimAdapter {
@@ -28,11 +26,10 @@ impl Default for SimAdapter {
 }
 
 impl SimAdapter {
-    /// The adapter for store id 0, with a 2 s replication window.
+    /// The adapter for store id 0.
     pub const fn new() -> Self {
         SimAdapter {
             store: StoreId::new(0),
-            window: Duration::from_secs(2),
         }
     }
 
@@ -135,9 +132,5 @@ impl StoreAdapter for SimAdapter {
             }
             SimRequest::Get(_) => false,
         }
-    }
-
-    fn replication_window(&self) -> Duration {
-        self.window
     }
 }

@@ -20,10 +20,11 @@
 //! let history = History {
 //!     ops: vec![
 //!         Op { session: 0, key: key.clone(), invoked_micros: 0, completed_micros: 5,
-//!              kind: OpKind::Write { value: 7, ok: true } },
+//!              kind: OpKind::Write { value: 7, ok: true }, detached: false },
 //!         // The session reads its key and sees nothing: the write is missing.
 //!         Op { session: 0, key: key.clone(), invoked_micros: 6, completed_micros: 8,
-//!              kind: OpKind::Read { observed: Some(Version::ZERO), status: ReadStatus::Unchecked } },
+//!              kind: OpKind::Read { observed: Some(Version::ZERO), status: ReadStatus::Unchecked },
+//!              detached: false },
 //!     ],
 //!     log: vec![LogEntry { position: 1, key, value: 7, write_id: None, clock: None, at_micros: 3 }],
 //! };
@@ -81,6 +82,11 @@ pub struct Op {
     pub invoked_micros: u64,
     /// When it completed.
     pub completed_micros: u64,
+    /// The operation ran on a continuation of the session whose token was then dropped (a lost
+    /// response, a second browser tab): it is checked against what the session did before it,
+    /// but later operations of the session do not depend on it. Its writes must still be applied
+    /// exactly once.
+    pub detached: bool,
 }
 
 /// Client operations plus the store's log.
@@ -251,7 +257,9 @@ pub fn check(history: &History) -> CheckReport {
                             }
                         }
                     }
-                    reads.entry(&op.key).or_default().push((i, seen));
+                    if !op.detached {
+                        reads.entry(&op.key).or_default().push((i, seen));
+                    }
                 }
                 OpKind::Write { value, ok } => {
                     if !ok {
@@ -302,7 +310,9 @@ pub fn check(history: &History) -> CheckReport {
                             }
                         }
                     }
-                    writes.entry(&op.key).or_default().push((i, eff));
+                    if !op.detached {
+                        writes.entry(&op.key).or_default().push((i, eff));
+                    }
                 }
             }
         }
@@ -347,6 +357,7 @@ mod tests {
             kind: OpKind::Write { value, ok: true },
             invoked_micros: t,
             completed_micros: t + 1,
+            detached: false,
         }
     }
 
@@ -360,6 +371,7 @@ mod tests {
             },
             invoked_micros: t,
             completed_micros: t + 1,
+            detached: false,
         }
     }
 

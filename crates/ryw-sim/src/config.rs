@@ -125,6 +125,9 @@ pub struct SimConfig {
     pub duplicate_delay_max: Duration,
     /// How long a replica waits for a version before answering with a timeout.
     pub max_server_wait: Duration,
+    /// Cheap reads go to whichever replica has applied the least of the log at that moment,
+    /// instead of the client's local replica: the worst case a load balancer can pick.
+    pub reads_to_laggiest: bool,
 }
 
 impl Default for SimConfig {
@@ -140,6 +143,7 @@ impl Default for SimConfig {
             duplicate_deliveries: 0.0,
             duplicate_delay_max: Duration::from_millis(300),
             max_server_wait: Duration::from_secs(1),
+            reads_to_laggiest: false,
         }
     }
 }
@@ -192,6 +196,12 @@ impl SimConfig {
     /// Sets the probability of delivering a write twice.
     pub fn duplicate_deliveries(mut self, p: f64) -> Self {
         self.duplicate_deliveries = p;
+        self
+    }
+
+    /// Sends every cheap read to the replica that lags most at that moment.
+    pub fn reads_to_laggiest(mut self, yes: bool) -> Self {
+        self.reads_to_laggiest = yes;
         self
     }
 

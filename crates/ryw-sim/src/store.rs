@@ -421,6 +421,14 @@ impl SimStore {
 
     async fn execute_get(self, local: usize, get: Get) -> Result<SimResponse, SimError> {
         let node = match get.target {
+            Target::Local if self.lock().config.reads_to_laggiest => {
+                let w = self.lock();
+                let now = self.now().as_micros() as u64;
+                let laggiest = (0..w.arrivals.len())
+                    .min_by_key(|&r| w.applied_at(r, now))
+                    .unwrap_or(local);
+                Node::Replica(laggiest)
+            }
             Target::Local => Node::Replica(local),
             Target::Replica(r) => Node::Replica(r % self.replicas()),
             Target::Primary => Node::Primary,
@@ -507,16 +515,19 @@ impl SimStore {
             (out, back, lost, duplicate)
         };
         tokio::time::sleep(out).await;
-        let result = {
+        let (result, reached) = {
             let mut w = self.lock();
             if w.primary_unreachable(self.now()) {
-                Err(SimError::Unavailable)
+                (Err(SimError::Unavailable), false)
             } else {
                 let now = self.now().as_micros() as u64;
-                w.apply_put(&put, now)
+                (w.apply_put(&put, now), true)
             }
         };
-        if let Some(delay) = duplicate {
+        // A duplicate is the network delivering the same packet twice: only a write that reached
+        // the primary can be duplicated. (A write answered `Unavailable` never left the client, so
+        // "nothing applied" stays true for it.)
+        if let (Some(delay), true) = (duplicate, reached) {
             let store = self.clone();
             let copy = put.clone();
             tokio::spawn(async move {

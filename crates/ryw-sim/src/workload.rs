@@ -81,6 +81,15 @@ pub struct Scenario {
     pub think_max: Duration,
     /// Seed of the users' choices.
     pub seed: u64,
+    /// The most exact scopes a session's version vector keeps before coarsening (ryw mode).
+    pub scope_cap: usize,
+    /// Probability that an operation runs as two concurrent continuations of the same token (a
+    /// second browser tab, a load balancer's retry, a response lost on its way back): the
+    /// operation itself, plus a write of the same key from another instance (ryw mode).
+    pub fork_ratio: f64,
+    /// Probability that the second continuation's token is merged back into the session; otherwise
+    /// it is dropped and its operation is recorded as [`Op::detached`].
+    pub fork_merge: f64,
 }
 
 impl Default for Scenario {
@@ -98,6 +107,9 @@ impl Default for Scenario {
             think_min: Duration::from_millis(5),
             think_max: Duration::from_millis(200),
             seed: 0,
+            scope_cap: ryw::version::DEFAULT_SCOPE_CAP,
+            fork_ratio: 0.0,
+            fork_merge: 0.5,
         }
     }
 }
@@ -154,18 +166,53 @@ impl Scenario {
                 kind,
             });
         }
+        // The edges: a replica cut off far longer than any replication window, cheap reads sent
+        // to whichever replica lags most, sessions touching many more keys than their vector
+        // keeps, slow users whose operations span that window, and one token continued twice at
+        // once.
+        if rng.chance(0.3) {
+            let start = rng.below(1_000) as u64;
+            let len = 3_000 + rng.below(9_000) as u64;
+            sim = sim.partition(Partition {
+                start: Duration::from_millis(start),
+                end: Duration::from_millis(start + len),
+                kind: PartitionKind::ReplicaIsolated(rng.below(replicas)),
+            });
+        }
+        sim = sim.reads_to_laggiest(rng.chance(0.25));
+        let many_keys = rng.chance(0.3);
+        let slow = rng.chance(0.25);
         Scenario {
             sim,
             users: 1 + rng.below(4),
             instances: 1 + rng.below(3),
             ops_per_user: 10 + rng.below(30),
             write_ratio: 0.1 + rng.unit() * 0.5,
-            keys_per_user: 1 + rng.below(3),
+            keys_per_user: if many_keys {
+                2 + rng.below(12)
+            } else {
+                1 + rng.below(3)
+            },
             foreign_read_ratio: rng.unit() * 0.3,
             read_after_write: rng.unit(),
             think_min: Duration::ZERO,
-            think_max: Duration::from_millis(1 + rng.below(120) as u64),
+            think_max: if slow {
+                Duration::from_millis(300 + rng.below(1_500) as u64)
+            } else {
+                Duration::from_millis(1 + rng.below(120) as u64)
+            },
             seed: rng.next_u64(),
+            scope_cap: if many_keys {
+                1 + rng.below(4)
+            } else {
+                ryw::version::DEFAULT_SCOPE_CAP
+            },
+            fork_ratio: if rng.chance(0.4) {
+                rng.unit() * 0.3
+            } else {
+                0.0
+            },
+            fork_merge: rng.unit(),
         }
     }
 }
@@ -354,18 +401,43 @@ async fn run_user(
         let instance = rng.below(instances);
         let value = ((user as u64 + 1) << 32) | (n as u64 + 1);
         let invoked = store.elapsed();
+        let mut ghost_op = None;
         let kind = match &mode {
             Mode::Ryw(_) => {
-                let session = Session::from_encoded(&token).expect("own token decodes");
+                let session = continue_session(&token, scenario.scope_cap);
                 let request = if is_write {
                     SimRequest::put(key.clone(), value)
                 } else {
                     SimRequest::get(key.clone())
                 };
-                let result = services[instance]
-                    .clone()
-                    .oneshot(session.request(request))
-                    .await;
+                let main = services[instance].clone().oneshot(session.request(request));
+                let result = if rng.chance(scenario.fork_ratio) {
+                    // The same token continued a second time, at once, on another instance.
+                    let ghost = continue_session(&token, scenario.scope_cap);
+                    let ghost_value = value | (1 << 31);
+                    let other = services[(instance + 1) % instances]
+                        .clone()
+                        .oneshot(ghost.request(SimRequest::put(key.clone(), ghost_value)));
+                    let (result, ghost_result) = tokio::join!(main, other);
+                    let merged = rng.chance(scenario.fork_merge);
+                    if merged {
+                        session.merge(&ghost.snapshot());
+                    }
+                    ghost_op = Some(Op {
+                        session: user,
+                        key: key.clone(),
+                        kind: OpKind::Write {
+                            value: ghost_value,
+                            ok: ghost_result.is_ok(),
+                        },
+                        invoked_micros: invoked.as_micros() as u64,
+                        completed_micros: store.elapsed().as_micros() as u64,
+                        detached: !merged,
+                    });
+                    result
+                } else {
+                    main.await
+                };
                 token = session.token().encode().expect("token encodes");
                 out.max_token_len = out.max_token_len.max(token.len());
                 match (is_write, result) {
@@ -431,11 +503,26 @@ async fn run_user(
             kind,
             invoked_micros: invoked.as_micros() as u64,
             completed_micros: completed.as_micros() as u64,
+            detached: false,
         });
+        if let Some(op) = ghost_op {
+            if let OpKind::Write { ok: false, .. } = op.kind {
+                out.failed += 1;
+            }
+            out.ops.push(op);
+        }
     }
     out
 }
 
+/// Continues the session of `token` as an app instance does, with the scenario's vector cap.
+fn continue_session(token: &str, cap: usize) -> Session {
+    let session = Session::from_encoded(token).expect("own token decodes");
+    if cap != ryw::version::DEFAULT_SCOPE_CAP {
+        session.with_state(|s| s.vector_mut().set_cap(cap));
+    }
+    session
+}
 fn read_kind(out: &mut UserResult, response: &SimResponse, status: ReadStatus) -> OpKind {
     out.reads += 1;
     if matches!(response.served_by, Node::Replica(_)) {

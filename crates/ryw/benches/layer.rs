@@ -8,7 +8,7 @@ mod common;
 
 use common::{BenchAdapter, Req, Resp};
 use criterion::{criterion_group, criterion_main, Criterion};
-use ryw::version::{Coarsening, ScopeKey};
+use ryw::version::ScopeKey;
 use ryw::{ReadYourWritesLayer, Session, Version};
 use std::convert::Infallible;
 use std::future::Future;
@@ -66,14 +66,7 @@ fn session_with_scopes(n: u64) -> Session {
     let s = Session::new();
     s.with_state(|st| {
         for k in 0..n {
-            st.advance(
-                ScopeKey::from_hash(common::STORE, k),
-                Version::new(900 + k),
-                Coarsening {
-                    now_micros: 0,
-                    window_micros: 0,
-                },
-            );
+            st.advance(ScopeKey::from_hash(common::STORE, k), Version::new(900 + k));
         }
     });
     s

@@ -5,7 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ryw::store::{InMemorySessionStore, SessionStore};
-use ryw::version::{Coarsening, ScopeKey, StoreId};
+use ryw::version::{ScopeKey, StoreId};
 use ryw::{SessionId, SessionState, Version};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -34,11 +34,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-const AT: Coarsening = Coarsening {
-    now_micros: 0,
-    window_micros: 0,
-};
-
 fn id(i: u64) -> SessionId {
     // Random-looking ids, as `SessionId::random` gives.
     SessionId::derive(&i.to_le_bytes())
@@ -50,7 +45,6 @@ fn state(i: u64, scopes: u64) -> SessionState {
         s.advance(
             ScopeKey::from_hash(StoreId::new(1), i * 31 + k),
             Version::new(100 + k),
-            AT,
         );
     }
     s
@@ -90,7 +84,6 @@ fn lookup_update(store: &InMemorySessionStore, i: u64) {
     s.advance(
         ScopeKey::from_hash(StoreId::new(1), i * 31),
         Version::new(200 + i),
-        AT,
     );
     store.save(black_box(&s));
 }

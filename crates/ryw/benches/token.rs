@@ -6,22 +6,17 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use ryw::clock::HybridTimestamp;
 use ryw::signing::{KeyRing, SigningKey, TokenAuthority};
-use ryw::version::{Coarsening, ScopeKey, StoreId};
+use ryw::version::{ScopeKey, StoreId};
 use ryw::{SessionId, SessionState, SessionToken, Version};
 use std::hint::black_box;
 
 fn state(scopes: u64) -> SessionState {
     // Scylla-like versions: microsecond timestamps a few milliseconds apart.
     let mut s = SessionState::new(SessionId::random());
-    let at = Coarsening {
-        now_micros: 0,
-        window_micros: 0,
-    };
     for i in 0..scopes {
         s.advance(
             ScopeKey::new(StoreId::new(1), format!("partition/{i}").as_bytes()),
             Version::new(1_764_000_000_000_000 + i * 3_517),
-            at,
         );
     }
     let v = s.vector().clone();

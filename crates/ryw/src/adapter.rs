@@ -86,7 +86,6 @@ use crate::fence::{FenceStrategy, FenceSupport, ReadFence};
 use crate::session::WriteId;
 use crate::version::{ScopeKey, StoreId, Version};
 use smallvec::SmallVec;
-use std::time::Duration;
 
 /// Whether a request reads or writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -335,10 +334,5 @@ pub trait StoreAdapter: Clone + Send + Sync + 'static {
     fn rebase(&self, request: &mut Self::Request, conflict: &Conflict) -> bool {
         let _ = (request, conflict);
         false
-    }
-
-    /// How long replication may take: coarsened scopes fence their store this long.
-    fn replication_window(&self) -> Duration {
-        Duration::from_secs(5)
     }
 }

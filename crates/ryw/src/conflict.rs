@@ -164,13 +164,13 @@ mod tests {
     fn conflict(mine: u64, theirs: Option<u64>, their_session: u128) -> Conflict {
         let mut c = Conflict::new(
             ScopeKey::new(StoreId::new(0), b"k"),
-            WriteId::new(SessionId::from_u128(5), 1),
+            WriteId::new(SessionId::from_u128(5), 0, 1),
             HybridTimestamp::new(mine),
             Some(Version::new(1)),
             Version::new(2),
         );
         c.current_timestamp = theirs.map(HybridTimestamp::new);
-        c.current_writer = Some(WriteId::new(SessionId::from_u128(their_session), 9));
+        c.current_writer = Some(WriteId::new(SessionId::from_u128(their_session), 0, 9));
         c
     }
 

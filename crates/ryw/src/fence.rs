@@ -2,9 +2,9 @@
 //! status every read returns.
 //!
 //! A [`ReadFence`] lists, for each scope a read touches, the version the read must reflect (the
-//! session's high-water mark) and whether a coarsened store horizon is live. The layer meets it
-//! with one of three [`FenceStrategy`]s, chosen by [`FenceConfig`] and what the adapter supports
-//! ([`FenceSupport`]):
+//! session's high-water mark) and the coarsened store horizon that covers it, if any. The layer
+//! meets it with one of three [`FenceStrategy`]s, chosen by [`FenceConfig`] and what the adapter
+//! supports ([`FenceSupport`]):
 //!
 //! - [`FenceStrategy::ServerWait`]: the store waits until it has the version (MongoDB
 //!   `afterClusterTime`);
@@ -258,7 +258,7 @@ impl ReadFence {
         self.requirements.iter().all(Requirement::is_unfenced)
     }
 
-    /// True when a live store horizon covers one of the scopes.
+    /// True when a store horizon covers one of the scopes.
     #[inline]
     pub fn has_horizon(&self) -> bool {
         self.requirements.iter().any(|r| r.horizon.is_some())
@@ -286,7 +286,9 @@ impl ReadFence {
             return FenceStrategy::Verify;
         }
         if self.has_horizon() {
-            // A horizon cannot be verified by one scope's version.
+            // A cheap read rarely meets a horizon (the largest version of every coarsened scope):
+            // go straight to a path that reflects everything when the store has one; otherwise
+            // verify against the horizon.
             if config.initial == FenceStrategy::ServerWait
                 && support.server_wait
                 && support.global_versions
@@ -310,9 +312,10 @@ impl ReadFence {
     /// A response the adapter marked strong ([`Observed::mark_strong`]: served by the strongly
     /// consistent path) is authoritative and meets any fence, even when its version is lower (the
     /// item was deleted and created again). Otherwise, verified reads need an observed version at
-    /// least the requirement on every fenced scope and no live horizon; server-wait and escalated
-    /// reads are trusted when the adapter observed no version for a scope, and checked when it
-    /// did.
+    /// least the requirement on every fenced scope, and at least the store horizon where one
+    /// covers the scope (the horizon is the largest version among the scopes coarsened into it,
+    /// so this is sufficient whatever scope was coarsened); server-wait and escalated reads are
+    /// trusted when the adapter observed no version for a scope, and checked when it did.
     #[inline]
     pub fn check(&self, strategy: FenceStrategy, observed: &Observed) -> Result<(), Staleness> {
         if observed.is_strong() {
@@ -328,7 +331,7 @@ impl ReadFence {
                 FenceStrategy::ServerWait | FenceStrategy::Escalate => true,
             };
             let ok = match seen {
-                Some(v) => v >= r.version && (r.horizon.is_none() || trusted),
+                Some(v) => v >= r.version && (trusted || r.horizon.is_none_or(|h| v >= h)),
                 None => trusted,
             };
             if !ok {

@@ -397,9 +397,8 @@ pub(crate) fn record<A: StoreAdapter, P>(
             bytes,
         });
     }
-    let at = crate::coarsening_for(shared, &state, observed.iter().count());
     for (scope, version) in observed.iter() {
-        state.advance(scope, version, at);
+        state.advance(scope, version);
     }
     if let Some(ts) = observed.seen_clock() {
         state.observe_clock(ts);

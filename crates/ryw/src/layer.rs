@@ -18,7 +18,6 @@ pub(crate) struct Shared<A: StoreAdapter, P> {
     pub(crate) resolver: Arc<dyn ConflictResolver<A::Request>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) conflict_retries: u32,
-    pub(crate) window_micros: u64,
 }
 
 impl<A: StoreAdapter, P: Clone> Clone for Shared<A, P> {
@@ -31,7 +30,6 @@ impl<A: StoreAdapter, P: Clone> Clone for Shared<A, P> {
             resolver: self.resolver.clone(),
             clock: self.clock.clone(),
             conflict_retries: self.conflict_retries,
-            window_micros: self.window_micros,
         }
     }
 }
@@ -78,7 +76,6 @@ impl<A: StoreAdapter> ReadYourWritesLayer<A> {
     /// A layer for `adapter` with the default configuration.
     pub fn new(adapter: A) -> Self {
         let policy = RetryPolicy::new(adapter.clone());
-        let window_micros = adapter.replication_window().as_micros() as u64;
         ReadYourWritesLayer {
             shared: Arc::new(Shared {
                 support: adapter.fence_support(),
@@ -88,7 +85,6 @@ impl<A: StoreAdapter> ReadYourWritesLayer<A> {
                 resolver: Arc::new(LastWriterWins),
                 clock: Arc::new(SystemClock),
                 conflict_retries: 2,
-                window_micros,
             }),
         }
     }
@@ -136,7 +132,6 @@ impl<A: StoreAdapter, P: Clone> ReadYourWritesLayer<A, P> {
                 resolver: s.resolver,
                 clock: s.clock,
                 conflict_retries: s.conflict_retries,
-                window_micros: s.window_micros,
             }),
         }
     }

@@ -108,7 +108,6 @@ use crate::fence::ReadFence;
 use crate::future::{Attempt, ResponseFuture};
 use crate::layer::Shared;
 use crate::retry::{RetryPolicy, SessionRetryPolicy};
-use crate::version::Coarsening;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -277,24 +276,6 @@ impl<S, A: StoreAdapter, P> ReadYourWrites<S, A, P> {
     }
 }
 
-/// The coarsening parameters for `extra` new entries: the real clock is read only when an
-/// eviction can happen.
-pub(crate) fn coarsening_for<A: StoreAdapter, P>(
-    shared: &Shared<A, P>,
-    state: &SessionState,
-    extra: usize,
-) -> Coarsening {
-    let now_micros = if state.vector().len() + extra > state.vector().cap() {
-        shared.clock.now_micros()
-    } else {
-        0
-    };
-    Coarsening {
-        now_micros,
-        window_micros: shared.window_micros,
-    }
-}
-
 impl<S, A, P> Service<SessionRequest<A::Request>> for ReadYourWrites<S, A, P>
 where
     A: StoreAdapter,
@@ -326,19 +307,14 @@ where
         let clock_at_start;
         {
             let mut state = session.lock();
-            let now = match op {
-                Operation::Write(_) => shared.clock.now_micros(),
-                _ if state.vector().horizons().next().is_some() => shared.clock.now_micros(),
-                _ => 0,
-            };
             for scope in scopes.iter() {
-                fence.push(state.vector().requirement(scope, now));
+                fence.push(state.vector().requirement(scope));
             }
             if let Some(c) = state.context(adapter.store()) {
                 fence.set_context(Some(c.clone()));
             }
             if let Operation::Write(_) = op {
-                stamp = Some(state.next_write(now));
+                stamp = Some(state.next_write(shared.clock.now_micros()));
             }
             clock_at_start = state.clock();
         }

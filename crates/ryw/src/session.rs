@@ -25,9 +25,10 @@
 
 use crate::clock::HybridTimestamp;
 use crate::token::{SessionToken, TokenError};
-use crate::version::{Coarsening, ScopeKey, StoreId, Version, VersionVector};
+use crate::version::{ScopeKey, StoreId, Version, VersionVector};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// A 128-bit session identifier: random, or derived from a client key.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -101,48 +102,103 @@ impl fmt::Debug for SessionId {
     }
 }
 
-/// The idempotency key of one write: the session and the write's sequence number in it.
+/// The idempotency key of one write: the session, the lane of the continuation that stamped it,
+/// and the write's sequence number in the session.
 ///
 /// Stamped once, before the first attempt, and reused by every retry of that write in this
 /// process or another one, so a store can recognise an attempt that already landed.
+///
+/// # Uniqueness
+///
+/// No two different writes carry the same id, however the session is continued. Every
+/// [`SessionState`] value (a new session, one decoded from a token or loaded from a session
+/// store, every clone) draws its own random 64-bit *lane*, and stamps writes
+/// `(session, lane, seq)` with a sequence that only grows. So two app instances continuing one
+/// token at once, or two tabs, or a retry by a load balancer, stamp different ids for their
+/// different writes: the lanes differ. Within one lane the sequence differs. Lanes come from a
+/// per-process counter seeded by the operating system's generator and mixed by a bijection, so
+/// the lanes of one process never repeat, and two processes share a lane with probability about
+/// 2^-64 per pair of continuations.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WriteId {
     /// The session that issued the write.
     pub session: SessionId,
+    /// The continuation of the session that stamped the write (random per [`SessionState`]).
+    pub lane: u64,
     /// The write's sequence number within the session, starting at 1.
     pub seq: u64,
 }
 
 impl WriteId {
     /// A write id.
-    pub const fn new(session: SessionId, seq: u64) -> Self {
-        WriteId { session, seq }
+    pub const fn new(session: SessionId, lane: u64, seq: u64) -> Self {
+        WriteId { session, lane, seq }
     }
 
-    /// A 24-byte form: the session id then the sequence, both little-endian.
-    pub fn to_bytes(self) -> [u8; 24] {
-        let mut out = [0u8; 24];
+    /// A 32-byte form: the session id, the lane, then the sequence, all little-endian.
+    pub fn to_bytes(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
         out[..16].copy_from_slice(&self.session.to_bytes());
-        out[16..].copy_from_slice(&self.seq.to_le_bytes());
+        out[16..24].copy_from_slice(&self.lane.to_le_bytes());
+        out[24..].copy_from_slice(&self.seq.to_le_bytes());
         out
     }
 
-    /// Parses the form written by `Display` (`<32 hex digits>-<decimal seq>`).
+    /// A 128-bit digest of the id, for stores that cap the length of an idempotency key
+    /// (DynamoDB's `ClientRequestToken`: 36 characters). Stable across processes and builds.
+    pub fn digest128(self) -> u128 {
+        let bytes = self.to_bytes();
+        let lo = crate::version::stable_hash(&bytes);
+        let mut salted = [0u8; 33];
+        salted[0] = 0x5a;
+        salted[1..].copy_from_slice(&bytes);
+        let hi = crate::version::stable_hash(&salted);
+        (u128::from(hi) << 64) | u128::from(lo)
+    }
+
+    /// Parses the form written by `Display` (`<32 hex digits>-<16 hex digits>-<decimal seq>`).
     pub fn parse(text: &str) -> Option<Self> {
-        let (id, seq) = text.split_once('-')?;
-        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let (id, rest) = text.split_once('-')?;
+        let (lane, seq) = rest.split_once('-')?;
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(id, 32)
+            || !hex(lane, 16)
+            || seq.is_empty()
+            || !seq.bytes().all(|b| b.is_ascii_digit())
+        {
             return None;
         }
         let session = SessionId(u128::from_str_radix(id, 16).ok()?);
+        let lane = u64::from_str_radix(lane, 16).ok()?;
         let seq = seq.parse().ok()?;
-        Some(WriteId { session, seq })
+        Some(WriteId { session, lane, seq })
     }
 }
 
 impl fmt::Display for WriteId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.session, self.seq)
+        write!(f, "{}-{:016x}-{}", self.session, self.lane, self.seq)
     }
+}
+
+/// A lane no other [`SessionState`] of this process has, and that another process draws with
+/// probability about 2^-64: a per-process counter, seeded once from the operating system's
+/// generator, through the splitmix64 finalizer (a bijection, so distinct counters give distinct
+/// lanes).
+fn fresh_lane() -> u64 {
+    static NEXT: OnceLock<AtomicU64> = OnceLock::new();
+    let counter = NEXT.get_or_init(|| {
+        let mut seed = [0u8; 8];
+        if getrandom::fill(&mut seed).is_err() {
+            // No mainstream platform fails here; fall back to a random session id's bits.
+            seed = (SessionId::random().as_u128() as u64).to_le_bytes();
+        }
+        AtomicU64::new(u64::from_le_bytes(seed))
+    });
+    let mut z = counter.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl fmt::Debug for WriteId {
@@ -152,9 +208,14 @@ impl fmt::Debug for WriteId {
 }
 
 /// The state of one session: its write sequence, hybrid clock and version vector.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Each value also has a *lane* of its own (see [`WriteId`]): cloning a state, or decoding one
+/// from a token, makes a new continuation with a new lane, so the write ids it stamps are its own.
+/// The lane is not part of the session's portable state: it is neither encoded nor compared.
+#[derive(Debug)]
 pub struct SessionState {
     id: SessionId,
+    lane: u64,
     write_seq: u64,
     clock: HybridTimestamp,
     vector: VersionVector,
@@ -191,11 +252,37 @@ impl fmt::Debug for StoreContext {
     }
 }
 
+impl Clone for SessionState {
+    /// A copy of the state on a new lane: the copy is another continuation of the session.
+    fn clone(&self) -> Self {
+        SessionState {
+            id: self.id,
+            lane: fresh_lane(),
+            write_seq: self.write_seq,
+            clock: self.clock,
+            vector: self.vector.clone(),
+            contexts: self.contexts.clone(),
+        }
+    }
+}
+
+impl PartialEq for SessionState {
+    /// Equal portable state (the lane is not compared).
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.write_seq == other.write_seq
+            && self.clock == other.clock
+            && self.vector == other.vector
+            && self.contexts == other.contexts
+    }
+}
+
 impl SessionState {
     /// An empty state for `id`.
     pub fn new(id: SessionId) -> Self {
         SessionState {
             id,
+            lane: fresh_lane(),
             write_seq: 0,
             clock: HybridTimestamp::default(),
             vector: VersionVector::default(),
@@ -212,11 +299,18 @@ impl SessionState {
     ) -> Self {
         SessionState {
             id,
+            lane: fresh_lane(),
             write_seq,
             clock,
             vector,
             contexts: Vec::new(),
         }
+    }
+
+    /// The lane of this continuation (see [`WriteId`]).
+    #[inline]
+    pub fn lane(&self) -> u64 {
+        self.lane
     }
 
     /// The context a store keeps in this session, if any.
@@ -285,22 +379,18 @@ impl SessionState {
 
     /// Stamps a new write: the next [`WriteId`] and a clock reading after every timestamp seen.
     ///
-    /// The sequence saturates at `u64::MAX` instead of overflowing (a state decoded from an
-    /// absurd unsigned token must not panic); write ids of such a session are then no longer
-    /// unique.
+    /// The id is unique (see [`WriteId`]). When the sequence is exhausted (a state decoded from
+    /// an absurd unsigned token), the state moves to a new lane instead of overflowing or
+    /// repeating an id.
     #[inline]
     pub fn next_write(&mut self, now_micros: u64) -> (WriteId, HybridTimestamp) {
-        self.write_seq = self.write_seq.saturating_add(1);
+        if self.write_seq == u64::MAX {
+            self.lane = fresh_lane();
+        } else {
+            self.write_seq += 1;
+        }
         self.clock = self.clock.next(now_micros);
-        (WriteId::new(self.id, self.write_seq), self.clock)
-    }
-
-    /// Skips `n` write ids (saturating): the writes stamped from here on cannot reuse an id that
-    /// another holder of this same state stamps. The HTTP layer skips a random block on every
-    /// request, because two app instances serving concurrent requests of one token would otherwise
-    /// both stamp the next sequence number, for two different writes.
-    pub fn skip_write_ids(&mut self, n: u64) {
-        self.write_seq = self.write_seq.saturating_add(n);
+        (WriteId::new(self.id, self.lane, self.write_seq), self.clock)
     }
 
     /// Moves the hybrid clock to at least `seen`.
@@ -311,17 +401,17 @@ impl SessionState {
 
     /// Raises the high-water mark of `scope`.
     #[inline]
-    pub fn advance(&mut self, scope: ScopeKey, version: Version, at: Coarsening) -> bool {
-        self.vector.advance(scope, version, at)
+    pub fn advance(&mut self, scope: ScopeKey, version: Version) -> bool {
+        self.vector.advance(scope, version)
     }
 
     /// Pointwise maximum with another state of the same session. States of other sessions are
-    /// ignored (returns false).
-    pub fn merge(&mut self, other: &SessionState, at: Coarsening) -> bool {
+    /// ignored (returns false). This state keeps its own lane.
+    pub fn merge(&mut self, other: &SessionState) -> bool {
         if other.id != self.id {
             return false;
         }
-        self.absorb(other, at);
+        self.absorb(other);
         true
     }
 
@@ -330,12 +420,12 @@ impl SessionState {
     /// session). Used when a client presents tokens of two sessions at once (two concurrent first
     /// requests that each started one): the fences become stricter, never weaker, and write ids
     /// stay unique because the sequence of another session is not taken.
-    pub fn absorb(&mut self, other: &SessionState, at: Coarsening) {
+    pub fn absorb(&mut self, other: &SessionState) {
         if other.id == self.id {
             self.write_seq = self.write_seq.max(other.write_seq);
         }
         self.clock.observe(other.clock);
-        self.vector.merge(&other.vector, at);
+        self.vector.merge(&other.vector);
         for c in &other.contexts {
             self.advance_context(c.clone());
         }
@@ -364,23 +454,6 @@ impl SessionState {
             })
     }
 }
-
-/// The coarsening of a merge outside the layer: the wall clock is read only when the merge can
-/// overflow the cap and coarsen, with the default replication window.
-pub(crate) fn merge_coarsening(into: &SessionState, from: &SessionState) -> Coarsening {
-    let may_evict = into.vector().len() + from.vector().len() > into.vector().cap();
-    Coarsening {
-        now_micros: if may_evict {
-            crate::clock::Clock::now_micros(&crate::clock::SystemClock)
-        } else {
-            0
-        },
-        window_micros: DEFAULT_REPLICATION_WINDOW_MICROS,
-    }
-}
-
-/// The replication window assumed when a merge outside the layer has to coarsen (5 s).
-pub const DEFAULT_REPLICATION_WINDOW_MICROS: u64 = 5_000_000;
 
 struct Shared {
     id: SessionId,
@@ -460,17 +533,13 @@ impl Session {
     /// Merges another state of this session (from a token that came with a request, or from a
     /// session store) by pointwise maximum. Returns false if `other` belongs to another session.
     pub fn merge(&self, other: &SessionState) -> bool {
-        let mut state = self.lock();
-        let at = merge_coarsening(&state, other);
-        state.merge(other, at)
+        self.lock().merge(other)
     }
 
     /// Takes in what another state has observed, whichever session it belongs to
     /// ([`SessionState::absorb`]).
     pub fn absorb(&self, other: &SessionState) {
-        let mut state = self.lock();
-        let at = merge_coarsening(&state, other);
-        state.absorb(other, at);
+        self.lock().absorb(other);
     }
 
     /// Runs `f` with the state locked. Keep `f` short: every request of the session waits on it.
@@ -500,11 +569,6 @@ mod tests {
     use super::*;
     use crate::version::StoreId;
 
-    const AT: Coarsening = Coarsening {
-        now_micros: 0,
-        window_micros: 1,
-    };
-
     #[test]
     fn write_ids_are_sequential_and_clock_monotonic() {
         let mut s = SessionState::new(SessionId::from_u128(7));
@@ -512,24 +576,34 @@ mod tests {
         let (w2, t2) = s.next_write(50);
         assert_eq!((w1.seq, w2.seq), (1, 2));
         assert!(t2 > t1);
+        assert_eq!(w1.lane, w2.lane);
         assert_eq!(WriteId::parse(&w2.to_string()), Some(w2));
         assert_eq!(WriteId::parse("xyz-1"), None);
         assert_eq!(WriteId::parse(&format!("{}-x", w2.session)), None);
+        assert_eq!(
+            WriteId::parse(&format!("{}-{:016x}-+1", w2.session, w2.lane)),
+            None
+        );
+        let short_lane = &format!("{:016x}", w2.lane)[1..];
+        assert_eq!(
+            WriteId::parse(&format!("{}-{short_lane}-1", w2.session)),
+            None
+        );
     }
 
     #[test]
     fn merge_ignores_other_sessions_and_never_regresses() {
         let scope = ScopeKey::new(StoreId::new(0), b"k");
         let mut a = SessionState::new(SessionId::from_u128(1));
-        a.advance(scope, Version::new(9), AT);
+        a.advance(scope, Version::new(9));
         let mut b = SessionState::new(SessionId::from_u128(1));
-        b.advance(scope, Version::new(3), AT);
+        b.advance(scope, Version::new(3));
         b.next_write(10);
-        assert!(a.merge(&b, AT));
+        assert!(a.merge(&b));
         assert_eq!(a.vector().get(scope), Some(Version::new(9)));
         assert_eq!(a.write_seq(), 1);
         let other = SessionState::new(SessionId::from_u128(2));
-        assert!(!a.merge(&other, AT));
+        assert!(!a.merge(&other));
     }
 
     #[test]
@@ -540,16 +614,52 @@ mod tests {
             HybridTimestamp::new(u64::MAX),
             VersionVector::default(),
         );
-        let (id, t) = s.next_write(5);
-        assert_eq!(id.seq, u64::MAX);
+        let (a, t) = s.next_write(5);
+        let (b, _) = s.next_write(6);
+        assert_eq!((a.seq, b.seq), (u64::MAX, u64::MAX));
+        assert_ne!(a, b, "an exhausted sequence moves to a new lane");
         assert_eq!(t.get(), u64::MAX);
-        s.skip_write_ids(10);
-        assert_eq!(s.write_seq(), u64::MAX);
     }
 
     #[test]
     fn derived_ids_differ_per_key() {
         assert_ne!(SessionId::derive(b"a"), SessionId::derive(b"b"));
         assert_ne!(SessionId::random(), SessionId::random());
+    }
+
+    #[test]
+    fn two_continuations_of_one_token_never_share_a_write_id() {
+        // The reproduction: one token, continued twice (two instances, two tabs, a lost response
+        // and a retry), each continuation writes. Before lanes, both stamped `seq + 1`.
+        let original = Session::new();
+        original.with_state(|s| s.next_write(1));
+        let token = original.token().encode().unwrap();
+        let a = Session::from_encoded(&token).unwrap();
+        let b = Session::from_encoded(&token).unwrap();
+        let ids: Vec<WriteId> = (0..3)
+            .flat_map(|i| {
+                [
+                    a.with_state(|s| s.next_write(10 + i).0),
+                    b.with_state(|s| s.next_write(10 + i).0),
+                ]
+            })
+            .collect();
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "{ids:?}");
+        // Merged back, each side keeps its lane and its sequence only grows.
+        a.merge(&b.snapshot());
+        let next = a.with_state(|s| s.next_write(20).0);
+        assert!(!ids.contains(&next));
+        assert!(next.seq > 4);
+    }
+
+    #[test]
+    fn clones_and_decoded_states_are_new_lanes() {
+        let s = SessionState::new(SessionId::from_u128(3));
+        let c = s.clone();
+        assert_eq!(s, c, "the lane is not portable state");
+        assert_ne!(s.lane(), c.lane());
+        let lanes: std::collections::HashSet<u64> = (0..10_000).map(|_| s.clone().lane()).collect();
+        assert_eq!(lanes.len(), 10_000);
     }
 }

@@ -672,7 +672,7 @@ pub fn now_secs() -> u64 {
 mod tests {
     use super::*;
     use crate::token::Signature;
-    use crate::version::{Coarsening, ScopeKey, StoreId, Version};
+    use crate::version::{ScopeKey, StoreId, Version};
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
 
@@ -681,15 +681,10 @@ mod tests {
     fn state(scopes: u64) -> SessionState {
         let mut s = SessionState::new(SessionId::from_u128(0xfeed));
         s.next_write(1_790_000_000_000_000);
-        let at = Coarsening {
-            now_micros: 0,
-            window_micros: 0,
-        };
         for i in 0..scopes {
             s.advance(
                 ScopeKey::new(StoreId::new(1), format!("k{i}").as_bytes()),
                 Version::new(1_790_000_000_000_000 + i * 997),
-                at,
             );
         }
         s

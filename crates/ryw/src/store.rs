@@ -32,10 +32,8 @@
 //! ```
 
 use crate::clock::HybridTimestamp;
-use crate::session::{merge_coarsening, SessionId, SessionState};
-use crate::version::{
-    Coarsening, Entry, ScopeKey, StoreHorizon, Version, VersionVector, DEFAULT_SCOPE_CAP,
-};
+use crate::session::{SessionId, SessionState};
+use crate::version::{Entry, ScopeKey, StoreHorizon, Version, VersionVector, DEFAULT_SCOPE_CAP};
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -64,8 +62,7 @@ use std::time::{Duration, Instant};
 ///         let mut map = self.0.lock().unwrap();
 ///         match map.get_mut(&state.id()) {
 ///             Some(existing) => {
-///                 let at = ryw::version::Coarsening { now_micros: 0, window_micros: 0 };
-///                 existing.merge(state, at);
+///                 existing.merge(state);
 ///             }
 ///             None => {
 ///                 map.insert(state.id(), state.clone());
@@ -160,10 +157,6 @@ impl Record {
     }
 
     fn to_state(&self, id: SessionId) -> SessionState {
-        let never = Coarsening {
-            now_micros: 0,
-            window_micros: 0,
-        };
         let contexts = match &self.data {
             Data::Many(spill) => &spill.contexts[..],
             _ => &[],
@@ -172,13 +165,13 @@ impl Record {
             Data::Empty => VersionVector::default(),
             Data::One(scope, version) => {
                 let mut v = VersionVector::default();
-                v.advance(ScopeKey::from_bits(*scope), Version::new(*version), never);
+                v.advance(ScopeKey::from_bits(*scope), Version::new(*version));
                 v
             }
             Data::Many(spill) => {
                 let mut v = VersionVector::with_cap(spill.cap as usize);
                 for e in spill.entries.iter() {
-                    v.advance(e.scope, e.version, never);
+                    v.advance(e.scope, e.version);
                 }
                 for h in spill.horizons.iter() {
                     v.raise_horizon(*h);
@@ -382,7 +375,7 @@ impl SessionStore for InMemorySessionStore {
         if let Some(r) = shard.young.get_mut(&id) {
             if !self.expired(r, now) {
                 let mut merged = r.to_state(id);
-                merged.merge(state, merge_coarsening(&merged, state));
+                merged.merge(state);
                 *r = Record::from_state(&merged, now);
             } else {
                 *r = Record::from_state(state, now);
@@ -392,7 +385,7 @@ impl SessionStore for InMemorySessionStore {
         let record = match shard.old.remove(&id) {
             Some(old) if !self.expired(&old, now) => {
                 let mut merged = old.to_state(id);
-                merged.merge(state, merge_coarsening(&merged, state));
+                merged.merge(state);
                 Record::from_state(&merged, now)
             }
             _ => Record::from_state(state, now),
@@ -414,16 +407,8 @@ mod tests {
 
     fn state(id: u128, versions: &[(u64, u64)]) -> SessionState {
         let mut s = SessionState::new(SessionId::from_u128(id));
-        let at = Coarsening {
-            now_micros: 0,
-            window_micros: 0,
-        };
         for &(scope, v) in versions {
-            s.advance(
-                ScopeKey::from_hash(StoreId::new(1), scope),
-                Version::new(v),
-                at,
-            );
+            s.advance(ScopeKey::from_hash(StoreId::new(1), scope), Version::new(v));
         }
         s
     }

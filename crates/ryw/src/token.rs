@@ -10,7 +10,7 @@
 //! [`MAX_TOKEN_LEN`] characters is rejected before any decoding, counts are checked against the
 //! bytes that remain, and every failure is a distinct [`TokenError`].
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //!
 //! ```text
 //! token    := 0x01 flags session_id[16] varint(write_seq) varint(clock)
@@ -20,10 +20,13 @@
 //!             [key_id[1] tag[32]]                            if flags & SIGNED
 //! section  := kind[1] varint(len) payload[len]               kind 0x01 = store versions,
 //!                                                            kind 0x02 = store context
-//! store    := store_id[1] sflags[1] [varint(version) varint(until_micros)]  if sflags & HORIZON
+//! store    := store_id[1] sflags[1] [varint(horizon version)]  if sflags & HORIZON
 //!             varint(n_entries) (hash56[7] varint(version delta))*
 //! context  := store_id[1] varint(version) bytes[..]          at most 160 bytes, 2 per token
 //! ```
+//!
+//! Version 1 tokens (which also carried a time after the horizon version, when horizons
+//! expired) are still read; the time is ignored, because a horizon no longer expires.
 //!
 //! Entries of a section are sorted by version and delta-encoded, so a session's versions (usually
 //! close together) take a few bytes each. A 4-scope token is about 90 to 105 characters unsigned,
@@ -36,11 +39,10 @@
 //! ```
 //! use ryw::session::{SessionId, SessionState};
 //! use ryw::token::{SessionToken, TokenError};
-//! use ryw::version::{Coarsening, ScopeKey, StoreId, Version};
+//! use ryw::version::{ScopeKey, StoreId, Version};
 //!
 //! let mut state = SessionState::new(SessionId::derive(b"user:7"));
-//! let at = Coarsening { now_micros: 0, window_micros: 0 };
-//! state.advance(ScopeKey::new(StoreId::new(1), b"posts/1"), Version::new(42), at);
+//! state.advance(ScopeKey::new(StoreId::new(1), b"posts/1"), Version::new(42));
 //!
 //! let encoded = SessionToken::new(state.clone()).encode()?;
 //! let decoded = SessionToken::decode(&encoded)?;
@@ -53,7 +55,7 @@
 use crate::clock::HybridTimestamp;
 use crate::session::{SessionId, SessionState, StoreContext, MAX_CONTEXTS, MAX_CONTEXT_LEN};
 use crate::version::{
-    Coarsening, Entry, ScopeKey, StoreHorizon, StoreId, Version, VersionVector, MAX_SCOPE_CAP,
+    Entry, ScopeKey, StoreHorizon, StoreId, Version, VersionVector, MAX_SCOPE_CAP,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -63,8 +65,11 @@ use std::fmt;
 /// The largest encoded token accepted or produced, in characters (1 KiB).
 pub const MAX_TOKEN_LEN: usize = 1024;
 
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The format version this build writes (it also reads version 1).
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The previous format, still read: its horizons carried an expiry time, now ignored.
+const FORMAT_VERSION_1: u8 = 1;
 
 const FLAG_SIGNED: u8 = 0b001;
 const FLAG_TIMES: u8 = 0b010;
@@ -300,9 +305,9 @@ impl SessionToken {
             });
         }
         let mut r = Reader { bytes, pos: 0 };
-        let version = r.u8("format version")?;
-        if version != FORMAT_VERSION {
-            return Err(TokenError::UnknownVersion(version));
+        let format = r.u8("format version")?;
+        if format != FORMAT_VERSION && format != FORMAT_VERSION_1 {
+            return Err(TokenError::UnknownVersion(format));
         }
         let flags = r.u8("flags")?;
         if flags & !KNOWN_FLAGS != 0 {
@@ -332,10 +337,6 @@ impl SessionToken {
         let mut seen_stores = [false; 256];
         let mut contexts: Vec<StoreContext> = Vec::new();
         let mut scopes = 0usize;
-        let never = Coarsening {
-            now_micros: 0,
-            window_micros: 0,
-        };
         for _ in 0..sections {
             let kind = r.u8("section kind")?;
             let len = r.varint("section length")?;
@@ -382,15 +383,18 @@ impl SessionToken {
             if sflags & !STORE_FLAG_HORIZON != 0 {
                 return Err(TokenError::Malformed("unknown store flags"));
             }
-            if sflags & STORE_FLAG_HORIZON != 0 {
+            let horizon = if sflags & STORE_FLAG_HORIZON != 0 {
                 let version = Version::new(s.varint("horizon version")?);
-                let until_micros = s.varint("horizon time")?;
-                vector.raise_horizon(StoreHorizon {
-                    store,
-                    version,
-                    until_micros,
-                });
-            }
+                if version == Version::ZERO {
+                    return Err(TokenError::Malformed("zero horizon"));
+                }
+                if let FORMAT_VERSION_1 = format {
+                    s.varint("horizon time")?;
+                }
+                Some(StoreHorizon { store, version })
+            } else {
+                None
+            };
             let count = s.varint("entry count")?;
             if count > (s.remaining() / 8) as u64 {
                 return Err(TokenError::Truncated { field: "entries" });
@@ -418,7 +422,11 @@ impl SessionToken {
                 if vector.get(scope).is_some() {
                     return Err(TokenError::Malformed("duplicate scope"));
                 }
-                vector.advance(scope, Version::new(version), never);
+                vector.advance(scope, Version::new(version));
+            }
+            // After the entries: entries below the horizon are kept as they were encoded.
+            if let Some(h) = horizon {
+                vector.raise_horizon(h);
             }
             if s.remaining() != 0 {
                 return Err(TokenError::Malformed("trailing bytes in section"));
@@ -506,14 +514,7 @@ pub(crate) fn write_body(
             });
         }
         let mut next = vector.clone();
-        let now = crate::clock::Clock::now_micros(&crate::clock::SystemClock);
-        next.enforce_cap(
-            vector.len() / 2,
-            Coarsening {
-                now_micros: now,
-                window_micros: crate::session::DEFAULT_REPLICATION_WINDOW_MICROS,
-            },
-        );
+        next.enforce_cap(vector.len() / 2);
         coarsened = Some(next);
     }
 }
@@ -581,7 +582,6 @@ fn write_sections(out: &mut Vec<u8>, vector: &VersionVector, contexts: &[StoreCo
             Some(h) => {
                 out.push(STORE_FLAG_HORIZON);
                 put_varint(out, h.version.get());
-                put_varint(out, h.until_micros);
             }
             None => out.push(0),
         }
@@ -675,11 +675,6 @@ mod tests {
     use super::*;
     use crate::session::SessionId;
 
-    const AT: Coarsening = Coarsening {
-        now_micros: 0,
-        window_micros: 0,
-    };
-
     fn state_with(n: u64, base: u64) -> SessionState {
         let mut s = SessionState::new(SessionId::from_u128(
             0x0123_4567_89ab_cdef_0011_2233_4455_6677,
@@ -689,7 +684,6 @@ mod tests {
             s.advance(
                 ScopeKey::new(StoreId::new(1), format!("item/{i}").as_bytes()),
                 Version::new(base + i * 1_000),
-                AT,
             );
         }
         s
@@ -701,7 +695,6 @@ mod tests {
         s.vector_mut().raise_horizon(StoreHorizon {
             store: StoreId::new(9),
             version: Version::new(77),
-            until_micros: 123_456,
         });
         assert!(s.advance_context(StoreContext {
             store: StoreId::new(3),
@@ -739,7 +732,7 @@ mod tests {
         assert!(!s.advance_context(ctx(9, MAX_CONTEXT_LEN + 1)), "too long");
         let mut other = s.clone();
         assert!(other.advance_context(ctx(8, 10)));
-        s.merge(&other, AT);
+        s.merge(&other);
         assert_eq!(s.context(StoreId::new(1)).unwrap().version, Version::new(8));
         // A token whose context section is duplicated is malformed.
         let enc = SessionToken::new(s).encode().unwrap();
@@ -773,10 +766,10 @@ mod tests {
             );
         }
         let mut v = bytes.clone();
-        v[0] = 2;
+        v[0] = 3;
         assert_eq!(
             SessionToken::from_bytes(&v),
-            Err(TokenError::UnknownVersion(2))
+            Err(TokenError::UnknownVersion(3))
         );
         let mut v = bytes.clone();
         v[1] = 0x80;
@@ -809,7 +802,6 @@ mod tests {
             s.advance(
                 ScopeKey::from_hash(StoreId::new((i % 2) as u8), i),
                 Version::new(u64::MAX - (i << 50)),
-                AT,
             );
         }
         let enc = SessionToken::new(s.clone()).encode().unwrap();
@@ -827,9 +819,48 @@ mod tests {
             s.vector_mut().raise_horizon(StoreHorizon {
                 store: StoreId::new(store),
                 version: Version::new(u64::MAX),
-                until_micros: u64::MAX,
             });
         }
         assert!(SessionToken::new(s).encode().unwrap_err().is_oversized());
+    }
+
+    #[test]
+    fn version_1_tokens_are_read_and_their_horizon_time_ignored() {
+        let mut s = state_with(2, 5);
+        s.vector_mut().raise_horizon(StoreHorizon {
+            store: StoreId::new(1),
+            version: Version::new(3_000),
+        });
+        let mut v2 = Vec::new();
+        write_body(&mut v2, &s, None, None, false).unwrap();
+        // Rewrite as version 1: the same bytes with a time after the horizon version.
+        let mut v1 = Vec::new();
+        v1.push(1u8);
+        v1.extend_from_slice(&v2[1..]);
+        let mut header = Vec::new();
+        write_header(&mut header, &s, None, None, false);
+        let section = header.len() + 1; // after the section count
+        assert_eq!(v1[section], SECTION_STORE);
+        let horizon_at = section + 2 + 2; // kind, length, store id, flags
+        assert_eq!(v1[horizon_at - 1], STORE_FLAG_HORIZON);
+        let horizon_len = {
+            let mut n = 0;
+            while v1[horizon_at + n] & 0x80 != 0 {
+                n += 1;
+            }
+            n + 1
+        };
+        v1.insert(horizon_at + horizon_len, 0x05); // an expired time: 5 µs after the epoch
+        v1[section + 1] += 1;
+        let back = SessionToken::from_bytes(&v1).unwrap();
+        assert_eq!(back.state(), &s);
+        assert_eq!(
+            back.state()
+                .vector()
+                .horizon(StoreId::new(1))
+                .unwrap()
+                .version,
+            Version::new(3_000)
+        );
     }
 }

@@ -7,24 +7,32 @@
 //! vectors are compared with [`VersionVector::dominates`] (a partial order), never with `Ord`.
 //!
 //! The vector is bounded. Past its cap, the least recently advanced entries are *coarsened* into
-//! a per-store [`StoreHorizon`]: "this session touched this store up to version V; until time T
-//! every read of that store is fenced". Coarsening is always safe (it only makes fences
-//! stricter) and never silent (the horizon is visible in the vector and in the token).
+//! a per-store [`StoreHorizon`]: "this session touched some scopes of this store up to version
+//! V", so every read of that store must reflect at least V on the scope it reads (or be served
+//! by a path that reflects everything: a server wait at V on a store with global versions, or
+//! the strong path). A horizon never expires and never goes down: coarsening only makes fences
+//! stricter, whatever the lag and however long ago the scope was touched. It is never silent
+//! either (the horizon is visible in the vector and in the token).
 //!
 //! # Example
 //!
 //! ```
-//! use ryw::version::{Coarsening, ScopeKey, StoreId, Version, VersionVector};
+//! use ryw::version::{ScopeKey, StoreId, Version, VersionVector};
 //!
 //! let store = StoreId::new(1);
 //! let post = ScopeKey::new(store, b"posts/42");
-//! let mut vector = VersionVector::with_cap(8);
-//! let at = Coarsening { now_micros: 0, window_micros: 1_000_000 };
+//! let mut vector = VersionVector::with_cap(1);
 //!
-//! vector.advance(post, Version::new(7), at);
-//! vector.advance(post, Version::new(3), at); // older: ignored
+//! vector.advance(post, Version::new(7));
+//! vector.advance(post, Version::new(3)); // older: ignored
 //! assert_eq!(vector.get(post), Some(Version::new(7)));
-//! assert_eq!(vector.requirement(post, 0).version, Version::new(7));
+//! assert_eq!(vector.requirement(post).version, Version::new(7));
+//!
+//! // A second scope overflows the cap of 1: the first is coarsened into the store's horizon,
+//! // which every later read of the store must meet, for as long as the session lives.
+//! vector.advance(ScopeKey::new(store, b"posts/43"), Version::new(9));
+//! assert_eq!(vector.get(post), None);
+//! assert_eq!(vector.requirement(post).horizon, Some(Version::new(7)));
 //! ```
 
 use smallvec::SmallVec;
@@ -140,26 +148,15 @@ pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
 
 /// Coarsened state for one store: entries evicted from the vector, summarised.
 ///
-/// Until `until_micros` (wall-clock microseconds since the Unix epoch) every read of the store
-/// that is not covered by an exact entry must be escalated (or waited for at `version` when the
-/// store's versions are global).
+/// Every later read of the store must reflect at least `version` on the scope it reads, or be
+/// served by a path that reflects everything (see [`crate::fence::ReadFence::check`]). A horizon
+/// does not expire: replication lag has no upper bound a session could rely on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreHorizon {
     /// The store.
     pub store: StoreId,
     /// The largest version among the evicted entries.
     pub version: Version,
-    /// Until when reads of the store stay fenced.
-    pub until_micros: u64,
-}
-
-/// When and for how long a coarsened entry keeps fencing its store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Coarsening {
-    /// The current wall-clock time, in microseconds since the Unix epoch.
-    pub now_micros: u64,
-    /// How long replication of the store may take: a horizon created now lasts this long.
-    pub window_micros: u64,
 }
 
 /// One exact entry of a [`VersionVector`].
@@ -190,7 +187,8 @@ pub struct Requirement {
     pub scope: ScopeKey,
     /// The exact high-water mark (`Version::ZERO` when the session has none for this scope).
     pub version: Version,
-    /// A live store horizon covering this scope: the read cannot be verified by version alone.
+    /// The store horizon covering this scope, if the session coarsened entries of its store: the
+    /// read must then reflect at least this version too.
     pub horizon: Option<Version>,
 }
 
@@ -253,6 +251,13 @@ impl VersionVector {
         self.cap = cap.max(self.slots.len()).clamp(1, MAX_SCOPE_CAP) as u16;
     }
 
+    /// Sets the cap (clamped to `1..=MAX_SCOPE_CAP`), coarsening the least recently advanced
+    /// entries if the vector holds more.
+    pub fn set_cap(&mut self, cap: usize) {
+        self.cap = cap.clamp(1, MAX_SCOPE_CAP) as u16;
+        self.enforce_cap(self.cap as usize);
+    }
+
     /// Number of exact entries.
     #[inline]
     pub fn len(&self) -> usize {
@@ -286,20 +291,20 @@ impl VersionVector {
             .map(|s| s.entry.version)
     }
 
-    /// The horizon of `store`, if any (live or not).
+    /// The horizon of `store`, if any.
     pub fn horizon(&self, store: StoreId) -> Option<StoreHorizon> {
         self.horizons.iter().find(|h| h.store == store).copied()
     }
 
-    /// The requirement a read of `scope` must meet at `now_micros`.
+    /// The requirement a read of `scope` must meet.
     #[inline]
-    pub fn requirement(&self, scope: ScopeKey, now_micros: u64) -> Requirement {
+    pub fn requirement(&self, scope: ScopeKey) -> Requirement {
         let version = self.get(scope).unwrap_or(Version::ZERO);
-        let horizon = self
-            .horizons
-            .iter()
-            .find(|h| h.store == scope.store() && h.until_micros > now_micros)
-            .map(|h| h.version);
+        let horizon = if self.horizons.is_empty() {
+            None
+        } else {
+            self.horizon(scope.store()).map(|h| h.version)
+        };
         Requirement {
             scope,
             version,
@@ -307,9 +312,10 @@ impl VersionVector {
         }
     }
 
-    /// Raises the high-water mark of `scope` to `version`; older values are ignored. Returns true
-    /// when the vector changed. May coarsen the least recently advanced entry when full.
-    pub fn advance(&mut self, scope: ScopeKey, version: Version, at: Coarsening) -> bool {
+    /// Raises the high-water mark of `scope` to `version`; older values are ignored, and so is a
+    /// new entry its store's horizon already implies. Returns true when the vector changed. May
+    /// coarsen the least recently advanced entry when full.
+    pub fn advance(&mut self, scope: ScopeKey, version: Version) -> bool {
         self.tick = self.tick.wrapping_add(1);
         let tick = self.tick;
         if let Some(slot) = self.slots.iter_mut().find(|s| s.entry.scope == scope) {
@@ -320,45 +326,45 @@ impl VersionVector {
             }
             return false;
         }
-        if version == Version::ZERO {
+        if version == Version::ZERO
+            || self
+                .horizon(scope.store())
+                .is_some_and(|h| h.version >= version)
+        {
             return false;
         }
         self.slots.push(Slot {
             entry: Entry { scope, version },
             touched: tick,
         });
-        self.enforce_cap(self.cap as usize, at);
+        self.enforce_cap(self.cap as usize);
         true
     }
 
-    /// Raises the horizon of `horizon.store` to at least `horizon` (pointwise max of version and
-    /// time).
+    /// Raises the horizon of `horizon.store` to at least `horizon.version`.
     pub fn raise_horizon(&mut self, horizon: StoreHorizon) {
+        if horizon.version == Version::ZERO {
+            return;
+        }
         if let Some(h) = self.horizons.iter_mut().find(|h| h.store == horizon.store) {
             h.version = h.version.max(horizon.version);
-            h.until_micros = h.until_micros.max(horizon.until_micros);
         } else {
             self.horizons.push(horizon);
         }
     }
 
-    /// Pointwise maximum with `other`. Never moves any entry backwards.
-    pub fn merge(&mut self, other: &VersionVector, at: Coarsening) {
-        for e in other.entries() {
-            self.advance(e.scope, e.version, at);
-        }
+    /// Pointwise maximum with `other`. Never moves any requirement backwards.
+    pub fn merge(&mut self, other: &VersionVector) {
         for h in other.horizons() {
             self.raise_horizon(h);
         }
-    }
-
-    /// Forgets horizons that expired before `now_micros`.
-    pub fn expire_horizons(&mut self, now_micros: u64) {
-        self.horizons.retain(|h| h.until_micros > now_micros);
+        for e in other.entries() {
+            self.advance(e.scope, e.version);
+        }
     }
 
     /// Coarsens the least recently advanced entries until at most `cap` remain.
-    pub fn enforce_cap(&mut self, cap: usize, at: Coarsening) {
+    pub fn enforce_cap(&mut self, cap: usize) {
         while self.slots.len() > cap {
             let (idx, _) = self
                 .slots
@@ -371,14 +377,13 @@ impl VersionVector {
             self.raise_horizon(StoreHorizon {
                 store: evicted.scope.store(),
                 version: evicted.version,
-                until_micros: at.now_micros.saturating_add(at.window_micros),
             });
         }
     }
 
     /// True when every requirement of `other` is implied by `self`: each exact entry of `other`
     /// is at most the matching entry of `self` (or covered by a horizon of `self` at least as
-    /// large and lasting), and each horizon of `other` is covered likewise.
+    /// large), and each horizon of `other` is covered by a horizon of `self`.
     pub fn dominates(&self, other: &VersionVector) -> bool {
         let entries_ok = other.entries().all(|e| {
             self.get(e.scope).is_some_and(|v| v >= e.version)
@@ -388,7 +393,7 @@ impl VersionVector {
         });
         let horizons_ok = other.horizons().all(|o| {
             self.horizon(o.store)
-                .is_some_and(|h| h.version >= o.version && h.until_micros >= o.until_micros)
+                .is_some_and(|h| h.version >= o.version)
         });
         entries_ok && horizons_ok
     }
@@ -397,11 +402,6 @@ impl VersionVector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const AT: Coarsening = Coarsening {
-        now_micros: 1_000,
-        window_micros: 500,
-    };
 
     fn scope(n: u64) -> ScopeKey {
         ScopeKey::from_hash(StoreId::new(1), n)
@@ -421,38 +421,40 @@ mod tests {
     #[test]
     fn advance_never_moves_back() {
         let mut v = VersionVector::with_cap(4);
-        assert!(v.advance(scope(1), Version::new(5), AT));
-        assert!(!v.advance(scope(1), Version::new(4), AT));
+        assert!(v.advance(scope(1), Version::new(5)));
+        assert!(!v.advance(scope(1), Version::new(4)));
         assert_eq!(v.get(scope(1)), Some(Version::new(5)));
-        assert!(!v.advance(scope(2), Version::ZERO, AT));
+        assert!(!v.advance(scope(2), Version::ZERO));
         assert_eq!(v.len(), 1);
     }
 
     #[test]
     fn eviction_coarsens_least_recently_advanced() {
         let mut v = VersionVector::with_cap(2);
-        v.advance(scope(1), Version::new(10), AT);
-        v.advance(scope(2), Version::new(20), AT);
-        v.advance(scope(1), Version::new(11), AT); // touch 1: 2 is now the oldest
-        v.advance(scope(3), Version::new(5), AT);
+        v.advance(scope(1), Version::new(10));
+        v.advance(scope(2), Version::new(20));
+        v.advance(scope(1), Version::new(11)); // touch 1: 2 is now the oldest
+        v.advance(scope(3), Version::new(5));
         assert_eq!(v.len(), 2);
         assert_eq!(v.get(scope(2)), None);
         let h = v.horizon(StoreId::new(1)).unwrap();
         assert_eq!(h.version, Version::new(20));
-        assert_eq!(h.until_micros, 1_500);
-        let r = v.requirement(scope(2), 1_499);
+        let r = v.requirement(scope(2));
         assert_eq!(r.horizon, Some(Version::new(20)));
-        assert!(v.requirement(scope(2), 1_500).is_unfenced());
+        // The horizon never expires, and a lower exact entry never lowers the requirement.
+        assert!(!v.advance(scope(2), Version::new(7)));
+        assert_eq!(v.requirement(scope(2)).horizon, Some(Version::new(20)));
+        assert_eq!(v.requirement(scope(9)).horizon, Some(Version::new(20)));
     }
 
     #[test]
     fn dominance_is_partial() {
         let mut a = VersionVector::with_cap(4);
         let mut b = VersionVector::with_cap(4);
-        a.advance(scope(1), Version::new(2), AT);
-        b.advance(scope(2), Version::new(2), AT);
+        a.advance(scope(1), Version::new(2));
+        b.advance(scope(2), Version::new(2));
         assert!(!a.dominates(&b) && !b.dominates(&a));
-        a.merge(&b, AT);
+        a.merge(&b);
         assert!(a.dominates(&b));
     }
 }

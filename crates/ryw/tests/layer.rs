@@ -6,7 +6,6 @@ use ryw::clock::HybridTimestamp;
 use ryw::conflict::{Conflict, ConflictResolver, Resolution};
 use ryw::fence::{FenceConfig, FencePath, FenceStrategy, FenceSupport, ReadFence, StaleReadPolicy};
 use ryw::retry::{Backoff, RetryBudget, RetryPolicy};
-use ryw::version::Coarsening;
 use ryw::{ReadYourWritesLayer, ScopeKey, Session, StoreId, Version, WriteId};
 use std::time::Duration;
 use tokio_test_shim::*;
@@ -132,7 +131,11 @@ impl StoreAdapter for Kv {
             Version::new(*v),
         );
         c.current_timestamp = Some(HybridTimestamp::new(*their_ts));
-        c.current_writer = Some(WriteId::new(ryw::SessionId::from_u128(*their_session), 1));
+        c.current_writer = Some(WriteId::new(
+            ryw::SessionId::from_u128(*their_session),
+            0,
+            1,
+        ));
         Some(c)
     }
     fn rebase(&self, r: &mut Req, c: &Conflict) -> bool {
@@ -185,16 +188,7 @@ fn layer(fence: FenceConfig) -> ReadYourWritesLayer<Kv> {
 
 fn session_at(key: &str, version: u64) -> Session {
     let s = Session::new();
-    s.with_state(|st| {
-        st.advance(
-            scope(key),
-            Version::new(version),
-            Coarsening {
-                now_micros: 0,
-                window_micros: 0,
-            },
-        )
-    });
+    s.with_state(|st| st.advance(scope(key), Version::new(version)));
     s
 }
 
@@ -244,7 +238,10 @@ async fn write_is_stamped_and_replayed_with_the_same_write_id() {
     else {
         panic!("not stamped: {first:?}")
     };
-    assert_eq!(w, WriteId::new(session.id(), 1));
+    assert_eq!(
+        w,
+        WriteId::new(session.id(), session.with_state(|s| s.lane()), 1)
+    );
     assert_eq!(out.write_id(), Some(w));
     assert_eq!(out.attempts(), 2);
     assert_eq!(out.visibility().path(), Some(FencePath::Write));
@@ -459,18 +456,14 @@ async fn escalate_up_front_when_configured() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn coarsened_scope_escalates_until_the_horizon_passes() {
+async fn coarsened_scope_escalates_however_long_ago_it_was_coarsened() {
     let (svc, mut handle) = mock::pair::<Req, Resp>();
     let mut svc = layer(FenceConfig::default()).layer(svc);
     let session = Session::new();
     session.with_state(|st| {
         *st.vector_mut() = ryw::VersionVector::with_cap(1);
-        let at = Coarsening {
-            now_micros: ryw::clock::Clock::now_micros(&ryw::clock::SystemClock),
-            window_micros: 60_000_000,
-        };
-        st.advance(scope("old"), Version::new(9), at);
-        st.advance(scope("new"), Version::new(1), at);
+        st.advance(scope("old"), Version::new(9));
+        st.advance(scope("new"), Version::new(1));
     });
     assert_eq!(session.snapshot().vector().get(scope("old")), None);
     let call = tokio::spawn(svc.ready().await.unwrap().call(session.request(get("old"))));
@@ -485,6 +478,21 @@ async fn coarsened_scope_escalates_until_the_horizon_passes() {
     );
     send.send_response(resp(3));
     assert!(call.await.unwrap().unwrap().visibility().is_guaranteed());
+
+    // An hour later the replica may still lag: the horizon has not expired.
+    tokio::time::advance(std::time::Duration::from_secs(3600)).await;
+    let call = tokio::spawn(svc.ready().await.unwrap().call(session.request(get("old"))));
+    let (r, send) = handle.next_request().await.unwrap();
+    assert_eq!(
+        r,
+        Req::Get {
+            key: "old",
+            strong: true
+        }
+    );
+    send.send_response(resp(9));
+    let out = call.await.unwrap().unwrap();
+    assert_eq!(out.visibility().path(), Some(FencePath::Escalated));
 }
 
 #[derive(Debug)]
