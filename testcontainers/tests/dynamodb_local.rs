@@ -93,6 +93,9 @@ mod docker {
         crate::suite::transactions_stamp_every_item_and_report_cancellation_reasons(c()).await;
         crate::suite::delete_then_read_and_recreate(c()).await;
         crate::suite::errors_are_typed(c()).await;
+        crate::suite::two_continuations_of_one_token_lose_no_acknowledged_write(c()).await;
+        crate::suite::a_retry_after_another_sessions_update_applies_once(c()).await;
+        crate::suite::a_read_of_an_undeclared_table_is_unscoped_never_guaranteed(c()).await;
         client_request_token_makes_a_replayed_transaction_idempotent(c()).await;
     }
 }

@@ -39,7 +39,8 @@ impl DynamoAdapterBuilder {
         self
     }
 
-    /// The attribute holding the last write's id (default `ryw_write_id`).
+    /// The prefix of the attributes holding the item's recent write ids (default `ryw_write_id`:
+    /// `ryw_write_id_0` to `ryw_write_id_3`, see [`crate::RECENT_WRITE_IDS`]).
     pub fn write_id_attribute(mut self, name: impl Into<String>) -> Self {
         self.config.write_id_attribute = name.into();
         self
@@ -207,7 +208,9 @@ impl DynamoAdapter {
             conflict.current_timestamp =
                 expr::number(item, &self.config.clock_attribute).map(HybridTimestamp::new);
             conflict.current_writer =
-                expr::string(item, &self.config.write_id_attribute).and_then(WriteId::parse);
+                expr::number(item, &self.config.version_attribute).and_then(|v| {
+                    expr::string(item, &self.config.write_id_slot(v)).and_then(WriteId::parse)
+                });
             conflict.item = Some(Arc::new(item.clone()));
         }
         conflict

@@ -139,6 +139,12 @@ impl TableSchema {
     }
 }
 
+/// How many recent write ids an item keeps: the write that gives the item version `v` puts its id
+/// in the attribute `<write id attribute>_<v % RECENT_WRITE_IDS>`. A retry is recognised as
+/// applied when one of them holds its id: as long as fewer than this many updates, and no put of
+/// the whole item, reached the item in between.
+pub const RECENT_WRITE_IDS: u64 = 4;
+
 /// Configuration shared by the adapter and the service.
 #[derive(Clone, Debug)]
 pub(crate) struct DynamoConfig {
@@ -147,6 +153,13 @@ pub(crate) struct DynamoConfig {
     pub(crate) write_id_attribute: String,
     pub(crate) clock_attribute: String,
     pub(crate) tables: HashMap<String, TableSchema>,
+}
+
+impl DynamoConfig {
+    /// The attribute that holds the id of the write giving an item `version`.
+    pub(crate) fn write_id_slot(&self, version: u64) -> String {
+        format!("{}_{}", self.write_id_attribute, version % RECENT_WRITE_IDS)
+    }
 }
 
 impl Default for DynamoConfig {

@@ -133,8 +133,14 @@ impl Stamp<'_> {
         expressions: &[Option<&str>],
     ) -> HashMap<String, String> {
         let mut names = expr::with_names(caller, self.config);
+        names.insert(expr::NAME_WRITE.into(), self.slot());
         expr::prune_names(&mut names, expressions);
         names
+    }
+
+    /// The attribute this write's id goes to (one of the item's recent write ids).
+    fn slot(&self) -> String {
+        self.config.write_id_slot(self.next())
     }
 
     fn values(
@@ -166,10 +172,7 @@ impl Stamp<'_> {
             c.version_attribute.clone(),
             AttributeValue::N(self.next().to_string()),
         );
-        item.insert(
-            c.write_id_attribute.clone(),
-            AttributeValue::S(self.write_id.clone()),
-        );
+        item.insert(self.slot(), AttributeValue::S(self.write_id.clone()));
         item.insert(
             c.clock_attribute.clone(),
             AttributeValue::N(self.clock.to_string()),
@@ -183,12 +186,13 @@ impl Stamp<'_> {
         )
     }
 
-    /// Whether a failed condition's old item shows this very write (an earlier attempt landed).
+    /// Whether a failed condition's old item shows this very write (an earlier attempt landed):
+    /// one of its recent write ids is this write's, whatever was written since.
     fn landed(&self, item: Option<&Item>, deleting: bool) -> bool {
         match item {
-            Some(item) => {
-                expr::string(item, &self.config.write_id_attribute) == Some(&self.write_id)
-            }
+            Some(item) => (0..crate::RECENT_WRITE_IDS).any(|slot| {
+                expr::string(item, &self.config.write_id_slot(slot)) == Some(&self.write_id)
+            }),
             // A delete retried after it applied finds no item at all.
             None => deleting && self.expected > 0,
         }

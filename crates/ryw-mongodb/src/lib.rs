@@ -19,9 +19,19 @@
 //! Within a process the driver retries a retryable write once. Across processes ryw keys writes
 //! by their `WriteId`: an inserted document without `_id` gets `_id: "<write id>"` (insert_many:
 //! `"<write id>/<index>"`), so a replay meets a duplicate key on its own id and is reported as
-//! applied; an update, replace or find-one-and-update sets `ryw_write_id` on the documents it
-//! changes and excludes documents that already carry it, so a replay changes nothing more (and is
-//! reported as applied when a document carries the id); deletes are idempotent as they are.
+//! applied; an update or find-one-and-update appends its write id to the bounded list
+//! `ryw_write_ids` of the documents it changes (`$push` with `$slice`, the last
+//! [`RECENT_WRITE_IDS`]) and excludes documents whose list already holds it, so a replay changes
+//! nothing more, even when other sessions updated the document in between, and is reported as
+//! applied only when a document holds that very id. Write ids are unique per write
+//! ([`ryw::WriteId`]), so two continuations of one token never take each other's write for their
+//! own.
+//!
+//! What a replay cannot recognise, precisely: a replace starts the list afresh with its own id, so
+//! an update whose response was lost, followed by another session's *replace* of the same
+//! document, then by the update's retry, applies the update again (it reads as a new update of the
+//! replaced document); likewise when [`RECENT_WRITE_IDS`] or more updates reached the document in
+//! between. Deletes are idempotent as they are.
 //!
 //! # Example
 //!
@@ -60,7 +70,7 @@ pub mod error;
 mod service;
 
 pub use error::MongoError;
-pub use service::{MongoFuture, MongoService};
+pub use service::{MongoFuture, MongoService, RECENT_WRITE_IDS};
 
 use mongodb::bson::{Bson, Document, Timestamp};
 use mongodb::options::ReadPreference;
@@ -330,7 +340,7 @@ impl Default for MongoAdapter {
 }
 
 impl MongoAdapter {
-    /// Store id 1, reads secondary-preferred, write ids in `ryw_write_id`.
+    /// Store id 1, reads secondary-preferred, recent write ids in `ryw_write_ids`.
     pub fn new() -> Self {
         Self::with_store(
             StoreId::new(1),
@@ -347,7 +357,7 @@ impl MongoAdapter {
                 store,
                 scope: ScopeKey::new(store, b"mongodb:deployment"),
                 read_preference,
-                write_id_field: "ryw_write_id".into(),
+                write_id_field: "ryw_write_ids".into(),
             }),
         }
     }

@@ -122,20 +122,35 @@ fn not_yet(filter: Document, field: &str, write_id: &str) -> Document {
     doc! { "$and": [filter, { field: { "$ne": write_id } }] }
 }
 
-/// Adds `field: write_id` to the `$set` of an update document.
-fn set_write_id(mut update: Document, field: &str, write_id: &str) -> Result<Document, MongoError> {
+/// How many recent write ids a document keeps (`$push` with `$slice`): a retry is recognised as
+/// applied as long as fewer updates than this, and no replacement, reached the document since.
+pub const RECENT_WRITE_IDS: i32 = 8;
+
+/// Appends `write_id` to the document's bounded list of recent write ids, in the `$push` of an
+/// update document.
+fn push_write_id(
+    mut update: Document,
+    field: &str,
+    write_id: &str,
+) -> Result<Document, MongoError> {
     if !update.keys().all(|k| k.starts_with('$')) {
         return Err(MongoError::Invalid(
             "an update document must use update operators ($set, $inc...)".into(),
         ));
     }
-    match update.get_mut("$set") {
-        Some(Bson::Document(set)) => {
-            set.insert(field, write_id);
+    let entry = doc! { "$each": [write_id], "$slice": -RECENT_WRITE_IDS };
+    match update.get_mut("$push") {
+        Some(Bson::Document(push)) => {
+            if push.contains_key(field) {
+                return Err(MongoError::Invalid(format!(
+                    "the update must not $push to `{field}`: ryw keeps its write ids there"
+                )));
+            }
+            push.insert(field, entry);
         }
-        Some(_) => return Err(MongoError::Invalid("$set must be a document".into())),
+        Some(_) => return Err(MongoError::Invalid("$push must be a document".into())),
         None => {
-            update.insert("$set", doc! { field: write_id });
+            update.insert("$push", doc! { field: entry });
         }
     }
     Ok(update)
@@ -296,7 +311,7 @@ where
                     _ => unreachable!("matched above"),
                 };
                 let (filter, update) = match &write_id {
-                    Some(w) => (not_yet(filter, field, w), set_write_id(update, field, w)?),
+                    Some(w) => (not_yet(filter, field, w), push_write_id(update, field, w)?),
                     None => (filter, update),
                 };
                 let r = if many {
@@ -326,7 +341,8 @@ where
                 let mut doc = to_doc(&replacement)?;
                 let filter = match &write_id {
                     Some(w) => {
-                        doc.insert(field, w.as_str());
+                        // A replacement starts the document's list of write ids afresh.
+                        doc.insert(field, vec![w.as_str()]);
                         not_yet(filter, field, w)
                     }
                     None => filter,
@@ -369,7 +385,7 @@ where
                 let (filter_w, update) = match &write_id {
                     Some(w) => (
                         not_yet(filter.clone(), field, w),
-                        set_write_id(update, field, w)?,
+                        push_write_id(update, field, w)?,
                     ),
                     None => (filter.clone(), update),
                 };

@@ -37,6 +37,10 @@ pub enum Error<E> {
     StaleRead(Box<StaleRead>),
     /// The inner service failed in `poll_ready`.
     NotReady(E),
+    /// The adapter named no scope for a read and the caller asked for strict reads
+    /// ([`crate::fence::StaleReadPolicy::Error`]): the layer cannot tell whether the data reflects
+    /// the session. A configuration gap; see [`crate::Visibility::Unscoped`].
+    Unscoped,
 }
 
 impl<E> Error<E> {
@@ -69,6 +73,11 @@ impl<E> Error<E> {
     /// True for a strict read that stayed stale.
     pub fn is_stale_read(&self) -> bool {
         matches!(self, Error::StaleRead(_))
+    }
+
+    /// True for a strict read the adapter named no scope for.
+    pub fn is_unscoped(&self) -> bool {
+        matches!(self, Error::Unscoped)
     }
 
     /// The store's error, when there is one.
@@ -111,6 +120,11 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::Conflict(c) => write!(f, "write conflict: {c}"),
             Error::StaleRead(s) => write!(f, "stale read: {s}"),
             Error::NotReady(e) => write!(f, "inner service not ready: {e}"),
+            Error::Unscoped => write!(
+                f,
+                "the adapter named no scope for this read, so it cannot be fenced (check the \
+                 adapter's configuration)"
+            ),
         }
     }
 }

@@ -437,6 +437,11 @@ pub enum Visibility {
     Guaranteed(FencePath),
     /// The response may be behind the session; a later read converges.
     Pending(Box<StaleRead>),
+    /// The adapter named no scope for this read, so the layer could not fence it and does not
+    /// know whether it reflects the session: a configuration gap (a Scylla read without
+    /// `.partition()`, a DynamoDB table whose schema was not declared), never a success. With
+    /// [`StaleReadPolicy::Error`] such a read is [`crate::Error::Unscoped`] instead.
+    Unscoped,
 }
 
 impl Visibility {
@@ -452,12 +457,18 @@ impl Visibility {
         matches!(self, Visibility::Pending(_))
     }
 
+    /// True for [`Visibility::Unscoped`].
+    #[inline]
+    pub fn is_unscoped(&self) -> bool {
+        matches!(self, Visibility::Unscoped)
+    }
+
     /// The path of a guaranteed response.
     #[inline]
     pub fn path(&self) -> Option<FencePath> {
         match self {
             Visibility::Guaranteed(p) => Some(*p),
-            Visibility::Pending(_) => None,
+            Visibility::Pending(_) | Visibility::Unscoped => None,
         }
     }
 }

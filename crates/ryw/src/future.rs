@@ -231,6 +231,19 @@ fn on_response<A: StoreAdapter, P>(
             at.attempts,
         )));
     }
+    if at.fence.requirements().is_empty() {
+        // No scope named: nothing could be fenced, and nothing is claimed.
+        tracing::debug!(target: "ryw::fence", "read names no scope: unscoped");
+        return Step::Done(match at.stale_reads {
+            StaleReadPolicy::Error => Err(Error::Unscoped),
+            _ => Ok(SessionResponse::new(
+                response,
+                Visibility::Unscoped,
+                None,
+                at.attempts,
+            )),
+        });
+    }
     match at.fence.check(at.strategy, &observed) {
         Ok(()) => {
             let path = if at.fence.is_unfenced() {

@@ -6,7 +6,7 @@ use ryw::clock::HybridTimestamp;
 use ryw::conflict::{Conflict, ConflictResolver, Resolution};
 use ryw::fence::{FenceConfig, FencePath, FenceStrategy, FenceSupport, ReadFence, StaleReadPolicy};
 use ryw::retry::{Backoff, RetryBudget, RetryPolicy};
-use ryw::{ReadYourWritesLayer, ScopeKey, Session, StoreId, Version, WriteId};
+use ryw::{ReadYourWritesLayer, ScopeKey, Session, StoreId, Version, Visibility, WriteId};
 use std::time::Duration;
 use tokio_test_shim::*;
 use tower::{Layer, Service, ServiceExt};
@@ -79,7 +79,10 @@ impl StoreAdapter for Kv {
         }
     }
     fn scopes(&self, r: &Req, scopes: &mut Scopes) {
-        scopes.push(scope(key_of(r)));
+        // The empty key stands for a request the adapter cannot name a scope for.
+        if !key_of(r).is_empty() {
+            scopes.push(scope(key_of(r)));
+        }
     }
     fn fence_support(&self) -> FenceSupport {
         self.support
@@ -595,4 +598,36 @@ async fn concurrent_requests_merge_pointwise() {
         state.clock() >= HybridTimestamp::new(u64::MAX / 2),
         "the clock moved past what was seen"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_that_names_no_scope_is_unscoped_never_guaranteed() {
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::default()).layer(svc);
+    let session = session_at("a", 5);
+    let call = tokio::spawn(svc.ready().await.unwrap().call(session.request(get(""))));
+    let (r, send) = handle.next_request().await.unwrap();
+    assert_eq!(r, get(""), "sent as it is");
+    send.send_response(resp(1));
+    let out = call.await.unwrap().unwrap();
+    assert_eq!(out.visibility(), &Visibility::Unscoped);
+    assert!(!out.visibility().is_guaranteed());
+
+    // A fresh session too: the gap is in the configuration, not in the session.
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Session::new().request(get(""))),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(resp(1));
+    assert!(call.await.unwrap().unwrap().visibility().is_unscoped());
+
+    // Strict callers get a typed error.
+    let strict = session.request(get("")).stale_reads(StaleReadPolicy::Error);
+    let call = tokio::spawn(svc.ready().await.unwrap().call(strict));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(resp(1));
+    assert!(call.await.unwrap().unwrap_err().is_unscoped());
 }

@@ -32,4 +32,7 @@ against_moto!(
     a_lost_transaction_response_is_recognised_by_write_id,
     delete_then_read_and_recreate,
     errors_are_typed,
+    two_continuations_of_one_token_lose_no_acknowledged_write,
+    a_retry_after_another_sessions_update_applies_once,
+    a_read_of_an_undeclared_table_is_unscoped_never_guaranteed,
 );

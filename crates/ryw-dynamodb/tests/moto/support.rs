@@ -308,3 +308,61 @@ where
         })
     }
 }
+
+/// Another session's write, run by [`InterleaveThenLoseForTests`].
+pub type Interleave = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// TEST ONLY. After moto applied the next write, runs another session's write, then loses the
+/// first write's response (the layer retries it).
+#[derive(Clone)]
+pub struct InterleaveThenLoseForTests<S> {
+    inner: S,
+    other: Interleave,
+    /// Writes still to interleave and lose.
+    pub armed: Arc<AtomicUsize>,
+}
+
+impl<S> InterleaveThenLoseForTests<S> {
+    pub fn new(
+        inner: S,
+        other: impl Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync + 'static,
+    ) -> Self {
+        InterleaveThenLoseForTests {
+            inner,
+            other: Arc::new(other),
+            armed: Default::default(),
+        }
+    }
+}
+
+impl<S> Service<DynamoRequest> for InterleaveThenLoseForTests<S>
+where
+    S: Service<DynamoRequest, Response = DynamoResponse, Error = DynamoError, Future = BoxFuture>,
+{
+    type Response = DynamoResponse;
+    type Error = DynamoError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), DynamoError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: DynamoRequest) -> BoxFuture {
+        let armed = self.armed.clone();
+        let other = self.other.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            if armed
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                other().await;
+                return Err(DynamoError::NoResponse(
+                    "response lost by the test layer".into(),
+                ));
+            }
+            Ok(resp)
+        })
+    }
+}

@@ -353,3 +353,268 @@ async fn errors_are_typed() {
     assert!(err.store_error().unwrap().is_duplicate_key(), "{err:?}");
     assert!(!err.is_transient());
 }
+
+type Layered = ryw::ReadYourWrites<MongoService<Document>, ryw_mongodb::MongoAdapterFor<Document>>;
+
+/// One continuation of a token: its own client (an app instance), a layered service.
+async fn instance(
+    uri: &str,
+    coll: &str,
+    adapter: &MongoAdapter,
+) -> (Layered, MongoService<Document>) {
+    let client = Client::with_uri_str(uri).await.unwrap();
+    let raw = MongoService::<Document>::new(&client, "ryw", coll, adapter);
+    (layer().layer(raw.clone()), raw)
+}
+
+#[tokio::test]
+async fn two_continuations_of_one_token_lose_no_acknowledged_write() {
+    // The reproduction: a token continued twice at once (two instances, a lost response, a second
+    // tab), each continuation running every write operation on the same documents. Before write
+    // ids had lanes, both stamped the same ids and one side's writes were reported as replays of
+    // the other's: acknowledged, never applied.
+    let uri = secantus!();
+    let adapter = MongoAdapter::new();
+    let coll = fresh();
+    let (a, raw) = instance(&uri, &coll, &adapter).await;
+    let (b, _) = instance(&uri, &coll, &adapter).await;
+    raw.collection()
+        .insert_many([
+            doc! { "_id": "counter", "n": 0, "log": [] },
+            doc! { "_id": "replaced", "v": "none" },
+            doc! { "_id": "m1", "grp": 1, "m": 0 },
+            doc! { "_id": "m2", "grp": 1, "m": 0 },
+        ])
+        .await
+        .unwrap();
+    let rounds = 5;
+    let mut increments = 0;
+    let mut many_increments = 0;
+    let mut expected_log = Vec::new();
+    let mut expected_ids = Vec::new();
+    for round in 0..rounds {
+        let origin = Session::new();
+        let mut first = a.clone();
+        first
+            .ready()
+            .await
+            .unwrap()
+            .call(origin.request(MongoRequest::insert_one(doc! { "origin": round })))
+            .await
+            .unwrap();
+        let token = origin.token().encode().unwrap();
+        let run = |svc: Layered, who: &'static str| {
+            let token = token.clone();
+            async move {
+                let mut svc = svc;
+                let session = Session::from_encoded(&token).unwrap();
+                let tag = format!("{who}{round}");
+                let requests = vec![
+                    MongoRequest::update_one(
+                        doc! { "_id": "counter" },
+                        doc! { "$inc": { "n": 1 }, "$push": { "log": &tag } },
+                    ),
+                    MongoRequest::insert_one(doc! { "tag": &tag }),
+                    MongoRequest::insert_many(vec![
+                        doc! { "tag": format!("{tag}/0") },
+                        doc! { "tag": format!("{tag}/1") },
+                    ]),
+                    MongoRequest::find_one_and_update(
+                        doc! { "_id": "counter" },
+                        doc! { "$inc": { "n": 1 } },
+                    ),
+                    MongoRequest::update_many(doc! { "grp": 1 }, doc! { "$inc": { "m": 1 } }),
+                    MongoRequest::replace_one(doc! { "_id": "replaced" }, doc! { "v": &tag }),
+                ];
+                let mut outs = Vec::new();
+                for r in requests {
+                    let out = svc
+                        .ready()
+                        .await
+                        .unwrap()
+                        .call(session.request(r))
+                        .await
+                        .unwrap();
+                    outs.push(out);
+                }
+                (tag, outs)
+            }
+        };
+        let ((ta, oa), (tb, ob)) = tokio::join!(run(a.clone(), "a"), run(b.clone(), "b"));
+        for (tag, outs) in [(ta, oa), (tb, ob)] {
+            for out in &outs {
+                assert!(
+                    !out.get_ref().was_replayed(),
+                    "{tag}: a first attempt reported as a replay: {:?}",
+                    out.get_ref().output()
+                );
+            }
+            let MongoOutput::Document(Some(d)) = outs[3].get_ref().output() else {
+                panic!("{tag}: find_one_and_update found nothing")
+            };
+            assert_eq!(d.get_str("_id").unwrap(), "counter");
+            let &MongoOutput::Updated { modified, .. } = outs[4].get_ref().output() else {
+                panic!()
+            };
+            assert_eq!(modified, 2, "{tag}: update_many");
+            let &MongoOutput::Updated { modified, .. } = outs[5].get_ref().output() else {
+                panic!()
+            };
+            assert_eq!(modified, 1, "{tag}: replace_one");
+            increments += 2;
+            many_increments += 1;
+            expected_log.push(tag.clone());
+            expected_ids.extend([tag.clone(), format!("{tag}/0"), format!("{tag}/1")]);
+        }
+    }
+    let c = raw.collection();
+    let counter = c
+        .find_one(doc! { "_id": "counter" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        counter.get_i32("n").unwrap(),
+        increments,
+        "every acknowledged $inc applied once"
+    );
+    let mut log: Vec<String> = counter
+        .get_array("log")
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().to_owned())
+        .collect();
+    log.sort();
+    expected_log.sort();
+    assert_eq!(log, expected_log);
+    for tag in &expected_ids {
+        assert_eq!(
+            c.count_documents(doc! { "tag": tag }).await.unwrap(),
+            1,
+            "{tag}"
+        );
+    }
+    for id in ["m1", "m2"] {
+        let d = c.find_one(doc! { "_id": id }).await.unwrap().unwrap();
+        assert_eq!(d.get_i32("m").unwrap(), many_increments, "{id}");
+    }
+    let ids = counter.get_array("ryw_write_ids").unwrap();
+    assert!(ids.len() <= ryw_mongodb::RECENT_WRITE_IDS as usize);
+}
+
+/// TEST ONLY. After the server applied the next write, another session updates the same document,
+/// then the write's response is lost: the layer retries.
+#[derive(Clone)]
+struct InterleaveThenLoseForTests {
+    inner: MongoService<Document>,
+    other: Layered,
+    armed: Arc<AtomicUsize>,
+}
+
+impl Service<MongoRequest<Document>> for InterleaveThenLoseForTests {
+    type Response = MongoResponse<Document>;
+    type Error = MongoError;
+    type Future = Fut;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), MongoError>> {
+        self.inner.poll_ready(cx)
+    }
+    fn call(&mut self, req: MongoRequest<Document>) -> Fut {
+        let armed = self.armed.clone();
+        let other = self.other.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let out = fut.await?;
+            if armed
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                let stranger = Session::new();
+                let update = MongoRequest::update_one(
+                    doc! { "_id": "doc" },
+                    doc! { "$inc": { "n": 100 }, "$push": { "log": "other" } },
+                );
+                other
+                    .oneshot(stranger.request(update))
+                    .await
+                    .expect("the other session's update");
+                return Err(MongoError::Network(
+                    "response lost by the test layer".into(),
+                ));
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_retry_after_another_sessions_update_applies_once() {
+    // Before the bounded list of write ids, the document kept only the last writer's id: the
+    // retry no longer recognised itself and applied again (`n` 102, log [mine, other, mine]).
+    let uri = secantus!();
+    let adapter = MongoAdapter::new();
+    let coll = fresh();
+    let (other, raw) = instance(&uri, &coll, &adapter).await;
+    raw.collection()
+        .insert_one(doc! { "_id": "doc", "n": 0, "log": [] })
+        .await
+        .unwrap();
+    let armed = Arc::new(AtomicUsize::new(1));
+    let mut svc = layer().layer(InterleaveThenLoseForTests {
+        inner: raw.clone(),
+        other,
+        armed: armed.clone(),
+    });
+    let session = Session::new();
+    for (update, log) in [
+        (
+            doc! { "$inc": { "n": 1 }, "$push": { "log": "mine" } },
+            "mine",
+        ),
+        (
+            doc! { "$inc": { "n": 1 }, "$push": { "log": "again" } },
+            "again",
+        ),
+    ] {
+        armed.store(1, Ordering::Relaxed);
+        let out = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(session.request(MongoRequest::update_one(doc! { "_id": "doc" }, update)))
+            .await
+            .unwrap();
+        assert!(out.get_ref().was_replayed(), "{log}: recognised as applied");
+        assert_eq!(out.attempts(), 2);
+    }
+    // find_one_and_update too: the retry returns the document, applied once.
+    armed.store(1, Ordering::Relaxed);
+    let out = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(MongoRequest::find_one_and_update(
+            doc! { "_id": "doc" },
+            doc! { "$inc": { "n": 1 }, "$push": { "log": "found" } },
+        )))
+        .await
+        .unwrap();
+    assert!(out.get_ref().was_replayed());
+    let d = raw
+        .collection()
+        .find_one(doc! { "_id": "doc" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        d.get_i32("n").unwrap(),
+        303,
+        "three updates once, three others"
+    );
+    let log: Vec<&str> = d
+        .get_array("log")
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap())
+        .collect();
+    assert_eq!(log, ["mine", "other", "again", "other", "found", "other"]);
+}

@@ -162,6 +162,15 @@ async fn a_read_that_stays_stale_is_pending_and_an_unfenced_read_is_cheap() {
     assert_eq!(stale.staleness.required.get(), NOW);
     assert_eq!(stale.staleness.observed.map(|v| v.get()), Some(NOW - 5_000));
     assert_eq!(stale.attempts, 2);
+
+    // A read without `.partition()` cannot be fenced: unscoped, never guaranteed.
+    let unscoped = ScyllaRequest::read(
+        "SELECT body, WRITETIME(body) FROM app.posts WHERE user_id = 'u1'",
+        (),
+    )
+    .track("body");
+    let read = call(&mut service, &session, unscoped).await.unwrap();
+    assert_eq!(read.visibility(), &Visibility::Unscoped);
     node.stop().await;
 }
 
