@@ -447,6 +447,19 @@ mod tests {
     }
 
     #[test]
+    fn two_loads_of_one_session_are_two_continuations() {
+        // Two instances load the same stored session and each write: different write ids.
+        let store = InMemorySessionStore::default();
+        let mut s = state(9, &[(1, 5)]);
+        s.next_write(1);
+        store.save(&s);
+        let (mut a, mut b) = (store.load(s.id()).unwrap(), store.load(s.id()).unwrap());
+        let (wa, wb) = (a.next_write(2).0, b.next_write(2).0);
+        assert_eq!((wa.seq, wb.seq), (2, 2));
+        assert_ne!(wa, wb);
+    }
+
+    #[test]
     fn bounded_with_generational_eviction() {
         let store = InMemorySessionStore::builder()
             .max_sessions(64)
