@@ -96,6 +96,11 @@ mod docker {
         crate::suite::two_continuations_of_one_token_lose_no_acknowledged_write(c()).await;
         crate::suite::a_retry_after_another_sessions_update_applies_once(c()).await;
         crate::suite::a_read_of_an_undeclared_table_is_unscoped_never_guaranteed(c()).await;
+        crate::suite::a_retry_after_another_sessions_delete_is_ambiguous_never_reapplied(c()).await;
+        crate::suite::versions_keep_growing_across_delete_and_re_create(c()).await;
+        crate::suite::a_conditional_delete_of_a_gone_item_is_never_a_replay(c()).await;
+        crate::suite::a_query_after_the_sessions_own_delete_does_not_show_the_item(c()).await;
+        crate::suite::an_exhausted_item_version_is_a_typed_error_not_a_panic(c()).await;
         client_request_token_makes_a_replayed_transaction_idempotent(c()).await;
     }
 }

@@ -265,9 +265,14 @@ impl StoreAdapter for DynamoAdapter {
                     self.written_partitions(t, key, scopes);
                 }
             }
-            DynamoOperation::DeleteItem(_) => {
+            DynamoOperation::DeleteItem(b) => {
                 if let Some(s) = self.single_write_scope(&request.operation) {
                     scopes.push(s);
+                }
+                // The table partition it leaves: a later query of it must not show the item.
+                // (Its index partitions are unknown: the key does not name them.)
+                if let (Some(t), Some(key)) = (b.get_table_name(), b.get_key()) {
+                    self.written_partitions(t, key, scopes);
                 }
             }
             DynamoOperation::TransactWriteItems(b) => {
@@ -280,6 +285,8 @@ impl StoreAdapter for DynamoAdapter {
                         self.written_partitions(&p.table_name, &p.item, scopes);
                     } else if let Some(u) = &ti.update {
                         self.written_partitions(&u.table_name, &u.key, scopes);
+                    } else if let Some(d) = &ti.delete {
+                        self.written_partitions(&d.table_name, &d.key, scopes);
                     }
                 }
             }
@@ -321,7 +328,14 @@ impl StoreAdapter for DynamoAdapter {
             write_id: stamp.write_id,
             clock: stamp.timestamp,
             expected,
+            replay: false,
         });
+    }
+
+    fn prepare_replay(&self, request: &mut DynamoRequest) {
+        if let Some(w) = request.write.as_mut() {
+            w.replay = true;
+        }
     }
 
     fn apply_fence(
@@ -389,6 +403,8 @@ impl StoreAdapter for DynamoAdapter {
                                 self.written_partitions(&p.table_name, &p.item, &mut partitions);
                             } else if let Some(u) = &ti.update {
                                 self.written_partitions(&u.table_name, &u.key, &mut partitions);
+                            } else if let Some(d) = &ti.delete {
+                                self.written_partitions(&d.table_name, &d.key, &mut partitions);
                             }
                         }
                         self.transaction_item_scopes(items)
@@ -400,6 +416,12 @@ impl StoreAdapter for DynamoAdapter {
                         vec![self.single_write_scope(op)]
                     }
                     DynamoOperation::UpdateItem(b) => {
+                        if let (Some(t), Some(key)) = (b.get_table_name(), b.get_key()) {
+                            self.written_partitions(t, key, &mut partitions);
+                        }
+                        vec![self.single_write_scope(op)]
+                    }
+                    DynamoOperation::DeleteItem(b) => {
                         if let (Some(t), Some(key)) = (b.get_table_name(), b.get_key()) {
                             self.written_partitions(t, key, &mut partitions);
                         }

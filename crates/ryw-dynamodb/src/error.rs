@@ -73,6 +73,11 @@ pub enum DynamoError {
     /// A write through the session layer names a table the adapter has no key schema for.
     #[error("table {0:?} has no key schema in the ryw DynamoDB adapter configuration")]
     UnknownTable(String),
+    /// A replay (after an attempt that may have applied) found the item gone: whether the earlier
+    /// attempt applied before someone deleted the item cannot be told, so the write was not sent
+    /// again. The session layer reports it as `ryw::Error::Ambiguous`.
+    #[error("replay not resolved: {0}")]
+    Unresolved(String),
 }
 
 fn reasons_text(reasons: &[CancellationReason]) -> String {
@@ -158,6 +163,7 @@ impl DynamoError {
             DynamoError::Throttled { .. } | DynamoError::NotSent(_) => ErrorClass::RETRYABLE,
             DynamoError::Service { status, .. } if *status >= 500 => ErrorClass::AMBIGUOUS,
             DynamoError::NoResponse(_) => ErrorClass::AMBIGUOUS,
+            DynamoError::Unresolved(_) => ErrorClass::Unresolved,
             _ => ErrorClass::Permanent,
         }
     }
@@ -205,6 +211,14 @@ impl DynamoError {
             },
             "ValidationException" | "SerializationException" => DynamoError::Validation { message },
             "ResourceNotFoundException" => DynamoError::ResourceNotFound { message },
+            // The caller's own condition (ryw's conditions are handled where they are sent).
+            "ConditionalCheckFailedException" => {
+                DynamoError::ConditionFailed(Box::new(ConditionFailure {
+                    item: None,
+                    expected: None,
+                    version_conflict: false,
+                }))
+            }
             _ => DynamoError::Service {
                 status,
                 code: code.to_owned(),

@@ -10,6 +10,7 @@ pub(crate) type Item = HashMap<String, AttributeValue>;
 pub(crate) const NAME_VERSION: &str = "#ryw_v";
 pub(crate) const NAME_WRITE: &str = "#ryw_w";
 pub(crate) const NAME_CLOCK: &str = "#ryw_c";
+pub(crate) const NAME_KEY: &str = "#ryw_k";
 pub(crate) const VALUE_EXPECTED: &str = ":ryw_expected";
 pub(crate) const VALUE_NEXT: &str = ":ryw_next";
 pub(crate) const VALUE_WRITE: &str = ":ryw_wid";
@@ -72,7 +73,7 @@ pub(crate) fn with_names(
 
 /// Drops ryw's name placeholders that `expressions` do not use (DynamoDB rejects unused ones).
 pub(crate) fn prune_names(names: &mut HashMap<String, String>, expressions: &[Option<&str>]) {
-    for key in [NAME_VERSION, NAME_WRITE, NAME_CLOCK] {
+    for key in [NAME_VERSION, NAME_WRITE, NAME_CLOCK, NAME_KEY] {
         if !expressions.iter().flatten().any(|e| e.contains(key)) {
             names.remove(key);
         }

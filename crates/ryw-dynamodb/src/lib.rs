@@ -137,6 +137,11 @@ impl TableSchema {
     pub fn table(&self) -> &str {
         &self.table
     }
+
+    /// The partition key attribute.
+    pub fn partition_key_attribute(&self) -> &str {
+        &self.partition_key
+    }
 }
 
 /// How many recent write ids an item keeps: the write that gives the item version `v` puts its id
@@ -200,6 +205,8 @@ pub(crate) struct WriteMeta {
     /// Expected version per item (one for single-item writes; one per transaction item, `None`
     /// for condition checks).
     pub(crate) expected: Vec<Option<u64>>,
+    /// Sent again after an attempt that may have applied ([`ryw::adapter::StoreAdapter::prepare_replay`]).
+    pub(crate) replay: bool,
 }
 
 /// A request to [`DynamoService`]: an SDK input builder plus what ryw stamped on it.

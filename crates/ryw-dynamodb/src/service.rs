@@ -4,7 +4,8 @@ use crate::adapter::DynamoAdapter;
 use crate::error::{ConditionFailure, DynamoError};
 use crate::expr::{self, Item};
 use crate::{
-    DynamoConfig, DynamoOperation, DynamoOutput, DynamoRequest, DynamoResponse, WriteMeta,
+    DynamoConfig, DynamoOperation, DynamoOutput, DynamoRequest, DynamoResponse, TableSchema,
+    WriteMeta,
 };
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::delete_item::{DeleteItemError, DeleteItemOutput};
@@ -90,37 +91,87 @@ struct Stamp<'a> {
     config: &'a DynamoConfig,
     write_id: String,
     clock: u64,
+    /// The version the session last saw (0: none).
     expected: u64,
+    /// The table's partition key attribute (`attribute_exists` of it: the item exists).
+    key: &'a str,
+    /// Sent again after an attempt that may have applied.
+    replay: bool,
+    /// Create the item (it was found absent though the session had seen it).
+    create: bool,
+}
+
+/// What a failed condition's old item says about this write.
+enum Failed {
+    /// The item shows this very write: an earlier attempt landed (the version it shows).
+    Landed(Option<u64>),
+    /// The item is absent.
+    Absent,
+    /// Another version, or the caller's own condition.
+    Failure(DynamoError),
 }
 
 impl Stamp<'_> {
-    fn new<'a>(config: &'a DynamoConfig, write: &WriteMeta, expected: Option<u64>) -> Stamp<'a> {
-        Stamp {
+    fn new<'a>(
+        config: &'a DynamoConfig,
+        schema: &'a TableSchema,
+        write: &WriteMeta,
+        expected: Option<u64>,
+    ) -> Result<Stamp<'a>, DynamoError> {
+        let expected = expected.unwrap_or(0);
+        if expected == u64::MAX || write.clock.get() == u64::MAX {
+            // Only a hostile token or item can get here; wrapping would move versions backwards.
+            return Err(DynamoError::Validation {
+                message: "item version or session clock exhausted (u64::MAX)".into(),
+            });
+        }
+        Ok(Stamp {
             config,
             write_id: write.write_id.to_string(),
             clock: write.clock.get(),
-            expected: expected.unwrap_or(0),
+            expected,
+            key: schema.partition_key_attribute(),
+            replay: write.replay,
+            create: false,
+        })
+    }
+
+    /// The same write, creating the item: it was found absent (deleted since the session saw
+    /// it).
+    fn creating(&self) -> Self {
+        Stamp {
+            config: self.config,
+            write_id: self.write_id.clone(),
+            create: true,
+            ..*self
         }
     }
 
-    /// The version this write gives the item: expected + 1, or the writer's clock for an item
-    /// the session has never seen (so versions keep growing across delete and re-create).
+    /// The version this write gives the item: expected + 1 while the item lives; when the item is
+    /// created (never seen by the session, or found absent), the writer's clock, and past
+    /// anything the session saw, so versions keep growing across delete and re-create.
     fn next(&self) -> u64 {
-        if self.expected == 0 {
-            self.clock
+        if self.expected == 0 || self.create {
+            self.clock.max(self.expected + 1)
         } else {
             self.expected + 1
         }
     }
 
-    /// The condition: the version is the expected one, or the item has none (absent, deleted, or
-    /// written without ryw).
+    /// The condition: the version is the expected one, or the item exists without a version
+    /// (written without ryw); when creating, the item has no version. A replay never creates: an
+    /// item absent at a replay may have been written by the first attempt and deleted since.
     fn condition(&self, caller: Option<String>) -> String {
-        let ours = if self.expected == 0 {
-            expr::version_condition(0).to_owned()
+        let exists_unversioned = "(attribute_not_exists(#ryw_v) AND attribute_exists(#ryw_k))";
+        let ours = if self.expected == 0 || self.create {
+            if self.replay && !self.create {
+                exists_unversioned.to_owned()
+            } else {
+                expr::version_condition(0).to_owned()
+            }
         } else {
             format!(
-                "{} OR attribute_not_exists(#ryw_v)",
+                "{} OR {exists_unversioned}",
                 expr::version_condition(self.expected)
             )
         };
@@ -134,6 +185,7 @@ impl Stamp<'_> {
     ) -> HashMap<String, String> {
         let mut names = expr::with_names(caller, self.config);
         names.insert(expr::NAME_WRITE.into(), self.slot());
+        names.insert(expr::NAME_KEY.into(), self.key.to_owned());
         expr::prune_names(&mut names, expressions);
         names
     }
@@ -186,36 +238,33 @@ impl Stamp<'_> {
         )
     }
 
-    /// Whether a failed condition's old item shows this very write (an earlier attempt landed):
-    /// one of its recent write ids is this write's, whatever was written since.
-    fn landed(&self, item: Option<&Item>, deleting: bool) -> bool {
+    /// Whether an old item shows this very write: one of its recent write ids is this write's,
+    /// whatever was written since.
+    fn shows_this_write(&self, item: &Item) -> bool {
+        (0..crate::RECENT_WRITE_IDS).any(|slot| {
+            expr::string(item, &self.config.write_id_slot(slot)) == Some(&self.write_id)
+        })
+    }
+
+    /// After `ConditionalCheckFailed` of a single-item write.
+    fn after_failed_condition(&self, item: Option<Item>) -> Failed {
         match item {
-            Some(item) => (0..crate::RECENT_WRITE_IDS).any(|slot| {
-                expr::string(item, &self.config.write_id_slot(slot)) == Some(&self.write_id)
-            }),
-            // A delete retried after it applied finds no item at all.
-            None => deleting && self.expected > 0,
+            Some(item) if self.shows_this_write(&item) => {
+                tracing::debug!(target: "ryw::dynamodb", "retried write had already applied");
+                Failed::Landed(expr::number(&item, &self.config.version_attribute))
+            }
+            Some(item) => Failed::Failure(self.failure(Some(item))),
+            None => Failed::Absent,
         }
     }
 
-    /// After `ConditionalCheckFailed`: `Ok(version)` when the old item shows this very write
-    /// (an earlier attempt landed; the version it wrote, or the deletion marker), otherwise the
-    /// failure.
-    fn after_failed_condition(
-        &self,
-        item: Option<Item>,
-        deleting: bool,
-    ) -> Result<Option<u64>, DynamoError> {
-        if !self.landed(item.as_ref(), deleting) {
-            return Err(self.failure(item));
+    /// Whether a transaction item's failed condition shows this write (a delete that finds its
+    /// item gone at a replay counts: the transaction's own delete may have removed it).
+    fn landed_in_transaction(&self, item: Option<&Item>, deleting: bool) -> bool {
+        match item {
+            Some(item) => self.shows_this_write(item),
+            None => deleting && self.replay && self.expected > 0,
         }
-        tracing::debug!(target: "ryw::dynamodb", "retried write had already applied");
-        Ok(if deleting {
-            Some(self.next())
-        } else {
-            item.as_ref()
-                .and_then(|i| expr::number(i, &self.config.version_attribute))
-        })
     }
 
     fn failure(&self, item: Option<Item>) -> DynamoError {
@@ -233,17 +282,26 @@ impl Stamp<'_> {
     }
 }
 
+fn unresolved(what: &str) -> DynamoError {
+    DynamoError::Unresolved(format!(
+        "{what}: the item is gone; an earlier attempt may have applied before it was deleted"
+    ))
+}
+
 fn client_request_token(write: &WriteMeta) -> String {
     // 32 hex characters (DynamoDB takes at most 36): a 128-bit digest of the whole write id, so
     // two different writes (two lanes of one session) never share a request token.
     format!("{:032x}", write.write_id.digest128())
 }
 
-fn check_table(config: &DynamoConfig, table: Option<&String>) -> Result<(), DynamoError> {
-    match table {
-        Some(t) if config.tables.contains_key(t) => Ok(()),
-        other => Err(DynamoError::UnknownTable(
-            other.cloned().unwrap_or_default(),
+fn check_table<'a>(
+    config: &'a DynamoConfig,
+    table: Option<&String>,
+) -> Result<&'a TableSchema, DynamoError> {
+    match table.and_then(|t| config.tables.get(t)) {
+        Some(schema) => Ok(schema),
+        None => Err(DynamoError::UnknownTable(
+            table.cloned().unwrap_or_default(),
         )),
     }
 }
@@ -299,102 +357,159 @@ async fn send(
             let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
             Ok(response(DynamoOutput::Query(out), vec![], consistent))
         }
-        DynamoOperation::PutItem(mut b) => {
+        DynamoOperation::PutItem(b) => {
             let Some(write) = write else {
                 let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
                 return Ok(response(DynamoOutput::PutItem(out), vec![], false));
             };
-            check_table(config, b.get_table_name().as_ref())?;
-            let stamp = Stamp::new(config, &write, write.expected.first().copied().flatten());
-            let mut item = b.get_item().clone().unwrap_or_default();
-            stamp.stamp_item(&mut item);
-            let condition = stamp.condition(b.get_condition_expression().clone());
-            let exprs = [Some(condition.as_str())];
-            let names = stamp.names(b.get_expression_attribute_names().clone(), &exprs);
-            let values = stamp.values(b.get_expression_attribute_values().clone(), &exprs);
-            b = b
-                .set_item(Some(item))
-                .condition_expression(condition.clone())
-                .set_expression_attribute_names(Some(names))
-                .set_expression_attribute_values(values)
-                .return_values_on_condition_check_failure(
-                    ReturnValuesOnConditionCheckFailure::AllOld,
-                );
-            match b.send_with(client).await {
-                Ok(out) => Ok(response(
-                    DynamoOutput::PutItem(out),
-                    vec![Some(stamp.next())],
-                    false,
-                )),
-                Err(SdkError::ServiceError(e))
-                    if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
-                {
-                    let PutItemError::ConditionalCheckFailedException(c) = e.into_err() else {
-                        unreachable!("matched above")
-                    };
-                    let version = stamp.after_failed_condition(c.item, false)?;
-                    Ok(replayed(
-                        DynamoOutput::PutItem(PutItemOutput::builder().build()),
-                        vec![version],
-                    ))
+            let schema = check_table(config, b.get_table_name().as_ref())?;
+            let mut stamp = Stamp::new(
+                config,
+                schema,
+                &write,
+                write.expected.first().copied().flatten(),
+            )?;
+            loop {
+                let mut item = b.get_item().clone().unwrap_or_default();
+                stamp.stamp_item(&mut item);
+                let condition = stamp.condition(b.get_condition_expression().clone());
+                let exprs = [Some(condition.as_str())];
+                let names = stamp.names(b.get_expression_attribute_names().clone(), &exprs);
+                let values = stamp.values(b.get_expression_attribute_values().clone(), &exprs);
+                let sent = b
+                    .clone()
+                    .set_item(Some(item))
+                    .condition_expression(condition)
+                    .set_expression_attribute_names(Some(names))
+                    .set_expression_attribute_values(values)
+                    .return_values_on_condition_check_failure(
+                        ReturnValuesOnConditionCheckFailure::AllOld,
+                    );
+                let old = match sent.send_with(client).await {
+                    Ok(out) => {
+                        return Ok(response(
+                            DynamoOutput::PutItem(out),
+                            vec![Some(stamp.next())],
+                            false,
+                        ))
+                    }
+                    Err(SdkError::ServiceError(e))
+                        if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
+                    {
+                        let PutItemError::ConditionalCheckFailedException(c) = e.into_err() else {
+                            unreachable!("matched above")
+                        };
+                        c.item
+                    }
+                    Err(e) => return Err(DynamoError::from_sdk(e)),
+                };
+                match stamp.after_failed_condition(old) {
+                    Failed::Landed(version) => {
+                        return Ok(replayed(
+                            DynamoOutput::PutItem(PutItemOutput::builder().build()),
+                            vec![version],
+                        ))
+                    }
+                    Failed::Failure(e) => return Err(e),
+                    Failed::Absent if stamp.replay || stamp.create || stamp.expected == 0 => {
+                        return Err(if stamp.replay {
+                            unresolved("put")
+                        } else {
+                            stamp.failure(None)
+                        })
+                    }
+                    // Deleted since the session saw it: create it, at a version past both.
+                    Failed::Absent => stamp = stamp.creating(),
                 }
-                Err(e) => Err(DynamoError::from_sdk(e)),
             }
         }
-        DynamoOperation::UpdateItem(mut b) => {
+        DynamoOperation::UpdateItem(b) => {
             let Some(write) = write else {
                 let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
                 return Ok(response(DynamoOutput::UpdateItem(out), vec![], false));
             };
-            check_table(config, b.get_table_name().as_ref())?;
-            let stamp = Stamp::new(config, &write, write.expected.first().copied().flatten());
-            let update = stamp.update_expression(b.get_update_expression().clone());
-            let condition = stamp.condition(b.get_condition_expression().clone());
-            let exprs = [Some(update.as_str()), Some(condition.as_str())];
-            let names = stamp.names(b.get_expression_attribute_names().clone(), &exprs);
-            let values = stamp.values(b.get_expression_attribute_values().clone(), &exprs);
-            b = b
-                .update_expression(update.clone())
-                .condition_expression(condition.clone())
-                .set_expression_attribute_names(Some(names))
-                .set_expression_attribute_values(values)
-                .return_values_on_condition_check_failure(
-                    ReturnValuesOnConditionCheckFailure::AllOld,
-                );
-            match b.send_with(client).await {
-                Ok(out) => Ok(response(
-                    DynamoOutput::UpdateItem(out),
-                    vec![Some(stamp.next())],
-                    false,
-                )),
-                Err(SdkError::ServiceError(e))
-                    if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-                {
-                    let UpdateItemError::ConditionalCheckFailedException(c) = e.into_err() else {
-                        unreachable!("matched above")
-                    };
-                    let version = stamp.after_failed_condition(c.item, false)?;
-                    Ok(replayed(
-                        DynamoOutput::UpdateItem(UpdateItemOutput::builder().build()),
-                        vec![version],
-                    ))
+            let schema = check_table(config, b.get_table_name().as_ref())?;
+            let mut stamp = Stamp::new(
+                config,
+                schema,
+                &write,
+                write.expected.first().copied().flatten(),
+            )?;
+            loop {
+                let update = stamp.update_expression(b.get_update_expression().clone());
+                let condition = stamp.condition(b.get_condition_expression().clone());
+                let exprs = [Some(update.as_str()), Some(condition.as_str())];
+                let names = stamp.names(b.get_expression_attribute_names().clone(), &exprs);
+                let values = stamp.values(b.get_expression_attribute_values().clone(), &exprs);
+                let sent = b
+                    .clone()
+                    .update_expression(update)
+                    .condition_expression(condition)
+                    .set_expression_attribute_names(Some(names))
+                    .set_expression_attribute_values(values)
+                    .return_values_on_condition_check_failure(
+                        ReturnValuesOnConditionCheckFailure::AllOld,
+                    );
+                let old = match sent.send_with(client).await {
+                    Ok(out) => {
+                        return Ok(response(
+                            DynamoOutput::UpdateItem(out),
+                            vec![Some(stamp.next())],
+                            false,
+                        ))
+                    }
+                    Err(SdkError::ServiceError(e))
+                        if matches!(
+                            e.err(),
+                            UpdateItemError::ConditionalCheckFailedException(_)
+                        ) =>
+                    {
+                        let UpdateItemError::ConditionalCheckFailedException(c) = e.into_err()
+                        else {
+                            unreachable!("matched above")
+                        };
+                        c.item
+                    }
+                    Err(e) => return Err(DynamoError::from_sdk(e)),
+                };
+                match stamp.after_failed_condition(old) {
+                    Failed::Landed(version) => {
+                        return Ok(replayed(
+                            DynamoOutput::UpdateItem(UpdateItemOutput::builder().build()),
+                            vec![version],
+                        ))
+                    }
+                    Failed::Failure(e) => return Err(e),
+                    Failed::Absent if stamp.replay || stamp.create || stamp.expected == 0 => {
+                        return Err(if stamp.replay {
+                            unresolved("update")
+                        } else {
+                            stamp.failure(None)
+                        })
+                    }
+                    Failed::Absent => stamp = stamp.creating(),
                 }
-                Err(e) => Err(DynamoError::from_sdk(e)),
             }
         }
-        DynamoOperation::DeleteItem(mut b) => {
+        DynamoOperation::DeleteItem(b) => {
             let Some(write) = write else {
                 let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
                 return Ok(response(DynamoOutput::DeleteItem(out), vec![], false));
             };
-            check_table(config, b.get_table_name().as_ref())?;
-            let stamp = Stamp::new(config, &write, write.expected.first().copied().flatten());
+            let schema = check_table(config, b.get_table_name().as_ref())?;
+            let stamp = Stamp::new(
+                config,
+                schema,
+                &write,
+                write.expected.first().copied().flatten(),
+            )?;
             let condition = stamp.condition(b.get_condition_expression().clone());
             let exprs = [Some(condition.as_str())];
             let names = stamp.names(b.get_expression_attribute_names().clone(), &exprs);
             let values = stamp.values(b.get_expression_attribute_values().clone(), &exprs);
-            b = b
-                .condition_expression(condition.clone())
+            let sent = b
+                .clone()
+                .condition_expression(condition)
                 .set_expression_attribute_names(Some(names))
                 .set_expression_attribute_values(values)
                 .return_values_on_condition_check_failure(
@@ -402,25 +517,45 @@ async fn send(
                 );
             // The version that marks the deletion: later reads of an older copy are stale.
             let marker = stamp.next();
-            match b.send_with(client).await {
-                Ok(out) => Ok(response(
-                    DynamoOutput::DeleteItem(out),
-                    vec![Some(marker)],
-                    false,
-                )),
+            let old = match sent.send_with(client).await {
+                Ok(out) => {
+                    return Ok(response(
+                        DynamoOutput::DeleteItem(out),
+                        vec![Some(marker)],
+                        false,
+                    ))
+                }
                 Err(SdkError::ServiceError(e))
                     if matches!(e.err(), DeleteItemError::ConditionalCheckFailedException(_)) =>
                 {
                     let DeleteItemError::ConditionalCheckFailedException(c) = e.into_err() else {
                         unreachable!("matched above")
                     };
-                    let version = stamp.after_failed_condition(c.item, true)?;
-                    Ok(replayed(
-                        DynamoOutput::DeleteItem(DeleteItemOutput::builder().build()),
-                        vec![version],
+                    c.item
+                }
+                Err(e) => return Err(DynamoError::from_sdk(e)),
+            };
+            match stamp.after_failed_condition(old) {
+                Failed::Landed(version) => Ok(replayed(
+                    DynamoOutput::DeleteItem(DeleteItemOutput::builder().build()),
+                    vec![version],
+                )),
+                Failed::Failure(e) => Err(e),
+                Failed::Absent if stamp.replay && b.get_condition_expression().is_some() => {
+                    // Whether the caller's condition held for the delete that removed it: unknown.
+                    Err(unresolved("conditional delete"))
+                }
+                Failed::Absent => {
+                    // Nothing to delete (gone before, or removed by this delete's first attempt at
+                    // a replay). Sent as the caller wrote it: DynamoDB's own answer, never a
+                    // replay claimed.
+                    let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
+                    Ok(response(
+                        DynamoOutput::DeleteItem(out),
+                        vec![Some(stamp.creating().next())],
+                        false,
                     ))
                 }
-                Err(e) => Err(DynamoError::from_sdk(e)),
             }
         }
         DynamoOperation::TransactWriteItems(mut b) => {
@@ -436,9 +571,19 @@ async fn send(
             let mut stamps = Vec::with_capacity(items.len());
             for (i, ti) in items.iter_mut().enumerate() {
                 let expected = write.expected.get(i).copied().flatten();
-                let stamp = Stamp::new(config, &write, expected);
+                let table = ti
+                    .put
+                    .as_ref()
+                    .map(|p| &p.table_name)
+                    .or(ti.update.as_ref().map(|u| &u.table_name))
+                    .or(ti.delete.as_ref().map(|d| &d.table_name));
+                let Some(table) = table else {
+                    stamps.push(None);
+                    continue;
+                };
+                let schema = check_table(config, Some(table))?;
+                let stamp = Stamp::new(config, schema, &write, expected)?;
                 if let Some(p) = ti.put.as_mut() {
-                    check_table(config, Some(&p.table_name))?;
                     stamp.stamp_item(&mut p.item);
                     let condition = stamp.condition(p.condition_expression.take());
                     let exprs = [Some(condition.as_str())];
@@ -451,7 +596,6 @@ async fn send(
                         Some(ReturnValuesOnConditionCheckFailure::AllOld);
                     stamps.push(Some((stamp, false)));
                 } else if let Some(u) = ti.update.as_mut() {
-                    check_table(config, Some(&u.table_name))?;
                     let update =
                         stamp.update_expression(Some(std::mem::take(&mut u.update_expression)));
                     let condition = stamp.condition(u.condition_expression.take());
@@ -466,7 +610,6 @@ async fn send(
                         Some(ReturnValuesOnConditionCheckFailure::AllOld);
                     stamps.push(Some((stamp, false)));
                 } else if let Some(d) = ti.delete.as_mut() {
-                    check_table(config, Some(&d.table_name))?;
                     let condition = stamp.condition(d.condition_expression.take());
                     let exprs = [Some(condition.as_str())];
                     d.expression_attribute_names =
@@ -515,7 +658,8 @@ async fn send(
                             Some("ConditionalCheckFailed") => {
                                 match stamps.get(i).and_then(|s| s.as_ref()) {
                                     Some((stamp, deleting))
-                                        if stamp.landed(reason.item(), *deleting) =>
+                                        if stamp
+                                            .landed_in_transaction(reason.item(), *deleting) =>
                                     {
                                         landed += 1
                                     }

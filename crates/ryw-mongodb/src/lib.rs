@@ -170,6 +170,8 @@ pub struct MongoRequest<T> {
     pub(crate) after: Option<Timestamp>,
     pub(crate) cluster_time: Option<Arc<[u8]>>,
     pub(crate) primary: bool,
+    /// Sent again after an attempt that may have applied.
+    pub(crate) replay: bool,
 }
 
 impl<T> From<MongoOperation<T>> for MongoRequest<T> {
@@ -180,6 +182,7 @@ impl<T> From<MongoOperation<T>> for MongoRequest<T> {
             after: None,
             cluster_time: None,
             primary: false,
+            replay: false,
         }
     }
 }
@@ -382,8 +385,18 @@ impl<T: Clone + Send + Sync + 'static> StoreAdapter for MongoAdapterFor<T> {
             MongoOperation::Find { .. }
             | MongoOperation::FindOne { .. }
             | MongoOperation::Aggregate { .. } => Operation::Read,
+            // A deleted document keeps no write id: a replay of `delete_one` is recognisable only
+            // when its filter names one document by `_id`; otherwise a replay could delete a
+            // second document, so an ambiguous failure is reported, not replayed.
+            MongoOperation::DeleteOne { ref filter } if !filter.contains_key("_id") => {
+                Operation::Write(Replay::Never)
+            }
             _ => Operation::Write(Replay::Safe),
         }
+    }
+
+    fn prepare_replay(&self, request: &mut MongoRequest<T>) {
+        request.replay = true;
     }
 
     fn scopes(&self, _request: &MongoRequest<T>, scopes: &mut Scopes) {

@@ -173,7 +173,13 @@ where
             .then_some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
         let write_id = request.write_id.map(|w| w.to_string());
         let (output, replayed) = self
-            .run(&mut session, request.operation, criteria, write_id)
+            .run(
+                &mut session,
+                request.operation,
+                criteria,
+                write_id,
+                request.replay,
+            )
             .await?;
         Ok(MongoResponse {
             output,
@@ -188,14 +194,21 @@ where
         session: &mut ClientSession,
         write_id: &str,
     ) -> Result<bool, MongoError> {
-        let n = self
-            .collection
-            .count_documents(doc! { &self.config.write_id_field: write_id })
+        Ok(self.applied_document(session, write_id).await?.is_some())
+    }
+
+    /// A document that holds `write_id` among its recent write ids, read on the primary.
+    async fn applied_document(
+        &self,
+        session: &mut ClientSession,
+        write_id: &str,
+    ) -> Result<Option<T>, MongoError> {
+        self.collection
+            .find_one(doc! { &self.config.write_id_field: write_id })
             .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
             .session(&mut *session)
             .await
-            .map_err(driver)?;
-        Ok(n > 0)
+            .map_err(driver)
     }
 
     async fn run(
@@ -204,9 +217,36 @@ where
         operation: MongoOperation<T>,
         criteria: Option<SelectionCriteria>,
         write_id: Option<String>,
+        replay: bool,
     ) -> Result<(MongoOutput<T>, bool), MongoError> {
         let field = self.config.write_id_field.as_str();
         let coll = &self.collection;
+        // A replay of a single-document write first looks for its own write id: with a filter that
+        // matches several documents, the "not yet" filter alone would let the replay change a
+        // second one.
+        if let (true, Some(w)) = (replay, &write_id) {
+            let single = matches!(
+                operation,
+                MongoOperation::UpdateOne { .. }
+                    | MongoOperation::ReplaceOne { .. }
+                    | MongoOperation::FindOneAndUpdate { .. }
+            );
+            if single {
+                if let Some(done) = self.applied_document(session, w).await? {
+                    tracing::debug!(target: "ryw::mongodb", "replayed write had already applied");
+                    let output = match operation {
+                        MongoOperation::FindOneAndUpdate { .. } => {
+                            MongoOutput::Document(Some(done))
+                        }
+                        _ => MongoOutput::Updated {
+                            matched: 1,
+                            modified: 1,
+                        },
+                    };
+                    return Ok((output, true));
+                }
+            }
+        }
         Ok(match operation {
             MongoOperation::Find { filter } => {
                 let mut cursor = coll

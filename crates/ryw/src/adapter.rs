@@ -128,6 +128,10 @@ pub enum ErrorClass {
     Transient(Applied),
     /// A conditional write lost to another writer: see [`StoreAdapter::conflict`].
     Conflict,
+    /// A replay could not tell whether an earlier attempt of this write applied, and was not
+    /// applied (for example, the item it wrote has been deleted since): the layer reports
+    /// [`crate::Error::Ambiguous`] and never sends the write again.
+    Unresolved,
     /// Retrying cannot help (validation, authorization, a missing table...).
     Permanent,
 }
@@ -311,6 +315,15 @@ pub trait StoreAdapter: Clone + Send + Sync + 'static {
     /// Stamps a write with its [`WriteId`] and timestamp. Called once; replays reuse the stamped
     /// request.
     fn stamp_write(&self, request: &mut Self::Request, stamp: &WriteStamp<'_>);
+
+    /// Marks a write that is sent again after an attempt that may have applied (a timeout, a
+    /// lost response), before every such replay. Stores that can tell a replay from a first
+    /// attempt use it to never apply blindly: check for the write's id first, refuse to
+    /// re-create an item that has vanished since, and so on (classifying what they cannot
+    /// resolve as [`ErrorClass::Unresolved`]). The default does nothing.
+    fn prepare_replay(&self, request: &mut Self::Request) {
+        let _ = request;
+    }
 
     /// Applies `fence` to a read with `strategy` (set a wait version, route to the strong path, or
     /// ask for versions to verify). Called on a fresh copy of the read for every attempt.

@@ -53,6 +53,9 @@ pub(crate) struct Attempt<A: StoreAdapter> {
     pub(crate) rereads: u32,
     pub(crate) conflicts: u32,
     pub(crate) held: Option<Box<(A::Response, StaleRead)>>,
+    /// An earlier attempt of this write failed in a way that may have applied: later attempts
+    /// are replays ([`StoreAdapter::prepare_replay`]).
+    pub(crate) may_have_applied: bool,
 }
 
 /// The future returned by [`crate::ReadYourWrites`]: drives the attempts of one request (retries,
@@ -130,6 +133,9 @@ where
                         Err(e) => Some(this.shared.adapter.classify(e)),
                         Ok(_) => None,
                     };
+                    if class == Some(ErrorClass::AMBIGUOUS) {
+                        at.may_have_applied = true;
+                    }
                     // Conflicts are the resolver's, not the retry policy's.
                     let mut result = match (class, result) {
                         (Some(ErrorClass::Conflict), Err(error)) => {
@@ -146,12 +152,20 @@ where
                         }
                         (_, result) => result,
                     };
+                    // The replay rule is the layer's, whatever policy is installed: a write that
+                    // may not be replayed and may have applied is never sent again.
+                    let forbidden = matches!(
+                        (at.op, class),
+                        (Operation::Write(Replay::Never), Some(ErrorClass::AMBIGUOUS))
+                            | (_, Some(ErrorClass::Unresolved))
+                    );
                     // tower's contract: the policy sees every result once it exists. Until the
                     // first failure it does not: the prototype hears of the success instead.
-                    if this.policy.is_none() && result.is_err() {
+                    if this.policy.is_none() && result.is_err() && !forbidden {
                         *this.policy = Some(this.shared.policy.clone());
                     }
                     match this.policy.as_mut() {
+                        Some(_) if forbidden => {}
                         Some(policy) => {
                             if let Some(backoff) = policy.retry(&mut at.base, &mut result) {
                                 this.state.set(State::Backoff { sleep: backoff });
@@ -191,6 +205,9 @@ where
                     }
                     let at = &*this.attempt;
                     let mut request = at.base.clone();
+                    if at.may_have_applied {
+                        this.shared.adapter.prepare_replay(&mut request);
+                    }
                     if at.op == Operation::Read && !at.fence.is_unfenced() {
                         this.shared
                             .adapter
@@ -329,7 +346,8 @@ fn on_final_error<A: StoreAdapter>(
         Operation::Write(Replay::Never),
         Some(ErrorClass::Transient(Applied::Unknown)),
         Some((write_id, _)),
-    ) = (at.op, class, at.stamp)
+    )
+    | (_, Some(ErrorClass::Unresolved), Some((write_id, _))) = (at.op, class, at.stamp)
     {
         return Err(Error::Ambiguous {
             write_id,

@@ -361,6 +361,7 @@ where
                 rereads: 0,
                 conflicts: 0,
                 held: None,
+                may_have_applied: false,
             },
         )
     }

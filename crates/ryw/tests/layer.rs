@@ -631,3 +631,60 @@ async fn a_read_that_names_no_scope_is_unscoped_never_guaranteed() {
     send.send_response(resp(1));
     assert!(call.await.unwrap().unwrap_err().is_unscoped());
 }
+
+/// Retries every error once, immediately: the policy from the `ryw::retry` docs, which knows
+/// nothing of the replay rule.
+#[derive(Clone, Debug, Default)]
+struct Once(bool);
+
+impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for Once {
+    type Future = std::future::Ready<()>;
+    fn retry(&mut self, _: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
+        (result.is_err() && !std::mem::replace(&mut self.0, true)).then(|| std::future::ready(()))
+    }
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+impl<Req: Clone, Res, E> ryw::retry::SessionRetryPolicy<Req, Res, E> for Once {}
+
+#[tokio::test(start_paused = true)]
+async fn the_replay_rule_holds_whatever_retry_policy_is_installed() {
+    // Found by the adversarial review: with a custom policy, an ambiguous failure of a
+    // `Replay::Never` write was sent again (a counter incremented twice).
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = ReadYourWritesLayer::new(adapter())
+        .retry(Once::default())
+        .layer(svc);
+    let session = Session::new();
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session.request(put("a", Replay::Never))),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Timeout);
+    let err = call.await.unwrap().unwrap_err();
+    assert!(err.is_ambiguous(), "{err}");
+    handle.allow(1);
+    assert!(poll_once(&mut Box::pin(handle.next_request())).is_pending());
+
+    // A safe write is retried by the same policy.
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = ReadYourWritesLayer::new(adapter())
+        .retry(Once::default())
+        .layer(svc);
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session.request(put("a", Replay::Safe))),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Timeout);
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(resp(2));
+    assert_eq!(call.await.unwrap().unwrap().attempts(), 2);
+}

@@ -35,4 +35,9 @@ against_moto!(
     two_continuations_of_one_token_lose_no_acknowledged_write,
     a_retry_after_another_sessions_update_applies_once,
     a_read_of_an_undeclared_table_is_unscoped_never_guaranteed,
+    a_retry_after_another_sessions_delete_is_ambiguous_never_reapplied,
+    versions_keep_growing_across_delete_and_re_create,
+    a_conditional_delete_of_a_gone_item_is_never_a_replay,
+    a_query_after_the_sessions_own_delete_does_not_show_the_item,
+    an_exhausted_item_version_is_a_typed_error_not_a_panic,
 );

@@ -878,3 +878,218 @@ pub async fn a_read_of_an_undeclared_table_is_unscoped_never_guaranteed(client: 
         .await;
     assert!(strict.unwrap_err().is_unscoped());
 }
+
+fn delete(table: &str, pk: &str) -> DynamoRequest {
+    DeleteItemInput::builder()
+        .table_name(table)
+        .key("pk", s(pk))
+        .into()
+}
+
+/// Another session reads `pk` and deletes it.
+async fn deleted_by_another_session(
+    client: &Client,
+    adapter: &DynamoAdapter,
+    table: &str,
+    pk: &str,
+) {
+    let svc = ReadYourWritesLayer::new(adapter.clone())
+        .layer(DynamoService::new(client.clone(), adapter));
+    let other = Session::new();
+    svc.clone()
+        .oneshot(other.request(get(table, pk)))
+        .await
+        .unwrap();
+    svc.oneshot(other.request(delete(table, pk))).await.unwrap();
+    assert!(peek(client, table, pk).await.is_none());
+}
+
+pub async fn a_retry_after_another_sessions_delete_is_ambiguous_never_reapplied(client: Client) {
+    // Found by the adversarial review: the update applied, its response was lost, another session
+    // deleted the item, and the retry re-created it (the delete undone, the update applied twice).
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let service = DynamoService::new(client.clone(), &adapter);
+    let session = Session::new();
+    ReadYourWritesLayer::new(adapter.clone())
+        .layer(service.clone())
+        .oneshot(session.request(put(&table, "x", "a1")))
+        .await
+        .unwrap();
+    let interleave = {
+        let (client, adapter, table) = (client.clone(), adapter.clone(), table.clone());
+        move || {
+            let (client, adapter, table) = (client.clone(), adapter.clone(), table.clone());
+            Box::pin(
+                async move { deleted_by_another_session(&client, &adapter, &table, "x").await },
+            ) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        }
+    };
+    let lossy = InterleaveThenLoseForTests::new(service.clone(), interleave);
+    lossy.armed.store(1, Ordering::Relaxed);
+    let bump: DynamoRequest = UpdateItemInput::builder()
+        .table_name(&table)
+        .key("pk", s("x"))
+        .update_expression("ADD hits :one")
+        .expression_attribute_values(":one", n(1))
+        .into();
+    let err = ReadYourWritesLayer::new(adapter.clone())
+        .layer(lossy)
+        .oneshot(session.request(bump))
+        .await
+        .unwrap_err();
+    assert!(err.is_ambiguous(), "{err}");
+    assert!(
+        matches!(err.store_error(), Some(DynamoError::Unresolved(_))),
+        "{err:?}"
+    );
+    assert!(
+        peek(&client, &table, "x").await.is_none(),
+        "the delete stands"
+    );
+}
+
+pub async fn versions_keep_growing_across_delete_and_re_create(client: Client) {
+    // Found by the adversarial review: a session that saw version v re-created a deleted item at
+    // v + 1, below the version another session's copy had in between; a replica holding that copy
+    // then passed verification: `Guaranteed` without the session's own write.
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
+    let svc = ReadYourWritesLayer::new(adapter.clone()).layer(stale.clone());
+    let a = Session::new();
+    let first = svc
+        .clone()
+        .oneshot(a.request(put(&table, "x", "a1")))
+        .await
+        .unwrap();
+    deleted_by_another_session(&client, &adapter, &table, "x").await;
+    let c = Session::new();
+    let theirs = svc
+        .clone()
+        .oneshot(c.request(put(&table, "x", "c1")))
+        .await
+        .unwrap();
+    let their_copy = peek(&client, &table, "x").await;
+    svc.clone()
+        .oneshot(c.request(delete(&table, "x")))
+        .await
+        .unwrap();
+    let again = svc
+        .clone()
+        .oneshot(a.request(put(&table, "x", "a2")))
+        .await
+        .unwrap();
+    let (v1, vc, v2) = (
+        first.get_ref().written_version().unwrap(),
+        theirs.get_ref().written_version().unwrap(),
+        again.get_ref().written_version().unwrap(),
+    );
+    assert!(v2 > vc && v2 > v1, "{v1:?} {vc:?} {v2:?}");
+    stale.hold("x", their_copy, 1);
+    let read = svc
+        .clone()
+        .oneshot(a.request(get(&table, "x")))
+        .await
+        .unwrap();
+    assert!(read.visibility().is_guaranteed());
+    assert_eq!(read.get_ref().item().unwrap()["body"].as_s().unwrap(), "a2");
+}
+
+pub async fn a_conditional_delete_of_a_gone_item_is_never_a_replay(client: Client) {
+    // Found by the adversarial review: the first attempt of a conditional delete, finding the
+    // item gone, was reported as a successful replay, and the caller's condition never checked.
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let svc = ReadYourWritesLayer::new(adapter.clone())
+        .layer(DynamoService::new(client.clone(), &adapter));
+    let a = Session::new();
+    svc.clone()
+        .oneshot(a.request(put(&table, "x", "a1")))
+        .await
+        .unwrap();
+    deleted_by_another_session(&client, &adapter, &table, "x").await;
+    let mine: DynamoRequest = DeleteItemInput::builder()
+        .table_name(&table)
+        .key("pk", s("x"))
+        .condition_expression("body = :mine")
+        .expression_attribute_values(":mine", s("a1"))
+        .into();
+    let err = svc.clone().oneshot(a.request(mine)).await.unwrap_err();
+    assert!(!err.is_conflict(), "{err}");
+    assert!(
+        matches!(err.store_error(), Some(DynamoError::ConditionFailed(c)) if !c.version_conflict),
+        "{err:?}"
+    );
+    // Without a condition: nothing to delete, success, and no replay claimed.
+    let out = svc
+        .clone()
+        .oneshot(a.request(delete(&table, "x")))
+        .await
+        .unwrap();
+    assert!(!out.get_ref().was_replayed());
+}
+
+pub async fn a_query_after_the_sessions_own_delete_does_not_show_the_item(client: Client) {
+    // Found by the adversarial review: a delete advanced no partition scope, so a lagging
+    // replica's query still listing the deleted item was `Guaranteed(Verified)`.
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
+    let svc = ReadYourWritesLayer::new(adapter.clone()).layer(stale.clone());
+    let a = Session::new();
+    svc.clone()
+        .oneshot(a.request(put(&table, "q", "mine")))
+        .await
+        .unwrap();
+    let old = peek(&client, &table, "q").await.unwrap();
+    svc.clone()
+        .oneshot(a.request(delete(&table, "q")))
+        .await
+        .unwrap();
+    stale.hold_queries(vec![old], 1);
+    let query: DynamoRequest = QueryInput::builder()
+        .table_name(&table)
+        .key_condition_expression("pk = :p")
+        .expression_attribute_values(":p", s("q"))
+        .into();
+    let read = svc.clone().oneshot(a.request(query)).await.unwrap();
+    assert!(
+        read.get_ref().items().is_empty(),
+        "{:?}: {:?}",
+        read.visibility(),
+        read.get_ref().items()
+    );
+    assert!(read.visibility().is_guaranteed());
+}
+
+pub async fn an_exhausted_item_version_is_a_typed_error_not_a_panic(client: Client) {
+    // Found by the adversarial review: an item at version u64::MAX (a hostile unsigned token can
+    // write one) made the next writer that had read it overflow `expected + 1` and panic.
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    client
+        .put_item()
+        .table_name(&table)
+        .item("pk", s("max"))
+        .item("ryw_version", AttributeValue::N(u64::MAX.to_string()))
+        .send()
+        .await
+        .unwrap();
+    let svc = ReadYourWritesLayer::new(adapter.clone())
+        .layer(DynamoService::new(client.clone(), &adapter));
+    let honest = Session::new();
+    svc.clone()
+        .oneshot(honest.request(get(&table, "max")))
+        .await
+        .unwrap();
+    let err = svc
+        .clone()
+        .oneshot(honest.request(put(&table, "max", "hi")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.store_error(), Some(DynamoError::Validation { .. })),
+        "{err:?}"
+    );
+}

@@ -127,6 +127,9 @@ type Held = (Option<Item>, usize);
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<DynamoResponse, DynamoError>> + Send>>;
 
+/// Items an eventually consistent query returns instead of moto's, and for how many queries.
+type HeldQuery = (Vec<Item>, usize);
+
 /// TEST ONLY. Plays a lagging replica: while a key is held, eventually consistent GetItem
 /// responses for it carry the held (older) item instead of moto's, and eventually consistent
 /// queries return no items. Consistent reads always pass through to moto untouched.
@@ -135,6 +138,7 @@ pub struct StaleReplicaForTests<S> {
     inner: S,
     held: Arc<Mutex<HashMap<String, Held>>>,
     queries_stale: Arc<Mutex<usize>>,
+    query_snapshot: Arc<Mutex<Option<HeldQuery>>>,
     pub eventual_reads: Arc<AtomicUsize>,
     pub consistent_reads: Arc<AtomicUsize>,
 }
@@ -145,6 +149,7 @@ impl<S> StaleReplicaForTests<S> {
             inner,
             held: Default::default(),
             queries_stale: Default::default(),
+            query_snapshot: Default::default(),
             eventual_reads: Default::default(),
             consistent_reads: Default::default(),
         }
@@ -156,6 +161,11 @@ impl<S> StaleReplicaForTests<S> {
             .lock()
             .unwrap()
             .insert(pk.to_owned(), (old, reads));
+    }
+
+    /// The next `reads` eventually consistent queries return `items` (an older copy).
+    pub fn hold_queries(&self, items: Vec<Item>, reads: usize) {
+        *self.query_snapshot.lock().unwrap() = Some((items, reads));
     }
 
     /// The next `reads` eventually consistent queries return nothing.
@@ -203,6 +213,7 @@ where
         }
         let held = self.held.clone();
         let queries = self.queries_stale.clone();
+        let snapshot = self.query_snapshot.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
@@ -210,6 +221,20 @@ where
                 return Ok(resp);
             }
             if is_query {
+                if let Some((items, left)) = snapshot.lock().unwrap().as_mut() {
+                    if *left > 0 {
+                        *left -= 1;
+                        let items = items.clone();
+                        return Ok(with_output(resp, move |_| {
+                            ryw_dynamodb::DynamoOutput::Query(
+                                aws_sdk_dynamodb::operation::query::QueryOutput::builder()
+                                    .count(items.len() as i32)
+                                    .set_items(Some(items))
+                                    .build(),
+                            )
+                        }));
+                    }
+                }
                 let mut q = queries.lock().unwrap();
                 if *q > 0 {
                     *q -= 1;

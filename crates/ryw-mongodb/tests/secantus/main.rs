@@ -618,3 +618,76 @@ async fn a_retry_after_another_sessions_update_applies_once() {
         .collect();
     assert_eq!(log, ["mine", "other", "again", "other", "found", "other"]);
 }
+
+#[tokio::test]
+async fn a_replay_never_changes_a_second_document_matching_its_filter() {
+    // Found by the adversarial review: with a filter several documents match ("claim the next
+    // pending job"), the replay after a lost response skipped the document its first attempt
+    // changed and changed another one: two jobs claimed, two documents deleted.
+    let uri = secantus!();
+    let adapter = MongoAdapter::new();
+    let coll = fresh();
+    let client = Client::with_uri_str(&uri).await.unwrap();
+    let service = MongoService::<Document>::new(&client, "ryw", &coll, &adapter);
+    let lossy = LoseNextWriteResponseForTests {
+        inner: service.clone(),
+        armed: Arc::new(AtomicUsize::new(0)),
+    };
+    let mut svc = layer().layer(lossy.clone());
+    let session = Session::new();
+    let c = service.collection();
+    c.insert_many((0..8).map(|i| doc! { "job": i, "status": "pending" }))
+        .await
+        .unwrap();
+    let pending = || async {
+        c.count_documents(doc! { "status": "pending" })
+            .await
+            .unwrap()
+    };
+    let claims = [
+        MongoRequest::update_one(
+            doc! { "status": "pending" },
+            doc! { "$set": { "status": "claimed" } },
+        ),
+        MongoRequest::find_one_and_update(
+            doc! { "status": "pending" },
+            doc! { "$set": { "status": "claimed" } },
+        ),
+        MongoRequest::replace_one(doc! { "status": "pending" }, doc! { "status": "replaced" }),
+    ];
+    let mut left = 8;
+    for claim in claims {
+        lossy.armed.store(1, Ordering::Relaxed);
+        let out = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(session.request(claim))
+            .await
+            .unwrap();
+        assert!(out.get_ref().was_replayed());
+        left -= 1;
+        assert_eq!(pending().await, left, "{:?}", out.get_ref().output());
+    }
+    // A delete by a filter other than `_id` keeps no trace: ambiguous, not replayed.
+    lossy.armed.store(1, Ordering::Relaxed);
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(MongoRequest::delete_one(doc! { "status": "pending" })))
+        .await
+        .unwrap_err();
+    assert!(err.is_ambiguous(), "{err}");
+    assert_eq!(pending().await, left - 1, "deleted once");
+    // By `_id` it is idempotent, and replayed.
+    lossy.armed.store(1, Ordering::Relaxed);
+    let out = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(MongoRequest::delete_one(doc! { "_id": "no-such-id" })))
+        .await
+        .unwrap();
+    assert_eq!(out.attempts(), 2);
+}
