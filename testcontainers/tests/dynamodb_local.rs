@@ -101,6 +101,8 @@ mod docker {
         crate::suite::a_conditional_delete_of_a_gone_item_is_never_a_replay(c()).await;
         crate::suite::a_query_after_the_sessions_own_delete_does_not_show_the_item(c()).await;
         crate::suite::an_exhausted_item_version_is_a_typed_error_not_a_panic(c()).await;
+        crate::suite::a_replayed_transaction_is_applied_only_if_an_item_shows_it(c()).await;
+        crate::suite::a_query_never_shows_an_item_older_than_the_session_read(c()).await;
         client_request_token_makes_a_replayed_transaction_idempotent(c()).await;
     }
 }

@@ -258,15 +258,6 @@ impl Stamp<'_> {
         }
     }
 
-    /// Whether a transaction item's failed condition shows this write (a delete that finds its
-    /// item gone at a replay counts: the transaction's own delete may have removed it).
-    fn landed_in_transaction(&self, item: Option<&Item>, deleting: bool) -> bool {
-        match item {
-            Some(item) => self.shows_this_write(item),
-            None => deleting && self.replay && self.expected > 0,
-        }
-    }
-
     fn failure(&self, item: Option<Item>) -> DynamoError {
         let current = item
             .as_ref()
@@ -649,40 +640,33 @@ async fn send(
                         unreachable!("matched above")
                     };
                     let reasons = c.cancellation_reasons.unwrap_or_default();
-                    let mut landed = 0;
+                    let mut shows_this_write = false;
+                    let mut absent = false;
                     let mut version_conflicts = Vec::new();
-                    let mut other = false;
                     for (i, reason) in reasons.iter().enumerate() {
-                        match reason.code() {
-                            None | Some("None") => {}
-                            Some("ConditionalCheckFailed") => {
-                                match stamps.get(i).and_then(|s| s.as_ref()) {
-                                    Some((stamp, deleting))
-                                        if stamp
-                                            .landed_in_transaction(reason.item(), *deleting) =>
-                                    {
-                                        landed += 1
+                        if reason.code() != Some("ConditionalCheckFailed") {
+                            continue;
+                        }
+                        let Some((stamp, _)) = stamps.get(i).and_then(|s| s.as_ref()) else {
+                            continue;
+                        };
+                        match reason.item() {
+                            Some(item) if stamp.shows_this_write(item) => shows_this_write = true,
+                            Some(item) => {
+                                if let DynamoError::ConditionFailed(f) =
+                                    stamp.failure(Some(item.clone()))
+                                {
+                                    if f.version_conflict {
+                                        version_conflicts.push(i);
                                     }
-                                    Some((stamp, _)) => {
-                                        if let DynamoError::ConditionFailed(f) =
-                                            stamp.failure(reason.item().cloned())
-                                        {
-                                            if f.version_conflict {
-                                                version_conflicts.push(i);
-                                            } else {
-                                                other = true;
-                                            }
-                                        }
-                                    }
-                                    None => other = true,
                                 }
                             }
-                            Some(_) => other = true,
+                            None => absent = true,
                         }
                     }
-                    if landed > 0 && version_conflicts.is_empty() && !other {
-                        // Every failed condition shows this transaction's own write: it committed
-                        // on an earlier attempt.
+                    if shows_this_write {
+                        // A transaction applies whole: one item holding its write id proves it
+                        // committed on an earlier attempt, whatever happened to the others since.
                         tracing::debug!(target: "ryw::dynamodb", "retried transaction had already applied");
                         return Ok(replayed(
                             DynamoOutput::TransactWriteItems(
@@ -690,6 +674,11 @@ async fn send(
                             ),
                             written,
                         ));
+                    }
+                    if absent && write.replay {
+                        // An item is gone and none shows this write: whether an earlier attempt
+                        // committed before the item was deleted cannot be told.
+                        return Err(unresolved("transaction"));
                     }
                     Err(DynamoError::TransactionCanceled {
                         reasons,

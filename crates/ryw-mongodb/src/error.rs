@@ -49,6 +49,11 @@ pub enum MongoError {
     /// Anything else the driver reported.
     #[error("{0}")]
     Other(String),
+    /// A replay (after an attempt that may have applied) found no trace of its write and could
+    /// not tell whether the earlier attempt applied (its document may have been deleted or
+    /// changed since), so it applied nothing. The session layer reports `ryw::Error::Ambiguous`.
+    #[error("replay not resolved: {0}")]
+    Unresolved(String),
 }
 
 impl MongoError {
@@ -94,6 +99,7 @@ impl MongoError {
                 }
             }
             MongoError::WriteConcern { .. } => ErrorClass::AMBIGUOUS,
+            MongoError::Unresolved(_) => ErrorClass::Unresolved,
             _ => ErrorClass::Permanent,
         }
     }

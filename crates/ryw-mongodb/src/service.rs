@@ -231,6 +231,12 @@ where
                     | MongoOperation::ReplaceOne { .. }
                     | MongoOperation::FindOneAndUpdate { .. }
             );
+            let by_id = match &operation {
+                MongoOperation::UpdateOne { filter, .. }
+                | MongoOperation::ReplaceOne { filter, .. }
+                | MongoOperation::FindOneAndUpdate { filter, .. } => filter.contains_key("_id"),
+                _ => false,
+            };
             if single {
                 if let Some(done) = self.applied_document(session, w).await? {
                     tracing::debug!(target: "ryw::mongodb", "replayed write had already applied");
@@ -244,6 +250,14 @@ where
                         },
                     };
                     return Ok((output, true));
+                }
+                if !by_id {
+                    // No document holds the id: either the first attempt never applied, or the
+                    // document it changed was deleted or replaced since. With a filter other
+                    // documents may match, applying now could change a second one.
+                    return Err(MongoError::Unresolved(
+                        "no document holds this write's id, and the filter is not by _id".into(),
+                    ));
                 }
             }
         }
@@ -294,6 +308,12 @@ where
                 match raw.insert_one(doc.clone()).session(&mut *session).await {
                     Ok(r) => (MongoOutput::Inserted(vec![r.inserted_id]), false),
                     Err(e) => match MongoError::from_driver(e) {
+                        // The caller's own `_id` at a replay: the first attempt, or someone else.
+                        MongoError::DuplicateKey { message } if replay && !ours => {
+                            return Err(MongoError::Unresolved(format!(
+                                "duplicate key at a replay of an insert with its own _id: {message}"
+                            )))
+                        }
                         // Only this write can have inserted a document with its own id.
                         MongoError::DuplicateKey { .. } if ours => (
                             MongoOutput::Inserted(vec![doc
@@ -406,11 +426,20 @@ where
                 )
             }
             MongoOperation::DeleteOne { filter } => {
+                let only_id = filter.len() == 1 && filter.contains_key("_id");
                 let r = coll
                     .delete_one(filter)
                     .session(&mut *session)
                     .await
                     .map_err(driver)?;
+                if replay && r.deleted_count == 0 && !only_id {
+                    // Gone: deleted by the first attempt, or by someone else, and whether the
+                    // caller's other conditions held for that delete is unknown. (By `_id` alone
+                    // the document is gone either way: nothing is claimed, `Deleted(0)`.)
+                    return Err(MongoError::Unresolved(
+                        "the document to delete is gone at a replay".into(),
+                    ));
+                }
                 (MongoOutput::Deleted(r.deleted_count), false)
             }
             MongoOperation::DeleteMany { filter } => {

@@ -5,11 +5,13 @@ use crate::clock::HybridTimestamp;
 use crate::conflict::Resolution;
 use crate::error::Error;
 use crate::fence::{
-    FenceDecision, FencePath, FenceStrategy, ReadFence, StaleRead, StaleReadPolicy, Visibility,
+    FenceDecision, FencePath, FenceStrategy, ReadFence, StaleRead, StaleReadPolicy, Staleness,
+    Visibility,
 };
 use crate::layer::Shared;
 use crate::retry::SessionRetryPolicy;
 use crate::session::{Session, WriteId};
+use crate::version::Version;
 use crate::SessionResponse;
 use pin_project::pin_project;
 use std::fmt;
@@ -261,7 +263,11 @@ fn on_response<A: StoreAdapter, P>(
             )),
         });
     }
-    match at.fence.check(at.strategy, &observed) {
+    let checked = at
+        .fence
+        .check(at.strategy, &observed)
+        .and_then(|()| beyond_the_fence(at, &observed));
+    match checked {
         Ok(()) => {
             let path = if at.fence.is_unfenced() {
                 FencePath::Unfenced
@@ -303,6 +309,38 @@ fn on_response<A: StoreAdapter, P>(
             }
         }
     }
+}
+
+/// A cheap read may return scopes it did not name up front (the items of a query): each must
+/// still reflect what the session requires of it, or the read is stale like any other.
+fn beyond_the_fence<A: StoreAdapter>(
+    at: &Attempt<A>,
+    observed: &Observed,
+) -> Result<(), Staleness> {
+    if observed.is_strong() || at.strategy != FenceStrategy::Verify {
+        return Ok(());
+    }
+    let mut extra = observed
+        .iter()
+        .filter(|(scope, _)| at.fence.requirement(*scope).is_none())
+        .peekable();
+    if extra.peek().is_none() {
+        return Ok(());
+    }
+    let state = at.session.lock();
+    for (scope, seen) in extra {
+        let r = state.vector().requirement(scope);
+        let required = r.version.max(r.horizon.unwrap_or(Version::ZERO));
+        if seen < required {
+            return Err(Staleness {
+                scope,
+                required,
+                observed: Some(seen),
+                horizon: r.horizon.is_some() && r.horizon > Some(r.version),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// True when the session already held everything `observed` shows when the request started

@@ -40,4 +40,6 @@ against_moto!(
     a_conditional_delete_of_a_gone_item_is_never_a_replay,
     a_query_after_the_sessions_own_delete_does_not_show_the_item,
     an_exhausted_item_version_is_a_typed_error_not_a_panic,
+    a_replayed_transaction_is_applied_only_if_an_item_shows_it,
+    a_query_never_shows_an_item_older_than_the_session_read,
 );

@@ -1093,3 +1093,147 @@ pub async fn an_exhausted_item_version_is_a_typed_error_not_a_panic(client: Clie
         "{err:?}"
     );
 }
+
+/// A transaction updating `x` and deleting `y`.
+fn update_x_delete_y(table: &str) -> DynamoRequest {
+    TransactWriteItemsInput::builder()
+        .transact_items(
+            TransactWriteItem::builder()
+                .update(
+                    Update::builder()
+                        .table_name(table)
+                        .key("pk", s("x"))
+                        .update_expression("SET n = :one")
+                        .expression_attribute_values(":one", n(1))
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .transact_items(
+            TransactWriteItem::builder()
+                .delete(
+                    aws_sdk_dynamodb::types::Delete::builder()
+                        .table_name(table)
+                        .key("pk", s("y"))
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .into()
+}
+
+pub async fn a_replayed_transaction_is_applied_only_if_an_item_shows_it(client: Client) {
+    // Found by the second adversarial round: a transaction whose first attempt never reached the
+    // store was reported applied at its replay because its delete target had vanished meanwhile
+    // (another session deleted it); and a transaction that did land, whose item was deleted
+    // since, was a permanent error instead of an ambiguous one.
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let service = DynamoService::new(client.clone(), &adapter);
+    let a = Session::new();
+    let plain = ReadYourWritesLayer::new(adapter.clone()).layer(service.clone());
+    for pk in ["x", "y"] {
+        plain
+            .clone()
+            .oneshot(a.request(put(&table, pk, "a")))
+            .await
+            .unwrap();
+    }
+    let deleting = |pk: &'static str| {
+        let (client, adapter, table) = (client.clone(), adapter.clone(), table.clone());
+        move || {
+            let (client, adapter, table) = (client.clone(), adapter.clone(), table.clone());
+            Box::pin(async move { deleted_by_another_session(&client, &adapter, &table, pk).await })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        }
+    };
+    // Never sent; y deleted by someone else; the replay must not claim it applied.
+    let mut dropping = InterleaveThenLoseForTests::new(service.clone(), deleting("y"));
+    dropping.drop_before_sending = true;
+    dropping.armed.store(1, Ordering::Relaxed);
+    let err = ReadYourWritesLayer::new(adapter.clone())
+        .layer(dropping)
+        .oneshot(a.request(update_x_delete_y(&table)))
+        .await
+        .unwrap_err();
+    assert!(err.is_ambiguous(), "{err:?}");
+    let x = peek(&client, &table, "x").await.unwrap();
+    assert!(!x.contains_key("n"), "the transaction never ran: {x:?}");
+
+    // Landed, then x deleted by someone else: ambiguous, never re-applied.
+    plain
+        .clone()
+        .oneshot(a.request(put(&table, "y", "a")))
+        .await
+        .unwrap();
+    let lossy = InterleaveThenLoseForTests::new(service.clone(), deleting("x"));
+    lossy.armed.store(1, Ordering::Relaxed);
+    let only_x: DynamoRequest = TransactWriteItemsInput::builder()
+        .transact_items(
+            TransactWriteItem::builder()
+                .update(
+                    Update::builder()
+                        .table_name(&table)
+                        .key("pk", s("x"))
+                        .update_expression("SET n = :one")
+                        .expression_attribute_values(":one", n(1))
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .into();
+    let err = ReadYourWritesLayer::new(adapter.clone())
+        .layer(lossy)
+        .oneshot(a.request(only_x))
+        .await
+        .unwrap_err();
+    assert!(err.is_ambiguous(), "{err:?}");
+    assert!(
+        peek(&client, &table, "x").await.is_none(),
+        "the delete stands"
+    );
+}
+
+pub async fn a_query_never_shows_an_item_older_than_the_session_read(client: Client) {
+    // Found by the second adversarial round: the session read version 2 of an item; a query of
+    // its partition on a lagging replica returned version 1, `Guaranteed(Unfenced)`, because only
+    // the partition (never queried before) was fenced.
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
+    let svc = ReadYourWritesLayer::new(adapter.clone()).layer(stale.clone());
+    let writer = Session::new();
+    svc.clone()
+        .oneshot(writer.request(put(&table, "p1", "v1")))
+        .await
+        .unwrap();
+    let v1 = peek(&client, &table, "p1").await.unwrap();
+    svc.clone()
+        .oneshot(writer.request(put(&table, "p1", "v2")))
+        .await
+        .unwrap();
+    let reader = Session::new();
+    let read = svc
+        .clone()
+        .oneshot(reader.request(get(&table, "p1")))
+        .await
+        .unwrap();
+    assert_eq!(read.get_ref().item().unwrap()["body"].as_s().unwrap(), "v2");
+    stale.hold_queries(vec![v1], 1);
+    let query: DynamoRequest = QueryInput::builder()
+        .table_name(&table)
+        .key_condition_expression("pk = :p")
+        .expression_attribute_values(":p", s("p1"))
+        .into();
+    let read = svc.clone().oneshot(reader.request(query)).await.unwrap();
+    assert!(read.visibility().is_guaranteed());
+    assert_eq!(
+        read.get_ref().items()[0]["body"].as_s().unwrap(),
+        "v2",
+        "{:?}",
+        read.visibility()
+    );
+}

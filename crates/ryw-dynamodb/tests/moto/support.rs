@@ -345,6 +345,8 @@ pub struct InterleaveThenLoseForTests<S> {
     other: Interleave,
     /// Writes still to interleave and lose.
     pub armed: Arc<AtomicUsize>,
+    /// Drop the armed write before it reaches moto (instead of losing its response).
+    pub drop_before_sending: bool,
 }
 
 impl<S> InterleaveThenLoseForTests<S> {
@@ -356,6 +358,7 @@ impl<S> InterleaveThenLoseForTests<S> {
             inner,
             other: Arc::new(other),
             armed: Default::default(),
+            drop_before_sending: false,
         }
     }
 }
@@ -375,6 +378,18 @@ where
     fn call(&mut self, req: DynamoRequest) -> BoxFuture {
         let armed = self.armed.clone();
         let other = self.other.clone();
+        if self.drop_before_sending
+            && armed
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Box::pin(async move {
+                other().await;
+                Err(DynamoError::NoResponse(
+                    "dropped before sending by the test layer".into(),
+                ))
+            });
+        }
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;

@@ -680,14 +680,124 @@ async fn a_replay_never_changes_a_second_document_matching_its_filter() {
         .unwrap_err();
     assert!(err.is_ambiguous(), "{err}");
     assert_eq!(pending().await, left - 1, "deleted once");
-    // By `_id` it is idempotent, and replayed.
+    // By `_id` alone it is replayed: the document is gone either way, nothing is claimed.
+    let id = c
+        .find_one(doc! { "status": "pending" })
+        .await
+        .unwrap()
+        .unwrap();
+    let id = id.get("_id").unwrap().clone();
     lossy.armed.store(1, Ordering::Relaxed);
     let out = svc
         .ready()
         .await
         .unwrap()
-        .call(session.request(MongoRequest::delete_one(doc! { "_id": "no-such-id" })))
+        .call(session.request(MongoRequest::delete_one(doc! { "_id": id.clone() })))
         .await
         .unwrap();
     assert_eq!(out.attempts(), 2);
+    assert!(!out.get_ref().was_replayed());
+    assert_eq!(c.count_documents(doc! { "_id": id }).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_replay_with_no_trace_of_its_write_is_ambiguous_never_applied_elsewhere() {
+    // Found by the second adversarial round: the update claimed job 1, its response was lost,
+    // another session deleted job 1, and the replay (finding no document with its id) claimed
+    // job 2. Likewise an insert with the caller's own `_id` whose replay meets the first
+    // attempt's document, and a conditional delete whose replay finds the document gone.
+    let uri = secantus!();
+    let adapter = MongoAdapter::new();
+    let coll = fresh();
+    let client = Client::with_uri_str(&uri).await.unwrap();
+    let service = MongoService::<Document>::new(&client, "ryw", &coll, &adapter);
+    let c = service.collection();
+    c.insert_many((1..=3).map(|i| doc! { "_id": i, "status": "pending" }))
+        .await
+        .unwrap();
+    let session = Session::new();
+    let claim = MongoRequest::update_one(
+        doc! { "status": "pending" },
+        doc! { "$set": { "status": "claimed", "n": 0 } },
+    );
+    let lossy = LoseNextWriteResponseForTests {
+        inner: service.clone(),
+        armed: Arc::new(AtomicUsize::new(1)),
+    };
+    // First attempt lands on job 1, response lost; job 1 is then deleted by someone else.
+    let deleter = c.clone();
+    let svc = layer().layer(DeleteAfterLoss {
+        inner: lossy,
+        coll: deleter,
+    });
+    let err = svc.oneshot(session.request(claim)).await.unwrap_err();
+    assert!(err.is_ambiguous(), "{err}");
+    assert_eq!(
+        c.count_documents(doc! { "status": "pending" })
+            .await
+            .unwrap(),
+        2,
+        "no second job claimed"
+    );
+
+    // An insert with the caller's own `_id`, response lost: ambiguous, not a permanent error.
+    let lossy = LoseNextWriteResponseForTests {
+        inner: service.clone(),
+        armed: Arc::new(AtomicUsize::new(1)),
+    };
+    let err = layer()
+        .layer(lossy)
+        .oneshot(session.request(MongoRequest::insert_one(doc! { "_id": "post-7" })))
+        .await
+        .unwrap_err();
+    assert!(err.is_ambiguous(), "{err}");
+    assert_eq!(
+        c.count_documents(doc! { "_id": "post-7" }).await.unwrap(),
+        1
+    );
+
+    // A conditional delete by `_id` that applied, response lost: ambiguous, not `Deleted(0)`.
+    let lossy = LoseNextWriteResponseForTests {
+        inner: service.clone(),
+        armed: Arc::new(AtomicUsize::new(1)),
+    };
+    let err = layer()
+        .layer(lossy)
+        .oneshot(session.request(MongoRequest::delete_one(
+            doc! { "_id": 2, "status": "pending" },
+        )))
+        .await
+        .unwrap_err();
+    assert!(err.is_ambiguous(), "{err}");
+    assert_eq!(c.count_documents(doc! { "_id": 2 }).await.unwrap(), 0);
+}
+
+/// TEST ONLY. When the inner service fails (a lost response), someone else deletes every
+/// claimed document before the error reaches the layer.
+#[derive(Clone)]
+struct DeleteAfterLoss {
+    inner: LoseNextWriteResponseForTests<MongoService<Document>>,
+    coll: mongodb::Collection<Document>,
+}
+
+impl Service<MongoRequest<Document>> for DeleteAfterLoss {
+    type Response = MongoResponse<Document>;
+    type Error = MongoError;
+    type Future = Fut;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), MongoError>> {
+        self.inner.poll_ready(cx)
+    }
+    fn call(&mut self, req: MongoRequest<Document>) -> Fut {
+        let fut = self.inner.call(req);
+        let coll = self.coll.clone();
+        Box::pin(async move {
+            let out = fut.await;
+            if out.is_err() {
+                coll.delete_many(doc! { "status": "claimed" })
+                    .await
+                    .unwrap();
+            }
+            out
+        })
+    }
 }
