@@ -436,6 +436,37 @@ mod tests {
     }
 
     #[test]
+    fn detached_operations_are_checked_but_constrain_nothing_later() {
+        let mut ghost = write(0, 20, 5);
+        ghost.detached = true;
+        let mut ghost_read = read(0, 0, 6, ReadStatus::Guaranteed);
+        ghost_read.detached = true;
+        let h = History {
+            ops: vec![
+                write(0, 10, 0),
+                ghost,
+                ghost_read, // misses the session's earlier write: a violation
+                read(0, 1, 20, ReadStatus::Guaranteed), // need not see the dropped write 20
+            ],
+            log: vec![entry(1, 10), entry(2, 20)],
+        };
+        let r = check(&h);
+        assert_eq!(
+            r.count(ViolationKind::ReadYourWrites),
+            1,
+            "{:?}",
+            r.violations
+        );
+        assert_eq!(r.violations[0].ops, vec![0, 2]);
+        // Its write must still be applied exactly once.
+        let lost = History {
+            ops: h.ops[..2].to_vec(),
+            log: vec![entry(1, 10)],
+        };
+        assert_eq!(check(&lost).count(ViolationKind::LostWrite), 1);
+    }
+
+    #[test]
     fn pending_reads_are_flagged_not_checked_and_lost_writes_found() {
         let h = History {
             ops: vec![
