@@ -40,6 +40,11 @@ pub enum TokenStatus {
     New,
     /// The request's token (or tokens) verified: the session continues.
     Continued,
+    /// The tokens verified, but their state moved to a new session id: an anonymous session met
+    /// an authenticated principal (session fixation defence), or the request carried tokens of
+    /// several sessions (one request continues at most one session id). Fences are kept; the
+    /// old ids are not continued.
+    Cycled,
     /// The token was bad and [`BadTokenPolicy::StartFresh`] replaced it by a new session.
     Reset {
         /// Why, as in [`TokenRejection::code`].
@@ -173,20 +178,39 @@ impl Config {
         if tokens.is_empty() {
             return Ok((Session::new(), TokenStatus::New));
         }
+        let authenticated = principal.is_some();
         let principal = principal.map(Principal::as_bytes);
-        let mut session: Option<Session> = None;
+        let mut states = Vec::with_capacity(tokens.len());
+        let mut unbound = false;
         for token in tokens {
-            let state = self
+            let token = self
                 .authority
                 .verify(token, principal)
-                .map_err(TokenRejection::Invalid)?
-                .into_state();
-            match &session {
-                None => session = Some(Session::from_state(state)),
-                Some(s) => s.absorb(&state),
-            }
+                .map_err(TokenRejection::Invalid)?;
+            unbound |= token.binding().is_none();
+            states.push(token.into_state());
         }
-        let session = session.expect("at least one token");
+        let one_id = states.iter().all(|s| s.id() == states[0].id());
+        // Fixation: an anonymous session that meets an authenticated principal is never continued
+        // under its old id (which its creator, or whoever planted it, also holds): its state moves
+        // to a new session id, as Rails' `reset_session` or Django's `cycle_key` do on login. And
+        // one request continues at most one session id: tokens of several sessions move to a new
+        // one too.
+        if !one_id || (authenticated && unbound) {
+            let session = Session::new();
+            for state in &states {
+                session.absorb(state);
+                if let Some(seen) = self.store.as_ref().and_then(|s| s.load(state.id())) {
+                    session.absorb(&seen);
+                }
+            }
+            return Ok((session, TokenStatus::Cycled));
+        }
+        let mut states = states.into_iter();
+        let session = Session::from_state(states.next().expect("at least one token"));
+        for state in states {
+            session.merge(&state);
+        }
         if let Some(store) = &self.store {
             if let Some(seen) = store.load(session.id()) {
                 session.merge(&seen);

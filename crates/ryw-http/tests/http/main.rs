@@ -379,3 +379,100 @@ async fn a_rotated_key_keeps_old_tokens_valid_until_retired() {
     let reply = send(&mut client, with_token(get(d.a, "1"), &new)).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 }
+
+fn as_user(mut request: http::Request<String>, user: &str) -> http::Request<String> {
+    request
+        .headers_mut()
+        .insert("x-user", user.parse().unwrap());
+    request
+}
+
+fn token_of(reply: &Reply) -> String {
+    reply.headers[DEFAULT_HEADER].to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_session_meeting_a_user_moves_to_a_new_id() {
+    // Session fixation: mallory plants her anonymous token on alice; alice writes with it. Before,
+    // alice continued mallory's session id, and mallory, replaying her own token at the same
+    // instance, had alice's state merged back into hers by the instance's session store.
+    let d = deploy(BadTokenPolicy::Reject).await;
+    let mut client = http();
+    let mallory = token_of(&send(&mut client, get(d.a, "welcome")).await);
+    let mallory_id = d.authority_a.verify(&mallory, None).unwrap().state().id();
+
+    let alice = send(
+        &mut client,
+        as_user(
+            with_token(put(d.a, "alice-private-7", 7), &mallory),
+            "alice",
+        ),
+    )
+    .await;
+    assert_eq!(alice.status, 200, "{}", alice.body);
+    let alice_token = token_of(&alice);
+    let alice_state = d
+        .authority_a
+        .verify(&alice_token, Some(b"alice"))
+        .unwrap()
+        .into_state();
+    assert_ne!(
+        alice_state.id(),
+        mallory_id,
+        "the planted id is not continued"
+    );
+    assert_eq!(alice_state.vector().len(), 1, "alice keeps her fence");
+
+    // Mallory replays her token: nothing of alice's comes back with it.
+    let replay = send(&mut client, with_token(get(d.a, "welcome"), &mallory)).await;
+    assert_eq!(replay.status, 200, "{}", replay.body);
+    let mallory_state = d
+        .authority_a
+        .verify(&token_of(&replay), None)
+        .unwrap()
+        .into_state();
+    assert_eq!(mallory_state.id(), mallory_id);
+    assert!(
+        !mallory_state.vector().dominates(alice_state.vector()),
+        "alice's write is not in mallory's session"
+    );
+    assert_eq!(mallory_state.write_seq(), 0);
+
+    // A stranger's unbound token sent along with alice's: neither id is continued.
+    let stranger = token_of(&send(&mut client, get(d.b, "welcome")).await);
+    let mut both = as_user(get(d.a, "alice-private-7"), "alice");
+    both.headers_mut()
+        .append(DEFAULT_HEADER, stranger.parse().unwrap());
+    both.headers_mut()
+        .append(DEFAULT_HEADER, alice_token.parse().unwrap());
+    let reply = send(&mut client, both).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let merged = d
+        .authority_a
+        .verify(&token_of(&reply), Some(b"alice"))
+        .unwrap()
+        .into_state();
+    let stranger_id = d.authority_a.verify(&stranger, None).unwrap().state().id();
+    assert_ne!(merged.id(), stranger_id);
+    assert_ne!(merged.id(), alice_state.id());
+    assert!(
+        merged.vector().dominates(alice_state.vector()),
+        "alice's fence is kept"
+    );
+
+    // Alice's own bound token continues her session id.
+    let again = send(
+        &mut client,
+        as_user(
+            with_token(get(d.a, "alice-private-7"), &token_of(&reply)),
+            "alice",
+        ),
+    )
+    .await;
+    let continued = d
+        .authority_a
+        .verify(&token_of(&again), Some(b"alice"))
+        .unwrap()
+        .into_state();
+    assert_eq!(continued.id(), merged.id());
+}
