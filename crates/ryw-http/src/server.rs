@@ -445,9 +445,28 @@ where
                 tracing::debug!(target: "ryw::http", code = rejection.code(), "bad session token");
                 match self.config.policy {
                     BadTokenPolicy::Reject => {
+                        let mut response = rejection.to_response();
+                        // A refused cookie is cleared: the browser would otherwise resend it
+                        // (revoked, expired, signed by a retired key) until it expires.
+                        if let Some(cookie) = &self.config.cookie {
+                            if request.headers().get(&self.config.header).is_none()
+                                && cookie_value(request.headers(), &cookie.name).is_some()
+                            {
+                                let mut value = format!(
+                                    "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax",
+                                    cookie.name
+                                );
+                                if cookie.secure {
+                                    value.push_str("; Secure");
+                                }
+                                if let Ok(v) = HeaderValue::from_str(&value) {
+                                    response.headers_mut().append(SET_COOKIE, v);
+                                }
+                            }
+                        }
                         return ResponseFuture {
                             kind: Kind::Rejected {
-                                response: Some(rejection.to_response()),
+                                response: Some(response),
                             },
                         };
                     }
@@ -577,6 +596,30 @@ mod tests {
             .unwrap();
         let second = service.oneshot(request).await.unwrap();
         assert_eq!(second.into_body(), format!("{id} Continued"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_cookie_is_cleared() {
+        let (layer, _) = layer();
+        let service = layer.layer(service_fn(echo_session));
+        let request = Request::builder()
+            .header(COOKIE, "sid=not-a-token")
+            .body(String::new())
+            .unwrap();
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let set_cookie = response.headers()[SET_COOKIE].to_str().unwrap();
+        assert!(
+            set_cookie.starts_with("sid=;") && set_cookie.contains("Max-Age=0"),
+            "{set_cookie}"
+        );
+        // A refused header token leaves cookies alone.
+        let request = Request::builder()
+            .header(crate::DEFAULT_HEADER, "not-a-token")
+            .body(String::new())
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert!(response.headers().get(SET_COOKIE).is_none());
     }
 
     #[tokio::test]

@@ -393,6 +393,13 @@ pub enum VerifyError {
         /// When it expired (seconds since the Unix epoch).
         expired_at: u64,
     },
+    /// The token says it was issued later than now plus the clock leeway (as JWT's `nbf`): a
+    /// clock far off, or a token minted to outlive its revocation.
+    #[error("session token issued at {issued_at}, in the future")]
+    NotYetValid {
+        /// When it says it was issued (seconds since the Unix epoch).
+        issued_at: u64,
+    },
     /// The token was revoked.
     #[error("session token was revoked ({0:?})")]
     Revoked(Revocation),
@@ -422,6 +429,7 @@ impl VerifyError {
             VerifyError::BadSignature => "token_bad_signature",
             VerifyError::MissingExpiry => "token_missing_expiry",
             VerifyError::Expired { .. } => "token_expired",
+            VerifyError::NotYetValid { .. } => "token_not_yet_valid",
             VerifyError::Revoked(_) => "token_revoked",
             VerifyError::WrongPrincipal => "token_wrong_principal",
         }
@@ -655,6 +663,9 @@ impl TokenAuthority {
                 expired_at: expires_at,
             });
         }
+        if issued_at > now.saturating_add(self.leeway.as_secs()) {
+            return Err(VerifyError::NotYetValid { issued_at });
+        }
         if let Some(why) = self.revocations.check(token.state().id(), issued_at) {
             return Err(VerifyError::Revoked(why));
         }
@@ -746,6 +757,11 @@ mod tests {
             })
         );
         assert!(a.verify_at(&t, None, NOW + 3600 + 9).is_ok(), "leeway");
+        // Issued in the future beyond the leeway (as JWT's `nbf`).
+        assert!(a.verify_at(&t, None, NOW - 10).is_ok(), "leeway");
+        let e = a.verify_at(&t, None, NOW - 11).unwrap_err();
+        assert_eq!(e, VerifyError::NotYetValid { issued_at: NOW });
+        assert_eq!(e.code(), "token_not_yet_valid");
         let unsigned = SessionToken::new(s.clone()).encode().unwrap();
         assert_eq!(
             a.verify_at(&unsigned, None, NOW),
