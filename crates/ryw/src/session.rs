@@ -181,6 +181,14 @@ impl fmt::Display for WriteId {
     }
 }
 
+/// The earlier of two start times, 0 meaning unknown.
+fn earliest(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, x) | (x, 0) => x,
+        (a, b) => a.min(b),
+    }
+}
+
 /// A lane no other [`SessionState`] of this process has, and that another process draws with
 /// probability about 2^-64: a per-process counter, seeded once from the operating system's
 /// generator, through the splitmix64 finalizer (a bijection, so distinct counters give distinct
@@ -216,6 +224,8 @@ impl fmt::Debug for WriteId {
 pub struct SessionState {
     id: SessionId,
     lane: u64,
+    /// When the session started (seconds since the Unix epoch; 0: unknown).
+    started_at: u64,
     write_seq: u64,
     clock: HybridTimestamp,
     vector: VersionVector,
@@ -258,6 +268,7 @@ impl Clone for SessionState {
         SessionState {
             id: self.id,
             lane: fresh_lane(),
+            started_at: self.started_at,
             write_seq: self.write_seq,
             clock: self.clock,
             vector: self.vector.clone(),
@@ -270,6 +281,7 @@ impl PartialEq for SessionState {
     /// Equal portable state (the lane is not compared).
     fn eq(&self, other: &Self) -> bool {
         self.id == other.id
+            && self.started_at == other.started_at
             && self.write_seq == other.write_seq
             && self.clock == other.clock
             && self.vector == other.vector
@@ -283,6 +295,7 @@ impl SessionState {
         SessionState {
             id,
             lane: fresh_lane(),
+            started_at: 0,
             write_seq: 0,
             clock: HybridTimestamp::default(),
             vector: VersionVector::default(),
@@ -300,11 +313,25 @@ impl SessionState {
         SessionState {
             id,
             lane: fresh_lane(),
+            started_at: 0,
             write_seq,
             clock,
             vector,
             contexts: Vec::new(),
         }
+    }
+
+    /// When the session started, in seconds since the Unix epoch (0 when unknown): the issue time
+    /// of its first signed token, carried unchanged through every re-issue. Revocation by epoch
+    /// compares against it, so refreshing a token never launders an older session.
+    #[inline]
+    pub fn started_at(&self) -> u64 {
+        self.started_at
+    }
+
+    /// Records when the session started; an earlier known start is kept.
+    pub fn set_started_at(&mut self, secs: u64) {
+        self.started_at = earliest(self.started_at, secs);
     }
 
     /// The lane of this continuation (see [`WriteId`]).
@@ -423,6 +450,7 @@ impl SessionState {
     pub fn absorb(&mut self, other: &SessionState) {
         if other.id == self.id {
             self.write_seq = self.write_seq.max(other.write_seq);
+            self.started_at = earliest(self.started_at, other.started_at);
         }
         self.clock.observe(other.clock);
         self.vector.merge(&other.vector);

@@ -33,7 +33,7 @@
 //!
 //! // Issued to user 7: valid for user 7 only.
 //! let token = authority.issue(&state, Some(b"user:7"))?;
-//! assert_eq!(authority.verify(&token, Some(b"user:7"))?.state(), &state);
+//! assert_eq!(authority.verify(&token, Some(b"user:7"))?.state().id(), state.id());
 //! assert!(matches!(authority.verify(&token, Some(b"user:8")), Err(VerifyError::WrongPrincipal)));
 //!
 //! // Rotation: new tokens are signed with key 2, old ones still verify until key 1 is retired.
@@ -666,7 +666,13 @@ impl TokenAuthority {
         if issued_at > now.saturating_add(self.leeway.as_secs()) {
             return Err(VerifyError::NotYetValid { issued_at });
         }
-        if let Some(why) = self.revocations.check(token.state().id(), issued_at) {
+        // The session's start, carried through every re-issue: a refresh never launders a
+        // session an epoch revoked. (Version 1 tokens carry none: their issue time.)
+        let started = match token.state().started_at() {
+            0 => issued_at,
+            started => started.min(issued_at),
+        };
+        if let Some(why) = self.revocations.check(token.state().id(), started) {
             return Err(VerifyError::Revoked(why));
         }
         tracing::trace!(target: "ryw::signing", session = %token.state().id(), "token verified");
@@ -715,7 +721,13 @@ mod tests {
         let t = a.issue_at(&s, None, NOW).unwrap();
         assert!(t.len() <= 160, "{} chars", t.len());
         let back = a.verify_at(&t, None, NOW + 5).unwrap();
-        assert_eq!(back.state(), &s);
+        let mut started = s.clone();
+        started.set_started_at(NOW);
+        assert_eq!(
+            back.state(),
+            &started,
+            "the first signed token starts the session"
+        );
         assert_eq!(back.times(), Some((NOW, NOW + 3600)));
         assert_eq!(back.signature().unwrap().key_id, 1);
     }
@@ -743,6 +755,47 @@ mod tests {
                 .unwrap_err();
             assert!(e.is_malformed() || e.is_untrusted(), "cut {cut}: {e:?}");
         }
+    }
+
+    #[test]
+    fn an_epoch_revocation_survives_a_refresh() {
+        // Before, the epoch was compared with the token's issue time, and one refresh (a
+        // re-issue from the verified state, at any instance) laundered an older session.
+        let list = Arc::new(InMemoryRevocationList::new());
+        let a = TokenAuthority::builder(KeyRing::new(SigningKey::new(1, [1u8; 32]).unwrap()))
+            .ttl(Duration::from_secs(3600))
+            .leeway(Duration::from_secs(10))
+            .revocations(list.clone())
+            .build();
+        let t = a.issue_at(&state(2), None, NOW).unwrap();
+        let refreshed = a
+            .issue_at(
+                a.verify_at(&t, None, NOW + 100).unwrap().state(),
+                None,
+                NOW + 200,
+            )
+            .unwrap();
+        let again = a
+            .issue_at(
+                a.verify_at(&refreshed, None, NOW + 250).unwrap().state(),
+                None,
+                NOW + 300,
+            )
+            .unwrap();
+        let token = a.verify_at(&again, None, NOW + 301).unwrap();
+        assert_eq!(
+            token.state().started_at(),
+            NOW,
+            "carried through every re-issue"
+        );
+        assert_eq!(token.times().unwrap().0, NOW + 300);
+        list.revoke_issued_before(NOW + 150);
+        for t in [&t, &refreshed, &again] {
+            assert!(a.verify_at(t, None, NOW + 310).unwrap_err().is_revoked());
+        }
+        // A session started after the epoch is not affected.
+        let fresh = a.issue_at(&state(1), None, NOW + 160).unwrap();
+        assert!(a.verify_at(&fresh, None, NOW + 310).is_ok());
     }
 
     #[test]

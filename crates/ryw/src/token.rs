@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! token    := 0x01 flags session_id[16] varint(write_seq) varint(clock)
-//!             [varint(issued_at) varint(expires_at)]        if flags & TIMES
+//!             [varint(issued_at) varint(expires_at) varint(issued_at - started_at)]  if TIMES
 //!             [binding[8]]                                   if flags & BOUND
 //!             varint(n_sections) section*
 //!             [key_id[1] tag[32]]                            if flags & SIGNED
@@ -25,8 +25,10 @@
 //! context  := store_id[1] varint(version) bytes[..]          at most 160 bytes, 2 per token
 //! ```
 //!
-//! Version 1 tokens (which also carried a time after the horizon version, when horizons
-//! expired) are still read; the time is ignored, because a horizon no longer expires.
+//! `started_at` is when the session started (its first signed token), carried unchanged through
+//! every re-issue. Version 1 tokens (without `started_at`, and with a time after the horizon
+//! version, when horizons expired) are still read; the horizon time is ignored, because a horizon
+//! no longer expires.
 //!
 //! Entries of a section are sorted by version and delta-encoded, so a session's versions (usually
 //! close together) take a few bytes each. A 4-scope token is about 90 to 105 characters unsigned,
@@ -316,12 +318,19 @@ impl SessionToken {
         let id = SessionId::from_bytes(r.array::<16>("session id")?);
         let write_seq = r.varint("write sequence")?;
         let clock = HybridTimestamp::new(r.varint("clock")?);
-        let (issued_at, expires_at) = if flags & FLAG_TIMES != 0 {
+        let (issued_at, expires_at, started_at) = if flags & FLAG_TIMES != 0 {
             let issued = r.varint("issued at")?;
             let expires = r.varint("expires at")?;
-            (Some(issued), Some(expires))
+            let started = if format == FORMAT_VERSION_1 {
+                0
+            } else {
+                issued
+                    .checked_sub(r.varint("session age")?)
+                    .ok_or(TokenError::Malformed("session started before the epoch"))?
+            };
+            (Some(issued), Some(expires), started)
         } else {
-            (None, None)
+            (None, None, 0)
         };
         let binding = if flags & FLAG_BOUND != 0 {
             Some(r.array::<BINDING_LEN>("principal binding")?)
@@ -444,6 +453,7 @@ impl SessionToken {
         }
         vector.set_cap_at_least_len(crate::version::DEFAULT_SCOPE_CAP);
         let mut state = SessionState::from_parts(id, write_seq, clock, vector);
+        state.set_started_at(started_at);
         for c in contexts {
             state.advance_context(c);
         }
@@ -548,6 +558,15 @@ fn write_header(
     if let Some((issued, expires)) = times {
         put_varint(out, issued);
         put_varint(out, expires);
+        // The session's age at issue (0 for a session never signed before: this token starts
+        // it), so the start costs a byte or two.
+        put_varint(
+            out,
+            match state.started_at() {
+                0 => 0,
+                started => issued.saturating_sub(started),
+            },
+        );
     }
     if let Some(b) = binding {
         out.extend_from_slice(b);
@@ -701,6 +720,7 @@ mod tests {
             version: Version::new(99),
             bytes: vec![7u8; 120].into(),
         }));
+        s.set_started_at(4);
         let t = SessionToken::new(s)
             .with_times(10, 20)
             .with_signature(Signature {
