@@ -88,6 +88,7 @@ pub mod fence;
 pub mod future;
 mod layer;
 pub mod retry;
+pub mod revocation;
 pub mod session;
 pub mod signing;
 pub mod store;

@@ -251,6 +251,10 @@ pub enum Revocation {
         /// The epoch.
         epoch: u64,
     },
+    /// The shared revocation list could not be refreshed for longer than its bound and is
+    /// configured to fail closed ([`crate::revocation::OutagePolicy::FailClosed`]): whether the
+    /// token was revoked is unknown.
+    Unverifiable,
 }
 
 /// Where revocations are kept: by session id, and an issued-before epoch that revokes every token
@@ -337,6 +341,15 @@ impl InMemoryRevocationList {
         map.retain(|_, at| *at >= cutoff);
         self.len.store(map.len(), Ordering::Release);
         before - map.len()
+    }
+
+    /// Replaces the whole list (a refresh from a shared store): exactly `sessions` revoked, and
+    /// the epoch raised to at least `epoch`.
+    pub(crate) fn replace(&self, sessions: HashMap<SessionId, u64>, epoch: u64) {
+        let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        *map = sessions;
+        self.len.store(map.len(), Ordering::Release);
+        self.issued_before.fetch_max(epoch, Ordering::AcqRel);
     }
 
     /// How many sessions are revoked.

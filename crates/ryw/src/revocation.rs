@@ -1,0 +1,427 @@
+//! Revocation shared by every app instance, through a store the application already runs.
+//!
+//! [`SharedRevocationList`] is a [`RevocationList`] that answers every verification from memory
+//! and keeps that memory in step with a [`RevocationBackend`]: the application's own DynamoDB
+//! table (`ryw_dynamodb::DynamoRevocations`) or MongoDB collection
+//! (`ryw_mongodb::MongoRevocations`), or anything else that implements the trait. A revocation
+//! is written to the backend before [`SharedRevocationList::revoke_session`] returns, so it is
+//! durable and visible to every instance at its next refresh; the instance that revoked refuses
+//! the session at once.
+//!
+//! **Propagation delay.** Another instance refuses a revoked session at most
+//! `refresh_every` plus one backend round trip after the revocation was recorded, as long as its
+//! refresher ([`SharedRevocationList::run_refresher`]) runs.
+//!
+//! **Outage.** When refreshing fails, the list keeps its last state. Once the last successful
+//! refresh is older than `max_staleness`, [`OutagePolicy`] decides: `FailClosed` refuses every
+//! token ([`Revocation::Unverifiable`]) until a refresh succeeds, `FailOpen` (the default) goes
+//! on answering from the last state, so an outage of the revocation store is not an outage of the
+//! application, at the cost of not seeing revocations made meanwhile.
+//!
+//! # Example
+//!
+//! ```
+//! use ryw::revocation::{MemoryBackend, OutagePolicy, SharedRevocationList};
+//! use ryw::signing::{RevocationList, Revocation};
+//! use ryw::SessionId;
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), ryw::revocation::BackendError> {
+//! let backend = Arc::new(MemoryBackend::default()); // stands for a shared table
+//! let a = SharedRevocationList::builder(backend.clone()).build();
+//! let b = SharedRevocationList::builder(backend)
+//!     .refresh_every(Duration::from_secs(2))
+//!     .on_outage(OutagePolicy::FailClosed, Duration::from_secs(30))
+//!     .build();
+//!
+//! let alice = SessionId::random();
+//! a.revoke_session(alice).await?;
+//! assert_eq!(a.check(alice, 0), Some(Revocation::Session)); // at once where it was revoked
+//! assert_eq!(b.check(alice, 0), None); // b has not refreshed yet
+//! b.refresh().await?;
+//! assert_eq!(b.check(alice, 0), Some(Revocation::Session));
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::clock::{Clock, SystemClock};
+use crate::session::SessionId;
+use crate::signing::{InMemoryRevocationList, Revocation, RevocationList};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One revocation as a backend keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RevocationEntry {
+    /// Every token of `session`; recorded at `at` (seconds since the Unix epoch).
+    Session {
+        /// The session.
+        session: SessionId,
+        /// When it was revoked.
+        at: u64,
+    },
+    /// Every session started before `epoch` (seconds since the Unix epoch).
+    StartedBefore {
+        /// The epoch.
+        epoch: u64,
+    },
+}
+
+/// A backend failed (unreachable, refused, malformed data): its message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("revocation backend: {0}")]
+pub struct BackendError(pub String);
+
+/// A boxed future of a backend call.
+pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BackendError>> + Send + 'a>>;
+
+/// Where revocations are shared: a store every instance reaches.
+pub trait RevocationBackend: fmt::Debug + Send + Sync + 'static {
+    /// Records `entry` durably (an epoch only moves forward). `expires_at`: when the entry no
+    /// longer matters (seconds since the Unix epoch; every token it could refuse has expired),
+    /// for the store's own expiry (a TTL attribute, a TTL index).
+    fn record(&self, entry: RevocationEntry, expires_at: u64) -> BackendFuture<'_, ()>;
+
+    /// Every entry still in force at `now` (seconds since the Unix epoch).
+    fn load(&self, now: u64) -> BackendFuture<'_, Vec<RevocationEntry>>;
+}
+
+/// What [`SharedRevocationList`] answers once it could not refresh for longer than its bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OutagePolicy {
+    /// Go on answering from the last state (the default).
+    #[default]
+    FailOpen,
+    /// Refuse every token as [`Revocation::Unverifiable`] until a refresh succeeds.
+    FailClosed,
+}
+
+/// A [`RevocationList`] shared through a [`RevocationBackend`]; see the [module docs](self).
+pub struct SharedRevocationList {
+    local: InMemoryRevocationList,
+    backend: Arc<dyn RevocationBackend>,
+    clock: Arc<dyn Clock>,
+    refresh_every: Duration,
+    max_staleness: Duration,
+    policy: OutagePolicy,
+    token_ttl: Duration,
+    /// Microseconds (of `clock`) of the last successful refresh; 0 before the first.
+    refreshed_at: AtomicU64,
+    created_at: u64,
+    /// Revocations this instance recorded since its last refresh began (kept across it).
+    own: Mutex<Vec<RevocationEntry>>,
+}
+
+impl fmt::Debug for SharedRevocationList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedRevocationList")
+            .field("backend", &self.backend)
+            .field("refresh_every", &self.refresh_every)
+            .field("max_staleness", &self.max_staleness)
+            .field("policy", &self.policy)
+            .field("revoked_sessions", &self.local.len())
+            .finish()
+    }
+}
+
+/// Builds a [`SharedRevocationList`].
+#[derive(Debug)]
+pub struct SharedRevocationListBuilder {
+    list: SharedRevocationList,
+}
+
+impl SharedRevocationListBuilder {
+    /// How often the refresher reloads the backend (default 5 s): the propagation delay.
+    pub fn refresh_every(mut self, every: Duration) -> Self {
+        self.list.refresh_every = every;
+        self
+    }
+
+    /// What to answer once no refresh succeeded for `max_staleness` (default: fail open, 60 s).
+    pub fn on_outage(mut self, policy: OutagePolicy, max_staleness: Duration) -> Self {
+        self.list.policy = policy;
+        self.list.max_staleness = max_staleness;
+        self
+    }
+
+    /// How long the entries matter: the token TTL of the authority (default 7 days). A session
+    /// revocation expires from the backend this long after it was made.
+    pub fn token_ttl(mut self, ttl: Duration) -> Self {
+        self.list.token_ttl = ttl;
+        self
+    }
+
+    /// The time source (default the system clock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.list.created_at = clock.now_micros();
+        self.list.clock = Arc::new(clock);
+        self
+    }
+
+    /// The list. It starts empty and unrefreshed: call [`SharedRevocationList::refresh`] (or run
+    /// the refresher) before serving.
+    pub fn build(self) -> SharedRevocationList {
+        self.list
+    }
+}
+
+impl SharedRevocationList {
+    /// A list over `backend`.
+    pub fn builder(backend: Arc<dyn RevocationBackend>) -> SharedRevocationListBuilder {
+        let clock = SystemClock;
+        SharedRevocationListBuilder {
+            list: SharedRevocationList {
+                local: InMemoryRevocationList::new(),
+                backend,
+                created_at: clock.now_micros(),
+                clock: Arc::new(clock),
+                refresh_every: Duration::from_secs(5),
+                max_staleness: Duration::from_secs(60),
+                policy: OutagePolicy::FailOpen,
+                token_ttl: Duration::from_secs(7 * 24 * 3600),
+                refreshed_at: AtomicU64::new(0),
+                own: Mutex::new(Vec::new()),
+            },
+        }
+    }
+
+    fn now_secs(&self) -> u64 {
+        self.clock.now_micros() / 1_000_000
+    }
+
+    /// Revokes every token of `session`, everywhere: recorded in the backend (an error if it
+    /// cannot be), then refused here at once and by every instance after its next refresh.
+    pub async fn revoke_session(&self, session: SessionId) -> Result<(), BackendError> {
+        let at = self.now_secs();
+        let entry = RevocationEntry::Session { session, at };
+        self.backend
+            .record(entry, at.saturating_add(self.token_ttl.as_secs()))
+            .await?;
+        self.apply(entry);
+        Ok(())
+    }
+
+    /// Revokes every session started before `epoch` (seconds since the Unix epoch), everywhere.
+    pub async fn revoke_started_before(&self, epoch: u64) -> Result<(), BackendError> {
+        let entry = RevocationEntry::StartedBefore { epoch };
+        let expires = epoch.saturating_add(self.token_ttl.as_secs());
+        self.backend.record(entry, expires).await?;
+        self.apply(entry);
+        Ok(())
+    }
+
+    fn apply(&self, entry: RevocationEntry) {
+        // Kept for the next refresh first, so a refresh running now cannot wipe it.
+        self.own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(entry);
+        match entry {
+            RevocationEntry::Session { session, at } => self.local.revoke_session_at(session, at),
+            RevocationEntry::StartedBefore { epoch } => self.local.revoke_issued_before(epoch),
+        }
+    }
+
+    /// Reloads every entry from the backend. On failure the list keeps its last state (see
+    /// [`OutagePolicy`]).
+    pub async fn refresh(&self) -> Result<(), BackendError> {
+        let started = self.clock.now_micros();
+        let pending: Vec<RevocationEntry> =
+            self.own.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let entries = self.backend.load(self.now_secs()).await.inspect_err(|e| {
+            tracing::warn!(target: "ryw::revocation", error = %e, "revocation refresh failed");
+        })?;
+        let mut sessions = HashMap::new();
+        let mut epoch = 0;
+        // What this instance revoked is kept even if the backend's read does not show it yet
+        // (including what it revoked while the read was on its way).
+        let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        for entry in entries.iter().chain(own.iter()) {
+            match *entry {
+                RevocationEntry::Session { session, at } => {
+                    sessions.insert(session, at);
+                }
+                RevocationEntry::StartedBefore { epoch: e } => epoch = epoch.max(e),
+            }
+        }
+        self.local.replace(sessions, epoch);
+        own.retain(|e| !pending.contains(e));
+        drop(own);
+        self.refreshed_at
+            .fetch_max(started.max(1), Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Refreshes every `refresh_every`, forever: spawn it on the application's runtime
+    /// (`tokio::spawn(list.clone().run_refresher())`). Failures are logged and retried at the next
+    /// tick.
+    pub async fn run_refresher(self: Arc<Self>) {
+        loop {
+            let _ = self.refresh().await;
+            tokio::time::sleep(self.refresh_every).await;
+        }
+    }
+
+    /// True when no refresh succeeded within `max_staleness` (counting from creation).
+    pub fn is_stale(&self) -> bool {
+        let last = match self.refreshed_at.load(Ordering::Acquire) {
+            0 => self.created_at,
+            t => t,
+        };
+        self.clock.now_micros().saturating_sub(last) > self.max_staleness.as_micros() as u64
+    }
+}
+
+impl RevocationList for SharedRevocationList {
+    fn check(&self, session: SessionId, started_at: u64) -> Option<Revocation> {
+        if self.policy == OutagePolicy::FailClosed && self.is_stale() {
+            return Some(Revocation::Unverifiable);
+        }
+        self.local.check(session, started_at)
+    }
+}
+
+/// A [`RevocationBackend`] in this process's memory: for tests and single-instance deployments
+/// (it shares nothing across processes).
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    entries: Mutex<Vec<(RevocationEntry, u64)>>,
+}
+
+impl RevocationBackend for MemoryBackend {
+    fn record(&self, entry: RevocationEntry, expires_at: u64) -> BackendFuture<'_, ()> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((entry, expires_at));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn load(&self, now: u64) -> BackendFuture<'_, Vec<RevocationEntry>> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, expires)| *expires > now)
+            .map(|(e, _)| *e)
+            .collect();
+        Box::pin(async move { Ok(entries) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, Default)]
+    struct ManualClock(Arc<AtomicU64>);
+
+    impl Clock for ManualClock {
+        fn now_micros(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    impl ManualClock {
+        fn set_secs(&self, secs: u64) {
+            self.0.store(secs * 1_000_000, Ordering::Relaxed);
+        }
+    }
+
+    /// Fails every call while `down` is set.
+    #[derive(Debug, Default)]
+    struct Flaky {
+        inner: MemoryBackend,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl RevocationBackend for Flaky {
+        fn record(&self, entry: RevocationEntry, expires_at: u64) -> BackendFuture<'_, ()> {
+            if self.down.load(Ordering::Relaxed) {
+                return Box::pin(async { Err(BackendError("connection refused".into())) });
+            }
+            self.inner.record(entry, expires_at)
+        }
+        fn load(&self, now: u64) -> BackendFuture<'_, Vec<RevocationEntry>> {
+            if self.down.load(Ordering::Relaxed) {
+                return Box::pin(async { Err(BackendError("connection refused".into())) });
+            }
+            self.inner.load(now)
+        }
+    }
+
+    fn list(
+        backend: Arc<Flaky>,
+        clock: &ManualClock,
+        policy: OutagePolicy,
+    ) -> SharedRevocationList {
+        SharedRevocationList::builder(backend)
+            .clock(clock.clone())
+            .on_outage(policy, Duration::from_secs(30))
+            .token_ttl(Duration::from_secs(3600))
+            .build()
+    }
+
+    #[tokio::test]
+    async fn revocations_reach_other_instances_at_their_refresh() {
+        let clock = ManualClock::default();
+        clock.set_secs(1_000);
+        let backend = Arc::new(Flaky::default());
+        let a = list(backend.clone(), &clock, OutagePolicy::FailOpen);
+        let b = list(backend.clone(), &clock, OutagePolicy::FailOpen);
+        let s = SessionId::from_u128(7);
+        a.revoke_session(s).await.unwrap();
+        assert_eq!(a.check(s, 900), Some(Revocation::Session));
+        assert_eq!(b.check(s, 900), None);
+        b.refresh().await.unwrap();
+        assert_eq!(b.check(s, 900), Some(Revocation::Session));
+        a.revoke_started_before(950).await.unwrap();
+        b.refresh().await.unwrap();
+        assert!(b.check(SessionId::from_u128(8), 949).is_some());
+        assert!(b.check(SessionId::from_u128(8), 950).is_none());
+        // A refresh of `a` keeps what it revoked, and entries expire with the token TTL.
+        a.refresh().await.unwrap();
+        assert_eq!(a.check(s, 960), Some(Revocation::Session));
+        clock.set_secs(1_000 + 3_601);
+        b.refresh().await.unwrap();
+        assert_eq!(b.check(s, 960), None, "expired from the backend");
+    }
+
+    #[tokio::test]
+    async fn an_outage_fails_open_or_closed_as_configured() {
+        let clock = ManualClock::default();
+        clock.set_secs(1_000);
+        let backend = Arc::new(Flaky::default());
+        let open = list(backend.clone(), &clock, OutagePolicy::FailOpen);
+        let closed = list(backend.clone(), &clock, OutagePolicy::FailClosed);
+        let s = SessionId::from_u128(9);
+        open.refresh().await.unwrap();
+        closed.refresh().await.unwrap();
+        backend.down.store(true, Ordering::Relaxed);
+        // A revocation that cannot be recorded is an error, and nothing is half done.
+        assert!(open.revoke_session(s).await.is_err());
+        assert_eq!(open.check(s, 900), None);
+        // Within the bound both answer from memory.
+        clock.set_secs(1_030);
+        assert!(open.refresh().await.is_err() && closed.refresh().await.is_err());
+        assert_eq!(closed.check(s, 900), None);
+        // Past it: closed refuses everything, open goes on.
+        clock.set_secs(1_031);
+        assert_eq!(closed.check(s, 900), Some(Revocation::Unverifiable));
+        assert_eq!(open.check(s, 900), None);
+        // Back up: one refresh and closed serves again.
+        backend.down.store(false, Ordering::Relaxed);
+        closed.refresh().await.unwrap();
+        assert_eq!(closed.check(s, 900), None);
+    }
+}
