@@ -103,6 +103,7 @@ mod docker {
         crate::suite::an_exhausted_item_version_is_a_typed_error_not_a_panic(c()).await;
         crate::suite::a_replayed_transaction_is_applied_only_if_an_item_shows_it(c()).await;
         crate::suite::a_query_never_shows_an_item_older_than_the_session_read(c()).await;
+        crate::suite::revocation_is_shared_by_every_instance(c()).await;
         client_request_token_makes_a_replayed_transaction_idempotent(c()).await;
     }
 }

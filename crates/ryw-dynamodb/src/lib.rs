@@ -74,10 +74,12 @@
 mod adapter;
 pub mod error;
 mod expr;
+pub mod revocation;
 mod service;
 
 pub use adapter::{DynamoAdapter, DynamoAdapterBuilder};
 pub use error::DynamoError;
+pub use revocation::DynamoRevocations;
 pub use service::{DynamoFuture, DynamoService};
 
 use aws_sdk_dynamodb::operation::delete_item::{

@@ -67,9 +67,11 @@
 )]
 
 pub mod error;
+pub mod revocation;
 mod service;
 
 pub use error::MongoError;
+pub use revocation::MongoRevocations;
 pub use service::{MongoFuture, MongoService, RECENT_WRITE_IDS};
 
 use mongodb::bson::{Bson, Document, Timestamp};

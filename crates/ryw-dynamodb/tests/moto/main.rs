@@ -42,4 +42,5 @@ against_moto!(
     an_exhausted_item_version_is_a_typed_error_not_a_panic,
     a_replayed_transaction_is_applied_only_if_an_item_shows_it,
     a_query_never_shows_an_item_older_than_the_session_read,
+    revocation_is_shared_by_every_instance,
 );

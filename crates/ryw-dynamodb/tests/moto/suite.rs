@@ -1237,3 +1237,101 @@ pub async fn a_query_never_shows_an_item_older_than_the_session_read(client: Cli
         read.visibility()
     );
 }
+
+pub async fn revocation_is_shared_by_every_instance(client: Client) {
+    // Two instances that share nothing but the signing key and the application's own table.
+    use ryw::revocation::{OutagePolicy, SharedRevocationList};
+    use ryw::signing::{KeyRing, SigningKey, TokenAuthority};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let table = format!("{}_revocations", fresh_table(&client).await);
+    let backend_a = Arc::new(ryw_dynamodb::DynamoRevocations::new(client.clone(), &table));
+    backend_a.create_table().await.unwrap();
+    let backend_b = Arc::new(ryw_dynamodb::DynamoRevocations::new(client.clone(), &table));
+    let every = Duration::from_millis(300);
+    let list = |backend| {
+        Arc::new(
+            SharedRevocationList::builder(backend)
+                .refresh_every(every)
+                .token_ttl(Duration::from_secs(3600))
+                .build(),
+        )
+    };
+    let (list_a, list_b) = (list(backend_a.clone()), list(backend_b.clone()));
+    list_a.refresh().await.unwrap();
+    list_b.refresh().await.unwrap();
+    let authority = |list: Arc<SharedRevocationList>| {
+        TokenAuthority::builder(KeyRing::new(SigningKey::new(1, [5u8; 32]).unwrap()))
+            .ttl(Duration::from_secs(3600))
+            .revocations(list)
+            .build()
+    };
+    let (a, b) = (authority(list_a.clone()), authority(list_b.clone()));
+    let refresher = tokio::spawn(list_b.clone().run_refresher());
+
+    // Revoked at A: refused at B within one refresh interval (plus a round trip).
+    let victim = Session::new();
+    let token = a.issue(&victim.snapshot(), None).unwrap();
+    assert!(b.verify(&token, None).is_ok());
+    list_a.revoke_session(victim.id()).await.unwrap();
+    assert!(
+        a.verify(&token, None).unwrap_err().is_revoked(),
+        "at once at A"
+    );
+    let revoked_at = Instant::now();
+    while b.verify(&token, None).is_ok() {
+        assert!(
+            revoked_at.elapsed() < every + Duration::from_secs(2),
+            "B still accepts a session revoked {:?} ago",
+            revoked_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("revocation reached B after {:?}", revoked_at.elapsed());
+
+    // An epoch survives a refresh anywhere: a token refreshed at B after the session started is
+    // still refused once every session started before the epoch is revoked.
+    let old = Session::new();
+    let first = a.issue(&old.snapshot(), None).unwrap();
+    let started = b.verify(&first, None).unwrap().state().started_at();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let refreshed = b
+        .issue(b.verify(&first, None).unwrap().state(), None)
+        .unwrap();
+    list_a.revoke_started_before(started + 1).await.unwrap();
+    list_b.refresh().await.unwrap();
+    assert!(b.verify(&refreshed, None).unwrap_err().is_revoked());
+    assert!(a.verify(&refreshed, None).unwrap_err().is_revoked());
+    refresher.abort();
+
+    // The store down: fail closed refuses every token past the bound, fail open goes on.
+    let unreachable = aws_sdk_dynamodb::Client::from_conf(
+        client
+            .config()
+            .to_builder()
+            .endpoint_url("http://127.0.0.1:9")
+            .build(),
+    );
+    let down = Arc::new(ryw_dynamodb::DynamoRevocations::new(unreachable, &table));
+    let closed = Arc::new(
+        SharedRevocationList::builder(down.clone())
+            .on_outage(OutagePolicy::FailClosed, Duration::ZERO)
+            .build(),
+    );
+    let open = Arc::new(
+        SharedRevocationList::builder(down)
+            .on_outage(OutagePolicy::FailOpen, Duration::ZERO)
+            .build(),
+    );
+    assert!(closed.refresh().await.is_err());
+    assert!(closed.revoke_session(Session::new().id()).await.is_err());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let fresh = a.issue(&Session::new().snapshot(), None).unwrap();
+    let err = authority(closed).verify(&fresh, None).unwrap_err();
+    assert_eq!(
+        err,
+        ryw::signing::VerifyError::Revoked(ryw::signing::Revocation::Unverifiable)
+    );
+    assert!(authority(open).verify(&fresh, None).is_ok());
+}

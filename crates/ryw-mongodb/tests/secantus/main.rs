@@ -801,3 +801,102 @@ impl Service<MongoRequest<Document>> for DeleteAfterLoss {
         })
     }
 }
+
+#[tokio::test]
+async fn revocation_is_shared_by_every_instance() {
+    // Two instances, each with its own client, sharing the application's own collection.
+    use ryw::revocation::{OutagePolicy, SharedRevocationList};
+    use ryw::signing::{KeyRing, SigningKey, TokenAuthority};
+    use ryw_mongodb::MongoRevocations;
+    use std::time::{Duration, Instant};
+
+    let uri = secantus!();
+    let coll = fresh();
+    let (client_a, client_b) = (
+        Client::with_uri_str(&uri).await.unwrap(),
+        Client::with_uri_str(&uri).await.unwrap(),
+    );
+    let backend_a = MongoRevocations::new(&client_a, "ryw", &coll);
+    backend_a.ensure_ttl_index().await.unwrap();
+    let backend_b = MongoRevocations::new(&client_b, "ryw", &coll);
+    let every = Duration::from_millis(300);
+    let list = |backend: MongoRevocations| {
+        Arc::new(
+            SharedRevocationList::builder(Arc::new(backend))
+                .refresh_every(every)
+                .token_ttl(Duration::from_secs(3600))
+                .build(),
+        )
+    };
+    let (list_a, list_b) = (list(backend_a), list(backend_b));
+    list_a.refresh().await.unwrap();
+    list_b.refresh().await.unwrap();
+    let authority = |list: Arc<SharedRevocationList>| {
+        TokenAuthority::builder(KeyRing::new(SigningKey::new(1, [6u8; 32]).unwrap()))
+            .ttl(Duration::from_secs(3600))
+            .revocations(list)
+            .build()
+    };
+    let (a, b) = (authority(list_a.clone()), authority(list_b.clone()));
+    let refresher = tokio::spawn(list_b.clone().run_refresher());
+
+    let victim = Session::new();
+    let token = a.issue(&victim.snapshot(), None).unwrap();
+    assert!(b.verify(&token, None).is_ok());
+    list_a.revoke_session(victim.id()).await.unwrap();
+    assert!(
+        a.verify(&token, None).unwrap_err().is_revoked(),
+        "at once at A"
+    );
+    let revoked_at = Instant::now();
+    while b.verify(&token, None).is_ok() {
+        assert!(
+            revoked_at.elapsed() < every + Duration::from_secs(2),
+            "B still accepts a session revoked {:?} ago",
+            revoked_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("revocation reached B after {:?}", revoked_at.elapsed());
+
+    // The epoch survives a refresh at B; a later epoch never lowers it.
+    let first = a.issue(&Session::new().snapshot(), None).unwrap();
+    let started = b.verify(&first, None).unwrap().state().started_at();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let refreshed = b
+        .issue(b.verify(&first, None).unwrap().state(), None)
+        .unwrap();
+    list_a.revoke_started_before(started + 1).await.unwrap();
+    list_a.revoke_started_before(started - 100).await.unwrap();
+    list_b.refresh().await.unwrap();
+    assert!(b.verify(&refreshed, None).unwrap_err().is_revoked());
+    refresher.abort();
+
+    // The server unreachable: fail closed past the bound, fail open goes on.
+    let options = mongodb::options::ClientOptions::builder()
+        .hosts(vec![mongodb::options::ServerAddress::Tcp {
+            host: "127.0.0.1".into(),
+            port: Some(9),
+        }])
+        .server_selection_timeout(Duration::from_millis(300))
+        .build();
+    let down = Client::with_options(options).unwrap();
+    let closed = Arc::new(
+        SharedRevocationList::builder(Arc::new(MongoRevocations::new(&down, "ryw", &coll)))
+            .on_outage(OutagePolicy::FailClosed, Duration::ZERO)
+            .build(),
+    );
+    assert!(closed.refresh().await.is_err());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let fresh = a.issue(&Session::new().snapshot(), None).unwrap();
+    assert!(authority(closed)
+        .verify(&fresh, None)
+        .unwrap_err()
+        .is_revoked());
+    let open = Arc::new(
+        SharedRevocationList::builder(Arc::new(MongoRevocations::new(&down, "ryw", &coll)))
+            .on_outage(OutagePolicy::FailOpen, Duration::ZERO)
+            .build(),
+    );
+    assert!(authority(open).verify(&fresh, None).is_ok());
+}

@@ -1,0 +1,140 @@
+//! Session revocation shared through a MongoDB collection of the application's own.
+//!
+//! [`MongoRevocations`] is a [`RevocationBackend`] for [`ryw::revocation::SharedRevocationList`]:
+//! one document per revoked session (`_id: "session#<32 hex>"`) and one for the epoch (`_id:
+//! "epoch"`, raised with `$max`), each with `at` (seconds since the Unix epoch) and `expires` (a
+//! date). [`MongoRevocations::ensure_ttl_index`] creates the TTL index on `expires`, so the server
+//! deletes entries that no longer matter; `load` skips them before it does. Writes use majority
+//! write concern and reads the primary with majority read concern.
+//!
+//! ```no_run
+//! use ryw::revocation::SharedRevocationList;
+//! use ryw_mongodb::MongoRevocations;
+//! use std::sync::Arc;
+//!
+//! # async fn run(client: mongodb::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! let backend = MongoRevocations::new(&client, "app", "revocations");
+//! backend.ensure_ttl_index().await?;
+//! let list = Arc::new(SharedRevocationList::builder(Arc::new(backend)).build());
+//! list.refresh().await?;
+//! tokio::spawn(list.clone().run_refresher());
+//! # Ok(()) }
+//! ```
+
+use mongodb::bson::{doc, DateTime, Document};
+use mongodb::options::{
+    Acknowledgment, CollectionOptions, IndexOptions, ReadConcern, ReadPreference,
+    SelectionCriteria, WriteConcern,
+};
+use mongodb::{Client, Collection, IndexModel};
+use ryw::revocation::{BackendError, BackendFuture, RevocationBackend, RevocationEntry};
+use ryw::SessionId;
+use std::fmt;
+use std::time::Duration;
+
+const EPOCH_ID: &str = "epoch";
+const SESSION_PREFIX: &str = "session#";
+
+/// A [`RevocationBackend`] over a MongoDB collection; see the [module docs](self).
+#[derive(Clone)]
+pub struct MongoRevocations {
+    collection: Collection<Document>,
+}
+
+impl fmt::Debug for MongoRevocations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MongoRevocations")
+            .field("collection", &self.collection.namespace())
+            .finish()
+    }
+}
+
+fn failed(e: impl fmt::Display) -> BackendError {
+    BackendError(format!("mongodb: {e}"))
+}
+
+fn date(secs: u64) -> DateTime {
+    DateTime::from_millis(i64::try_from(secs.saturating_mul(1_000)).unwrap_or(i64::MAX))
+}
+
+impl MongoRevocations {
+    /// Revocations kept in `database.collection`.
+    pub fn new(client: &Client, database: &str, collection: &str) -> Self {
+        let options = CollectionOptions::builder()
+            .read_concern(ReadConcern::majority())
+            .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
+            .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+            .build();
+        MongoRevocations {
+            collection: client
+                .database(database)
+                .collection_with_options(collection, options),
+        }
+    }
+
+    /// Creates the TTL index on `expires` (idempotent).
+    pub async fn ensure_ttl_index(&self) -> Result<(), BackendError> {
+        let index = IndexModel::builder()
+            .keys(doc! { "expires": 1 })
+            .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
+            .build();
+        self.collection.create_index(index).await.map_err(failed)?;
+        Ok(())
+    }
+}
+
+impl RevocationBackend for MongoRevocations {
+    fn record(&self, entry: RevocationEntry, expires_at: u64) -> BackendFuture<'_, ()> {
+        Box::pin(async move {
+            let (filter, update) = match entry {
+                RevocationEntry::Session { session, at } => (
+                    doc! { "_id": format!("{SESSION_PREFIX}{session}") },
+                    doc! { "$set": { "at": at as i64, "expires": date(expires_at) } },
+                ),
+                // The epoch only moves forward, whoever writes it.
+                RevocationEntry::StartedBefore { epoch } => (
+                    doc! { "_id": EPOCH_ID },
+                    doc! {
+                        "$max": { "at": epoch as i64, "expires": date(expires_at) },
+                    },
+                ),
+                _ => return Err(BackendError("unknown revocation entry".into())),
+            };
+            self.collection
+                .update_one(filter, update)
+                .upsert(true)
+                .await
+                .map_err(failed)?;
+            Ok(())
+        })
+    }
+
+    fn load(&self, now: u64) -> BackendFuture<'_, Vec<RevocationEntry>> {
+        Box::pin(async move {
+            let mut cursor = self
+                .collection
+                .find(doc! { "expires": { "$gt": date(now) } })
+                .await
+                .map_err(failed)?;
+            let mut out = Vec::new();
+            while cursor.advance().await.map_err(failed)? {
+                let d = cursor.deserialize_current().map_err(failed)?;
+                let (Ok(id), Ok(at)) = (d.get_str("_id"), d.get_i64("at")) else {
+                    continue;
+                };
+                let at = u64::try_from(at).unwrap_or(0);
+                if id == EPOCH_ID {
+                    out.push(RevocationEntry::StartedBefore { epoch: at });
+                } else if let Some(hex) = id.strip_prefix(SESSION_PREFIX) {
+                    if let Ok(bits) = u128::from_str_radix(hex, 16) {
+                        out.push(RevocationEntry::Session {
+                            session: SessionId::from_u128(bits),
+                            at,
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+}
