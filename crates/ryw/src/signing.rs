@@ -56,8 +56,8 @@
 use crate::clock::{Clock, SystemClock};
 use crate::session::{SessionId, SessionState};
 use crate::token::{
-    decode_base64, encode_base64, write_body, SessionToken, TokenError, BINDING_LEN, MAX_BYTES,
-    SIGNATURE_LEN,
+    decode_base64, encode_base64, write_body_masked, ScopeMask, SessionToken, TokenError,
+    BINDING_LEN, MAX_BYTES, SIGNATURE_LEN,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -104,6 +104,7 @@ pub enum KeyError {
 pub struct SigningKey {
     id: u8,
     mac: HmacSha256,
+    scopes: ScopeMask,
 }
 
 impl fmt::Debug for SigningKey {
@@ -128,7 +129,13 @@ impl SigningKey {
             key_id: id,
             len: secret.len(),
         })?;
-        Ok(SigningKey { id, mac })
+        // The scope mask's key, derived from the secret in its own domain.
+        let mut derive = mac.clone();
+        derive.update(b"ryw:scope-mask");
+        let k = derive.finalize().into_bytes();
+        let word = |i: usize| u64::from_le_bytes(k[i..i + 8].try_into().expect("8 bytes"));
+        let scopes = ScopeMask::new(word(0), word(8));
+        Ok(SigningKey { id, mac, scopes })
     }
 
     /// A key with a fresh random secret (from the operating system), for tests and single-process
@@ -618,7 +625,14 @@ impl TokenAuthority {
         let times = (now, now.saturating_add(self.ttl.as_secs()));
         let binding = principal.map(|p| key.binding(p));
         let mut bytes = Vec::with_capacity(160);
-        write_body(&mut bytes, state, Some(times), binding.as_ref(), true)?;
+        write_body_masked(
+            &mut bytes,
+            state,
+            Some(times),
+            binding.as_ref(),
+            true,
+            Some(&key.scopes),
+        )?;
         let tag = key.tag(&bytes, key.id);
         bytes.push(key.id);
         bytes.extend_from_slice(&tag);
@@ -646,7 +660,7 @@ impl TokenAuthority {
         let mut buf = [0u8; MAX_BYTES + 3];
         let n = decode_base64(encoded, &mut buf)?;
         let bytes = &buf[..n];
-        let token = SessionToken::from_bytes(bytes)?;
+        let mut token = SessionToken::from_bytes(bytes)?;
         let Some(signature) = token.signature() else {
             return Err(VerifyError::Unsigned);
         };
@@ -660,6 +674,7 @@ impl TokenAuthority {
             if !key.check(body, signature.key_id, &signature.tag) {
                 return Err(VerifyError::BadSignature);
             }
+            token.unmask_scopes(&key.scopes);
             match (token.binding(), principal) {
                 (None, _) => {}
                 (Some(_), None) => return Err(VerifyError::WrongPrincipal),
@@ -768,6 +783,35 @@ mod tests {
                 .unwrap_err();
             assert!(e.is_malformed() || e.is_untrusted(), "cut {cut}: {e:?}");
         }
+    }
+
+    #[test]
+    fn a_signed_token_does_not_reveal_which_keys_its_session_touched() {
+        let a = authority();
+        let mut s = SessionState::new(SessionId::from_u128(3));
+        let secret = ScopeKey::new(StoreId::new(1), b"posts/alice-private-7");
+        s.advance(secret, Version::new(5));
+        let t = a.issue_at(&s, None, NOW).unwrap();
+        // Without the key: decodable, but the dictionary guess finds nothing.
+        let seen = SessionToken::decode(&t).unwrap();
+        assert_eq!(seen.state().vector().len(), 1);
+        assert_eq!(seen.state().vector().get(secret), None);
+        // With it: the scope is back.
+        let verified = a.verify_at(&t, None, NOW).unwrap();
+        assert_eq!(verified.state().vector().get(secret), Some(Version::new(5)));
+        // Across a rotation, a token signed by the old key still unmasks with the old key.
+        a.rotate(SigningKey::new(2, [2u8; 32]).unwrap()).unwrap();
+        let again = a.verify_at(&t, None, NOW).unwrap();
+        assert_eq!(again.state().vector().get(secret), Some(Version::new(5)));
+        let t2 = a.issue_at(again.state(), None, NOW).unwrap();
+        assert_eq!(
+            a.verify_at(&t2, None, NOW)
+                .unwrap()
+                .state()
+                .vector()
+                .get(secret),
+            Some(Version::new(5))
+        );
     }
 
     #[test]

@@ -251,6 +251,13 @@ impl VersionVector {
         self.cap = cap.max(self.slots.len()).clamp(1, MAX_SCOPE_CAP) as u16;
     }
 
+    /// Renames every exact entry's scope with `f` (a bijection: a token's scope mask).
+    pub(crate) fn map_scopes(&mut self, f: impl Fn(ScopeKey) -> ScopeKey) {
+        for slot in &mut self.slots {
+            slot.entry.scope = f(slot.entry.scope);
+        }
+    }
+
     /// Sets the cap (clamped to `1..=MAX_SCOPE_CAP`), coarsening the least recently advanced
     /// entries if the vector holds more.
     pub fn set_cap(&mut self, cap: usize) {
