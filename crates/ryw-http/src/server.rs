@@ -198,11 +198,21 @@ impl Config {
         // one too.
         if !one_id || (authenticated && unbound) {
             let session = Session::new();
+            // The new session is as old as the oldest it absorbs: an epoch revocation that covers
+            // any of them covers it too (cycling never launders a session).
+            let started = states
+                .iter()
+                .map(|s| s.started_at())
+                .filter(|&t| t > 0)
+                .min();
             for state in &states {
                 session.absorb(state);
                 if let Some(seen) = self.store.as_ref().and_then(|s| s.load(state.id())) {
                     session.absorb(&seen);
                 }
+            }
+            if let Some(started) = started {
+                session.with_state(|s| s.set_started_at(started));
             }
             return Ok((session, TokenStatus::Cycled));
         }
@@ -449,7 +459,11 @@ where
                         // A refused cookie is cleared: the browser would otherwise resend it
                         // (revoked, expired, signed by a retired key) until it expires.
                         if let Some(cookie) = &self.config.cookie {
-                            if request.headers().get(&self.config.header).is_none()
+                            let header_tokens =
+                                tokens_in(request.headers().get_all(&self.config.header).iter())
+                                    .next()
+                                    .is_some();
+                            if !header_tokens
                                 && cookie_value(request.headers(), &cookie.name).is_some()
                             {
                                 let mut value = format!(
@@ -599,6 +613,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cycled_session_is_as_old_as_what_it_absorbed() {
+        // Found by the third adversarial round: cycling gave the new session a fresh start, so an
+        // epoch revocation of the session it came from no longer applied to it.
+        let list = Arc::new(ryw::signing::InMemoryRevocationList::new());
+        let authority = Arc::new(
+            TokenAuthority::builder(ryw::signing::KeyRing::new(
+                SigningKey::new(1, [3u8; 32]).unwrap(),
+            ))
+            .revocations(list.clone())
+            .build(),
+        );
+        let service = ServerSessionLayer::new(authority.clone()).layer(service_fn(echo_session));
+        let now = ryw::signing::now_secs();
+        let anonymous = authority
+            .issue_at(&Session::new().snapshot(), None, now - 1_000)
+            .unwrap();
+        let mut request = Request::builder()
+            .header(crate::DEFAULT_HEADER, anonymous)
+            .body(String::new())
+            .unwrap();
+        request.extensions_mut().insert(Principal::new("alice"));
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert!(response.body().ends_with("Cycled"), "{}", response.body());
+        let token = response.headers()[crate::DEFAULT_HEADER]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let cycled = authority.verify(&token, Some(b"alice")).unwrap();
+        assert_eq!(cycled.state().started_at(), now - 1_000);
+        list.revoke_issued_before(now - 500);
+        assert!(authority
+            .verify(&token, Some(b"alice"))
+            .unwrap_err()
+            .is_revoked());
+    }
+
+    #[tokio::test]
     async fn a_refused_cookie_is_cleared() {
         let (layer, _) = layer();
         let service = layer.layer(service_fn(echo_session));
@@ -618,8 +669,22 @@ mod tests {
             .header(crate::DEFAULT_HEADER, "not-a-token")
             .body(String::new())
             .unwrap();
-        let response = service.oneshot(request).await.unwrap();
+        let response = service.clone().oneshot(request).await.unwrap();
         assert!(response.headers().get(SET_COOKIE).is_none());
+        // An empty token header next to a refused cookie: the cookie was what was read, and is
+        // cleared (found by the third adversarial round).
+        for empty in ["", ","] {
+            let request = Request::builder()
+                .header(crate::DEFAULT_HEADER, empty)
+                .header(COOKIE, "sid=not-a-token")
+                .body(String::new())
+                .unwrap();
+            let response = service.clone().oneshot(request).await.unwrap();
+            assert!(
+                response.headers().get(SET_COOKIE).is_some(),
+                "header {empty:?}"
+            );
+        }
     }
 
     #[tokio::test]

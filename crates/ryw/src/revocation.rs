@@ -114,6 +114,7 @@ pub struct SharedRevocationList {
     max_staleness: Duration,
     policy: OutagePolicy,
     token_ttl: Duration,
+    leeway: Duration,
     /// Microseconds (of `clock`) of the last successful refresh; 0 before the first.
     refreshed_at: AtomicU64,
     created_at: u64,
@@ -153,10 +154,13 @@ impl SharedRevocationListBuilder {
         self
     }
 
-    /// How long the entries matter: the token TTL of the authority (default 7 days). A session
-    /// revocation expires from the backend this long after it was made.
-    pub fn token_ttl(mut self, ttl: Duration) -> Self {
+    /// The authority's token TTL and clock leeway (default 7 days and 60 s): an entry is kept
+    /// in the backend until no token it could refuse can still be valid anywhere: the TTL plus
+    /// the leeway plus the staleness bound and the refresh interval (a lagging instance may have
+    /// re-issued a token of the session until it saw the entry).
+    pub fn token_ttl(mut self, ttl: Duration, leeway: Duration) -> Self {
         self.list.token_ttl = ttl;
+        self.list.leeway = leeway;
         self
     }
 
@@ -188,6 +192,7 @@ impl SharedRevocationList {
                 max_staleness: Duration::from_secs(60),
                 policy: OutagePolicy::FailOpen,
                 token_ttl: Duration::from_secs(7 * 24 * 3600),
+                leeway: Duration::from_secs(60),
                 refreshed_at: AtomicU64::new(0),
                 own: Mutex::new(Vec::new()),
             },
@@ -198,13 +203,18 @@ impl SharedRevocationList {
         self.clock.now_micros() / 1_000_000
     }
 
+    /// How long after it was made an entry may still refuse a valid token.
+    fn keep(&self) -> u64 {
+        (self.token_ttl + self.leeway + self.max_staleness + self.refresh_every).as_secs()
+    }
+
     /// Revokes every token of `session`, everywhere: recorded in the backend (an error if it
     /// cannot be), then refused here at once and by every instance after its next refresh.
     pub async fn revoke_session(&self, session: SessionId) -> Result<(), BackendError> {
         let at = self.now_secs();
         let entry = RevocationEntry::Session { session, at };
         self.backend
-            .record(entry, at.saturating_add(self.token_ttl.as_secs()))
+            .record(entry, at.saturating_add(self.keep()))
             .await?;
         self.apply(entry);
         Ok(())
@@ -213,7 +223,7 @@ impl SharedRevocationList {
     /// Revokes every session started before `epoch` (seconds since the Unix epoch), everywhere.
     pub async fn revoke_started_before(&self, epoch: u64) -> Result<(), BackendError> {
         let entry = RevocationEntry::StartedBefore { epoch };
-        let expires = epoch.saturating_add(self.token_ttl.as_secs());
+        let expires = epoch.max(self.now_secs()).saturating_add(self.keep());
         self.backend.record(entry, expires).await?;
         self.apply(entry);
         Ok(())
@@ -368,7 +378,8 @@ mod tests {
         SharedRevocationList::builder(backend)
             .clock(clock.clone())
             .on_outage(policy, Duration::from_secs(30))
-            .token_ttl(Duration::from_secs(3600))
+            .token_ttl(Duration::from_secs(3600), Duration::from_secs(10))
+            .refresh_every(Duration::from_secs(5))
             .build()
     }
 
@@ -392,7 +403,15 @@ mod tests {
         // A refresh of `a` keeps what it revoked, and entries expire with the token TTL.
         a.refresh().await.unwrap();
         assert_eq!(a.check(s, 960), Some(Revocation::Session));
-        clock.set_secs(1_000 + 3_601);
+        // Kept for the TTL plus the leeway, the staleness bound and the refresh interval.
+        clock.set_secs(1_000 + 3_600 + 10 + 30 + 5 - 1);
+        b.refresh().await.unwrap();
+        assert_eq!(
+            b.check(s, 960),
+            Some(Revocation::Session),
+            "a token may still be valid"
+        );
+        clock.set_secs(1_000 + 3_600 + 10 + 30 + 5 + 1);
         b.refresh().await.unwrap();
         assert_eq!(b.check(s, 960), None, "expired from the backend");
     }

@@ -1254,7 +1254,7 @@ pub async fn revocation_is_shared_by_every_instance(client: Client) {
         Arc::new(
             SharedRevocationList::builder(backend)
                 .refresh_every(every)
-                .token_ttl(Duration::from_secs(3600))
+                .token_ttl(Duration::from_secs(3600), Duration::from_secs(60))
                 .build(),
         )
     };

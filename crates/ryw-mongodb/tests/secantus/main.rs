@@ -824,7 +824,7 @@ async fn revocation_is_shared_by_every_instance() {
         Arc::new(
             SharedRevocationList::builder(Arc::new(backend))
                 .refresh_every(every)
-                .token_ttl(Duration::from_secs(3600))
+                .token_ttl(Duration::from_secs(3600), Duration::from_secs(60))
                 .build(),
         )
     };
