@@ -33,11 +33,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use ryw::revocation::{BackendError, BackendFuture, RevocationBackend, RevocationEntry};
-use ryw::SessionId;
 use std::fmt;
-
-const EPOCH_ID: &str = "epoch";
-const SESSION_PREFIX: &str = "session#";
 
 /// A [`RevocationBackend`] over a DynamoDB table; see the [module docs](self).
 #[derive(Clone)]
@@ -102,13 +98,7 @@ impl DynamoRevocations {
 impl RevocationBackend for DynamoRevocations {
     fn record(&self, entry: RevocationEntry, expires_at: u64) -> BackendFuture<'_, ()> {
         Box::pin(async move {
-            let (id, at) = match entry {
-                RevocationEntry::Session { session, at } => {
-                    (format!("{SESSION_PREFIX}{session}"), at)
-                }
-                RevocationEntry::StartedBefore { epoch } => (EPOCH_ID.to_owned(), epoch),
-                _ => return Err(BackendError("unknown revocation entry".into())),
-            };
+            let (id, at) = (entry.key(), entry.at());
             let put = self
                 .client
                 .put_item()
@@ -161,16 +151,7 @@ impl RevocationBackend for DynamoRevocations {
                     ) else {
                         continue;
                     };
-                    if id == EPOCH_ID {
-                        out.push(RevocationEntry::StartedBefore { epoch: at });
-                    } else if let Some(hex) = id.strip_prefix(SESSION_PREFIX) {
-                        if let Ok(bits) = u128::from_str_radix(hex, 16) {
-                            out.push(RevocationEntry::Session {
-                                session: SessionId::from_u128(bits),
-                                at,
-                            });
-                        }
-                    }
+                    out.extend(RevocationEntry::from_key(id, at));
                 }
                 match page.last_evaluated_key() {
                     Some(k) if !k.is_empty() => start = Some(k.clone()),

@@ -28,12 +28,8 @@ use mongodb::options::{
 };
 use mongodb::{Client, Collection, IndexModel};
 use ryw::revocation::{BackendError, BackendFuture, RevocationBackend, RevocationEntry};
-use ryw::SessionId;
 use std::fmt;
 use std::time::Duration;
-
-const EPOCH_ID: &str = "epoch";
-const SESSION_PREFIX: &str = "session#";
 
 /// A [`RevocationBackend`] over a MongoDB collection; see the [module docs](self).
 #[derive(Clone)]
@@ -86,19 +82,17 @@ impl MongoRevocations {
 impl RevocationBackend for MongoRevocations {
     fn record(&self, entry: RevocationEntry, expires_at: u64) -> BackendFuture<'_, ()> {
         Box::pin(async move {
+            let at = i64::try_from(entry.at()).unwrap_or(i64::MAX);
             let (filter, update) = match entry {
-                RevocationEntry::Session { session, at } => (
-                    doc! { "_id": format!("{SESSION_PREFIX}{session}") },
-                    doc! { "$set": { "at": at as i64, "expires": date(expires_at) } },
-                ),
                 // The epoch only moves forward, whoever writes it.
-                RevocationEntry::StartedBefore { epoch } => (
-                    doc! { "_id": EPOCH_ID },
-                    doc! {
-                        "$max": { "at": epoch as i64, "expires": date(expires_at) },
-                    },
+                RevocationEntry::StartedBefore { .. } => (
+                    doc! { "_id": entry.key() },
+                    doc! { "$max": { "at": at, "expires": date(expires_at) } },
                 ),
-                _ => return Err(BackendError("unknown revocation entry".into())),
+                _ => (
+                    doc! { "_id": entry.key() },
+                    doc! { "$set": { "at": at, "expires": date(expires_at) } },
+                ),
             };
             self.collection
                 .update_one(filter, update)
@@ -122,17 +116,10 @@ impl RevocationBackend for MongoRevocations {
                 let (Ok(id), Ok(at)) = (d.get_str("_id"), d.get_i64("at")) else {
                     continue;
                 };
-                let at = u64::try_from(at).unwrap_or(0);
-                if id == EPOCH_ID {
-                    out.push(RevocationEntry::StartedBefore { epoch: at });
-                } else if let Some(hex) = id.strip_prefix(SESSION_PREFIX) {
-                    if let Ok(bits) = u128::from_str_radix(hex, 16) {
-                        out.push(RevocationEntry::Session {
-                            session: SessionId::from_u128(bits),
-                            at,
-                        });
-                    }
-                }
+                out.extend(RevocationEntry::from_key(
+                    id,
+                    u64::try_from(at).unwrap_or(0),
+                ));
             }
             Ok(out)
         })

@@ -75,6 +75,41 @@ pub enum RevocationEntry {
     },
 }
 
+impl RevocationEntry {
+    /// The key a backend stores the entry under: `session#<32 hex>`, or `epoch` (one entry).
+    pub fn key(&self) -> String {
+        match self {
+            RevocationEntry::Session { session, .. } => format!("session#{session}"),
+            RevocationEntry::StartedBefore { .. } => "epoch".to_owned(),
+        }
+    }
+
+    /// The time the backend stores with the entry: when the session was revoked, or the epoch.
+    pub fn at(&self) -> u64 {
+        match *self {
+            RevocationEntry::Session { at, .. } => at,
+            RevocationEntry::StartedBefore { epoch } => epoch,
+        }
+    }
+
+    /// The entry a backend stored under `key` with the time `at` ([`RevocationEntry::key`],
+    /// [`RevocationEntry::at`]); `None` for a key that is neither.
+    pub fn from_key(key: &str, at: u64) -> Option<Self> {
+        if key == "epoch" {
+            return Some(RevocationEntry::StartedBefore { epoch: at });
+        }
+        let hex = key.strip_prefix("session#")?;
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let bits = u128::from_str_radix(hex, 16).ok()?;
+        Some(RevocationEntry::Session {
+            session: SessionId::from_u128(bits),
+            at,
+        })
+    }
+}
+
 /// A backend failed (unreachable, refused, malformed data): its message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("revocation backend: {0}")]
@@ -381,6 +416,29 @@ mod tests {
             .token_ttl(Duration::from_secs(3600), Duration::from_secs(10))
             .refresh_every(Duration::from_secs(5))
             .build()
+    }
+
+    #[test]
+    fn entries_round_trip_through_their_key_and_odd_keys_are_skipped() {
+        for e in [
+            RevocationEntry::Session {
+                session: SessionId::random(),
+                at: 7,
+            },
+            RevocationEntry::StartedBefore { epoch: 9 },
+        ] {
+            assert_eq!(RevocationEntry::from_key(&e.key(), e.at()), Some(e));
+        }
+        for odd in [
+            "",
+            "session#",
+            "session#xyz",
+            "session#00",
+            "epochs",
+            "session#+0000000000000000000000000000000",
+        ] {
+            assert_eq!(RevocationEntry::from_key(odd, 1), None, "{odd:?}");
+        }
     }
 
     #[tokio::test]
