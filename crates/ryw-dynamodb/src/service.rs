@@ -273,6 +273,46 @@ impl Stamp<'_> {
     }
 }
 
+/// What sending one stamped single-item write gave.
+enum Sent {
+    /// It applied.
+    Applied(Box<DynamoOutput>),
+    /// A condition failed; the item as it is now, if any.
+    ConditionFailed(Option<Item>),
+}
+
+/// A stamped put or update: sent with `stamp`, the failed condition's old item read for this very
+/// write, and, when the item is found gone though the session had seen it (on a first attempt),
+/// sent once more creating it. `send` builds and sends the request for a stamp; `empty` is the
+/// output reported for a replay found already applied.
+async fn single_item_write<F, Fut>(
+    mut stamp: Stamp<'_>,
+    what: &str,
+    send: F,
+    empty: impl Fn() -> DynamoOutput,
+) -> Result<DynamoResponse, DynamoError>
+where
+    F: Fn(&Stamp<'_>) -> Fut,
+    Fut: std::future::Future<Output = Result<Sent, DynamoError>>,
+{
+    loop {
+        let old = match send(&stamp).await? {
+            Sent::Applied(out) => return Ok(response(*out, vec![Some(stamp.next())], false)),
+            Sent::ConditionFailed(old) => old,
+        };
+        match stamp.after_failed_condition(old) {
+            Failed::Landed(version) => return Ok(replayed(empty(), vec![version])),
+            Failed::Failure(e) => return Err(e),
+            Failed::Absent if stamp.replay => return Err(unresolved(what)),
+            Failed::Absent if stamp.create || stamp.expected == 0 => {
+                return Err(stamp.failure(None))
+            }
+            // Deleted since the session saw it: create it, at a version past both.
+            Failed::Absent => stamp = stamp.creating(),
+        }
+    }
+}
+
 fn unresolved(what: &str) -> DynamoError {
     DynamoError::Unresolved(format!(
         "{what}: the item is gone; an earlier attempt may have applied before it was deleted"
@@ -354,13 +394,9 @@ async fn send(
                 return Ok(response(DynamoOutput::PutItem(out), vec![], false));
             };
             let schema = check_table(config, b.get_table_name().as_ref())?;
-            let mut stamp = Stamp::new(
-                config,
-                schema,
-                &write,
-                write.expected.first().copied().flatten(),
-            )?;
-            loop {
+            let expected = write.expected.first().copied().flatten();
+            let stamp = Stamp::new(config, schema, &write, expected)?;
+            let send = |stamp: &Stamp<'_>| {
                 let mut item = b.get_item().clone().unwrap_or_default();
                 stamp.stamp_item(&mut item);
                 let condition = stamp.condition(b.get_condition_expression().clone());
@@ -376,43 +412,29 @@ async fn send(
                     .return_values_on_condition_check_failure(
                         ReturnValuesOnConditionCheckFailure::AllOld,
                     );
-                let old = match sent.send_with(client).await {
-                    Ok(out) => {
-                        return Ok(response(
-                            DynamoOutput::PutItem(out),
-                            vec![Some(stamp.next())],
-                            false,
-                        ))
+                async move {
+                    match sent.send_with(client).await {
+                        Ok(out) => Ok(Sent::Applied(Box::new(DynamoOutput::PutItem(out)))),
+                        Err(SdkError::ServiceError(e))
+                            if matches!(
+                                e.err(),
+                                PutItemError::ConditionalCheckFailedException(_)
+                            ) =>
+                        {
+                            let PutItemError::ConditionalCheckFailedException(c) = e.into_err()
+                            else {
+                                unreachable!("matched above")
+                            };
+                            Ok(Sent::ConditionFailed(c.item))
+                        }
+                        Err(e) => Err(DynamoError::from_sdk(e)),
                     }
-                    Err(SdkError::ServiceError(e))
-                        if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
-                    {
-                        let PutItemError::ConditionalCheckFailedException(c) = e.into_err() else {
-                            unreachable!("matched above")
-                        };
-                        c.item
-                    }
-                    Err(e) => return Err(DynamoError::from_sdk(e)),
-                };
-                match stamp.after_failed_condition(old) {
-                    Failed::Landed(version) => {
-                        return Ok(replayed(
-                            DynamoOutput::PutItem(PutItemOutput::builder().build()),
-                            vec![version],
-                        ))
-                    }
-                    Failed::Failure(e) => return Err(e),
-                    Failed::Absent if stamp.replay || stamp.create || stamp.expected == 0 => {
-                        return Err(if stamp.replay {
-                            unresolved("put")
-                        } else {
-                            stamp.failure(None)
-                        })
-                    }
-                    // Deleted since the session saw it: create it, at a version past both.
-                    Failed::Absent => stamp = stamp.creating(),
                 }
-            }
+            };
+            single_item_write(stamp, "put", send, || {
+                DynamoOutput::PutItem(PutItemOutput::builder().build())
+            })
+            .await
         }
         DynamoOperation::UpdateItem(b) => {
             let Some(write) = write else {
@@ -420,13 +442,9 @@ async fn send(
                 return Ok(response(DynamoOutput::UpdateItem(out), vec![], false));
             };
             let schema = check_table(config, b.get_table_name().as_ref())?;
-            let mut stamp = Stamp::new(
-                config,
-                schema,
-                &write,
-                write.expected.first().copied().flatten(),
-            )?;
-            loop {
+            let expected = write.expected.first().copied().flatten();
+            let stamp = Stamp::new(config, schema, &write, expected)?;
+            let send = |stamp: &Stamp<'_>| {
                 let update = stamp.update_expression(b.get_update_expression().clone());
                 let condition = stamp.condition(b.get_condition_expression().clone());
                 let exprs = [Some(update.as_str()), Some(condition.as_str())];
@@ -441,46 +459,29 @@ async fn send(
                     .return_values_on_condition_check_failure(
                         ReturnValuesOnConditionCheckFailure::AllOld,
                     );
-                let old = match sent.send_with(client).await {
-                    Ok(out) => {
-                        return Ok(response(
-                            DynamoOutput::UpdateItem(out),
-                            vec![Some(stamp.next())],
-                            false,
-                        ))
+                async move {
+                    match sent.send_with(client).await {
+                        Ok(out) => Ok(Sent::Applied(Box::new(DynamoOutput::UpdateItem(out)))),
+                        Err(SdkError::ServiceError(e))
+                            if matches!(
+                                e.err(),
+                                UpdateItemError::ConditionalCheckFailedException(_)
+                            ) =>
+                        {
+                            let UpdateItemError::ConditionalCheckFailedException(c) = e.into_err()
+                            else {
+                                unreachable!("matched above")
+                            };
+                            Ok(Sent::ConditionFailed(c.item))
+                        }
+                        Err(e) => Err(DynamoError::from_sdk(e)),
                     }
-                    Err(SdkError::ServiceError(e))
-                        if matches!(
-                            e.err(),
-                            UpdateItemError::ConditionalCheckFailedException(_)
-                        ) =>
-                    {
-                        let UpdateItemError::ConditionalCheckFailedException(c) = e.into_err()
-                        else {
-                            unreachable!("matched above")
-                        };
-                        c.item
-                    }
-                    Err(e) => return Err(DynamoError::from_sdk(e)),
-                };
-                match stamp.after_failed_condition(old) {
-                    Failed::Landed(version) => {
-                        return Ok(replayed(
-                            DynamoOutput::UpdateItem(UpdateItemOutput::builder().build()),
-                            vec![version],
-                        ))
-                    }
-                    Failed::Failure(e) => return Err(e),
-                    Failed::Absent if stamp.replay || stamp.create || stamp.expected == 0 => {
-                        return Err(if stamp.replay {
-                            unresolved("update")
-                        } else {
-                            stamp.failure(None)
-                        })
-                    }
-                    Failed::Absent => stamp = stamp.creating(),
                 }
-            }
+            };
+            single_item_write(stamp, "update", send, || {
+                DynamoOutput::UpdateItem(UpdateItemOutput::builder().build())
+            })
+            .await
         }
         DynamoOperation::DeleteItem(b) => {
             let Some(write) = write else {

@@ -197,22 +197,14 @@ impl Config {
         // one request continues at most one session id: tokens of several sessions move to a new
         // one too.
         if !one_id || (authenticated && unbound) {
+            // The new session is as old as the oldest it absorbs (`SessionState::absorb`), so an
+            // epoch revocation that covers any of them covers it too.
             let session = Session::new();
-            // The new session is as old as the oldest it absorbs: an epoch revocation that covers
-            // any of them covers it too (cycling never launders a session).
-            let started = states
-                .iter()
-                .map(|s| s.started_at())
-                .filter(|&t| t > 0)
-                .min();
             for state in &states {
                 session.absorb(state);
                 if let Some(seen) = self.store.as_ref().and_then(|s| s.load(state.id())) {
                     session.absorb(&seen);
                 }
-            }
-            if let Some(started) = started {
-                session.with_state(|s| s.set_started_at(started));
             }
             return Ok((session, TokenStatus::Cycled));
         }

@@ -225,19 +225,16 @@ where
         // matches several documents, the "not yet" filter alone would let the replay change a
         // second one.
         if let (true, Some(w)) = (replay, &write_id) {
-            let single = matches!(
-                operation,
-                MongoOperation::UpdateOne { .. }
-                    | MongoOperation::ReplaceOne { .. }
-                    | MongoOperation::FindOneAndUpdate { .. }
-            );
-            let by_id = match &operation {
+            // Some(whether the filter names the document by `_id`) for single-document writes.
+            let single_by_id = match &operation {
                 MongoOperation::UpdateOne { filter, .. }
                 | MongoOperation::ReplaceOne { filter, .. }
-                | MongoOperation::FindOneAndUpdate { filter, .. } => filter.contains_key("_id"),
-                _ => false,
+                | MongoOperation::FindOneAndUpdate { filter, .. } => {
+                    Some(filter.contains_key("_id"))
+                }
+                _ => None,
             };
-            if single {
+            if let Some(by_id) = single_by_id {
                 if let Some(done) = self.applied_document(session, w).await? {
                     tracing::debug!(target: "ryw::mongodb", "replayed write had already applied");
                     let output = match operation {

@@ -154,13 +154,14 @@ where
                         }
                         (_, result) => result,
                     };
-                    // The replay rule is the layer's, whatever policy is installed: a write that
-                    // may not be replayed and may have applied is never sent again.
-                    let forbidden = matches!(
-                        (at.op, class),
-                        (Operation::Write(Replay::Never), Some(ErrorClass::AMBIGUOUS))
-                            | (_, Some(ErrorClass::Unresolved))
-                    );
+                    // The replay rule is the layer's, whatever policy is installed: a transient
+                    // failure the rule does not allow to retry (an unreplayable write that may
+                    // have applied), or an unresolved replay, is never sent again.
+                    let forbidden = match class {
+                        Some(ErrorClass::Unresolved) => true,
+                        Some(c) => c.is_transient() && !crate::retry::may_retry(at.op, c),
+                        None => false,
+                    };
                     // tower's contract: the policy sees every result once it exists. Until the
                     // first failure it does not: the prototype hears of the success instead.
                     if this.policy.is_none() && result.is_err() && !forbidden {

@@ -450,8 +450,10 @@ impl SessionState {
     pub fn absorb(&mut self, other: &SessionState) {
         if other.id == self.id {
             self.write_seq = self.write_seq.max(other.write_seq);
-            self.started_at = earliest(self.started_at, other.started_at);
         }
+        // A state is as old as the oldest it took in: an epoch revocation that covers any of them
+        // covers it too (a session cycled to a new id is never laundered).
+        self.started_at = earliest(self.started_at, other.started_at);
         self.clock.observe(other.clock);
         self.vector.merge(&other.vector);
         for c in &other.contexts {
