@@ -666,7 +666,12 @@ async fn the_replay_rule_holds_whatever_retry_policy_is_installed() {
     );
     let (_, send) = handle.next_request().await.unwrap();
     send.send_error(KvError::Timeout);
-    let err = call.await.unwrap().unwrap_err();
+    // Bounded: a resent write would leave the call waiting for its second response.
+    let err = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .expect("the write was sent again")
+        .unwrap()
+        .unwrap_err();
     assert!(err.is_ambiguous(), "{err}");
     handle.allow(1);
     assert!(poll_once(&mut Box::pin(handle.next_request())).is_pending());
