@@ -14,6 +14,8 @@ start_moto
 start_secantus
 # With the servers up, an adapter test that cannot reach its server fails instead of skipping.
 export RYW_REQUIRE_SERVERS=1
+# A one-off build gains nothing from incremental artifacts; they would double the disk it needs.
+export CARGO_INCREMENTAL=0
 
 LOG="$TOOLS/test-output.log"
 : >"$LOG"
@@ -41,3 +43,4 @@ cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "summary: %d passed, %d failed\n", p, f }' "$LOG"
+du -sh target 2>/dev/null | awk '{ print "disk used by target/: " $1 }'
