@@ -53,6 +53,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod cache;
+
 use crate::clock::{Clock, SystemClock};
 use crate::session::{SessionId, SessionState};
 use crate::token::{
@@ -488,10 +490,13 @@ impl VerifyError {
 /// rotation and retirement apply to all of them at once.
 pub struct TokenAuthority {
     keys: RwLock<KeyRing>,
+    /// Moves on at every rotation and retirement, so the cache never answers for an old ring.
+    ring_generation: AtomicU64,
     ttl: Duration,
     leeway: Duration,
     revocations: Arc<dyn RevocationList>,
     in_memory: Option<Arc<InMemoryRevocationList>>,
+    cache: Option<cache::VerifiedCache>,
 }
 
 impl fmt::Debug for TokenAuthority {
@@ -500,6 +505,7 @@ impl fmt::Debug for TokenAuthority {
             .field("keys", &self.key_ids())
             .field("ttl", &self.ttl)
             .field("leeway", &self.leeway)
+            .field("verified_cache", &self.cache.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -511,7 +517,11 @@ pub struct TokenAuthorityBuilder {
     ttl: Duration,
     leeway: Duration,
     revocations: Option<Arc<dyn RevocationList>>,
+    cache_capacity: usize,
 }
+
+/// The default capacity of the verified-token cache (tokens).
+pub const DEFAULT_VERIFIED_CACHE: usize = 16_384;
 
 impl TokenAuthorityBuilder {
     /// How long an issued token stays valid (default 7 days). Every response re-issues the token,
@@ -535,6 +545,20 @@ impl TokenAuthorityBuilder {
         self
     }
 
+    /// How many verified tokens to remember (default [`DEFAULT_VERIFIED_CACHE`]; 0 turns the
+    /// cache off).
+    ///
+    /// A token is remembered, by its exact text and the principal that presented it, when it
+    /// verifies and when the authority issues it; presenting the same text again skips the
+    /// signature check and the decoding. Everything that can change meanwhile is still checked on
+    /// every verification: expiry, issue time, revocation, and the key ring (a rotation or
+    /// retirement empties the cache). Each entry holds the token text and its decoded state, a
+    /// few hundred bytes.
+    pub fn verified_cache(mut self, capacity: usize) -> Self {
+        self.cache_capacity = capacity;
+        self
+    }
+
     /// The authority.
     pub fn build(self) -> TokenAuthority {
         let (revocations, in_memory) = match self.revocations {
@@ -546,10 +570,12 @@ impl TokenAuthorityBuilder {
         };
         TokenAuthority {
             keys: RwLock::new(self.keys),
+            ring_generation: AtomicU64::new(0),
             ttl: self.ttl,
             leeway: self.leeway,
             revocations,
             in_memory,
+            cache: cache::VerifiedCache::new(self.cache_capacity),
         }
     }
 }
@@ -562,6 +588,7 @@ impl TokenAuthority {
             ttl: Duration::from_secs(7 * 24 * 3600),
             leeway: Duration::from_secs(60),
             revocations: None,
+            cache_capacity: DEFAULT_VERIFIED_CACHE,
         }
     }
 
@@ -584,18 +611,37 @@ impl TokenAuthority {
 
     /// Makes `key` the signing key; the current one keeps verifying (see [`KeyRing::rotate`]).
     pub fn rotate(&self, key: SigningKey) -> Result<(), KeyError> {
-        self.keys
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .rotate(key)
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        keys.rotate(key)?;
+        self.ring_changed();
+        Ok(())
     }
 
     /// Retires a previous key: tokens it signed stop verifying. Returns whether it was held.
     pub fn retire(&self, key_id: u8) -> bool {
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let retired = keys.retire(key_id);
+        if retired {
+            self.ring_changed();
+        }
+        retired
+    }
+
+    /// Called with the key ring write-locked: no verification is between reading the ring and
+    /// caching what it read, so nothing verified under the old ring is answered from the cache.
+    fn ring_changed(&self) {
+        self.ring_generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(cache) = &self.cache {
+            cache.clear();
+        }
+    }
+
+    /// The id of the key new tokens are signed with.
+    pub fn current_key_id(&self) -> u8 {
         self.keys
-            .write()
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .retire(key_id)
+            .current_id()
     }
 
     /// The ids of the keys that verify, the signing key first.
@@ -636,8 +682,18 @@ impl TokenAuthority {
         let tag = key.tag(&bytes, key.id);
         bytes.push(key.id);
         bytes.extend_from_slice(&tag);
+        let encoded = encode_base64(&bytes)?;
+        if let Some(cache) = &self.cache {
+            // The next request of this session presents exactly this text: remember what it
+            // says (decoding our own bytes costs no HMAC), under the ring it was signed with.
+            if let Ok(mut token) = SessionToken::from_bytes(&bytes) {
+                token.unmask_scopes(&key.scopes);
+                let generation = self.ring_generation.load(Ordering::Acquire);
+                cache.insert(&encoded, principal, generation, token);
+            }
+        }
         drop(keys);
-        encode_base64(&bytes)
+        Ok(encoded)
     }
 
     /// Verifies an untrusted token presented by `principal` (`None` for an anonymous caller) and
@@ -657,6 +713,14 @@ impl TokenAuthority {
         principal: Option<&[u8]>,
         now: u64,
     ) -> Result<SessionToken, VerifyError> {
+        if let Some(cache) = &self.cache {
+            if let Some(hit) = cache.get(encoded, principal) {
+                if hit.generation == self.ring_generation.load(Ordering::Acquire) {
+                    self.check_live(&hit.token, now)?;
+                    return Ok(hit.token.clone());
+                }
+            }
+        }
         let mut buf = [0u8; MAX_BYTES + 3];
         let n = decode_base64(encoded, &mut buf)?;
         let bytes = &buf[..n];
@@ -666,7 +730,7 @@ impl TokenAuthority {
         };
         // A decoded signed token is at least its header plus the signature.
         let body = &bytes[..n - SIGNATURE_LEN];
-        {
+        let generation = {
             let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
             let key = keys.find(signature.key_id).ok_or(VerifyError::UnknownKey {
                 key_id: signature.key_id,
@@ -684,7 +748,19 @@ impl TokenAuthority {
                     }
                 }
             }
+            self.ring_generation.load(Ordering::Acquire)
+        };
+        self.check_live(&token, now)?;
+        if let Some(cache) = &self.cache {
+            cache.insert(encoded, principal, generation, token.clone());
         }
+        tracing::trace!(target: "ryw::signing", session = %token.state().id(), "token verified");
+        Ok(token)
+    }
+
+    /// What can change after a token's signature checked out: its times against `now`, and the
+    /// revocation list.
+    fn check_live(&self, token: &SessionToken, now: u64) -> Result<(), VerifyError> {
         let (issued_at, expires_at) = token.times().ok_or(VerifyError::MissingExpiry)?;
         if now >= expires_at.saturating_add(self.leeway.as_secs()) {
             return Err(VerifyError::Expired {
@@ -703,8 +779,7 @@ impl TokenAuthority {
         if let Some(why) = self.revocations.check(token.state().id(), started) {
             return Err(VerifyError::Revoked(why));
         }
-        tracing::trace!(target: "ryw::signing", session = %token.state().id(), "token verified");
-        Ok(token)
+        Ok(())
     }
 }
 

@@ -317,3 +317,162 @@ proptest! {
         prop_assert_eq!(ok, expected);
     }
 }
+
+mod verified_cache {
+    //! The verified-token cache against the reference: the same authority without a cache. Every
+    //! verification through the cache must answer exactly what a full verification answers,
+    //! whatever happened in between (time passing, revocations, rotation, retirement, a key id
+    //! reused by a new secret, tampering, another principal).
+
+    use proptest::prelude::*;
+    use ryw::session::{SessionId, SessionState};
+    use ryw::signing::{KeyRing, SigningKey, TokenAuthority, VerifyError};
+    use ryw::token::SessionToken;
+    use std::time::Duration;
+
+    const T0: u64 = 1_790_000_000;
+    const TTL: u64 = 1_000;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Issue a token for session `s` to principal `p` at `T0 + at`.
+        Issue {
+            s: u8,
+            p: Option<u8>,
+            at: u64,
+        },
+        /// Verify token `t` (an index into those issued) presented by `p` at `T0 + at`.
+        Verify {
+            t: usize,
+            p: Option<u8>,
+            at: u64,
+        },
+        /// Verify token `t` with byte `i` replaced.
+        Tamper {
+            t: usize,
+            i: usize,
+            c: u8,
+        },
+        RevokeSession(u8),
+        RestoreSession(u8),
+        RevokeBefore(u64),
+        /// Rotate to key `id` (secret `secret`).
+        Rotate {
+            id: u8,
+            secret: u8,
+        },
+        Retire(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let p = proptest::option::of(0u8..3);
+        prop_oneof![
+            4 => (0u8..4, p.clone(), 0u64..3 * TTL).prop_map(|(s, p, at)| Op::Issue { s, p, at }),
+            8 => (any::<usize>(), p, 0u64..3 * TTL).prop_map(|(t, p, at)| Op::Verify { t, p, at }),
+            1 => (any::<usize>(), any::<usize>(), any::<u8>()).prop_map(|(t, i, c)| Op::Tamper { t, i, c }),
+            1 => (0u8..4).prop_map(Op::RevokeSession),
+            1 => (0u8..4).prop_map(Op::RestoreSession),
+            1 => (0u64..3 * TTL).prop_map(Op::RevokeBefore),
+            1 => (1u8..4, 0u8..3).prop_map(|(id, secret)| Op::Rotate { id, secret }),
+            1 => (1u8..4).prop_map(Op::Retire),
+        ]
+    }
+
+    fn authority(cache: usize) -> TokenAuthority {
+        TokenAuthority::builder(KeyRing::new(SigningKey::new(1, [1u8; 32]).unwrap()))
+            .ttl(Duration::from_secs(TTL))
+            .leeway(Duration::from_secs(10))
+            .verified_cache(cache)
+            .build()
+    }
+
+    fn principal(p: Option<u8>) -> Option<Vec<u8>> {
+        p.map(|p| format!("user:{p}").into_bytes())
+    }
+
+    fn same(
+        cached: &Result<SessionToken, VerifyError>,
+        reference: &Result<SessionToken, VerifyError>,
+    ) -> bool {
+        match (cached, reference) {
+            (Ok(a), Ok(b)) => {
+                a.state() == b.state()
+                    && a.times() == b.times()
+                    && a.binding() == b.binding()
+                    && a.signature().map(|s| s.key_id) == b.signature().map(|s| s.key_id)
+            }
+            (Err(a), Err(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn a_cached_verification_answers_what_a_full_one_does(
+            capacity in 1usize..6,
+            ops in prop::collection::vec(op(), 1..80),
+        ) {
+            let cached = authority(capacity);
+            let reference = authority(0);
+            let both = [&cached, &reference];
+            let mut tokens: Vec<String> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Issue { s, p, at } => {
+                        let mut state = SessionState::new(SessionId::from_u128(u128::from(s) + 1));
+                        state.next_write((T0 + at) * 1_000_000);
+                        let p = principal(p);
+                        let a = cached.issue_at(&state, p.as_deref(), T0 + at).unwrap();
+                        let b = reference.issue_at(&state, p.as_deref(), T0 + at).unwrap();
+                        prop_assert_eq!(&a, &b, "issuing is deterministic");
+                        tokens.push(a);
+                    }
+                    Op::Verify { t, p, at } if !tokens.is_empty() => {
+                        let token = &tokens[t % tokens.len()];
+                        let p = principal(p);
+                        let a = cached.verify_at(token, p.as_deref(), T0 + at);
+                        let b = reference.verify_at(token, p.as_deref(), T0 + at);
+                        prop_assert!(same(&a, &b), "cached {:?}, reference {:?}", a, b);
+                    }
+                    Op::Tamper { t, i, c } if !tokens.is_empty() => {
+                        let mut bytes = tokens[t % tokens.len()].clone().into_bytes();
+                        let i = i % bytes.len();
+                        bytes[i] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[usize::from(c) % 64];
+                        let text = String::from_utf8(bytes).unwrap();
+                        let a = cached.verify_at(&text, None, T0);
+                        let b = reference.verify_at(&text, None, T0);
+                        prop_assert!(same(&a, &b), "cached {:?}, reference {:?}", a, b);
+                    }
+                    Op::Verify { .. } | Op::Tamper { .. } => {}
+                    Op::RevokeSession(s) => {
+                        for x in both {
+                            x.revocations().unwrap().revoke_session_at(SessionId::from_u128(u128::from(s) + 1), T0);
+                        }
+                    }
+                    Op::RestoreSession(s) => {
+                        for x in both {
+                            x.revocations().unwrap().restore_session(SessionId::from_u128(u128::from(s) + 1));
+                        }
+                    }
+                    Op::RevokeBefore(at) => {
+                        for x in both {
+                            x.revocations().unwrap().revoke_issued_before(T0 + at);
+                        }
+                    }
+                    Op::Rotate { id, secret } => {
+                        for x in both {
+                            let _ = x.rotate(SigningKey::new(id, [secret + 2; 32]).unwrap());
+                        }
+                    }
+                    Op::Retire(id) => {
+                        for x in both {
+                            x.retire(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The verified-token cache of a [`TokenAuthority`](super::TokenAuthority): tokens whose
+//! signature already checked out, by exact text and principal.
+//!
+//! An entry is only ever found for the very string that was verified (or issued), presented by the
+//! very principal it was verified for: a hash picks the slot, the full text and principal are then
+//! compared, so no token can be forged into a hit. What a hit skips is the HMAC and the decoding;
+//! what can change after a token verified is checked again on every hit by the authority: expiry,
+//! not-yet-valid, revocation, and the key ring (an entry remembers the ring generation it was
+//! verified under, and rotation or retirement moves the generation on).
+//!
+//! Bounded by two generations of at most `capacity / 2` entries each: when the young one is full
+//! the old one is dropped, so a hot token survives while cold ones age out, in O(1) per insert.
+
+use crate::token::SessionToken;
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
+
+/// A token that verified: its decoded form, with the scopes unmasked.
+pub(super) struct Verified {
+    encoded: Box<str>,
+    principal: Option<Box<[u8]>>,
+    /// The key ring generation it was verified under.
+    pub(super) generation: u64,
+    pub(super) token: SessionToken,
+}
+
+struct Generations {
+    young: HashMap<u64, Arc<Verified>>,
+    old: HashMap<u64, Arc<Verified>>,
+}
+
+pub(super) struct VerifiedCache {
+    hasher: RandomState,
+    per_generation: usize,
+    maps: Mutex<Generations>,
+}
+
+impl VerifiedCache {
+    /// A cache of at most `capacity` tokens; `None` for a capacity of zero (no cache).
+    pub(super) fn new(capacity: usize) -> Option<Self> {
+        if capacity == 0 {
+            return None;
+        }
+        let per_generation = capacity.div_ceil(2);
+        Some(VerifiedCache {
+            hasher: RandomState::new(),
+            per_generation,
+            maps: Mutex::new(Generations {
+                young: HashMap::new(),
+                old: HashMap::new(),
+            }),
+        })
+    }
+
+    fn slot(&self, encoded: &str, principal: Option<&[u8]>) -> u64 {
+        self.hasher.hash_one((encoded, principal))
+    }
+
+    /// The entry for exactly `encoded` presented by exactly `principal`, if one is held.
+    pub(super) fn get(&self, encoded: &str, principal: Option<&[u8]>) -> Option<Arc<Verified>> {
+        let slot = self.slot(encoded, principal);
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let found = match maps.young.get(&slot) {
+            Some(v) => v.clone(),
+            None => {
+                let v = maps.old.get(&slot)?.clone();
+                // Still in use: keep it through the next turnover.
+                maps.promote(slot, v.clone(), self.per_generation);
+                v
+            }
+        };
+        drop(maps);
+        (*found.encoded == *encoded && found.principal.as_deref() == principal).then_some(found)
+    }
+
+    /// Remembers that `encoded`, presented by `principal`, is `token` under ring `generation`.
+    pub(super) fn insert(
+        &self,
+        encoded: &str,
+        principal: Option<&[u8]>,
+        generation: u64,
+        token: SessionToken,
+    ) {
+        let slot = self.slot(encoded, principal);
+        let entry = Arc::new(Verified {
+            encoded: encoded.into(),
+            principal: principal.map(Into::into),
+            generation,
+            token,
+        });
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        maps.promote(slot, entry, self.per_generation);
+    }
+
+    /// Drops every entry.
+    pub(super) fn clear(&self) {
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        maps.young.clear();
+        maps.old.clear();
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        maps.young.len() + maps.old.len()
+    }
+}
+
+impl Generations {
+    fn promote(&mut self, slot: u64, entry: Arc<Verified>, per_generation: usize) {
+        if self.young.len() >= per_generation && !self.young.contains_key(&slot) {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(slot, entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{SessionId, SessionState};
+
+    fn token(n: u128) -> SessionToken {
+        SessionToken::new(SessionState::new(SessionId::from_u128(n)))
+    }
+
+    #[test]
+    fn exact_text_and_principal_only() {
+        let cache = VerifiedCache::new(8).unwrap();
+        cache.insert("abc", Some(b"alice"), 0, token(1));
+        assert!(cache.get("abc", Some(b"alice")).is_some());
+        assert!(cache.get("abc", Some(b"bob")).is_none());
+        assert!(cache.get("abc", None).is_none());
+        assert!(cache.get("abd", Some(b"alice")).is_none());
+        assert!(cache.get("ab", Some(b"alice")).is_none());
+        cache.clear();
+        assert!(cache.get("abc", Some(b"alice")).is_none());
+    }
+
+    #[test]
+    fn bounded_and_a_hot_entry_survives() {
+        let cache = VerifiedCache::new(100).unwrap();
+        cache.insert("hot", None, 0, token(0));
+        for i in 0..10_000u128 {
+            cache.insert(&format!("cold{i}"), None, 0, token(i));
+            assert!(cache.len() <= 100);
+            assert!(cache.get("hot", None).is_some(), "after {i} inserts");
+        }
+        assert!(VerifiedCache::new(0).is_none());
+    }
+}
