@@ -8,13 +8,14 @@ use crate::{tokens_in, Principal, MAX_TOKENS_PER_REQUEST, REJECTED_HEADER, RESET
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use pin_project::pin_project;
-use ryw::signing::{TokenAuthority, VerifyError};
-use ryw::{InMemorySessionStore, Session, SessionStore};
+use ryw::signing::{now_secs, TokenAuthority, VerifyError};
+use ryw::{InMemorySessionStore, Session, SessionState, SessionStore};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 use tower::{Layer, Service};
 
 /// What the server does with a request whose token does not verify.
@@ -150,14 +151,31 @@ struct Config {
     cookie: Option<CookieConfig>,
     policy: BadTokenPolicy,
     store: Option<Arc<dyn SessionStore>>,
+    /// `None`: half the authority's TTL.
+    renew_after: Option<Duration>,
 }
+
+/// The one token a continued session came with, kept to answer with it again when the request
+/// leaves the session as it found it.
+struct Presented {
+    text: String,
+    state: SessionState,
+    issued_at: u64,
+    expires_at: u64,
+    key_id: u8,
+    from_cookie: bool,
+}
+
+/// A session opened from a request: the session, how it came about, and the token to answer with
+/// if nothing changes.
+type Opened = (Session, TokenStatus, Option<Presented>);
 
 impl Config {
     fn open(
         &self,
         headers: &HeaderMap,
         principal: Option<&Principal>,
-    ) -> Result<(Session, TokenStatus), TokenRejection> {
+    ) -> Result<Opened, TokenRejection> {
         let mut tokens: Vec<&str> = Vec::new();
         for token in tokens_in(headers.get_all(&self.header).iter()) {
             let token = token.map_err(|()| TokenRejection::NotText)?;
@@ -168,26 +186,43 @@ impl Config {
             }
             tokens.push(token);
         }
+        let mut from_cookie = false;
         if tokens.is_empty() {
             if let Some(cookie) = &self.cookie {
                 if let Some(token) = cookie_value(headers, &cookie.name) {
                     tokens.push(token);
+                    from_cookie = true;
                 }
             }
         }
         if tokens.is_empty() {
-            return Ok((Session::new(), TokenStatus::New));
+            return Ok((Session::new(), TokenStatus::New, None));
         }
         let authenticated = principal.is_some();
         let principal = principal.map(Principal::as_bytes);
         let mut states = Vec::with_capacity(tokens.len());
         let mut unbound = false;
-        for token in tokens {
+        let mut presented = None;
+        for text in &tokens {
             let token = self
                 .authority
-                .verify(token, principal)
+                .verify(text, principal)
                 .map_err(TokenRejection::Invalid)?;
             unbound |= token.binding().is_none();
+            if tokens.len() == 1 {
+                if let (Some((issued_at, expires_at)), Some(signature)) =
+                    (token.times(), token.signature())
+                {
+                    presented = Some(Presented {
+                        text: (*text).to_owned(),
+                        state: token.state().clone(),
+                        issued_at,
+                        expires_at,
+                        key_id: signature.key_id,
+                        from_cookie,
+                    });
+                }
+            }
             states.push(token.into_state());
         }
         let one_id = states.iter().all(|s| s.id() == states[0].id());
@@ -206,7 +241,7 @@ impl Config {
                     session.absorb(&seen);
                 }
             }
-            return Ok((session, TokenStatus::Cycled));
+            return Ok((session, TokenStatus::Cycled, None));
         }
         let mut states = states.into_iter();
         let session = Session::from_state(states.next().expect("at least one token"));
@@ -218,7 +253,22 @@ impl Config {
                 session.merge(&seen);
             }
         }
-        Ok((session, TokenStatus::Continued))
+        Ok((session, TokenStatus::Continued, presented))
+    }
+
+    /// Whether the token a request came with can answer it again: the session is exactly what the
+    /// token says, the token is signed with the current key, and it is younger than the renewal
+    /// age (sliding expiry renews it past that).
+    fn still_good(&self, presented: &Presented, state: &SessionState) -> bool {
+        let renew_after = self
+            .renew_after
+            .unwrap_or(self.authority.ttl() / 2)
+            .as_secs();
+        presented.state == *state
+            // A version 1 token carries no session start; re-issuing it records one.
+            && state.started_at() != 0
+            && presented.key_id == self.authority.current_key_id()
+            && now_secs() < presented.issued_at.saturating_add(renew_after)
     }
 
     fn finish<B>(
@@ -226,6 +276,7 @@ impl Config {
         session: &Session,
         principal: Option<&Principal>,
         status: &TokenStatus,
+        presented: Option<Presented>,
         response: &mut Response<B>,
     ) {
         if let Some(store) = &self.store {
@@ -239,24 +290,27 @@ impl Config {
             store.save(&state);
         }
         let headers = response.headers_mut();
+        if let TokenStatus::Reset { code } = status {
+            headers.insert(RESET_HEADER, HeaderValue::from_static(code));
+        }
+        if let Some(presented) = presented.filter(|p| self.still_good(p, &state)) {
+            // Nothing to re-sign: the client's token still says everything. It goes back in the
+            // header, as every response's token does; a cookie it came in stays as it is.
+            if let Ok(v) = HeaderValue::from_str(&presented.text) {
+                headers.insert(self.header.clone(), v);
+            }
+            if !presented.from_cookie {
+                let left = presented.expires_at.saturating_sub(now_secs());
+                self.set_cookie(headers, &presented.text, left);
+            }
+            return;
+        }
         match self
             .authority
             .issue(&state, principal.map(Principal::as_bytes))
         {
             Ok(token) => {
-                if let Some(cookie) = &self.cookie {
-                    let mut value = format!(
-                        "{}={token}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
-                        cookie.name,
-                        self.authority.ttl().as_secs()
-                    );
-                    if cookie.secure {
-                        value.push_str("; Secure");
-                    }
-                    if let Ok(v) = HeaderValue::from_str(&value) {
-                        headers.append(SET_COOKIE, v);
-                    }
-                }
+                self.set_cookie(headers, &token, self.authority.ttl().as_secs());
                 if let Ok(v) = HeaderValue::from_str(&token) {
                     headers.insert(self.header.clone(), v);
                 }
@@ -265,8 +319,21 @@ impl Config {
                 tracing::warn!(target: "ryw::http", error = %e, "could not issue a session token");
             }
         }
-        if let TokenStatus::Reset { code } = status {
-            headers.insert(RESET_HEADER, HeaderValue::from_static(code));
+    }
+
+    /// Sets the cookie to `token` for `max_age` seconds, when the cookie transport is on.
+    fn set_cookie(&self, headers: &mut HeaderMap, token: &str, max_age: u64) {
+        if let Some(cookie) = &self.cookie {
+            let mut value = format!(
+                "{}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax",
+                cookie.name,
+            );
+            if cookie.secure {
+                value.push_str("; Secure");
+            }
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.append(SET_COOKIE, v);
+            }
         }
     }
 }
@@ -321,6 +388,7 @@ impl ServerSessionLayer {
                 header: HeaderName::from_static(crate::DEFAULT_HEADER),
                 cookie: None,
                 policy: BadTokenPolicy::Reject,
+                renew_after: None,
                 store: Some(Arc::new(
                     InMemorySessionStore::builder()
                         .max_sessions(100_000)
@@ -369,6 +437,20 @@ impl ServerSessionLayer {
     /// (default: an in-memory store of 100,000 sessions).
     pub fn session_store(mut self, store: Arc<dyn SessionStore>) -> Self {
         self.config().store = Some(store);
+        self
+    }
+
+    /// How old a token may be before a request that leaves its session unchanged gets a new one
+    /// (default: half the authority's TTL).
+    ///
+    /// A request that changes nothing (no write, nothing newer observed, nothing merged) is
+    /// answered with the very token it came with: no signature is computed, and a cookie is left
+    /// as it is. Past this age the token is re-issued with a fresh expiry, as sliding-session
+    /// cookies renew, so a client that keeps coming back keeps its session; a client that goes
+    /// idle keeps it for at least the TTL minus this age. A token signed by a key that is no
+    /// longer the current one is always re-issued. `Duration::ZERO` re-issues on every response.
+    pub fn renew_after(mut self, age: Duration) -> Self {
+        self.config().renew_after = Some(age);
         self
     }
 
@@ -441,7 +523,10 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let principal = request.extensions().get::<Principal>().cloned();
-        let (session, status) = match self.config.open(request.headers(), principal.as_ref()) {
+        let (session, status, presented) = match self
+            .config
+            .open(request.headers(), principal.as_ref())
+        {
             Ok(opened) => opened,
             Err(rejection) => {
                 tracing::debug!(target: "ryw::http", code = rejection.code(), "bad session token");
@@ -481,6 +566,7 @@ where
                         TokenStatus::Reset {
                             code: rejection.code(),
                         },
+                        None,
                     ),
                 }
             }
@@ -497,6 +583,7 @@ where
                     session,
                     principal,
                     status,
+                    presented,
                     config: self.config.clone(),
                 }),
             },
@@ -508,6 +595,7 @@ struct Finish {
     session: Session,
     principal: Option<Principal>,
     status: TokenStatus,
+    presented: Option<Presented>,
     config: Arc<Config>,
 }
 
@@ -550,8 +638,13 @@ where
             KindProj::Inner { future, finish } => {
                 let mut response = ready!(future.poll(cx))?;
                 if let Some(f) = finish.take() {
-                    f.config
-                        .finish(&f.session, f.principal.as_ref(), &f.status, &mut response);
+                    f.config.finish(
+                        &f.session,
+                        f.principal.as_ref(),
+                        &f.status,
+                        f.presented,
+                        &mut response,
+                    );
                 }
                 Poll::Ready(Ok(response))
             }
@@ -696,6 +789,182 @@ mod tests {
             response.body().contains("token_not_text"),
             "{}",
             response.body()
+        );
+    }
+
+    /// A handler that advances the session by `?advance` (a write), or leaves it alone.
+    async fn maybe_write(
+        request: Request<String>,
+    ) -> Result<Response<String>, std::convert::Infallible> {
+        let session = request.extensions().get::<Session>().unwrap();
+        if request.uri().query() == Some("advance") {
+            session.with_state(|s| s.next_write(ryw::signing::now_secs() * 1_000_000));
+        }
+        Ok(Response::new(String::new()))
+    }
+
+    fn header_token<B>(response: &Response<B>) -> String {
+        response.headers()[crate::DEFAULT_HEADER]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn call_with(token: Option<&str>, uri: &str) -> Request<String> {
+        let mut request = Request::builder().uri(uri);
+        if let Some(token) = token {
+            request = request.header(crate::DEFAULT_HEADER, token);
+        }
+        request.body(String::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_session_gets_its_own_token_back_and_a_changed_one_a_new_token() {
+        let authority = Arc::new(TokenAuthority::new(SigningKey::new(1, [3u8; 32]).unwrap()));
+        let service = ServerSessionLayer::new(authority.clone()).layer(service_fn(maybe_write));
+        // Issued ten seconds ago, so a re-issued token could not be the same text.
+        let token = authority
+            .issue_at(
+                &Session::new().snapshot(),
+                None,
+                ryw::signing::now_secs() - 10,
+            )
+            .unwrap();
+
+        // Nothing changed: the very same text comes back (no signature computed).
+        let again = service
+            .clone()
+            .oneshot(call_with(Some(&token), "/"))
+            .await
+            .unwrap();
+        assert_eq!(header_token(&again), token);
+
+        // A write: a new token, which carries it.
+        let wrote = service
+            .clone()
+            .oneshot(call_with(Some(&token), "/?advance"))
+            .await
+            .unwrap();
+        let advanced = header_token(&wrote);
+        assert_ne!(advanced, token);
+        let state = authority.verify(&advanced, None).unwrap().into_state();
+        assert_eq!(state.write_seq(), 1);
+
+        // The old token again, at the same instance: the session store holds the write, so the
+        // session is not what the old token says, and the answer is a new token carrying it.
+        let stale = service
+            .clone()
+            .oneshot(call_with(Some(&token), "/"))
+            .await
+            .unwrap();
+        let merged = header_token(&stale);
+        assert_ne!(merged, token, "the old token must not come back");
+        let state = authority.verify(&merged, None).unwrap().into_state();
+        assert_eq!(
+            state.write_seq(),
+            1,
+            "the write made at this instance is kept"
+        );
+
+        // Re-issuing on every response when asked to.
+        let always = ServerSessionLayer::new(authority.clone())
+            .renew_after(Duration::ZERO)
+            .layer(service_fn(maybe_write));
+        let reissued = always.oneshot(call_with(Some(&merged), "/")).await.unwrap();
+        // Issued within the same second, a re-issued token may be byte-identical; what must hold
+        // is that it verifies and says the same.
+        let again = authority.verify(&header_token(&reissued), None).unwrap();
+        assert_eq!(again.state(), &state);
+    }
+
+    #[tokio::test]
+    async fn an_old_token_or_one_of_a_previous_key_is_renewed() {
+        let authority = Arc::new(TokenAuthority::new(SigningKey::new(1, [3u8; 32]).unwrap()));
+        let service = ServerSessionLayer::new(authority.clone())
+            .renew_after(Duration::from_secs(100))
+            .layer(service_fn(maybe_write));
+        let now = ryw::signing::now_secs();
+        let state = Session::new().snapshot();
+
+        let young = authority.issue_at(&state, None, now - 90).unwrap();
+        let kept = service
+            .clone()
+            .oneshot(call_with(Some(&young), "/"))
+            .await
+            .unwrap();
+        assert_eq!(header_token(&kept), young);
+
+        let old = authority.issue_at(&state, None, now - 110).unwrap();
+        let renewed = service
+            .clone()
+            .oneshot(call_with(Some(&old), "/"))
+            .await
+            .unwrap();
+        let renewed = authority.verify(&header_token(&renewed), None).unwrap();
+        assert!(renewed.times().unwrap().0 >= now, "a fresh expiry");
+        assert_eq!(renewed.state().id(), state.id());
+
+        authority
+            .rotate(SigningKey::new(2, [4u8; 32]).unwrap())
+            .unwrap();
+        let previous_key = service
+            .clone()
+            .oneshot(call_with(Some(&young), "/"))
+            .await
+            .unwrap();
+        let token = authority
+            .verify(&header_token(&previous_key), None)
+            .unwrap();
+        assert_eq!(token.signature().unwrap().key_id, 2);
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_cookie_is_left_alone_and_a_header_token_sets_what_is_left_of_it() {
+        let (layer, authority) = layer();
+        let service = layer
+            .renew_after(Duration::from_secs(1_000))
+            .layer(service_fn(maybe_write));
+        let now = ryw::signing::now_secs();
+        let token = authority
+            .issue_at(&Session::new().snapshot(), None, now - 100)
+            .unwrap();
+        let request = Request::builder()
+            .header(COOKIE, format!("sid={token}"))
+            .body(String::new())
+            .unwrap();
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert!(response.headers().get(SET_COOKIE).is_none());
+        assert_eq!(
+            header_token(&response),
+            token,
+            "the header still carries it"
+        );
+
+        // The same token in the header with the cookie transport on: the cookie is set to it,
+        // for what is left of its life (not a full TTL).
+        let response = service
+            .clone()
+            .oneshot(call_with(Some(&token), "/"))
+            .await
+            .unwrap();
+        let set_cookie = response.headers()[SET_COOKIE].to_str().unwrap();
+        assert!(
+            set_cookie.starts_with(&format!("sid={token};")),
+            "{set_cookie}"
+        );
+        let max_age: u64 = set_cookie
+            .split("Max-Age=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ttl = authority.ttl().as_secs();
+        assert!(
+            max_age <= ttl - 100 && max_age + 5 >= ttl - 100,
+            "{max_age}"
         );
     }
 

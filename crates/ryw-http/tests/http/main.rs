@@ -476,3 +476,35 @@ async fn an_anonymous_session_meeting_a_user_moves_to_a_new_id() {
         .into_state();
     assert_eq!(continued.id(), merged.id());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_changes_nothing_keeps_its_token_and_a_cached_token_is_still_revocable() {
+    let d = deploy(BadTokenPolicy::Reject).await;
+    let mut client = http();
+    let wrote = send(&mut client, put(d.a, "1", 5)).await;
+    assert_eq!(wrote.status, 200, "{}", wrote.body);
+    let token = token_of(&wrote);
+
+    // Reads at the instance that wrote: the session learns nothing new, and the token it came
+    // with is the one it leaves with (verified once, then from the cache; never re-signed).
+    for _ in 0..3 {
+        let read = send(&mut client, with_token(get(d.a, "1"), &token)).await;
+        assert_eq!(read.status, 200, "{}", read.body);
+        assert!(read.body.starts_with("{\"value\":5,"), "{}", read.body);
+        assert_eq!(token_of(&read), token, "unchanged session, same token");
+    }
+    // A write moves it on.
+    let wrote = send(&mut client, with_token(put(d.a, "2", 6), &token)).await;
+    assert_ne!(token_of(&wrote), token);
+
+    // Revoked at A: the very text A verified (and cached) is refused from then on.
+    d.authority_a
+        .revocations()
+        .unwrap()
+        .revoke_session(d.authority_a.verify(&token, None).unwrap().state().id());
+    let refused = send(&mut client, with_token(get(d.a, "1"), &token)).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert!(refused.body.contains("token_revoked"), "{}", refused.body);
+    let refused = send(&mut client, with_token(get(d.a, "1"), &token_of(&wrote))).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+}
