@@ -612,6 +612,9 @@ impl<F, B> fmt::Debug for ResponseFuture<F, B> {
     }
 }
 
+// The large variant is the common one (every served request); boxing it would put an allocation
+// on every request to shrink the rare rejection.
+#[allow(clippy::large_enum_variant)]
 #[pin_project(project = KindProj)]
 enum Kind<F, B> {
     Rejected {
