@@ -83,6 +83,19 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Forgets `id`. Returns whether it was stored.
     fn remove(&self, id: SessionId) -> bool;
+
+    /// Brings `state` and the stored state of its session together: `state` takes in what the
+    /// store holds of it (pointwise maximum), and the store keeps the result. What a request does
+    /// when it starts and when it ends, in one call.
+    ///
+    /// The default loads, merges and saves; [`InMemorySessionStore`] does it under one lock and,
+    /// when the stored state is already what `state` says, without building or copying a state.
+    fn sync(&self, state: &mut SessionState) {
+        if let Some(seen) = self.load(state.id()) {
+            state.merge(&seen);
+        }
+        self.save(state);
+    }
 }
 
 #[derive(Default)]
@@ -129,6 +142,78 @@ struct Spill {
 }
 
 impl Record {
+    /// Whether merging this record into `state` leaves `state` as it is (a conservative answer:
+    /// `false` only costs the slow path).
+    fn dominated_by(&self, state: &SessionState) -> bool {
+        if self.write_seq > state.write_seq() || self.clock > state.clock().get() {
+            return false;
+        }
+        let v = state.vector();
+        // What `VersionVector::advance` does with an entry: nothing when the exact entry is at
+        // least as large, or when there is none and the store's horizon implies it.
+        let implied = |scope: ScopeKey, version: Version| match v.get(scope) {
+            Some(held) => held >= version,
+            None => v
+                .horizon(scope.store())
+                .is_some_and(|h| h.version >= version),
+        };
+        match &self.data {
+            Data::Empty => true,
+            Data::One(scope, version) => {
+                implied(ScopeKey::from_bits(*scope), Version::new(*version))
+            }
+            Data::Many(spill) => {
+                spill.entries.iter().all(|e| implied(e.scope, e.version))
+                    && spill.horizons.iter().all(|h| {
+                        v.horizon(h.store)
+                            .is_some_and(|held| held.version >= h.version)
+                    })
+                    && spill.contexts.iter().all(|c| {
+                        state
+                            .context(c.store)
+                            .is_some_and(|held| held.version >= c.version)
+                    })
+            }
+        }
+    }
+
+    /// Whether this record says exactly what `state` says (its start time aside, which records do
+    /// not keep).
+    fn same_as(&self, state: &SessionState) -> bool {
+        let v = state.vector();
+        if self.write_seq != state.write_seq() || self.clock != state.clock().get() {
+            return false;
+        }
+        match &self.data {
+            Data::Empty => {
+                v.is_empty() && v.horizons().next().is_none() && state.contexts().is_empty()
+            }
+            Data::One(scope, version) => {
+                v.len() == 1
+                    && v.horizons().next().is_none()
+                    && state.contexts().is_empty()
+                    && v.get(ScopeKey::from_bits(*scope)) == Some(Version::new(*version))
+            }
+            Data::Many(spill) => {
+                spill.entries.len() == v.len()
+                    && spill
+                        .entries
+                        .iter()
+                        .all(|e| v.get(e.scope) == Some(e.version))
+                    && spill.horizons.len() == v.horizons().count()
+                    && spill
+                        .horizons
+                        .iter()
+                        .all(|h| v.horizon(h.store) == Some(*h))
+                    && spill.contexts.len() == state.contexts().len()
+                    && spill
+                        .contexts
+                        .iter()
+                        .all(|c| state.context(c.store) == Some(c))
+            }
+        }
+    }
+
     fn from_state(state: &SessionState, now: u32) -> Self {
         let vector = state.vector();
         let data = if vector.is_empty() && state.contexts().is_empty() {
@@ -397,6 +482,43 @@ impl SessionStore for InMemorySessionStore {
     fn remove(&self, id: SessionId) -> bool {
         let mut shard = self.shard(id);
         shard.young.remove(&id).is_some() | shard.old.remove(&id).is_some()
+    }
+
+    fn sync(&self, state: &mut SessionState) {
+        let now = self.now();
+        let id = state.id();
+        let mut shard = self.shard(id);
+        if let Some(r) = shard.young.get_mut(&id) {
+            if self.expired(r, now) {
+                *r = Record::from_state(state, now);
+            } else if r.dominated_by(state) {
+                // Nothing to take in; store the state only if it says more.
+                if r.same_as(state) {
+                    r.last_used = now;
+                } else {
+                    *r = Record::from_state(state, now);
+                }
+            } else {
+                // As load, merge, save: each side takes in the other (a bounded set of store
+                // contexts keeps its own first, so the two may differ when it overflows).
+                let mut stored = r.to_state(id);
+                state.merge(&stored);
+                stored.merge(state);
+                *r = Record::from_state(&stored, now);
+            }
+            return;
+        }
+        let record = match shard.old.remove(&id) {
+            Some(old) if !self.expired(&old, now) && !old.dominated_by(state) => {
+                let mut stored = old.to_state(id);
+                state.merge(&stored);
+                stored.merge(state);
+                Record::from_state(&stored, now)
+            }
+            _ => Record::from_state(state, now),
+        };
+        self.rotate_if_needed(&mut shard, now);
+        shard.young.insert(id, record);
     }
 }
 

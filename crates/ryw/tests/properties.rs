@@ -476,3 +476,120 @@ mod verified_cache {
         }
     }
 }
+
+mod session_store_sync {
+    //! `InMemorySessionStore::sync` (one lock, no copy when nothing changes) keeps what load,
+    //! merge, save promise.
+
+    use proptest::prelude::*;
+    use ryw::clock::HybridTimestamp;
+    use ryw::session::{SessionId, SessionState, StoreContext};
+    use ryw::store::{InMemorySessionStore, SessionStore};
+    use ryw::version::{ScopeKey, StoreId, Version, VersionVector};
+    use std::collections::HashMap;
+
+    #[derive(Clone, Debug)]
+    struct Shape {
+        session: u8,
+        write_seq: u64,
+        clock: u64,
+        cap: usize,
+        entries: Vec<(u8, u8, u64)>,
+        contexts: Vec<(u8, u64)>,
+    }
+
+    fn shape() -> impl Strategy<Value = Shape> {
+        (
+            0u8..3,
+            0u64..4,
+            0u64..4,
+            1usize..5,
+            prop::collection::vec((1u8..3, 0u8..6, 0u64..5), 0..7),
+            // Two stores: a session holds at most `MAX_CONTEXTS` (2) contexts, first come first kept.
+            prop::collection::vec((1u8..3, 0u64..3), 0..3),
+        )
+            .prop_map(
+                |(session, write_seq, clock, cap, entries, contexts)| Shape {
+                    session,
+                    write_seq,
+                    clock,
+                    cap,
+                    entries,
+                    contexts,
+                },
+            )
+    }
+
+    fn build(shape: &Shape) -> SessionState {
+        let mut v = VersionVector::with_cap(shape.cap);
+        for &(store, n, version) in &shape.entries {
+            v.advance(
+                ScopeKey::from_hash(StoreId::new(store), u64::from(n)),
+                Version::new(version),
+            );
+        }
+        let mut s = SessionState::from_parts(
+            SessionId::from_u128(u128::from(shape.session) + 1),
+            shape.write_seq,
+            HybridTimestamp::new(shape.clock),
+            v,
+        );
+        for &(store, version) in &shape.contexts {
+            s.advance_context(StoreContext {
+                store: StoreId::new(store),
+                version: Version::new(version),
+                bytes: vec![store; usize::from(store)].into(),
+            });
+        }
+        s
+    }
+
+    proptest! {
+        /// What a request relies on: after `sync`, its state implies everything it had and
+        /// everything the store held of its session; the store then holds everything ever synced
+        /// (a bounded vector may coarsen, so "implies", not "equals"); and repeated syncs with
+        /// nothing new settle, then change nothing (the path that copies nothing).
+        #[test]
+        fn sync_loses_nothing_and_settles(
+            cap in 1usize..5,
+            shapes in prop::collection::vec(shape(), 1..30),
+        ) {
+            let fast = InMemorySessionStore::default();
+            let mut everything: HashMap<SessionId, VersionVector> = HashMap::new();
+            for shape in &shapes {
+                // One cap for every state of a session, as a deployment has.
+                let input = build(&Shape { cap, ..shape.clone() });
+                let before = fast.load(input.id());
+                let mut state = input.clone();
+                fast.sync(&mut state);
+
+                prop_assert!(state.dominates(&input), "lost what it had: {:?} -> {:?}", input, state);
+                if let Some(before) = &before {
+                    prop_assert!(state.dominates(before), "lost what was stored: {:?} -> {:?}", before, state);
+                }
+                let all = everything.entry(input.id()).or_insert_with(|| VersionVector::with_cap(64));
+                all.merge(input.vector());
+                let stored = fast.load(input.id()).unwrap();
+                prop_assert!(stored.vector().dominates(all), "the store forgot: {:?} vs {:?}", stored, all);
+                prop_assert!(stored.dominates(&state), "the store holds less than the request: {:?} vs {:?}", stored, state);
+
+                // Coarsening is by recency, which a stored record does not keep, so the store and
+                // the request may coarsen a union differently: a sync may still tighten the state.
+                // Requirements only rise, so it settles, and then sync changes nothing.
+                let mut settled = state.clone();
+                let mut rounds = 0;
+                loop {
+                    let mut again = settled.clone();
+                    fast.sync(&mut again);
+                    if again == settled {
+                        break;
+                    }
+                    prop_assert!(again.dominates(&settled));
+                    settled = again;
+                    rounds += 1;
+                    prop_assert!(rounds < 8, "sync does not settle");
+                }
+            }
+        }
+    }
+}
