@@ -9,7 +9,7 @@ use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use pin_project::pin_project;
 use ryw::signing::{now_secs, TokenAuthority, VerifyError};
-use ryw::{InMemorySessionStore, Session, SessionState, SessionStore};
+use ryw::{InMemorySessionStore, Session, SessionState, SessionStore, SessionToken};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -158,12 +158,16 @@ struct Config {
 /// The one token a continued session came with, kept to answer with it again when the request
 /// leaves the session as it found it.
 struct Presented {
-    text: String,
-    state: SessionState,
+    /// The token as a header value (the request's own, shared, when it came alone in the header).
+    value: HeaderValue,
+    /// The verified token, shared with the authority's cache.
+    token: Arc<SessionToken>,
     issued_at: u64,
     expires_at: u64,
     key_id: u8,
     from_cookie: bool,
+    /// When the request was opened (seconds since the Unix epoch): one clock read per request.
+    now: u64,
 }
 
 /// A session opened from a request: the session, how it came about, and the token to answer with
@@ -176,53 +180,84 @@ impl Config {
         headers: &HeaderMap,
         principal: Option<&Principal>,
     ) -> Result<Opened, TokenRejection> {
-        let mut tokens: Vec<&str> = Vec::new();
+        let now = now_secs();
+        let mut tokens: [&str; MAX_TOKENS_PER_REQUEST] = [""; MAX_TOKENS_PER_REQUEST];
+        let mut count = 0;
         for token in tokens_in(headers.get_all(&self.header).iter()) {
             let token = token.map_err(|()| TokenRejection::NotText)?;
-            if tokens.len() == MAX_TOKENS_PER_REQUEST {
+            if count == MAX_TOKENS_PER_REQUEST {
                 return Err(TokenRejection::TooMany {
                     count: MAX_TOKENS_PER_REQUEST + 1,
                 });
             }
-            tokens.push(token);
+            tokens[count] = token;
+            count += 1;
         }
         let mut from_cookie = false;
-        if tokens.is_empty() {
+        if count == 0 {
             if let Some(cookie) = &self.cookie {
                 if let Some(token) = cookie_value(headers, &cookie.name) {
-                    tokens.push(token);
+                    tokens[0] = token;
+                    count = 1;
                     from_cookie = true;
                 }
             }
         }
-        if tokens.is_empty() {
-            return Ok((Session::new(), TokenStatus::New, None));
-        }
+        let tokens = &tokens[..count];
         let authenticated = principal.is_some();
         let principal = principal.map(Principal::as_bytes);
-        let mut states = Vec::with_capacity(tokens.len());
-        let mut unbound = false;
-        let mut presented = None;
-        for text in &tokens {
+        if let [text] = tokens {
+            // The common case: one token.
             let token = self
                 .authority
-                .verify(text, principal)
+                .verify_shared_at(text, principal, now)
                 .map_err(TokenRejection::Invalid)?;
-            unbound |= token.binding().is_none();
-            if tokens.len() == 1 {
-                if let (Some((issued_at, expires_at)), Some(signature)) =
-                    (token.times(), token.signature())
-                {
-                    presented = Some(Presented {
-                        text: (*text).to_owned(),
-                        state: token.state().clone(),
+            if authenticated && token.binding().is_none() {
+                let state = token.state().clone();
+                return Ok((self.cycle(&[state]), TokenStatus::Cycled, None));
+            }
+            let presented = match (token.times(), token.signature()) {
+                (Some((issued_at, expires_at)), Some(signature)) => {
+                    // The request's own header value when it is exactly the token: no copy.
+                    let value = match headers.get(&self.header) {
+                        Some(v) if !from_cookie && v.as_bytes() == text.as_bytes() => {
+                            Some(v.clone())
+                        }
+                        _ => HeaderValue::from_str(text).ok(),
+                    };
+                    value.map(|value| Presented {
+                        value,
+                        token: token.clone(),
                         issued_at,
                         expires_at,
                         key_id: signature.key_id,
                         from_cookie,
-                    });
+                        now,
+                    })
                 }
+                _ => None,
+            };
+            let mut state = token.state().clone();
+            if let Some(store) = &self.store {
+                store.sync(&mut state);
             }
+            return Ok((
+                Session::from_state(state),
+                TokenStatus::Continued,
+                presented,
+            ));
+        }
+        if tokens.is_empty() {
+            return Ok((Session::new(), TokenStatus::New, None));
+        }
+        let mut states = Vec::with_capacity(tokens.len());
+        let mut unbound = false;
+        for text in tokens {
+            let token = self
+                .authority
+                .verify_at(text, principal, now)
+                .map_err(TokenRejection::Invalid)?;
+            unbound |= token.binding().is_none();
             states.push(token.into_state());
         }
         let one_id = states.iter().all(|s| s.id() == states[0].id());
@@ -232,28 +267,31 @@ impl Config {
         // one request continues at most one session id: tokens of several sessions move to a new
         // one too.
         if !one_id || (authenticated && unbound) {
-            // The new session is as old as the oldest it absorbs (`SessionState::absorb`), so an
-            // epoch revocation that covers any of them covers it too.
-            let session = Session::new();
-            for state in &states {
-                session.absorb(state);
-                if let Some(seen) = self.store.as_ref().and_then(|s| s.load(state.id())) {
-                    session.absorb(&seen);
-                }
-            }
-            return Ok((session, TokenStatus::Cycled, None));
+            return Ok((self.cycle(&states), TokenStatus::Cycled, None));
         }
         let mut states = states.into_iter();
-        let session = Session::from_state(states.next().expect("at least one token"));
-        for state in states {
-            session.merge(&state);
+        let mut state = states.next().expect("at least two tokens");
+        for other in states {
+            state.merge(&other);
         }
         if let Some(store) = &self.store {
-            if let Some(seen) = store.load(session.id()) {
-                session.merge(&seen);
+            store.sync(&mut state);
+        }
+        Ok((Session::from_state(state), TokenStatus::Continued, None))
+    }
+
+    /// A new session id that takes in `states` and what this instance holds of them. The new
+    /// session is as old as the oldest it absorbs (`SessionState::absorb`), so an epoch
+    /// revocation that covers any of them covers it too.
+    fn cycle(&self, states: &[SessionState]) -> Session {
+        let session = Session::new();
+        for state in states {
+            session.absorb(state);
+            if let Some(seen) = self.store.as_ref().and_then(|s| s.load(state.id())) {
+                session.absorb(&seen);
             }
         }
-        Ok((session, TokenStatus::Continued, presented))
+        session
     }
 
     /// Whether the token a request came with can answer it again: the session is exactly what the
@@ -264,11 +302,11 @@ impl Config {
             .renew_after
             .unwrap_or(self.authority.ttl() / 2)
             .as_secs();
-        presented.state == *state
+        presented.token.state() == state
             // A version 1 token carries no session start; re-issuing it records one.
             && state.started_at() != 0
             && presented.key_id == self.authority.current_key_id()
-            && now_secs() < presented.issued_at.saturating_add(renew_after)
+            && presented.now < presented.issued_at.saturating_add(renew_after)
     }
 
     fn finish<B>(
@@ -279,32 +317,37 @@ impl Config {
         presented: Option<Presented>,
         response: &mut Response<B>,
     ) {
-        if let Some(store) = &self.store {
-            // What a concurrent request of the session left here since this one started.
-            if let Some(seen) = store.load(session.id()) {
-                session.merge(&seen);
+        // What a concurrent request of the session left here since this one started comes in,
+        // and what this one did is kept; then either the token it came with still says it all,
+        // or the state is copied out to be signed.
+        let outcome = session.with_state(|state| {
+            if let Some(store) = &self.store {
+                store.sync(state);
             }
-        }
-        let state = session.snapshot();
-        if let Some(store) = &self.store {
-            store.save(&state);
-        }
+            match presented {
+                Some(p) if self.still_good(&p, state) => Ok(p),
+                _ => Err(state.clone()),
+            }
+        });
         let headers = response.headers_mut();
         if let TokenStatus::Reset { code } = status {
             headers.insert(RESET_HEADER, HeaderValue::from_static(code));
         }
-        if let Some(presented) = presented.filter(|p| self.still_good(p, &state)) {
-            // Nothing to re-sign: the client's token still says everything. It goes back in the
-            // header, as every response's token does; a cookie it came in stays as it is.
-            if let Ok(v) = HeaderValue::from_str(&presented.text) {
-                headers.insert(self.header.clone(), v);
+        let state = match outcome {
+            Ok(presented) => {
+                // Nothing to re-sign: the client's token still says everything. It goes back in
+                // the header, as every response's token does; a cookie it came in stays as it is.
+                if !presented.from_cookie {
+                    if let Ok(text) = presented.value.to_str() {
+                        let left = presented.expires_at.saturating_sub(presented.now);
+                        self.set_cookie(headers, text, left);
+                    }
+                }
+                headers.insert(self.header.clone(), presented.value);
+                return;
             }
-            if !presented.from_cookie {
-                let left = presented.expires_at.saturating_sub(now_secs());
-                self.set_cookie(headers, &presented.text, left);
-            }
-            return;
-        }
+            Err(state) => state,
+        };
         match self
             .authority
             .issue(&state, principal.map(Principal::as_bytes))

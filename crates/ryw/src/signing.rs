@@ -65,7 +65,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -492,6 +492,8 @@ pub struct TokenAuthority {
     keys: RwLock<KeyRing>,
     /// Moves on at every rotation and retirement, so the cache never answers for an old ring.
     ring_generation: AtomicU64,
+    /// The signing key's id, readable without the ring's lock.
+    current_id: AtomicU8,
     ttl: Duration,
     leeway: Duration,
     revocations: Arc<dyn RevocationList>,
@@ -569,6 +571,7 @@ impl TokenAuthorityBuilder {
             }
         };
         TokenAuthority {
+            current_id: AtomicU8::new(self.keys.current_id()),
             keys: RwLock::new(self.keys),
             ring_generation: AtomicU64::new(0),
             ttl: self.ttl,
@@ -613,6 +616,7 @@ impl TokenAuthority {
     pub fn rotate(&self, key: SigningKey) -> Result<(), KeyError> {
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
         keys.rotate(key)?;
+        self.current_id.store(keys.current_id(), Ordering::Release);
         self.ring_changed();
         Ok(())
     }
@@ -638,10 +642,7 @@ impl TokenAuthority {
 
     /// The id of the key new tokens are signed with.
     pub fn current_key_id(&self) -> u8 {
-        self.keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .current_id()
+        self.current_id.load(Ordering::Acquire)
     }
 
     /// The ids of the keys that verify, the signing key first.
@@ -689,7 +690,7 @@ impl TokenAuthority {
             if let Ok(mut token) = SessionToken::from_bytes(&bytes) {
                 token.unmask_scopes(&key.scopes);
                 let generation = self.ring_generation.load(Ordering::Acquire);
-                cache.insert(&encoded, principal, generation, token);
+                cache.insert(&encoded, principal, generation, Arc::new(token));
             }
         }
         drop(keys);
@@ -713,6 +714,18 @@ impl TokenAuthority {
         principal: Option<&[u8]>,
         now: u64,
     ) -> Result<SessionToken, VerifyError> {
+        self.verify_shared_at(encoded, principal, now)
+            .map(Arc::unwrap_or_clone)
+    }
+
+    /// [`TokenAuthority::verify_at`], answering with the token as the verified-token cache holds
+    /// it (no copy). For a caller that only looks at the token, or keeps it to compare with later.
+    pub fn verify_shared_at(
+        &self,
+        encoded: &str,
+        principal: Option<&[u8]>,
+        now: u64,
+    ) -> Result<Arc<SessionToken>, VerifyError> {
         if let Some(cache) = &self.cache {
             if let Some(hit) = cache.get(encoded, principal) {
                 if hit.generation == self.ring_generation.load(Ordering::Acquire) {
@@ -751,6 +764,7 @@ impl TokenAuthority {
             self.ring_generation.load(Ordering::Acquire)
         };
         self.check_live(&token, now)?;
+        let token = Arc::new(token);
         if let Some(cache) = &self.cache {
             cache.insert(encoded, principal, generation, token.clone());
         }

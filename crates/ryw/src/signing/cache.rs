@@ -8,8 +8,10 @@
 //! not-yet-valid, revocation, and the key ring (an entry remembers the ring generation it was
 //! verified under, and rotation or retirement moves the generation on).
 //!
-//! Bounded by two generations of at most `capacity / 2` entries each: when the young one is full
-//! the old one is dropped, so a hot token survives while cold ones age out, in O(1) per insert.
+//! Bounded by two generations per shard, of at most `capacity / 2 / SHARDS` entries each: when the
+//! young one is full the old one is dropped, so a hot token survives while cold ones age out, in
+//! O(1) per insert. Sharded so that concurrent requests of different sessions take different
+//! locks.
 
 use crate::token::SessionToken;
 use std::collections::hash_map::RandomState;
@@ -23,18 +25,28 @@ pub(super) struct Verified {
     principal: Option<Box<[u8]>>,
     /// The key ring generation it was verified under.
     pub(super) generation: u64,
-    pub(super) token: SessionToken,
+    pub(super) token: Arc<SessionToken>,
 }
+
+/// Characters of a token's end that pick its slot: 24 base64 characters, 144 bits of its tag.
+const SLOT_TAIL: usize = 24;
 
 struct Generations {
     young: HashMap<u64, Arc<Verified>>,
     old: HashMap<u64, Arc<Verified>>,
 }
 
+/// Locks of the cache (a power of two).
+const SHARDS: usize = 16;
+
+/// One shard per cache-line pair, so two threads on different shards never share a line.
+#[repr(align(128))]
+struct Shard(Mutex<Generations>);
+
 pub(super) struct VerifiedCache {
     hasher: RandomState,
     per_generation: usize,
-    maps: Mutex<Generations>,
+    shards: Box<[Shard]>,
 }
 
 impl VerifiedCache {
@@ -43,25 +55,34 @@ impl VerifiedCache {
         if capacity == 0 {
             return None;
         }
-        let per_generation = capacity.div_ceil(2);
+        let per_generation = capacity.div_ceil(2 * SHARDS);
         Some(VerifiedCache {
             hasher: RandomState::new(),
             per_generation,
-            maps: Mutex::new(Generations {
-                young: HashMap::new(),
-                old: HashMap::new(),
-            }),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Shard(Mutex::new(Generations {
+                        young: HashMap::new(),
+                        old: HashMap::new(),
+                    }))
+                })
+                .collect(),
         })
     }
 
+    /// Where a token goes: a keyed hash of its last characters (for a token this authority
+    /// signed, its HMAC tag, already uniform) and the principal. Only tokens that verified are
+    /// inserted, so no one can choose where entries land; a lookup of any text costs one probe.
     fn slot(&self, encoded: &str, principal: Option<&[u8]>) -> u64 {
-        self.hasher.hash_one((encoded, principal))
+        let bytes = encoded.as_bytes();
+        let tail = &bytes[bytes.len().saturating_sub(SLOT_TAIL)..];
+        self.hasher.hash_one((tail, principal))
     }
 
     /// The entry for exactly `encoded` presented by exactly `principal`, if one is held.
     pub(super) fn get(&self, encoded: &str, principal: Option<&[u8]>) -> Option<Arc<Verified>> {
         let slot = self.slot(encoded, principal);
-        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut maps = self.lock(slot);
         let found = match maps.young.get(&slot) {
             Some(v) => v.clone(),
             None => {
@@ -81,7 +102,7 @@ impl VerifiedCache {
         encoded: &str,
         principal: Option<&[u8]>,
         generation: u64,
-        token: SessionToken,
+        token: Arc<SessionToken>,
     ) {
         let slot = self.slot(encoded, principal);
         let entry = Arc::new(Verified {
@@ -90,21 +111,33 @@ impl VerifiedCache {
             generation,
             token,
         });
-        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        maps.promote(slot, entry, self.per_generation);
+        self.lock(slot).promote(slot, entry, self.per_generation);
+    }
+
+    fn lock(&self, slot: u64) -> std::sync::MutexGuard<'_, Generations> {
+        // The high bits: the maps use the low ones.
+        let shard = &self.shards[(slot >> 58) as usize % SHARDS];
+        shard.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Drops every entry.
     pub(super) fn clear(&self) {
-        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        maps.young.clear();
-        maps.old.clear();
+        for shard in self.shards.iter() {
+            let mut maps = shard.0.lock().unwrap_or_else(|e| e.into_inner());
+            maps.young.clear();
+            maps.old.clear();
+        }
     }
 
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        maps.young.len() + maps.old.len()
+        self.shards
+            .iter()
+            .map(|shard| {
+                let maps = shard.0.lock().unwrap_or_else(|e| e.into_inner());
+                maps.young.len() + maps.old.len()
+            })
+            .sum()
     }
 }
 
@@ -122,8 +155,10 @@ mod tests {
     use super::*;
     use crate::session::{SessionId, SessionState};
 
-    fn token(n: u128) -> SessionToken {
-        SessionToken::new(SessionState::new(SessionId::from_u128(n)))
+    fn token(n: u128) -> Arc<SessionToken> {
+        Arc::new(SessionToken::new(SessionState::new(SessionId::from_u128(
+            n,
+        ))))
     }
 
     #[test]
@@ -141,11 +176,11 @@ mod tests {
 
     #[test]
     fn bounded_and_a_hot_entry_survives() {
-        let cache = VerifiedCache::new(100).unwrap();
+        let cache = VerifiedCache::new(1_000).unwrap();
         cache.insert("hot", None, 0, token(0));
-        for i in 0..10_000u128 {
+        for i in 0..100_000u128 {
             cache.insert(&format!("cold{i}"), None, 0, token(i));
-            assert!(cache.len() <= 100);
+            assert!(cache.len() <= 1_000 + 2 * SHARDS);
             assert!(cache.get("hot", None).is_some(), "after {i} inserts");
         }
         assert!(VerifiedCache::new(0).is_none());
