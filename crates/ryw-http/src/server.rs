@@ -170,6 +170,14 @@ struct Presented {
     now: u64,
 }
 
+/// What a response's token is.
+enum Answer {
+    /// The token the request came with.
+    Echo(Presented),
+    /// A new token, for this state.
+    Sign(SessionState),
+}
+
 /// A session opened from a request: the session, how it came about, and the token to answer with
 /// if nothing changes.
 type Opened = (Session, TokenStatus, Option<Presented>);
@@ -325,8 +333,8 @@ impl Config {
                 store.sync(state);
             }
             match presented {
-                Some(p) if self.still_good(&p, state) => Ok(p),
-                _ => Err(state.clone()),
+                Some(p) if self.still_good(&p, state) => Answer::Echo(p),
+                _ => Answer::Sign(state.clone()),
             }
         });
         let headers = response.headers_mut();
@@ -334,7 +342,7 @@ impl Config {
             headers.insert(RESET_HEADER, HeaderValue::from_static(code));
         }
         let state = match outcome {
-            Ok(presented) => {
+            Answer::Echo(presented) => {
                 // Nothing to re-sign: the client's token still says everything. It goes back in
                 // the header, as every response's token does; a cookie it came in stays as it is.
                 if !presented.from_cookie {
@@ -346,7 +354,7 @@ impl Config {
                 headers.insert(self.header.clone(), presented.value);
                 return;
             }
-            Err(state) => state,
+            Answer::Sign(state) => state,
         };
         match self
             .authority
