@@ -727,10 +727,10 @@ impl TokenAuthority {
         now: u64,
     ) -> Result<Arc<SessionToken>, VerifyError> {
         if let Some(cache) = &self.cache {
-            if let Some(hit) = cache.get(encoded, principal) {
-                if hit.generation == self.ring_generation.load(Ordering::Acquire) {
-                    self.check_live(&hit.token, now)?;
-                    return Ok(hit.token.clone());
+            if let Some((generation, token)) = cache.get(encoded, principal) {
+                if generation == self.ring_generation.load(Ordering::Acquire) {
+                    self.check_live(&token, now)?;
+                    return Ok(token);
                 }
             }
         }

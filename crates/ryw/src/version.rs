@@ -217,6 +217,19 @@ impl Default for VersionVector {
 
 impl PartialEq for VersionVector {
     fn eq(&self, other: &Self) -> bool {
+        if self.slots.len() != other.slots.len() || self.horizons.len() != other.horizons.len() {
+            return false;
+        }
+        // A clone compared with its original has its entries in the same order: no sorting.
+        if self
+            .slots
+            .iter()
+            .zip(&other.slots)
+            .all(|(a, b)| a.entry == b.entry)
+            && self.horizons == other.horizons
+        {
+            return true;
+        }
         let mut a: SmallVec<[Entry; 8]> = self.entries().collect();
         let mut b: SmallVec<[Entry; 8]> = other.entries().collect();
         a.sort_by_key(|e| e.scope);
@@ -412,6 +425,28 @@ mod tests {
 
     fn scope(n: u64) -> ScopeKey {
         ScopeKey::from_hash(StoreId::new(1), n)
+    }
+
+    #[test]
+    fn equality_ignores_order_and_recency() {
+        let mut a = VersionVector::default();
+        let mut b = VersionVector::default();
+        a.advance(scope(1), Version::new(5));
+        a.advance(scope(2), Version::new(7));
+        b.advance(scope(2), Version::new(7));
+        b.advance(scope(1), Version::new(5));
+        assert_eq!(a, b);
+        assert_eq!(a, a.clone());
+        b.advance(scope(1), Version::new(6));
+        assert_ne!(a, b);
+        a.advance(scope(3), Version::new(1));
+        assert_ne!(a, b);
+        let mut c = a.clone();
+        c.raise_horizon(StoreHorizon {
+            store: StoreId::new(1),
+            version: Version::new(1),
+        });
+        assert_ne!(a, c);
     }
 
     #[test]

@@ -20,20 +20,20 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 /// A token that verified: its decoded form, with the scopes unmasked.
-pub(super) struct Verified {
+struct Verified {
     encoded: Box<str>,
     principal: Option<Box<[u8]>>,
     /// The key ring generation it was verified under.
-    pub(super) generation: u64,
-    pub(super) token: Arc<SessionToken>,
+    generation: u64,
+    token: Arc<SessionToken>,
 }
 
 /// Characters of a token's end that pick its slot: 24 base64 characters, 144 bits of its tag.
 const SLOT_TAIL: usize = 24;
 
 struct Generations {
-    young: HashMap<u64, Arc<Verified>>,
-    old: HashMap<u64, Arc<Verified>>,
+    young: HashMap<u64, Verified>,
+    old: HashMap<u64, Verified>,
 }
 
 /// Locks of the cache (a power of two).
@@ -79,21 +79,24 @@ impl VerifiedCache {
         self.hasher.hash_one((tail, principal))
     }
 
-    /// The entry for exactly `encoded` presented by exactly `principal`, if one is held.
-    pub(super) fn get(&self, encoded: &str, principal: Option<&[u8]>) -> Option<Arc<Verified>> {
+    /// The token held for exactly `encoded` presented by exactly `principal`, and the ring
+    /// generation it was verified under.
+    pub(super) fn get(
+        &self,
+        encoded: &str,
+        principal: Option<&[u8]>,
+    ) -> Option<(u64, Arc<SessionToken>)> {
         let slot = self.slot(encoded, principal);
         let mut maps = self.lock(slot);
-        let found = match maps.young.get(&slot) {
-            Some(v) => v.clone(),
-            None => {
-                let v = maps.old.get(&slot)?.clone();
-                // Still in use: keep it through the next turnover.
-                maps.promote(slot, v.clone(), self.per_generation);
-                v
-            }
-        };
-        drop(maps);
-        (*found.encoded == *encoded && found.principal.as_deref() == principal).then_some(found)
+        let matches = |v: &Verified| *v.encoded == *encoded && v.principal.as_deref() == principal;
+        if let Some(v) = maps.young.get(&slot) {
+            return matches(v).then(|| (v.generation, v.token.clone()));
+        }
+        let v = maps.old.remove(&slot)?;
+        let found = matches(&v).then(|| (v.generation, v.token.clone()));
+        // Still in use: keep it through the next turnover.
+        maps.promote(slot, v, self.per_generation);
+        found
     }
 
     /// Remembers that `encoded`, presented by `principal`, is `token` under ring `generation`.
@@ -105,12 +108,12 @@ impl VerifiedCache {
         token: Arc<SessionToken>,
     ) {
         let slot = self.slot(encoded, principal);
-        let entry = Arc::new(Verified {
+        let entry = Verified {
             encoded: encoded.into(),
             principal: principal.map(Into::into),
             generation,
             token,
-        });
+        };
         self.lock(slot).promote(slot, entry, self.per_generation);
     }
 
@@ -142,9 +145,11 @@ impl VerifiedCache {
 }
 
 impl Generations {
-    fn promote(&mut self, slot: u64, entry: Arc<Verified>, per_generation: usize) {
+    fn promote(&mut self, slot: u64, entry: Verified, per_generation: usize) {
         if self.young.len() >= per_generation && !self.young.contains_key(&slot) {
-            self.old = std::mem::take(&mut self.young);
+            // The old generation goes; its table, already grown, becomes the young one.
+            std::mem::swap(&mut self.young, &mut self.old);
+            self.young.clear();
         }
         self.young.insert(slot, entry);
     }
