@@ -168,6 +168,8 @@ struct Presented {
     from_cookie: bool,
     /// When the request was opened (seconds since the Unix epoch): one clock read per request.
     now: u64,
+    /// The authority's key ring generation, read before the token was verified.
+    ring: u64,
 }
 
 /// What a response's token is.
@@ -189,6 +191,7 @@ impl Config {
         principal: Option<&Principal>,
     ) -> Result<Opened, TokenRejection> {
         let now = now_secs();
+        let ring = self.authority.key_ring_generation();
         let mut tokens: [&str; MAX_TOKENS_PER_REQUEST] = [""; MAX_TOKENS_PER_REQUEST];
         let mut count = 0;
         for token in tokens_in(headers.get_all(&self.header).iter()) {
@@ -241,6 +244,7 @@ impl Config {
                         key_id: signature.key_id,
                         from_cookie,
                         now,
+                        ring,
                     })
                 }
                 _ => None,
@@ -303,18 +307,22 @@ impl Config {
     }
 
     /// Whether the token a request came with can answer it again: the session is exactly what the
-    /// token says, the token is signed with the current key, and it is younger than the renewal
-    /// age (sliding expiry renews it past that).
+    /// token says, the token is signed with the current key of a ring that has not changed since
+    /// it was verified, it has not expired, and it is younger than the renewal age (sliding expiry
+    /// renews it past that; the age is capped at the TTL, and zero never echoes).
     fn still_good(&self, presented: &Presented, state: &SessionState) -> bool {
-        let renew_after = self
-            .renew_after
-            .unwrap_or(self.authority.ttl() / 2)
-            .as_secs();
-        presented.token.state() == state
+        let ttl = self.authority.ttl();
+        let renew_after = self.renew_after.unwrap_or(ttl / 2).min(ttl).as_secs();
+        // A token from an instance whose clock is ahead has age 0.
+        let age = presented.now.saturating_sub(presented.issued_at);
+        renew_after > 0
+            && age < renew_after
+            && presented.now < presented.expires_at
+            && presented.token.state() == state
             // A version 1 token carries no session start; re-issuing it records one.
             && state.started_at() != 0
             && presented.key_id == self.authority.current_key_id()
-            && presented.now < presented.issued_at.saturating_add(renew_after)
+            && presented.ring == self.authority.key_ring_generation()
     }
 
     fn finish<B>(
@@ -367,7 +375,13 @@ impl Config {
                 }
             }
             Err(e) => {
-                tracing::warn!(target: "ryw::http", error = %e, "could not issue a session token");
+                // The session cannot be carried (more stores' horizons than a token holds): it
+                // ends here, visibly. Answering without a token would leave the client on its old
+                // one, which lacks what this request did.
+                let code = VerifyError::Decode(e.clone()).code();
+                tracing::error!(target: "ryw::http", error = %e, "could not issue a session token; the session ends");
+                headers.insert(REJECTED_HEADER, HeaderValue::from_static(code));
+                self.set_cookie(headers, "", 0);
             }
         }
     }
@@ -397,7 +411,9 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         for pair in text.split(';') {
             if let Some((k, v)) = pair.trim().split_once('=') {
                 if k == name {
-                    return Some(v.trim_matches('"'));
+                    // An empty cookie is no token, as an empty header is.
+                    let v = v.trim_matches('"');
+                    return (!v.is_empty()).then_some(v);
                 }
             }
         }
@@ -594,16 +610,7 @@ where
                             if !header_tokens
                                 && cookie_value(request.headers(), &cookie.name).is_some()
                             {
-                                let mut value = format!(
-                                    "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax",
-                                    cookie.name
-                                );
-                                if cookie.secure {
-                                    value.push_str("; Secure");
-                                }
-                                if let Ok(v) = HeaderValue::from_str(&value) {
-                                    response.headers_mut().append(SET_COOKIE, v);
-                                }
+                                self.config.set_cookie(response.headers_mut(), "", 0);
                             }
                         }
                         return ResponseFuture {
@@ -1020,6 +1027,133 @@ mod tests {
             max_age <= ttl - 100 && max_age + 5 >= ttl - 100,
             "{max_age}"
         );
+    }
+
+    // Found by the fourth adversarial round (the four tests below failed before their fixes).
+
+    #[tokio::test]
+    async fn a_key_ring_change_during_the_request_is_never_answered_with_the_old_token() {
+        // Key 1 retired and a new key given the same id while the request runs: the token it came
+        // with no longer verifies and must not come back.
+        let key = |id: u8, fill: u8| SigningKey::new(id, [fill; 32]).unwrap();
+        let authority = Arc::new(TokenAuthority::new(key(1, 1)));
+        let inside = authority.clone();
+        let service = ServerSessionLayer::new(authority.clone()).layer(service_fn(
+            move |request: Request<String>| {
+                let inside = inside.clone();
+                async move {
+                    if request.uri().query() == Some("rotate") {
+                        inside.rotate(key(2, 2)).unwrap();
+                        assert!(inside.retire(1));
+                        inside.rotate(key(1, 3)).unwrap();
+                    }
+                    Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+                }
+            },
+        ));
+        let token = authority
+            .issue_at(
+                &Session::new().snapshot(),
+                None,
+                ryw::signing::now_secs() - 10,
+            )
+            .unwrap();
+        let response = service
+            .oneshot(call_with(Some(&token), "/?rotate"))
+            .await
+            .unwrap();
+        let back = header_token(&response);
+        assert_ne!(back, token);
+        assert!(authority.verify(&back, None).is_ok());
+    }
+
+    #[tokio::test]
+    async fn renew_after_zero_and_past_the_ttl_never_echo_a_token_that_should_be_renewed() {
+        let authority = Arc::new(
+            TokenAuthority::builder(ryw::signing::KeyRing::new(
+                SigningKey::new(1, [3u8; 32]).unwrap(),
+            ))
+            .ttl(Duration::from_secs(100))
+            .leeway(Duration::from_secs(60))
+            .build(),
+        );
+        let now = ryw::signing::now_secs();
+        let state = Session::new().snapshot();
+
+        // Zero: even a token from an instance whose clock is ahead is re-issued.
+        let always = ServerSessionLayer::new(authority.clone())
+            .renew_after(Duration::ZERO)
+            .layer(service_fn(maybe_write));
+        let ahead = authority.issue_at(&state, None, now + 30).unwrap();
+        let response = always.oneshot(call_with(Some(&ahead), "/")).await.unwrap();
+        assert_ne!(header_token(&response), ahead);
+
+        // Longer than the TTL: an expired token (still inside the leeway) is renewed, not echoed
+        // with a cookie that deletes itself.
+        let long = ServerSessionLayer::new(authority.clone())
+            .cookie("sid")
+            .renew_after(Duration::from_secs(1_000))
+            .layer(service_fn(maybe_write));
+        let expired = authority.issue_at(&state, None, now - 130).unwrap();
+        let response = long.oneshot(call_with(Some(&expired), "/")).await.unwrap();
+        let back = header_token(&response);
+        let (_, expires_at) = authority
+            .verify_at(&back, None, now)
+            .unwrap()
+            .times()
+            .unwrap();
+        assert!(expires_at > now);
+        assert!(!response.headers()[SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0"));
+    }
+
+    #[tokio::test]
+    async fn an_empty_cookie_is_no_token() {
+        let (layer, _) = layer();
+        let service = layer.layer(service_fn(echo_session));
+        for cookie in ["sid=", "sid=\"\"", "theme=dark; sid="] {
+            let request = Request::builder()
+                .header(COOKIE, cookie)
+                .body(String::new())
+                .unwrap();
+            let response = service.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{cookie}");
+            assert!(response.body().ends_with(" New"), "{}", response.body());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_too_big_for_a_token_ends_visibly() {
+        // Horizons in 80 stores: no coarsening makes that fit in a token.
+        let (layer, authority) = layer();
+        let service = layer.layer(service_fn(|request: Request<String>| async move {
+            let session = request.extensions().get::<Session>().unwrap();
+            session.with_state(|s| {
+                s.next_write(1_800_000_000_000_000);
+                for i in 0..80u8 {
+                    s.vector_mut().raise_horizon(ryw::version::StoreHorizon {
+                        store: ryw::version::StoreId::new(i),
+                        version: ryw::Version::new(1_800_000_000_000_000 + u64::from(i)),
+                    });
+                }
+            });
+            Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+        }));
+        let token = authority.issue(&Session::new().snapshot(), None).unwrap();
+        let request = Request::builder()
+            .header(COOKIE, format!("sid={token}"))
+            .body(String::new())
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(
+            response.headers()[crate::REJECTED_HEADER],
+            "token_oversized"
+        );
+        assert!(response.headers().get(crate::DEFAULT_HEADER).is_none());
+        let set_cookie = response.headers()[SET_COOKIE].to_str().unwrap();
+        assert!(set_cookie.starts_with("sid=;") && set_cookie.contains("Max-Age=0"));
     }
 
     #[test]

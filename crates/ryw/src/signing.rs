@@ -640,6 +640,13 @@ impl TokenAuthority {
         }
     }
 
+    /// A number that moves on at every rotation and retirement: a caller that keeps a verified
+    /// token (to answer with it again, say) and sees this number change meanwhile must not rely
+    /// on the token still verifying. Read it before verifying.
+    pub fn key_ring_generation(&self) -> u64 {
+        self.ring_generation.load(Ordering::Acquire)
+    }
+
     /// The id of the key new tokens are signed with.
     pub fn current_key_id(&self) -> u8 {
         self.current_id.load(Ordering::Acquire)
@@ -720,6 +727,8 @@ impl TokenAuthority {
 
     /// [`TokenAuthority::verify_at`], answering with the token as the verified-token cache holds
     /// it (no copy). For a caller that only looks at the token, or keeps it to compare with later.
+    /// Two calls may return the same token; a state cloned out of it to continue the session gets
+    /// a lane of its own (see [`WriteId`](crate::WriteId)), as every clone does.
     pub fn verify_shared_at(
         &self,
         encoded: &str,

@@ -90,6 +90,11 @@ pub trait SessionStore: Send + Sync + 'static {
     ///
     /// The default loads, merges and saves; [`InMemorySessionStore`] does it under one lock and,
     /// when the stored state is already what `state` says, without building or copying a state.
+    ///
+    /// Nothing of the version vector is lost. Store contexts (MongoDB's `$clusterTime`) are
+    /// bounded at [`MAX_CONTEXTS`](crate::session::MAX_CONTEXTS) per session, first come first
+    /// kept, as in [`SessionState::merge`]: a session that met more stores with contexts than that
+    /// may keep a different pair here and in the store.
     fn sync(&self, state: &mut SessionState) {
         if let Some(seen) = self.load(state.id()) {
             state.merge(&seen);
