@@ -9,7 +9,8 @@
 # writes, and each client sends the token of its last response; the response-to-client pairing is
 # approximate under pipelining, which only makes some tokens older), new (no token: a session per
 # request).
-# Prints requests/s per run, then the median of each case and its ratio to bare.
+# Prints requests/s per run, then per case the median, and the median over rounds of its ratio to
+# bare measured in the same round (the machine is shared: rounds drift, a round's pair does not).
 # Installs wrk from the distribution's packages if it is missing (apt-get, as root).
 set -euo pipefail
 seconds="${1:-10}"
@@ -73,9 +74,14 @@ for round in $(seq "$rounds"); do
 done
 rm -f "$lua_continue" "$lua_advance"
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-b="$(echo "${results[bare]}" | median)"
-echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; wrk -t2 -c64 -d${seconds}s, median of $rounds"
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; wrk -t2 -c64 -d${seconds}s, $rounds rounds"
+read -ra bares <<<"${results[bare]}"
 for case in bare continue advance new; do
-    m="$(echo "${results[$case]}" | median)"
-    printf '%-9s %10s req/s  runs: %s ratio %.3f\n' "$case" "$m" "${results[$case]}" "$(echo "$m / $b" | bc -l)"
+    read -ra runs <<<"${results[$case]}"
+    ratios=""
+    for i in "${!runs[@]}"; do
+        ratios+="$(echo "${runs[$i]} / ${bares[$i]}" | bc -l) "
+    done
+    printf '%-9s median %10s req/s; ratio to bare in the same round: median %.3f (runs: %s)\n' \
+        "$case" "$(echo "${results[$case]}" | median)" "$(echo "$ratios" | median)" "${results[$case]}"
 done

@@ -31,9 +31,32 @@ struct Verified {
 /// Characters of a token's end that pick its slot: 24 base64 characters, 144 bits of its tag.
 const SLOT_TAIL: usize = 24;
 
+/// Slots are mixed already: the maps use them as they are.
+#[derive(Default)]
+struct SlotHasher(u64);
+
+impl std::hash::Hasher for SlotHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; this keeps any other use well defined.
+        for &b in bytes {
+            self.0 = fold(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type Slots = HashMap<u64, Verified, std::hash::BuildHasherDefault<SlotHasher>>;
+
 struct Generations {
-    young: HashMap<u64, Verified>,
-    old: HashMap<u64, Verified>,
+    young: Slots,
+    old: Slots,
 }
 
 /// Locks of the cache (a power of two).
@@ -45,6 +68,7 @@ struct Shard(Mutex<Generations>);
 
 pub(super) struct VerifiedCache {
     hasher: RandomState,
+    seed: u64,
     per_generation: usize,
     shards: Box<[Shard]>,
 }
@@ -56,14 +80,16 @@ impl VerifiedCache {
             return None;
         }
         let per_generation = capacity.div_ceil(2 * SHARDS);
+        let hasher = RandomState::new();
         Some(VerifiedCache {
-            hasher: RandomState::new(),
+            seed: hasher.hash_one(0x5eed_u64),
+            hasher,
             per_generation,
             shards: (0..SHARDS)
                 .map(|_| {
                     Shard(Mutex::new(Generations {
-                        young: HashMap::new(),
-                        old: HashMap::new(),
+                        young: Slots::default(),
+                        old: Slots::default(),
                     }))
                 })
                 .collect(),
@@ -76,7 +102,18 @@ impl VerifiedCache {
     fn slot(&self, encoded: &str, principal: Option<&[u8]>) -> u64 {
         let bytes = encoded.as_bytes();
         let tail = &bytes[bytes.len().saturating_sub(SLOT_TAIL)..];
-        self.hasher.hash_one((tail, principal))
+        // A multiply-fold over the tail with a per-process seed: the tag is uniform already, and
+        // a principal (short, chosen by the application) goes through the keyed hasher.
+        let mut h = self.seed ^ bytes.len() as u64;
+        for chunk in tail.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            h = fold(h ^ u64::from_le_bytes(word));
+        }
+        if let Some(p) = principal {
+            h ^= self.hasher.hash_one(p);
+        }
+        fold(h)
     }
 
     /// The token held for exactly `encoded` presented by exactly `principal`, and the ring
@@ -118,8 +155,8 @@ impl VerifiedCache {
     }
 
     fn lock(&self, slot: u64) -> std::sync::MutexGuard<'_, Generations> {
-        // The high bits: the maps use the low ones.
-        let shard = &self.shards[(slot >> 58) as usize % SHARDS];
+        // Middle bits: a map's buckets come from the low bits and its tags from the top ones.
+        let shard = &self.shards[(slot >> 32) as usize % SHARDS];
         shard.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -142,6 +179,13 @@ impl VerifiedCache {
             })
             .sum()
     }
+}
+
+/// A 64-bit multiply-xorshift mix (the splitmix64 finalizer).
+fn fold(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Generations {
