@@ -4,13 +4,14 @@
 #
 #   bash crates/ryw-http/benches/loopback.sh [seconds per run, default 10] [rounds, default 3]
 #
-# Cases, for 64 clients with a session each: bare (the app without the layer), continue (requests
+# Cases, for 64 clients with a session each, each measured against the bare app (without the
+# layer) sent the very same requests: continue (requests
 # that leave the session unchanged: each client sends the token it holds), advance (every request
 # writes, and each client sends the token of its last response; the response-to-client pairing is
 # approximate under pipelining, which only makes some tokens older), new (no token: a session per
 # request).
-# Prints requests/s per run, then per case the median, and the median over rounds of its ratio to
-# bare measured in the same round (the machine is shared: rounds drift, a round's pair does not).
+# Prints per case the medians and the median over rounds of the layered/bare ratio measured back
+# to back in the same round (the machine is shared: rounds drift, a round's pair much less).
 # Installs wrk from the distribution's packages if it is missing (apt-get, as root).
 set -euo pipefail
 seconds="${1:-10}"
@@ -20,19 +21,19 @@ if ! command -v wrk >/dev/null; then
     apt-get install -y wrk >/dev/null
 fi
 cargo build --release --quiet -p ryw-http --example loopback
-bare=127.0.0.1:18081
-layered=127.0.0.1:18082
-target/release/examples/loopback "$bare" "$layered" &
+bare_addr=127.0.0.1:18081
+layered_addr=127.0.0.1:18082
+target/release/examples/loopback "$bare_addr" "$layered_addr" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 50); do
-    curl -s -o /dev/null "http://$layered/" && break
+    curl -s -o /dev/null "http://$layered_addr/" && break
     sleep 0.1
 done
 # 64 clients, each with its own session: one token each.
 tokens=""
 for _ in $(seq 64); do
-    t="$(curl -s -D - -o /dev/null "http://$layered/" | tr -d '\r' | awk -F': ' 'tolower($1) == "ryw-session" { print $2 }')"
+    t="$(curl -s -D - -o /dev/null "http://$layered_addr/" | tr -d '\r' | awk -F': ' 'tolower($1) == "ryw-session" { print $2 }')"
     [ -n "$t" ] || { echo "no token from the layered app"; exit 1; }
     tokens+="\"$t\", "
 done
@@ -64,24 +65,30 @@ response = function(status, headers, body)
 end
 LUA
 run() { wrk -t2 -c64 -d"${seconds}s" "$@" | awk '/Requests\/sec/ { print $2 }'; }
-declare -A results
+# Each case runs against the bare app and the layered one back to back, with the same requests
+# and the same wrk script: the ratio of the pair is what the layer costs.
+declare -A bare layered
+cases="continue advance new"
 for round in $(seq "$rounds"); do
-    results[bare]+="$(run "http://$bare/") "
-    results[continue]+="$(run -s "$lua_continue" "http://$layered/") "
-    results[advance]+="$(run -s "$lua_advance" "http://$layered/write") "
-    results[new]+="$(run "http://$layered/") "
-    echo "round $round: ${results[bare]} / ${results[continue]} / ${results[advance]} / ${results[new]}"
+    bare[continue]+="$(run -s "$lua_continue" "http://$bare_addr/") "
+    layered[continue]+="$(run -s "$lua_continue" "http://$layered_addr/") "
+    bare[advance]+="$(run -s "$lua_advance" "http://$bare_addr/write") "
+    layered[advance]+="$(run -s "$lua_advance" "http://$layered_addr/write") "
+    bare[new]+="$(run "http://$bare_addr/") "
+    layered[new]+="$(run "http://$layered_addr/") "
+    echo "round $round done"
 done
 rm -f "$lua_continue" "$lua_advance"
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; wrk -t2 -c64 -d${seconds}s, $rounds rounds"
-read -ra bares <<<"${results[bare]}"
-for case in bare continue advance new; do
-    read -ra runs <<<"${results[$case]}"
+for case in $cases; do
+    read -ra b <<<"${bare[$case]}"
+    read -ra l <<<"${layered[$case]}"
     ratios=""
-    for i in "${!runs[@]}"; do
-        ratios+="$(echo "${runs[$i]} / ${bares[$i]}" | bc -l) "
+    for i in "${!b[@]}"; do
+        ratios+="$(echo "${l[$i]} / ${b[$i]}" | bc -l) "
     done
-    printf '%-9s median %10s req/s; ratio to bare in the same round: median %.3f (runs: %s)\n' \
-        "$case" "$(echo "${results[$case]}" | median)" "$(echo "$ratios" | median)" "${results[$case]}"
+    printf '%-9s bare median %9s req/s, layered median %9s req/s, ratio median %.3f (per round: %s)\n' \
+        "$case" "$(echo "${bare[$case]}" | median)" "$(echo "${layered[$case]}" | median)" \
+        "$(echo "$ratios" | median)" "$(for r in $ratios; do printf '%.2f ' "$r"; done)"
 done

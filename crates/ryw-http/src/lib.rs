@@ -4,9 +4,11 @@
 //! - [`ServerSessionLayer`] (for axum, hyper and tower-http stacks) reads the token from a header
 //!   ([`DEFAULT_HEADER`] unless configured) or a cookie, verifies it with a
 //!   [`TokenAuthority`](ryw::signing::TokenAuthority), puts the [`Session`](ryw::Session) into the
-//!   request extensions for the handlers and the store layer, and writes the advanced, re-signed
-//!   token on the response. A bad token is rejected with a 4xx JSON body, or, if configured,
-//!   replaced by a fresh session and reported in the [`RESET_HEADER`] response header.
+//!   request extensions for the handlers and the store layer, and writes the session's token on
+//!   the response: the token the request came with when the session did not change (no signature
+//!   computed; see [`ServerSessionLayer::renew_after`]), else a new one, signed. A bad token is
+//!   rejected with a 4xx JSON body, or, if configured, replaced by a fresh session and reported in
+//!   the [`RESET_HEADER`] response header.
 //! - [`ClientSessionLayer`] does the client half for service-to-service calls: it sends the tokens
 //!   it holds and keeps the advanced ones that come back.
 //!
@@ -98,9 +100,10 @@ pub const DEFAULT_HEADER: &str = "ryw-session";
 /// ([`VerifyError::code`](ryw::signing::VerifyError::code)), such as `token_expired`.
 pub const RESET_HEADER: &str = "ryw-session-reset";
 
-/// The response header on a rejected request ([`BadTokenPolicy::Reject`]); its value is the error
-/// code. [`ClientSessionLayer`] drops the tokens it holds when it sees it, so the next request
-/// starts a new session.
+/// The response header on a rejected request ([`BadTokenPolicy::Reject`]), and on a served one
+/// whose session could not be carried in a token any more (`token_oversized`: the session ends);
+/// its value is the error code. [`ClientSessionLayer`] drops the tokens it holds when it sees it,
+/// so the next request starts a new session.
 pub const REJECTED_HEADER: &str = "ryw-session-rejected";
 
 /// The most tokens one request may carry (and a client keeps).

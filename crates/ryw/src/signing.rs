@@ -551,7 +551,8 @@ impl TokenAuthorityBuilder {
     /// cache off).
     ///
     /// A token is remembered, by its exact text and the principal that presented it, when it
-    /// verifies and when the authority issues it; presenting the same text again skips the
+    /// verifies and when the authority issues it (except a session's first token, remembered
+    /// when it comes back); presenting the same text again skips the
     /// signature check and the decoding. Everything that can change meanwhile is still checked on
     /// every verification: expiry, issue time, revocation, and the key ring (a rotation or
     /// retirement empties the cache). Each entry holds the token text and its decoded state, a
@@ -691,7 +692,10 @@ impl TokenAuthority {
         bytes.push(key.id);
         bytes.extend_from_slice(&tag);
         let encoded = encode_base64(&bytes)?;
-        if let Some(cache) = &self.cache {
+        // A session's first token may never come back (a one-off visitor, a crawler): it is
+        // remembered when it does. Later ones are presented by a returning client.
+        let returning = state.started_at() != 0;
+        if let (true, Some(cache)) = (returning, &self.cache) {
             // The next request of this session presents exactly this text: remember what it
             // says (decoding our own bytes costs no HMAC), under the ring it was signed with.
             if let Ok(mut token) = SessionToken::from_bytes(&bytes) {

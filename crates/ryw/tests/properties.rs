@@ -335,11 +335,13 @@ mod verified_cache {
 
     #[derive(Clone, Debug)]
     enum Op {
-        /// Issue a token for session `s` to principal `p` at `T0 + at`.
+        /// Issue a token for session `s` to principal `p` at `T0 + at`; a session that `started`
+        /// before (not its first token, which the cache takes only when it comes back).
         Issue {
             s: u8,
             p: Option<u8>,
             at: u64,
+            started: bool,
         },
         /// Verify token `t` (an index into those issued) presented by `p` at `T0 + at`.
         Verify {
@@ -367,7 +369,7 @@ mod verified_cache {
     fn op() -> impl Strategy<Value = Op> {
         let p = proptest::option::of(0u8..3);
         prop_oneof![
-            4 => (0u8..4, p.clone(), 0u64..3 * TTL).prop_map(|(s, p, at)| Op::Issue { s, p, at }),
+            4 => (0u8..4, p.clone(), 0u64..3 * TTL, any::<bool>()).prop_map(|(s, p, at, started)| Op::Issue { s, p, at, started }),
             8 => (any::<usize>(), p, 0u64..3 * TTL).prop_map(|(t, p, at)| Op::Verify { t, p, at }),
             1 => (any::<usize>(), any::<usize>(), any::<u8>()).prop_map(|(t, i, c)| Op::Tamper { t, i, c }),
             1 => (0u8..4).prop_map(Op::RevokeSession),
@@ -420,9 +422,18 @@ mod verified_cache {
             let mut tokens: Vec<String> = Vec::new();
             for op in ops {
                 match op {
-                    Op::Issue { s, p, at } => {
+                    Op::Issue { s, p, at, started } => {
                         let mut state = SessionState::new(SessionId::from_u128(u128::from(s) + 1));
                         state.next_write((T0 + at) * 1_000_000);
+                        if started {
+                            state.set_started_at(T0 + at / 2);
+                        }
+                        for k in 0..u64::from(s) {
+                            state.advance(
+                                ryw::version::ScopeKey::new(ryw::version::StoreId::new(1), format!("k{k}").as_bytes()),
+                                ryw::version::Version::new(T0 + at + k),
+                            );
+                        }
                         let p = principal(p);
                         let a = cached.issue_at(&state, p.as_deref(), T0 + at).unwrap();
                         let b = reference.issue_at(&state, p.as_deref(), T0 + at).unwrap();
