@@ -26,23 +26,23 @@ use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
 /// A boxed future, for the store trait below.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// What a write returned.
-pub struct Written {
+pub(crate) struct Written {
     pub write_id: Option<WriteId>,
     pub visibility: Visibility,
 }
 
 /// What a read returned.
-pub struct Read {
+pub(crate) struct Read {
     pub value: Option<u64>,
     pub visibility: Visibility,
 }
 
 /// The posts as the handlers see them: a store behind the ryw layer. Implemented for the
 /// simulated store and, with the `dynamodb` feature, for DynamoDB.
-pub trait Posts: Send + Sync + 'static {
+pub(crate) trait Posts: Send + Sync + 'static {
     /// Writes post `id`.
     fn put(&self, session: Session, id: String, value: u64) -> BoxFuture<Result<Written, String>>;
     /// Reads post `id`.
@@ -50,17 +50,17 @@ pub trait Posts: Send + Sync + 'static {
 }
 
 /// The store of one app instance.
-pub type PostStore = Arc<dyn Posts>;
+pub(crate) type PostStore = Arc<dyn Posts>;
 
 /// The simulated store's service stack, as one type.
-pub type SimStack = BoxCloneSyncService<
+pub(crate) type SimStack = BoxCloneSyncService<
     SessionRequest<SimRequest>,
     SessionResponse<SimResponse>,
     ryw::Error<SimError>,
 >;
 
 /// Posts on the simulated store.
-pub struct SimPosts(pub SimStack);
+pub(crate) struct SimPosts(pub SimStack);
 
 impl Posts for SimPosts {
     fn put(&self, session: Session, id: String, value: u64) -> BoxFuture<Result<Written, String>> {
@@ -93,7 +93,7 @@ impl Posts for SimPosts {
 }
 
 /// Posts on the simulated store, from an instance's service stack.
-pub fn sim_posts<S>(stack: S) -> PostStore
+pub(crate) fn sim_posts<S>(stack: S) -> PostStore
 where
     S: tower::Service<
             SessionRequest<SimRequest>,
@@ -191,7 +191,7 @@ pub mod dynamo {
 }
 
 /// The visibility status as the API reports it.
-pub fn describe(visibility: &Visibility) -> String {
+pub(crate) fn describe(visibility: &Visibility) -> String {
     match visibility {
         Visibility::Guaranteed(path) => format!("guaranteed ({path:?})"),
         Visibility::Pending(stale) => format!("pending ({stale})"),
@@ -249,7 +249,11 @@ async fn get_post(
 }
 
 /// The router of one app instance.
-pub fn router(store: PostStore, authority: Arc<TokenAuthority>, policy: BadTokenPolicy) -> Router {
+pub(crate) fn router(
+    store: PostStore,
+    authority: Arc<TokenAuthority>,
+    policy: BadTokenPolicy,
+) -> Router {
     Router::new()
         .route("/posts/{id}", get(get_post).put(put_post))
         .with_state(store)
@@ -269,7 +273,7 @@ pub fn router(store: PostStore, authority: Arc<TokenAuthority>, policy: BadToken
 }
 
 /// Serves `router` on a free loopback port; returns its address.
-pub async fn serve(router: Router) -> std::io::Result<std::net::SocketAddr> {
+pub(crate) async fn serve(router: Router) -> std::io::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {

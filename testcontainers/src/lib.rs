@@ -10,9 +10,6 @@
 //!
 //! Anywhere else every suite prints what it skipped and passes.
 
-#![forbid(unsafe_code)]
-#![warn(missing_docs, rust_2018_idioms)]
-
 /// The environment variable that turns the Docker suites on.
 pub const ENABLE_VAR: &str = "RYW_DOCKER_TESTS";
 

@@ -63,14 +63,6 @@
 //!
 //! [ryw]: https://docs.rs/ryw
 
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
-
 mod adapter;
 pub mod error;
 mod expr;

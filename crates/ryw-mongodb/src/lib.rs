@@ -58,14 +58,6 @@
 //!
 //! [ryw]: https://docs.rs/ryw
 
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
-
 pub mod error;
 pub mod revocation;
 mod service;

@@ -54,14 +54,6 @@
 //! # }
 //! ```
 
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
-
 mod adapter;
 mod error;
 mod request;

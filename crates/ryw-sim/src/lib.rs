@@ -29,14 +29,6 @@
 //! # }
 //! ```
 
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
-
 mod adapter;
 pub mod checker;
 pub mod config;

@@ -3,6 +3,9 @@
 //!
 //! `cargo bench -p ryw --bench store`
 
+// The counting allocator below is the one place that needs `unsafe` (a `GlobalAlloc`).
+#![allow(unsafe_code)]
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ryw::store::{InMemorySessionStore, SessionStore};
 use ryw::version::{ScopeKey, StoreId};

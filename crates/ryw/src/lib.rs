@@ -72,14 +72,6 @@
 //!
 //! [tower]: https://docs.rs/tower
 
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
-
 pub mod adapter;
 pub mod clock;
 pub mod conflict;

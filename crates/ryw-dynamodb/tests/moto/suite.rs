@@ -49,7 +49,7 @@ fn writer_of(item: &Item) -> &str {
     item[&format!("ryw_write_id_{slot}")].as_s().unwrap()
 }
 
-pub async fn writes_carry_version_write_id_and_clock(client: Client) {
+pub(crate) async fn writes_carry_version_write_id_and_clock(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
     let mut svc = ReadYourWritesLayer::new(adapter.clone())
@@ -96,7 +96,9 @@ pub async fn writes_carry_version_write_id_and_clock(client: Client) {
     );
 }
 
-pub async fn another_instance_with_the_token_reads_its_write_through_escalation(client: Client) {
+pub(crate) async fn another_instance_with_the_token_reads_its_write_through_escalation(
+    client: Client,
+) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
     let layer = ReadYourWritesLayer::new(adapter.clone());
@@ -164,7 +166,7 @@ pub async fn another_instance_with_the_token_reads_its_write_through_escalation(
     assert!(!read.get_ref().is_consistent());
 }
 
-pub async fn an_older_copy_is_stale_and_an_unseen_item_is_not_fenced(client: Client) {
+pub(crate) async fn an_older_copy_is_stale_and_an_unseen_item_is_not_fenced(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
     let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
@@ -214,7 +216,7 @@ pub async fn an_older_copy_is_stale_and_an_unseen_item_is_not_fenced(client: Cli
     );
 }
 
-pub async fn a_gsi_query_that_stays_stale_is_pending(client: Client) {
+pub(crate) async fn a_gsi_query_that_stays_stale_is_pending(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
     let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
@@ -270,7 +272,7 @@ pub async fn a_gsi_query_that_stays_stale_is_pending(client: Client) {
     assert_eq!(read.get_ref().items().len(), 1);
 }
 
-pub async fn an_ambiguous_write_is_resolved_as_success_and_applied_once(client: Client) {
+pub(crate) async fn an_ambiguous_write_is_resolved_as_success_and_applied_once(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
     let lossy = LoseWriteResponsesForTests::new(DynamoService::new(client.clone(), &adapter), 1);
@@ -326,7 +328,7 @@ impl<R> ConflictResolver<R> for Yield {
     }
 }
 
-pub async fn conflicts_go_to_the_resolver_with_both_versions_and_the_item(client: Client) {
+pub(crate) async fn conflicts_go_to_the_resolver_with_both_versions_and_the_item(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
     let service = DynamoService::new(client.clone(), &adapter);
@@ -412,7 +414,7 @@ pub async fn conflicts_go_to_the_resolver_with_both_versions_and_the_item(client
     );
 }
 
-pub async fn the_callers_own_condition_failing_is_not_a_conflict(client: Client) {
+pub(crate) async fn the_callers_own_condition_failing_is_not_a_conflict(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
     let mut svc = ReadYourWritesLayer::new(adapter.clone())
@@ -443,7 +445,7 @@ pub async fn the_callers_own_condition_failing_is_not_a_conflict(client: Client)
     assert!(store.is_condition_failed() && !store.is_version_conflict());
 }
 
-pub async fn transactions_stamp_every_item_and_report_cancellation_reasons(client: Client) {
+pub(crate) async fn transactions_stamp_every_item_and_report_cancellation_reasons(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
     let session = Session::new();
@@ -507,7 +509,7 @@ pub async fn transactions_stamp_every_item_and_report_cancellation_reasons(clien
     assert!(peek(&client, &table, "t3").await.is_none());
 }
 
-pub async fn delete_then_read_and_recreate(client: Client) {
+pub(crate) async fn delete_then_read_and_recreate(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
     let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
@@ -562,7 +564,7 @@ pub async fn delete_then_read_and_recreate(client: Client) {
     );
 }
 
-pub async fn errors_are_typed(client: Client) {
+pub(crate) async fn errors_are_typed(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
     let mut svc = ReadYourWritesLayer::new(adapter.clone())
@@ -615,7 +617,7 @@ pub async fn errors_are_typed(client: Client) {
 /// moto ignores `ClientRequestToken`: the replay meets its own conditions, and the write ids
 /// on the items show the transaction had committed. (DynamoDB Local answers the replay itself;
 /// see testcontainers/.)
-pub async fn a_lost_transaction_response_is_recognised_by_write_id(client: Client) {
+pub(crate) async fn a_lost_transaction_response_is_recognised_by_write_id(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
     let session = Session::new();
@@ -663,7 +665,7 @@ pub async fn a_lost_transaction_response_is_recognised_by_write_id(client: Clien
     );
 }
 
-pub async fn two_continuations_of_one_token_lose_no_acknowledged_write(client: Client) {
+pub(crate) async fn two_continuations_of_one_token_lose_no_acknowledged_write(client: Client) {
     // The reproduction: a token continued twice at once (two instances, a lost response, a second
     // tab), both writing the same items with every write operation. Before write ids had lanes,
     // the second continuation stamped the first one's ids, and its writes were reported as
@@ -794,7 +796,7 @@ pub async fn two_continuations_of_one_token_lose_no_acknowledged_write(client: C
     assert!(hits > 0 && txs > 0);
 }
 
-pub async fn a_retry_after_another_sessions_update_applies_once(client: Client) {
+pub(crate) async fn a_retry_after_another_sessions_update_applies_once(client: Client) {
     // The response of an update is lost after it applied; another session updates the item; the
     // retry must recognise its own write among the item's recent write ids (before, the item kept
     // only the last writer's id, and the retry was reported as a conflict).
@@ -849,7 +851,7 @@ pub async fn a_retry_after_another_sessions_update_applies_once(client: Client) 
     );
 }
 
-pub async fn a_read_of_an_undeclared_table_is_unscoped_never_guaranteed(client: Client) {
+pub(crate) async fn a_read_of_an_undeclared_table_is_unscoped_never_guaranteed(client: Client) {
     // The adapter knows no key schema for this table, so it cannot name the item's scope: the
     // read is sent as it is and reported unscoped (before: `Guaranteed(Unfenced)`).
     let table = fresh_table(&client).await;
@@ -904,7 +906,9 @@ async fn deleted_by_another_session(
     assert!(peek(client, table, pk).await.is_none());
 }
 
-pub async fn a_retry_after_another_sessions_delete_is_ambiguous_never_reapplied(client: Client) {
+pub(crate) async fn a_retry_after_another_sessions_delete_is_ambiguous_never_reapplied(
+    client: Client,
+) {
     // Found by the adversarial review: the update applied, its response was lost, another session
     // deleted the item, and the retry re-created it (the delete undone, the update applied twice).
     let table = fresh_table(&client).await;
@@ -949,7 +953,7 @@ pub async fn a_retry_after_another_sessions_delete_is_ambiguous_never_reapplied(
     );
 }
 
-pub async fn versions_keep_growing_across_delete_and_re_create(client: Client) {
+pub(crate) async fn versions_keep_growing_across_delete_and_re_create(client: Client) {
     // Found by the adversarial review: a session that saw version v re-created a deleted item at
     // v + 1, below the version another session's copy had in between; a replica holding that copy
     // then passed verification: `Guaranteed` without the session's own write.
@@ -996,7 +1000,7 @@ pub async fn versions_keep_growing_across_delete_and_re_create(client: Client) {
     assert_eq!(read.get_ref().item().unwrap()["body"].as_s().unwrap(), "a2");
 }
 
-pub async fn a_conditional_delete_of_a_gone_item_is_never_a_replay(client: Client) {
+pub(crate) async fn a_conditional_delete_of_a_gone_item_is_never_a_replay(client: Client) {
     // Found by the adversarial review: the first attempt of a conditional delete, finding the
     // item gone, was reported as a successful replay, and the caller's condition never checked.
     let table = fresh_table(&client).await;
@@ -1030,7 +1034,7 @@ pub async fn a_conditional_delete_of_a_gone_item_is_never_a_replay(client: Clien
     assert!(!out.get_ref().was_replayed());
 }
 
-pub async fn a_query_after_the_sessions_own_delete_does_not_show_the_item(client: Client) {
+pub(crate) async fn a_query_after_the_sessions_own_delete_does_not_show_the_item(client: Client) {
     // Found by the adversarial review: a delete advanced no partition scope, so a lagging
     // replica's query still listing the deleted item was `Guaranteed(Verified)`.
     let table = fresh_table(&client).await;
@@ -1063,7 +1067,7 @@ pub async fn a_query_after_the_sessions_own_delete_does_not_show_the_item(client
     assert!(read.visibility().is_guaranteed());
 }
 
-pub async fn an_exhausted_item_version_is_a_typed_error_not_a_panic(client: Client) {
+pub(crate) async fn an_exhausted_item_version_is_a_typed_error_not_a_panic(client: Client) {
     // Found by the adversarial review: an item at version u64::MAX (a hostile unsigned token can
     // write one) made the next writer that had read it overflow `expected + 1` and panic.
     let table = fresh_table(&client).await;
@@ -1124,7 +1128,7 @@ fn update_x_delete_y(table: &str) -> DynamoRequest {
         .into()
 }
 
-pub async fn a_replayed_transaction_is_applied_only_if_an_item_shows_it(client: Client) {
+pub(crate) async fn a_replayed_transaction_is_applied_only_if_an_item_shows_it(client: Client) {
     // Found by the second adversarial round: a transaction whose first attempt never reached the
     // store was reported applied at its replay because its delete target had vanished meanwhile
     // (another session deleted it); and a transaction that did land, whose item was deleted
@@ -1197,7 +1201,7 @@ pub async fn a_replayed_transaction_is_applied_only_if_an_item_shows_it(client: 
     );
 }
 
-pub async fn a_query_never_shows_an_item_older_than_the_session_read(client: Client) {
+pub(crate) async fn a_query_never_shows_an_item_older_than_the_session_read(client: Client) {
     // Found by the second adversarial round: the session read version 2 of an item; a query of
     // its partition on a lagging replica returned version 1, `Guaranteed(Unfenced)`, because only
     // the partition (never queried before) was fenced.
@@ -1238,7 +1242,7 @@ pub async fn a_query_never_shows_an_item_older_than_the_session_read(client: Cli
     );
 }
 
-pub async fn revocation_is_shared_by_every_instance(client: Client) {
+pub(crate) async fn revocation_is_shared_by_every_instance(client: Client) {
     // Two instances that share nothing but the signing key and the application's own table.
     use ryw::revocation::{OutagePolicy, SharedRevocationList};
     use ryw::signing::{KeyRing, SigningKey, TokenAuthority};

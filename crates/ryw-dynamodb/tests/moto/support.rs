@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tower::Service;
 
-pub type Item = HashMap<String, AttributeValue>;
+pub(crate) type Item = HashMap<String, AttributeValue>;
 
 /// The moto endpoint, or `None` (with a message) when the suite runs without servers.
-pub fn endpoint() -> Option<String> {
+pub(crate) fn endpoint() -> Option<String> {
     match std::env::var("RYW_DYNAMODB_ENDPOINT") {
         Ok(e) if !e.is_empty() => Some(e),
         _ => {
@@ -37,7 +37,7 @@ pub fn endpoint() -> Option<String> {
     }
 }
 
-pub fn client(endpoint: &str) -> Client {
+pub(crate) fn client(endpoint: &str) -> Client {
     let config = aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(endpoint)
@@ -50,7 +50,7 @@ pub fn client(endpoint: &str) -> Client {
 static TABLES: AtomicUsize = AtomicUsize::new(0);
 
 /// Creates a fresh table keyed by `pk` (string) with a global index `by_author` on `author`.
-pub async fn fresh_table(client: &Client) -> String {
+pub(crate) async fn fresh_table(client: &Client) -> String {
     let name = format!(
         "t{}_{}",
         std::process::id(),
@@ -101,16 +101,16 @@ fn attr(name: &str) -> AttributeDefinition {
         .unwrap()
 }
 
-pub fn s(v: &str) -> AttributeValue {
+pub(crate) fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
 }
 
-pub fn n(v: i64) -> AttributeValue {
+pub(crate) fn n(v: i64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
 /// Reads an item with a consistent read, straight from moto (no ryw).
-pub async fn peek(client: &Client, table: &str, pk: &str) -> Option<Item> {
+pub(crate) async fn peek(client: &Client, table: &str, pk: &str) -> Option<Item> {
     client
         .get_item()
         .table_name(table)
@@ -134,7 +134,7 @@ type HeldQuery = (Vec<Item>, usize);
 /// responses for it carry the held (older) item instead of moto's, and eventually consistent
 /// queries return no items. Consistent reads always pass through to moto untouched.
 #[derive(Clone, Default)]
-pub struct StaleReplicaForTests<S> {
+pub(crate) struct StaleReplicaForTests<S> {
     inner: S,
     held: Arc<Mutex<HashMap<String, Held>>>,
     queries_stale: Arc<Mutex<usize>>,
@@ -144,7 +144,7 @@ pub struct StaleReplicaForTests<S> {
 }
 
 impl<S> StaleReplicaForTests<S> {
-    pub fn new(inner: S) -> Self {
+    pub(crate) fn new(inner: S) -> Self {
         StaleReplicaForTests {
             inner,
             held: Default::default(),
@@ -156,7 +156,7 @@ impl<S> StaleReplicaForTests<S> {
     }
 
     /// The next `reads` eventually consistent reads of `pk` see `old` (None: not there yet).
-    pub fn hold(&self, pk: &str, old: Option<Item>, reads: usize) {
+    pub(crate) fn hold(&self, pk: &str, old: Option<Item>, reads: usize) {
         self.held
             .lock()
             .unwrap()
@@ -164,12 +164,12 @@ impl<S> StaleReplicaForTests<S> {
     }
 
     /// The next `reads` eventually consistent queries return `items` (an older copy).
-    pub fn hold_queries(&self, items: Vec<Item>, reads: usize) {
+    pub(crate) fn hold_queries(&self, items: Vec<Item>, reads: usize) {
         *self.query_snapshot.lock().unwrap() = Some((items, reads));
     }
 
     /// The next `reads` eventually consistent queries return nothing.
-    pub fn stale_queries(&self, reads: usize) {
+    pub(crate) fn stale_queries(&self, reads: usize) {
         *self.queries_stale.lock().unwrap() = reads;
     }
 }
@@ -280,14 +280,14 @@ fn with_output(
 /// TEST ONLY. Loses the responses of the next `n` writes *after* moto applied them: the caller
 /// sees `DynamoError::NoResponse`, as after a timeout.
 #[derive(Clone)]
-pub struct LoseWriteResponsesForTests<S> {
+pub(crate) struct LoseWriteResponsesForTests<S> {
     inner: S,
     remaining: Arc<AtomicUsize>,
     pub calls: Arc<AtomicUsize>,
 }
 
 impl<S> LoseWriteResponsesForTests<S> {
-    pub fn new(inner: S, n: usize) -> Self {
+    pub(crate) fn new(inner: S, n: usize) -> Self {
         LoseWriteResponsesForTests {
             inner,
             remaining: Arc::new(AtomicUsize::new(n)),
@@ -335,12 +335,13 @@ where
 }
 
 /// Another session's write, run by [`InterleaveThenLoseForTests`].
-pub type Interleave = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+pub(crate) type Interleave =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// TEST ONLY. After moto applied the next write, runs another session's write, then loses the
 /// first write's response (the layer retries it).
 #[derive(Clone)]
-pub struct InterleaveThenLoseForTests<S> {
+pub(crate) struct InterleaveThenLoseForTests<S> {
     inner: S,
     other: Interleave,
     /// Writes still to interleave and lose.
@@ -350,7 +351,7 @@ pub struct InterleaveThenLoseForTests<S> {
 }
 
 impl<S> InterleaveThenLoseForTests<S> {
-    pub fn new(
+    pub(crate) fn new(
         inner: S,
         other: impl Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync + 'static,
     ) -> Self {

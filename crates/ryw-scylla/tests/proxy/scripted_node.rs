@@ -28,11 +28,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// A wall-clock reading for the tests (2027-01-15), so write timestamps are known in advance.
-pub const NOW: u64 = 1_800_000_000_000_000;
+pub(crate) const NOW: u64 = 1_800_000_000_000_000;
 
 /// The wall clock the layer reads: fixed.
 #[derive(Clone, Copy, Debug)]
-pub struct FixedClock(pub u64);
+pub(crate) struct FixedClock(pub u64);
 
 impl ryw::clock::Clock for FixedClock {
     fn now_micros(&self) -> u64 {
@@ -42,7 +42,7 @@ impl ryw::clock::Clock for FixedClock {
 
 /// A CQL type id of the protocol (v4), for result columns.
 #[derive(Clone, Copy, Debug)]
-pub enum CqlType {
+pub(crate) enum CqlType {
     BigInt = 0x0002,
     Boolean = 0x0004,
     Int = 0x0009,
@@ -51,7 +51,7 @@ pub enum CqlType {
 
 /// A cell value of a forged row.
 #[derive(Clone, Debug)]
-pub enum Cell {
+pub(crate) enum Cell {
     Null,
     BigInt(i64),
     Int(i32),
@@ -73,7 +73,7 @@ impl Cell {
 
 /// What the node answers to a statement.
 #[derive(Clone, Debug)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// RESULT Void (a write).
     Void,
     /// RESULT Rows with these columns and rows.
@@ -155,7 +155,7 @@ fn result_body(reply: &Reply) -> Bytes {
 
 /// A statement frame as the node received it.
 #[derive(Clone, Debug)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub opcode: RequestOpcode,
     /// The statement text (QUERY), or the prepared id (EXECUTE); empty for BATCH.
     pub text: String,
@@ -209,35 +209,35 @@ fn decode(frame: &RequestFrame) -> Seen {
 /// A rule of the script: statements whose frame body contains `marker` (case-sensitive), with
 /// opcode `opcode`, get `replies` in turn (the last one repeats).
 #[derive(Clone, Debug)]
-pub struct Script {
+pub(crate) struct Script {
     pub opcode: RequestOpcode,
     pub marker: &'static str,
     pub replies: Vec<Reply>,
 }
 
 impl Script {
-    pub fn query(marker: &'static str, replies: Vec<Reply>) -> Self {
+    pub(crate) fn query(marker: &'static str, replies: Vec<Reply>) -> Self {
         Script {
             opcode: RequestOpcode::Query,
             marker,
             replies,
         }
     }
-    pub fn prepare(marker: &'static str, reply: Reply) -> Self {
+    pub(crate) fn prepare(marker: &'static str, reply: Reply) -> Self {
         Script {
             opcode: RequestOpcode::Prepare,
             marker,
             replies: vec![reply],
         }
     }
-    pub fn execute(id: &'static str, replies: Vec<Reply>) -> Self {
+    pub(crate) fn execute(id: &'static str, replies: Vec<Reply>) -> Self {
         Script {
             opcode: RequestOpcode::Execute,
             marker: id,
             replies,
         }
     }
-    pub fn batch(marker: &'static str, replies: Vec<Reply>) -> Self {
+    pub(crate) fn batch(marker: &'static str, replies: Vec<Reply>) -> Self {
         Script {
             opcode: RequestOpcode::Batch,
             marker,
@@ -279,7 +279,7 @@ async fn relay(listener: TcpListener, upstream: SocketAddr) {
 }
 
 /// One scripted node and the driver session connected to it.
-pub struct ScriptedScyllaNode {
+pub(crate) struct ScriptedScyllaNode {
     /// Where the driver connects (the relay in front of the node).
     pub addr: SocketAddr,
     proxy: Option<RunningProxy>,
@@ -307,7 +307,7 @@ fn forge(reply: Reply) -> RequestReaction {
 
 impl ScriptedScyllaNode {
     /// Starts the node on a fresh loopback address, with `script` for the test's statements.
-    pub async fn start(script: Vec<Script>) -> Self {
+    pub(crate) async fn start(script: Vec<Script>) -> Self {
         let addr = SocketAddr::new(scylla_proxy::get_exclusive_local_address(), 9042);
         let (tx, seen) = mpsc::unbounded_channel();
         let mut rules = vec![
@@ -378,7 +378,7 @@ impl ScriptedScyllaNode {
     }
 
     /// A driver session connected to the node.
-    pub async fn session(&self) -> Session {
+    pub(crate) async fn session(&self) -> Session {
         SessionBuilder::new()
             .known_node_addr(self.addr)
             .build()
@@ -387,7 +387,7 @@ impl ScriptedScyllaNode {
     }
 
     /// The statement frames answered by the script so far, in order.
-    pub fn seen(&mut self) -> Vec<Seen> {
+    pub(crate) fn seen(&mut self) -> Vec<Seen> {
         let mut out = Vec::new();
         while let Ok((frame, _)) = self.seen.try_recv() {
             out.push(decode(&frame));
@@ -396,7 +396,7 @@ impl ScriptedScyllaNode {
     }
 
     /// Stops the node.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(p) = self.proxy.take() {
             let _ = p.finish().await;
         }

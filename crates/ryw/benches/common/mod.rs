@@ -4,10 +4,10 @@ use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter
 use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
 use ryw::{ScopeKey, StoreId, Version};
 
-pub const STORE: StoreId = StoreId::new(1);
+pub(crate) const STORE: StoreId = StoreId::new(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Req {
+pub(crate) struct Req {
     pub key: u64,
     pub write: bool,
     pub strong: bool,
@@ -15,12 +15,12 @@ pub struct Req {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub struct Resp {
+pub(crate) struct Resp {
     pub version: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
-pub struct BenchAdapter;
+pub(crate) struct BenchAdapter;
 
 impl StoreAdapter for BenchAdapter {
     type Request = Req;
