@@ -79,6 +79,7 @@ pub mod error;
 pub mod fence;
 pub mod future;
 mod layer;
+mod mix;
 pub mod retry;
 pub mod revocation;
 pub mod session;

@@ -223,15 +223,11 @@ impl<A> RetryPolicy<A> {
             self.rng = self
                 .shared
                 .seed
-                .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+                .fetch_add(crate::mix::GAMMA, Ordering::Relaxed)
                 | 1;
         }
-        // splitmix64
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
+        self.rng = self.rng.wrapping_add(crate::mix::GAMMA);
+        let z = crate::mix::splitmix64(self.rng);
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 }

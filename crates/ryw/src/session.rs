@@ -195,7 +195,6 @@ fn earliest(a: u64, b: u64) -> u64 {
 /// Threads take `n` in blocks of [`LANE_BLOCK`], so drawing a lane touches no shared cache line
 /// (a continuation is made on every request).
 fn fresh_lane() -> u64 {
-    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
     static SEED: OnceLock<u64> = OnceLock::new();
     static BLOCKS: AtomicU64 = AtomicU64::new(0);
     thread_local! {
@@ -221,10 +220,7 @@ fn fresh_lane() -> u64 {
         next.set((n.wrapping_add(1), end));
         n
     });
-    let mut z = seed.wrapping_add(n.wrapping_mul(GAMMA));
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    crate::mix::splitmix64(seed.wrapping_add(n.wrapping_mul(crate::mix::GAMMA)))
 }
 
 /// How many lanes a thread takes at a time.

@@ -181,12 +181,7 @@ impl VerifiedCache {
     }
 }
 
-/// A 64-bit multiply-xorshift mix (the splitmix64 finalizer).
-fn fold(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+use crate::mix::splitmix64 as fold;
 
 impl Generations {
     fn promote(&mut self, slot: u64, entry: Verified, per_generation: usize) {
