@@ -550,9 +550,9 @@ impl TokenAuthorityBuilder {
     /// How many verified tokens to remember (default [`DEFAULT_VERIFIED_CACHE`]; 0 turns the
     /// cache off).
     ///
-    /// A token is remembered, by its exact text and the principal that presented it, when it
-    /// verifies and when the authority issues it (except a session's first token, remembered
-    /// when it comes back); presenting the same text again skips the
+    /// A token is remembered, by its exact text and the principal that presented it, the second
+    /// time it verifies (most tokens are presented once: each write answers with a new one; a
+    /// client whose session does not change keeps sending the same); presenting it again skips the
     /// signature check and the decoding. Everything that can change meanwhile is still checked on
     /// every verification: expiry, issue time, revocation, and the key ring (a rotation or
     /// retirement empties the cache). Each entry holds the token text and its decoded state, a
@@ -692,18 +692,6 @@ impl TokenAuthority {
         bytes.push(key.id);
         bytes.extend_from_slice(&tag);
         let encoded = encode_base64(&bytes)?;
-        // A session's first token may never come back (a one-off visitor, a crawler): it is
-        // remembered when it does. Later ones are presented by a returning client.
-        let returning = state.started_at() != 0;
-        if let (true, Some(cache)) = (returning, &self.cache) {
-            // The next request of this session presents exactly this text: remember what it
-            // says (decoding our own bytes costs no HMAC), under the ring it was signed with.
-            if let Ok(mut token) = SessionToken::from_bytes(&bytes) {
-                token.unmask_scopes(&key.scopes);
-                let generation = self.ring_generation.load(Ordering::Acquire);
-                cache.insert(&encoded, principal, generation, Arc::new(token));
-            }
-        }
         drop(keys);
         Ok(encoded)
     }
@@ -779,7 +767,7 @@ impl TokenAuthority {
         self.check_live(&token, now)?;
         let token = Arc::new(token);
         if let Some(cache) = &self.cache {
-            cache.insert(encoded, principal, generation, token.clone());
+            cache.admit(encoded, principal, generation, &token);
         }
         tracing::trace!(target: "ryw::signing", session = %token.state().id(), "token verified");
         Ok(token)

@@ -8,10 +8,15 @@
 //! not-yet-valid, revocation, and the key ring (an entry remembers the ring generation it was
 //! verified under, and rotation or retirement moves the generation on).
 //!
-//! Bounded by two generations per shard, of at most `capacity / 2 / SHARDS` entries each: when the
-//! young one is full the old one is dropped, so a hot token survives while cold ones age out, in
-//! O(1) per insert. Sharded so that concurrent requests of different sessions take different
-//! locks.
+//! A token is admitted the second time it verifies: the first time, only its slot is noted (a
+//! doorkeeper, as in TinyLFU). Most tokens are presented once (each write answers with a new
+//! one), and keeping each of those would cost more than the verification it could save; a token
+//! a client keeps sending (its session unchanged) is verified twice, then answered from here.
+//!
+//! Bounded by two generations per shard, of at most `capacity / 2 / SHARDS` entries each (the
+//! doorkeeper likewise, in slots): when the young one is full the old one is dropped, so a hot
+//! token survives while cold ones age out, in O(1) per insert. Sharded so that concurrent requests
+//! of different sessions take different locks.
 
 use crate::token::SessionToken;
 use std::collections::hash_map::RandomState;
@@ -53,10 +58,14 @@ impl std::hash::Hasher for SlotHasher {
 }
 
 type Slots = HashMap<u64, Verified, std::hash::BuildHasherDefault<SlotHasher>>;
+type Seen = std::collections::HashSet<u64, std::hash::BuildHasherDefault<SlotHasher>>;
 
 struct Generations {
     young: Slots,
     old: Slots,
+    /// Slots of tokens verified once, not admitted yet.
+    seen_young: Seen,
+    seen_old: Seen,
 }
 
 /// Locks of the cache (a power of two).
@@ -90,6 +99,8 @@ impl VerifiedCache {
                     Shard(Mutex::new(Generations {
                         young: Slots::default(),
                         old: Slots::default(),
+                        seen_young: Seen::default(),
+                        seen_old: Seen::default(),
                     }))
                 })
                 .collect(),
@@ -136,7 +147,37 @@ impl VerifiedCache {
         found
     }
 
+    /// Called when `encoded`, presented by `principal`, verified (in full) as `token` under ring
+    /// `generation`: the second time, it is remembered; the first time, only noted.
+    pub(super) fn admit(
+        &self,
+        encoded: &str,
+        principal: Option<&[u8]>,
+        generation: u64,
+        token: &Arc<SessionToken>,
+    ) {
+        let slot = self.slot(encoded, principal);
+        let mut maps = self.lock(slot);
+        if maps.seen_young.remove(&slot) || maps.seen_old.remove(&slot) {
+            let entry = Verified {
+                encoded: encoded.into(),
+                principal: principal.map(Into::into),
+                generation,
+                token: token.clone(),
+            };
+            maps.promote(slot, entry, self.per_generation);
+        } else {
+            if maps.seen_young.len() >= self.per_generation {
+                let g = &mut *maps;
+                std::mem::swap(&mut g.seen_young, &mut g.seen_old);
+                g.seen_young.clear();
+            }
+            maps.seen_young.insert(slot);
+        }
+    }
+
     /// Remembers that `encoded`, presented by `principal`, is `token` under ring `generation`.
+    #[cfg(test)]
     pub(super) fn insert(
         &self,
         encoded: &str,
@@ -166,6 +207,8 @@ impl VerifiedCache {
             let mut maps = shard.0.lock().unwrap_or_else(|e| e.into_inner());
             maps.young.clear();
             maps.old.clear();
+            maps.seen_young.clear();
+            maps.seen_old.clear();
         }
     }
 
@@ -216,6 +259,26 @@ mod tests {
         assert!(cache.get("ab", Some(b"alice")).is_none());
         cache.clear();
         assert!(cache.get("abc", Some(b"alice")).is_none());
+    }
+
+    #[test]
+    fn a_token_is_admitted_the_second_time_it_verifies() {
+        let cache = VerifiedCache::new(64).unwrap();
+        let t = token(1);
+        cache.admit("abc", None, 0, &t);
+        assert!(cache.get("abc", None).is_none(), "noted, not kept");
+        cache.admit("abc", Some(b"alice"), 0, &t);
+        assert!(
+            cache.get("abc", Some(b"alice")).is_none(),
+            "another principal: noted apart"
+        );
+        cache.admit("abc", None, 0, &t);
+        assert!(cache.get("abc", None).is_some());
+        // Many tokens seen once: the doorkeeper stays bounded, nothing is kept.
+        for i in 0..10_000u128 {
+            cache.admit(&format!("once{i}"), None, 0, &token(i));
+        }
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]
