@@ -43,7 +43,7 @@ pub struct ScyllaAdapter {
     config: Arc<Config>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Config {
     store: StoreId,
     read: Consistency,
@@ -70,8 +70,10 @@ impl ScyllaAdapter {
         }
     }
 
+    /// The configuration, copied first if a clone shares it: configuring one adapter never
+    /// changes another.
     fn config(&mut self) -> &mut Config {
-        Arc::get_mut(&mut self.config).expect("configure the adapter before cloning it")
+        Arc::make_mut(&mut self.config)
     }
 
     /// The store id of this cluster (several clusters in one session need distinct ids).
@@ -187,5 +189,19 @@ impl StoreAdapter for ScyllaAdapter {
             }));
         }
         Some(conflict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuring_a_clone_changes_only_the_clone() {
+        // Before: configuring an adapter after cloning it panicked.
+        let adapter = ScyllaAdapter::new();
+        let other = adapter.clone().store_id(StoreId::new(9));
+        assert_eq!(other.store(), StoreId::new(9));
+        assert_eq!(adapter.store(), SCYLLA_STORE);
     }
 }
