@@ -52,10 +52,17 @@ impl DynamoAdapterBuilder {
         self
     }
 
-    /// The store id in session tokens (default 2).
-    pub fn store(mut self, store: StoreId) -> Self {
+    /// The store id in session tokens (default 2; several tables of one account share it). The
+    /// same name on every adapter.
+    pub fn store_id(mut self, store: StoreId) -> Self {
         self.config.store = store;
         self
+    }
+
+    /// The former name of [`DynamoAdapterBuilder::store_id`].
+    #[deprecated(note = "use `store_id`, the name every adapter uses")]
+    pub fn store(self, store: StoreId) -> Self {
+        self.store_id(store)
     }
 
     /// Builds the adapter.

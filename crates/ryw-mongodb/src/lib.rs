@@ -314,7 +314,7 @@ impl<T> MongoResponse<T> {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct MongoConfig {
     pub(crate) store: StoreId,
     pub(crate) scope: ScopeKey,
@@ -339,24 +339,48 @@ impl Default for MongoAdapter {
 impl MongoAdapter {
     /// Store id 1, reads secondary-preferred, recent write ids in `ryw_write_ids`.
     pub fn new() -> Self {
-        Self::with_store(
-            StoreId::new(1),
-            ReadPreference::SecondaryPreferred {
-                options: Default::default(),
-            },
-        )
-    }
-
-    /// Another store id (a second deployment in one session) and read preference.
-    pub fn with_store(store: StoreId, read_preference: ReadPreference) -> Self {
+        let store = StoreId::new(1);
         MongoAdapter {
             config: Arc::new(MongoConfig {
                 store,
-                scope: ScopeKey::new(store, b"mongodb:deployment"),
-                read_preference,
+                scope: Self::deployment_scope(store),
+                read_preference: ReadPreference::SecondaryPreferred {
+                    options: Default::default(),
+                },
                 write_id_field: "ryw_write_ids".into(),
             }),
         }
+    }
+
+    fn deployment_scope(store: StoreId) -> ScopeKey {
+        ScopeKey::new(store, b"mongodb:deployment")
+    }
+
+    /// The configuration, copied first if a clone shares it: configuring one adapter never
+    /// changes another.
+    fn config(&mut self) -> &mut MongoConfig {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Another store id (a second deployment in one session; default 1). The same name on every
+    /// adapter.
+    pub fn store_id(mut self, store: StoreId) -> Self {
+        let config = self.config();
+        config.store = store;
+        config.scope = Self::deployment_scope(store);
+        self
+    }
+
+    /// Where cheap reads go (default secondary-preferred; escalation reads the primary).
+    pub fn read_preference(mut self, read_preference: ReadPreference) -> Self {
+        self.config().read_preference = read_preference;
+        self
+    }
+
+    /// The former constructor: `MongoAdapter::new().store_id(store).read_preference(..)`.
+    #[deprecated(note = "use `MongoAdapter::new().store_id(..).read_preference(..)`")]
+    pub fn with_store(store: StoreId, read_preference: ReadPreference) -> Self {
+        Self::new().store_id(store).read_preference(read_preference)
     }
 
     /// The deployment's scope.
@@ -494,4 +518,32 @@ impl<T> MongoAdapterFor<T> {
 pub(crate) fn cluster_time_from(bytes: &[u8]) -> Option<ClusterTime> {
     let doc = Document::from_reader(bytes).ok()?;
     mongodb::bson::from_document(doc).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_adapter_is_configured_the_same_way_and_a_clone_stays_as_it_was() {
+        let adapter = MongoAdapter::new();
+        let other = adapter
+            .clone()
+            .store_id(StoreId::new(7))
+            .read_preference(ReadPreference::Primary);
+        assert_eq!(other.config.store, StoreId::new(7));
+        assert_eq!(
+            other.scope(),
+            ScopeKey::new(StoreId::new(7), b"mongodb:deployment")
+        );
+        assert_eq!(adapter.config.store, StoreId::new(1));
+        assert!(matches!(
+            adapter.config.read_preference,
+            ReadPreference::SecondaryPreferred { .. }
+        ));
+        assert!(matches!(
+            other.config.read_preference,
+            ReadPreference::Primary
+        ));
+    }
 }

@@ -33,10 +33,17 @@ impl SimAdapter {
         }
     }
 
-    /// Uses another store id (for sessions spanning several stores).
-    pub const fn with_store(mut self, store: StoreId) -> Self {
+    /// Uses another store id (for sessions spanning several stores). The same name on every
+    /// adapter.
+    pub const fn store_id(mut self, store: StoreId) -> Self {
         self.store = store;
         self
+    }
+
+    /// The former name of [`SimAdapter::store_id`].
+    #[deprecated(note = "use `store_id`, the name every adapter uses")]
+    pub const fn with_store(self, store: StoreId) -> Self {
+        self.store_id(store)
     }
 
     /// The scope of `key`.
