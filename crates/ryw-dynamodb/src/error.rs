@@ -6,6 +6,10 @@ use aws_sdk_dynamodb::types::CancellationReason;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use ryw::adapter::{Applied, ErrorClass};
 
+/// The error underneath a [`DynamoError`], as the SDK reported it (shared, so the error stays
+/// `Clone`).
+pub type Source = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
 /// A conditional write whose condition failed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConditionFailure {
@@ -47,6 +51,9 @@ pub enum DynamoError {
     Validation {
         /// The message.
         message: String,
+        /// The SDK's error, when it refused to build the request.
+        #[source]
+        source: Option<Source>,
     },
     /// The table or index does not exist.
     #[error("resource not found: {message}")]
@@ -65,11 +72,23 @@ pub enum DynamoError {
         message: String,
     },
     /// No answer in time, or the connection failed after the request may have been sent.
-    #[error("no response: {0}")]
-    NoResponse(String),
+    #[error("no response: {message}")]
+    NoResponse {
+        /// What happened.
+        message: String,
+        /// The SDK's error, kept whole.
+        #[source]
+        source: Option<Source>,
+    },
     /// The request never left the client (a connection could not be made, credentials failed).
-    #[error("request not sent: {0}")]
-    NotSent(String),
+    #[error("request not sent: {message}")]
+    NotSent {
+        /// What happened.
+        message: String,
+        /// The SDK's error, kept whole.
+        #[source]
+        source: Option<Source>,
+    },
     /// A write through the session layer names a table the adapter has no key schema for.
     #[error("table {0:?} has no key schema in the ryw DynamoDB adapter configuration")]
     UnknownTable(String),
@@ -160,9 +179,9 @@ impl DynamoError {
                     ErrorClass::Permanent
                 }
             }
-            DynamoError::Throttled { .. } | DynamoError::NotSent(_) => ErrorClass::RETRYABLE,
+            DynamoError::Throttled { .. } | DynamoError::NotSent { .. } => ErrorClass::RETRYABLE,
             DynamoError::Service { status, .. } if *status >= 500 => ErrorClass::AMBIGUOUS,
-            DynamoError::NoResponse(_) => ErrorClass::AMBIGUOUS,
+            DynamoError::NoResponse { .. } => ErrorClass::AMBIGUOUS,
             DynamoError::Unresolved(_) => ErrorClass::Unresolved,
             _ => ErrorClass::Permanent,
         }
@@ -171,31 +190,65 @@ impl DynamoError {
     /// Maps any SDK error by its code and status.
     pub(crate) fn from_sdk<E>(error: SdkError<E, HttpResponse>) -> Self
     where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
+        // The message is the error and its causes in words; the error itself is kept as the
+        // source.
+        fn whole<E>(e: SdkError<E, HttpResponse>) -> (String, Option<Source>)
+        where
+            E: std::error::Error + Send + Sync + 'static,
+        {
+            let mut message = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                // Error chains often repeat the same words one level down.
+                if !message.ends_with(&text) {
+                    message.push_str(": ");
+                    message.push_str(&text);
+                }
+                cause = c.source();
+            }
+            (message, Some(std::sync::Arc::new(e)))
+        }
         match error {
-            SdkError::ConstructionFailure(e) => DynamoError::Validation {
-                message: format!("{:?}", e),
-            },
-            SdkError::TimeoutError(_) => DynamoError::NoResponse("timeout".into()),
-            SdkError::DispatchFailure(e) => {
-                if e.is_io() || e.is_timeout() {
-                    DynamoError::NoResponse(format!("{:?}", e))
+            e @ SdkError::ConstructionFailure(_) => {
+                let (message, source) = whole(e);
+                DynamoError::Validation { message, source }
+            }
+            e @ (SdkError::TimeoutError(_) | SdkError::ResponseError(_)) => {
+                let (message, source) = whole(e);
+                DynamoError::NoResponse { message, source }
+            }
+            SdkError::DispatchFailure(d) => {
+                let may_have_been_sent = d.is_io() || d.is_timeout();
+                let (message, source) = whole(SdkError::<E, HttpResponse>::DispatchFailure(d));
+                if may_have_been_sent {
+                    DynamoError::NoResponse { message, source }
                 } else {
-                    DynamoError::NotSent(format!("{:?}", e))
+                    DynamoError::NotSent { message, source }
                 }
             }
-            SdkError::ResponseError(e) => DynamoError::NoResponse(format!("{:?}", e)),
             SdkError::ServiceError(e) => {
                 let status = e.raw().status().as_u16();
                 let err = e.into_err();
-                Self::from_code(
+                let mapped = Self::from_code(
                     status,
                     err.code().unwrap_or("Unknown"),
                     err.message().unwrap_or(""),
-                )
+                );
+                match mapped {
+                    DynamoError::Validation { message, .. } => DynamoError::Validation {
+                        message,
+                        source: Some(std::sync::Arc::new(err)),
+                    },
+                    other => other,
+                }
             }
-            other => DynamoError::NoResponse(format!("{other:?}")),
+            other => {
+                let (message, source) = whole(other);
+                DynamoError::NoResponse { message, source }
+            }
         }
     }
 
@@ -209,7 +262,10 @@ impl DynamoError {
                 code: code.to_owned(),
                 message,
             },
-            "ValidationException" | "SerializationException" => DynamoError::Validation { message },
+            "ValidationException" | "SerializationException" => DynamoError::Validation {
+                message,
+                source: None,
+            },
             "ResourceNotFoundException" => DynamoError::ResourceNotFound { message },
             // The caller's own condition (ryw's conditions are handled where they are sent).
             "ConditionalCheckFailedException" => {

@@ -123,6 +123,7 @@ impl Stamp<'_> {
             // Only a hostile token or item can get here; wrapping would move versions backwards.
             return Err(DynamoError::Validation {
                 message: "item version or session clock exhausted (u64::MAX)".into(),
+                source: None,
             });
         }
         Ok(Stamp {

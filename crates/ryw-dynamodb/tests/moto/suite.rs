@@ -600,6 +600,32 @@ pub(crate) async fn errors_are_typed(client: Client) {
         err.store_error().unwrap().class(),
         ryw::adapter::ErrorClass::Permanent
     );
+    // The SDK's own error is kept as the source, not flattened into a string.
+    let source = std::error::Error::source(err.store_error().unwrap()).expect("the SDK error");
+    assert!(!source.to_string().is_empty());
+
+    // No server: the error says so in words, with the SDK's error underneath.
+    let unreachable = client
+        .config()
+        .to_builder()
+        .endpoint_url("http://127.0.0.1:9")
+        .build();
+    let down = DynamoService::new(aws_sdk_dynamodb::Client::from_conf(unreachable), &adapter);
+    let err = down.oneshot(get(&table, "a")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DynamoError::NoResponse {
+                source: Some(_),
+                ..
+            } | DynamoError::NotSent {
+                source: Some(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains("DispatchFailure {"), "{err}");
 
     let unknown = put("not_configured", "a", "x");
     let err = svc

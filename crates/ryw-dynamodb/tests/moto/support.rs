@@ -325,9 +325,10 @@ where
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1))
                     .is_ok()
             {
-                return Err(DynamoError::NoResponse(
-                    "response lost by the test layer".into(),
-                ));
+                return Err(DynamoError::NoResponse {
+                    message: "response lost by the test layer".into(),
+                    source: None,
+                });
             }
             Ok(resp)
         })
@@ -386,9 +387,10 @@ where
         {
             return Box::pin(async move {
                 other().await;
-                Err(DynamoError::NoResponse(
-                    "dropped before sending by the test layer".into(),
-                ))
+                Err(DynamoError::NoResponse {
+                    message: "dropped before sending by the test layer".into(),
+                    source: None,
+                })
             });
         }
         let fut = self.inner.call(req);
@@ -399,9 +401,10 @@ where
                 .is_ok()
             {
                 other().await;
-                return Err(DynamoError::NoResponse(
-                    "response lost by the test layer".into(),
-                ));
+                return Err(DynamoError::NoResponse {
+                    message: "response lost by the test layer".into(),
+                    source: None,
+                });
             }
             Ok(resp)
         })
