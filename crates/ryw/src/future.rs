@@ -8,7 +8,7 @@ use crate::fence::{
     FenceDecision, FencePath, FenceStrategy, ReadFence, StaleRead, StaleReadPolicy, Staleness,
     Visibility,
 };
-use crate::layer::Shared;
+use crate::layer::LayerConfig;
 use crate::retry::SessionRetryPolicy;
 use crate::session::{Session, WriteId};
 use crate::version::Version;
@@ -74,7 +74,7 @@ where
     inner: S,
     /// Cloned from the shared prototype at the first failure only.
     policy: Option<P>,
-    shared: Arc<Shared<A, P>>,
+    shared: Arc<LayerConfig<A, P>>,
     attempt: Attempt<A>,
 }
 
@@ -102,7 +102,7 @@ where
     pub(crate) fn new(
         future: S::Future,
         inner: S,
-        shared: Arc<Shared<A, P>>,
+        shared: Arc<LayerConfig<A, P>>,
         attempt: Attempt<A>,
     ) -> Self {
         ResponseFuture {
@@ -234,7 +234,7 @@ type Out<A> =
     Result<SessionResponse<<A as StoreAdapter>::Response>, Error<<A as StoreAdapter>::Error>>;
 
 fn on_response<A: StoreAdapter, P>(
-    shared: &Shared<A, P>,
+    shared: &LayerConfig<A, P>,
     at: &mut Attempt<A>,
     response: A::Response,
 ) -> Step<Out<A>> {
@@ -401,7 +401,7 @@ fn on_final_error<A: StoreAdapter>(
 }
 
 fn resolve_conflict<A: StoreAdapter, P>(
-    shared: &Shared<A, P>,
+    shared: &LayerConfig<A, P>,
     at: &mut Attempt<A>,
     error: A::Error,
 ) -> Result<(), Error<A::Error>> {
@@ -455,7 +455,7 @@ fn resolve_conflict<A: StoreAdapter, P>(
 
 /// Merges what a response showed into the session (versions only move forward).
 pub(crate) fn record<A: StoreAdapter, P>(
-    shared: &Shared<A, P>,
+    shared: &LayerConfig<A, P>,
     session: &Session,
     observed: &Observed,
 ) {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tower::Layer;
 
 /// Configuration shared by every request of a layer.
-pub(crate) struct Shared<A: StoreAdapter, P> {
+pub(crate) struct LayerConfig<A: StoreAdapter, P> {
     pub(crate) adapter: A,
     /// The retry policy prototype: cloned into a request only when it fails.
     pub(crate) policy: P,
@@ -20,9 +20,9 @@ pub(crate) struct Shared<A: StoreAdapter, P> {
     pub(crate) conflict_retries: u32,
 }
 
-impl<A: StoreAdapter, P: Clone> Clone for Shared<A, P> {
+impl<A: StoreAdapter, P: Clone> Clone for LayerConfig<A, P> {
     fn clone(&self) -> Self {
-        Shared {
+        LayerConfig {
             adapter: self.adapter.clone(),
             policy: self.policy.clone(),
             support: self.support,
@@ -34,9 +34,9 @@ impl<A: StoreAdapter, P: Clone> Clone for Shared<A, P> {
     }
 }
 
-impl<A: StoreAdapter + fmt::Debug, P: fmt::Debug> fmt::Debug for Shared<A, P> {
+impl<A: StoreAdapter + fmt::Debug, P: fmt::Debug> fmt::Debug for LayerConfig<A, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared")
+        f.debug_struct("LayerConfig")
             .field("adapter", &self.adapter)
             .field("policy", &self.policy)
             .field("fence", &self.fence)
@@ -53,7 +53,7 @@ impl<A: StoreAdapter + fmt::Debug, P: fmt::Debug> fmt::Debug for Shared<A, P> {
 /// (verify, one re-read after 10 ms, then escalate), [`RetryPolicy::new`], [`LastWriterWins`],
 /// the system clock, two conflict rounds.
 pub struct ReadYourWritesLayer<A: StoreAdapter, P = RetryPolicy<A>> {
-    shared: Arc<Shared<A, P>>,
+    shared: Arc<LayerConfig<A, P>>,
 }
 
 impl<A: StoreAdapter, P> Clone for ReadYourWritesLayer<A, P> {
@@ -77,7 +77,7 @@ impl<A: StoreAdapter> ReadYourWritesLayer<A> {
     pub fn new(adapter: A) -> Self {
         let policy = RetryPolicy::new(adapter.clone());
         ReadYourWritesLayer {
-            shared: Arc::new(Shared {
+            shared: Arc::new(LayerConfig {
                 support: adapter.fence_support(),
                 adapter,
                 policy,
@@ -91,7 +91,7 @@ impl<A: StoreAdapter> ReadYourWritesLayer<A> {
 }
 
 impl<A: StoreAdapter, P: Clone> ReadYourWritesLayer<A, P> {
-    fn shared_mut(&mut self) -> &mut Shared<A, P> {
+    fn shared_mut(&mut self) -> &mut LayerConfig<A, P> {
         Arc::make_mut(&mut self.shared)
     }
 
@@ -124,7 +124,7 @@ impl<A: StoreAdapter, P: Clone> ReadYourWritesLayer<A, P> {
     pub fn retry<Q>(self, policy: Q) -> ReadYourWritesLayer<A, Q> {
         let s = Arc::unwrap_or_clone(self.shared);
         ReadYourWritesLayer {
-            shared: Arc::new(Shared {
+            shared: Arc::new(LayerConfig {
                 adapter: s.adapter,
                 policy,
                 support: s.support,

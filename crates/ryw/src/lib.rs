@@ -100,7 +100,7 @@ pub use version::{ScopeKey, StoreId, Version, VersionVector};
 use crate::adapter::{Operation, Scopes, WriteStamp};
 use crate::fence::ReadFence;
 use crate::future::{Attempt, ResponseFuture};
-use crate::layer::Shared;
+use crate::layer::LayerConfig;
 use crate::retry::{RetryPolicy, SessionRetryPolicy};
 use std::fmt;
 use std::sync::Arc;
@@ -226,7 +226,7 @@ impl<T> SessionResponse<T> {
 /// request is cloned once per request and once per further attempt; both should be cheap.
 pub struct ReadYourWrites<S, A: StoreAdapter, P = RetryPolicy<A>> {
     inner: S,
-    shared: Arc<Shared<A, P>>,
+    shared: Arc<LayerConfig<A, P>>,
 }
 
 impl<S: Clone, A: StoreAdapter, P> Clone for ReadYourWrites<S, A, P> {
@@ -250,7 +250,7 @@ impl<S: fmt::Debug, A: StoreAdapter + fmt::Debug, P: fmt::Debug> fmt::Debug
 }
 
 impl<S, A: StoreAdapter, P> ReadYourWrites<S, A, P> {
-    pub(crate) fn from_parts(inner: S, shared: Arc<Shared<A, P>>) -> Self {
+    pub(crate) fn from_parts(inner: S, shared: Arc<LayerConfig<A, P>>) -> Self {
         ReadYourWrites { inner, shared }
     }
 

@@ -140,7 +140,7 @@ impl Default for Backoff {
 #[derive(Debug)]
 pub struct RetryPolicy<A> {
     adapter: A,
-    shared: Arc<PolicyShared>,
+    shared: Arc<PolicyState>,
     max_retries: u32,
     backoff: Backoff,
     retries: u32,
@@ -148,7 +148,7 @@ pub struct RetryPolicy<A> {
 }
 
 #[derive(Debug)]
-struct PolicyShared {
+struct PolicyState {
     budget: RetryBudget,
     seed: AtomicU64,
 }
@@ -178,7 +178,7 @@ impl<A> RetryPolicy<A> {
     pub fn with_budget(adapter: A, budget: RetryBudget) -> Self {
         RetryPolicy {
             adapter,
-            shared: Arc::new(PolicyShared {
+            shared: Arc::new(PolicyState {
                 budget,
                 seed: AtomicU64::new(0x853c_49e6_748f_ea9b),
             }),

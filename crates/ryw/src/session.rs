@@ -502,7 +502,7 @@ impl SessionState {
     }
 }
 
-struct Shared {
+struct SessionCell {
     id: SessionId,
     state: Mutex<SessionState>,
 }
@@ -512,7 +512,7 @@ struct Shared {
 /// Cloning is cheap (an `Arc`); all clones see and advance the same state.
 #[derive(Clone)]
 pub struct Session {
-    shared: Arc<Shared>,
+    shared: Arc<SessionCell>,
 }
 
 impl fmt::Debug for Session {
@@ -544,7 +544,7 @@ impl Session {
     /// A session continuing `state`.
     pub fn from_state(state: SessionState) -> Self {
         Session {
-            shared: Arc::new(Shared {
+            shared: Arc::new(SessionCell {
                 id: state.id(),
                 state: Mutex::new(state),
             }),
