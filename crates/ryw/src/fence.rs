@@ -49,7 +49,7 @@
 //! );
 //! ```
 
-use crate::adapter::Observed;
+use crate::clock::HybridTimestamp;
 use crate::version::{Requirement, ScopeKey, Version};
 use smallvec::SmallVec;
 use std::fmt;
@@ -470,5 +470,92 @@ impl Visibility {
             Visibility::Guaranteed(p) => Some(*p),
             Visibility::Pending(_) | Visibility::Unscoped => None,
         }
+    }
+}
+
+/// Versions (and optionally a clock reading) a response carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    versions: SmallVec<[(ScopeKey, Version); 2]>,
+    clock: Option<HybridTimestamp>,
+    strong: bool,
+    context: Option<(Version, std::sync::Arc<[u8]>)>,
+}
+
+impl Observed {
+    /// Nothing observed.
+    #[inline]
+    pub fn new() -> Self {
+        Observed::default()
+    }
+
+    /// Records that the response reflects `scope` at `version` (use `Version::ZERO` for an item
+    /// that does not exist). A scope recorded twice keeps the larger version.
+    #[inline]
+    pub fn push(&mut self, scope: ScopeKey, version: Version) {
+        if let Some(slot) = self.versions.iter_mut().find(|(s, _)| *s == scope) {
+            slot.1 = slot.1.max(version);
+        } else {
+            self.versions.push((scope, version));
+        }
+    }
+
+    /// Records a timestamp the session's hybrid clock must move past (a Scylla write time, a
+    /// cluster time).
+    #[inline]
+    pub fn clock(&mut self, seen: HybridTimestamp) {
+        self.clock = Some(self.clock.map_or(seen, |c| c.max(seen)));
+    }
+
+    /// Marks the response as served by the strongly consistent path: it reflects every write
+    /// acknowledged before it was served, so it meets any fence (including store horizons).
+    #[inline]
+    pub fn mark_strong(&mut self) {
+        self.strong = true;
+    }
+
+    /// Records an opaque store context the session must carry (MongoDB's signed
+    /// `$clusterTime`), with the version it goes with; the session keeps the newest.
+    pub fn context(&mut self, version: Version, bytes: impl Into<std::sync::Arc<[u8]>>) {
+        if self.context.as_ref().is_none_or(|(v, _)| version > *v) {
+            self.context = Some((version, bytes.into()));
+        }
+    }
+
+    /// The store context recorded, if any.
+    #[inline]
+    pub fn seen_context(&self) -> Option<(Version, &[u8])> {
+        self.context.as_ref().map(|(v, b)| (*v, &**b))
+    }
+
+    pub(crate) fn context_shared(&self) -> Option<(Version, std::sync::Arc<[u8]>)> {
+        self.context.clone()
+    }
+
+    /// The version observed for `scope`.
+    #[inline]
+    pub fn get(&self, scope: ScopeKey) -> Option<Version> {
+        self.versions
+            .iter()
+            .find(|(s, _)| *s == scope)
+            .map(|(_, v)| *v)
+    }
+
+    /// All observed versions.
+    #[inline]
+    pub fn iter(&self) -> impl Iterator<Item = (ScopeKey, Version)> + '_ {
+        self.versions.iter().copied()
+    }
+
+    /// The clock reading, if any.
+    #[inline]
+    pub fn seen_clock(&self) -> Option<HybridTimestamp> {
+        self.clock
+    }
+
+    /// Whether the response came from the strong path.
+    #[inline]
+    pub fn is_strong(&self) -> bool {
+        self.strong
     }
 }

@@ -3,7 +3,7 @@
 //! A [`Session`] is a cheap, cloneable handle to one logical client's [`SessionState`]. Several
 //! requests of one session may run at once: each merges what it observed into the shared state by
 //! pointwise maximum, so the state never regresses ("last completed wins" cannot happen). The
-//! portable form of the state is a [`SessionToken`]: hand it to another
+//! portable form of the state is a [`SessionToken`](crate::SessionToken): hand it to another
 //! process and [`Session::from_token`] there continues the same session.
 //!
 //! # Example
@@ -24,7 +24,6 @@
 //! ```
 
 use crate::clock::HybridTimestamp;
-use crate::token::{SessionToken, TokenError};
 use crate::version::{ScopeKey, StoreId, Version, VersionVector};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -551,17 +550,6 @@ impl Session {
         }
     }
 
-    /// A session continuing the state carried by `token`.
-    pub fn from_token(token: &SessionToken) -> Self {
-        Self::from_state(token.state().clone())
-    }
-
-    /// Decodes `encoded` and continues its session. Every malformed input is a typed
-    /// [`TokenError`].
-    pub fn from_encoded(encoded: &str) -> Result<Self, TokenError> {
-        Ok(Self::from_token(&SessionToken::decode(encoded)?))
-    }
-
     /// The session id.
     pub fn id(&self) -> SessionId {
         self.shared.id
@@ -570,11 +558,6 @@ impl Session {
     /// A copy of the current state.
     pub fn snapshot(&self) -> SessionState {
         self.lock().clone()
-    }
-
-    /// The current state as an (unsigned) token.
-    pub fn token(&self) -> SessionToken {
-        SessionToken::new(self.snapshot())
     }
 
     /// Merges another state of this session (from a token that came with a request, or from a

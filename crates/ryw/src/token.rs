@@ -55,7 +55,9 @@
 //! ```
 
 use crate::clock::HybridTimestamp;
-use crate::session::{SessionId, SessionState, StoreContext, MAX_CONTEXTS, MAX_CONTEXT_LEN};
+use crate::session::{
+    Session, SessionId, SessionState, StoreContext, MAX_CONTEXTS, MAX_CONTEXT_LEN,
+};
 use crate::version::{
     Entry, ScopeKey, StoreHorizon, StoreId, Version, VersionVector, MAX_SCOPE_CAP,
 };
@@ -786,6 +788,26 @@ impl<'a> Reader<'a> {
             }
         }
         Err(TokenError::Malformed("varint overflow"))
+    }
+}
+
+/// A session and its portable form (here rather than in [`crate::session`], which knows nothing
+/// of tokens).
+impl Session {
+    /// A session continuing the state carried by `token`.
+    pub fn from_token(token: &SessionToken) -> Self {
+        Self::from_state(token.state().clone())
+    }
+
+    /// Decodes `encoded` and continues its session. Every malformed input is a typed
+    /// [`TokenError`].
+    pub fn from_encoded(encoded: &str) -> Result<Self, TokenError> {
+        Ok(Self::from_token(&SessionToken::decode(encoded)?))
+    }
+
+    /// The current state as an (unsigned) token.
+    pub fn token(&self) -> SessionToken {
+        SessionToken::new(self.snapshot())
     }
 }
 
