@@ -162,9 +162,6 @@ struct Presented {
     value: HeaderValue,
     /// The verified token, shared with the authority's cache.
     token: Arc<SessionToken>,
-    issued_at: u64,
-    expires_at: u64,
-    key_id: u8,
     from_cookie: bool,
     /// When the request was opened (seconds since the Unix epoch): one clock read per request.
     now: u64,
@@ -227,8 +224,9 @@ impl Config {
                 let state = token.state().clone();
                 return Ok((self.cycle(&[state]), TokenStatus::Cycled, None));
             }
+            // Only a signed token with times can answer again (every token an authority issues).
             let presented = match (token.times(), token.signature()) {
-                (Some((issued_at, expires_at)), Some(signature)) => {
+                (Some(_), Some(_)) => {
                     // The request's own header value when it is exactly the token: no copy.
                     let value = match headers.get(&self.header) {
                         Some(v) if !from_cookie && v.as_bytes() == text.as_bytes() => {
@@ -239,9 +237,6 @@ impl Config {
                     value.map(|value| Presented {
                         value,
                         token: token.clone(),
-                        issued_at,
-                        expires_at,
-                        key_id: signature.key_id,
                         from_cookie,
                         now,
                         ring,
@@ -314,14 +309,19 @@ impl Config {
         let ttl = self.authority.ttl();
         let renew_after = self.renew_after.unwrap_or(ttl / 2).min(ttl).as_secs();
         // A token from an instance whose clock is ahead has age 0.
-        let age = presented.now.saturating_sub(presented.issued_at);
+        let (Some((issued_at, expires_at)), Some(signature)) =
+            (presented.token.times(), presented.token.signature())
+        else {
+            return false;
+        };
+        let age = presented.now.saturating_sub(issued_at);
         renew_after > 0
             && age < renew_after
-            && presented.now < presented.expires_at
+            && presented.now < expires_at
             && presented.token.state() == state
             // A version 1 token carries no session start; re-issuing it records one.
             && state.started_at() != 0
-            && presented.key_id == self.authority.current_key_id()
+            && signature.key_id == self.authority.current_key_id()
             && presented.ring == self.authority.key_ring_generation()
     }
 
@@ -355,7 +355,8 @@ impl Config {
                 // the header, as every response's token does; a cookie it came in stays as it is.
                 if !presented.from_cookie {
                     if let Ok(text) = presented.value.to_str() {
-                        let left = presented.expires_at.saturating_sub(presented.now);
+                        let expires_at = presented.token.times().map_or(0, |(_, e)| e);
+                        let left = expires_at.saturating_sub(presented.now);
                         self.set_cookie(headers, text, left);
                     }
                 }
@@ -871,6 +872,17 @@ mod tests {
             .to_owned()
     }
 
+    /// A token of a new session, issued `secs` ago (so a token re-issued now is another text).
+    fn issued_ago(authority: &TokenAuthority, secs: u64) -> String {
+        authority
+            .issue_at(
+                &Session::new().snapshot(),
+                None,
+                ryw::signing::now_secs() - secs,
+            )
+            .unwrap()
+    }
+
     fn call_with(token: Option<&str>, uri: &str) -> Request<String> {
         let mut request = Request::builder().uri(uri);
         if let Some(token) = token {
@@ -884,13 +896,7 @@ mod tests {
         let authority = Arc::new(TokenAuthority::new(SigningKey::new(1, [3u8; 32]).unwrap()));
         let service = ServerSessionLayer::new(authority.clone()).layer(service_fn(maybe_write));
         // Issued ten seconds ago, so a re-issued token could not be the same text.
-        let token = authority
-            .issue_at(
-                &Session::new().snapshot(),
-                None,
-                ryw::signing::now_secs() - 10,
-            )
-            .unwrap();
+        let token = issued_ago(&authority, 10);
 
         // Nothing changed: the very same text comes back (no signature computed).
         let again = service
@@ -985,10 +991,7 @@ mod tests {
         let service = layer
             .renew_after(Duration::from_secs(1_000))
             .layer(service_fn(maybe_write));
-        let now = ryw::signing::now_secs();
-        let token = authority
-            .issue_at(&Session::new().snapshot(), None, now - 100)
-            .unwrap();
+        let token = issued_ago(&authority, 100);
         let request = Request::builder()
             .header(COOKIE, format!("sid={token}"))
             .body(String::new())
@@ -1051,13 +1054,7 @@ mod tests {
                 }
             },
         ));
-        let token = authority
-            .issue_at(
-                &Session::new().snapshot(),
-                None,
-                ryw::signing::now_secs() - 10,
-            )
-            .unwrap();
+        let token = issued_ago(&authority, 10);
         let response = service
             .oneshot(call_with(Some(&token), "/?rotate"))
             .await

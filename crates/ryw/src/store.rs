@@ -36,7 +36,7 @@ use crate::session::{SessionId, SessionState};
 use crate::version::{Entry, ScopeKey, StoreHorizon, Version, VersionVector, DEFAULT_SCOPE_CAP};
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -103,26 +103,8 @@ pub trait SessionStore: Send + Sync + 'static {
     }
 }
 
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u128` is used by `SessionId`; this keeps any other use well defined.
-        self.0 = crate::version::stable_hash(bytes) ^ self.0.rotate_left(5);
-    }
-
-    fn write_u128(&mut self, v: u128) {
-        // Session ids are random or derived through a mixing hash: their bits are already uniform.
-        self.0 = (v as u64) ^ ((v >> 64) as u64).rotate_left(32);
-    }
-}
-
-type Table = HashMap<SessionId, Record, BuildHasherDefault<IdHasher>>;
+// Session ids are random or derived through a mixing hash: their bits are already uniform.
+type Table = HashMap<SessionId, Record, BuildHasherDefault<crate::mix::PremixedHasher>>;
 
 /// One session, compactly: 48 bytes inline, plus a heap block only for sessions with more than
 /// one scope or a store horizon.

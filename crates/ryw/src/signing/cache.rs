@@ -36,29 +36,10 @@ struct Verified {
 /// Characters of a token's end that pick its slot: 24 base64 characters, 144 bits of its tag.
 const SLOT_TAIL: usize = 24;
 
-/// Slots are mixed already: the maps use them as they are.
-#[derive(Default)]
-struct SlotHasher(u64);
-
-impl std::hash::Hasher for SlotHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used; this keeps any other use well defined.
-        for &b in bytes {
-            self.0 = fold(self.0 ^ u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-type Slots = HashMap<u64, Verified, std::hash::BuildHasherDefault<SlotHasher>>;
-type Seen = std::collections::HashSet<u64, std::hash::BuildHasherDefault<SlotHasher>>;
+// Slots are mixed already: the maps use them as they are.
+type SlotHasher = std::hash::BuildHasherDefault<crate::mix::PremixedHasher>;
+type Slots = HashMap<u64, Verified, SlotHasher>;
+type Seen = std::collections::HashSet<u64, SlotHasher>;
 
 struct Generations {
     young: Slots,
