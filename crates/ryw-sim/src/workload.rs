@@ -260,7 +260,7 @@ impl RunReport {
     }
 }
 
-type Layered = ReadYourWrites<SimClient, SimAdapter, RetryPolicy<SimAdapter>>;
+type Layered = ReadYourWrites<SimClient, SimAdapter, RetryPolicy>;
 
 struct UserResult {
     ops: Vec<Op>,
@@ -279,7 +279,7 @@ pub async fn run(scenario: &Scenario, mode: &Mode) -> RunReport {
         Mode::Ryw(fence) => (0..scenario.instances.max(1))
             .map(|i| {
                 let adapter = SimAdapter::new();
-                let policy = RetryPolicy::new(adapter.clone())
+                let policy = RetryPolicy::new()
                     .max_retries(4)
                     .seed(scenario.seed ^ i as u64);
                 ReadYourWritesLayer::new(adapter)

@@ -51,7 +51,7 @@
 //!     }
 //!
 //!     fn fence_support(&self) -> FenceSupport {
-//!         FenceSupport::new().escalate(true)
+//!         FenceSupport::new().strong_reads(true)
 //!     }
 //!
 //!     fn stamp_write(&self, request: &mut KvRequest, stamp: &WriteStamp<'_>) {
@@ -62,7 +62,7 @@
 //!
 //!     fn apply_fence(&self, request: &mut KvRequest, _: &ReadFence, strategy: FenceStrategy) {
 //!         if let KvRequest::Get { leader, .. } = request {
-//!             *leader = strategy == FenceStrategy::Escalate;
+//!             *leader = strategy == FenceStrategy::Strong;
 //!         }
 //!     }
 //!

@@ -8,7 +8,7 @@
 //!
 //! - [`FenceStrategy::ServerWait`]: the store waits until it has the version (MongoDB
 //!   `afterClusterTime`);
-//! - [`FenceStrategy::Escalate`]: read strongly (DynamoDB `ConsistentRead`, Scylla
+//! - [`FenceStrategy::Strong`]: read strongly (DynamoDB `ConsistentRead`, Scylla
 //!   `LOCAL_QUORUM`, a MongoDB primary);
 //! - [`FenceStrategy::Verify`]: read cheaply, compare the versions the response carries with the
 //!   fence, and on a miss re-read after a short delay, then escalate.
@@ -31,7 +31,7 @@
 //!     horizon: None,
 //! }]);
 //! let config = FenceConfig::verify_then_escalate(1, Duration::from_millis(5));
-//! let support = FenceSupport::new().escalate(true);
+//! let support = FenceSupport::new().strong_reads(true);
 //!
 //! assert_eq!(fence.initial_strategy(&config, support), FenceStrategy::Verify);
 //! // The first cheap read was stale: re-read once after a delay, then escalate, then give up.
@@ -41,10 +41,10 @@
 //! );
 //! assert_eq!(
 //!     fence.after_stale(&config, support, FenceStrategy::Verify, 1),
-//!     FenceDecision::Retry { strategy: FenceStrategy::Escalate, delay: Duration::ZERO }
+//!     FenceDecision::Retry { strategy: FenceStrategy::Strong, delay: Duration::ZERO }
 //! );
 //! assert_eq!(
-//!     fence.after_stale(&config, support, FenceStrategy::Escalate, 1),
+//!     fence.after_stale(&config, support, FenceStrategy::Strong, 1),
 //!     FenceDecision::GiveUp
 //! );
 //! ```
@@ -61,8 +61,9 @@ use std::time::Duration;
 pub enum FenceStrategy {
     /// The store waits until it has the required version.
     ServerWait,
-    /// The read goes to a strongly consistent path.
-    Escalate,
+    /// The read goes to the store's strongly consistent path (a read that starts here or is
+    /// escalated here reports [`FencePath::Escalated`]).
+    Strong,
     /// The read is cheap; the layer verifies the versions it returns.
     Verify,
 }
@@ -71,7 +72,7 @@ pub enum FenceStrategy {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FenceSupport {
     server_wait: bool,
-    escalate: bool,
+    strong_reads: bool,
     global_versions: bool,
 }
 
@@ -80,7 +81,7 @@ impl FenceSupport {
     pub const fn new() -> Self {
         FenceSupport {
             server_wait: false,
-            escalate: false,
+            strong_reads: false,
             global_versions: false,
         }
     }
@@ -91,10 +92,16 @@ impl FenceSupport {
         self
     }
 
-    /// The store can serve a strongly consistent read.
-    pub const fn escalate(mut self, yes: bool) -> Self {
-        self.escalate = yes;
+    /// The store can serve a strongly consistent read ([`FenceStrategy::Strong`]).
+    pub const fn strong_reads(mut self, yes: bool) -> Self {
+        self.strong_reads = yes;
         self
+    }
+
+    /// Renamed [`FenceSupport::strong_reads`].
+    #[deprecated(note = "renamed `strong_reads`")]
+    pub const fn escalate(self, yes: bool) -> Self {
+        self.strong_reads(yes)
     }
 
     /// Versions are positions in one store-wide order (a cluster time, an oplog position), so a
@@ -109,7 +116,7 @@ impl FenceSupport {
     pub const fn supports(self, strategy: FenceStrategy) -> bool {
         match strategy {
             FenceStrategy::ServerWait => self.server_wait,
-            FenceStrategy::Escalate => self.escalate,
+            FenceStrategy::Strong => self.strong_reads,
             FenceStrategy::Verify => true,
         }
     }
@@ -176,15 +183,21 @@ impl FenceConfig {
         }
     }
 
-    /// Escalate every fenced read up front.
-    pub const fn escalate() -> Self {
+    /// Every fenced read goes to the strong path up front.
+    pub const fn strong() -> Self {
         FenceConfig {
-            initial: FenceStrategy::Escalate,
+            initial: FenceStrategy::Strong,
             rereads: 0,
             reread_delay: Duration::ZERO,
             escalate_on_stale: true,
             stale_reads: StaleReadPolicy::Pending,
         }
+    }
+
+    /// Renamed [`FenceConfig::strong`].
+    #[deprecated(note = "renamed `strong`")]
+    pub const fn escalate() -> Self {
+        Self::strong()
     }
 
     /// Sets what a read that stays stale returns.
@@ -295,8 +308,8 @@ impl ReadFence {
             {
                 return FenceStrategy::ServerWait;
             }
-            if support.escalate {
-                return FenceStrategy::Escalate;
+            if support.strong_reads {
+                return FenceStrategy::Strong;
             }
             return FenceStrategy::Verify;
         }
@@ -328,7 +341,7 @@ impl ReadFence {
             let seen = observed.get(r.scope);
             let trusted = match strategy {
                 FenceStrategy::Verify => false,
-                FenceStrategy::ServerWait | FenceStrategy::Escalate => true,
+                FenceStrategy::ServerWait | FenceStrategy::Strong => true,
             };
             let ok = match seen {
                 Some(v) => v >= r.version && (trusted || r.horizon.is_none_or(|h| v >= h)),
@@ -360,9 +373,9 @@ impl ReadFence {
                 delay: config.reread_delay,
             };
         }
-        if last != FenceStrategy::Escalate && config.escalate_on_stale && support.escalate {
+        if last != FenceStrategy::Strong && config.escalate_on_stale && support.strong_reads {
             return FenceDecision::Retry {
-                strategy: FenceStrategy::Escalate,
+                strategy: FenceStrategy::Strong,
                 delay: Duration::ZERO,
             };
         }

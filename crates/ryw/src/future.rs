@@ -1,25 +1,33 @@
-//! The response future of [`crate::ReadYourWrites`].
+//! The response future of [`crate::ReadYourWrites`], and the state of one request in flight.
+//!
+//! [`ResponseFuture`] owns an [`InFlight`] request: the session, the stamped store request, the
+//! read fence and the counters of one logical request. After every store response,
+//! [`InFlight::next`] alone decides what happens: return, re-read, escalate, retry, or resolve a
+//! conflict and send the rebased write. The future only carries that decision out (sleeping,
+//! waiting for readiness, calling the inner service).
 
-use crate::adapter::{Applied, ErrorClass, Observed, Operation, Replay, StoreAdapter, WriteStamp};
+use crate::adapter::{
+    Applied, ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp,
+};
 use crate::clock::HybridTimestamp;
+use crate::config::LayerConfig;
 use crate::conflict::Resolution;
 use crate::error::Error;
 use crate::fence::{
     FenceDecision, FencePath, FenceStrategy, ReadFence, StaleRead, StaleReadPolicy, Staleness,
     Visibility,
 };
-use crate::layer::LayerConfig;
-use crate::retry::SessionRetryPolicy;
-use crate::session::{Session, WriteId};
+use crate::request::{SessionRequest, SessionResponse};
+use crate::retry::{Classified, SessionRetryPolicy};
+use crate::session::{Session, StoreContext, WriteId};
 use crate::version::Version;
-use crate::SessionResponse;
 use pin_project::pin_project;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use tower::retry::Policy;
+use std::time::Duration;
 use tower::Service;
 
 #[pin_project(project = StateProj)]
@@ -40,24 +48,410 @@ enum State<F, B> {
     Done,
 }
 
-/// Per-request bookkeeping, kept apart from the pinned state.
-pub(crate) struct Attempt<A: StoreAdapter> {
-    pub(crate) session: Session,
-    pub(crate) base: A::Request,
-    pub(crate) op: Operation,
-    pub(crate) fence: ReadFence,
-    pub(crate) strategy: FenceStrategy,
-    pub(crate) stamp: Option<(WriteId, HybridTimestamp)>,
+/// One logical request in flight through the layer: everything that outlives a single attempt
+/// against the store.
+pub(crate) struct InFlight<A: StoreAdapter> {
+    session: Session,
+    /// The store request as stamped, before any fence: every attempt starts from a clone of it.
+    base: A::Request,
+    op: Operation,
+    fence: ReadFence,
+    /// The strategy of the attempt in flight.
+    strategy: FenceStrategy,
+    stamp: Option<(WriteId, HybridTimestamp)>,
     /// The session's clock when the request started.
-    pub(crate) clock_at_start: HybridTimestamp,
-    pub(crate) stale_reads: StaleReadPolicy,
-    pub(crate) attempts: u32,
-    pub(crate) rereads: u32,
-    pub(crate) conflicts: u32,
-    pub(crate) held: Option<Box<(A::Response, StaleRead)>>,
+    clock_at_start: HybridTimestamp,
+    stale_reads: StaleReadPolicy,
+    /// Attempts sent to the store so far.
+    sent: u32,
+    rereads: u32,
+    conflicts: u32,
+    /// The last stale response, returned as `Pending` if a re-read or escalation fails.
+    held: Option<Box<(A::Response, StaleRead)>>,
     /// An earlier attempt of this write failed in a way that may have applied: later attempts
     /// are replays ([`StoreAdapter::prepare_replay`]).
-    pub(crate) may_have_applied: bool,
+    may_have_applied: bool,
+}
+
+/// What [`InFlight::next`] decided after a store response.
+enum Next<B, T> {
+    /// The request is over.
+    Return(T),
+    /// The retry policy asked for another attempt after its backoff.
+    Retry(B),
+    /// The read was behind its fence: read again after the delay (with the strategy
+    /// [`InFlight::next`] chose, which may be an escalation to the strong path).
+    ReRead(Duration),
+    /// A conflict was resolved: send the rebased write now.
+    Rebased,
+}
+
+type Out<A> =
+    Result<SessionResponse<<A as StoreAdapter>::Response>, Error<<A as StoreAdapter>::Error>>;
+
+impl<A: StoreAdapter> InFlight<A> {
+    /// Reads the session, stamps a write, builds the fence and prepares the first attempt.
+    /// Returns the state and the first store request.
+    pub(crate) fn start<P>(
+        config: &LayerConfig<A, P>,
+        request: SessionRequest<A::Request>,
+    ) -> (Self, A::Request) {
+        let (session, mut base, stale_reads) = request.into_parts();
+        let adapter = &config.adapter;
+        let op = adapter.operation(&base);
+        let mut scopes = Scopes::new();
+        adapter.scopes(&base, &mut scopes);
+
+        let mut fence = ReadFence::new();
+        let mut stamp = None;
+        let clock_at_start;
+        {
+            let mut state = session.lock();
+            for scope in scopes.iter() {
+                fence.push(state.vector().requirement(scope));
+            }
+            if let Some(c) = state.context(adapter.store()) {
+                fence.set_context(Some(c.clone()));
+            }
+            if let Operation::Write(_) = op {
+                stamp = Some(state.next_write(config.clock.now_micros()));
+            }
+            clock_at_start = state.clock();
+        }
+
+        let strategy = match op {
+            Operation::Read => fence.initial_strategy(&config.fence, config.support),
+            _ => FenceStrategy::Verify,
+        };
+        if let Some((write_id, timestamp)) = stamp {
+            adapter.stamp_write(
+                &mut base,
+                &WriteStamp {
+                    write_id,
+                    timestamp,
+                    fence: &fence,
+                },
+            );
+        }
+        let in_flight = InFlight {
+            session,
+            base,
+            op,
+            fence,
+            strategy,
+            stamp,
+            clock_at_start,
+            stale_reads: stale_reads.unwrap_or(config.fence.stale_reads),
+            sent: 0,
+            rereads: 0,
+            conflicts: 0,
+            held: None,
+            may_have_applied: false,
+        };
+        let first = in_flight.attempt(adapter);
+        (in_flight, first)
+    }
+
+    /// The store request of the next attempt: the stamped request, marked as a replay when an
+    /// earlier attempt may have applied, fenced with the current strategy.
+    fn attempt(&self, adapter: &A) -> A::Request {
+        let mut request = self.base.clone();
+        if self.may_have_applied {
+            adapter.prepare_replay(&mut request);
+        }
+        if self.op == Operation::Read && !self.fence.is_unfenced() {
+            adapter.apply_fence(&mut request, &self.fence, self.strategy);
+        }
+        request
+    }
+
+    /// The one decision point after a store response: classify an error once, hand a conflict
+    /// to the resolver, apply the replay rule, let the retry policy retry, check a read against
+    /// its fence and re-read or escalate when it is behind, or return.
+    fn next<P>(
+        &mut self,
+        config: &LayerConfig<A, P>,
+        policy: &mut Option<P>,
+        result: Result<A::Response, A::Error>,
+    ) -> Next<P::Future, Out<A>>
+    where
+        P: SessionRetryPolicy<A::Request, A::Response, A::Error>,
+    {
+        self.sent += 1;
+        let class = match &result {
+            Err(e) => Some(config.adapter.classify(e)),
+            Ok(_) => None,
+        };
+        if class == Some(ErrorClass::AMBIGUOUS) {
+            self.may_have_applied = true;
+        }
+        // Conflicts are the resolver's, not the retry policy's.
+        let mut result = match (class, result) {
+            (Some(ErrorClass::Conflict), Err(error)) => {
+                return match self.resolve_conflict(config, error) {
+                    Ok(()) => Next::Rebased,
+                    Err(e) => Next::Return(Err(e)),
+                };
+            }
+            (_, result) => result,
+        };
+        // The replay rule is the layer's, whatever policy is installed: a transient failure the
+        // rule does not allow to retry (an unreplayable write that may have applied), or an
+        // unresolved replay, is never sent again.
+        let forbidden = match class {
+            Some(ErrorClass::Unresolved) => true,
+            Some(c) => c.is_transient() && !crate::retry::may_retry(self.op, c),
+            None => false,
+        };
+        // tower's contract: the policy sees every result once it exists. Until the first
+        // failure it does not: the prototype hears of the success instead.
+        if policy.is_none() && result.is_err() && !forbidden {
+            *policy = Some(config.policy.clone());
+        }
+        match policy.as_mut() {
+            Some(_) if forbidden => {}
+            Some(policy) => {
+                let classified = Classified {
+                    operation: self.op,
+                    error: class,
+                };
+                if let Some(backoff) = policy.retry(&mut self.base, &mut result, classified) {
+                    return Next::Retry(backoff);
+                }
+            }
+            None if self.sent == 1 => config.policy.first_attempt_succeeded(),
+            None => {}
+        }
+        match result {
+            Ok(response) => self.on_response(config, response),
+            Err(error) => Next::Return(self.on_final_error(class, error)),
+        }
+    }
+
+    fn respond(&self, response: A::Response, visibility: Visibility) -> Out<A> {
+        Ok(SessionResponse::new(
+            response,
+            visibility,
+            self.stamp.map(|(w, _)| w),
+            self.sent,
+        ))
+    }
+
+    fn on_response<B, P>(
+        &mut self,
+        config: &LayerConfig<A, P>,
+        response: A::Response,
+    ) -> Next<B, Out<A>> {
+        let mut observed = Observed::new();
+        config.adapter.observe(&self.base, &response, &mut observed);
+        if !self.already_known(&observed) {
+            record(config, &self.session, &observed);
+        }
+        if let Operation::Write(_) = self.op {
+            return Next::Return(self.respond(response, Visibility::Guaranteed(FencePath::Write)));
+        }
+        if self.fence.requirements().is_empty() {
+            // No scope named: nothing could be fenced, and nothing is claimed.
+            tracing::debug!(target: "ryw::fence", "read names no scope: unscoped");
+            return Next::Return(match self.stale_reads {
+                StaleReadPolicy::Error => Err(Error::Unscoped),
+                _ => self.respond(response, Visibility::Unscoped),
+            });
+        }
+        let checked = self
+            .fence
+            .check(self.strategy, &observed)
+            .and_then(|()| self.beyond_the_fence(&observed));
+        let staleness = match checked {
+            Ok(()) => {
+                let path = if self.fence.is_unfenced() {
+                    FencePath::Unfenced
+                } else {
+                    match self.strategy {
+                        FenceStrategy::Verify if self.rereads == 0 => FencePath::Verified,
+                        FenceStrategy::Verify => FencePath::ReRead,
+                        FenceStrategy::ServerWait => FencePath::ServerWait,
+                        FenceStrategy::Strong => FencePath::Escalated,
+                    }
+                };
+                return Next::Return(self.respond(response, Visibility::Guaranteed(path)));
+            }
+            Err(staleness) => staleness,
+        };
+        let stale = StaleRead {
+            staleness,
+            attempts: self.sent,
+            last_strategy: self.strategy,
+        };
+        tracing::debug!(target: "ryw::fence", attempts = self.sent, strategy = ?self.strategy, "read behind its fence");
+        match self
+            .fence
+            .after_stale(&config.fence, config.support, self.strategy, self.rereads)
+        {
+            FenceDecision::Retry { strategy, delay } => {
+                if strategy == FenceStrategy::Verify {
+                    self.rereads += 1;
+                }
+                self.strategy = strategy;
+                self.held = Some(Box::new((response, stale)));
+                Next::ReRead(delay)
+            }
+            _ => Next::Return(self.give_up(response, stale)),
+        }
+    }
+
+    /// A cheap read may return scopes it did not name up front (the items of a query): each must
+    /// still reflect what the session requires of it, or the read is stale like any other.
+    fn beyond_the_fence(&self, observed: &Observed) -> Result<(), Staleness> {
+        if observed.is_strong() || self.strategy != FenceStrategy::Verify {
+            return Ok(());
+        }
+        let mut extra = observed
+            .iter()
+            .filter(|(scope, _)| self.fence.requirement(*scope).is_none())
+            .peekable();
+        if extra.peek().is_none() {
+            return Ok(());
+        }
+        let state = self.session.lock();
+        for (scope, seen) in extra {
+            let r = state.vector().requirement(scope);
+            let required = r.version.max(r.horizon.unwrap_or(Version::ZERO));
+            if seen < required {
+                return Err(Staleness {
+                    scope,
+                    required,
+                    observed: Some(seen),
+                    horizon: r.horizon.is_some() && r.horizon > Some(r.version),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the session already held everything `observed` shows when the request started
+    /// (state only grows, so it still does): the common steady-state read skips the second lock.
+    fn already_known(&self, observed: &Observed) -> bool {
+        self.op == Operation::Read
+            && observed
+                .seen_clock()
+                .is_none_or(|c| c <= self.clock_at_start)
+            && observed
+                .seen_context()
+                .is_none_or(|(v, _)| self.fence.context().is_some_and(|c| c.version >= v))
+            && observed.iter().all(|(scope, v)| {
+                v == Version::ZERO
+                    || self
+                        .fence
+                        .requirement(scope)
+                        .is_some_and(|r| r.version >= v)
+            })
+    }
+
+    fn give_up(&self, response: A::Response, stale: StaleRead) -> Out<A> {
+        match self.stale_reads {
+            StaleReadPolicy::Error => Err(Error::StaleRead(Box::new(stale))),
+            _ => self.respond(response, Visibility::Pending(Box::new(stale))),
+        }
+    }
+
+    fn on_final_error(&mut self, class: Option<ErrorClass>, error: A::Error) -> Out<A> {
+        // A re-read or escalation failed: the earlier (stale) data is still worth returning.
+        if let Some(held) = self.held.take() {
+            let (response, mut stale) = *held;
+            stale.attempts = self.sent;
+            return self.give_up(response, stale);
+        }
+        let transient = class.is_some_and(|c| c.is_transient());
+        if let (
+            Operation::Write(Replay::Never),
+            Some(ErrorClass::Transient(Applied::Unknown)),
+            Some((write_id, _)),
+        )
+        | (_, Some(ErrorClass::Unresolved), Some((write_id, _))) = (self.op, class, self.stamp)
+        {
+            return Err(Error::Ambiguous {
+                write_id,
+                source: error,
+            });
+        }
+        Err(Error::Store {
+            source: error,
+            attempts: self.sent,
+            transient,
+        })
+    }
+
+    fn resolve_conflict<P>(
+        &mut self,
+        config: &LayerConfig<A, P>,
+        error: A::Error,
+    ) -> Result<(), Error<A::Error>> {
+        let store_error = |error| Error::Store {
+            source: error,
+            attempts: self.sent,
+            transient: false,
+        };
+        let Some((write_id, timestamp)) = self.stamp else {
+            return Err(store_error(error));
+        };
+        let Some(conflict) = config.adapter.conflict(&self.base, &error) else {
+            return Err(store_error(error));
+        };
+        // Record the winner's version: the session has now seen it.
+        let mut observed = Observed::new();
+        observed.push(conflict.scope, conflict.current);
+        if let Some(ts) = conflict.current_timestamp {
+            observed.clock(ts);
+        }
+        record(config, &self.session, &observed);
+        if self.conflicts >= config.conflict_retries {
+            return Err(Error::Conflict(Box::new(conflict)));
+        }
+        let rebased = match config.resolver.resolve(&self.base, &conflict) {
+            Resolution::Overwrite => config.adapter.rebase(&mut self.base, &conflict),
+            Resolution::Merge(mut merged) => {
+                config.adapter.stamp_write(
+                    &mut merged,
+                    &WriteStamp {
+                        write_id,
+                        timestamp,
+                        fence: &self.fence,
+                    },
+                );
+                let ok = config.adapter.rebase(&mut merged, &conflict);
+                if ok {
+                    self.base = merged;
+                }
+                ok
+            }
+            _ => false,
+        };
+        if !rebased {
+            return Err(Error::Conflict(Box::new(conflict)));
+        }
+        tracing::debug!(target: "ryw::conflict", "write rebased onto the current version");
+        self.conflicts += 1;
+        Ok(())
+    }
+}
+
+/// Merges what a response showed into the session (versions only move forward).
+fn record<A: StoreAdapter, P>(config: &LayerConfig<A, P>, session: &Session, observed: &Observed) {
+    let mut state = session.lock();
+    if let Some((version, bytes)) = observed.context_shared() {
+        state.advance_context(StoreContext {
+            store: config.adapter.store(),
+            version,
+            bytes,
+        });
+    }
+    for (scope, version) in observed.iter() {
+        state.advance(scope, version);
+    }
+    if let Some(ts) = observed.seen_clock() {
+        state.observe_clock(ts);
+    }
 }
 
 /// The future returned by [`crate::ReadYourWrites`]: drives the attempts of one request (retries,
@@ -67,28 +461,28 @@ pub struct ResponseFuture<S, A, P>
 where
     A: StoreAdapter,
     S: Service<A::Request>,
-    P: Policy<A::Request, A::Response, A::Error>,
+    P: SessionRetryPolicy<A::Request, A::Response, A::Error>,
 {
     #[pin]
     state: State<S::Future, P::Future>,
     inner: S,
-    /// Cloned from the shared prototype at the first failure only.
+    /// Cloned from the layer's prototype at the first failure only.
     policy: Option<P>,
-    shared: Arc<LayerConfig<A, P>>,
-    attempt: Attempt<A>,
+    config: Arc<LayerConfig<A, P>>,
+    request: InFlight<A>,
 }
 
 impl<S, A, P> fmt::Debug for ResponseFuture<S, A, P>
 where
     A: StoreAdapter,
     S: Service<A::Request>,
-    P: Policy<A::Request, A::Response, A::Error>,
+    P: SessionRetryPolicy<A::Request, A::Response, A::Error>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("session", &self.attempt.session)
-            .field("operation", &self.attempt.op)
-            .field("attempts", &self.attempt.attempts)
+            .field("session", &self.request.session)
+            .field("operation", &self.request.op)
+            .field("attempts", &self.request.sent)
             .finish_non_exhaustive()
     }
 }
@@ -96,21 +490,21 @@ where
 impl<S, A, P> ResponseFuture<S, A, P>
 where
     A: StoreAdapter,
-    S: Service<A::Request, Response = A::Response, Error = A::Error>,
-    P: Policy<A::Request, A::Response, A::Error>,
+    S: Service<A::Request>,
+    P: SessionRetryPolicy<A::Request, A::Response, A::Error>,
 {
     pub(crate) fn new(
         future: S::Future,
         inner: S,
-        shared: Arc<LayerConfig<A, P>>,
-        attempt: Attempt<A>,
+        config: Arc<LayerConfig<A, P>>,
+        request: InFlight<A>,
     ) -> Self {
         ResponseFuture {
             state: State::Calling { future },
             inner,
             policy: None,
-            shared,
-            attempt,
+            config,
+            request,
         }
     }
 }
@@ -118,79 +512,29 @@ where
 impl<S, A, P> Future for ResponseFuture<S, A, P>
 where
     A: StoreAdapter,
-    S: Service<A::Request, Response = A::Response, Error = A::Error>,
+    S: Service<A::Request, Response = A::Response>,
+    S::Error: Into<A::Error>,
     P: SessionRetryPolicy<A::Request, A::Response, A::Error>,
 {
-    type Output = Result<SessionResponse<A::Response>, Error<A::Error>>;
+    type Output = Out<A>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
-                    let result = ready!(future.poll(cx));
-                    let at = &mut *this.attempt;
-                    at.attempts += 1;
-                    let class = match &result {
-                        Err(e) => Some(this.shared.adapter.classify(e)),
-                        Ok(_) => None,
-                    };
-                    if class == Some(ErrorClass::AMBIGUOUS) {
-                        at.may_have_applied = true;
-                    }
-                    // Conflicts are the resolver's, not the retry policy's.
-                    let mut result = match (class, result) {
-                        (Some(ErrorClass::Conflict), Err(error)) => {
-                            match resolve_conflict(this.shared, at, error) {
-                                Ok(()) => {
-                                    this.state.set(State::Ready);
-                                    continue;
-                                }
-                                Err(e) => {
-                                    this.state.set(State::Done);
-                                    return Poll::Ready(Err(e));
-                                }
-                            }
-                        }
-                        (_, result) => result,
-                    };
-                    // The replay rule is the layer's, whatever policy is installed: a transient
-                    // failure the rule does not allow to retry (an unreplayable write that may
-                    // have applied), or an unresolved replay, is never sent again.
-                    let forbidden = match class {
-                        Some(ErrorClass::Unresolved) => true,
-                        Some(c) => c.is_transient() && !crate::retry::may_retry(at.op, c),
-                        None => false,
-                    };
-                    // tower's contract: the policy sees every result once it exists. Until the
-                    // first failure it does not: the prototype hears of the success instead.
-                    if this.policy.is_none() && result.is_err() && !forbidden {
-                        *this.policy = Some(this.shared.policy.clone());
-                    }
-                    match this.policy.as_mut() {
-                        Some(_) if forbidden => {}
-                        Some(policy) => {
-                            if let Some(backoff) = policy.retry(&mut at.base, &mut result) {
-                                this.state.set(State::Backoff { sleep: backoff });
-                                continue;
-                            }
-                        }
-                        None if at.attempts == 1 => this.shared.policy.first_attempt_succeeded(),
-                        None => {}
-                    }
-                    let outcome = match result {
-                        Ok(response) => on_response(this.shared, at, response),
-                        Err(error) => Step::Done(on_final_error(at, class, error)),
-                    };
-                    match outcome {
-                        Step::Done(out) => {
+                    let result = ready!(future.poll(cx)).map_err(Into::into);
+                    match this.request.next(this.config, this.policy, result) {
+                        Next::Return(out) => {
                             this.state.set(State::Done);
                             return Poll::Ready(out);
                         }
-                        Step::Again(delay) if delay.is_zero() => this.state.set(State::Ready),
-                        Step::Again(delay) => this.state.set(State::Delay {
+                        Next::Retry(sleep) => this.state.set(State::Backoff { sleep }),
+                        Next::ReRead(delay) if delay.is_zero() => this.state.set(State::Ready),
+                        Next::ReRead(delay) => this.state.set(State::Delay {
                             sleep: Box::pin(tokio::time::sleep(delay)),
                         }),
+                        Next::Rebased => this.state.set(State::Ready),
                     }
                 }
                 StateProj::Backoff { sleep } => {
@@ -204,273 +548,14 @@ where
                 StateProj::Ready => {
                     if let Err(e) = ready!(this.inner.poll_ready(cx)) {
                         this.state.set(State::Done);
-                        return Poll::Ready(Err(Error::NotReady(e)));
+                        return Poll::Ready(Err(Error::NotReady(e.into())));
                     }
-                    let at = &*this.attempt;
-                    let mut request = at.base.clone();
-                    if at.may_have_applied {
-                        this.shared.adapter.prepare_replay(&mut request);
-                    }
-                    if at.op == Operation::Read && !at.fence.is_unfenced() {
-                        this.shared
-                            .adapter
-                            .apply_fence(&mut request, &at.fence, at.strategy);
-                    }
+                    let request = this.request.attempt(&this.config.adapter);
                     let future = this.inner.call(request);
                     this.state.set(State::Calling { future });
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }
         }
-    }
-}
-
-enum Step<T> {
-    Done(T),
-    Again(std::time::Duration),
-}
-
-type Out<A> =
-    Result<SessionResponse<<A as StoreAdapter>::Response>, Error<<A as StoreAdapter>::Error>>;
-
-fn on_response<A: StoreAdapter, P>(
-    shared: &LayerConfig<A, P>,
-    at: &mut Attempt<A>,
-    response: A::Response,
-) -> Step<Out<A>> {
-    let mut observed = Observed::new();
-    shared.adapter.observe(&at.base, &response, &mut observed);
-    if !already_known(at, &observed) {
-        record(shared, &at.session, &observed);
-    }
-    if let Operation::Write(_) = at.op {
-        return Step::Done(Ok(SessionResponse::new(
-            response,
-            Visibility::Guaranteed(FencePath::Write),
-            at.stamp.map(|(w, _)| w),
-            at.attempts,
-        )));
-    }
-    if at.fence.requirements().is_empty() {
-        // No scope named: nothing could be fenced, and nothing is claimed.
-        tracing::debug!(target: "ryw::fence", "read names no scope: unscoped");
-        return Step::Done(match at.stale_reads {
-            StaleReadPolicy::Error => Err(Error::Unscoped),
-            _ => Ok(SessionResponse::new(
-                response,
-                Visibility::Unscoped,
-                None,
-                at.attempts,
-            )),
-        });
-    }
-    let checked = at
-        .fence
-        .check(at.strategy, &observed)
-        .and_then(|()| beyond_the_fence(at, &observed));
-    match checked {
-        Ok(()) => {
-            let path = if at.fence.is_unfenced() {
-                FencePath::Unfenced
-            } else {
-                match at.strategy {
-                    FenceStrategy::Verify if at.rereads == 0 => FencePath::Verified,
-                    FenceStrategy::Verify => FencePath::ReRead,
-                    FenceStrategy::ServerWait => FencePath::ServerWait,
-                    FenceStrategy::Escalate => FencePath::Escalated,
-                }
-            };
-            Step::Done(Ok(SessionResponse::new(
-                response,
-                Visibility::Guaranteed(path),
-                None,
-                at.attempts,
-            )))
-        }
-        Err(staleness) => {
-            let stale = StaleRead {
-                staleness,
-                attempts: at.attempts,
-                last_strategy: at.strategy,
-            };
-            tracing::debug!(target: "ryw::fence", attempts = at.attempts, strategy = ?at.strategy, "read behind its fence");
-            match at
-                .fence
-                .after_stale(&shared.fence, shared.support, at.strategy, at.rereads)
-            {
-                FenceDecision::Retry { strategy, delay } => {
-                    if strategy == FenceStrategy::Verify {
-                        at.rereads += 1;
-                    }
-                    at.strategy = strategy;
-                    at.held = Some(Box::new((response, stale)));
-                    Step::Again(delay)
-                }
-                _ => Step::Done(give_up(at, response, stale)),
-            }
-        }
-    }
-}
-
-/// A cheap read may return scopes it did not name up front (the items of a query): each must
-/// still reflect what the session requires of it, or the read is stale like any other.
-fn beyond_the_fence<A: StoreAdapter>(
-    at: &Attempt<A>,
-    observed: &Observed,
-) -> Result<(), Staleness> {
-    if observed.is_strong() || at.strategy != FenceStrategy::Verify {
-        return Ok(());
-    }
-    let mut extra = observed
-        .iter()
-        .filter(|(scope, _)| at.fence.requirement(*scope).is_none())
-        .peekable();
-    if extra.peek().is_none() {
-        return Ok(());
-    }
-    let state = at.session.lock();
-    for (scope, seen) in extra {
-        let r = state.vector().requirement(scope);
-        let required = r.version.max(r.horizon.unwrap_or(Version::ZERO));
-        if seen < required {
-            return Err(Staleness {
-                scope,
-                required,
-                observed: Some(seen),
-                horizon: r.horizon.is_some() && r.horizon > Some(r.version),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// True when the session already held everything `observed` shows when the request started
-/// (state only grows, so it still does): the common steady-state read skips the second lock.
-fn already_known<A: StoreAdapter>(at: &Attempt<A>, observed: &Observed) -> bool {
-    at.op == Operation::Read
-        && observed.seen_clock().is_none_or(|c| c <= at.clock_at_start)
-        && observed
-            .seen_context()
-            .is_none_or(|(v, _)| at.fence.context().is_some_and(|c| c.version >= v))
-        && observed.iter().all(|(scope, v)| {
-            v == crate::Version::ZERO || at.fence.requirement(scope).is_some_and(|r| r.version >= v)
-        })
-}
-
-fn give_up<A: StoreAdapter>(at: &Attempt<A>, response: A::Response, stale: StaleRead) -> Out<A> {
-    match at.stale_reads {
-        StaleReadPolicy::Error => Err(Error::StaleRead(Box::new(stale))),
-        _ => Ok(SessionResponse::new(
-            response,
-            Visibility::Pending(Box::new(stale)),
-            None,
-            at.attempts,
-        )),
-    }
-}
-
-fn on_final_error<A: StoreAdapter>(
-    at: &mut Attempt<A>,
-    class: Option<ErrorClass>,
-    error: A::Error,
-) -> Out<A> {
-    // A re-read or escalation failed: the earlier (stale) data is still worth returning.
-    if let Some(held) = at.held.take() {
-        let (response, mut stale) = *held;
-        stale.attempts = at.attempts;
-        return give_up(at, response, stale);
-    }
-    let transient = class.is_some_and(|c| c.is_transient());
-    if let (
-        Operation::Write(Replay::Never),
-        Some(ErrorClass::Transient(Applied::Unknown)),
-        Some((write_id, _)),
-    )
-    | (_, Some(ErrorClass::Unresolved), Some((write_id, _))) = (at.op, class, at.stamp)
-    {
-        return Err(Error::Ambiguous {
-            write_id,
-            source: error,
-        });
-    }
-    Err(Error::Store {
-        source: error,
-        attempts: at.attempts,
-        transient,
-    })
-}
-
-fn resolve_conflict<A: StoreAdapter, P>(
-    shared: &LayerConfig<A, P>,
-    at: &mut Attempt<A>,
-    error: A::Error,
-) -> Result<(), Error<A::Error>> {
-    let store_error = |error| Error::Store {
-        source: error,
-        attempts: at.attempts,
-        transient: false,
-    };
-    let Some((write_id, timestamp)) = at.stamp else {
-        return Err(store_error(error));
-    };
-    let Some(conflict) = shared.adapter.conflict(&at.base, &error) else {
-        return Err(store_error(error));
-    };
-    // Record the winner's version: the session has now seen it.
-    let mut observed = Observed::new();
-    observed.push(conflict.scope, conflict.current);
-    if let Some(ts) = conflict.current_timestamp {
-        observed.clock(ts);
-    }
-    record(shared, &at.session, &observed);
-    if at.conflicts >= shared.conflict_retries {
-        return Err(Error::Conflict(Box::new(conflict)));
-    }
-    let rebased = match shared.resolver.resolve(&at.base, &conflict) {
-        Resolution::Overwrite => shared.adapter.rebase(&mut at.base, &conflict),
-        Resolution::Merge(mut merged) => {
-            shared.adapter.stamp_write(
-                &mut merged,
-                &WriteStamp {
-                    write_id,
-                    timestamp,
-                    fence: &at.fence,
-                },
-            );
-            let ok = shared.adapter.rebase(&mut merged, &conflict);
-            if ok {
-                at.base = merged;
-            }
-            ok
-        }
-        _ => false,
-    };
-    if !rebased {
-        return Err(Error::Conflict(Box::new(conflict)));
-    }
-    tracing::debug!(target: "ryw::conflict", "write rebased onto the current version");
-    at.conflicts += 1;
-    Ok(())
-}
-
-/// Merges what a response showed into the session (versions only move forward).
-pub(crate) fn record<A: StoreAdapter, P>(
-    shared: &LayerConfig<A, P>,
-    session: &Session,
-    observed: &Observed,
-) {
-    let mut state = session.lock();
-    if let Some((version, bytes)) = observed.context_shared() {
-        state.advance_context(crate::session::StoreContext {
-            store: shared.adapter.store(),
-            version,
-            bytes,
-        });
-    }
-    for (scope, version) in observed.iter() {
-        state.advance(scope, version);
-    }
-    if let Some(ts) = observed.seen_clock() {
-        state.observe_clock(ts);
     }
 }

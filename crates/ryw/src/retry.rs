@@ -1,11 +1,11 @@
 //! Retrying transient failures: backoff with jitter, a shared budget, and the replay rule.
 //!
-//! [`RetryPolicy`] is a [`tower::retry::Policy`]: it can drive the session layer's own retries
-//! (the default) or a plain `tower::retry::RetryLayer`. It retries only errors the adapter
-//! classifies as transient; an attempt that may have applied is replayed only when the write may
+//! [`RetryPolicy`] drives the session layer's retries. The layer classifies every error once, with
+//! its adapter, and hands the policy the class ([`Classified`]): the policy retries only errors
+//! classified as transient; an attempt that may have applied is replayed only when the write may
 //! be replayed ([`crate::adapter::Replay::Safe`]); and because the request it replays is the one
 //! already stamped, every replay carries the write's original [`crate::session::WriteId`] (and
-//! timestamp).
+//! timestamp). Any [`tower::retry::Policy`] can be installed instead ([`SessionRetryPolicy`]).
 //!
 //! Retries draw on a [`RetryBudget`] shared by all requests of a layer, so an outage produces a
 //! bounded number of extra attempts instead of a retry storm.
@@ -29,7 +29,8 @@
 //! assert!(budget.try_withdraw()); // 5 requests at 20% earn one retry
 //! ```
 
-use crate::adapter::{Applied, ErrorClass, Operation, Replay, StoreAdapter};
+use crate::adapter::{Applied, ErrorClass, Operation, Replay};
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,8 +139,7 @@ impl Default for Backoff {
 ///
 /// Cloned per request (attempt counters are per request); the budget and jitter seed are shared.
 #[derive(Debug)]
-pub struct RetryPolicy<A> {
-    adapter: A,
+pub struct RetryPolicy {
     shared: Arc<PolicyState>,
     max_retries: u32,
     backoff: Backoff,
@@ -153,12 +153,11 @@ struct PolicyState {
     seed: AtomicU64,
 }
 
-impl<A: Clone> Clone for RetryPolicy<A> {
+impl Clone for RetryPolicy {
     fn clone(&self) -> Self {
         // The jitter stream is drawn from the shared seed at the first retry, not here: the
         // common, successful request touches no shared counter.
         RetryPolicy {
-            adapter: self.adapter.clone(),
             shared: self.shared.clone(),
             max_retries: self.max_retries,
             backoff: self.backoff,
@@ -168,16 +167,21 @@ impl<A: Clone> Clone for RetryPolicy<A> {
     }
 }
 
-impl<A> RetryPolicy<A> {
-    /// The default policy for `adapter`: 3 retries, [`Backoff::default`], [`RetryBudget::default`].
-    pub fn new(adapter: A) -> Self {
-        Self::with_budget(adapter, RetryBudget::default())
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RetryPolicy {
+    /// The default policy: 3 retries, [`Backoff::default`], [`RetryBudget::default`].
+    pub fn new() -> Self {
+        Self::with_budget(RetryBudget::default())
     }
 
     /// A policy drawing on `budget`.
-    pub fn with_budget(adapter: A, budget: RetryBudget) -> Self {
+    pub fn with_budget(budget: RetryBudget) -> Self {
         RetryPolicy {
-            adapter,
             shared: Arc::new(PolicyState {
                 budget,
                 seed: AtomicU64::new(0x853c_49e6_748f_ea9b),
@@ -244,15 +248,35 @@ pub fn may_retry(op: Operation, class: ErrorClass) -> bool {
     }
 }
 
-/// A retry policy for the session layer: a [`tower::retry::Policy`] (the layer clones it for a
-/// request at that request's first failure, and from then on calls `retry` with every result, as
-/// `tower::retry::Retry` does), plus a hook on the shared prototype for requests whose first
-/// attempt succeeds, which never clone it.
+/// What the layer knows of one attempt's result, classified once with its adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Classified {
+    /// The request's operation.
+    pub operation: Operation,
+    /// The error's class; `None` when the attempt succeeded.
+    pub error: Option<ErrorClass>,
+}
+
+impl Classified {
+    /// The classification of an attempt of `operation` that ended with `error` (`None`: success).
+    pub const fn new(operation: Operation, error: Option<ErrorClass>) -> Self {
+        Classified { operation, error }
+    }
+}
+
+/// A retry policy for the session layer. The layer clones the policy for a request at that
+/// request's first failure and from then on calls [`retry`](SessionRetryPolicy::retry) with
+/// every result (as `tower::retry::Retry` does), with the error already classified; requests
+/// whose first attempt succeeds never clone it, and tell the prototype instead.
 ///
-/// Any tower policy becomes one with an empty impl:
+/// Whatever the policy says, the layer never sends again a write that may have applied unless
+/// it may be replayed ([`may_retry`]).
+///
+/// Every [`tower::retry::Policy`] is one when wrapped in [`TowerPolicy`]:
 ///
 /// ```
-/// use ryw::retry::SessionRetryPolicy;
+/// use ryw::retry::{SessionRetryPolicy, TowerPolicy};
 /// use std::future::Ready;
 ///
 /// /// Retries every error once, immediately.
@@ -269,38 +293,62 @@ pub fn may_retry(op: Operation, class: ErrorClass) -> bool {
 ///     }
 /// }
 ///
-/// impl<Req: Clone, Res, E> SessionRetryPolicy<Req, Res, E> for Once {}
+/// fn installable<P: SessionRetryPolicy<String, (), std::io::Error>>(_: &P) {}
+/// installable(&TowerPolicy(Once::default()));
 /// ```
-pub trait SessionRetryPolicy<Req, Res, E>: tower::retry::Policy<Req, Res, E> + Clone {
+pub trait SessionRetryPolicy<Req, Res, E>: Clone {
+    /// What the layer waits on before the next attempt.
+    type Future: Future<Output = ()>;
+
+    /// Whether to send `request` again after `result`: `Some(backoff)` retries once the future
+    /// completes. `classified` is the layer's classification of the result.
+    fn retry(
+        &mut self,
+        request: &mut Req,
+        result: &mut Result<Res, E>,
+        classified: Classified,
+    ) -> Option<Self::Future>;
+
     /// A request succeeded at its first attempt (the policy was not cloned for it). Budgets
     /// count it here. The default does nothing.
     fn first_attempt_succeeded(&self) {}
 }
 
-impl<A: StoreAdapter> SessionRetryPolicy<A::Request, A::Response, A::Error> for RetryPolicy<A> {
-    fn first_attempt_succeeded(&self) {
-        self.shared.budget.record_request();
+/// Any [`tower::retry::Policy`] as a [`SessionRetryPolicy`] (it ignores the classification).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TowerPolicy<P>(pub P);
+
+impl<P, Req, Res, E> SessionRetryPolicy<Req, Res, E> for TowerPolicy<P>
+where
+    P: tower::retry::Policy<Req, Res, E> + Clone,
+{
+    type Future = P::Future;
+
+    fn retry(
+        &mut self,
+        request: &mut Req,
+        result: &mut Result<Res, E>,
+        _: Classified,
+    ) -> Option<Self::Future> {
+        self.0.retry(request, result)
     }
 }
 
-impl<A: StoreAdapter> tower::retry::Policy<A::Request, A::Response, A::Error> for RetryPolicy<A> {
+impl<Req, Res, E> SessionRetryPolicy<Req, Res, E> for RetryPolicy {
     type Future = tokio::time::Sleep;
 
     fn retry(
         &mut self,
-        req: &mut A::Request,
-        result: &mut Result<A::Response, A::Error>,
+        _: &mut Req,
+        result: &mut Result<Res, E>,
+        classified: Classified,
     ) -> Option<Self::Future> {
-        let error = match result {
-            Ok(_) => {
-                self.shared.budget.record_request();
-                return None;
-            }
-            Err(e) => e,
-        };
-        let class = self.adapter.classify(error);
-        let op = self.adapter.operation(req);
-        if !may_retry(op, class) || self.retries >= self.max_retries {
+        if result.is_ok() {
+            self.shared.budget.record_request();
+            return None;
+        }
+        let class = classified.error?;
+        if !may_retry(classified.operation, class) || self.retries >= self.max_retries {
             return None;
         }
         if !self.shared.budget.try_withdraw() {
@@ -314,8 +362,8 @@ impl<A: StoreAdapter> tower::retry::Policy<A::Request, A::Response, A::Error> fo
         Some(tokio::time::sleep(delay))
     }
 
-    fn clone_request(&mut self, req: &A::Request) -> Option<A::Request> {
-        Some(req.clone())
+    fn first_attempt_succeeded(&self) {
+        self.shared.budget.record_request();
     }
 }
 

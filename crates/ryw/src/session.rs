@@ -577,12 +577,6 @@ impl Session {
         f(&mut self.lock())
     }
 
-    /// Pairs `request` with this session, ready for the session layer.
-    #[inline]
-    pub fn request<R>(&self, request: R) -> crate::SessionRequest<R> {
-        crate::SessionRequest::new(self.clone(), request)
-    }
-
     #[inline]
     pub(crate) fn lock(&self) -> MutexGuard<'_, SessionState> {
         // A panic while holding the lock cannot leave the state half-updated in a way that

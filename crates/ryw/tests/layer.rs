@@ -5,7 +5,7 @@ use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter
 use ryw::clock::HybridTimestamp;
 use ryw::conflict::{Conflict, ConflictResolver, Resolution};
 use ryw::fence::{FenceConfig, FencePath, FenceStrategy, FenceSupport, ReadFence, StaleReadPolicy};
-use ryw::retry::{Backoff, RetryBudget, RetryPolicy};
+use ryw::retry::{Backoff, RetryBudget, RetryPolicy, TowerPolicy};
 use ryw::{ReadYourWritesLayer, ScopeKey, Session, StoreId, Version, Visibility, WriteId};
 use std::time::Duration;
 use tokio_test_shim::*;
@@ -95,7 +95,7 @@ impl StoreAdapter for Kv {
     }
     fn apply_fence(&self, r: &mut Req, _fence: &ReadFence, strategy: FenceStrategy) {
         if let Req::Get { strong, .. } = r {
-            *strong = strategy == FenceStrategy::Escalate;
+            *strong = strategy == FenceStrategy::Strong;
         }
     }
     fn observe(&self, r: &Req, resp: &Resp, observed: &mut Observed) {
@@ -173,12 +173,12 @@ fn resp(version: u64) -> Resp {
 
 fn adapter() -> Kv {
     Kv {
-        support: FenceSupport::new().escalate(true),
+        support: FenceSupport::new().strong_reads(true),
     }
 }
 
 fn layer(fence: FenceConfig) -> ReadYourWritesLayer<Kv> {
-    let policy = RetryPolicy::new(adapter())
+    let policy = RetryPolicy::new()
         .backoff(Backoff::new(
             Duration::from_millis(1),
             Duration::from_millis(5),
@@ -309,7 +309,7 @@ async fn permanent_errors_are_not_retried_and_budget_caps_retries() {
 
     // An empty budget: the first transient error is final.
     let (svc, mut handle) = mock::pair::<Req, Resp>();
-    let policy = RetryPolicy::with_budget(adapter(), RetryBudget::new(0.0, 0));
+    let policy = RetryPolicy::with_budget(RetryBudget::new(0.0, 0));
     let mut svc = ReadYourWritesLayer::new(adapter()).retry(policy).layer(svc);
     let call = tokio::spawn(
         svc.ready()
@@ -398,7 +398,7 @@ async fn read_that_stays_stale_is_pending_or_an_error() {
         assert_eq!(stale.staleness.required, Version::new(5));
         assert_eq!(stale.staleness.observed, Some(Version::new(2)));
         assert_eq!(stale.attempts, 2);
-        assert_eq!(stale.last_strategy, FenceStrategy::Escalate);
+        assert_eq!(stale.last_strategy, FenceStrategy::Strong);
     }
 }
 
@@ -419,7 +419,7 @@ async fn failed_escalation_returns_the_stale_data_as_pending() {
 #[tokio::test(start_paused = true)]
 async fn unfenced_reads_are_not_escalated() {
     let (svc, mut handle) = mock::pair::<Req, Resp>();
-    let mut svc = layer(FenceConfig::escalate()).layer(svc);
+    let mut svc = layer(FenceConfig::strong()).layer(svc);
     let call = tokio::spawn(
         svc.ready()
             .await
@@ -436,7 +436,7 @@ async fn unfenced_reads_are_not_escalated() {
 #[tokio::test(start_paused = true)]
 async fn escalate_up_front_when_configured() {
     let (svc, mut handle) = mock::pair::<Req, Resp>();
-    let mut svc = layer(FenceConfig::escalate()).layer(svc);
+    let mut svc = layer(FenceConfig::strong()).layer(svc);
     let call = tokio::spawn(
         svc.ready()
             .await
@@ -647,15 +647,13 @@ impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for Once {
     }
 }
 
-impl<Req: Clone, Res, E> ryw::retry::SessionRetryPolicy<Req, Res, E> for Once {}
-
 #[tokio::test(start_paused = true)]
 async fn the_replay_rule_holds_whatever_retry_policy_is_installed() {
     // Found by the adversarial review: with a custom policy, an ambiguous failure of a
     // `Replay::Never` write was sent again (a counter incremented twice).
     let (svc, mut handle) = mock::pair::<Req, Resp>();
     let mut svc = ReadYourWritesLayer::new(adapter())
-        .retry(Once::default())
+        .retry(TowerPolicy(Once::default()))
         .layer(svc);
     let session = Session::new();
     let call = tokio::spawn(
@@ -679,7 +677,7 @@ async fn the_replay_rule_holds_whatever_retry_policy_is_installed() {
     // A safe write is retried by the same policy.
     let (svc, mut handle) = mock::pair::<Req, Resp>();
     let mut svc = ReadYourWritesLayer::new(adapter())
-        .retry(Once::default())
+        .retry(TowerPolicy(Once::default()))
         .layer(svc);
     let call = tokio::spawn(
         svc.ready()

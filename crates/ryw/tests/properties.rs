@@ -250,7 +250,7 @@ proptest! {
     fn fence_decisions_terminate_and_respect_support(
         rereads in 0u32..4,
         escalate_on_stale in any::<bool>(),
-        initial in prop_oneof![Just(FenceStrategy::Verify), Just(FenceStrategy::Escalate), Just(FenceStrategy::ServerWait)],
+        initial in prop_oneof![Just(FenceStrategy::Verify), Just(FenceStrategy::Strong), Just(FenceStrategy::ServerWait)],
         wait in any::<bool>(), escalate in any::<bool>(), global in any::<bool>(),
         required in 0u64..10, horizon in proptest::option::of(0u64..10),
     ) {
@@ -261,7 +261,7 @@ proptest! {
             escalate_on_stale,
             stale_reads: StaleReadPolicy::Pending,
         };
-        let support = FenceSupport::new().server_wait(wait).escalate(escalate).global_versions(global);
+        let support = FenceSupport::new().server_wait(wait).strong_reads(escalate).global_versions(global);
         let fence = ReadFence::from_requirements([Requirement {
             scope: scope(0, 0),
             version: Version::new(required),
@@ -274,7 +274,7 @@ proptest! {
         }
         let mut done = 0;
         let mut attempts = 1;
-        let mut escalations = u32::from(strategy == FenceStrategy::Escalate);
+        let mut escalations = u32::from(strategy == FenceStrategy::Strong);
         while let FenceDecision::Retry { strategy: next, .. } =
             fence.after_stale(&config, support, strategy, done)
         {
@@ -283,7 +283,7 @@ proptest! {
                 prop_assert!(!fence.has_horizon(), "re-reading cannot satisfy a horizon");
                 done += 1;
             }
-            if next == FenceStrategy::Escalate {
+            if next == FenceStrategy::Strong {
                 escalations += 1;
             }
             strategy = next;

@@ -41,13 +41,13 @@ impl StoreAdapter for BenchAdapter {
         scopes.push(ScopeKey::from_hash(STORE, r.key));
     }
     fn fence_support(&self) -> FenceSupport {
-        FenceSupport::new().escalate(true)
+        FenceSupport::new().strong_reads(true)
     }
     fn stamp_write(&self, r: &mut Req, stamp: &WriteStamp<'_>) {
         r.write_seq = stamp.write_id.seq;
     }
     fn apply_fence(&self, r: &mut Req, _: &ReadFence, strategy: FenceStrategy) {
-        r.strong = strategy == FenceStrategy::Escalate;
+        r.strong = strategy == FenceStrategy::Strong;
     }
     fn observe(&self, r: &Req, resp: &Resp, observed: &mut Observed) {
         observed.push(

@@ -1,0 +1,47 @@
+//! The configuration every request of a layer shares.
+
+use crate::adapter::StoreAdapter;
+use crate::clock::Clock;
+use crate::conflict::ConflictResolver;
+use crate::fence::{FenceConfig, FenceSupport};
+use std::fmt;
+use std::sync::Arc;
+
+/// Configuration shared by every request of a layer.
+pub(crate) struct LayerConfig<A: StoreAdapter, P> {
+    pub(crate) adapter: A,
+    /// The retry policy prototype: cloned into a request only when it fails.
+    pub(crate) policy: P,
+    pub(crate) support: FenceSupport,
+    pub(crate) fence: FenceConfig,
+    pub(crate) resolver: Arc<dyn ConflictResolver<A::Request>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) conflict_retries: u32,
+}
+
+impl<A: StoreAdapter, P: Clone> Clone for LayerConfig<A, P> {
+    fn clone(&self) -> Self {
+        LayerConfig {
+            adapter: self.adapter.clone(),
+            policy: self.policy.clone(),
+            support: self.support,
+            fence: self.fence.clone(),
+            resolver: self.resolver.clone(),
+            clock: self.clock.clone(),
+            conflict_retries: self.conflict_retries,
+        }
+    }
+}
+
+impl<A: StoreAdapter + fmt::Debug, P: fmt::Debug> fmt::Debug for LayerConfig<A, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LayerConfig")
+            .field("adapter", &self.adapter)
+            .field("policy", &self.policy)
+            .field("fence", &self.fence)
+            .field("resolver", &self.resolver)
+            .field("clock", &self.clock)
+            .field("conflict_retries", &self.conflict_retries)
+            .finish()
+    }
+}

@@ -1,0 +1,140 @@
+//! What goes through the session layer: a store request paired with its [`Session`], and the
+//! store's response with its [`Visibility`].
+//!
+//! # Example
+//!
+//! ```
+//! use ryw::fence::StaleReadPolicy;
+//! use ryw::{Session, SessionRequest};
+//!
+//! let session = Session::new();
+//! // Strict reads for this request only: a read that stays stale is an error, not `Pending`.
+//! let request = session.request("GET posts/1").stale_reads(StaleReadPolicy::Error);
+//! assert_eq!(*request.get_ref(), "GET posts/1");
+//! assert_eq!(request.session().id(), session.id());
+//! ```
+
+use crate::fence::{StaleReadPolicy, Visibility};
+use crate::session::{Session, WriteId};
+
+/// A store request paired with the session it belongs to.
+#[derive(Clone, Debug)]
+pub struct SessionRequest<R> {
+    session: Session,
+    request: R,
+    stale_reads: Option<StaleReadPolicy>,
+}
+
+impl<R> SessionRequest<R> {
+    /// Pairs `request` with `session` (see also [`Session::request`]).
+    #[inline]
+    pub fn new(session: Session, request: R) -> Self {
+        SessionRequest {
+            session,
+            request,
+            stale_reads: None,
+        }
+    }
+
+    pub(crate) fn into_parts(self) -> (Session, R, Option<StaleReadPolicy>) {
+        (self.session, self.request, self.stale_reads)
+    }
+
+    /// Overrides the layer's [`StaleReadPolicy`] for this request (for example, strict reads for
+    /// a payment page).
+    pub fn stale_reads(mut self, policy: StaleReadPolicy) -> Self {
+        self.stale_reads = Some(policy);
+        self
+    }
+
+    /// The session.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The store request.
+    pub fn get_ref(&self) -> &R {
+        &self.request
+    }
+
+    /// The store request, mutably.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.request
+    }
+
+    /// Takes the store request out.
+    pub fn into_inner(self) -> R {
+        self.request
+    }
+}
+
+/// A store response with its visibility status.
+#[derive(Clone, Debug)]
+pub struct SessionResponse<T> {
+    response: T,
+    visibility: Visibility,
+    write_id: Option<WriteId>,
+    attempts: u32,
+}
+
+impl<T> SessionResponse<T> {
+    pub(crate) fn new(
+        response: T,
+        visibility: Visibility,
+        write_id: Option<WriteId>,
+        attempts: u32,
+    ) -> Self {
+        SessionResponse {
+            response,
+            visibility,
+            write_id,
+            attempts,
+        }
+    }
+
+    /// The visibility status.
+    #[inline]
+    pub fn visibility(&self) -> &Visibility {
+        &self.visibility
+    }
+
+    /// The write id, for writes.
+    pub fn write_id(&self) -> Option<WriteId> {
+        self.write_id
+    }
+
+    /// Attempts made against the store (1 when nothing was retried or re-read).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The store response.
+    #[inline]
+    pub fn get_ref(&self) -> &T {
+        &self.response
+    }
+
+    /// The store response, mutably.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.response
+    }
+
+    /// Takes the store response out.
+    #[inline]
+    pub fn into_inner(self) -> T {
+        self.response
+    }
+
+    /// Splits into the store response and the status.
+    pub fn into_parts(self) -> (T, Visibility) {
+        (self.response, self.visibility)
+    }
+}
+
+impl Session {
+    /// Pairs `request` with this session, ready for the session layer.
+    #[inline]
+    pub fn request<R>(&self, request: R) -> SessionRequest<R> {
+        SessionRequest::new(self.clone(), request)
+    }
+}
