@@ -97,6 +97,18 @@ pub enum DynamoError {
     /// again. The session layer reports it as `ryw::Error::Ambiguous`.
     #[error("replay not resolved: {0}")]
     Unresolved(String),
+    /// Tower middleware between the session layer and this service failed (a timeout elapsed,
+    /// load shedding refused the request): see [`ryw::error::MiddlewareError`].
+    #[error(transparent)]
+    Middleware(#[from] ryw::error::MiddlewareError),
+}
+
+impl From<ryw::error::BoxError> for DynamoError {
+    /// This crate's own error comes back unchanged; anything else tower middleware raised
+    /// becomes [`DynamoError::Middleware`].
+    fn from(error: ryw::error::BoxError) -> Self {
+        ryw::error::MiddlewareError::unbox::<DynamoError>(error).unwrap_or_else(Into::into)
+    }
 }
 
 fn reasons_text(reasons: &[CancellationReason]) -> String {
@@ -183,6 +195,7 @@ impl DynamoError {
             DynamoError::Service { status, .. } if *status >= 500 => ErrorClass::AMBIGUOUS,
             DynamoError::NoResponse { .. } => ErrorClass::AMBIGUOUS,
             DynamoError::Unresolved(_) => ErrorClass::Unresolved,
+            DynamoError::Middleware(m) => m.class(),
             _ => ErrorClass::Permanent,
         }
     }

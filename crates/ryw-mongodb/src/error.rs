@@ -54,6 +54,18 @@ pub enum MongoError {
     /// changed since), so it applied nothing. The session layer reports `ryw::Error::Ambiguous`.
     #[error("replay not resolved: {0}")]
     Unresolved(String),
+    /// Tower middleware between the session layer and this service failed (a timeout elapsed,
+    /// load shedding refused the request): see [`ryw::error::MiddlewareError`].
+    #[error(transparent)]
+    Middleware(#[from] ryw::error::MiddlewareError),
+}
+
+impl From<ryw::error::BoxError> for MongoError {
+    /// This crate's own error comes back unchanged; anything else tower middleware raised
+    /// becomes [`MongoError::Middleware`].
+    fn from(error: ryw::error::BoxError) -> Self {
+        ryw::error::MiddlewareError::unbox::<MongoError>(error).unwrap_or_else(Into::into)
+    }
 }
 
 impl MongoError {
@@ -100,6 +112,7 @@ impl MongoError {
             }
             MongoError::WriteConcern { .. } => ErrorClass::AMBIGUOUS,
             MongoError::Unresolved(_) => ErrorClass::Unresolved,
+            MongoError::Middleware(m) => m.class(),
             _ => ErrorClass::Permanent,
         }
     }

@@ -23,6 +23,18 @@ pub enum ScyllaError {
     /// `writetime(<column>)` column, a conditional write without `[applied]`).
     #[error("unexpected result: {0}")]
     Result(String),
+    /// Tower middleware between the session layer and this service failed (a timeout elapsed,
+    /// load shedding refused the request): see [`ryw::error::MiddlewareError`].
+    #[error(transparent)]
+    Middleware(#[from] ryw::error::MiddlewareError),
+}
+
+impl From<ryw::error::BoxError> for ScyllaError {
+    /// This crate's own error comes back unchanged; anything else tower middleware raised
+    /// becomes [`ScyllaError::Middleware`].
+    fn from(error: ryw::error::BoxError) -> Self {
+        ryw::error::MiddlewareError::unbox::<ScyllaError>(error).unwrap_or_else(Into::into)
+    }
 }
 
 impl From<ExecutionError> for ScyllaError {
@@ -92,6 +104,9 @@ impl ScyllaError {
     pub fn class(&self) -> ErrorClass {
         if self.is_not_applied() {
             return ErrorClass::Conflict;
+        }
+        if let ScyllaError::Middleware(m) = self {
+            return m.class();
         }
         if let Some(db) = self.db_error() {
             return match db {

@@ -177,6 +177,20 @@ pub enum SimError {
     ConditionFailed(Box<CurrentVersion>),
 }
 
+impl From<ryw::error::BoxError> for SimError {
+    /// The store's own error comes back unchanged. Anything else tower middleware raised becomes
+    /// the simulated error of the same meaning: a refusal before sending is
+    /// [`SimError::Unavailable`], a timeout (or any other failure, which may have applied) is
+    /// [`SimError::Timeout`].
+    fn from(error: ryw::error::BoxError) -> Self {
+        match ryw::error::MiddlewareError::unbox::<SimError>(error) {
+            Ok(own) => own,
+            Err(e) if e.class() == ryw::adapter::ErrorClass::RETRYABLE => SimError::Unavailable,
+            Err(_) => SimError::Timeout,
+        }
+    }
+}
+
 impl SimError {
     /// True for [`SimError::Unavailable`].
     pub fn is_unavailable(&self) -> bool {

@@ -37,6 +37,14 @@ pub enum Error<E> {
     StaleRead(Box<StaleRead>),
     /// The inner service failed in `poll_ready`.
     NotReady(E),
+    /// This request, or a clone of it, was already sent and may have applied, and the write may
+    /// not be replayed ([`crate::adapter::Replay::Never`]): it was not sent again. Middleware
+    /// above the layer that re-sends requests (a `tower::retry::Retry`, a hedge) gets this
+    /// instead of a duplicate write.
+    AlreadySent {
+        /// The write.
+        write_id: WriteId,
+    },
     /// The adapter named no scope for a read and the caller asked for strict reads
     /// ([`crate::fence::StaleReadPolicy::Error`]): the layer cannot tell whether the data reflects
     /// the session. A configuration gap; see [`crate::Visibility::Unscoped`].
@@ -60,9 +68,18 @@ impl<E> Error<E> {
         )
     }
 
-    /// True for an ambiguous, unreplayable write.
+    /// True for an ambiguous, unreplayable write ([`Error::Ambiguous`], or
+    /// [`Error::AlreadySent`]: whether it applied is not known).
     pub fn is_ambiguous(&self) -> bool {
-        matches!(self, Error::Ambiguous { .. })
+        matches!(self, Error::Ambiguous { .. } | Error::AlreadySent { .. })
+    }
+
+    /// The write id, for a write whose outcome is not known.
+    pub fn write_id(&self) -> Option<WriteId> {
+        match self {
+            Error::Ambiguous { write_id, .. } | Error::AlreadySent { write_id } => Some(*write_id),
+            _ => None,
+        }
     }
 
     /// True for a lost conflict.
@@ -117,6 +134,11 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
                 f,
                 "write {write_id} may or may not have applied and cannot be replayed: {source}"
             ),
+            Error::AlreadySent { write_id } => write!(
+                f,
+                "write {write_id} was already sent and may have applied; it cannot be replayed, \
+                 so it was not sent again"
+            ),
             Error::Conflict(c) => write!(f, "write conflict: {c}"),
             Error::StaleRead(s) => write!(f, "stale read: {s}"),
             Error::NotReady(e) => write!(f, "inner service not ready: {e}"),
@@ -132,5 +154,86 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
 impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.store_error().map(|e| e as _)
+    }
+}
+
+/// The error type of tower middleware (`tower::BoxError`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A middleware error, shared so that the errors carrying it stay `Clone`.
+pub type SharedError = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
+/// A failure raised by tower middleware between the session layer and the store service (a
+/// `tower::timeout::TimeoutLayer`, a `tower::load_shed::LoadShedLayer`, ...) rather than by the
+/// store.
+///
+/// Such middleware answers with a [`BoxError`]; the session layer accepts any inner service whose
+/// error converts into the adapter's error type, and every adapter's error type converts from
+/// `BoxError` with [`MiddlewareError::unbox`]: the store's own error comes back unchanged, and
+/// anything else becomes a `MiddlewareError` inside it, classified by
+/// [`MiddlewareError::class`]. So a timed-out write is handled like any write whose response was
+/// lost: replayed under its original [`WriteId`] when the store recognises replays, reported
+/// [`Error::Ambiguous`] when it does not, never sent as a new write.
+///
+/// # Example
+///
+/// ```
+/// use ryw::adapter::ErrorClass;
+/// use ryw::error::{BoxError, MiddlewareError};
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("store said no")]
+/// struct StoreError;
+///
+/// // The store's own error passes through.
+/// let boxed: BoxError = Box::new(StoreError);
+/// assert!(MiddlewareError::unbox::<StoreError>(boxed).is_ok());
+///
+/// // A timeout is a lost response: the write may have applied.
+/// let boxed: BoxError = Box::new(tower::timeout::error::Elapsed::new());
+/// let error = MiddlewareError::unbox::<StoreError>(boxed).unwrap_err();
+/// assert_eq!(error.class(), ErrorClass::AMBIGUOUS);
+/// ```
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MiddlewareError {
+    /// A timeout elapsed before the store answered: the store may have applied the request.
+    #[error("the store did not answer in time (a middleware timeout elapsed)")]
+    TimedOut,
+    /// Middleware refused the request before it was sent (load shedding).
+    #[error("middleware refused the request before it was sent: {0}")]
+    NotSent(#[source] SharedError),
+    /// Any other middleware failure. Nothing is known of whether the request reached the store,
+    /// so it is treated as possibly applied.
+    #[error("middleware failed: {0}")]
+    Other(#[source] SharedError),
+}
+
+impl MiddlewareError {
+    /// Unboxes a middleware error: the store's own error `E` comes back as `Ok`, anything else as
+    /// a `MiddlewareError`.
+    pub fn unbox<E: std::error::Error + 'static>(error: BoxError) -> Result<E, MiddlewareError> {
+        let error = match error.downcast::<E>() {
+            Ok(own) => return Ok(*own),
+            Err(error) => error,
+        };
+        if error.is::<tower::timeout::error::Elapsed>() {
+            return Err(MiddlewareError::TimedOut);
+        }
+        if error.is::<tower::load_shed::error::Overloaded>() {
+            return Err(MiddlewareError::NotSent(error.into()));
+        }
+        Err(MiddlewareError::Other(error.into()))
+    }
+
+    /// How the layer treats it: a refusal before sending is retryable; a timeout or an unknown
+    /// failure may have applied ([`ErrorClass::AMBIGUOUS`]).
+    pub fn class(&self) -> crate::adapter::ErrorClass {
+        match self {
+            MiddlewareError::NotSent(_) => crate::adapter::ErrorClass::RETRYABLE,
+            MiddlewareError::TimedOut | MiddlewareError::Other(_) => {
+                crate::adapter::ErrorClass::AMBIGUOUS
+            }
+        }
     }
 }

@@ -17,7 +17,7 @@ use crate::fence::{
     FenceDecision, FencePath, FenceStrategy, ReadFence, StaleRead, StaleReadPolicy, Staleness,
     Visibility,
 };
-use crate::request::{SessionRequest, SessionResponse};
+use crate::request::{Sent, SentWrite, SessionRequest, SessionResponse};
 use crate::retry::{Classified, SessionRetryPolicy};
 use crate::session::{Session, StoreContext, WriteId};
 use crate::version::Version;
@@ -45,6 +45,8 @@ enum State<F, B> {
         sleep: Pin<Box<tokio::time::Sleep>>,
     },
     Ready,
+    /// Not sent: a clone of this write may have applied and it may not be replayed.
+    AlreadySent(WriteId),
     Done,
 }
 
@@ -71,6 +73,8 @@ pub(crate) struct InFlight<A: StoreAdapter> {
     /// An earlier attempt of this write failed in a way that may have applied: later attempts
     /// are replays ([`StoreAdapter::prepare_replay`]).
     may_have_applied: bool,
+    /// The stamp shared with the request's clones, when it was cloned.
+    shared_write: Option<Arc<SentWrite>>,
 }
 
 /// What [`InFlight::next`] decided after a store response.
@@ -90,18 +94,26 @@ type Out<A> =
     Result<SessionResponse<<A as StoreAdapter>::Response>, Error<<A as StoreAdapter>::Error>>;
 
 impl<A: StoreAdapter> InFlight<A> {
-    /// Reads the session, stamps a write, builds the fence and prepares the first attempt.
-    /// Returns the state and the first store request.
+    /// Reads the session, stamps a write (or takes the stamp a clone of the request was sent
+    /// with), builds the fence and prepares the first attempt. Returns the state and the first
+    /// store request, or the write's id when the request must not be sent: a clone of it may
+    /// have applied, and the write may not be replayed.
     pub(crate) fn start<P>(
         config: &LayerConfig<A, P>,
         request: SessionRequest<A::Request>,
-    ) -> (Self, A::Request) {
-        let (session, mut base, stale_reads) = request.into_parts();
+    ) -> (Self, Result<A::Request, WriteId>) {
+        let (session, mut base, stale_reads, shared_write) = request.into_parts();
         let adapter = &config.adapter;
         let op = adapter.operation(&base);
         let mut scopes = Scopes::new();
         adapter.scopes(&base, &mut scopes);
 
+        // Held across stamping, so that clones started concurrently share one stamp.
+        let mut sent = match op {
+            Operation::Write(_) => shared_write.as_deref().map(SentWrite::lock),
+            Operation::Read => None,
+        };
+        let reused: Option<Sent> = sent.as_deref().copied().flatten();
         let mut fence = ReadFence::new();
         let mut stamp = None;
         let clock_at_start;
@@ -114,10 +126,23 @@ impl<A: StoreAdapter> InFlight<A> {
                 fence.set_context(Some(c.clone()));
             }
             if let Operation::Write(_) = op {
-                stamp = Some(state.next_write(config.clock.now_micros()));
+                stamp = Some(match reused {
+                    Some(s) => (s.write_id, s.timestamp),
+                    None => state.next_write(config.clock.now_micros()),
+                });
             }
             clock_at_start = state.clock();
         }
+        let may_have_applied = reused.is_some_and(|s| s.may_have_applied);
+        if let (Some(slot), Some((write_id, timestamp))) = (sent.as_deref_mut(), stamp) {
+            // From now until this request settles, the write may apply.
+            *slot = Some(Sent {
+                write_id,
+                timestamp,
+                may_have_applied: true,
+            });
+        }
+        drop(sent);
 
         let strategy = match op {
             Operation::Read => fence.initial_strategy(&config.fence, config.support),
@@ -146,10 +171,17 @@ impl<A: StoreAdapter> InFlight<A> {
             rereads: 0,
             conflicts: 0,
             held: None,
-            may_have_applied: false,
+            may_have_applied,
+            shared_write,
         };
+        if let (true, Operation::Write(Replay::Never), Some((write_id, _))) =
+            (may_have_applied, op, stamp)
+        {
+            tracing::debug!(target: "ryw::retry", "a clone of this write may have applied: not sent again");
+            return (in_flight, Err(write_id));
+        }
         let first = in_flight.attempt(adapter);
-        (in_flight, first)
+        (in_flight, Ok(first))
     }
 
     /// The store request of the next attempt: the stamped request, marked as a replay when an
@@ -165,10 +197,30 @@ impl<A: StoreAdapter> InFlight<A> {
         request
     }
 
+    /// Decides what happens after a store response ([`InFlight::decide`]) and, when the request
+    /// is over, tells its clones whether the write may have applied.
+    fn next<P>(
+        &mut self,
+        config: &LayerConfig<A, P>,
+        policy: &mut Option<P>,
+        result: Result<A::Response, A::Error>,
+    ) -> Next<P::Future, Out<A>>
+    where
+        P: SessionRetryPolicy<A::Request, A::Response, A::Error>,
+    {
+        let next = self.decide(config, policy, result);
+        if let (Next::Return(out), Some(shared)) = (&next, &self.shared_write) {
+            if let Some(sent) = shared.lock().as_mut() {
+                sent.may_have_applied = out.is_ok() || self.may_have_applied;
+            }
+        }
+        next
+    }
+
     /// The one decision point after a store response: classify an error once, hand a conflict
     /// to the resolver, apply the replay rule, let the retry policy retry, check a read against
     /// its fence and re-read or escalate when it is behind, or return.
-    fn next<P>(
+    fn decide<P>(
         &mut self,
         config: &LayerConfig<A, P>,
         policy: &mut Option<P>,
@@ -507,6 +559,22 @@ where
             request,
         }
     }
+
+    /// A future that answers [`Error::AlreadySent`] without calling the store.
+    pub(crate) fn already_sent(
+        write_id: WriteId,
+        inner: S,
+        config: Arc<LayerConfig<A, P>>,
+        request: InFlight<A>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::AlreadySent(write_id),
+            inner,
+            policy: None,
+            config,
+            request,
+        }
+    }
 }
 
 impl<S, A, P> Future for ResponseFuture<S, A, P>
@@ -553,6 +621,11 @@ where
                     let request = this.request.attempt(&this.config.adapter);
                     let future = this.inner.call(request);
                     this.state.set(State::Calling { future });
+                }
+                StateProj::AlreadySent(write_id) => {
+                    let write_id = *write_id;
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(Error::AlreadySent { write_id }));
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }

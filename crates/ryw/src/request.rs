@@ -14,15 +14,60 @@
 //! assert_eq!(request.session().id(), session.id());
 //! ```
 
+use crate::clock::HybridTimestamp;
 use crate::fence::{StaleReadPolicy, Visibility};
 use crate::session::{Session, WriteId};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// A store request paired with the session it belongs to.
-#[derive(Clone, Debug)]
+///
+/// # Clones are the same request
+///
+/// A write is stamped once, at its first call; every clone of the request sent after it carries
+/// the same [`WriteId`] and timestamp. So middleware above the layer that sends a request again
+/// (tower's `Retry`, a hedge, a caller retrying after a timeout) never turns one write into two:
+/// a clone sent after an attempt that may have applied is a replay, which the store recognises
+/// ([`crate::adapter::Replay::Safe`]), or, for a write that may not be replayed,
+/// [`crate::Error::AlreadySent`] without sending. A request that is never cloned pays nothing for
+/// this.
+#[derive(Debug)]
 pub struct SessionRequest<R> {
     session: Session,
     request: R,
     stale_reads: Option<StaleReadPolicy>,
+    /// Shared by the request and its clones, created at the first clone.
+    sent: OnceLock<Arc<SentWrite>>,
+}
+
+impl<R: Clone> Clone for SessionRequest<R> {
+    fn clone(&self) -> Self {
+        SessionRequest {
+            session: self.session.clone(),
+            request: self.request.clone(),
+            stale_reads: self.stale_reads,
+            sent: OnceLock::from(self.sent.get_or_init(Arc::default).clone()),
+        }
+    }
+}
+
+/// The write a request (and its clones) sent: its stamp and what is known of its outcome.
+#[derive(Debug, Default)]
+pub(crate) struct SentWrite(Mutex<Option<Sent>>);
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sent {
+    pub(crate) write_id: WriteId,
+    pub(crate) timestamp: HybridTimestamp,
+    /// False only when every attempt so far is known not to have applied.
+    pub(crate) may_have_applied: bool,
+}
+
+impl SentWrite {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Option<Sent>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl<R> SessionRequest<R> {
@@ -33,11 +78,19 @@ impl<R> SessionRequest<R> {
             session,
             request,
             stale_reads: None,
+            sent: OnceLock::new(),
         }
     }
 
-    pub(crate) fn into_parts(self) -> (Session, R, Option<StaleReadPolicy>) {
-        (self.session, self.request, self.stale_reads)
+    pub(crate) fn into_parts(
+        self,
+    ) -> (Session, R, Option<StaleReadPolicy>, Option<Arc<SentWrite>>) {
+        (
+            self.session,
+            self.request,
+            self.stale_reads,
+            self.sent.into_inner(),
+        )
     }
 
     /// Overrides the layer's [`StaleReadPolicy`] for this request (for example, strict reads for

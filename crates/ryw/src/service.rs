@@ -88,7 +88,14 @@ where
         let (in_flight, first) = InFlight::start(&self.config, request);
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let future = inner.call(first);
-        ResponseFuture::new(future, inner, self.config.clone(), in_flight)
+        match first {
+            Ok(first) => {
+                let future = inner.call(first);
+                ResponseFuture::new(future, inner, self.config.clone(), in_flight)
+            }
+            Err(write_id) => {
+                ResponseFuture::already_sent(write_id, inner, self.config.clone(), in_flight)
+            }
+        }
     }
 }

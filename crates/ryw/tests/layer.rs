@@ -691,3 +691,100 @@ async fn the_replay_rule_holds_whatever_retry_policy_is_installed() {
     send.send_response(resp(2));
     assert_eq!(call.await.unwrap().unwrap().attempts(), 2);
 }
+
+/// Retries every error, up to `0` times, by sending a clone of the request: tower middleware
+/// above the layer.
+#[derive(Clone, Debug)]
+struct RetryErrors(u32);
+
+impl<Req: Clone, Res> tower::retry::Policy<Req, Res, BoxError> for RetryErrors {
+    type Future = std::future::Ready<()>;
+    fn retry(&mut self, _: &mut Req, result: &mut Result<Res, BoxError>) -> Option<Self::Future> {
+        if result.is_err() && self.0 > 0 {
+            self.0 -= 1;
+            return Some(std::future::ready(()));
+        }
+        None
+    }
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+/// The layer's error for this adapter, made a `std::error::Error` for middleware above it (the
+/// adapter's own error is a `BoxError`, which is not one).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct LayerError(ryw::Error<BoxError>);
+
+#[tokio::test(start_paused = true)]
+async fn a_clone_sent_again_above_the_layer_is_the_same_write() {
+    // A timeout and a retry above the layer: the first attempt never answers, the retry sends a
+    // clone of the session request.
+    for replay in [Replay::Safe, Replay::Never] {
+        let (svc, mut handle) = mock::pair::<Req, Resp>();
+        let mut svc = tower::ServiceBuilder::new()
+            .retry(RetryErrors(2))
+            .timeout(Duration::from_millis(100))
+            .map_err(LayerError)
+            .layer(ReadYourWritesLayer::new(adapter()))
+            .service(svc);
+        let session = Session::new();
+        let call = tokio::spawn(
+            svc.ready()
+                .await
+                .unwrap()
+                .call(session.request(put("a", replay))),
+        );
+        let (first, _never_answered) = handle.next_request().await.unwrap();
+        let Req::Put {
+            write_id: Some(id),
+            ts: Some(ts),
+            ..
+        } = first
+        else {
+            panic!("{first:?}")
+        };
+        match replay {
+            Replay::Safe => {
+                // The clone is the same write: same id, same timestamp.
+                let (again, send) = handle.next_request().await.unwrap();
+                let Req::Put {
+                    write_id, ts: ts2, ..
+                } = again
+                else {
+                    panic!("{again:?}")
+                };
+                assert_eq!((write_id, ts2), (Some(id), Some(ts)));
+                send.send_response(resp(1));
+                let done = call.await.unwrap().unwrap();
+                assert_eq!(done.write_id(), Some(id));
+            }
+            _ => {
+                // It may have applied and may not be replayed: refused without sending.
+                let err = call.await.unwrap().unwrap_err();
+                let LayerError(err) = err
+                    .downcast_ref::<LayerError>()
+                    .unwrap_or_else(|| panic!("{err}"));
+                assert!(err.is_ambiguous(), "{err}");
+                assert_eq!(err.write_id(), Some(id));
+                handle.allow(1);
+                assert!(poll_once(&mut Box::pin(handle.next_request())).is_pending());
+            }
+        }
+        // A fresh request of the same session is a new write.
+        let call = tokio::spawn(
+            svc.ready()
+                .await
+                .unwrap()
+                .call(session.request(put("a", replay))),
+        );
+        let (next, send) = handle.next_request().await.unwrap();
+        let Req::Put { write_id, .. } = next else {
+            panic!("{next:?}")
+        };
+        assert_ne!(write_id, Some(id));
+        send.send_response(resp(2));
+        call.await.unwrap().unwrap();
+    }
+}
