@@ -1365,3 +1365,87 @@ pub(crate) async fn revocation_is_shared_by_every_instance(client: Client) {
     );
     assert!(authority(open).verify(&fresh, None).is_ok());
 }
+
+/// A tower `TimeoutLayer` under the session layer: the first write's response is held back
+/// after moto applied it, the timeout fires, and the layer replays the write under its write id.
+pub(crate) async fn a_write_timed_out_by_middleware_is_replayed_never_duplicated(client: Client) {
+    use ryw::error::MiddlewareError;
+    use ryw::retry::{Backoff, RetryPolicy};
+    use std::sync::atomic::AtomicU32;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let bump = || -> DynamoRequest {
+        UpdateItemInput::builder()
+            .table_name(&table)
+            .key("pk", s("c"))
+            .update_expression("ADD hits :one")
+            .expression_attribute_values(":one", n(1))
+            .into()
+    };
+    let layered = |retries: u32| {
+        let late = Arc::new(AtomicU32::new(1));
+        tower::ServiceBuilder::new()
+            .layer(
+                ReadYourWritesLayer::new(adapter.clone()).retry(
+                    RetryPolicy::new()
+                        .max_retries(retries)
+                        .backoff(Backoff::new(
+                            Duration::from_millis(1),
+                            Duration::from_millis(5),
+                        )),
+                ),
+            )
+            .timeout(Duration::from_millis(300))
+            .and_then(move |response| {
+                let held = late
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
+                    .is_ok();
+                async move {
+                    if held {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Ok::<_, DynamoError>(response)
+                }
+            })
+            .service(DynamoService::new(client.clone(), &adapter))
+    };
+    let session = Session::new();
+
+    let out = layered(3)
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(bump()))
+        .await
+        .expect("replayed, not failed");
+    assert!(
+        out.get_ref().was_replayed(),
+        "the replay found its own write id"
+    );
+    assert_eq!(out.attempts(), 2);
+    let item = peek(&client, &table, "c").await.unwrap();
+    assert_eq!(item["hits"].as_n().unwrap(), "1", "applied once");
+    assert_eq!(writer_of(&item), &out.write_id().unwrap().to_string());
+
+    // With no retry left, the timeout is a typed, transient error, and the write applied once.
+    let err = layered(0)
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(bump()))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(
+        matches!(
+            err.store_error(),
+            Some(DynamoError::Middleware(MiddlewareError::TimedOut))
+        ),
+        "{err:?}"
+    );
+    let item = peek(&client, &table, "c").await.unwrap();
+    assert_eq!(item["hits"].as_n().unwrap(), "2");
+}

@@ -900,3 +900,95 @@ async fn revocation_is_shared_by_every_instance() {
     );
     assert!(authority(open).verify(&fresh, None).is_ok());
 }
+
+/// A tower `TimeoutLayer` under the session layer: the first write's response is held back after
+/// SecantusDB applied it, the timeout fires, and the layer replays the write under its write id.
+#[tokio::test]
+async fn a_write_timed_out_by_middleware_is_replayed_never_duplicated() {
+    use ryw::error::MiddlewareError;
+    use ryw::retry::{Backoff, RetryPolicy};
+    use std::sync::atomic::AtomicU32;
+    use std::time::Duration;
+
+    let uri = secantus!();
+    let client = Client::with_uri_str(&uri).await.unwrap();
+    let adapter = MongoAdapter::new();
+    let coll = fresh();
+    let service = MongoService::<Document>::new(&client, "ryw", &coll, &adapter);
+    let layered = |retries: u32| {
+        let late = Arc::new(AtomicU32::new(1));
+        tower::ServiceBuilder::new()
+            .layer(
+                layer().retry(
+                    RetryPolicy::new()
+                        .max_retries(retries)
+                        .backoff(Backoff::new(
+                            Duration::from_millis(1),
+                            Duration::from_millis(5),
+                        )),
+                ),
+            )
+            .timeout(Duration::from_millis(300))
+            .and_then(move |response| {
+                let held = late
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
+                    .is_ok();
+                async move {
+                    if held {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Ok::<_, MongoError>(response)
+                }
+            })
+            .service(service.clone())
+    };
+    let session = Session::new();
+    service
+        .collection()
+        .insert_one(doc! { "_id": "c", "hits": 0 })
+        .await
+        .unwrap();
+    let bump = || MongoRequest::update_one(doc! { "_id": "c" }, doc! { "$inc": { "hits": 1 } });
+    let hits = || async {
+        service
+            .collection()
+            .find_one(doc! { "_id": "c" })
+            .await
+            .unwrap()
+            .unwrap()
+            .get_i32("hits")
+            .unwrap()
+    };
+
+    let out = layered(3)
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(bump()))
+        .await
+        .expect("replayed, not failed");
+    assert!(
+        out.get_ref().was_replayed(),
+        "the replay found its own write id"
+    );
+    assert_eq!(out.attempts(), 2);
+    assert_eq!(hits().await, 1, "applied once");
+
+    // With no retry left, the timeout is a typed, transient error, and the write applied once.
+    let err = layered(0)
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(bump()))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(
+        matches!(
+            err.store_error(),
+            Some(MongoError::Middleware(MiddlewareError::TimedOut))
+        ),
+        "{err:?}"
+    );
+    assert_eq!(hits().await, 2);
+}

@@ -352,3 +352,83 @@ async fn errors_are_typed_and_classified_for_the_retry_policy() {
     assert_eq!(read.get_ref().writetime(), Some(1));
     node.stop().await;
 }
+
+/// A tower `TimeoutLayer` under the session layer: the first answer is held back after the node
+/// answered, the timeout fires, and the layer replays the write with the same timestamp (an
+/// idempotent write), or reports a counter update ambiguous without sending it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_timed_out_by_middleware_is_replayed_with_its_timestamp() {
+    use ryw::error::MiddlewareError;
+    use ryw::retry::{Backoff, RetryPolicy};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let mut node = ScriptedScyllaNode::start(vec![
+        Script::query("INSERT INTO app.posts", vec![Reply::Void, Reply::Void]),
+        Script::query("UPDATE app.counters", vec![Reply::Void]),
+    ])
+    .await;
+    let driver = Arc::new(node.session().await);
+    let layered = || {
+        let late = Arc::new(AtomicU32::new(1));
+        ServiceBuilder::new()
+            .layer(
+                ReadYourWritesLayer::new(ScyllaAdapter::new())
+                    .clock(FixedClock(NOW))
+                    .retry(RetryPolicy::new().backoff(Backoff::new(
+                        Duration::from_millis(1),
+                        Duration::from_millis(5),
+                    ))),
+            )
+            .timeout(Duration::from_millis(300))
+            .and_then(move |response| {
+                let held = late
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
+                    .is_ok();
+                async move {
+                    if held {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Ok::<_, ryw_scylla::ScyllaError>(response)
+                }
+            })
+            .service(ScyllaService::new(driver.clone()))
+    };
+    let session = Session::new();
+
+    let response = layered()
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(insert()))
+        .await
+        .expect("replayed, not failed");
+    assert_eq!(response.attempts(), 2);
+    let seen = node.seen();
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert_eq!(seen[0].timestamp, Some(NOW as i64));
+    assert_eq!(seen[1].timestamp, seen[0].timestamp, "the same write");
+
+    let counter =
+        ScyllaRequest::write("UPDATE app.counters SET n = n + 1 WHERE user_id = 'u1'", ())
+            .partition(b"u1")
+            .not_idempotent();
+    let error = layered()
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(counter))
+        .await
+        .unwrap_err();
+    assert!(error.is_ambiguous(), "{error:?}");
+    assert!(
+        matches!(
+            error.store_error(),
+            Some(ryw_scylla::ScyllaError::Middleware(
+                MiddlewareError::TimedOut
+            ))
+        ),
+        "{error:?}"
+    );
+    assert_eq!(node.seen().len(), 1, "sent once");
+    node.stop().await;
+}
