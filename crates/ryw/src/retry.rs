@@ -392,6 +392,21 @@ mod tests {
     }
 
     #[test]
+    fn every_request_draws_its_own_jitter() {
+        // tower's ExponentialBackoffMaker clones one generator into every backoff, so requests
+        // that fail together retry together; each clone of this policy draws its own stream.
+        let prototype = RetryPolicy::new().seed(7);
+        let (mut a, mut b) = (prototype.clone(), prototype.clone());
+        let xs: Vec<f64> = (0..3).map(|_| a.next_unit()).collect();
+        let ys: Vec<f64> = (0..3).map(|_| b.next_unit()).collect();
+        assert_ne!(xs, ys);
+        // Still reproducible from the seed.
+        let again = RetryPolicy::new().seed(7);
+        let mut c = again.clone();
+        assert_eq!((0..3).map(|_| c.next_unit()).collect::<Vec<_>>(), xs);
+    }
+
+    #[test]
     fn budget_ceiling() {
         let b = RetryBudget::new(1.0, 0);
         for _ in 0..1000 {
