@@ -80,12 +80,10 @@ async fn run(
     table: &str,
     ryw_on: bool,
 ) -> Result<Tally, Box<dyn std::error::Error>> {
-    let adapter = DynamoAdapter::builder()
-        .table(TableSchema::new(table, "pk"))
-        .build();
+    let adapter = DynamoAdapter::new().table(TableSchema::new(table, "pk"));
     let layer = ReadYourWritesLayer::new(adapter.clone());
     let instances: Vec<_> = (0..INSTANCES)
-        .map(|_| DynamoService::new(client.clone(), &adapter))
+        .map(|_| DynamoService::new(client.clone()))
         .collect();
     let mut tally = Tally::default();
     let mut users: Vec<(String, u64)> = (0..USERS)

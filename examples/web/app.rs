@@ -127,11 +127,9 @@ pub mod dynamo {
     impl DynamoPosts {
         /// An instance with its own service over `client`.
         pub fn new(client: aws_sdk_dynamodb::Client, table: &str) -> Self {
-            let adapter = DynamoAdapter::builder()
-                .table(TableSchema::new(table, "pk"))
-                .build();
-            let service = ReadYourWritesLayer::new(adapter.clone())
-                .layer(DynamoService::new(client, &adapter));
+            let adapter = DynamoAdapter::new().table(TableSchema::new(table, "pk"));
+            let service =
+                ReadYourWritesLayer::new(adapter.clone()).layer(DynamoService::new(client));
             DynamoPosts {
                 service,
                 table: table.to_owned(),

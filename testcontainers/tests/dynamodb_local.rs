@@ -33,11 +33,8 @@ mod docker {
 
     async fn client_request_token_makes_a_replayed_transaction_idempotent(client: Client) {
         let table = fresh_table(&client).await;
-        let adapter = DynamoAdapter::builder()
-            .table(TableSchema::new(&table, "pk"))
-            .build();
-        let lossy =
-            LoseWriteResponsesForTests::new(DynamoService::new(client.clone(), &adapter), 1);
+        let adapter = DynamoAdapter::new().table(TableSchema::new(&table, "pk"));
+        let lossy = LoseWriteResponsesForTests::new(DynamoService::new(client.clone()), 1);
         let mut svc = ReadYourWritesLayer::new(adapter.clone()).layer(lossy);
         let bump = TransactWriteItem::builder()
             .update(

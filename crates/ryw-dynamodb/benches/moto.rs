@@ -58,11 +58,9 @@ fn bench(c: &mut Criterion) {
             .await
             .unwrap();
     });
-    let adapter = DynamoAdapter::builder()
-        .table(TableSchema::new(&table, "pk"))
-        .build();
+    let adapter = DynamoAdapter::new().table(TableSchema::new(&table, "pk"));
     let layer = ReadYourWritesLayer::new(adapter.clone());
-    let service = DynamoService::new(client.clone(), &adapter);
+    let service = DynamoService::new(client.clone());
     let session = Session::new();
     let put = || -> PutItemInput {
         PutItemInput::builder()

@@ -19,7 +19,78 @@ pub struct DynamoAdapter {
     pub(crate) config: Arc<DynamoConfig>,
 }
 
-/// Builds a [`DynamoAdapter`].
+impl Default for DynamoAdapter {
+    fn default() -> Self {
+        DynamoAdapter::new()
+    }
+}
+
+impl DynamoAdapter {
+    /// An adapter with the default attribute names and no tables; configured with consuming
+    /// setters, like every adapter. Configuring a clone leaves the original unchanged.
+    ///
+    /// ```
+    /// use ryw::StoreId;
+    /// use ryw_dynamodb::{DynamoAdapter, TableSchema};
+    ///
+    /// let adapter = DynamoAdapter::new()
+    ///     .table(TableSchema::new("posts", "pk"))
+    ///     .store_id(StoreId::new(7));
+    /// assert!(adapter.schema_of("posts").is_some());
+    /// ```
+    pub fn new() -> Self {
+        DynamoAdapter {
+            config: Arc::new(DynamoConfig::default()),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut DynamoConfig {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Declares a table's key schema. Writes through the session layer to a table without one
+    /// fail with [`DynamoError::UnknownTable`]; reads of it are not fenced.
+    pub fn table(mut self, schema: TableSchema) -> Self {
+        self.config_mut()
+            .tables
+            .insert(schema.table.clone(), schema);
+        self
+    }
+
+    /// The version attribute (default `ryw_version`).
+    pub fn version_attribute(mut self, name: impl Into<String>) -> Self {
+        self.config_mut().version_attribute = name.into();
+        self
+    }
+
+    /// The prefix of the attributes holding the item's recent write ids (default `ryw_write_id`:
+    /// `ryw_write_id_0` to `ryw_write_id_3`, see [`crate::RECENT_WRITE_IDS`]).
+    pub fn write_id_attribute(mut self, name: impl Into<String>) -> Self {
+        self.config_mut().write_id_attribute = name.into();
+        self
+    }
+
+    /// The attribute holding the last write's hybrid clock (default `ryw_clock`).
+    pub fn clock_attribute(mut self, name: impl Into<String>) -> Self {
+        self.config_mut().clock_attribute = name.into();
+        self
+    }
+
+    /// The store id in session tokens (default 2; several tables of one account share it). The
+    /// same name on every adapter.
+    pub fn store_id(mut self, store: StoreId) -> Self {
+        self.config_mut().store = store;
+        self
+    }
+
+    /// The key schema declared for `table`, if any.
+    pub fn schema_of(&self, table: &str) -> Option<&TableSchema> {
+        self.config.tables.get(table)
+    }
+}
+
+/// Builds a [`DynamoAdapter`]. Superseded by the adapter's own setters
+/// ([`DynamoAdapter::new`]), the style every adapter uses.
 #[derive(Clone, Debug, Default)]
 pub struct DynamoAdapterBuilder {
     config: DynamoConfig,
@@ -75,6 +146,7 @@ impl DynamoAdapterBuilder {
 
 impl DynamoAdapter {
     /// A builder with the default attribute names and no tables.
+    #[deprecated(note = "use `DynamoAdapter::new()` and its setters, the style every adapter uses")]
     pub fn builder() -> DynamoAdapterBuilder {
         DynamoAdapterBuilder::default()
     }
@@ -231,6 +303,10 @@ impl StoreAdapter for DynamoAdapter {
 
     fn store(&self) -> StoreId {
         self.config.store
+    }
+
+    fn prepare(&self, request: &mut DynamoRequest) {
+        request.config = Some(self.config.clone());
     }
 
     fn operation(&self, request: &DynamoRequest) -> Operation {
@@ -469,7 +545,7 @@ impl StoreAdapter for DynamoAdapter {
                     scopes.get(i).copied().flatten()?,
                     write,
                     write.expected.get(i).copied().flatten(),
-                    reasons.get(i).and_then(|r| r.item()),
+                    reasons.get(i).and_then(|r| r.item.as_ref()),
                 );
                 // Every reason stays available to a resolver.
                 conflict.item = Some(Arc::new(reasons.clone()));
@@ -521,5 +597,26 @@ impl DynamoAdapter {
             (Some(schema), Some(index)) => !schema.indexes.contains_key(index),
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuring_a_clone_leaves_the_original_unchanged() {
+        let original = DynamoAdapter::new().table(TableSchema::new("a", "pk"));
+        let configured = original
+            .clone()
+            .table(TableSchema::new("b", "pk"))
+            .version_attribute("v")
+            .store_id(StoreId::new(9));
+        assert!(original.schema_of("b").is_none());
+        assert_eq!(original.config.version_attribute, "ryw_version");
+        assert_eq!(original.store(), StoreId::new(2));
+        assert!(configured.schema_of("a").is_some() && configured.schema_of("b").is_some());
+        assert_eq!(configured.config.version_attribute, "v");
+        assert_eq!(configured.store(), StoreId::new(9));
     }
 }

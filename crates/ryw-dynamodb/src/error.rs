@@ -33,7 +33,7 @@ pub enum DynamoError {
     #[error("transaction canceled: {}", reasons_text(.reasons))]
     TransactionCanceled {
         /// The cancellation reasons.
-        reasons: Vec<CancellationReason>,
+        reasons: Vec<Cancellation>,
         /// Items whose reason is a version conflict with another writer.
         version_conflicts: Vec<usize>,
     },
@@ -111,12 +111,102 @@ impl From<ryw::error::BoxError> for DynamoError {
     }
 }
 
-fn reasons_text(reasons: &[CancellationReason]) -> String {
+fn reasons_text(reasons: &[Cancellation]) -> String {
     reasons
         .iter()
-        .map(|r| r.code().unwrap_or("?"))
+        .map(|r| r.code.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Why DynamoDB canceled a transaction, for one of its items (its `CancellationReasons` come in
+/// item order).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Cancellation {
+    /// The reason.
+    pub code: CancellationCode,
+    /// DynamoDB's message, if any.
+    pub message: Option<String>,
+    /// The item as it is now, for a failed condition (ryw asks for it with
+    /// `ReturnValuesOnConditionCheckFailure`).
+    pub item: Option<Item>,
+}
+
+impl From<CancellationReason> for Cancellation {
+    fn from(reason: CancellationReason) -> Self {
+        Cancellation {
+            code: CancellationCode::parse(reason.code()),
+            message: reason.message,
+            item: reason.item,
+        }
+    }
+}
+
+/// The code of a [`Cancellation`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CancellationCode {
+    /// This item did not cause the cancellation (`None`).
+    NotCanceled,
+    /// Its condition did not hold (`ConditionalCheckFailed`).
+    ConditionalCheckFailed,
+    /// Its item collection is full (`ItemCollectionSizeLimitExceeded`).
+    ItemCollectionSizeLimitExceeded,
+    /// Another transaction or write was in progress on it (`TransactionConflict`).
+    TransactionConflict,
+    /// The table's provisioned throughput was exceeded (`ProvisionedThroughputExceeded`).
+    ProvisionedThroughputExceeded,
+    /// Throttled (`ThrottlingError`).
+    ThrottlingError,
+    /// The item's request is invalid (`ValidationError`).
+    ValidationError,
+    /// A code this version does not know, as DynamoDB sent it.
+    Other(String),
+}
+
+impl CancellationCode {
+    /// The code DynamoDB sent (`None` or absent: [`CancellationCode::NotCanceled`]).
+    pub fn parse(code: Option<&str>) -> Self {
+        match code {
+            None | Some("None") => CancellationCode::NotCanceled,
+            Some("ConditionalCheckFailed") => CancellationCode::ConditionalCheckFailed,
+            Some("ItemCollectionSizeLimitExceeded") => {
+                CancellationCode::ItemCollectionSizeLimitExceeded
+            }
+            Some("TransactionConflict") => CancellationCode::TransactionConflict,
+            Some("ProvisionedThroughputExceeded") => {
+                CancellationCode::ProvisionedThroughputExceeded
+            }
+            Some("ThrottlingError") => CancellationCode::ThrottlingError,
+            Some("ValidationError") => CancellationCode::ValidationError,
+            Some(other) => CancellationCode::Other(other.to_owned()),
+        }
+    }
+
+    /// The code as DynamoDB spells it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            CancellationCode::NotCanceled => "None",
+            CancellationCode::ConditionalCheckFailed => "ConditionalCheckFailed",
+            CancellationCode::ItemCollectionSizeLimitExceeded => "ItemCollectionSizeLimitExceeded",
+            CancellationCode::TransactionConflict => "TransactionConflict",
+            CancellationCode::ProvisionedThroughputExceeded => "ProvisionedThroughputExceeded",
+            CancellationCode::ThrottlingError => "ThrottlingError",
+            CancellationCode::ValidationError => "ValidationError",
+            CancellationCode::Other(code) => code,
+        }
+    }
+
+    /// Retrying the transaction may succeed: nothing applied, and the cause is passing.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            CancellationCode::TransactionConflict
+                | CancellationCode::ThrottlingError
+                | CancellationCode::ProvisionedThroughputExceeded
+        )
+    }
 }
 
 impl DynamoError {
@@ -176,16 +266,7 @@ impl DynamoError {
             } => {
                 if !version_conflicts.is_empty() {
                     ErrorClass::Conflict
-                } else if reasons.iter().any(|r| {
-                    matches!(
-                        r.code(),
-                        Some(
-                            "TransactionConflict"
-                                | "ThrottlingError"
-                                | "ProvisionedThroughputExceeded"
-                        )
-                    )
-                }) {
+                } else if reasons.iter().any(|r| r.code.is_transient()) {
                     ErrorClass::RETRYABLE
                 } else {
                     ErrorClass::Permanent
@@ -322,7 +403,8 @@ mod tests {
         let conflict = DynamoError::TransactionCanceled {
             reasons: vec![CancellationReason::builder()
                 .code("TransactionConflict")
-                .build()],
+                .build()
+                .into()],
             version_conflicts: vec![],
         };
         assert_eq!(conflict.class(), ErrorClass::RETRYABLE);

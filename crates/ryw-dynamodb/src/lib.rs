@@ -41,10 +41,10 @@
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
 //! # async fn run(client: aws_sdk_dynamodb::Client) -> Result<(), Box<dyn std::error::Error>> {
-//! let adapter = DynamoAdapter::builder().table(TableSchema::new("posts", "pk")).build();
+//! let adapter = DynamoAdapter::new().table(TableSchema::new("posts", "pk"));
 //! let mut posts = ServiceBuilder::new()
 //!     .layer(ReadYourWritesLayer::new(adapter.clone()))
-//!     .service(DynamoService::new(client, &adapter));
+//!     .service(DynamoService::new(client));
 //!
 //! let session = Session::new();
 //! let put = PutItemInput::builder()
@@ -70,7 +70,7 @@ pub mod revocation;
 mod service;
 
 pub use adapter::{DynamoAdapter, DynamoAdapterBuilder};
-pub use error::DynamoError;
+pub use error::{Cancellation, CancellationCode, DynamoError};
 pub use revocation::DynamoRevocations;
 pub use service::{DynamoFuture, DynamoService};
 
@@ -89,6 +89,7 @@ use aws_sdk_dynamodb::operation::update_item::{
 use ryw::clock::HybridTimestamp;
 use ryw::{StoreId, Version, WriteId};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The key schema of one table, and the partition attributes of its global secondary indexes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,6 +210,8 @@ pub struct DynamoRequest {
     pub(crate) operation: DynamoOperation,
     pub(crate) write: Option<WriteMeta>,
     pub(crate) explicit_version: Option<u64>,
+    /// The adapter's configuration, attached by the session layer (`StoreAdapter::prepare`).
+    pub(crate) config: Option<Arc<DynamoConfig>>,
 }
 
 impl DynamoRequest {
@@ -237,6 +240,7 @@ impl From<DynamoOperation> for DynamoRequest {
             operation,
             write: None,
             explicit_version: None,
+            config: None,
         }
     }
 }

@@ -1,13 +1,12 @@
 //! The tower `Service` over `aws_sdk_dynamodb::Client`.
 
-use crate::adapter::DynamoAdapter;
-use crate::error::{ConditionFailure, DynamoError};
+use crate::error::{Cancellation, CancellationCode, ConditionFailure, DynamoError};
 use crate::expr::{self, Item};
 use crate::{
     DynamoConfig, DynamoOperation, DynamoOutput, DynamoRequest, DynamoResponse, TableSchema,
     WriteMeta,
 };
-use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::{DeleteItemError, DeleteItemOutput};
 use aws_sdk_dynamodb::operation::put_item::{PutItemError, PutItemOutput};
 use aws_sdk_dynamodb::operation::transact_write_items::{
@@ -16,11 +15,11 @@ use aws_sdk_dynamodb::operation::transact_write_items::{
 use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// A tower `Service<DynamoRequest>` over the SDK client.
@@ -29,27 +28,25 @@ use std::task::{Context, Poll};
 /// attribute is ANDed with the caller's own, the version, write id and clock attributes are set,
 /// and a failed condition returns the old item, from which the service recognises a replay of a
 /// write that had already applied. Unstamped requests are sent as they are.
+///
+/// The service needs no configuration of its own: the session layer attaches its adapter's
+/// (table schemas, attribute names) to every request ([`ryw::StoreAdapter::prepare`]), so the
+/// adapter is given once, to the layer.
 #[derive(Clone)]
 pub struct DynamoService {
     client: Client,
-    config: Arc<DynamoConfig>,
 }
 
 impl fmt::Debug for DynamoService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DynamoService")
-            .field("tables", &self.config.tables.keys().collect::<Vec<_>>())
-            .finish_non_exhaustive()
+        f.debug_struct("DynamoService").finish_non_exhaustive()
     }
 }
 
 impl DynamoService {
-    /// A service sending through `client`, configured like `adapter`.
-    pub fn new(client: Client, adapter: &DynamoAdapter) -> Self {
-        DynamoService {
-            client,
-            config: adapter.config.clone(),
-        }
+    /// A service sending through `client`.
+    pub fn new(client: Client) -> Self {
+        DynamoService { client }
     }
 
     /// The SDK client.
@@ -72,8 +69,7 @@ impl tower::Service<DynamoRequest> for DynamoService {
 
     fn call(&mut self, request: DynamoRequest) -> DynamoFuture {
         let client = self.client.clone();
-        let config = self.config.clone();
-        Box::pin(async move { send(&client, &config, request).await })
+        Box::pin(async move { send(&client, request).await })
     }
 }
 
@@ -232,6 +228,28 @@ impl Stamp<'_> {
         );
     }
 
+    /// The one stamping path of every conditional item write (put, update and delete, alone or
+    /// in a transaction): ryw's condition ANDed with the caller's, the update expression
+    /// extended (`update`: `Some` for updates only, with the caller's expression if any), and
+    /// the names and values both use.
+    fn stamped(
+        &self,
+        condition: Option<String>,
+        update: Option<Option<String>>,
+        names: Option<HashMap<String, String>>,
+        values: Option<HashMap<String, AttributeValue>>,
+    ) -> Stamped {
+        let update = update.map(|caller| self.update_expression(caller));
+        let condition = self.condition(condition);
+        let exprs = [update.as_deref(), Some(condition.as_str())];
+        Stamped {
+            names: self.names(names, &exprs),
+            values: self.values(values, &exprs),
+            condition,
+            update,
+        }
+    }
+
     fn update_expression(&self, caller: Option<String>) -> String {
         expr::add_set_assignments(
             caller,
@@ -271,6 +289,74 @@ impl Stamp<'_> {
             expected: Some(self.expected),
             version_conflict: !version_held,
         }))
+    }
+}
+
+/// A conditional item write as [`Stamp::stamped`] rewrote it.
+struct Stamped {
+    condition: String,
+    update: Option<String>,
+    names: HashMap<String, String>,
+    values: Option<HashMap<String, AttributeValue>>,
+}
+
+/// The SDK errors of conditional item writes, which carry the item when the condition failed.
+trait ConditionCheck {
+    fn is_condition_failed(&self) -> bool;
+    /// The item a failed condition returned (`None` for any other error).
+    fn into_item(self) -> Option<Item>;
+}
+
+impl ConditionCheck for PutItemError {
+    fn is_condition_failed(&self) -> bool {
+        matches!(self, PutItemError::ConditionalCheckFailedException(_))
+    }
+    fn into_item(self) -> Option<Item> {
+        match self {
+            PutItemError::ConditionalCheckFailedException(c) => c.item,
+            _ => None,
+        }
+    }
+}
+
+impl ConditionCheck for UpdateItemError {
+    fn is_condition_failed(&self) -> bool {
+        matches!(self, UpdateItemError::ConditionalCheckFailedException(_))
+    }
+    fn into_item(self) -> Option<Item> {
+        match self {
+            UpdateItemError::ConditionalCheckFailedException(c) => c.item,
+            _ => None,
+        }
+    }
+}
+
+impl ConditionCheck for DeleteItemError {
+    fn is_condition_failed(&self) -> bool {
+        matches!(self, DeleteItemError::ConditionalCheckFailedException(_))
+    }
+    fn into_item(self) -> Option<Item> {
+        match self {
+            DeleteItemError::ConditionalCheckFailedException(c) => c.item,
+            _ => None,
+        }
+    }
+}
+
+/// Awaits a conditional item write: its output, or (as `Err`) the item its failed condition
+/// returned; any other failure is the error.
+async fn conditional<O, E>(
+    sent: impl Future<Output = Result<O, SdkError<E, HttpResponse>>>,
+) -> Result<Result<O, Option<Item>>, DynamoError>
+where
+    E: ConditionCheck + ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match sent.await {
+        Ok(out) => Ok(Ok(out)),
+        Err(SdkError::ServiceError(e)) if e.err().is_condition_failed() => {
+            Ok(Err(e.into_err().into_item()))
+        }
+        Err(e) => Err(DynamoError::from_sdk(e)),
     }
 }
 
@@ -354,14 +440,18 @@ fn with_ryw_projection(
     }
 }
 
-async fn send(
-    client: &Client,
-    config: &DynamoConfig,
-    request: DynamoRequest,
-) -> Result<DynamoResponse, DynamoError> {
+async fn send(client: &Client, request: DynamoRequest) -> Result<DynamoResponse, DynamoError> {
     let DynamoRequest {
-        operation, write, ..
+        operation,
+        write,
+        config,
+        ..
     } = request;
+    // Not through the session layer: sent as it is.
+    let Some(config) = config else {
+        return send_unchanged(client, operation).await;
+    };
+    let config = &*config;
     match operation {
         DynamoOperation::GetItem(mut b) => {
             let (p, n) = with_ryw_projection(
@@ -391,45 +481,34 @@ async fn send(
         }
         DynamoOperation::PutItem(b) => {
             let Some(write) = write else {
-                let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
-                return Ok(response(DynamoOutput::PutItem(out), vec![], false));
+                return send_unchanged(client, DynamoOperation::PutItem(b)).await;
             };
             let schema = check_table(config, b.get_table_name().as_ref())?;
             let expected = write.expected.first().copied().flatten();
             let stamp = Stamp::new(config, schema, &write, expected)?;
             let send = |stamp: &Stamp<'_>| {
+                let s = stamp.stamped(
+                    b.get_condition_expression().clone(),
+                    None,
+                    b.get_expression_attribute_names().clone(),
+                    b.get_expression_attribute_values().clone(),
+                );
                 let mut item = b.get_item().clone().unwrap_or_default();
                 stamp.stamp_item(&mut item);
-                let condition = stamp.condition(b.get_condition_expression().clone());
-                let exprs = [Some(condition.as_str())];
-                let names = stamp.names(b.get_expression_attribute_names().clone(), &exprs);
-                let values = stamp.values(b.get_expression_attribute_values().clone(), &exprs);
                 let sent = b
                     .clone()
                     .set_item(Some(item))
-                    .condition_expression(condition)
-                    .set_expression_attribute_names(Some(names))
-                    .set_expression_attribute_values(values)
+                    .condition_expression(s.condition)
+                    .set_expression_attribute_names(Some(s.names))
+                    .set_expression_attribute_values(s.values)
                     .return_values_on_condition_check_failure(
                         ReturnValuesOnConditionCheckFailure::AllOld,
                     );
                 async move {
-                    match sent.send_with(client).await {
-                        Ok(out) => Ok(Sent::Applied(Box::new(DynamoOutput::PutItem(out)))),
-                        Err(SdkError::ServiceError(e))
-                            if matches!(
-                                e.err(),
-                                PutItemError::ConditionalCheckFailedException(_)
-                            ) =>
-                        {
-                            let PutItemError::ConditionalCheckFailedException(c) = e.into_err()
-                            else {
-                                unreachable!("matched above")
-                            };
-                            Ok(Sent::ConditionFailed(c.item))
-                        }
-                        Err(e) => Err(DynamoError::from_sdk(e)),
-                    }
+                    Ok(match conditional(sent.send_with(client)).await? {
+                        Ok(out) => Sent::Applied(Box::new(DynamoOutput::PutItem(out))),
+                        Err(item) => Sent::ConditionFailed(item),
+                    })
                 }
             };
             single_item_write(stamp, "put", send, || {
@@ -439,44 +518,32 @@ async fn send(
         }
         DynamoOperation::UpdateItem(b) => {
             let Some(write) = write else {
-                let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
-                return Ok(response(DynamoOutput::UpdateItem(out), vec![], false));
+                return send_unchanged(client, DynamoOperation::UpdateItem(b)).await;
             };
             let schema = check_table(config, b.get_table_name().as_ref())?;
             let expected = write.expected.first().copied().flatten();
             let stamp = Stamp::new(config, schema, &write, expected)?;
             let send = |stamp: &Stamp<'_>| {
-                let update = stamp.update_expression(b.get_update_expression().clone());
-                let condition = stamp.condition(b.get_condition_expression().clone());
-                let exprs = [Some(update.as_str()), Some(condition.as_str())];
-                let names = stamp.names(b.get_expression_attribute_names().clone(), &exprs);
-                let values = stamp.values(b.get_expression_attribute_values().clone(), &exprs);
+                let s = stamp.stamped(
+                    b.get_condition_expression().clone(),
+                    Some(b.get_update_expression().clone()),
+                    b.get_expression_attribute_names().clone(),
+                    b.get_expression_attribute_values().clone(),
+                );
                 let sent = b
                     .clone()
-                    .update_expression(update)
-                    .condition_expression(condition)
-                    .set_expression_attribute_names(Some(names))
-                    .set_expression_attribute_values(values)
+                    .set_update_expression(s.update)
+                    .condition_expression(s.condition)
+                    .set_expression_attribute_names(Some(s.names))
+                    .set_expression_attribute_values(s.values)
                     .return_values_on_condition_check_failure(
                         ReturnValuesOnConditionCheckFailure::AllOld,
                     );
                 async move {
-                    match sent.send_with(client).await {
-                        Ok(out) => Ok(Sent::Applied(Box::new(DynamoOutput::UpdateItem(out)))),
-                        Err(SdkError::ServiceError(e))
-                            if matches!(
-                                e.err(),
-                                UpdateItemError::ConditionalCheckFailedException(_)
-                            ) =>
-                        {
-                            let UpdateItemError::ConditionalCheckFailedException(c) = e.into_err()
-                            else {
-                                unreachable!("matched above")
-                            };
-                            Ok(Sent::ConditionFailed(c.item))
-                        }
-                        Err(e) => Err(DynamoError::from_sdk(e)),
-                    }
+                    Ok(match conditional(sent.send_with(client)).await? {
+                        Ok(out) => Sent::Applied(Box::new(DynamoOutput::UpdateItem(out))),
+                        Err(item) => Sent::ConditionFailed(item),
+                    })
                 }
             };
             single_item_write(stamp, "update", send, || {
@@ -486,8 +553,7 @@ async fn send(
         }
         DynamoOperation::DeleteItem(b) => {
             let Some(write) = write else {
-                let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
-                return Ok(response(DynamoOutput::DeleteItem(out), vec![], false));
+                return send_unchanged(client, DynamoOperation::DeleteItem(b)).await;
             };
             let schema = check_table(config, b.get_table_name().as_ref())?;
             let stamp = Stamp::new(
@@ -496,21 +562,23 @@ async fn send(
                 &write,
                 write.expected.first().copied().flatten(),
             )?;
-            let condition = stamp.condition(b.get_condition_expression().clone());
-            let exprs = [Some(condition.as_str())];
-            let names = stamp.names(b.get_expression_attribute_names().clone(), &exprs);
-            let values = stamp.values(b.get_expression_attribute_values().clone(), &exprs);
+            let s = stamp.stamped(
+                b.get_condition_expression().clone(),
+                None,
+                b.get_expression_attribute_names().clone(),
+                b.get_expression_attribute_values().clone(),
+            );
             let sent = b
                 .clone()
-                .condition_expression(condition)
-                .set_expression_attribute_names(Some(names))
-                .set_expression_attribute_values(values)
+                .condition_expression(s.condition)
+                .set_expression_attribute_names(Some(s.names))
+                .set_expression_attribute_values(s.values)
                 .return_values_on_condition_check_failure(
                     ReturnValuesOnConditionCheckFailure::AllOld,
                 );
             // The version that marks the deletion: later reads of an older copy are stale.
             let marker = stamp.next();
-            let old = match sent.send_with(client).await {
+            let old = match conditional(sent.send_with(client)).await? {
                 Ok(out) => {
                     return Ok(response(
                         DynamoOutput::DeleteItem(out),
@@ -518,15 +586,7 @@ async fn send(
                         false,
                     ))
                 }
-                Err(SdkError::ServiceError(e))
-                    if matches!(e.err(), DeleteItemError::ConditionalCheckFailedException(_)) =>
-                {
-                    let DeleteItemError::ConditionalCheckFailedException(c) = e.into_err() else {
-                        unreachable!("matched above")
-                    };
-                    c.item
-                }
-                Err(e) => return Err(DynamoError::from_sdk(e)),
+                Err(item) => item,
             };
             match stamp.after_failed_condition(old) {
                 Failed::Landed(version) => Ok(replayed(
@@ -553,12 +613,7 @@ async fn send(
         }
         DynamoOperation::TransactWriteItems(mut b) => {
             let Some(write) = write else {
-                let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
-                return Ok(response(
-                    DynamoOutput::TransactWriteItems(out),
-                    vec![],
-                    false,
-                ));
+                return send_unchanged(client, DynamoOperation::TransactWriteItems(b)).await;
             };
             let mut items = b.get_transact_items().clone().unwrap_or_default();
             let mut stamps = Vec::with_capacity(items.len());
@@ -578,38 +633,42 @@ async fn send(
                 let stamp = Stamp::new(config, schema, &write, expected)?;
                 if let Some(p) = ti.put.as_mut() {
                     stamp.stamp_item(&mut p.item);
-                    let condition = stamp.condition(p.condition_expression.take());
-                    let exprs = [Some(condition.as_str())];
-                    p.expression_attribute_names =
-                        Some(stamp.names(p.expression_attribute_names.take(), &exprs));
-                    p.expression_attribute_values =
-                        stamp.values(p.expression_attribute_values.take(), &exprs);
-                    p.condition_expression = Some(condition);
+                    let s = stamp.stamped(
+                        p.condition_expression.take(),
+                        None,
+                        p.expression_attribute_names.take(),
+                        p.expression_attribute_values.take(),
+                    );
+                    p.condition_expression = Some(s.condition);
+                    p.expression_attribute_names = Some(s.names);
+                    p.expression_attribute_values = s.values;
                     p.return_values_on_condition_check_failure =
                         Some(ReturnValuesOnConditionCheckFailure::AllOld);
                     stamps.push(Some((stamp, false)));
                 } else if let Some(u) = ti.update.as_mut() {
-                    let update =
-                        stamp.update_expression(Some(std::mem::take(&mut u.update_expression)));
-                    let condition = stamp.condition(u.condition_expression.take());
-                    let exprs = [Some(update.as_str()), Some(condition.as_str())];
-                    u.expression_attribute_names =
-                        Some(stamp.names(u.expression_attribute_names.take(), &exprs));
-                    u.expression_attribute_values =
-                        stamp.values(u.expression_attribute_values.take(), &exprs);
-                    u.update_expression = update;
-                    u.condition_expression = Some(condition);
+                    let s = stamp.stamped(
+                        u.condition_expression.take(),
+                        Some(Some(std::mem::take(&mut u.update_expression))),
+                        u.expression_attribute_names.take(),
+                        u.expression_attribute_values.take(),
+                    );
+                    u.update_expression = s.update.unwrap_or_default();
+                    u.condition_expression = Some(s.condition);
+                    u.expression_attribute_names = Some(s.names);
+                    u.expression_attribute_values = s.values;
                     u.return_values_on_condition_check_failure =
                         Some(ReturnValuesOnConditionCheckFailure::AllOld);
                     stamps.push(Some((stamp, false)));
                 } else if let Some(d) = ti.delete.as_mut() {
-                    let condition = stamp.condition(d.condition_expression.take());
-                    let exprs = [Some(condition.as_str())];
-                    d.expression_attribute_names =
-                        Some(stamp.names(d.expression_attribute_names.take(), &exprs));
-                    d.expression_attribute_values =
-                        stamp.values(d.expression_attribute_values.take(), &exprs);
-                    d.condition_expression = Some(condition);
+                    let s = stamp.stamped(
+                        d.condition_expression.take(),
+                        None,
+                        d.expression_attribute_names.take(),
+                        d.expression_attribute_values.take(),
+                    );
+                    d.condition_expression = Some(s.condition);
+                    d.expression_attribute_names = Some(s.names);
+                    d.expression_attribute_values = s.values;
                     d.return_values_on_condition_check_failure =
                         Some(ReturnValuesOnConditionCheckFailure::AllOld);
                     stamps.push(Some((stamp, true)));
@@ -637,22 +696,26 @@ async fn send(
                         TransactWriteItemsError::TransactionCanceledException(_)
                     ) =>
                 {
-                    let TransactWriteItemsError::TransactionCanceledException(c) = e.into_err()
-                    else {
-                        unreachable!("matched above")
+                    let reasons: Vec<Cancellation> = match e.into_err() {
+                        TransactWriteItemsError::TransactionCanceledException(c) => c
+                            .cancellation_reasons
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(Cancellation::from)
+                            .collect(),
+                        _ => Vec::new(),
                     };
-                    let reasons = c.cancellation_reasons.unwrap_or_default();
                     let mut shows_this_write = false;
                     let mut absent = false;
                     let mut version_conflicts = Vec::new();
                     for (i, reason) in reasons.iter().enumerate() {
-                        if reason.code() != Some("ConditionalCheckFailed") {
+                        if reason.code != CancellationCode::ConditionalCheckFailed {
                             continue;
                         }
                         let Some((stamp, _)) = stamps.get(i).and_then(|s| s.as_ref()) else {
                             continue;
                         };
-                        match reason.item() {
+                        match reason.item.as_ref() {
                             Some(item) if stamp.shows_this_write(item) => shows_this_write = true,
                             Some(item) => {
                                 if let DynamoError::ConditionFailed(f) =
@@ -691,6 +754,42 @@ async fn send(
             }
         }
     }
+}
+
+/// Sends a request the session layer did not prepare, as it is.
+async fn send_unchanged(
+    client: &Client,
+    operation: DynamoOperation,
+) -> Result<DynamoResponse, DynamoError> {
+    let (output, consistent) = match operation {
+        DynamoOperation::GetItem(b) => {
+            let consistent = b.get_consistent_read().unwrap_or(false);
+            let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
+            (DynamoOutput::GetItem(out), consistent)
+        }
+        DynamoOperation::Query(b) => {
+            let consistent = b.get_consistent_read().unwrap_or(false);
+            let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
+            (DynamoOutput::Query(out), consistent)
+        }
+        DynamoOperation::PutItem(b) => {
+            let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
+            (DynamoOutput::PutItem(out), false)
+        }
+        DynamoOperation::UpdateItem(b) => {
+            let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
+            (DynamoOutput::UpdateItem(out), false)
+        }
+        DynamoOperation::DeleteItem(b) => {
+            let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
+            (DynamoOutput::DeleteItem(out), false)
+        }
+        DynamoOperation::TransactWriteItems(b) => {
+            let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
+            (DynamoOutput::TransactWriteItems(out), false)
+        }
+    };
+    Ok(response(output, vec![], consistent))
 }
 
 fn replayed(output: DynamoOutput, written: Vec<Option<u64>>) -> DynamoResponse {

@@ -217,6 +217,14 @@ pub trait StoreAdapter: Clone + Send + Sync + 'static {
     /// The store this adapter serves.
     fn store(&self) -> StoreId;
 
+    /// Prepares every request before anything else looks at it: an adapter whose store service
+    /// needs the adapter's configuration (table schemas, attribute names) attaches it here, so
+    /// the service is built from the driver's client alone and the two can never disagree. The
+    /// default does nothing.
+    fn prepare(&self, request: &mut Self::Request) {
+        let _ = request;
+    }
+
     /// Whether `request` reads or writes, and whether a write may be replayed.
     fn operation(&self, request: &Self::Request) -> Operation;
 

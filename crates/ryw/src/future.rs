@@ -104,6 +104,7 @@ impl<A: StoreAdapter> InFlight<A> {
     ) -> (Self, Result<A::Request, WriteId>) {
         let (session, mut base, stale_reads, shared_write) = request.into_parts();
         let adapter = &config.adapter;
+        adapter.prepare(&mut base);
         let op = adapter.operation(&base);
         let mut scopes = Scopes::new();
         adapter.scopes(&base, &mut scopes);

@@ -44,4 +44,5 @@ against_moto!(
     a_query_never_shows_an_item_older_than_the_session_read,
     revocation_is_shared_by_every_instance,
     a_write_timed_out_by_middleware_is_replayed_never_duplicated,
+    the_service_takes_its_configuration_from_the_layer,
 );

@@ -18,9 +18,7 @@ use std::sync::atomic::Ordering;
 use tower::{Layer, Service, ServiceExt};
 
 fn adapter(table: &str) -> DynamoAdapter {
-    DynamoAdapter::builder()
-        .table(TableSchema::new(table, "pk").global_index("by_author", "author"))
-        .build()
+    DynamoAdapter::new().table(TableSchema::new(table, "pk").global_index("by_author", "author"))
 }
 
 fn put(table: &str, pk: &str, body: &str) -> DynamoRequest {
@@ -52,8 +50,8 @@ fn writer_of(item: &Item) -> &str {
 pub(crate) async fn writes_carry_version_write_id_and_clock(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
-    let mut svc = ReadYourWritesLayer::new(adapter.clone())
-        .layer(DynamoService::new(client.clone(), &adapter));
+    let mut svc =
+        ReadYourWritesLayer::new(adapter.clone()).layer(DynamoService::new(client.clone()));
     let session = Session::new();
 
     let out = svc
@@ -102,8 +100,8 @@ pub(crate) async fn another_instance_with_the_token_reads_its_write_through_esca
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
     let layer = ReadYourWritesLayer::new(adapter.clone());
-    let mut instance_a = layer.layer(DynamoService::new(client.clone(), &adapter));
-    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
+    let mut instance_a = layer.layer(DynamoService::new(client.clone()));
+    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone()));
     let mut instance_b = layer.layer(stale.clone());
 
     let session = Session::new();
@@ -169,7 +167,7 @@ pub(crate) async fn another_instance_with_the_token_reads_its_write_through_esca
 pub(crate) async fn an_older_copy_is_stale_and_an_unseen_item_is_not_fenced(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
-    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
+    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone()));
     let mut svc = ReadYourWritesLayer::new(adapter.clone()).layer(stale.clone());
     let session = Session::new();
     svc.ready()
@@ -219,7 +217,7 @@ pub(crate) async fn an_older_copy_is_stale_and_an_unseen_item_is_not_fenced(clie
 pub(crate) async fn a_gsi_query_that_stays_stale_is_pending(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
-    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
+    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone()));
     let mut svc = ReadYourWritesLayer::new(adapter.clone()).layer(stale.clone());
     let session = Session::new();
     svc.ready()
@@ -275,7 +273,7 @@ pub(crate) async fn a_gsi_query_that_stays_stale_is_pending(client: Client) {
 pub(crate) async fn an_ambiguous_write_is_resolved_as_success_and_applied_once(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
-    let lossy = LoseWriteResponsesForTests::new(DynamoService::new(client.clone(), &adapter), 1);
+    let lossy = LoseWriteResponsesForTests::new(DynamoService::new(client.clone()), 1);
     let mut svc = ReadYourWritesLayer::new(adapter.clone()).layer(lossy.clone());
     let session = Session::new();
 
@@ -306,7 +304,7 @@ pub(crate) async fn an_ambiguous_write_is_resolved_as_success_and_applied_once(c
     assert_eq!(writer_of(&item), &out.write_id().unwrap().to_string());
 
     // A put too.
-    let lossy = LoseWriteResponsesForTests::new(DynamoService::new(client.clone(), &adapter), 1);
+    let lossy = LoseWriteResponsesForTests::new(DynamoService::new(client.clone()), 1);
     let mut svc = ReadYourWritesLayer::new(adapter.clone()).layer(lossy);
     let out = svc
         .ready()
@@ -331,7 +329,7 @@ impl<R> ConflictResolver<R> for Yield {
 pub(crate) async fn conflicts_go_to_the_resolver_with_both_versions_and_the_item(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
-    let service = DynamoService::new(client.clone(), &adapter);
+    let service = DynamoService::new(client.clone());
     let mut lww = ReadYourWritesLayer::new(adapter.clone()).layer(service.clone());
     let mut polite = ReadYourWritesLayer::new(adapter.clone())
         .resolver(Yield)
@@ -417,8 +415,8 @@ pub(crate) async fn conflicts_go_to_the_resolver_with_both_versions_and_the_item
 pub(crate) async fn the_callers_own_condition_failing_is_not_a_conflict(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
-    let mut svc = ReadYourWritesLayer::new(adapter.clone())
-        .layer(DynamoService::new(client.clone(), &adapter));
+    let mut svc =
+        ReadYourWritesLayer::new(adapter.clone()).layer(DynamoService::new(client.clone()));
     let session = Session::new();
     svc.ready()
         .await
@@ -464,8 +462,8 @@ pub(crate) async fn transactions_stamp_every_item_and_report_cancellation_reason
     let tx = TransactWriteItemsInput::builder()
         .transact_items(tx_put("t1"))
         .transact_items(tx_put("t2"));
-    let mut svc = ReadYourWritesLayer::new(adapter.clone())
-        .layer(DynamoService::new(client.clone(), &adapter));
+    let mut svc =
+        ReadYourWritesLayer::new(adapter.clone()).layer(DynamoService::new(client.clone()));
     let out = svc
         .ready()
         .await
@@ -504,7 +502,7 @@ pub(crate) async fn transactions_stamp_every_item_and_report_cancellation_reason
     let Some(DynamoError::TransactionCanceled { reasons, .. }) = err.store_error() else {
         panic!("{err:?}")
     };
-    let codes: Vec<_> = reasons.iter().map(|r| r.code().unwrap_or("")).collect();
+    let codes: Vec<_> = reasons.iter().map(|r| r.code.as_str()).collect();
     assert_eq!(codes, ["ConditionalCheckFailed", "None"]);
     assert!(peek(&client, &table, "t3").await.is_none());
 }
@@ -512,7 +510,7 @@ pub(crate) async fn transactions_stamp_every_item_and_report_cancellation_reason
 pub(crate) async fn delete_then_read_and_recreate(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
-    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
+    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone()));
     let mut svc = ReadYourWritesLayer::new(adapter.clone()).layer(stale.clone());
     let session = Session::new();
     svc.ready()
@@ -567,8 +565,8 @@ pub(crate) async fn delete_then_read_and_recreate(client: Client) {
 pub(crate) async fn errors_are_typed(client: Client) {
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
-    let mut svc = ReadYourWritesLayer::new(adapter.clone())
-        .layer(DynamoService::new(client.clone(), &adapter));
+    let mut svc =
+        ReadYourWritesLayer::new(adapter.clone()).layer(DynamoService::new(client.clone()));
     let session = Session::new();
 
     let missing = get("no_such_table", "a");
@@ -610,7 +608,7 @@ pub(crate) async fn errors_are_typed(client: Client) {
         .to_builder()
         .endpoint_url("http://127.0.0.1:9")
         .build();
-    let down = DynamoService::new(aws_sdk_dynamodb::Client::from_conf(unreachable), &adapter);
+    let down = DynamoService::new(aws_sdk_dynamodb::Client::from_conf(unreachable));
     let err = down.oneshot(get(&table, "a")).await.unwrap_err();
     assert!(
         matches!(
@@ -670,7 +668,7 @@ pub(crate) async fn a_lost_transaction_response_is_recognised_by_write_id(client
                 .unwrap(),
         )
         .build();
-    let lossy = LoseWriteResponsesForTests::new(DynamoService::new(client.clone(), &adapter), 1);
+    let lossy = LoseWriteResponsesForTests::new(DynamoService::new(client.clone()), 1);
     let mut svc = ReadYourWritesLayer::new(adapter.clone()).layer(lossy);
     let tx = TransactWriteItemsInput::builder()
         .transact_items(bump)
@@ -698,10 +696,10 @@ pub(crate) async fn two_continuations_of_one_token_lose_no_acknowledged_write(cl
     // replays ("the old item carries my write id"): acknowledged, never applied.
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
-    let instance_a = ReadYourWritesLayer::new(adapter.clone())
-        .layer(DynamoService::new(client.clone(), &adapter));
-    let instance_b = ReadYourWritesLayer::new(adapter.clone())
-        .layer(DynamoService::new(client.clone(), &adapter));
+    let instance_a =
+        ReadYourWritesLayer::new(adapter.clone()).layer(DynamoService::new(client.clone()));
+    let instance_b =
+        ReadYourWritesLayer::new(adapter.clone()).layer(DynamoService::new(client.clone()));
     let bump = |who: &str| -> DynamoRequest {
         UpdateItemInput::builder()
             .table_name(&table)
@@ -828,7 +826,7 @@ pub(crate) async fn a_retry_after_another_sessions_update_applies_once(client: C
     // only the last writer's id, and the retry was reported as a conflict).
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
-    let service = DynamoService::new(client.clone(), &adapter);
+    let service = DynamoService::new(client.clone());
     let other = ReadYourWritesLayer::new(adapter.clone()).layer(service.clone());
     let bump = |by: i64| -> DynamoRequest {
         UpdateItemInput::builder()
@@ -882,22 +880,22 @@ pub(crate) async fn a_read_of_an_undeclared_table_is_unscoped_never_guaranteed(c
     // read is sent as it is and reported unscoped (before: `Guaranteed(Unfenced)`).
     let table = fresh_table(&client).await;
     let declared = adapter(&table);
-    let undeclared = DynamoAdapter::builder().build();
+    let undeclared = DynamoAdapter::new();
     let session = Session::new();
     ReadYourWritesLayer::new(declared.clone())
-        .layer(DynamoService::new(client.clone(), &declared))
+        .layer(DynamoService::new(client.clone()))
         .oneshot(session.request(put(&table, "u", "v1")))
         .await
         .unwrap();
     let read = ReadYourWritesLayer::new(undeclared.clone())
-        .layer(DynamoService::new(client.clone(), &undeclared))
+        .layer(DynamoService::new(client.clone()))
         .oneshot(session.request(get(&table, "u")))
         .await
         .unwrap();
     assert_eq!(read.visibility(), &Visibility::Unscoped);
     assert!(!read.visibility().is_guaranteed());
     let strict = ReadYourWritesLayer::new(undeclared.clone())
-        .layer(DynamoService::new(client.clone(), &undeclared))
+        .layer(DynamoService::new(client.clone()))
         .oneshot(
             session
                 .request(get(&table, "u"))
@@ -921,8 +919,7 @@ async fn deleted_by_another_session(
     table: &str,
     pk: &str,
 ) {
-    let svc = ReadYourWritesLayer::new(adapter.clone())
-        .layer(DynamoService::new(client.clone(), adapter));
+    let svc = ReadYourWritesLayer::new(adapter.clone()).layer(DynamoService::new(client.clone()));
     let other = Session::new();
     svc.clone()
         .oneshot(other.request(get(table, pk)))
@@ -939,7 +936,7 @@ pub(crate) async fn a_retry_after_another_sessions_delete_is_ambiguous_never_rea
     // deleted the item, and the retry re-created it (the delete undone, the update applied twice).
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
-    let service = DynamoService::new(client.clone(), &adapter);
+    let service = DynamoService::new(client.clone());
     let session = Session::new();
     ReadYourWritesLayer::new(adapter.clone())
         .layer(service.clone())
@@ -985,7 +982,7 @@ pub(crate) async fn versions_keep_growing_across_delete_and_re_create(client: Cl
     // then passed verification: `Guaranteed` without the session's own write.
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
-    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
+    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone()));
     let svc = ReadYourWritesLayer::new(adapter.clone()).layer(stale.clone());
     let a = Session::new();
     let first = svc
@@ -1031,8 +1028,7 @@ pub(crate) async fn a_conditional_delete_of_a_gone_item_is_never_a_replay(client
     // item gone, was reported as a successful replay, and the caller's condition never checked.
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
-    let svc = ReadYourWritesLayer::new(adapter.clone())
-        .layer(DynamoService::new(client.clone(), &adapter));
+    let svc = ReadYourWritesLayer::new(adapter.clone()).layer(DynamoService::new(client.clone()));
     let a = Session::new();
     svc.clone()
         .oneshot(a.request(put(&table, "x", "a1")))
@@ -1065,7 +1061,7 @@ pub(crate) async fn a_query_after_the_sessions_own_delete_does_not_show_the_item
     // replica's query still listing the deleted item was `Guaranteed(Verified)`.
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
-    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
+    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone()));
     let svc = ReadYourWritesLayer::new(adapter.clone()).layer(stale.clone());
     let a = Session::new();
     svc.clone()
@@ -1106,8 +1102,7 @@ pub(crate) async fn an_exhausted_item_version_is_a_typed_error_not_a_panic(clien
         .send()
         .await
         .unwrap();
-    let svc = ReadYourWritesLayer::new(adapter.clone())
-        .layer(DynamoService::new(client.clone(), &adapter));
+    let svc = ReadYourWritesLayer::new(adapter.clone()).layer(DynamoService::new(client.clone()));
     let honest = Session::new();
     svc.clone()
         .oneshot(honest.request(get(&table, "max")))
@@ -1161,7 +1156,7 @@ pub(crate) async fn a_replayed_transaction_is_applied_only_if_an_item_shows_it(c
     // since, was a permanent error instead of an ambiguous one.
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
-    let service = DynamoService::new(client.clone(), &adapter);
+    let service = DynamoService::new(client.clone());
     let a = Session::new();
     let plain = ReadYourWritesLayer::new(adapter.clone()).layer(service.clone());
     for pk in ["x", "y"] {
@@ -1233,7 +1228,7 @@ pub(crate) async fn a_query_never_shows_an_item_older_than_the_session_read(clie
     // the partition (never queried before) was fenced.
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
-    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone(), &adapter));
+    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone()));
     let svc = ReadYourWritesLayer::new(adapter.clone()).layer(stale.clone());
     let writer = Session::new();
     svc.clone()
@@ -1410,7 +1405,7 @@ pub(crate) async fn a_write_timed_out_by_middleware_is_replayed_never_duplicated
                     Ok::<_, DynamoError>(response)
                 }
             })
-            .service(DynamoService::new(client.clone(), &adapter))
+            .service(DynamoService::new(client.clone()))
     };
     let session = Session::new();
 
@@ -1448,4 +1443,37 @@ pub(crate) async fn a_write_timed_out_by_middleware_is_replayed_never_duplicated
     );
     let item = peek(&client, &table, "c").await.unwrap();
     assert_eq!(item["hits"].as_n().unwrap(), "2");
+}
+
+/// The service is built from the client alone: the layer attaches its adapter's configuration to
+/// every request. A request sent straight to the service, without the layer, goes out unchanged.
+pub(crate) async fn the_service_takes_its_configuration_from_the_layer(client: Client) {
+    let table = fresh_table(&client).await;
+    let mut bare = DynamoService::new(client.clone());
+    bare.ready()
+        .await
+        .unwrap()
+        .call(put(&table, "plain", "hi"))
+        .await
+        .unwrap();
+    let item = peek(&client, &table, "plain").await.unwrap();
+    let mut names: Vec<_> = item.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["author", "body", "pk"],
+        "no ryw attribute without the layer"
+    );
+
+    // The same service under the layer: stamped with the layer's adapter configuration.
+    let mut layered = ReadYourWritesLayer::new(adapter(&table)).layer(bare);
+    let out = layered
+        .ready()
+        .await
+        .unwrap()
+        .call(Session::new().request(put(&table, "stamped", "hi")))
+        .await
+        .unwrap();
+    let item = peek(&client, &table, "stamped").await.unwrap();
+    assert_eq!(writer_of(&item), &out.write_id().unwrap().to_string());
 }
