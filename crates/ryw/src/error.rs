@@ -227,7 +227,7 @@ impl MiddlewareError {
     }
 
     /// How the layer treats it: a refusal before sending is retryable; a timeout or an unknown
-    /// failure may have applied ([`ErrorClass::AMBIGUOUS`]).
+    /// failure may have applied ([`crate::adapter::ErrorClass::AMBIGUOUS`]).
     pub fn class(&self) -> crate::adapter::ErrorClass {
         match self {
             MiddlewareError::NotSent(_) => crate::adapter::ErrorClass::RETRYABLE,

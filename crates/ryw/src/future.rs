@@ -1,8 +1,8 @@
 //! The response future of [`crate::ReadYourWrites`], and the state of one request in flight.
 //!
-//! [`ResponseFuture`] owns an [`InFlight`] request: the session, the stamped store request, the
-//! read fence and the counters of one logical request. After every store response,
-//! [`InFlight::next`] alone decides what happens: return, re-read, escalate, retry, or resolve a
+//! [`ResponseFuture`] owns the request in flight (`InFlight`): the session, the stamped store
+//! request, the read fence and the counters of one logical request. After every store response,
+//! one function (`InFlight::decide`) decides what happens: return, re-read, escalate, retry, or resolve a
 //! conflict and send the rebased write. The future only carries that decision out (sleeping,
 //! waiting for readiness, calling the inner service).
 

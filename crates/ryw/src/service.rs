@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use tower::Service;
 
 /// Session stamping, read fencing and retry around a store service. Built by
-/// [`ReadYourWritesLayer`].
+/// [`ReadYourWritesLayer`](crate::ReadYourWritesLayer).
 ///
 /// # Clone
 ///
