@@ -82,8 +82,8 @@ const KNOWN_FLAGS: u8 = FLAG_SIGNED | FLAG_TIMES | FLAG_BOUND;
 const SECTION_STORE: u8 = 0x01;
 const SECTION_CONTEXT: u8 = 0x02;
 const STORE_FLAG_HORIZON: u8 = 0b1;
-pub(crate) const SIGNATURE_LEN: usize = 1 + 32;
-pub(crate) const MAX_BYTES: usize = MAX_TOKEN_LEN / 4 * 3;
+const SIGNATURE_LEN: usize = 1 + 32;
+const MAX_BYTES: usize = MAX_TOKEN_LEN / 4 * 3;
 
 /// The length of a principal binding: a keyed fingerprint of the principal, never the principal.
 pub const BINDING_LEN: usize = 8;
@@ -478,10 +478,7 @@ impl SessionToken {
 
 /// Checks the length of an untrusted token and decodes its base64 into `buf`, returning the
 /// number of bytes. Never allocates.
-pub(crate) fn decode_base64(
-    encoded: &str,
-    buf: &mut [u8; MAX_BYTES + 3],
-) -> Result<usize, TokenError> {
+fn decode_base64(encoded: &str, buf: &mut [u8; MAX_BYTES + 3]) -> Result<usize, TokenError> {
     if encoded.is_empty() {
         return Err(TokenError::Empty);
     }
@@ -496,7 +493,7 @@ pub(crate) fn decode_base64(
         .map_err(|_| TokenError::NotBase64)
 }
 
-pub(crate) fn encode_base64(bytes: &[u8]) -> Result<String, TokenError> {
+fn encode_base64(bytes: &[u8]) -> Result<String, TokenError> {
     if bytes.len() > MAX_BYTES {
         return Err(TokenError::Oversized {
             len: base64_len(bytes.len()),
@@ -531,7 +528,7 @@ impl ScopeMask {
     }
 
     /// The masked form of a 56-bit hash.
-    pub(crate) fn mask(&self, h: u64) -> u64 {
+    fn mask(&self, h: u64) -> u64 {
         let (mut l, mut r) = ((h >> Self::HALF) & Self::HALF_MASK, h & Self::HALF_MASK);
         for i in 0..4 {
             (l, r) = (r, l ^ self.round(i, r));
@@ -540,7 +537,7 @@ impl ScopeMask {
     }
 
     /// The inverse of [`ScopeMask::mask`].
-    pub(crate) fn unmask(&self, h: u64) -> u64 {
+    fn unmask(&self, h: u64) -> u64 {
         let (mut l, mut r) = ((h >> Self::HALF) & Self::HALF_MASK, h & Self::HALF_MASK);
         for i in (0..4).rev() {
             (l, r) = (r ^ self.round(i, l), l);
@@ -580,7 +577,7 @@ fn siphash24(k0: u64, k1: u64, m: u64) -> u64 {
     v0 ^ v1 ^ v2 ^ v3
 }
 
-pub(crate) fn write_body(
+fn write_body(
     out: &mut Vec<u8>,
     state: &SessionState,
     times: Option<(u64, u64)>,
@@ -590,8 +587,45 @@ pub(crate) fn write_body(
     write_body_masked(out, state, times, binding, signed, None)
 }
 
+/// The signed form, for the token authority: `state` with its issue and expiry `times`, an
+/// optional principal `binding` and the scope hashes masked by `mask`, then `key_id` and the tag
+/// `sign` computes over the body, base64url-encoded.
+pub(crate) fn encode_signed(
+    state: &SessionState,
+    times: (u64, u64),
+    binding: Option<&[u8; BINDING_LEN]>,
+    mask: &ScopeMask,
+    key_id: u8,
+    sign: impl FnOnce(&[u8]) -> [u8; 32],
+) -> Result<String, TokenError> {
+    let mut bytes = Vec::with_capacity(160);
+    write_body_masked(&mut bytes, state, Some(times), binding, true, Some(mask))?;
+    let tag = sign(&bytes);
+    bytes.push(key_id);
+    bytes.extend_from_slice(&tag);
+    encode_base64(&bytes)
+}
+
+/// Decodes an untrusted token (bounded, on the stack) and hands `check` the token and, when it
+/// is signed, the bytes its signature covers.
+pub(crate) fn decode_signed<R>(
+    encoded: &str,
+    check: impl FnOnce(SessionToken, Option<&[u8]>) -> R,
+) -> Result<R, TokenError> {
+    let mut buf = [0u8; MAX_BYTES + 3];
+    let n = decode_base64(encoded, &mut buf)?;
+    let bytes = &buf[..n];
+    let token = SessionToken::from_bytes(bytes)?;
+    // A decoded signed token is at least its header plus the signature.
+    let body = token
+        .signature()
+        .is_some()
+        .then(|| &bytes[..n - SIGNATURE_LEN]);
+    Ok(check(token, body))
+}
+
 /// [`write_body`] with the scope hashes masked by `mask` (signed tokens of an authority).
-pub(crate) fn write_body_masked(
+fn write_body_masked(
     out: &mut Vec<u8>,
     state: &SessionState,
     times: Option<(u64, u64)>,

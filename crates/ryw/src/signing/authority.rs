@@ -5,10 +5,7 @@ use super::keys::*;
 use super::now_secs;
 use super::revoke::*;
 use crate::session::SessionState;
-use crate::token::{
-    decode_base64, encode_base64, write_body_masked, SessionToken, TokenError, MAX_BYTES,
-    SIGNATURE_LEN,
-};
+use crate::token::{decode_signed, encode_signed, SessionToken, TokenError};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
@@ -308,19 +305,14 @@ impl TokenAuthority {
         let key = &keys.current;
         let times = (now, now.saturating_add(self.ttl.as_secs()));
         let binding = principal.map(|p| key.binding(p));
-        let mut bytes = Vec::with_capacity(160);
-        write_body_masked(
-            &mut bytes,
+        let encoded = encode_signed(
             state,
-            Some(times),
+            times,
             binding.as_ref(),
-            true,
-            Some(&key.scopes),
+            &key.scopes,
+            key.id,
+            |body| key.tag(body, key.id),
         )?;
-        let tag = key.tag(&bytes, key.id);
-        bytes.push(key.id);
-        bytes.extend_from_slice(&tag);
-        let encoded = encode_base64(&bytes)?;
         drop(keys);
         Ok(encoded)
     }
@@ -364,15 +356,29 @@ impl TokenAuthority {
                 }
             }
         }
-        let mut buf = [0u8; MAX_BYTES + 3];
-        let n = decode_base64(encoded, &mut buf)?;
-        let bytes = &buf[..n];
-        let mut token = SessionToken::from_bytes(bytes)?;
-        let Some(signature) = token.signature() else {
+        let (token, generation) = decode_signed(encoded, |token, body| {
+            self.check_signature(token, body, principal)
+        })??;
+        self.check_live(&token, now)?;
+        let token = Arc::new(token);
+        if let Some(cache) = &self.cache {
+            cache.admit(encoded, principal, generation, &token);
+        }
+        tracing::trace!(target: "ryw::signing", session = %token.state().id(), "token verified");
+        Ok(token)
+    }
+
+    /// Checks the signature and the principal binding of a decoded token; returns it with its
+    /// scopes unmasked and the key ring's generation it was checked against.
+    fn check_signature(
+        &self,
+        mut token: SessionToken,
+        body: Option<&[u8]>,
+        principal: Option<&[u8]>,
+    ) -> Result<(SessionToken, u64), VerifyError> {
+        let (Some(signature), Some(body)) = (token.signature().copied(), body) else {
             return Err(VerifyError::Unsigned);
         };
-        // A decoded signed token is at least its header plus the signature.
-        let body = &bytes[..n - SIGNATURE_LEN];
         let generation = {
             let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
             let key = keys.find(signature.key_id).ok_or(VerifyError::UnknownKey {
@@ -393,13 +399,7 @@ impl TokenAuthority {
             }
             self.ring_generation.load(Ordering::Acquire)
         };
-        self.check_live(&token, now)?;
-        let token = Arc::new(token);
-        if let Some(cache) = &self.cache {
-            cache.admit(encoded, principal, generation, &token);
-        }
-        tracing::trace!(target: "ryw::signing", session = %token.state().id(), "token verified");
-        Ok(token)
+        Ok((token, generation))
     }
 
     /// What can change after a token's signature checked out: its times against `now`, and the
