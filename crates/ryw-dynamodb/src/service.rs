@@ -133,6 +133,21 @@ impl Stamp<'_> {
         })
     }
 
+    /// The stamp of a single-item write to `table` (which must have a declared schema).
+    fn single<'a>(
+        config: &'a DynamoConfig,
+        table: Option<&String>,
+        write: &WriteMeta,
+    ) -> Result<Stamp<'a>, DynamoError> {
+        let schema = check_table(config, table)?;
+        Stamp::new(
+            config,
+            schema,
+            write,
+            write.expected.first().copied().flatten(),
+        )
+    }
+
     /// The same write, creating the item: it was found absent (deleted since the session saw
     /// it).
     fn creating(&self) -> Self {
@@ -307,41 +322,23 @@ trait ConditionCheck {
     fn into_item(self) -> Option<Item>;
 }
 
-impl ConditionCheck for PutItemError {
-    fn is_condition_failed(&self) -> bool {
-        matches!(self, PutItemError::ConditionalCheckFailedException(_))
-    }
-    fn into_item(self) -> Option<Item> {
-        match self {
-            PutItemError::ConditionalCheckFailedException(c) => c.item,
-            _ => None,
+macro_rules! condition_check {
+    ($($error:ident),* $(,)?) => {$(
+        impl ConditionCheck for $error {
+            fn is_condition_failed(&self) -> bool {
+                matches!(self, $error::ConditionalCheckFailedException(_))
+            }
+            fn into_item(self) -> Option<Item> {
+                match self {
+                    $error::ConditionalCheckFailedException(c) => c.item,
+                    _ => None,
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl ConditionCheck for UpdateItemError {
-    fn is_condition_failed(&self) -> bool {
-        matches!(self, UpdateItemError::ConditionalCheckFailedException(_))
-    }
-    fn into_item(self) -> Option<Item> {
-        match self {
-            UpdateItemError::ConditionalCheckFailedException(c) => c.item,
-            _ => None,
-        }
-    }
-}
-
-impl ConditionCheck for DeleteItemError {
-    fn is_condition_failed(&self) -> bool {
-        matches!(self, DeleteItemError::ConditionalCheckFailedException(_))
-    }
-    fn into_item(self) -> Option<Item> {
-        match self {
-            DeleteItemError::ConditionalCheckFailedException(c) => c.item,
-            _ => None,
-        }
-    }
-}
+condition_check!(PutItemError, UpdateItemError, DeleteItemError);
 
 /// Awaits a conditional item write: its output, or (as `Err`) the item its failed condition
 /// returned; any other failure is the error.
@@ -483,9 +480,7 @@ async fn send(client: &Client, request: DynamoRequest) -> Result<DynamoResponse,
             let Some(write) = write else {
                 return send_unchanged(client, DynamoOperation::PutItem(b)).await;
             };
-            let schema = check_table(config, b.get_table_name().as_ref())?;
-            let expected = write.expected.first().copied().flatten();
-            let stamp = Stamp::new(config, schema, &write, expected)?;
+            let stamp = Stamp::single(config, b.get_table_name().as_ref(), &write)?;
             let send = |stamp: &Stamp<'_>| {
                 let s = stamp.stamped(
                     b.get_condition_expression().clone(),
@@ -520,9 +515,7 @@ async fn send(client: &Client, request: DynamoRequest) -> Result<DynamoResponse,
             let Some(write) = write else {
                 return send_unchanged(client, DynamoOperation::UpdateItem(b)).await;
             };
-            let schema = check_table(config, b.get_table_name().as_ref())?;
-            let expected = write.expected.first().copied().flatten();
-            let stamp = Stamp::new(config, schema, &write, expected)?;
+            let stamp = Stamp::single(config, b.get_table_name().as_ref(), &write)?;
             let send = |stamp: &Stamp<'_>| {
                 let s = stamp.stamped(
                     b.get_condition_expression().clone(),
@@ -555,13 +548,7 @@ async fn send(client: &Client, request: DynamoRequest) -> Result<DynamoResponse,
             let Some(write) = write else {
                 return send_unchanged(client, DynamoOperation::DeleteItem(b)).await;
             };
-            let schema = check_table(config, b.get_table_name().as_ref())?;
-            let stamp = Stamp::new(
-                config,
-                schema,
-                &write,
-                write.expected.first().copied().flatten(),
-            )?;
+            let stamp = Stamp::single(config, b.get_table_name().as_ref(), &write)?;
             let s = stamp.stamped(
                 b.get_condition_expression().clone(),
                 None,

@@ -77,14 +77,14 @@ pub(crate) struct InFlight<A: StoreAdapter> {
     shared_write: Option<Arc<SentWrite>>,
 }
 
-/// What [`InFlight::next`] decided after a store response.
+/// What [`InFlight::decide`] decided after a store response.
 enum Next<B, T> {
     /// The request is over.
     Return(T),
     /// The retry policy asked for another attempt after its backoff.
     Retry(B),
     /// The read was behind its fence: read again after the delay (with the strategy
-    /// [`InFlight::next`] chose, which may be an escalation to the strong path).
+    /// [`InFlight::decide`] chose, which may be an escalation to the strong path).
     ReRead(Duration),
     /// A conflict was resolved: send the rebased write now.
     Rebased,
@@ -198,24 +198,13 @@ impl<A: StoreAdapter> InFlight<A> {
         request
     }
 
-    /// Decides what happens after a store response ([`InFlight::decide`]) and, when the request
-    /// is over, tells its clones whether the write may have applied.
-    fn next<P>(
-        &mut self,
-        config: &LayerConfig<A, P>,
-        policy: &mut Option<P>,
-        result: Result<A::Response, A::Error>,
-    ) -> Next<P::Future, Out<A>>
-    where
-        P: SessionRetryPolicy<A::Request, A::Response, A::Error>,
-    {
-        let next = self.decide(config, policy, result);
-        if let (Next::Return(out), Some(shared)) = (&next, &self.shared_write) {
+    /// The request is over with `out`: tells its clones whether the write may have applied.
+    fn settle(&self, out: &Out<A>) {
+        if let Some(shared) = &self.shared_write {
             if let Some(sent) = shared.lock().as_mut() {
                 sent.may_have_applied = out.is_ok() || self.may_have_applied;
             }
         }
-        next
     }
 
     /// The one decision point after a store response: classify an error once, hand a conflict
@@ -593,8 +582,9 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx)).map_err(Into::into);
-                    match this.request.next(this.config, this.policy, result) {
+                    match this.request.decide(this.config, this.policy, result) {
                         Next::Return(out) => {
+                            this.request.settle(&out);
                             this.state.set(State::Done);
                             return Poll::Ready(out);
                         }
