@@ -74,7 +74,7 @@ pub(crate) struct InFlight<A: StoreAdapter> {
     /// are replays ([`StoreAdapter::prepare_replay`]).
     may_have_applied: bool,
     /// The stamp shared with the request's clones, when it was cloned.
-    shared_write: Option<Arc<SentWrite>>,
+    shared_write: Option<Arc<SentWrite<A::Request>>>,
 }
 
 /// What [`InFlight::decide`] decided after a store response.
@@ -98,6 +98,7 @@ impl<A: StoreAdapter> InFlight<A> {
     /// with), builds the fence and prepares the first attempt. Returns the state and the first
     /// store request, or the write's id when the request must not be sent: a clone of it may
     /// have applied, and the write may not be replayed.
+    #[inline]
     pub(crate) fn start<P>(
         config: &LayerConfig<A, P>,
         request: SessionRequest<A::Request>,
@@ -110,11 +111,17 @@ impl<A: StoreAdapter> InFlight<A> {
         adapter.scopes(&base, &mut scopes);
 
         // Held across stamping, so that clones started concurrently share one stamp.
-        let mut sent = match op {
+        let mut slot = match op {
             Operation::Write(_) => shared_write.as_deref().map(SentWrite::lock),
             Operation::Read => None,
         };
-        let reused: Option<Sent> = sent.as_deref().copied().flatten();
+        let reused = slot.as_deref().and_then(Option::as_ref).map(|s| {
+            (
+                (s.write_id, s.timestamp),
+                s.stamped.clone(),
+                s.outstanding > 0,
+            )
+        });
         let mut fence = ReadFence::new();
         let mut stamp = None;
         let clock_at_start;
@@ -126,30 +133,18 @@ impl<A: StoreAdapter> InFlight<A> {
             if let Some(c) = state.context(adapter.store()) {
                 fence.set_context(Some(c.clone()));
             }
-            if let Operation::Write(_) = op {
-                stamp = Some(match reused {
-                    Some(s) => (s.write_id, s.timestamp),
-                    None => state.next_write(config.clock.now_micros()),
-                });
+            if let (Operation::Write(_), None) = (op, &reused) {
+                stamp = Some(state.next_write(config.clock.now_micros()));
             }
             clock_at_start = state.clock();
         }
-        let may_have_applied = reused.is_some_and(|s| s.may_have_applied);
-        if let (Some(slot), Some((write_id, timestamp))) = (sent.as_deref_mut(), stamp) {
-            // From now until this request settles, the write may apply.
-            *slot = Some(Sent {
-                write_id,
-                timestamp,
-                may_have_applied: true,
-            });
-        }
-        drop(sent);
-
-        let strategy = match op {
-            Operation::Read => fence.initial_strategy(&config.fence, config.support),
-            _ => FenceStrategy::Verify,
-        };
-        if let Some((write_id, timestamp)) = stamp {
+        let mut may_have_applied = false;
+        if let Some((sent_stamp, stamped, outstanding)) = reused {
+            // A clone was sent: send the very request it sent, stamped as it was.
+            stamp = Some(sent_stamp);
+            base = stamped;
+            may_have_applied = outstanding;
+        } else if let Some((write_id, timestamp)) = stamp {
             adapter.stamp_write(
                 &mut base,
                 &WriteStamp {
@@ -158,7 +153,25 @@ impl<A: StoreAdapter> InFlight<A> {
                     fence: &fence,
                 },
             );
+            if let Some(slot) = slot.as_deref_mut() {
+                *slot = Some(Sent {
+                    write_id,
+                    timestamp,
+                    stamped: base.clone(),
+                    outstanding: 0,
+                });
+            }
         }
+        let refused = may_have_applied && op == Operation::Write(Replay::Never);
+        if let (false, Some(Some(sent))) = (refused, slot.as_deref_mut()) {
+            sent.outstanding += 1;
+        }
+        drop(slot);
+
+        let strategy = match op {
+            Operation::Read => fence.initial_strategy(&config.fence, config.support),
+            _ => FenceStrategy::Verify,
+        };
         let in_flight = InFlight {
             session,
             base,
@@ -175,9 +188,7 @@ impl<A: StoreAdapter> InFlight<A> {
             may_have_applied,
             shared_write,
         };
-        if let (true, Operation::Write(Replay::Never), Some((write_id, _))) =
-            (may_have_applied, op, stamp)
-        {
+        if let (true, Some((write_id, _))) = (refused, stamp) {
             tracing::debug!(target: "ryw::retry", "a clone of this write may have applied: not sent again");
             return (in_flight, Err(write_id));
         }
@@ -185,8 +196,38 @@ impl<A: StoreAdapter> InFlight<A> {
         (in_flight, Ok(first))
     }
 
+    /// The store request of an attempt after the first. For a request that was cloned, every
+    /// attempt any clone sent that may have applied makes this one a replay; a write that may
+    /// not be replayed is then not sent (its id is returned instead).
+    fn next_attempt(&mut self, adapter: &A) -> Result<A::Request, WriteId> {
+        if let (Some(shared), Some((write_id, _))) = (&self.shared_write, self.stamp) {
+            if let Some(sent) = shared.lock().as_mut() {
+                self.may_have_applied |= sent.outstanding > 0;
+                if self.may_have_applied && self.op == Operation::Write(Replay::Never) {
+                    return Err(write_id);
+                }
+                sent.outstanding += 1;
+            }
+        }
+        Ok(self.attempt(adapter))
+    }
+
+    /// Tells the request's clones that the attempt just answered did not apply.
+    fn did_not_apply(&self, class: Option<ErrorClass>) {
+        let not_applied = matches!(
+            class,
+            Some(ErrorClass::Transient(Applied::No) | ErrorClass::Conflict | ErrorClass::Permanent)
+        );
+        if let (true, Some(shared)) = (not_applied, &self.shared_write) {
+            if let Some(sent) = shared.lock().as_mut() {
+                sent.outstanding = sent.outstanding.saturating_sub(1);
+            }
+        }
+    }
+
     /// The store request of the next attempt: the stamped request, marked as a replay when an
     /// earlier attempt may have applied, fenced with the current strategy.
+    #[inline]
     fn attempt(&self, adapter: &A) -> A::Request {
         let mut request = self.base.clone();
         if self.may_have_applied {
@@ -198,18 +239,10 @@ impl<A: StoreAdapter> InFlight<A> {
         request
     }
 
-    /// The request is over with `out`: tells its clones whether the write may have applied.
-    fn settle(&self, out: &Out<A>) {
-        if let Some(shared) = &self.shared_write {
-            if let Some(sent) = shared.lock().as_mut() {
-                sent.may_have_applied = out.is_ok() || self.may_have_applied;
-            }
-        }
-    }
-
     /// The one decision point after a store response: classify an error once, hand a conflict
     /// to the resolver, apply the replay rule, let the retry policy retry, check a read against
     /// its fence and re-read or escalate when it is behind, or return.
+    #[inline]
     fn decide<P>(
         &mut self,
         config: &LayerConfig<A, P>,
@@ -227,6 +260,7 @@ impl<A: StoreAdapter> InFlight<A> {
         if class == Some(ErrorClass::AMBIGUOUS) {
             self.may_have_applied = true;
         }
+        self.did_not_apply(class);
         // Conflicts are the resolver's, not the retry policy's.
         let mut result = match (class, result) {
             (Some(ErrorClass::Conflict), Err(error)) => {
@@ -261,7 +295,7 @@ impl<A: StoreAdapter> InFlight<A> {
                     return Next::Retry(backoff);
                 }
             }
-            None if self.sent == 1 => config.policy.first_attempt_succeeded(),
+            None if self.sent == 1 && result.is_ok() => config.policy.first_attempt_succeeded(),
             None => {}
         }
         match result {
@@ -270,6 +304,7 @@ impl<A: StoreAdapter> InFlight<A> {
         }
     }
 
+    #[inline]
     fn respond(&self, response: A::Response, visibility: Visibility) -> Out<A> {
         Ok(SessionResponse::new(
             response,
@@ -279,6 +314,7 @@ impl<A: StoreAdapter> InFlight<A> {
         ))
     }
 
+    #[inline]
     fn on_response<B, P>(
         &mut self,
         config: &LayerConfig<A, P>,
@@ -373,6 +409,7 @@ impl<A: StoreAdapter> InFlight<A> {
 
     /// True when the session already held everything `observed` shows when the request started
     /// (state only grows, so it still does): the common steady-state read skips the second lock.
+    #[inline]
     fn already_known(&self, observed: &Observed) -> bool {
         self.op == Operation::Read
             && observed
@@ -535,6 +572,7 @@ where
     S: Service<A::Request>,
     P: SessionRetryPolicy<A::Request, A::Response, A::Error>,
 {
+    #[inline]
     pub(crate) fn new(
         future: S::Future,
         inner: S,
@@ -584,7 +622,6 @@ where
                     let result = ready!(future.poll(cx)).map_err(Into::into);
                     match this.request.decide(this.config, this.policy, result) {
                         Next::Return(out) => {
-                            this.request.settle(&out);
                             this.state.set(State::Done);
                             return Poll::Ready(out);
                         }
@@ -609,9 +646,13 @@ where
                         this.state.set(State::Done);
                         return Poll::Ready(Err(Error::NotReady(e.into())));
                     }
-                    let request = this.request.attempt(&this.config.adapter);
-                    let future = this.inner.call(request);
-                    this.state.set(State::Calling { future });
+                    match this.request.next_attempt(&this.config.adapter) {
+                        Ok(request) => {
+                            let future = this.inner.call(request);
+                            this.state.set(State::Calling { future });
+                        }
+                        Err(write_id) => this.state.set(State::AlreadySent(write_id)),
+                    }
                 }
                 StateProj::AlreadySent(write_id) => {
                     let write_id = *write_id;

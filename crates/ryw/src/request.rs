@@ -23,23 +23,27 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 ///
 /// # Clones are the same request
 ///
-/// A write is stamped once, at its first call; every clone of the request sent after it carries
-/// the same [`WriteId`] and timestamp. So middleware above the layer that sends a request again
-/// (tower's `Retry`, a hedge, a caller retrying after a timeout) never turns one write into two:
-/// a clone sent after an attempt that may have applied is a replay, which the store recognises
-/// ([`crate::adapter::Replay::Safe`]), or, for a write that may not be replayed,
-/// [`crate::Error::AlreadySent`] without sending. A request that is never cloned pays nothing for
-/// this.
+/// A write is stamped once, at its first call, and every clone of the request sent after it
+/// sends that very stamped request: the same [`WriteId`], timestamp and conditions (not a new
+/// stamp from the session's state at the time, which may since have recorded the write itself).
+/// So middleware above the layer that sends a request again (tower's `Retry`, a hedge, a caller
+/// retrying after a timeout) never turns one write into two. The request and its clones count
+/// the attempts any of them sent that may have applied (every attempt, until its answer shows it
+/// did not apply); while that count is not zero, any attempt of any of them is a replay, which
+/// the store recognises ([`crate::adapter::Replay::Safe`]), or, for a write that may not be
+/// replayed, [`crate::Error::AlreadySent`] without sending. A request that is never cloned pays
+/// nothing for this.
 #[derive(Debug)]
 pub struct SessionRequest<R> {
     session: Session,
     request: R,
     stale_reads: Option<StaleReadPolicy>,
     /// Shared by the request and its clones, created at the first clone.
-    sent: OnceLock<Arc<SentWrite>>,
+    sent: OnceLock<Arc<SentWrite<R>>>,
 }
 
 impl<R: Clone> Clone for SessionRequest<R> {
+    #[inline]
     fn clone(&self) -> Self {
         SessionRequest {
             session: self.session.clone(),
@@ -50,20 +54,29 @@ impl<R: Clone> Clone for SessionRequest<R> {
     }
 }
 
-/// The write a request (and its clones) sent: its stamp and what is known of its outcome.
-#[derive(Debug, Default)]
-pub(crate) struct SentWrite(Mutex<Option<Sent>>);
+/// The write a request and its clones send: the stamped request, and how many attempts of it may
+/// have applied.
+#[derive(Debug)]
+pub(crate) struct SentWrite<R>(Mutex<Option<Sent<R>>>);
 
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Sent {
-    pub(crate) write_id: WriteId,
-    pub(crate) timestamp: HybridTimestamp,
-    /// False only when every attempt so far is known not to have applied.
-    pub(crate) may_have_applied: bool,
+impl<R> Default for SentWrite<R> {
+    fn default() -> Self {
+        SentWrite(Mutex::new(None))
+    }
 }
 
-impl SentWrite {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Option<Sent>> {
+#[derive(Debug)]
+pub(crate) struct Sent<R> {
+    pub(crate) write_id: WriteId,
+    pub(crate) timestamp: HybridTimestamp,
+    /// The request as first stamped: what every clone sends.
+    pub(crate) stamped: R,
+    /// Attempts sent, by the request or any clone, not (yet) known not to have applied.
+    pub(crate) outstanding: u32,
+}
+
+impl<R> SentWrite<R> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Option<Sent<R>>> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -82,9 +95,15 @@ impl<R> SessionRequest<R> {
         }
     }
 
+    #[inline]
     pub(crate) fn into_parts(
         self,
-    ) -> (Session, R, Option<StaleReadPolicy>, Option<Arc<SentWrite>>) {
+    ) -> (
+        Session,
+        R,
+        Option<StaleReadPolicy>,
+        Option<Arc<SentWrite<R>>>,
+    ) {
         (
             self.session,
             self.request,

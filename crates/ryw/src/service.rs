@@ -78,12 +78,14 @@ where
     type Error = Error<A::Error>;
     type Future = ResponseFuture<S, A, P>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner
             .poll_ready(cx)
             .map_err(|e| Error::NotReady(e.into()))
     }
 
+    #[inline]
     fn call(&mut self, request: SessionRequest<A::Request>) -> Self::Future {
         let (in_flight, first) = InFlight::start(&self.config, request);
         let clone = self.inner.clone();

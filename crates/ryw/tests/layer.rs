@@ -28,7 +28,25 @@ enum Req {
         ts: Option<HybridTimestamp>,
         if_version: Option<Version>,
         replay: Replay,
+        /// What the adapter noted on the request, outside its identity.
+        marks: Marks,
     },
+}
+
+/// What the adapter noted on a request: whether `prepare_replay` marked it, and the version the
+/// session required of its scope when it was stamped (as a store that conditions writes on it
+/// would use). Not part of the request's identity (a replay is the same stamped request), so it
+/// compares equal whatever its value.
+#[derive(Clone, Copy, Debug, Default)]
+struct Marks {
+    replayed: bool,
+    required_at_stamp: Option<Version>,
+}
+
+impl PartialEq for Marks {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,9 +106,22 @@ impl StoreAdapter for Kv {
         self.support
     }
     fn stamp_write(&self, r: &mut Req, stamp: &WriteStamp<'_>) {
-        if let Req::Put { write_id, ts, .. } = r {
+        let required = stamp.fence.requirement(scope(key_of(r))).map(|q| q.version);
+        if let Req::Put {
+            write_id,
+            ts,
+            marks,
+            ..
+        } = r
+        {
             *write_id = Some(stamp.write_id);
             *ts = Some(stamp.timestamp);
+            marks.required_at_stamp = required;
+        }
+    }
+    fn prepare_replay(&self, r: &mut Req) {
+        if let Req::Put { marks, .. } = r {
+            marks.replayed = true;
         }
     }
     fn apply_fence(&self, r: &mut Req, _fence: &ReadFence, strategy: FenceStrategy) {
@@ -161,6 +192,7 @@ fn put(key: &'static str, replay: Replay) -> Req {
         ts: None,
         if_version: None,
         replay,
+        marks: Marks::default(),
     }
 }
 
@@ -787,4 +819,137 @@ async fn a_clone_sent_again_above_the_layer_is_the_same_write() {
         send.send_response(resp(2));
         call.await.unwrap().unwrap();
     }
+}
+
+fn replayed(r: &Req) -> bool {
+    matches!(r, Req::Put { marks, .. } if marks.replayed)
+}
+
+/// Everything a stamp wrote on a request: write id, timestamp, condition, and the requirement it
+/// was stamped against.
+fn stamp_of(
+    r: &Req,
+) -> (
+    Option<WriteId>,
+    Option<HybridTimestamp>,
+    Option<Version>,
+    Option<Version>,
+) {
+    match r {
+        Req::Put {
+            write_id,
+            ts,
+            if_version,
+            marks,
+            ..
+        } => (*write_id, *ts, *if_version, marks.required_at_stamp),
+        Req::Get { .. } => (None, None, None, None),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clone_sends_the_request_as_first_stamped_and_as_a_replay() {
+    // Found by the fifth adversarial review: a clone sent after the session had recorded the
+    // write was stamped again from the session's state (a DynamoDB increment conditioned on the
+    // version the write itself produced applied twice). A clone sends the very stamped request.
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::default()).layer(svc);
+    let session = Session::new();
+    let original = session.request(put("a", Replay::Safe));
+    let clone = original.clone();
+    let call = tokio::spawn(svc.ready().await.unwrap().call(original));
+    let (first, send) = handle.next_request().await.unwrap();
+    assert!(!replayed(&first));
+    send.send_response(resp(5));
+    call.await.unwrap().unwrap();
+    // The session now holds version 5 of "a": a fresh stamp would differ.
+    let call = tokio::spawn(svc.ready().await.unwrap().call(clone));
+    let (again, send) = handle.next_request().await.unwrap();
+    assert_eq!(stamp_of(&again), stamp_of(&first), "{again:?}");
+    assert!(replayed(&again), "the first attempt applied: {again:?}");
+    send.send_response(resp(5));
+    call.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_while_a_clone_may_have_applied_is_a_replay() {
+    // Found by the fifth adversarial review: the original, shed and retried while its hedge was
+    // in flight, was sent as a first attempt (a MongoDB update_one by `_id: {$in: ..}` claimed a
+    // second job).
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::default()).layer(svc);
+    let session = Session::new();
+    let original = session.request(put("a", Replay::Safe));
+    let hedge = original.clone();
+    let a = tokio::spawn(svc.ready().await.unwrap().call(original));
+    let (first, shed) = handle.next_request().await.unwrap();
+    let b = tokio::spawn(svc.ready().await.unwrap().call(hedge));
+    let (hedged, hedge_answer) = handle.next_request().await.unwrap();
+    assert!(
+        replayed(&hedged),
+        "the original's attempt may have applied: {hedged:?}"
+    );
+    shed.send_error(KvError::Throttled); // not applied; the hedge is still in flight
+    let (retry, send) = handle.next_request().await.unwrap();
+    assert_eq!(stamp_of(&retry), stamp_of(&first));
+    assert!(replayed(&retry), "the hedge may have applied: {retry:?}");
+    send.send_response(resp(1));
+    hedge_answer.send_response(resp(1));
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_definite_failure_does_not_forget_a_clone_that_may_have_applied() {
+    // Found by the fifth adversarial review: the original's definite failure cleared what its
+    // clone had sent, and a later clone went out as a first attempt.
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = ReadYourWritesLayer::new(adapter())
+        .retry(RetryPolicy::new().max_retries(0))
+        .layer(svc);
+    let session = Session::new();
+    let original = session.request(put("a", Replay::Safe));
+    let hedge = original.clone();
+    let later = original.clone();
+    let a = tokio::spawn(svc.ready().await.unwrap().call(original));
+    let (_, shed) = handle.next_request().await.unwrap();
+    let b = tokio::spawn(svc.ready().await.unwrap().call(hedge));
+    let (hedged, _lost) = handle.next_request().await.unwrap();
+    shed.send_error(KvError::Throttled);
+    assert!(a.await.unwrap().unwrap_err().is_transient());
+    // The hedge's answer is lost (its caller gave up): it may have applied.
+    b.abort();
+    let c = tokio::spawn(svc.ready().await.unwrap().call(later));
+    let (again, send) = handle.next_request().await.unwrap();
+    assert_eq!(stamp_of(&again), stamp_of(&hedged));
+    assert!(replayed(&again), "{again:?}");
+    send.send_response(resp(1));
+    c.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreplayable_clone_is_refused_only_while_an_attempt_may_have_applied() {
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = ReadYourWritesLayer::new(adapter())
+        .retry(RetryPolicy::new().max_retries(0))
+        .layer(svc);
+    let session = Session::new();
+    let original = session.request(put("a", Replay::Never));
+    let hedge = original.clone();
+    let later = original.clone();
+    let a = tokio::spawn(svc.ready().await.unwrap().call(original));
+    let (first, shed) = handle.next_request().await.unwrap();
+    // While the original's attempt may apply, a clone is not sent.
+    let err = svc.ready().await.unwrap().call(hedge).await.unwrap_err();
+    assert!(matches!(err, ryw::Error::AlreadySent { .. }), "{err}");
+    // The attempt did not apply (throttled): nothing may have applied, so a clone is sent, as
+    // the same write and not as a replay.
+    shed.send_error(KvError::Throttled);
+    assert!(a.await.unwrap().unwrap_err().is_transient());
+    let c = tokio::spawn(svc.ready().await.unwrap().call(later));
+    let (again, send) = handle.next_request().await.unwrap();
+    assert_eq!(stamp_of(&again), stamp_of(&first));
+    assert!(!replayed(&again), "{again:?}");
+    send.send_response(resp(1));
+    c.await.unwrap().unwrap();
 }

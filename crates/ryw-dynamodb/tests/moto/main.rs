@@ -45,4 +45,5 @@ against_moto!(
     revocation_is_shared_by_every_instance,
     a_write_timed_out_by_middleware_is_replayed_never_duplicated,
     the_service_takes_its_configuration_from_the_layer,
+    a_clone_sent_after_its_write_was_recorded_applies_once,
 );

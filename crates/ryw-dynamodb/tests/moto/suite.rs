@@ -1477,3 +1477,87 @@ pub(crate) async fn the_service_takes_its_configuration_from_the_layer(client: C
     let item = peek(&client, &table, "stamped").await.unwrap();
     assert_eq!(writer_of(&item), &out.write_id().unwrap().to_string());
 }
+
+/// Found by the fifth adversarial review: a clone of an increment sent after the session had
+/// recorded the increment (its own success, or a read after a timeout above the layer) was
+/// stamped again, conditioned on the version the increment itself produced, and applied twice.
+pub(crate) async fn a_clone_sent_after_its_write_was_recorded_applies_once(client: Client) {
+    use std::time::Duration;
+
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let bump = || -> DynamoRequest {
+        UpdateItemInput::builder()
+            .table_name(&table)
+            .key("pk", s("c"))
+            .update_expression("ADD hits :one")
+            .expression_attribute_values(":one", n(1))
+            .into()
+    };
+    let hits = || async {
+        peek(&client, &table, "c").await.unwrap()["hits"]
+            .as_n()
+            .unwrap()
+            .clone()
+    };
+    let mut svc =
+        ReadYourWritesLayer::new(adapter.clone()).layer(DynamoService::new(client.clone()));
+    let session = Session::new();
+
+    // A clone sent after the original succeeded.
+    let original = session.request(bump());
+    let clone = original.clone();
+    let first = svc.ready().await.unwrap().call(original).await.unwrap();
+    assert!(!first.get_ref().was_replayed());
+    let again = svc.ready().await.unwrap().call(clone).await.unwrap();
+    assert!(
+        again.get_ref().was_replayed(),
+        "recognised as the same write"
+    );
+    assert_eq!(again.write_id(), first.write_id());
+    assert_eq!(hits().await, "1", "applied once");
+
+    // A timeout above the layer fires after the write applied; the session reads the item (and
+    // so records the write); the caller retries a clone.
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(1));
+    let mut timed = tower::ServiceBuilder::new()
+        .timeout(Duration::from_millis(300))
+        .layer(ReadYourWritesLayer::new(adapter.clone()))
+        .and_then(move |response| {
+            let late = held
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
+                .is_ok();
+            async move {
+                if late {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Ok::<_, DynamoError>(response)
+            }
+        })
+        .service(DynamoService::new(client.clone()));
+    let original = session.request(bump());
+    let clone = original.clone();
+    let err = timed
+        .ready()
+        .await
+        .unwrap()
+        .call(original)
+        .await
+        .unwrap_err();
+    assert!(err.is::<tower::timeout::error::Elapsed>(), "{err}");
+    let read = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(get(&table, "c")))
+        .await
+        .unwrap();
+    assert!(read.visibility().is_guaranteed());
+    assert_eq!(hits().await, "2");
+    let again = svc.ready().await.unwrap().call(clone).await.unwrap();
+    assert!(
+        again.get_ref().was_replayed(),
+        "recognised as the same write"
+    );
+    assert_eq!(hits().await, "2", "applied once");
+}
