@@ -31,7 +31,9 @@
 //! an update whose response was lost, followed by another session's *replace* of the same
 //! document, then by the update's retry, applies the update again (it reads as a new update of the
 //! replaced document); likewise when [`RECENT_WRITE_IDS`] or more updates reached the document in
-//! between. Deletes are idempotent as they are.
+//! between. A `delete_one` by `_id` equality is idempotent as it is; one by any other filter
+//! (including `{_id: {$in: [..]}}`) is never replayed; a `delete_many` replay deletes documents
+//! that came to match its filter in between.
 //!
 //! # Example
 //!
@@ -406,7 +408,7 @@ impl<T: Clone + Send + Sync + 'static> StoreAdapter for MongoAdapterFor<T> {
             // A deleted document keeps no write id: a replay of `delete_one` is recognisable only
             // when its filter names one document by `_id`; otherwise a replay could delete a
             // second document, so an ambiguous failure is reported, not replayed.
-            MongoOperation::DeleteOne { ref filter } if !filter.contains_key("_id") => {
+            MongoOperation::DeleteOne { ref filter } if !names_one_by_id(filter) => {
                 Operation::Write(Replay::Never)
             }
             _ => Operation::Write(Replay::Safe),
@@ -520,9 +522,40 @@ pub(crate) fn cluster_time_from(bytes: &[u8]) -> Option<ClusterTime> {
     mongodb::bson::from_document(doc).ok()
 }
 
+/// Whether `filter` names one document by `_id` equality (`{_id: 7}`, `{_id: {a: 1}}`), not by an
+/// operator that may match several (`{_id: {$in: [..]}}`, `{_id: {$gt: ..}}`). Only such a
+/// filter lets a replay tell the document its first attempt changed from another.
+pub(crate) fn names_one_by_id(filter: &mongodb::bson::Document) -> bool {
+    match filter.get("_id") {
+        Some(mongodb::bson::Bson::Document(d)) => !d.keys().any(|k| k.starts_with('$')),
+        Some(_) => true,
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_id_equality_names_one_document() {
+        use mongodb::bson::doc;
+        assert!(names_one_by_id(&doc! { "_id": 7 }));
+        assert!(names_one_by_id(&doc! { "_id": { "a": 1 }, "k": 2 }));
+        assert!(!names_one_by_id(&doc! { "_id": { "$in": [1, 2] } }));
+        assert!(!names_one_by_id(&doc! { "_id": { "$gt": 1 }, "k": 2 }));
+        assert!(!names_one_by_id(&doc! { "k": 2 }));
+        let delete = |filter| MongoRequest::<mongodb::bson::Document>::delete_one(filter);
+        let adapter = MongoAdapter::new().documents::<mongodb::bson::Document>();
+        assert_eq!(
+            adapter.operation(&delete(doc! { "_id": { "$in": [1, 2] } })),
+            Operation::Write(Replay::Never)
+        );
+        assert_eq!(
+            adapter.operation(&delete(doc! { "_id": 1 })),
+            Operation::Write(Replay::Safe)
+        );
+    }
 
     #[test]
     fn every_adapter_is_configured_the_same_way_and_a_clone_stays_as_it_was() {

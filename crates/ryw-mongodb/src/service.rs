@@ -230,7 +230,7 @@ where
                 MongoOperation::UpdateOne { filter, .. }
                 | MongoOperation::ReplaceOne { filter, .. }
                 | MongoOperation::FindOneAndUpdate { filter, .. } => {
-                    Some(filter.contains_key("_id"))
+                    Some(crate::names_one_by_id(filter))
                 }
                 _ => None,
             };
@@ -423,7 +423,7 @@ where
                 )
             }
             MongoOperation::DeleteOne { filter } => {
-                let only_id = filter.len() == 1 && filter.contains_key("_id");
+                let only_id = filter.len() == 1 && crate::names_one_by_id(&filter);
                 let r = coll
                     .delete_one(filter)
                     .session(&mut *session)

@@ -992,3 +992,146 @@ async fn a_write_timed_out_by_middleware_is_replayed_never_duplicated() {
     );
     assert_eq!(hits().await, 2);
 }
+
+/// Found by the fifth adversarial review: `delete_one` by `{_id: {$in: [..]}}` was taken for a
+/// delete by `_id` and replayed after a timeout, deleting a second document.
+#[tokio::test]
+async fn a_delete_one_by_an_id_operator_is_never_replayed() {
+    use std::time::Duration;
+
+    let uri = secantus!();
+    let client = Client::with_uri_str(&uri).await.unwrap();
+    let adapter = MongoAdapter::new();
+    let coll = fresh();
+    let service = MongoService::<Document>::new(&client, "ryw", &coll, &adapter);
+    service
+        .collection()
+        .insert_many(vec![
+            doc! { "_id": "a" },
+            doc! { "_id": "b" },
+            doc! { "_id": "c" },
+        ])
+        .await
+        .unwrap();
+    let held = Arc::new(std::sync::atomic::AtomicU32::new(1));
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer())
+        .timeout(Duration::from_millis(300))
+        .and_then(move |response| {
+            let late = held
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
+                .is_ok();
+            async move {
+                if late {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Ok::<_, MongoError>(response)
+            }
+        })
+        .service(service.clone());
+    let delete = MongoRequest::delete_one(doc! { "_id": { "$in": ["a", "b"] } });
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Session::new().request(delete))
+        .await
+        .unwrap_err();
+    assert!(err.is_ambiguous(), "{err}");
+    assert_eq!(
+        service.collection().count_documents(doc! {}).await.unwrap(),
+        2,
+        "one delete_one deletes one document"
+    );
+}
+
+/// Fails the first call without sending it (as load shedding would), passes the others on.
+#[derive(Clone)]
+struct ShedFirstForTests<S> {
+    inner: S,
+    shed: Arc<AtomicUsize>,
+}
+
+impl<S> Service<MongoRequest<Document>> for ShedFirstForTests<S>
+where
+    S: Service<
+        MongoRequest<Document>,
+        Response = MongoResponse<Document>,
+        Error = MongoError,
+        Future = Fut,
+    >,
+{
+    type Response = MongoResponse<Document>;
+    type Error = MongoError;
+    type Future = Fut;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), MongoError>> {
+        self.inner.poll_ready(cx)
+    }
+    fn call(&mut self, req: MongoRequest<Document>) -> Fut {
+        if self
+            .shed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            let shed: ryw::error::SharedError = Arc::new(std::io::Error::other("shed"));
+            return Box::pin(async move {
+                Err(MongoError::Middleware(
+                    ryw::error::MiddlewareError::NotSent(shed),
+                ))
+            });
+        }
+        self.inner.call(req)
+    }
+}
+
+/// Found by the fifth adversarial review: a hedge (a clone of the request in flight at once)
+/// claiming "one pending job" by `{_id: {$in: [..]}}`, whose original was shed and retried,
+/// claimed two jobs.
+#[tokio::test]
+async fn a_hedged_claim_never_claims_two_jobs() {
+    let uri = secantus!();
+    let client = Client::with_uri_str(&uri).await.unwrap();
+    let adapter = MongoAdapter::new();
+    let coll = fresh();
+    let service = MongoService::<Document>::new(&client, "ryw", &coll, &adapter);
+    for by_id in [true, false] {
+        service.collection().delete_many(doc! {}).await.unwrap();
+        service
+            .collection()
+            .insert_many(vec![
+                doc! { "_id": "j1", "status": "pending" },
+                doc! { "_id": "j2", "status": "pending" },
+            ])
+            .await
+            .unwrap();
+        let mut svc = layer().layer(ShedFirstForTests {
+            inner: service.clone(),
+            shed: Arc::new(AtomicUsize::new(1)),
+        });
+        let filter = if by_id {
+            doc! { "_id": { "$in": ["j1", "j2"] }, "status": "pending" }
+        } else {
+            doc! { "status": "pending" }
+        };
+        let claim = MongoRequest::update_one(filter, doc! { "$set": { "status": "claimed" } });
+        let original = Session::new().request(claim);
+        let hedge = original.clone();
+        let a = svc.ready().await.unwrap().call(original);
+        let b = svc.ready().await.unwrap().call(hedge);
+        let (a, b) = tokio::join!(a, b);
+        let claimed = service
+            .collection()
+            .count_documents(doc! { "status": "claimed" })
+            .await
+            .unwrap();
+        assert!(
+            claimed <= 1,
+            "by_id {by_id}: {claimed} jobs claimed: {a:?} {b:?}"
+        );
+        let succeeded = [&a, &b].iter().filter(|r| r.is_ok()).count();
+        assert!(
+            claimed == 1 || succeeded == 0,
+            "by_id {by_id}: a success claims the job: {a:?} {b:?}"
+        );
+    }
+}
