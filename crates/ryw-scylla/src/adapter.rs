@@ -150,6 +150,12 @@ impl StoreAdapter for ScyllaAdapter {
 
     fn observe(&self, request: &ScyllaRequest, response: &ScyllaResponse, observed: &mut Observed) {
         let version = match request.kind {
+            // One row's tracked cell shows how far the replica is for that row. Several rows
+            // prove nothing of each other: a replica can hold a later row's write and still
+            // miss an earlier row's (a dropped mutation awaiting a hint or repair). A read of
+            // several rows observes no version, so a requirement on its partition is met only
+            // at the strong level (`LOCAL_QUORUM`, which overlaps every acknowledged write).
+            RequestKind::Read { .. } if response.rows().is_some_and(|r| r.rows_num() > 1) => None,
             RequestKind::Read { .. } => response.writetime().and_then(|t| u64::try_from(t).ok()),
             // A write is visible from its own timestamp on; a lightweight transaction's
             // timestamp is Scylla's, so the session requires at least its own clock reading,

@@ -432,3 +432,49 @@ async fn a_write_timed_out_by_middleware_is_replayed_with_its_timestamp() {
     assert_eq!(node.seen().len(), 1, "sent once");
     node.stop().await;
 }
+
+/// Found while answering the fifth adversarial review (the same flaw as its DynamoDB global
+/// index finding): a read of several rows of a partition reported the largest write time among
+/// them, but a replica can hold a later row's write and miss an earlier row's. Several rows are
+/// never verified by a cheap read: the read goes to `LOCAL_QUORUM`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_several_rows_is_never_verified_by_the_newest_one() {
+    let two_rows = |older: i64, newer: i64| Reply::Rows {
+        columns: vec![
+            ("body", CqlType::Text),
+            ("writetime(body)", CqlType::BigInt),
+        ],
+        rows: vec![
+            vec![Cell::Text("first"), Cell::BigInt(older)],
+            vec![Cell::Text("second"), Cell::BigInt(newer)],
+        ],
+    };
+    let mut node = ScriptedScyllaNode::start(vec![
+        Script::query("INSERT INTO app.posts", vec![Reply::Void]),
+        // A replica whose newest row is past the session's write: it proves nothing of the row
+        // the session wrote.
+        Script::query(
+            "SELECT body",
+            vec![
+                two_rows(NOW as i64 - 5_000, NOW as i64 + 7),
+                two_rows(NOW as i64, NOW as i64 + 7),
+            ],
+        ),
+    ])
+    .await;
+    let mut service = stack(&node).await;
+    let session = Session::new();
+    call(&mut service, &session, insert()).await.unwrap();
+    let read = call(&mut service, &session, select()).await.unwrap();
+    assert_eq!(
+        read.visibility(),
+        &Visibility::Guaranteed(FencePath::Escalated)
+    );
+    let seen = node.seen();
+    let reads: Vec<_> = seen.iter().skip(1).map(|s| s.consistency).collect();
+    assert_eq!(
+        reads,
+        vec![Some(Consistency::LocalOne), Some(Consistency::LocalQuorum)]
+    );
+    node.stop().await;
+}
