@@ -305,13 +305,9 @@ impl<A: StoreAdapter> InFlight<A> {
     }
 
     #[inline]
-    fn respond(&self, response: A::Response, visibility: Visibility) -> Out<A> {
-        Ok(SessionResponse::new(
-            response,
-            visibility,
-            self.stamp.map(|(w, _)| w),
-            self.sent,
-        ))
+    /// A read's answer (reads carry no write id).
+    fn read_response(&self, response: A::Response, visibility: Visibility) -> Out<A> {
+        Ok(SessionResponse::new(response, visibility, None, self.sent))
     }
 
     #[inline]
@@ -326,14 +322,19 @@ impl<A: StoreAdapter> InFlight<A> {
             record(config, &self.session, &observed);
         }
         if let Operation::Write(_) = self.op {
-            return Next::Return(self.respond(response, Visibility::Guaranteed(FencePath::Write)));
+            return Next::Return(Ok(SessionResponse::new(
+                response,
+                Visibility::Guaranteed(FencePath::Write),
+                self.stamp.map(|(w, _)| w),
+                self.sent,
+            )));
         }
         if self.fence.requirements().is_empty() {
             // No scope named: nothing could be fenced, and nothing is claimed.
             tracing::debug!(target: "ryw::fence", "read names no scope: unscoped");
             return Next::Return(match self.stale_reads {
                 StaleReadPolicy::Error => Err(Error::Unscoped),
-                _ => self.respond(response, Visibility::Unscoped),
+                _ => self.read_response(response, Visibility::Unscoped),
             });
         }
         let checked = self
@@ -352,7 +353,7 @@ impl<A: StoreAdapter> InFlight<A> {
                         FenceStrategy::Strong => FencePath::Escalated,
                     }
                 };
-                return Next::Return(self.respond(response, Visibility::Guaranteed(path)));
+                return Next::Return(self.read_response(response, Visibility::Guaranteed(path)));
             }
             Err(staleness) => staleness,
         };
@@ -430,7 +431,7 @@ impl<A: StoreAdapter> InFlight<A> {
     fn give_up(&self, response: A::Response, stale: StaleRead) -> Out<A> {
         match self.stale_reads {
             StaleReadPolicy::Error => Err(Error::StaleRead(Box::new(stale))),
-            _ => self.respond(response, Visibility::Pending(Box::new(stale))),
+            _ => self.read_response(response, Visibility::Pending(Box::new(stale))),
         }
     }
 
