@@ -573,31 +573,23 @@ where
     S: Service<A::Request>,
     P: SessionRetryPolicy<A::Request, A::Response, A::Error>,
 {
+    /// Starts a request ([`InFlight::start`]) and sends its first attempt through `inner`
+    /// (already ready), or answers [`Error::AlreadySent`] without calling it.
     #[inline]
-    pub(crate) fn new(
-        future: S::Future,
-        inner: S,
+    pub(crate) fn start(
+        mut inner: S,
         config: Arc<LayerConfig<A, P>>,
-        request: InFlight<A>,
+        request: SessionRequest<A::Request>,
     ) -> Self {
+        let (request, first) = InFlight::start(&config, request);
+        let state = match first {
+            Ok(first) => State::Calling {
+                future: inner.call(first),
+            },
+            Err(write_id) => State::AlreadySent(write_id),
+        };
         ResponseFuture {
-            state: State::Calling { future },
-            inner,
-            policy: None,
-            config,
-            request,
-        }
-    }
-
-    /// A future that answers [`Error::AlreadySent`] without calling the store.
-    pub(crate) fn already_sent(
-        write_id: WriteId,
-        inner: S,
-        config: Arc<LayerConfig<A, P>>,
-        request: InFlight<A>,
-    ) -> Self {
-        ResponseFuture {
-            state: State::AlreadySent(write_id),
+            state,
             inner,
             policy: None,
             config,

@@ -1,12 +1,12 @@
 //! The session layer's service: [`ReadYourWrites`] and its `call`.
 //!
-//! `call` starts an [`InFlight`] request (reads the session, stamps a write, builds the read
+//! `call` starts a request in flight (`InFlight`) (reads the session, stamps a write, builds the read
 //! fence) and sends its first attempt; the [`ResponseFuture`] drives the rest.
 
 use crate::adapter::StoreAdapter;
 use crate::config::LayerConfig;
 use crate::error::Error;
-use crate::future::{InFlight, ResponseFuture};
+use crate::future::ResponseFuture;
 use crate::request::{SessionRequest, SessionResponse};
 use crate::retry::{RetryPolicy, SessionRetryPolicy};
 use std::fmt;
@@ -87,17 +87,8 @@ where
 
     #[inline]
     fn call(&mut self, request: SessionRequest<A::Request>) -> Self::Future {
-        let (in_flight, first) = InFlight::start(&self.config, request);
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        match first {
-            Ok(first) => {
-                let future = inner.call(first);
-                ResponseFuture::new(future, inner, self.config.clone(), in_flight)
-            }
-            Err(write_id) => {
-                ResponseFuture::already_sent(write_id, inner, self.config.clone(), in_flight)
-            }
-        }
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::start(inner, self.config.clone(), request)
     }
 }
