@@ -4,6 +4,7 @@ use crate::adapter::StoreAdapter;
 use crate::clock::Clock;
 use crate::conflict::ConflictResolver;
 use crate::fence::{FenceConfig, FenceSupport};
+use crate::telemetry::Observer;
 use std::fmt;
 use std::sync::Arc;
 
@@ -17,6 +18,8 @@ pub(crate) struct LayerConfig<A: StoreAdapter, P> {
     pub(crate) resolver: Arc<dyn ConflictResolver<A::Request>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) conflict_retries: u32,
+    /// Hears of every request, retry, fence miss and conflict, when installed.
+    pub(crate) observer: Option<Arc<dyn Observer>>,
 }
 
 impl<A: StoreAdapter, P: Clone> Clone for LayerConfig<A, P> {
@@ -29,6 +32,7 @@ impl<A: StoreAdapter, P: Clone> Clone for LayerConfig<A, P> {
             resolver: self.resolver.clone(),
             clock: self.clock.clone(),
             conflict_retries: self.conflict_retries,
+            observer: self.observer.clone(),
         }
     }
 }
@@ -42,6 +46,7 @@ impl<A: StoreAdapter + fmt::Debug, P: fmt::Debug> fmt::Debug for LayerConfig<A, 
             .field("resolver", &self.resolver)
             .field("clock", &self.clock)
             .field("conflict_retries", &self.conflict_retries)
+            .field("observer", &self.observer)
             .finish()
     }
 }

@@ -20,6 +20,10 @@ use crate::fence::{
 use crate::request::{Sent, SentWrite, SessionRequest, SessionResponse};
 use crate::retry::{Classified, SessionRetryPolicy};
 use crate::session::{Session, StoreContext, WriteId};
+use crate::telemetry::{
+    ConflictEvent, ConflictResolution, Escalation, FailureKind, FenceMissEvent, Outcome,
+    RequestEvent, RetryEvent,
+};
 use crate::version::Version;
 use pin_project::pin_project;
 use std::fmt;
@@ -75,6 +79,10 @@ pub(crate) struct InFlight<A: StoreAdapter> {
     may_have_applied: bool,
     /// The stamp shared with the request's clones, when it was cloned.
     shared_write: Option<Arc<SentWrite<A::Request>>>,
+    /// When the request started, if an observer is installed (no clock read otherwise).
+    started: Option<tokio::time::Instant>,
+    /// Why the read went to the strong path, if it did.
+    escalation: Option<Escalation>,
 }
 
 /// What [`InFlight::decide`] decided after a store response.
@@ -172,6 +180,15 @@ impl<A: StoreAdapter> InFlight<A> {
             Operation::Read => fence.initial_strategy(&config.fence, config.support),
             _ => FenceStrategy::Verify,
         };
+        let escalation = match (op, strategy) {
+            (Operation::Read, FenceStrategy::Strong)
+                if config.fence.initial == FenceStrategy::Strong =>
+            {
+                Some(Escalation::Configured)
+            }
+            (Operation::Read, FenceStrategy::Strong) => Some(Escalation::Horizon),
+            _ => None,
+        };
         let in_flight = InFlight {
             session,
             base,
@@ -187,6 +204,11 @@ impl<A: StoreAdapter> InFlight<A> {
             held: None,
             may_have_applied,
             shared_write,
+            started: config
+                .observer
+                .as_ref()
+                .map(|_| tokio::time::Instant::now()),
+            escalation,
         };
         if let (true, Some((write_id, _))) = (refused, stamp) {
             tracing::debug!(target: "ryw::retry", "a clone of this write may have applied: not sent again");
@@ -194,6 +216,28 @@ impl<A: StoreAdapter> InFlight<A> {
         }
         let first = in_flight.attempt(adapter);
         (in_flight, Ok(first))
+    }
+
+    /// Tells the observer, if one is installed, how the request ended.
+    fn finished<P>(&self, config: &LayerConfig<A, P>, out: &Out<A>) {
+        let Some(observer) = &config.observer else {
+            return;
+        };
+        let outcome = match out {
+            Ok(response) if self.op == Operation::Read => Outcome::Read(response.visibility()),
+            Ok(_) => Outcome::Written,
+            Err(error) => Outcome::Failed(failure_kind(error)),
+        };
+        observer.request(&RequestEvent {
+            store: config.adapter.store(),
+            operation: self.op,
+            scopes: self.fence.requirements().len(),
+            attempts: self.sent,
+            rereads: self.rereads,
+            escalation: self.escalation,
+            outcome,
+            duration: self.started.map(|s| s.elapsed()).unwrap_or_default(),
+        });
     }
 
     /// The store request of an attempt after the first. For a request that was cloned, every
@@ -292,6 +336,14 @@ impl<A: StoreAdapter> InFlight<A> {
                     error: class,
                 };
                 if let Some(backoff) = policy.retry(&mut self.base, &mut result, classified) {
+                    if let Some(observer) = &config.observer {
+                        observer.retry(&RetryEvent {
+                            store: config.adapter.store(),
+                            operation: self.op,
+                            class,
+                            attempts: self.sent,
+                        });
+                    }
                     return Next::Retry(backoff);
                 }
             }
@@ -363,6 +415,13 @@ impl<A: StoreAdapter> InFlight<A> {
             last_strategy: self.strategy,
         };
         tracing::debug!(target: "ryw::fence", attempts = self.sent, strategy = ?self.strategy, "read behind its fence");
+        if let Some(observer) = &config.observer {
+            observer.fence_miss(&FenceMissEvent {
+                store: config.adapter.store(),
+                staleness,
+                strategy: self.strategy,
+            });
+        }
         match self
             .fence
             .after_stale(&config.fence, config.support, self.strategy, self.rereads)
@@ -370,6 +429,9 @@ impl<A: StoreAdapter> InFlight<A> {
             FenceDecision::Retry { strategy, delay } => {
                 if strategy == FenceStrategy::Verify {
                     self.rereads += 1;
+                }
+                if strategy == FenceStrategy::Strong && self.escalation.is_none() {
+                    self.escalation = Some(Escalation::StaleRead);
                 }
                 self.strategy = strategy;
                 self.held = Some(Box::new((response, stale)));
@@ -486,6 +548,7 @@ impl<A: StoreAdapter> InFlight<A> {
         }
         record(config, &self.session, &observed);
         if self.conflicts >= config.conflict_retries {
+            report_conflict(config, ConflictResolution::Reported);
             return Err(Error::Conflict(Box::new(conflict)));
         }
         let rebased = match config.resolver.resolve(&self.base, &conflict) {
@@ -508,11 +571,37 @@ impl<A: StoreAdapter> InFlight<A> {
             _ => false,
         };
         if !rebased {
+            report_conflict(config, ConflictResolution::Reported);
             return Err(Error::Conflict(Box::new(conflict)));
         }
+        report_conflict(config, ConflictResolution::Rebased);
         tracing::debug!(target: "ryw::conflict", "write rebased onto the current version");
         self.conflicts += 1;
         Ok(())
+    }
+}
+
+fn report_conflict<A: StoreAdapter, P>(config: &LayerConfig<A, P>, resolution: ConflictResolution) {
+    if let Some(observer) = &config.observer {
+        observer.conflict(&ConflictEvent {
+            store: config.adapter.store(),
+            resolution,
+        });
+    }
+}
+
+/// The kind of a failed request's error, for an observer.
+fn failure_kind<E>(error: &Error<E>) -> FailureKind {
+    match error {
+        Error::Store { transient, .. } => FailureKind::Store {
+            transient: *transient,
+        },
+        Error::Ambiguous { .. } => FailureKind::Ambiguous,
+        Error::AlreadySent { .. } => FailureKind::AlreadySent,
+        Error::Conflict(_) => FailureKind::Conflict,
+        Error::StaleRead(_) => FailureKind::StaleRead,
+        Error::NotReady(_) => FailureKind::NotReady,
+        Error::Unscoped => FailureKind::Unscoped,
     }
 }
 
@@ -615,6 +704,7 @@ where
                     let result = ready!(future.poll(cx)).map_err(Into::into);
                     match this.request.decide(this.config, this.policy, result) {
                         Next::Return(out) => {
+                            this.request.finished(this.config, &out);
                             this.state.set(State::Done);
                             return Poll::Ready(out);
                         }
@@ -636,8 +726,10 @@ where
                 }
                 StateProj::Ready => {
                     if let Err(e) = ready!(this.inner.poll_ready(cx)) {
+                        let out = Err(Error::NotReady(e.into()));
+                        this.request.finished(this.config, &out);
                         this.state.set(State::Done);
-                        return Poll::Ready(Err(Error::NotReady(e.into())));
+                        return Poll::Ready(out);
                     }
                     match this.request.next_attempt(&this.config.adapter) {
                         Ok(request) => {
@@ -648,9 +740,12 @@ where
                     }
                 }
                 StateProj::AlreadySent(write_id) => {
-                    let write_id = *write_id;
+                    let out = Err(Error::AlreadySent {
+                        write_id: *write_id,
+                    });
+                    this.request.finished(this.config, &out);
                     this.state.set(State::Done);
-                    return Poll::Ready(Err(Error::AlreadySent { write_id }));
+                    return Poll::Ready(out);
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }

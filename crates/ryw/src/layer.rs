@@ -49,6 +49,7 @@ impl<A: StoreAdapter> ReadYourWritesLayer<A> {
                 resolver: Arc::new(LastWriterWins),
                 clock: Arc::new(SystemClock),
                 conflict_retries: 2,
+                observer: None,
             }),
         }
     }
@@ -77,6 +78,14 @@ impl<A: StoreAdapter, P: Clone> ReadYourWritesLayer<A, P> {
         self
     }
 
+    /// Installs an [`Observer`](crate::telemetry::Observer) that hears of every request, retry,
+    /// fence miss and conflict (`ryw-otel` turns them into OpenTelemetry metrics). None by
+    /// default; without one the layer does no telemetry work.
+    pub fn observer(mut self, observer: impl crate::telemetry::Observer) -> Self {
+        self.config_mut().observer = Some(Arc::new(observer));
+        self
+    }
+
     /// How many times one write may be rebased onto a newer version before its conflict is
     /// reported.
     pub fn conflict_retries(mut self, n: u32) -> Self {
@@ -96,6 +105,7 @@ impl<A: StoreAdapter, P: Clone> ReadYourWritesLayer<A, P> {
                 resolver: s.resolver,
                 clock: s.clock,
                 conflict_retries: s.conflict_retries,
+                observer: s.observer,
             }),
         }
     }

@@ -88,6 +88,7 @@ mod service;
 pub mod session;
 pub mod signing;
 pub mod store;
+pub mod telemetry;
 pub mod token;
 pub mod version;
 

@@ -953,3 +953,143 @@ async fn an_unreplayable_clone_is_refused_only_while_an_attempt_may_have_applied
     send.send_response(resp(1));
     c.await.unwrap().unwrap();
 }
+
+/// Records what an observer hears, a line per event.
+#[derive(Debug, Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl Recorder {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl ryw::telemetry::Observer for Recorder {
+    fn request(&self, e: &ryw::telemetry::RequestEvent<'_>) {
+        let outcome = match e.outcome {
+            ryw::telemetry::Outcome::Read(v) => format!("{v:?}"),
+            ryw::telemetry::Outcome::Written => "written".into(),
+            ryw::telemetry::Outcome::Failed(kind) => kind.as_str().into(),
+            other => format!("{other:?}"),
+        };
+        self.0.lock().unwrap().push(format!(
+            "{:?} {outcome} attempts={} rereads={} escalation={:?} scopes={}",
+            e.operation, e.attempts, e.rereads, e.escalation, e.scopes
+        ));
+    }
+    fn retry(&self, e: &ryw::telemetry::RetryEvent) {
+        self.0.lock().unwrap().push(format!("retry {:?}", e.class));
+    }
+    fn fence_miss(&self, e: &ryw::telemetry::FenceMissEvent) {
+        self.0.lock().unwrap().push(format!(
+            "miss required={} observed={:?} {:?}",
+            e.staleness.required.get(),
+            e.staleness.observed.map(Version::get),
+            e.strategy
+        ));
+    }
+    fn conflict(&self, e: &ryw::telemetry::ConflictEvent) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("conflict {}", e.resolution.as_str()));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_observer_hears_every_request_retry_miss_and_conflict() {
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::verify_then_escalate(
+        1,
+        Duration::from_millis(10),
+    ))
+    .observer(recorder.clone())
+    .layer(svc);
+    let session = Session::new();
+
+    // A write retried once.
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session.request(put("a", Replay::Safe))),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Throttled);
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(resp(5));
+    call.await.unwrap().unwrap();
+    assert_eq!(
+        recorder.take(),
+        [
+            "retry Some(Transient(No))",
+            "Write(Safe) written attempts=2 rereads=0 escalation=None scopes=1",
+        ]
+    );
+
+    // A read behind its fence: re-read, escalated, guaranteed.
+    let call = tokio::spawn(svc.ready().await.unwrap().call(session.request(get("a"))));
+    for version in [3, 4, 6] {
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(resp(version));
+    }
+    call.await.unwrap().unwrap();
+    assert_eq!(
+        recorder.take(),
+        [
+            "miss required=5 observed=Some(3) Verify",
+            "miss required=5 observed=Some(4) Verify",
+            "Read Guaranteed(Escalated) attempts=3 rereads=1 escalation=Some(StaleRead) scopes=1",
+        ]
+    );
+
+    // A write that may not be replayed, ambiguous.
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session.request(put("b", Replay::Never))),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Timeout);
+    assert!(call.await.unwrap().unwrap_err().is_ambiguous());
+    assert_eq!(
+        recorder.take(),
+        ["Write(Never) ambiguous attempts=1 rereads=0 escalation=None scopes=1"]
+    );
+
+    // A conflict the resolver rebases.
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session.request(put("c", Replay::Safe))),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Condition(8, 1, 1));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(resp(9));
+    call.await.unwrap().unwrap();
+    assert_eq!(
+        recorder.take(),
+        [
+            "conflict rebased",
+            "Write(Safe) written attempts=2 rereads=0 escalation=None scopes=1",
+        ]
+    );
+
+    // Configured to read strongly up front.
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::strong())
+        .observer(recorder.clone())
+        .layer(svc);
+    let call = tokio::spawn(svc.ready().await.unwrap().call(session.request(get("a"))));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(resp(6));
+    call.await.unwrap().unwrap();
+    assert_eq!(
+        recorder.take(),
+        ["Read Guaranteed(Escalated) attempts=1 rereads=0 escalation=Some(Configured) scopes=1"]
+    );
+}

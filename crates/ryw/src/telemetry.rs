@@ -1,0 +1,252 @@
+//! What the layer reports about its requests, for an application's metrics.
+//!
+//! The core depends on no telemetry library. An [`Observer`], installed with
+//! [`ReadYourWritesLayer::observer`](crate::ReadYourWritesLayer::observer), hears of every
+//! finished request (with its visibility or its error, its attempts, re-reads and escalation),
+//! every retry, every fence miss and every conflict. The `ryw-otel` crate implements it with
+//! OpenTelemetry instruments. Without an observer the layer does no extra work: no clock read, one
+//! branch per request.
+//!
+//! Events carry no session id, key or token, so nothing an observer turns into a metric
+//! attribute can explode its cardinality.
+//!
+//! # Example
+//!
+//! ```
+//! use ryw::telemetry::{Observer, Outcome, RequestEvent};
+//! use ryw::{ReadYourWritesLayer, Session};
+//! use ryw_sim::{SimAdapter, SimConfig, SimRequest, SimStore};
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use std::sync::Arc;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! /// Counts guaranteed reads.
+//! #[derive(Debug, Default)]
+//! struct Guaranteed(AtomicU64);
+//!
+//! impl Observer for Guaranteed {
+//!     fn request(&self, event: &RequestEvent<'_>) {
+//!         if let Outcome::Read(visibility) = event.outcome {
+//!             if visibility.is_guaranteed() {
+//!                 self.0.fetch_add(1, Ordering::Relaxed);
+//!             }
+//!         }
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = SimStore::new(SimConfig::default().seed(3));
+//! let observer = Arc::new(Guaranteed::default());
+//! let mut service = ServiceBuilder::new()
+//!     .layer(
+//!         ReadYourWritesLayer::new(SimAdapter::new())
+//!             .clock(store.clock())
+//!             .observer(observer.clone()),
+//!     )
+//!     .service(store.client(0));
+//! let session = Session::new();
+//! service.ready().await?.call(session.request(SimRequest::put("k", 1))).await?;
+//! service.ready().await?.call(session.request(SimRequest::get("k"))).await?;
+//! assert_eq!(observer.0.load(Ordering::Relaxed), 1);
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::adapter::{ErrorClass, Operation};
+use crate::fence::{FenceStrategy, Staleness, Visibility};
+use crate::version::StoreId;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Hears what the layer does. Every method has an empty default; implement those you need.
+/// Called on the request's task, inline: keep them short and never block.
+pub trait Observer: fmt::Debug + Send + Sync + 'static {
+    /// A request finished: its future returned a response or an error.
+    fn request(&self, event: &RequestEvent<'_>) {
+        let _ = event;
+    }
+
+    /// The retry policy sends a request again after an error.
+    fn retry(&self, event: &RetryEvent) {
+        let _ = event;
+    }
+
+    /// A read came back behind its fence (before any re-read or escalation decided on it).
+    fn fence_miss(&self, event: &FenceMissEvent) {
+        let _ = event;
+    }
+
+    /// A conditional write lost to another writer.
+    fn conflict(&self, event: &ConflictEvent) {
+        let _ = event;
+    }
+}
+
+impl<O: Observer + ?Sized> Observer for Arc<O> {
+    fn request(&self, event: &RequestEvent<'_>) {
+        (**self).request(event)
+    }
+    fn retry(&self, event: &RetryEvent) {
+        (**self).retry(event)
+    }
+    fn fence_miss(&self, event: &FenceMissEvent) {
+        (**self).fence_miss(event)
+    }
+    fn conflict(&self, event: &ConflictEvent) {
+        (**self).conflict(event)
+    }
+}
+
+/// One finished request.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RequestEvent<'a> {
+    /// The store the adapter serves.
+    pub store: StoreId,
+    /// Read or write.
+    pub operation: Operation,
+    /// How many scopes the adapter named for it.
+    pub scopes: usize,
+    /// Attempts sent to the store (1 when nothing was retried or re-read).
+    pub attempts: u32,
+    /// Cheap re-reads after a read behind its fence.
+    pub rereads: u32,
+    /// Why the read went to the strong path, if it did.
+    pub escalation: Option<Escalation>,
+    /// How it ended.
+    pub outcome: Outcome<'a>,
+    /// From the call to the answer, in the layer's time source (tokio's clock).
+    pub duration: Duration,
+}
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum Outcome<'a> {
+    /// A read, with its visibility.
+    Read(&'a Visibility),
+    /// A write that applied (or was recognised as applied).
+    Written,
+    /// An error.
+    Failed(FailureKind),
+}
+
+/// The kind of a failed request's error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The store failed; `transient` when retries ran out.
+    Store {
+        /// The last error was transient.
+        transient: bool,
+    },
+    /// A write that may not be replayed may have applied ([`crate::Error::Ambiguous`]).
+    Ambiguous,
+    /// A clone of the write may have applied; not sent ([`crate::Error::AlreadySent`]).
+    AlreadySent,
+    /// A conditional write lost and the resolver kept the other version.
+    Conflict,
+    /// A strict read stayed stale.
+    StaleRead,
+    /// The inner service failed in `poll_ready`.
+    NotReady,
+    /// A strict read named no scope.
+    Unscoped,
+}
+
+impl FailureKind {
+    /// A short, stable name (`store_transient`, `ambiguous`, ...), for metric attributes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Store { transient: true } => "store_transient",
+            FailureKind::Store { transient: false } => "store_permanent",
+            FailureKind::Ambiguous => "ambiguous",
+            FailureKind::AlreadySent => "already_sent",
+            FailureKind::Conflict => "conflict",
+            FailureKind::StaleRead => "stale_read",
+            FailureKind::NotReady => "not_ready",
+            FailureKind::Unscoped => "unscoped",
+        }
+    }
+}
+
+/// Why a read went to the store's strong path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Escalation {
+    /// Cheap reads stayed behind the fence.
+    StaleRead,
+    /// A coarsened scope (a store horizon) covered the read, and cheap reads rarely meet one.
+    Horizon,
+    /// The layer is configured to read strongly up front ([`crate::FenceConfig::strong`]).
+    Configured,
+}
+
+impl Escalation {
+    /// A short, stable name, for metric attributes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Escalation::StaleRead => "stale_read",
+            Escalation::Horizon => "horizon",
+            Escalation::Configured => "configured",
+        }
+    }
+}
+
+/// A retry about to be sent.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct RetryEvent {
+    /// The store.
+    pub store: StoreId,
+    /// Read or write.
+    pub operation: Operation,
+    /// The class of the error retried (`None` when a custom policy retried a success).
+    pub class: Option<ErrorClass>,
+    /// Attempts sent so far.
+    pub attempts: u32,
+}
+
+/// A read behind its fence.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct FenceMissEvent {
+    /// The store.
+    pub store: StoreId,
+    /// What was behind, by how much.
+    pub staleness: Staleness,
+    /// The strategy of the attempt.
+    pub strategy: FenceStrategy,
+}
+
+/// A conditional write that lost to another writer.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct ConflictEvent {
+    /// The store.
+    pub store: StoreId,
+    /// What came of it.
+    pub resolution: ConflictResolution,
+}
+
+/// What came of a conflict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConflictResolution {
+    /// The resolver rebased the write onto the current version; it is sent again.
+    Rebased,
+    /// The conflict was reported to the caller.
+    Reported,
+}
+
+impl ConflictResolution {
+    /// A short, stable name, for metric attributes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictResolution::Rebased => "rebased",
+            ConflictResolution::Reported => "reported",
+        }
+    }
+}
