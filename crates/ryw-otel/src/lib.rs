@@ -1,0 +1,293 @@
+//! OpenTelemetry metrics for ryw's session layer: whether reads see the session's writes, what
+//! the fences and retries cost.
+//!
+//! [`OtelObserver`] is a [`ryw::telemetry::Observer`] that records every event of the layer on
+//! OpenTelemetry instruments created from a [`Meter`]. This crate depends on the OpenTelemetry
+//! API only; the application installs the SDK and an exporter (Prometheus, OTLP, ...) and hands
+//! over a meter. The core `ryw` crate knows nothing of OpenTelemetry, so a new OpenTelemetry
+//! release changes this crate only.
+//!
+//! No instrument carries a session id, key or token as an attribute. The instruments, their units
+//! and attributes are listed in the README ("Telemetry").
+//!
+//! # Example
+//!
+//! ```
+//! use opentelemetry::metrics::MeterProvider;
+//! use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+//! use ryw::{ReadYourWritesLayer, Session};
+//! use ryw_otel::OtelObserver;
+//! use ryw_sim::{SimAdapter, SimConfig, SimRequest, SimStore};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The application's SDK (here one exporting to memory).
+//! let exporter = InMemoryMetricExporter::default();
+//! let provider = SdkMeterProvider::builder()
+//!     .with_reader(PeriodicReader::builder(exporter.clone()).build())
+//!     .build();
+//!
+//! let store = SimStore::new(SimConfig::default().seed(1));
+//! let observer = OtelObserver::new(&provider.meter("ryw"));
+//! let mut service = ServiceBuilder::new()
+//!     .layer(ReadYourWritesLayer::new(SimAdapter::new()).clock(store.clock()).observer(observer))
+//!     .service(store.client(0));
+//! let session = Session::new();
+//! service.ready().await?.call(session.request(SimRequest::put("k", 1))).await?;
+//!
+//! provider.force_flush()?;
+//! let metrics = exporter.get_finished_metrics()?;
+//! let names: Vec<String> = metrics
+//!     .iter()
+//!     .flat_map(|m| m.scope_metrics())
+//!     .flat_map(|s| s.metrics())
+//!     .map(|m| m.name().to_owned())
+//!     .collect();
+//! assert!(names.iter().any(|n| n == "ryw.writes"));
+//! # Ok(())
+//! # }
+//! ```
+
+use opentelemetry::metrics::{Counter, Histogram, Meter};
+use opentelemetry::KeyValue;
+use ryw::adapter::{Applied, ErrorClass, Operation};
+use ryw::fence::{FencePath, FenceStrategy, Visibility};
+use ryw::telemetry::{ConflictEvent, FenceMissEvent, Observer, Outcome, RequestEvent, RetryEvent};
+use ryw::StoreId;
+use std::fmt;
+
+/// Bucket boundaries of `ryw.request.duration` (seconds): OpenTelemetry's advisory boundaries for
+/// database client operation durations.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Bucket boundaries of `ryw.read.version_gap` (versions: write sequence positions, or
+/// microseconds where versions are clocks).
+pub const GAP_BUCKETS: [f64; 12] = [
+    1.0, 2.0, 5.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0, 1e6, 1e7, 1e8, 1e9,
+];
+
+/// Records ryw's events on OpenTelemetry instruments. Install it with
+/// [`ryw::ReadYourWritesLayer::observer`].
+pub struct OtelObserver {
+    reads: Counter<u64>,
+    writes: Counter<u64>,
+    escalations: Counter<u64>,
+    rereads: Counter<u64>,
+    retries: Counter<u64>,
+    fence_misses: Counter<u64>,
+    version_gap: Histogram<f64>,
+    conflicts: Counter<u64>,
+    duration: Histogram<f64>,
+}
+
+impl fmt::Debug for OtelObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtelObserver").finish_non_exhaustive()
+    }
+}
+
+impl OtelObserver {
+    /// Creates the instruments on `meter`.
+    pub fn new(meter: &Meter) -> Self {
+        OtelObserver {
+            reads: meter
+                .u64_counter("ryw.reads")
+                .with_unit("{read}")
+                .with_description("Reads through the session layer, by visibility and fence path")
+                .build(),
+            writes: meter
+                .u64_counter("ryw.writes")
+                .with_unit("{write}")
+                .with_description("Writes through the session layer, by outcome")
+                .build(),
+            escalations: meter
+                .u64_counter("ryw.escalations")
+                .with_unit("{read}")
+                .with_description("Reads sent to the store's strong path, by reason")
+                .build(),
+            rereads: meter
+                .u64_counter("ryw.rereads")
+                .with_unit("{read}")
+                .with_description("Cheap re-reads after a read behind its fence")
+                .build(),
+            retries: meter
+                .u64_counter("ryw.retries")
+                .with_unit("{attempt}")
+                .with_description("Attempts sent again by the retry policy, by error class")
+                .build(),
+            fence_misses: meter
+                .u64_counter("ryw.fence.misses")
+                .with_unit("{attempt}")
+                .with_description("Read attempts that came back behind the session's fence")
+                .build(),
+            version_gap: meter
+                .f64_histogram("ryw.read.version_gap")
+                .with_unit("{version}")
+                .with_description(
+                    "How far a read behind its fence was: required minus observed version",
+                )
+                .with_boundaries(GAP_BUCKETS.to_vec())
+                .build(),
+            conflicts: meter
+                .u64_counter("ryw.conflicts")
+                .with_unit("{write}")
+                .with_description("Conditional writes that lost to another writer, by resolution")
+                .build(),
+            duration: meter
+                .f64_histogram("ryw.request.duration")
+                .with_unit("s")
+                .with_description("Duration of requests through the session layer, all attempts")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+        }
+    }
+}
+
+fn store(id: StoreId) -> KeyValue {
+    KeyValue::new("ryw.store.id", i64::from(id.get()))
+}
+
+fn operation(op: Operation) -> &'static str {
+    match op {
+        Operation::Read => "read",
+        _ => "write",
+    }
+}
+
+fn fence_path(path: FencePath) -> &'static str {
+    match path {
+        FencePath::Unfenced => "unfenced",
+        FencePath::Verified => "verified",
+        FencePath::ReRead => "reread",
+        FencePath::ServerWait => "server_wait",
+        FencePath::Escalated => "escalated",
+        FencePath::Write => "write",
+        _ => "other",
+    }
+}
+
+fn strategy(strategy: FenceStrategy) -> &'static str {
+    match strategy {
+        FenceStrategy::Verify => "verify",
+        FenceStrategy::ServerWait => "server_wait",
+        FenceStrategy::Strong => "strong",
+        _ => "other",
+    }
+}
+
+fn error_class(class: Option<ErrorClass>) -> &'static str {
+    match class {
+        Some(ErrorClass::Transient(Applied::No)) => "retryable",
+        Some(ErrorClass::Transient(_)) => "ambiguous",
+        Some(ErrorClass::Permanent) => "permanent",
+        Some(ErrorClass::Conflict) => "conflict",
+        Some(ErrorClass::Unresolved) => "unresolved",
+        Some(_) => "other",
+        None => "none",
+    }
+}
+
+impl Observer for OtelObserver {
+    fn request(&self, event: &RequestEvent<'_>) {
+        let store = store(event.store);
+        match event.outcome {
+            Outcome::Read(visibility) => {
+                let (visibility, path) = match visibility {
+                    Visibility::Guaranteed(path) => ("guaranteed", fence_path(*path)),
+                    Visibility::Pending(_) => ("pending", "none"),
+                    Visibility::Unscoped => ("unscoped", "none"),
+                    _ => ("other", "none"),
+                };
+                self.reads.add(
+                    1,
+                    &[
+                        store.clone(),
+                        KeyValue::new("ryw.visibility", visibility),
+                        KeyValue::new("ryw.fence.path", path),
+                    ],
+                );
+            }
+            Outcome::Written => self
+                .writes
+                .add(1, &[store.clone(), KeyValue::new("ryw.outcome", "written")]),
+            Outcome::Failed(kind) => {
+                let counter = match event.operation {
+                    Operation::Read => &self.reads,
+                    _ => &self.writes,
+                };
+                let attributes = match event.operation {
+                    Operation::Read => vec![
+                        store.clone(),
+                        KeyValue::new("ryw.visibility", "failed"),
+                        KeyValue::new("error.type", kind.as_str()),
+                    ],
+                    _ => vec![
+                        store.clone(),
+                        KeyValue::new("ryw.outcome", kind.as_str()),
+                        KeyValue::new("error.type", kind.as_str()),
+                    ],
+                };
+                counter.add(1, &attributes);
+            }
+            _ => {}
+        }
+        if let Some(reason) = event.escalation {
+            self.escalations.add(
+                1,
+                &[
+                    store.clone(),
+                    KeyValue::new("ryw.escalation.reason", reason.as_str()),
+                ],
+            );
+        }
+        if event.rereads > 0 {
+            self.rereads
+                .add(u64::from(event.rereads), std::slice::from_ref(&store));
+        }
+        self.duration.record(
+            event.duration.as_secs_f64(),
+            &[
+                store,
+                KeyValue::new("ryw.operation", operation(event.operation)),
+            ],
+        );
+    }
+
+    fn retry(&self, event: &RetryEvent) {
+        self.retries.add(
+            1,
+            &[
+                store(event.store),
+                KeyValue::new("ryw.operation", operation(event.operation)),
+                KeyValue::new("error.class", error_class(event.class)),
+            ],
+        );
+    }
+
+    fn fence_miss(&self, event: &FenceMissEvent) {
+        let attributes = [
+            store(event.store),
+            KeyValue::new("ryw.fence.strategy", strategy(event.strategy)),
+        ];
+        self.fence_misses.add(1, &attributes);
+        let s = &event.staleness;
+        let observed = s.observed.map_or(0, |v| v.get());
+        self.version_gap.record(
+            s.required.get().saturating_sub(observed) as f64,
+            &attributes,
+        );
+    }
+
+    fn conflict(&self, event: &ConflictEvent) {
+        self.conflicts.add(
+            1,
+            &[
+                store(event.store),
+                KeyValue::new("ryw.conflict.resolution", event.resolution.as_str()),
+            ],
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! A scripted run on the simulated store, recorded by the OpenTelemetry SDK's in-memory exporter
+//! on a local meter provider (not the global one): every instrument holds exactly what the run
+//! did.
+
+use opentelemetry::metrics::MeterProvider;
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use ryw::{FenceConfig, ReadYourWritesLayer, Session, Version};
+use ryw_otel::OtelObserver;
+use ryw_sim::{LagModel, SimAdapter, SimConfig, SimRequest, SimStore};
+use std::time::Duration;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+/// The value of every data point of `name`, with its attributes sorted, as
+/// `(attributes, value)`; for a histogram the value is its count.
+fn points(metrics: &ResourceMetrics, name: &str) -> Vec<(Vec<String>, u64)> {
+    let mut out = Vec::new();
+    for metric in metrics
+        .scope_metrics()
+        .flat_map(|s| s.metrics())
+        .filter(|m| m.name() == name)
+    {
+        let attrs = |kvs: &mut dyn Iterator<Item = &KeyValue>| {
+            let mut v: Vec<String> = kvs
+                .filter(|kv| kv.key.as_str() != "ryw.store.id")
+                .map(|kv| format!("{}={}", kv.key, kv.value))
+                .collect();
+            v.sort();
+            v
+        };
+        match metric.data() {
+            AggregatedMetrics::U64(MetricData::Sum(sum)) => {
+                for p in sum.data_points() {
+                    out.push((attrs(&mut p.attributes()), p.value()));
+                }
+            }
+            AggregatedMetrics::F64(MetricData::Histogram(h)) => {
+                for p in h.data_points() {
+                    out.push((attrs(&mut p.attributes()), p.count()));
+                }
+            }
+            other => panic!("{name}: unexpected data {other:?}"),
+        }
+    }
+    out.sort();
+    out
+}
+
+fn point(attrs: &[&str], value: u64) -> (Vec<String>, u64) {
+    let mut a: Vec<String> = attrs.iter().map(|s| s.to_string()).collect();
+    a.sort();
+    (a, value)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scripted_run_records_exactly_what_it_did() {
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    // One replica, 500 ms behind the primary: a read right after a write is stale there.
+    let store = SimStore::new(
+        SimConfig::default()
+            .seed(5)
+            .replicas(1)
+            .lag(LagModel::new(Duration::from_millis(500), Duration::ZERO)),
+    );
+    let mut svc = ServiceBuilder::new()
+        .layer(
+            ReadYourWritesLayer::new(SimAdapter::new())
+                .clock(store.clock())
+                .fence(FenceConfig::verify_then_escalate(0, Duration::ZERO))
+                .conflict_retries(0)
+                .observer(OtelObserver::new(&provider.meter("ryw"))),
+        )
+        .service(store.client(0));
+    let session = Session::new();
+
+    // A write; a read of it, stale at the replica and escalated; an unfenced read; a
+    // conditional write that loses and is reported.
+    svc.ready()
+        .await
+        .unwrap()
+        .call(session.request(SimRequest::put("k", 1)))
+        .await
+        .unwrap();
+    let read = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(SimRequest::get("k")))
+        .await
+        .unwrap();
+    assert_eq!(read.get_ref().value(), Some(1));
+    svc.ready()
+        .await
+        .unwrap()
+        .call(session.request(SimRequest::get("other")))
+        .await
+        .unwrap();
+    let lost = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(SimRequest::put_if("k", 2, Version::new(99))))
+        .await
+        .unwrap_err();
+    assert!(lost.is_conflict(), "{lost}");
+
+    provider.force_flush().unwrap();
+    let exported = exporter.get_finished_metrics().unwrap();
+    let metrics = exported.last().expect("one export");
+
+    assert_eq!(
+        points(metrics, "ryw.writes"),
+        [
+            point(&["error.type=conflict", "ryw.outcome=conflict"], 1),
+            point(&["ryw.outcome=written"], 1),
+        ]
+    );
+    assert_eq!(
+        points(metrics, "ryw.reads"),
+        [
+            point(
+                &["ryw.fence.path=escalated", "ryw.visibility=guaranteed"],
+                1
+            ),
+            point(&["ryw.fence.path=unfenced", "ryw.visibility=guaranteed"], 1),
+        ]
+    );
+    assert_eq!(
+        points(metrics, "ryw.escalations"),
+        [point(&["ryw.escalation.reason=stale_read"], 1)]
+    );
+    assert_eq!(
+        points(metrics, "ryw.fence.misses"),
+        [point(&["ryw.fence.strategy=verify"], 1)]
+    );
+    assert_eq!(
+        points(metrics, "ryw.read.version_gap"),
+        [point(&["ryw.fence.strategy=verify"], 1)]
+    );
+    assert_eq!(
+        points(metrics, "ryw.conflicts"),
+        [point(&["ryw.conflict.resolution=reported"], 1)]
+    );
+    assert_eq!(
+        points(metrics, "ryw.request.duration"),
+        [
+            point(&["ryw.operation=read"], 2),
+            point(&["ryw.operation=write"], 2),
+        ]
+    );
+    assert!(points(metrics, "ryw.retries").is_empty());
+    assert!(points(metrics, "ryw.rereads").is_empty());
+}
