@@ -6,15 +6,11 @@
 
 mod common;
 
-use common::{BenchAdapter, Req, Resp};
+use common::{drive, inner, session_with_scopes, BenchAdapter, Req};
 use criterion::{criterion_group, criterion_main, Criterion};
-use ryw::version::ScopeKey;
-use ryw::{ReadYourWritesLayer, Session, Version};
-use std::convert::Infallible;
-use std::future::Future;
+use ryw::ReadYourWritesLayer;
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 /// The smallest possible middleware: forwards everything.
@@ -31,45 +27,6 @@ impl<S: Service<R>, R> Service<R> for PassThrough<S> {
     fn call(&mut self, r: R) -> S::Future {
         self.0.call(r)
     }
-}
-
-fn drive<S: Service<R>, R>(svc: &mut S, req: R) -> S::Response
-where
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => panic!("not ready"),
-    }
-    let mut fut = pin!(svc.call(req));
-    match fut.as_mut().poll(&mut cx) {
-        Poll::Ready(Ok(r)) => r,
-        _ => panic!("not ready"),
-    }
-}
-
-fn inner() -> impl Service<
-    Req,
-    Response = Resp,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Resp, Infallible>>,
-> + Clone {
-    tower::service_fn(|r: Req| {
-        std::future::ready(Ok(Resp {
-            version: 1_000 + r.key,
-        }))
-    })
-}
-
-fn session_with_scopes(n: u64) -> Session {
-    let s = Session::new();
-    s.with_state(|st| {
-        for k in 0..n {
-            st.advance(ScopeKey::from_hash(common::STORE, k), Version::new(900 + k));
-        }
-    });
-    s
 }
 
 fn bench(c: &mut Criterion) {

@@ -2,7 +2,12 @@
 
 use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp};
 use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
-use ryw::{ScopeKey, StoreId, Version};
+use ryw::{ScopeKey, Session, StoreId, Version};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use tower::Service;
 
 pub(crate) const STORE: StoreId = StoreId::new(1);
 
@@ -58,4 +63,44 @@ impl StoreAdapter for BenchAdapter {
     fn classify(&self, _: &std::convert::Infallible) -> ErrorClass {
         ErrorClass::Permanent
     }
+}
+
+/// Polls one request through `svc` to completion (the inner service answers at once).
+pub(crate) fn drive<S: Service<R>, R>(svc: &mut S, req: R) -> S::Response
+where
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        _ => panic!("not ready"),
+    }
+    let mut fut = pin!(svc.call(req));
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(r)) => r,
+        _ => panic!("not ready"),
+    }
+}
+
+pub(crate) fn inner() -> impl Service<
+    Req,
+    Response = Resp,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Resp, Infallible>>,
+> + Clone {
+    tower::service_fn(|r: Req| {
+        std::future::ready(Ok(Resp {
+            version: 1_000 + r.key,
+        }))
+    })
+}
+
+pub(crate) fn session_with_scopes(n: u64) -> Session {
+    let s = Session::new();
+    s.with_state(|st| {
+        for k in 0..n {
+            st.advance(ScopeKey::from_hash(STORE, k), Version::new(900 + k));
+        }
+    });
+    s
 }
