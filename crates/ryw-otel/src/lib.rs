@@ -52,8 +52,10 @@
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::KeyValue;
 use ryw::adapter::{Applied, ErrorClass, Operation};
-use ryw::fence::{FencePath, FenceStrategy, Visibility};
-use ryw::telemetry::{ConflictEvent, FenceMissEvent, Observer, Outcome, RequestEvent, RetryEvent};
+use ryw::fence::{FencePath, FenceStrategy};
+use ryw::telemetry::{
+    ConflictEvent, FenceMissEvent, Observer, Outcome, ReadVisibility, RequestEvent, RetryEvent,
+};
 use ryw::StoreId;
 use std::fmt;
 
@@ -191,14 +193,14 @@ fn error_class(class: Option<ErrorClass>) -> &'static str {
 }
 
 impl Observer for OtelObserver {
-    fn request(&self, event: &RequestEvent<'_>) {
+    fn request(&self, event: &RequestEvent) {
         let store = store(event.store);
         match event.outcome {
             Outcome::Read(visibility) => {
                 let (visibility, path) = match visibility {
-                    Visibility::Guaranteed(path) => ("guaranteed", fence_path(*path)),
-                    Visibility::Pending(_) => ("pending", "none"),
-                    Visibility::Unscoped => ("unscoped", "none"),
+                    ReadVisibility::Guaranteed(path) => ("guaranteed", fence_path(path)),
+                    ReadVisibility::Pending(_) => ("pending", "none"),
+                    ReadVisibility::Unscoped => ("unscoped", "none"),
                     _ => ("other", "none"),
                 };
                 self.reads.add(

@@ -25,7 +25,7 @@
 //! struct Guaranteed(AtomicU64);
 //!
 //! impl Observer for Guaranteed {
-//!     fn request(&self, event: &RequestEvent<'_>) {
+//!     fn request(&self, event: &RequestEvent) {
 //!         if let Outcome::Read(visibility) = event.outcome {
 //!             if visibility.is_guaranteed() {
 //!                 self.0.fetch_add(1, Ordering::Relaxed);
@@ -54,7 +54,7 @@
 //! ```
 
 use crate::adapter::{ErrorClass, Operation};
-use crate::fence::{FenceStrategy, Staleness, Visibility};
+use crate::fence::{FencePath, FenceStrategy, Staleness, Visibility};
 use crate::version::StoreId;
 use std::fmt;
 use std::sync::Arc;
@@ -64,7 +64,7 @@ use std::time::Duration;
 /// Called on the request's task, inline: keep them short and never block.
 pub trait Observer: fmt::Debug + Send + Sync + 'static {
     /// A request finished: its future returned a response or an error.
-    fn request(&self, event: &RequestEvent<'_>) {
+    fn request(&self, event: &RequestEvent) {
         let _ = event;
     }
 
@@ -85,7 +85,7 @@ pub trait Observer: fmt::Debug + Send + Sync + 'static {
 }
 
 impl<O: Observer + ?Sized> Observer for Arc<O> {
-    fn request(&self, event: &RequestEvent<'_>) {
+    fn request(&self, event: &RequestEvent) {
         (**self).request(event)
     }
     fn retry(&self, event: &RetryEvent) {
@@ -100,9 +100,9 @@ impl<O: Observer + ?Sized> Observer for Arc<O> {
 }
 
 /// One finished request.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
-pub struct RequestEvent<'a> {
+pub struct RequestEvent {
     /// The store the adapter serves.
     pub store: StoreId,
     /// Read or write.
@@ -116,21 +116,49 @@ pub struct RequestEvent<'a> {
     /// Why the read went to the strong path, if it did.
     pub escalation: Option<Escalation>,
     /// How it ended.
-    pub outcome: Outcome<'a>,
+    pub outcome: Outcome,
     /// From the call to the answer, in the layer's time source (tokio's clock).
     pub duration: Duration,
 }
 
 /// How a request ended.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Outcome<'a> {
+pub enum Outcome {
     /// A read, with its visibility.
-    Read(&'a Visibility),
+    Read(ReadVisibility),
     /// A write that applied (or was recognised as applied).
     Written,
     /// An error.
     Failed(FailureKind),
+}
+
+/// A read's [`Visibility`], summed up for telemetry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadVisibility {
+    /// [`Visibility::Guaranteed`], and how.
+    Guaranteed(FencePath),
+    /// [`Visibility::Pending`]: what was behind on the last attempt.
+    Pending(Staleness),
+    /// [`Visibility::Unscoped`].
+    Unscoped,
+}
+
+impl ReadVisibility {
+    /// The summary of `visibility`.
+    pub fn of(visibility: &Visibility) -> Self {
+        match visibility {
+            Visibility::Guaranteed(path) => ReadVisibility::Guaranteed(*path),
+            Visibility::Pending(stale) => ReadVisibility::Pending(stale.staleness),
+            _ => ReadVisibility::Unscoped,
+        }
+    }
+
+    /// True for [`ReadVisibility::Guaranteed`].
+    pub fn is_guaranteed(self) -> bool {
+        matches!(self, ReadVisibility::Guaranteed(_))
+    }
 }
 
 /// The kind of a failed request's error.

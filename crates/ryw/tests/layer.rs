@@ -965,7 +965,7 @@ impl Recorder {
 }
 
 impl ryw::telemetry::Observer for Recorder {
-    fn request(&self, e: &ryw::telemetry::RequestEvent<'_>) {
+    fn request(&self, e: &ryw::telemetry::RequestEvent) {
         let outcome = match e.outcome {
             ryw::telemetry::Outcome::Read(v) => format!("{v:?}"),
             ryw::telemetry::Outcome::Written => "written".into(),
