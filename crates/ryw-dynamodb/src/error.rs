@@ -210,6 +210,24 @@ impl CancellationCode {
 }
 
 impl DynamoError {
+    /// A short, stable name of the kind of error (`condition_failed`, `throttled`, ...), for
+    /// metrics (`error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DynamoError::ConditionFailed(_) => "condition_failed",
+            DynamoError::TransactionCanceled { .. } => "transaction_canceled",
+            DynamoError::Throttled { .. } => "throttled",
+            DynamoError::Validation { .. } => "validation",
+            DynamoError::ResourceNotFound { .. } => "resource_not_found",
+            DynamoError::Service { .. } => "service",
+            DynamoError::NoResponse { .. } => "no_response",
+            DynamoError::NotSent { .. } => "not_sent",
+            DynamoError::UnknownTable(_) => "unknown_table",
+            DynamoError::Unresolved(_) => "unresolved",
+            DynamoError::Middleware(_) => "middleware",
+        }
+    }
+
     /// True for a failed condition (a version conflict or the caller's own condition).
     pub fn is_condition_failed(&self) -> bool {
         matches!(self, DynamoError::ConditionFailed(_))

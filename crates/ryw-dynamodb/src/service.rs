@@ -16,6 +16,7 @@ use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use ryw::telemetry::{DbCallEvent, Observer};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -35,6 +36,7 @@ use std::task::{Context, Poll};
 #[derive(Clone)]
 pub struct DynamoService {
     client: Client,
+    observer: Option<std::sync::Arc<dyn Observer>>,
 }
 
 impl fmt::Debug for DynamoService {
@@ -46,7 +48,19 @@ impl fmt::Debug for DynamoService {
 impl DynamoService {
     /// A service sending through `client`.
     pub fn new(client: Client) -> Self {
-        DynamoService { client }
+        DynamoService {
+            client,
+            observer: None,
+        }
+    }
+
+    /// Reports every call to DynamoDB to `observer` ([`Observer::db_call`], with
+    /// `db.system.name` `aws.dynamodb`, the operation, the table, `aws.dynamodb.consistent_read`
+    /// for reads and the error type of a failure). `ryw-otel` records them as
+    /// `db.client.operation.duration`.
+    pub fn observer(mut self, observer: impl Observer) -> Self {
+        self.observer = Some(std::sync::Arc::new(observer));
+        self
     }
 
     /// The SDK client.
@@ -69,7 +83,41 @@ impl tower::Service<DynamoRequest> for DynamoService {
 
     fn call(&mut self, request: DynamoRequest) -> DynamoFuture {
         let client = self.client.clone();
-        Box::pin(async move { send(&client, request).await })
+        let Some(observer) = self.observer.clone() else {
+            return Box::pin(async move { send(&client, request).await });
+        };
+        let (operation, table, consistent) = describe(&request.operation);
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let result = send(&client, request).await;
+            observer.db_call(
+                &DbCallEvent::new("aws.dynamodb", operation, started.elapsed())
+                    .collection(table.as_deref())
+                    .consistent_read(consistent)
+                    .error_type(result.as_ref().err().map(DynamoError::kind)),
+            );
+            result
+        })
+    }
+}
+
+/// The operation's name, its table and, for a read, whether it is strongly consistent.
+fn describe(operation: &DynamoOperation) -> (&'static str, Option<String>, Option<bool>) {
+    match operation {
+        DynamoOperation::GetItem(b) => (
+            "GetItem",
+            b.get_table_name().clone(),
+            Some(b.get_consistent_read().unwrap_or(false)),
+        ),
+        DynamoOperation::Query(b) => (
+            "Query",
+            b.get_table_name().clone(),
+            Some(b.get_consistent_read().unwrap_or(false)),
+        ),
+        DynamoOperation::PutItem(b) => ("PutItem", b.get_table_name().clone(), None),
+        DynamoOperation::UpdateItem(b) => ("UpdateItem", b.get_table_name().clone(), None),
+        DynamoOperation::DeleteItem(b) => ("DeleteItem", b.get_table_name().clone(), None),
+        DynamoOperation::TransactWriteItems(_) => ("TransactWriteItems", None, None),
     }
 }
 

@@ -69,6 +69,21 @@ impl From<ryw::error::BoxError> for MongoError {
 }
 
 impl MongoError {
+    /// A short, stable name of the kind of error (`duplicate_key`, `network`, ...), for metrics
+    /// (`error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MongoError::DuplicateKey { .. } => "duplicate_key",
+            MongoError::Command { .. } => "command",
+            MongoError::WriteConcern { .. } => "write_concern",
+            MongoError::Network(_) => "network",
+            MongoError::Invalid(_) => "invalid",
+            MongoError::Other(_) => "other",
+            MongoError::Unresolved(_) => "unresolved",
+            MongoError::Middleware(_) => "middleware",
+        }
+    }
+
     /// True for a duplicate key.
     pub fn is_duplicate_key(&self) -> bool {
         matches!(self, MongoError::DuplicateKey { .. })

@@ -249,6 +249,25 @@ impl<T> MongoRequest<T> {
     }
 }
 
+impl<T> MongoOperation<T> {
+    /// The command's name (`find`, `insert_one`, ...), as `db.operation.name`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MongoOperation::Find { .. } => "find",
+            MongoOperation::FindOne { .. } => "find_one",
+            MongoOperation::Aggregate { .. } => "aggregate",
+            MongoOperation::InsertOne { .. } => "insert_one",
+            MongoOperation::InsertMany { .. } => "insert_many",
+            MongoOperation::UpdateOne { .. } => "update_one",
+            MongoOperation::UpdateMany { .. } => "update_many",
+            MongoOperation::ReplaceOne { .. } => "replace_one",
+            MongoOperation::DeleteOne { .. } => "delete_one",
+            MongoOperation::DeleteMany { .. } => "delete_many",
+            MongoOperation::FindOneAndUpdate { .. } => "find_one_and_update",
+        }
+    }
+}
+
 /// What an operation returned.
 #[derive(Clone, Debug)]
 #[non_exhaustive]

@@ -11,6 +11,7 @@ use mongodb::options::{
     SelectionCriteria, WriteConcern,
 };
 use mongodb::{Client, ClientSession, Collection};
+use ryw::telemetry::{DbCallEvent, Observer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt;
@@ -27,6 +28,7 @@ pub struct MongoService<T: Send + Sync> {
     client: Client,
     collection: Collection<T>,
     config: Arc<MongoConfig>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl<T: Send + Sync> Clone for MongoService<T> {
@@ -35,6 +37,7 @@ impl<T: Send + Sync> Clone for MongoService<T> {
             client: self.client.clone(),
             collection: self.collection.clone(),
             config: self.config.clone(),
+            observer: self.observer.clone(),
         }
     }
 }
@@ -63,7 +66,16 @@ impl<T: Send + Sync> MongoService<T> {
                 .database(database)
                 .collection_with_options(collection, options),
             config: adapter.config.clone(),
+            observer: None,
         }
+    }
+
+    /// Reports every call to MongoDB to `observer` ([`Observer::db_call`], with
+    /// `db.system.name` `mongodb`, the command, the collection, the database and the error type of
+    /// a failure). `ryw-otel` records them as `db.client.operation.duration`.
+    pub fn observer(mut self, observer: impl Observer) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
     }
 
     /// The collection.
@@ -90,7 +102,22 @@ where
 
     fn call(&mut self, request: MongoRequest<T>) -> MongoFuture<T> {
         let this = self.clone();
-        Box::pin(async move { this.send(request).await })
+        let Some(observer) = self.observer.clone() else {
+            return Box::pin(async move { this.send(request).await });
+        };
+        let operation = request.operation().name();
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let result = this.send(request).await;
+            let namespace = this.collection.namespace();
+            observer.db_call(
+                &DbCallEvent::new("mongodb", operation, started.elapsed())
+                    .collection(Some(&namespace.coll))
+                    .namespace(Some(&namespace.db))
+                    .error_type(result.as_ref().err().map(MongoError::kind)),
+            );
+            result
+        })
     }
 }
 

@@ -54,7 +54,8 @@ use opentelemetry::KeyValue;
 use ryw::adapter::{Applied, ErrorClass, Operation};
 use ryw::fence::{FencePath, FenceStrategy};
 use ryw::telemetry::{
-    ConflictEvent, FenceMissEvent, Observer, Outcome, ReadVisibility, RequestEvent, RetryEvent,
+    ConflictEvent, DbCallEvent, FenceMissEvent, Observer, Outcome, ReadVisibility, RequestEvent,
+    RetryEvent,
 };
 use ryw::StoreId;
 use std::fmt;
@@ -64,6 +65,10 @@ use std::fmt;
 pub const DURATION_BUCKETS: [f64; 14] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// Bucket boundaries of `db.client.operation.duration` (seconds): the semantic conventions'
+/// advisory boundaries.
+pub const DB_DURATION_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 
 /// Bucket boundaries of `ryw.read.version_gap` (versions: write sequence positions, or
 /// microseconds where versions are clocks).
@@ -83,6 +88,7 @@ pub struct OtelObserver {
     version_gap: Histogram<f64>,
     conflicts: Counter<u64>,
     duration: Histogram<f64>,
+    db_duration: Histogram<f64>,
 }
 
 impl fmt::Debug for OtelObserver {
@@ -143,6 +149,12 @@ impl OtelObserver {
                 .with_unit("s")
                 .with_description("Duration of requests through the session layer, all attempts")
                 .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            db_duration: meter
+                .f64_histogram("db.client.operation.duration")
+                .with_unit("s")
+                .with_description("Duration of database client operations")
+                .with_boundaries(DB_DURATION_BUCKETS.to_vec())
                 .build(),
         }
     }
@@ -281,6 +293,32 @@ impl Observer for OtelObserver {
             s.required.get().saturating_sub(observed) as f64,
             &attributes,
         );
+    }
+
+    fn db_call(&self, event: &DbCallEvent<'_>) {
+        let mut attributes = Vec::with_capacity(7);
+        attributes.push(KeyValue::new("db.system.name", event.system));
+        attributes.push(KeyValue::new(
+            "db.operation.name",
+            event.operation.to_owned(),
+        ));
+        if let Some(c) = event.collection {
+            attributes.push(KeyValue::new("db.collection.name", c.to_owned()));
+        }
+        if let Some(n) = event.namespace {
+            attributes.push(KeyValue::new("db.namespace", n.to_owned()));
+        }
+        if let Some(e) = event.error_type {
+            attributes.push(KeyValue::new("error.type", e.to_owned()));
+        }
+        if let Some(c) = event.consistent_read {
+            attributes.push(KeyValue::new("aws.dynamodb.consistent_read", c));
+        }
+        if let Some(l) = event.consistency_level {
+            attributes.push(KeyValue::new("cassandra.consistency.level", l.to_owned()));
+        }
+        self.db_duration
+            .record(event.duration.as_secs_f64(), &attributes);
     }
 
     fn conflict(&self, event: &ConflictEvent) {

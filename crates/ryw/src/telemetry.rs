@@ -82,6 +82,11 @@ pub trait Observer: fmt::Debug + Send + Sync + 'static {
     fn conflict(&self, event: &ConflictEvent) {
         let _ = event;
     }
+
+    /// A store service made one call to its database (each attempt is its own call).
+    fn db_call(&self, event: &DbCallEvent<'_>) {
+        let _ = event;
+    }
 }
 
 impl<O: Observer + ?Sized> Observer for Arc<O> {
@@ -96,6 +101,9 @@ impl<O: Observer + ?Sized> Observer for Arc<O> {
     }
     fn conflict(&self, event: &ConflictEvent) {
         (**self).conflict(event)
+    }
+    fn db_call(&self, event: &DbCallEvent<'_>) {
+        (**self).db_call(event)
     }
 }
 
@@ -276,5 +284,76 @@ impl ConflictResolution {
             ConflictResolution::Rebased => "rebased",
             ConflictResolution::Reported => "reported",
         }
+    }
+}
+
+/// One call of a store service to its database, described as OpenTelemetry's semantic conventions
+/// for database clients do (`db.system.name`, `db.operation.name`, ...). The store services of
+/// `ryw-dynamodb`, `ryw-mongodb` and `ryw-scylla` report them to an observer given with their
+/// `observer` method.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct DbCallEvent<'a> {
+    /// `db.system.name`: `aws.dynamodb`, `mongodb`, `cassandra` (ScyllaDB speaks CQL).
+    pub system: &'static str,
+    /// `db.operation.name`: `GetItem`, `find`, `EXECUTE`, ...
+    pub operation: &'a str,
+    /// `db.collection.name`: the table or collection, when there is one.
+    pub collection: Option<&'a str>,
+    /// `db.namespace`: the database or keyspace, when known.
+    pub namespace: Option<&'a str>,
+    /// How long the call took.
+    pub duration: Duration,
+    /// `error.type` when the call failed: a short, stable name.
+    pub error_type: Option<&'a str>,
+    /// `aws.dynamodb.consistent_read`, for DynamoDB reads.
+    pub consistent_read: Option<bool>,
+    /// `cassandra.consistency.level`, for CQL requests.
+    pub consistency_level: Option<&'a str>,
+}
+
+impl<'a> DbCallEvent<'a> {
+    /// A call of `operation` on `system` that took `duration`.
+    pub fn new(system: &'static str, operation: &'a str, duration: Duration) -> Self {
+        DbCallEvent {
+            system,
+            operation,
+            collection: None,
+            namespace: None,
+            duration,
+            error_type: None,
+            consistent_read: None,
+            consistency_level: None,
+        }
+    }
+
+    /// Sets the table or collection.
+    pub fn collection(mut self, collection: Option<&'a str>) -> Self {
+        self.collection = collection;
+        self
+    }
+
+    /// Sets the database or keyspace.
+    pub fn namespace(mut self, namespace: Option<&'a str>) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
+    /// Sets the error type of a failed call.
+    pub fn error_type(mut self, error_type: Option<&'a str>) -> Self {
+        self.error_type = error_type;
+        self
+    }
+
+    /// Sets whether a DynamoDB read was strongly consistent.
+    pub fn consistent_read(mut self, consistent: Option<bool>) -> Self {
+        self.consistent_read = consistent;
+        self
+    }
+
+    /// Sets the CQL consistency level.
+    pub fn consistency_level(mut self, level: Option<&'a str>) -> Self {
+        self.consistency_level = level;
+        self
     }
 }

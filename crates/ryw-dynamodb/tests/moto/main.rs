@@ -47,4 +47,5 @@ against_moto!(
     the_service_takes_its_configuration_from_the_layer,
     a_clone_sent_after_its_write_was_recorded_applies_once,
     a_gsi_query_that_shows_a_later_write_but_lacks_an_earlier_one_is_never_guaranteed,
+    db_client_operation_duration_is_recorded_per_call,
 );

@@ -1617,3 +1617,88 @@ pub(crate) async fn a_clone_sent_after_its_write_was_recorded_applies_once(clien
     );
     assert_eq!(hits().await, "2", "applied once");
 }
+
+/// The service reports every DynamoDB call: `db.client.operation.duration` with the semantic
+/// conventions' attributes, read back through the OpenTelemetry SDK's in-memory exporter on a
+/// local provider.
+pub(crate) async fn db_client_operation_duration_is_recorded_per_call(client: Client) {
+    use opentelemetry::metrics::MeterProvider;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    let table = fresh_table(&client).await;
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let observer = std::sync::Arc::new(ryw_otel::OtelObserver::new(&provider.meter("ryw")));
+    let mut svc = ReadYourWritesLayer::new(adapter(&table))
+        .observer(observer.clone())
+        .layer(DynamoService::new(client.clone()).observer(observer));
+    let session = Session::new();
+    svc.ready()
+        .await
+        .unwrap()
+        .call(session.request(put(&table, "m", "hi")))
+        .await
+        .unwrap();
+    svc.ready()
+        .await
+        .unwrap()
+        .call(session.request(get(&table, "m")))
+        .await
+        .unwrap();
+    let missing: DynamoRequest = GetItemInput::builder()
+        .table_name("no_such_table")
+        .key("pk", s("m"))
+        .into();
+    assert!(svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(missing))
+        .await
+        .is_err());
+
+    provider.force_flush().unwrap();
+    let exported = exporter.get_finished_metrics().unwrap();
+    let metrics = exported.last().unwrap();
+    let mut seen = Vec::new();
+    for metric in metrics
+        .scope_metrics()
+        .flat_map(|s| s.metrics())
+        .filter(|m| m.name() == "db.client.operation.duration")
+    {
+        assert_eq!(metric.unit(), "s");
+        let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() else {
+            panic!("{:?}", metric.data())
+        };
+        for point in h.data_points() {
+            let mut attrs: Vec<String> = point
+                .attributes()
+                .map(|kv| format!("{}={}", kv.key, kv.value))
+                .collect();
+            attrs.sort();
+            seen.push((attrs.join(" "), point.count()));
+        }
+    }
+    seen.sort();
+    let expected = [
+        (
+            "aws.dynamodb.consistent_read=false db.collection.name=no_such_table db.operation.name=GetItem db.system.name=aws.dynamodb error.type=resource_not_found"
+                .to_owned(),
+            1,
+        ),
+        (
+            format!("aws.dynamodb.consistent_read=false db.collection.name={table} db.operation.name=GetItem db.system.name=aws.dynamodb"),
+            1,
+        ),
+        (
+            format!("db.collection.name={table} db.operation.name=PutItem db.system.name=aws.dynamodb"),
+            1,
+        ),
+    ];
+    let mut expected = expected.to_vec();
+    expected.sort();
+    assert_eq!(seen, expected);
+}

@@ -1135,3 +1135,78 @@ async fn a_hedged_claim_never_claims_two_jobs() {
         );
     }
 }
+
+/// The service reports every MongoDB call: `db.client.operation.duration` with the semantic
+/// conventions' attributes, read back through the OpenTelemetry SDK's in-memory exporter on a
+/// local provider.
+#[tokio::test]
+async fn db_client_operation_duration_is_recorded_per_call() {
+    use opentelemetry::metrics::MeterProvider;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    let uri = secantus!();
+    let client = Client::with_uri_str(&uri).await.unwrap();
+    let adapter = MongoAdapter::new();
+    let coll = fresh();
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let observer = Arc::new(ryw_otel::OtelObserver::new(&provider.meter("ryw")));
+    let service =
+        MongoService::<Document>::new(&client, "ryw", &coll, &adapter).observer(observer.clone());
+    let mut svc = layer().observer(observer).layer(service);
+    let session = Session::new();
+    svc.ready()
+        .await
+        .unwrap()
+        .call(session.request(MongoRequest::insert_one(doc! { "_id": "m" })))
+        .await
+        .unwrap();
+    // The same _id again: a duplicate key.
+    assert!(svc
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(MongoRequest::insert_one(doc! { "_id": "m", "x": 1 })))
+        .await
+        .is_err());
+    svc.ready()
+        .await
+        .unwrap()
+        .call(session.request(MongoRequest::find_one(doc! { "_id": "m" })))
+        .await
+        .unwrap();
+
+    provider.force_flush().unwrap();
+    let exported = exporter.get_finished_metrics().unwrap();
+    let metrics = exported.last().unwrap();
+    let mut seen = Vec::new();
+    for metric in metrics
+        .scope_metrics()
+        .flat_map(|s| s.metrics())
+        .filter(|m| m.name() == "db.client.operation.duration")
+    {
+        assert_eq!(metric.unit(), "s");
+        let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() else {
+            panic!("{:?}", metric.data())
+        };
+        for point in h.data_points() {
+            let mut attrs: Vec<String> = point
+                .attributes()
+                .map(|kv| format!("{}={}", kv.key, kv.value))
+                .collect();
+            attrs.sort();
+            seen.push((attrs.join(" "), point.count()));
+        }
+    }
+    seen.sort();
+    let mut expected = vec![
+        (format!("db.collection.name={coll} db.namespace=ryw db.operation.name=find_one db.system.name=mongodb"), 1),
+        (format!("db.collection.name={coll} db.namespace=ryw db.operation.name=insert_one db.system.name=mongodb"), 1),
+        (format!("db.collection.name={coll} db.namespace=ryw db.operation.name=insert_one db.system.name=mongodb error.type=duplicate_key"), 1),
+    ];
+    expected.sort();
+    assert_eq!(seen, expected);
+}
