@@ -44,6 +44,32 @@ impl From<ExecutionError> for ScyllaError {
 }
 
 impl ScyllaError {
+    /// A short, stable name of the kind of error, for metrics (`error.type`): the server's error
+    /// (`write_timeout`, `unavailable`, ...), a client-side one (`request_timeout`,
+    /// `connection`), `not_applied`, `result` or `middleware`.
+    pub fn kind(&self) -> &'static str {
+        if let Some(db) = self.db_error() {
+            return match db {
+                DbError::WriteTimeout { .. } => "write_timeout",
+                DbError::ReadTimeout { .. } => "read_timeout",
+                DbError::Unavailable { .. } => "unavailable",
+                DbError::Overloaded => "overloaded",
+                DbError::SyntaxError => "syntax_error",
+                DbError::Invalid => "invalid",
+                _ => "server_error",
+            };
+        }
+        match self {
+            ScyllaError::Execution(e) => match &**e {
+                ExecutionError::RequestTimeout(_) => "request_timeout",
+                _ => "connection",
+            },
+            ScyllaError::NotApplied { .. } => "not_applied",
+            ScyllaError::Result(_) => "result",
+            ScyllaError::Middleware(_) => "middleware",
+        }
+    }
+
     /// The driver's error, when the driver failed.
     pub fn execution_error(&self) -> Option<&ExecutionError> {
         match self {

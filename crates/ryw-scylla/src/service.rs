@@ -2,10 +2,12 @@
 
 use crate::error::ScyllaError;
 use crate::request::{RequestKind, ScyllaRequest, ScyllaStatement};
+use ryw::telemetry::{DbCallEvent, Observer};
 use scylla::client::session::Session;
 use scylla::deserialize::row::ColumnIterator;
 use scylla::response::query_result::{QueryResult, QueryRowsResult};
 use scylla::serialize::row::SerializeRow;
+use scylla::statement::Consistency;
 use scylla::value::{CqlValue, Row};
 use std::fmt;
 use std::future::Future;
@@ -49,6 +51,7 @@ impl ScyllaResponse {
 #[derive(Clone)]
 pub struct ScyllaService {
     session: Arc<Session>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl fmt::Debug for ScyllaService {
@@ -60,7 +63,19 @@ impl fmt::Debug for ScyllaService {
 impl ScyllaService {
     /// A service over `session`.
     pub fn new(session: Arc<Session>) -> Self {
-        ScyllaService { session }
+        ScyllaService {
+            session,
+            observer: None,
+        }
+    }
+
+    /// Reports every request to the cluster to `observer` ([`Observer::db_call`], with
+    /// `db.system.name` `cassandra` (ScyllaDB speaks CQL), the statement's command (`SELECT`,
+    /// `INSERT`, ..., or `BATCH`), `cassandra.consistency.level` and the error type of a
+    /// failure). `ryw-otel` records them as `db.client.operation.duration`.
+    pub fn observer(mut self, observer: impl Observer) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
     }
 
     /// The driver session.
@@ -82,7 +97,53 @@ impl tower::Service<ScyllaRequest> for ScyllaService {
 
     fn call(&mut self, request: ScyllaRequest) -> BoxFuture {
         let session = self.session.clone();
-        Box::pin(async move { execute(&session, request).await })
+        let Some(observer) = self.observer.clone() else {
+            return Box::pin(async move { execute(&session, request).await });
+        };
+        let command = command(&request.statement);
+        let level = request.consistency.map(consistency_name);
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let result = execute(&session, request).await;
+            observer.db_call(
+                &DbCallEvent::new("cassandra", command, started.elapsed())
+                    .consistency_level(level)
+                    .error_type(result.as_ref().err().map(ScyllaError::kind)),
+            );
+            result
+        })
+    }
+}
+
+/// The statement's CQL command (its first word, upper-cased: `SELECT`, `INSERT`, ...), or
+/// `BATCH`.
+fn command(statement: &ScyllaStatement) -> &'static str {
+    let text = match statement {
+        ScyllaStatement::Query(s) => s.contents.as_str(),
+        ScyllaStatement::Prepared(p) => p.get_statement(),
+        ScyllaStatement::Batch(_) => return "BATCH",
+    };
+    let word = text.split_whitespace().next().unwrap_or("");
+    ["SELECT", "INSERT", "UPDATE", "DELETE"]
+        .into_iter()
+        .find(|c| c.eq_ignore_ascii_case(word))
+        .unwrap_or("OTHER")
+}
+
+/// The consistency level as the conventions write it (`local_quorum`).
+fn consistency_name(level: Consistency) -> &'static str {
+    match level {
+        Consistency::Any => "any",
+        Consistency::One => "one",
+        Consistency::Two => "two",
+        Consistency::Three => "three",
+        Consistency::Quorum => "quorum",
+        Consistency::All => "all",
+        Consistency::LocalQuorum => "local_quorum",
+        Consistency::EachQuorum => "each_quorum",
+        Consistency::LocalOne => "local_one",
+        Consistency::Serial => "serial",
+        Consistency::LocalSerial => "local_serial",
     }
 }
 

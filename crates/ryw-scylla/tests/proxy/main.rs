@@ -478,3 +478,88 @@ async fn a_read_of_several_rows_is_never_verified_by_the_newest_one() {
     );
     node.stop().await;
 }
+
+/// The service reports every request: `db.client.operation.duration` with `db.system.name`
+/// `cassandra`, the CQL command, the consistency level and the error type of a failure, read back
+/// through the OpenTelemetry SDK's in-memory exporter on a local provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_client_operation_duration_is_recorded_per_request() {
+    use opentelemetry::metrics::MeterProvider;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    let mut node = ScriptedScyllaNode::start(vec![
+        Script::query("INSERT INTO app.posts", vec![Reply::Void]),
+        Script::query("SELECT body", vec![rows(NOW as i64)]),
+        Script::query("SELEKT", vec![Reply::SyntaxError]),
+    ])
+    .await;
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let observer = Arc::new(ryw_otel::OtelObserver::new(&provider.meter("ryw")));
+    let driver = Arc::new(node.session().await);
+    let mut service = ServiceBuilder::new()
+        .layer(
+            ReadYourWritesLayer::new(ScyllaAdapter::new())
+                .clock(FixedClock(NOW))
+                .observer(observer.clone()),
+        )
+        .service(ScyllaService::new(driver).observer(observer));
+    let session = Session::new();
+    service
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(insert()))
+        .await
+        .unwrap();
+    service
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(select()))
+        .await
+        .unwrap();
+    let bad = ScyllaRequest::read("SELEKT body FROM app.posts", ()).partition(b"u1");
+    assert!(service
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(bad))
+        .await
+        .is_err());
+
+    provider.force_flush().unwrap();
+    let exported = exporter.get_finished_metrics().unwrap();
+    let metrics = exported.last().unwrap();
+    let mut seen = Vec::new();
+    for metric in metrics
+        .scope_metrics()
+        .flat_map(|s| s.metrics())
+        .filter(|m| m.name() == "db.client.operation.duration")
+    {
+        let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() else {
+            panic!("{:?}", metric.data())
+        };
+        for point in h.data_points() {
+            let mut attrs: Vec<String> = point
+                .attributes()
+                .map(|kv| format!("{}={}", kv.key, kv.value))
+                .collect();
+            attrs.sort();
+            seen.push((attrs.join(" "), point.count()));
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("cassandra.consistency.level=local_one db.operation.name=OTHER db.system.name=cassandra error.type=syntax_error".to_owned(), 1),
+            ("cassandra.consistency.level=local_one db.operation.name=SELECT db.system.name=cassandra".to_owned(), 1),
+            ("cassandra.consistency.level=local_quorum db.operation.name=INSERT db.system.name=cassandra".to_owned(), 1),
+        ]
+    );
+    node.stop().await;
+}
