@@ -488,7 +488,7 @@ async fn db_client_operation_duration_is_recorded_per_request() {
     use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
     use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 
-    let mut node = ScriptedScyllaNode::start(vec![
+    let node = ScriptedScyllaNode::start(vec![
         Script::query("INSERT INTO app.posts", vec![Reply::Void]),
         Script::query("SELECT body", vec![rows(NOW as i64)]),
         Script::query("SELEKT", vec![Reply::SyntaxError]),
