@@ -13,6 +13,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use ryw::signing::TokenAuthority;
@@ -202,12 +203,13 @@ async fn put_post(
     Extension(session): Extension<Session>,
     Path(id): Path<String>,
     body: String,
-) -> (StatusCode, String) {
+) -> Response {
     let Ok(value) = body.trim().parse::<u64>() else {
         return (
             StatusCode::BAD_REQUEST,
-            "{\"error\":\"body must be a number\"}".into(),
-        );
+            "{\"error\":\"body must be a number\"}".to_owned(),
+        )
+            .into_response();
     };
     match store.put(session, id, value).await {
         Ok(written) => (
@@ -217,11 +219,13 @@ async fn put_post(
                 written.write_id.map(|w| w.to_string()).unwrap_or_default(),
                 describe(&written.visibility)
             ),
-        ),
+        )
+            .into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{{\"error\":{e:?}}}"),
-        ),
+        )
+            .into_response(),
     }
 }
 
@@ -229,20 +233,25 @@ async fn get_post(
     State(store): State<PostStore>,
     Extension(session): Extension<Session>,
     Path(id): Path<String>,
-) -> (StatusCode, String) {
+) -> Response {
     match store.get(session, id).await {
+        // The read's visibility also goes out as the `ryw-visibility` header: the session layer
+        // turns the extension into it.
         Ok(read) => (
             StatusCode::OK,
+            Extension(read.visibility.clone()),
             format!(
                 "{{\"value\":{},\"visibility\":\"{}\"}}",
                 read.value.map_or("null".to_owned(), |v| v.to_string()),
                 describe(&read.visibility)
             ),
-        ),
+        )
+            .into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{{\"error\":{e:?}}}"),
-        ),
+        )
+            .into_response(),
     }
 }
 

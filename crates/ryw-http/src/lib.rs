@@ -98,6 +98,58 @@ pub const RESET_HEADER: &str = "ryw-session-reset";
 /// so the next request starts a new session.
 pub const REJECTED_HEADER: &str = "ryw-session-rejected";
 
+/// The response header that tells the client whether what it read reflects its session's
+/// writes, so that a UI can say "saving…" until its write is visible:
+///
+/// - `guaranteed` (with the fence path: `guaranteed; path=escalated`);
+/// - `pending; behind=N; required=R; observed=O`: the data may lack the session's writes, by `N`
+///   versions (a later read converges);
+/// - `unscoped`: nothing could be fenced (a configuration gap).
+///
+/// The handler puts the read's [`ryw::Visibility`] into the response extensions (with axum,
+/// return `Extension(visibility)` among the response parts); [`ServerSessionLayer`] turns it into
+/// this header. [`visibility_header`] gives the value for other stacks.
+pub const VISIBILITY_HEADER: &str = "ryw-visibility";
+
+/// The value of [`VISIBILITY_HEADER`] for `visibility`.
+///
+/// ```
+/// use ryw::fence::FencePath;
+/// use ryw::Visibility;
+///
+/// let v = ryw_http::visibility_header(&Visibility::Guaranteed(FencePath::Escalated));
+/// assert_eq!(v, "guaranteed; path=escalated");
+/// ```
+pub fn visibility_header(visibility: &ryw::Visibility) -> http::HeaderValue {
+    use ryw::fence::FencePath;
+    let text = match visibility {
+        ryw::Visibility::Guaranteed(path) => {
+            let path = match path {
+                FencePath::Unfenced => "unfenced",
+                FencePath::Verified => "verified",
+                FencePath::ReRead => "reread",
+                FencePath::ServerWait => "server_wait",
+                FencePath::Escalated => "escalated",
+                FencePath::Write => "write",
+                _ => "other",
+            };
+            format!("guaranteed; path={path}")
+        }
+        ryw::Visibility::Pending(stale) => {
+            let s = &stale.staleness;
+            let observed = s.observed.map_or(0, |v| v.get());
+            format!(
+                "pending; behind={}; required={}; observed={observed}",
+                s.required.get().saturating_sub(observed),
+                s.required.get(),
+            )
+        }
+        _ => "unscoped".to_owned(),
+    };
+    // Only ASCII letters, digits and punctuation: always a valid header value.
+    http::HeaderValue::from_str(&text).unwrap_or(http::HeaderValue::from_static("unscoped"))
+}
+
 /// The most tokens one request may carry (and a client keeps).
 pub const MAX_TOKENS_PER_REQUEST: usize = 4;
 
@@ -150,4 +202,34 @@ pub(crate) fn tokens_in<'a>(
                 .map(Ok),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use ryw::fence::{FencePath, FenceStrategy, StaleRead, Staleness};
+    use ryw::version::{ScopeKey, StoreId, Version};
+    use ryw::Visibility;
+
+    #[test]
+    fn a_pending_read_says_how_far_behind_it_is() {
+        let stale = StaleRead {
+            staleness: Staleness {
+                scope: ScopeKey::new(StoreId::new(1), b"k"),
+                required: Version::new(12),
+                observed: Some(Version::new(9)),
+                horizon: false,
+            },
+            attempts: 2,
+            last_strategy: FenceStrategy::Strong,
+        };
+        assert_eq!(
+            super::visibility_header(&Visibility::Pending(Box::new(stale))),
+            "pending; behind=3; required=12; observed=9"
+        );
+        assert_eq!(super::visibility_header(&Visibility::Unscoped), "unscoped");
+        assert_eq!(
+            super::visibility_header(&Visibility::Guaranteed(FencePath::Verified)),
+            "guaranteed; path=verified"
+        );
+    }
 }

@@ -345,7 +345,14 @@ impl Config {
                 _ => Answer::Sign(state.clone()),
             }
         });
+        let visibility = response
+            .extensions()
+            .get::<ryw::Visibility>()
+            .map(crate::visibility_header);
         let headers = response.headers_mut();
+        if let Some(v) = visibility {
+            headers.insert(crate::VISIBILITY_HEADER, v);
+        }
         if let TokenStatus::Reset { code } = status {
             headers.insert(RESET_HEADER, HeaderValue::from_static(code));
         }

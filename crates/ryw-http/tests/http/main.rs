@@ -508,3 +508,28 @@ async fn a_read_that_changes_nothing_keeps_its_token_and_a_cached_token_is_still
     let refused = send(&mut client, with_token(get(d.a, "1"), &token_of(&wrote))).await;
     assert_eq!(refused.status, 401, "{}", refused.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_says_whether_it_reflects_the_session_in_a_header() {
+    let d = deploy(BadTokenPolicy::Reject).await;
+    let session = ClientSessionLayer::new();
+    let mut client = ServiceBuilder::new().layer(session.clone()).service(http());
+    let wrote = send(&mut client, put(d.a, "v", 7)).await;
+    assert_eq!(wrote.status, 200, "{}", wrote.body);
+
+    // Through the other instance, whose replica lags: guaranteed, by the strong path.
+    let read = send(&mut client, get(d.b, "v")).await;
+    assert_eq!(
+        read.headers[ryw_http::VISIBILITY_HEADER],
+        "guaranteed; path=escalated",
+        "{}",
+        read.body
+    );
+    // A session with nothing to fence reads cheaply, and says so.
+    let mut stranger = http();
+    let read = send(&mut stranger, get(d.b, "v")).await;
+    assert_eq!(
+        read.headers[ryw_http::VISIBILITY_HEADER],
+        "guaranteed; path=unfenced"
+    );
+}
