@@ -121,20 +121,8 @@ pub const VISIBILITY_HEADER: &str = "ryw-visibility";
 /// assert_eq!(v, "guaranteed; path=escalated");
 /// ```
 pub fn visibility_header(visibility: &ryw::Visibility) -> http::HeaderValue {
-    use ryw::fence::FencePath;
     let text = match visibility {
-        ryw::Visibility::Guaranteed(path) => {
-            let path = match path {
-                FencePath::Unfenced => "unfenced",
-                FencePath::Verified => "verified",
-                FencePath::ReRead => "reread",
-                FencePath::ServerWait => "server_wait",
-                FencePath::Escalated => "escalated",
-                FencePath::Write => "write",
-                _ => "other",
-            };
-            format!("guaranteed; path={path}")
-        }
+        ryw::Visibility::Guaranteed(path) => format!("guaranteed; path={}", path.as_str()),
         ryw::Visibility::Pending(stale) => {
             let s = &stale.staleness;
             let observed = s.observed.map_or(0, |v| v.get());

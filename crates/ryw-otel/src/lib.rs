@@ -52,7 +52,6 @@
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::KeyValue;
 use ryw::adapter::{Applied, ErrorClass, Operation};
-use ryw::fence::{FencePath, FenceStrategy};
 use ryw::telemetry::{
     ConflictEvent, DbCallEvent, FenceMissEvent, Observer, Outcome, ReadVisibility, RequestEvent,
     RetryEvent,
@@ -171,27 +170,6 @@ fn operation(op: Operation) -> &'static str {
     }
 }
 
-fn fence_path(path: FencePath) -> &'static str {
-    match path {
-        FencePath::Unfenced => "unfenced",
-        FencePath::Verified => "verified",
-        FencePath::ReRead => "reread",
-        FencePath::ServerWait => "server_wait",
-        FencePath::Escalated => "escalated",
-        FencePath::Write => "write",
-        _ => "other",
-    }
-}
-
-fn strategy(strategy: FenceStrategy) -> &'static str {
-    match strategy {
-        FenceStrategy::Verify => "verify",
-        FenceStrategy::ServerWait => "server_wait",
-        FenceStrategy::Strong => "strong",
-        _ => "other",
-    }
-}
-
 fn error_class(class: Option<ErrorClass>) -> &'static str {
     match class {
         Some(ErrorClass::Transient(Applied::No)) => "retryable",
@@ -210,7 +188,7 @@ impl Observer for OtelObserver {
         match event.outcome {
             Outcome::Read(visibility) => {
                 let (visibility, path) = match visibility {
-                    ReadVisibility::Guaranteed(path) => ("guaranteed", fence_path(path)),
+                    ReadVisibility::Guaranteed(path) => ("guaranteed", path.as_str()),
                     ReadVisibility::Pending(_) => ("pending", "none"),
                     ReadVisibility::Unscoped => ("unscoped", "none"),
                     _ => ("other", "none"),
@@ -284,7 +262,7 @@ impl Observer for OtelObserver {
     fn fence_miss(&self, event: &FenceMissEvent) {
         let attributes = [
             store(event.store),
-            KeyValue::new("ryw.fence.strategy", strategy(event.strategy)),
+            KeyValue::new("ryw.fence.strategy", event.strategy.as_str()),
         ];
         self.fence_misses.add(1, &attributes);
         let s = &event.staleness;

@@ -68,6 +68,17 @@ pub enum FenceStrategy {
     Verify,
 }
 
+impl FenceStrategy {
+    /// A short, stable name (`verify`, `server_wait`, `strong`), for metrics and headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FenceStrategy::ServerWait => "server_wait",
+            FenceStrategy::Strong => "strong",
+            FenceStrategy::Verify => "verify",
+        }
+    }
+}
+
 /// Which strategies an adapter's store offers (verification is always possible).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FenceSupport {
@@ -440,6 +451,21 @@ pub enum FencePath {
     Escalated,
     /// A write: it is visible to the session from now on.
     Write,
+}
+
+impl FencePath {
+    /// A short, stable name (`unfenced`, `verified`, `reread`, `server_wait`, `escalated`,
+    /// `write`), for metrics and headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FencePath::Unfenced => "unfenced",
+            FencePath::Verified => "verified",
+            FencePath::ReRead => "reread",
+            FencePath::ServerWait => "server_wait",
+            FencePath::Escalated => "escalated",
+            FencePath::Write => "write",
+        }
+    }
 }
 
 /// The visibility status of a response.
