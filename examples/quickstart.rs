@@ -11,9 +11,13 @@
 //! cargo run --example quickstart
 //! ```
 
-use ryw_sim::workload::{run_blocking, Mode, RunReport, Scenario};
+use opentelemetry::metrics::MeterProvider;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use ryw_sim::workload::{run_blocking, run_blocking_observed, Mode, RunReport, Scenario};
 use ryw_sim::{LagModel, LatencyModel, SimConfig};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn main() -> ExitCode {
@@ -69,9 +73,19 @@ fn main() -> ExitCode {
         Mode::Pinned(Duration::from_secs(2)),
         Mode::ryw(),
     ];
+    // The ryw run reports to OpenTelemetry instruments (ryw-otel), here exported to memory; an
+    // application would install a Prometheus or OTLP exporter instead.
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let observer = Arc::new(ryw_otel::OtelObserver::new(&provider.meter("ryw")));
     let mut reports = Vec::new();
     for mode in &modes {
-        let report = run_blocking(&scenario, mode);
+        let report = match mode {
+            Mode::Ryw(_) => run_blocking_observed(&scenario, mode, Some(observer.clone())),
+            _ => run_blocking(&scenario, mode),
+        };
         print_row(&mode.name(), &report);
         reports.push(report);
     }
@@ -83,6 +97,15 @@ fn main() -> ExitCode {
          longest token {} characters.",
         ryw.pending_reads, ryw.reads, ryw.max_token_len
     );
+    if provider.force_flush().is_ok() {
+        if let Some(metrics) = exporter
+            .get_finished_metrics()
+            .ok()
+            .and_then(|m| m.into_iter().last())
+        {
+            print_instruments(&metrics);
+        }
+    }
     println!(
         "violations = read-your-writes, monotonic-reads, monotonic-writes and writes-follow-reads \
          violations found by ryw_sim::checker;\ndup writes = writes whose effect applied twice \
@@ -109,5 +132,68 @@ fn print_row(name: &str, r: &RunReport) {
         100.0 * r.replica_share(),
         r.read_latency_percentile(50.0).as_secs_f64() * 1e3,
         r.read_latency_percentile(99.0).as_secs_f64() * 1e3,
+    );
+}
+
+/// The sum of every data point of the counter `name` whose attributes include all of `with`.
+fn count(metrics: &ResourceMetrics, name: &str, with: &[(&str, &str)]) -> u64 {
+    let mut total = 0;
+    for metric in metrics
+        .scope_metrics()
+        .flat_map(|s| s.metrics())
+        .filter(|m| m.name() == name)
+    {
+        if let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() {
+            for point in sum.data_points() {
+                let matches = with.iter().all(|(k, v)| {
+                    point
+                        .attributes()
+                        .any(|kv| kv.key.as_str() == *k && kv.value.as_str() == *v)
+                });
+                if matches {
+                    total += point.value();
+                }
+            }
+        }
+    }
+    total
+}
+
+/// The ryw run's figures, read back from its OpenTelemetry instruments.
+fn print_instruments(m: &ResourceMetrics) {
+    let reads = |path: &str| {
+        count(
+            m,
+            "ryw.reads",
+            &[("ryw.visibility", "guaranteed"), ("ryw.fence.path", path)],
+        )
+    };
+    println!(
+        "\nryw's OpenTelemetry instruments (ryw-otel) for that run:\n  \
+         ryw.reads guaranteed: {} verified on a replica, {} unfenced, {} re-read, {} escalated; \
+         pending: {}\n  \
+         ryw.escalations: {} (stale_read), {} (horizon); ryw.rereads: {}; \
+         ryw.fence.misses: {}\n  \
+         ryw.writes written: {}; ryw.retries: {}; ryw.conflicts: {}",
+        reads("verified"),
+        reads("unfenced"),
+        reads("reread"),
+        reads("escalated"),
+        count(m, "ryw.reads", &[("ryw.visibility", "pending")]),
+        count(
+            m,
+            "ryw.escalations",
+            &[("ryw.escalation.reason", "stale_read")]
+        ),
+        count(
+            m,
+            "ryw.escalations",
+            &[("ryw.escalation.reason", "horizon")]
+        ),
+        count(m, "ryw.rereads", &[]),
+        count(m, "ryw.fence.misses", &[]),
+        count(m, "ryw.writes", &[("ryw.outcome", "written")]),
+        count(m, "ryw.retries", &[]),
+        count(m, "ryw.conflicts", &[]),
     );
 }

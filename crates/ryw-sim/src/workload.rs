@@ -18,7 +18,9 @@ use crate::rng::SimRng;
 use crate::store::{Key, Node, SimClient, SimError, SimRequest, SimResponse, SimStore};
 use ryw::fence::FenceConfig;
 use ryw::retry::RetryPolicy;
+use ryw::telemetry::Observer;
 use ryw::{ReadYourWrites, ReadYourWritesLayer, Session, SessionId, Visibility};
+use std::sync::Arc;
 use std::time::Duration;
 use tower::{Layer, ServiceExt};
 
@@ -274,6 +276,15 @@ struct UserResult {
 
 /// Runs `scenario` in `mode` on a fresh store inside the current (paused) tokio runtime.
 pub async fn run(scenario: &Scenario, mode: &Mode) -> RunReport {
+    run_observed(scenario, mode, None).await
+}
+
+/// [`run`], with `observer` installed on every instance's session layer (ryw modes only).
+pub async fn run_observed(
+    scenario: &Scenario,
+    mode: &Mode,
+    observer: Option<Arc<dyn Observer>>,
+) -> RunReport {
     let store = SimStore::new(scenario.sim.clone());
     let services: Vec<Layered> = match mode {
         Mode::Ryw(fence) => (0..scenario.instances.max(1))
@@ -282,11 +293,14 @@ pub async fn run(scenario: &Scenario, mode: &Mode) -> RunReport {
                 let policy = RetryPolicy::new()
                     .max_retries(4)
                     .seed(scenario.seed ^ i as u64);
-                ReadYourWritesLayer::new(adapter)
+                let layer = ReadYourWritesLayer::new(adapter)
                     .fence(fence.clone())
-                    .clock(store.clock())
-                    .retry(policy)
-                    .layer(store.client(i))
+                    .clock(store.clock());
+                let layer = match &observer {
+                    Some(observer) => layer.observer(observer.clone()),
+                    None => layer,
+                };
+                layer.retry(policy).layer(store.client(i))
             })
             .collect(),
         _ => Vec::new(),
@@ -337,12 +351,21 @@ pub async fn run(scenario: &Scenario, mode: &Mode) -> RunReport {
 
 /// Runs `scenario` in `mode` on a fresh paused single-threaded runtime: deterministic per seed.
 pub fn run_blocking(scenario: &Scenario, mode: &Mode) -> RunReport {
+    run_blocking_observed(scenario, mode, None)
+}
+
+/// [`run_blocking`], with `observer` installed on every instance's session layer.
+pub fn run_blocking_observed(
+    scenario: &Scenario,
+    mode: &Mode,
+    observer: Option<Arc<dyn Observer>>,
+) -> RunReport {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("a tokio runtime")
-        .block_on(run(scenario, mode))
+        .block_on(run_observed(scenario, mode, observer))
 }
 
 async fn run_user(
