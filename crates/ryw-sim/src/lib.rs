@@ -32,6 +32,7 @@
 mod adapter;
 pub mod checker;
 pub mod config;
+pub mod fault;
 mod rng;
 mod store;
 pub mod workload;

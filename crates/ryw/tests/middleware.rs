@@ -6,36 +6,12 @@
 
 use ryw::retry::{Backoff, RetryPolicy};
 use ryw::{ReadYourWritesLayer, Session};
-use ryw_sim::{SimAdapter, SimConfig, SimError, SimRequest, SimResponse, SimStore};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use ryw_sim::fault::HoldResponses;
+use ryw_sim::{SimAdapter, SimConfig, SimError, SimRequest, SimStore};
 use std::time::Duration;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
 const TIMEOUT: Duration = Duration::from_millis(200);
-
-/// Holds back the store's answer to the first `n` requests for 10 s, after the store applied
-/// them.
-fn late_first(
-    n: u32,
-) -> impl Fn(
-    SimResponse,
-) -> std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<SimResponse, SimError>> + Send>,
-> + Clone {
-    let left = Arc::new(AtomicU32::new(n));
-    move |response| {
-        let late = left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
-            .is_ok();
-        Box::pin(async move {
-            if late {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-            }
-            Ok(response)
-        })
-    }
-}
 
 fn writes_of(store: &SimStore, key: &str) -> usize {
     store.log().iter().filter(|e| &*e.key == key).count()
@@ -55,7 +31,7 @@ async fn a_timeout_under_the_layer_replays_the_write_under_its_id() {
                 .retry(policy),
         )
         .timeout(TIMEOUT)
-        .and_then(late_first(1))
+        .layer(HoldResponses::first(1, Duration::from_secs(10)))
         .service(store.client(0));
     let session = Session::new();
 
@@ -92,7 +68,7 @@ async fn a_timeout_under_the_layer_is_a_typed_error_when_retries_are_spent() {
                 .retry(RetryPolicy::new().max_retries(0)),
         )
         .timeout(TIMEOUT)
-        .and_then(late_first(1))
+        .layer(HoldResponses::first(1, Duration::from_secs(10)))
         .service(store.client(0));
     let err = svc
         .ready()
@@ -133,7 +109,7 @@ async fn a_retry_above_a_timeout_above_the_layer_replays_instead_of_duplicating(
         .retry(RetryErrors(2))
         .timeout(TIMEOUT)
         .layer(ReadYourWritesLayer::new(SimAdapter::new()).clock(store.clock()))
-        .and_then(late_first(1))
+        .layer(HoldResponses::first(1, Duration::from_secs(10)))
         .service(store.client(0));
     let session = Session::new();
 
@@ -171,7 +147,7 @@ async fn a_timeout_over_the_layer_leaves_the_write_applied_once() {
     let mut svc = ServiceBuilder::new()
         .timeout(TIMEOUT)
         .layer(ReadYourWritesLayer::new(SimAdapter::new()).clock(store.clock()))
-        .and_then(late_first(1))
+        .layer(HoldResponses::first(1, Duration::from_secs(10)))
         .service(store.client(0));
     let err = svc
         .ready()

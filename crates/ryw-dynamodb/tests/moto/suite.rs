@@ -1422,8 +1422,6 @@ pub(crate) async fn revocation_is_shared_by_every_instance(client: Client) {
 pub(crate) async fn a_write_timed_out_by_middleware_is_replayed_never_duplicated(client: Client) {
     use ryw::error::MiddlewareError;
     use ryw::retry::{Backoff, RetryPolicy};
-    use std::sync::atomic::AtomicU32;
-    use std::sync::Arc;
     use std::time::Duration;
 
     let table = fresh_table(&client).await;
@@ -1437,7 +1435,6 @@ pub(crate) async fn a_write_timed_out_by_middleware_is_replayed_never_duplicated
             .into()
     };
     let layered = |retries: u32| {
-        let late = Arc::new(AtomicU32::new(1));
         tower::ServiceBuilder::new()
             .layer(
                 ReadYourWritesLayer::new(adapter.clone()).retry(
@@ -1450,17 +1447,10 @@ pub(crate) async fn a_write_timed_out_by_middleware_is_replayed_never_duplicated
                 ),
             )
             .timeout(Duration::from_millis(300))
-            .and_then(move |response| {
-                let held = late
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
-                    .is_ok();
-                async move {
-                    if held {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                    Ok::<_, DynamoError>(response)
-                }
-            })
+            .layer(ryw_sim::fault::HoldResponses::first(
+                1,
+                Duration::from_secs(2),
+            ))
             .service(DynamoService::new(client.clone()))
     };
     let session = Session::new();
@@ -1575,21 +1565,13 @@ pub(crate) async fn a_clone_sent_after_its_write_was_recorded_applies_once(clien
 
     // A timeout above the layer fires after the write applied; the session reads the item (and
     // so records the write); the caller retries a clone.
-    let held = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(1));
     let mut timed = tower::ServiceBuilder::new()
         .timeout(Duration::from_millis(300))
         .layer(ReadYourWritesLayer::new(adapter.clone()))
-        .and_then(move |response| {
-            let late = held
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
-                .is_ok();
-            async move {
-                if late {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-                Ok::<_, DynamoError>(response)
-            }
-        })
+        .layer(ryw_sim::fault::HoldResponses::first(
+            1,
+            Duration::from_secs(2),
+        ))
         .service(DynamoService::new(client.clone()));
     let original = session.request(bump());
     let clone = original.clone();

@@ -907,7 +907,6 @@ async fn revocation_is_shared_by_every_instance() {
 async fn a_write_timed_out_by_middleware_is_replayed_never_duplicated() {
     use ryw::error::MiddlewareError;
     use ryw::retry::{Backoff, RetryPolicy};
-    use std::sync::atomic::AtomicU32;
     use std::time::Duration;
 
     let uri = secantus!();
@@ -916,7 +915,6 @@ async fn a_write_timed_out_by_middleware_is_replayed_never_duplicated() {
     let coll = fresh();
     let service = MongoService::<Document>::new(&client, "ryw", &coll, &adapter);
     let layered = |retries: u32| {
-        let late = Arc::new(AtomicU32::new(1));
         tower::ServiceBuilder::new()
             .layer(
                 layer().retry(
@@ -929,17 +927,10 @@ async fn a_write_timed_out_by_middleware_is_replayed_never_duplicated() {
                 ),
             )
             .timeout(Duration::from_millis(300))
-            .and_then(move |response| {
-                let held = late
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
-                    .is_ok();
-                async move {
-                    if held {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                    Ok::<_, MongoError>(response)
-                }
-            })
+            .layer(ryw_sim::fault::HoldResponses::first(
+                1,
+                Duration::from_secs(2),
+            ))
             .service(service.clone())
     };
     let session = Session::new();
@@ -1013,21 +1004,13 @@ async fn a_delete_one_by_an_id_operator_is_never_replayed() {
         ])
         .await
         .unwrap();
-    let held = Arc::new(std::sync::atomic::AtomicU32::new(1));
     let mut svc = tower::ServiceBuilder::new()
         .layer(layer())
         .timeout(Duration::from_millis(300))
-        .and_then(move |response| {
-            let late = held
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
-                .is_ok();
-            async move {
-                if late {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-                Ok::<_, MongoError>(response)
-            }
-        })
+        .layer(ryw_sim::fault::HoldResponses::first(
+            1,
+            Duration::from_secs(2),
+        ))
         .service(service.clone());
     let delete = MongoRequest::delete_one(doc! { "_id": { "$in": ["a", "b"] } });
     let err = svc

@@ -360,7 +360,6 @@ async fn errors_are_typed_and_classified_for_the_retry_policy() {
 async fn a_write_timed_out_by_middleware_is_replayed_with_its_timestamp() {
     use ryw::error::MiddlewareError;
     use ryw::retry::{Backoff, RetryPolicy};
-    use std::sync::atomic::{AtomicU32, Ordering};
 
     let mut node = ScriptedScyllaNode::start(vec![
         Script::query("INSERT INTO app.posts", vec![Reply::Void, Reply::Void]),
@@ -369,7 +368,6 @@ async fn a_write_timed_out_by_middleware_is_replayed_with_its_timestamp() {
     .await;
     let driver = Arc::new(node.session().await);
     let layered = || {
-        let late = Arc::new(AtomicU32::new(1));
         ServiceBuilder::new()
             .layer(
                 ReadYourWritesLayer::new(ScyllaAdapter::new())
@@ -380,17 +378,10 @@ async fn a_write_timed_out_by_middleware_is_replayed_with_its_timestamp() {
                     ))),
             )
             .timeout(Duration::from_millis(300))
-            .and_then(move |response| {
-                let held = late
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
-                    .is_ok();
-                async move {
-                    if held {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                    Ok::<_, ryw_scylla::ScyllaError>(response)
-                }
-            })
+            .layer(ryw_sim::fault::HoldResponses::first(
+                1,
+                Duration::from_secs(2),
+            ))
             .service(ScyllaService::new(driver.clone()))
     };
     let session = Session::new();
