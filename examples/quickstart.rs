@@ -12,7 +12,7 @@
 //! ```
 
 use opentelemetry::metrics::MeterProvider;
-use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use ryw_sim::workload::{run_blocking, run_blocking_observed, Mode, RunReport, Scenario};
 use ryw_sim::{LagModel, LatencyModel, SimConfig};
@@ -137,26 +137,14 @@ fn print_row(name: &str, r: &RunReport) {
 
 /// The sum of every data point of the counter `name` whose attributes include all of `with`.
 fn count(metrics: &ResourceMetrics, name: &str, with: &[(&str, &str)]) -> u64 {
-    let mut total = 0;
-    for metric in metrics
-        .scope_metrics()
-        .flat_map(|s| s.metrics())
-        .filter(|m| m.name() == name)
-    {
-        if let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() {
-            for point in sum.data_points() {
-                let matches = with.iter().all(|(k, v)| {
-                    point
-                        .attributes()
-                        .any(|kv| kv.key.as_str() == *k && kv.value.as_str() == *v)
-                });
-                if matches {
-                    total += point.value();
-                }
-            }
-        }
-    }
-    total
+    ryw_otel::testing::data_points(metrics, name)
+        .into_iter()
+        .filter(|(attrs, _)| {
+            with.iter()
+                .all(|(k, v)| attrs.iter().any(|a| *a == format!("{k}={v}")))
+        })
+        .map(|(_, value)| value)
+        .sum()
 }
 
 /// The ryw run's figures, read back from its OpenTelemetry instruments.

@@ -49,6 +49,9 @@
 //! # }
 //! ```
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::KeyValue;
 use ryw::adapter::{Applied, ErrorClass, Operation};

@@ -3,8 +3,7 @@
 //! did.
 
 use opentelemetry::metrics::MeterProvider;
-use opentelemetry::KeyValue;
-use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use ryw::{FenceConfig, ReadYourWritesLayer, Session, Version};
 use ryw_otel::OtelObserver;
@@ -12,39 +11,15 @@ use ryw_sim::{LagModel, SimAdapter, SimConfig, SimRequest, SimStore};
 use std::time::Duration;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-/// The value of every data point of `name`, with its attributes sorted, as
-/// `(attributes, value)`; for a histogram the value is its count.
+/// The data points of `name`, without the store id every ryw instrument carries.
 fn points(metrics: &ResourceMetrics, name: &str) -> Vec<(Vec<String>, u64)> {
-    let mut out = Vec::new();
-    for metric in metrics
-        .scope_metrics()
-        .flat_map(|s| s.metrics())
-        .filter(|m| m.name() == name)
-    {
-        let attrs = |kvs: &mut dyn Iterator<Item = &KeyValue>| {
-            let mut v: Vec<String> = kvs
-                .filter(|kv| kv.key.as_str() != "ryw.store.id")
-                .map(|kv| format!("{}={}", kv.key, kv.value))
-                .collect();
-            v.sort();
-            v
-        };
-        match metric.data() {
-            AggregatedMetrics::U64(MetricData::Sum(sum)) => {
-                for p in sum.data_points() {
-                    out.push((attrs(&mut p.attributes()), p.value()));
-                }
-            }
-            AggregatedMetrics::F64(MetricData::Histogram(h)) => {
-                for p in h.data_points() {
-                    out.push((attrs(&mut p.attributes()), p.count()));
-                }
-            }
-            other => panic!("{name}: unexpected data {other:?}"),
-        }
-    }
-    out.sort();
-    out
+    ryw_otel::testing::data_points(metrics, name)
+        .into_iter()
+        .map(|(mut attrs, value)| {
+            attrs.retain(|a| !a.starts_with("ryw.store.id="));
+            (attrs, value)
+        })
+        .collect()
 }
 
 fn point(attrs: &[&str], value: u64) -> (Vec<String>, u64) {

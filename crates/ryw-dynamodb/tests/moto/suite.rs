@@ -1605,7 +1605,6 @@ pub(crate) async fn a_clone_sent_after_its_write_was_recorded_applies_once(clien
 /// local provider.
 pub(crate) async fn db_client_operation_duration_is_recorded_per_call(client: Client) {
     use opentelemetry::metrics::MeterProvider;
-    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
     use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 
     let table = fresh_table(&client).await;
@@ -1645,26 +1644,11 @@ pub(crate) async fn db_client_operation_duration_is_recorded_per_call(client: Cl
     provider.force_flush().unwrap();
     let exported = exporter.get_finished_metrics().unwrap();
     let metrics = exported.last().unwrap();
-    let mut seen = Vec::new();
-    for metric in metrics
-        .scope_metrics()
-        .flat_map(|s| s.metrics())
-        .filter(|m| m.name() == "db.client.operation.duration")
-    {
-        assert_eq!(metric.unit(), "s");
-        let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() else {
-            panic!("{:?}", metric.data())
-        };
-        for point in h.data_points() {
-            let mut attrs: Vec<String> = point
-                .attributes()
-                .map(|kv| format!("{}={}", kv.key, kv.value))
-                .collect();
-            attrs.sort();
-            seen.push((attrs.join(" "), point.count()));
-        }
-    }
-    seen.sort();
+    let seen: Vec<(String, u64)> =
+        ryw_otel::testing::data_points(metrics, "db.client.operation.duration")
+            .into_iter()
+            .map(|(attrs, count)| (attrs.join(" "), count))
+            .collect();
     let expected = [
         (
             "aws.dynamodb.consistent_read=false db.collection.name=no_such_table db.operation.name=GetItem db.system.name=aws.dynamodb error.type=resource_not_found"

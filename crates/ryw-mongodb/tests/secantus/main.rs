@@ -1125,7 +1125,6 @@ async fn a_hedged_claim_never_claims_two_jobs() {
 #[tokio::test]
 async fn db_client_operation_duration_is_recorded_per_call() {
     use opentelemetry::metrics::MeterProvider;
-    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
     use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 
     let uri = secantus!();
@@ -1165,26 +1164,11 @@ async fn db_client_operation_duration_is_recorded_per_call() {
     provider.force_flush().unwrap();
     let exported = exporter.get_finished_metrics().unwrap();
     let metrics = exported.last().unwrap();
-    let mut seen = Vec::new();
-    for metric in metrics
-        .scope_metrics()
-        .flat_map(|s| s.metrics())
-        .filter(|m| m.name() == "db.client.operation.duration")
-    {
-        assert_eq!(metric.unit(), "s");
-        let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() else {
-            panic!("{:?}", metric.data())
-        };
-        for point in h.data_points() {
-            let mut attrs: Vec<String> = point
-                .attributes()
-                .map(|kv| format!("{}={}", kv.key, kv.value))
-                .collect();
-            attrs.sort();
-            seen.push((attrs.join(" "), point.count()));
-        }
-    }
-    seen.sort();
+    let seen: Vec<(String, u64)> =
+        ryw_otel::testing::data_points(metrics, "db.client.operation.duration")
+            .into_iter()
+            .map(|(attrs, count)| (attrs.join(" "), count))
+            .collect();
     let mut expected = vec![
         (format!("db.collection.name={coll} db.namespace=ryw db.operation.name=find_one db.system.name=mongodb"), 1),
         (format!("db.collection.name={coll} db.namespace=ryw db.operation.name=insert_one db.system.name=mongodb"), 1),

@@ -476,7 +476,6 @@ async fn a_read_of_several_rows_is_never_verified_by_the_newest_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn db_client_operation_duration_is_recorded_per_request() {
     use opentelemetry::metrics::MeterProvider;
-    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
     use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 
     let node = ScriptedScyllaNode::start(vec![
@@ -525,25 +524,11 @@ async fn db_client_operation_duration_is_recorded_per_request() {
     provider.force_flush().unwrap();
     let exported = exporter.get_finished_metrics().unwrap();
     let metrics = exported.last().unwrap();
-    let mut seen = Vec::new();
-    for metric in metrics
-        .scope_metrics()
-        .flat_map(|s| s.metrics())
-        .filter(|m| m.name() == "db.client.operation.duration")
-    {
-        let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() else {
-            panic!("{:?}", metric.data())
-        };
-        for point in h.data_points() {
-            let mut attrs: Vec<String> = point
-                .attributes()
-                .map(|kv| format!("{}={}", kv.key, kv.value))
-                .collect();
-            attrs.sort();
-            seen.push((attrs.join(" "), point.count()));
-        }
-    }
-    seen.sort();
+    let seen: Vec<(String, u64)> =
+        ryw_otel::testing::data_points(metrics, "db.client.operation.duration")
+            .into_iter()
+            .map(|(attrs, count)| (attrs.join(" "), count))
+            .collect();
     assert_eq!(
         seen,
         [
