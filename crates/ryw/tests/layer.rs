@@ -1,6 +1,9 @@
 //! tower-test unit tests of the session layer: readiness, stamping, retry and replay rules,
 //! fences, conflicts, pointwise merging.
 
+mod common;
+
+use common::RetryErrors;
 use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp};
 use ryw::clock::HybridTimestamp;
 use ryw::conflict::{Conflict, ConflictResolver, Resolution};
@@ -722,25 +725,6 @@ async fn the_replay_rule_holds_whatever_retry_policy_is_installed() {
     let (_, send) = handle.next_request().await.unwrap();
     send.send_response(resp(2));
     assert_eq!(call.await.unwrap().unwrap().attempts(), 2);
-}
-
-/// Retries every error, up to `0` times, by sending a clone of the request: tower middleware
-/// above the layer.
-#[derive(Clone, Debug)]
-struct RetryErrors(u32);
-
-impl<Req: Clone, Res> tower::retry::Policy<Req, Res, BoxError> for RetryErrors {
-    type Future = std::future::Ready<()>;
-    fn retry(&mut self, _: &mut Req, result: &mut Result<Res, BoxError>) -> Option<Self::Future> {
-        if result.is_err() && self.0 > 0 {
-            self.0 -= 1;
-            return Some(std::future::ready(()));
-        }
-        None
-    }
-    fn clone_request(&mut self, req: &Req) -> Option<Req> {
-        Some(req.clone())
-    }
 }
 
 /// The layer's error for this adapter, made a `std::error::Error` for middleware above it (the

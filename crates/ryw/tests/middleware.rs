@@ -4,12 +4,15 @@
 //! The response of the first write is held back after the store applied it (a response lost on
 //! the way back), so a timeout fires although the write is in the store.
 
+mod common;
+
+use common::RetryErrors;
 use ryw::retry::{Backoff, RetryPolicy};
 use ryw::{ReadYourWritesLayer, Session};
 use ryw_sim::fault::HoldResponses;
 use ryw_sim::{SimAdapter, SimConfig, SimError, SimRequest, SimStore};
 use std::time::Duration;
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 const TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -80,26 +83,6 @@ async fn a_timeout_under_the_layer_is_a_typed_error_when_retries_are_spent() {
     assert!(err.is_transient(), "{err}");
     assert!(err.store_error().is_some_and(SimError::is_timeout), "{err}");
     assert_eq!(writes_of(&store, "k"), 1);
-}
-
-/// Retries every error of the layer, up to `0` times, by sending a clone of the request.
-#[derive(Clone, Debug)]
-struct RetryErrors(u32);
-
-impl<Req: Clone, Res> tower::retry::Policy<Req, Res, BoxError> for RetryErrors {
-    type Future = std::future::Ready<()>;
-
-    fn retry(&mut self, _: &mut Req, result: &mut Result<Res, BoxError>) -> Option<Self::Future> {
-        if result.is_err() && self.0 > 0 {
-            self.0 -= 1;
-            return Some(std::future::ready(()));
-        }
-        None
-    }
-
-    fn clone_request(&mut self, req: &Req) -> Option<Req> {
-        Some(req.clone())
-    }
 }
 
 #[tokio::test(start_paused = true)]
