@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use ryw::telemetry::{DbCallEvent, Observer};
+use ryw::telemetry::{DbCall, Observer};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -83,21 +83,18 @@ impl tower::Service<DynamoRequest> for DynamoService {
 
     fn call(&mut self, request: DynamoRequest) -> DynamoFuture {
         let client = self.client.clone();
-        let Some(observer) = self.observer.clone() else {
+        if !DbCall::wanted(self.observer.as_ref()) {
             return Box::pin(async move { send(&client, request).await });
-        };
+        }
         let (operation, table, consistent) = describe(&request.operation);
-        Box::pin(async move {
-            let started = std::time::Instant::now();
-            let result = send(&client, request).await;
-            observer.db_call(
-                &DbCallEvent::new("aws.dynamodb", operation, started.elapsed())
-                    .collection(table.as_deref())
-                    .consistent_read(consistent)
-                    .error_type(result.as_ref().err().map(DynamoError::kind)),
-            );
-            result
-        })
+        let call = DbCall::new("aws.dynamodb", operation)
+            .collection(table)
+            .consistent_read(consistent)
+            .start(self.observer.clone());
+        Box::pin(call.run(
+            async move { send(&client, request).await },
+            DynamoError::kind,
+        ))
     }
 }
 

@@ -11,7 +11,7 @@ use mongodb::options::{
     SelectionCriteria, WriteConcern,
 };
 use mongodb::{Client, ClientSession, Collection};
-use ryw::telemetry::{DbCallEvent, Observer};
+use ryw::telemetry::{DbCall, Observer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt;
@@ -102,22 +102,15 @@ where
 
     fn call(&mut self, request: MongoRequest<T>) -> MongoFuture<T> {
         let this = self.clone();
-        let Some(observer) = self.observer.clone() else {
+        if !DbCall::wanted(self.observer.as_ref()) {
             return Box::pin(async move { this.send(request).await });
-        };
-        let operation = request.operation().name();
-        Box::pin(async move {
-            let started = std::time::Instant::now();
-            let result = this.send(request).await;
-            let namespace = this.collection.namespace();
-            observer.db_call(
-                &DbCallEvent::new("mongodb", operation, started.elapsed())
-                    .collection(Some(&namespace.coll))
-                    .namespace(Some(&namespace.db))
-                    .error_type(result.as_ref().err().map(MongoError::kind)),
-            );
-            result
-        })
+        }
+        let namespace = this.collection.namespace();
+        let call = DbCall::new("mongodb", request.operation().name())
+            .collection(Some(namespace.coll))
+            .namespace(Some(namespace.db))
+            .start(self.observer.clone());
+        Box::pin(call.run(async move { this.send(request).await }, MongoError::kind))
     }
 }
 

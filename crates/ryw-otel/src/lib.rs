@@ -54,7 +54,7 @@ pub mod testing;
 
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::KeyValue;
-use ryw::adapter::{Applied, ErrorClass, Operation};
+use ryw::adapter::{ErrorClass, Operation};
 use ryw::telemetry::{
     ConflictEvent, DbCallEvent, FenceMissEvent, Observer, Outcome, ReadVisibility, RequestEvent,
     RetryEvent,
@@ -166,23 +166,8 @@ fn store(id: StoreId) -> KeyValue {
     KeyValue::new("ryw.store.id", i64::from(id.get()))
 }
 
-fn operation(op: Operation) -> &'static str {
-    match op {
-        Operation::Read => "read",
-        _ => "write",
-    }
-}
-
 fn error_class(class: Option<ErrorClass>) -> &'static str {
-    match class {
-        Some(ErrorClass::Transient(Applied::No)) => "retryable",
-        Some(ErrorClass::Transient(_)) => "ambiguous",
-        Some(ErrorClass::Permanent) => "permanent",
-        Some(ErrorClass::Conflict) => "conflict",
-        Some(ErrorClass::Unresolved) => "unresolved",
-        Some(_) => "other",
-        None => "none",
-    }
+    class.map_or("none", ErrorClass::as_str)
 }
 
 impl Observer for OtelObserver {
@@ -190,17 +175,15 @@ impl Observer for OtelObserver {
         let store = store(event.store);
         match event.outcome {
             Outcome::Read(visibility) => {
-                let (visibility, path) = match visibility {
-                    ReadVisibility::Guaranteed(path) => ("guaranteed", path.as_str()),
-                    ReadVisibility::Pending(_) => ("pending", "none"),
-                    ReadVisibility::Unscoped => ("unscoped", "none"),
-                    _ => ("other", "none"),
+                let path = match visibility {
+                    ReadVisibility::Guaranteed(path) => path.as_str(),
+                    _ => "none",
                 };
                 self.reads.add(
                     1,
                     &[
                         store.clone(),
-                        KeyValue::new("ryw.visibility", visibility),
+                        KeyValue::new("ryw.visibility", visibility.as_str()),
                         KeyValue::new("ryw.fence.path", path),
                     ],
                 );
@@ -246,7 +229,7 @@ impl Observer for OtelObserver {
             event.duration.as_secs_f64(),
             &[
                 store,
-                KeyValue::new("ryw.operation", operation(event.operation)),
+                KeyValue::new("ryw.operation", event.operation.as_str()),
             ],
         );
     }
@@ -256,7 +239,7 @@ impl Observer for OtelObserver {
             1,
             &[
                 store(event.store),
-                KeyValue::new("ryw.operation", operation(event.operation)),
+                KeyValue::new("ryw.operation", event.operation.as_str()),
                 KeyValue::new("error.class", error_class(event.class)),
             ],
         );

@@ -2,7 +2,7 @@
 
 use crate::error::ScyllaError;
 use crate::request::{RequestKind, ScyllaRequest, ScyllaStatement};
-use ryw::telemetry::{DbCallEvent, Observer};
+use ryw::telemetry::{DbCall, Observer};
 use scylla::client::session::Session;
 use scylla::deserialize::row::ColumnIterator;
 use scylla::response::query_result::{QueryResult, QueryRowsResult};
@@ -97,21 +97,16 @@ impl tower::Service<ScyllaRequest> for ScyllaService {
 
     fn call(&mut self, request: ScyllaRequest) -> BoxFuture {
         let session = self.session.clone();
-        let Some(observer) = self.observer.clone() else {
+        if !DbCall::wanted(self.observer.as_ref()) {
             return Box::pin(async move { execute(&session, request).await });
-        };
-        let command = command(&request.statement);
-        let level = request.consistency.map(consistency_name);
-        Box::pin(async move {
-            let started = std::time::Instant::now();
-            let result = execute(&session, request).await;
-            observer.db_call(
-                &DbCallEvent::new("cassandra", command, started.elapsed())
-                    .consistency_level(level)
-                    .error_type(result.as_ref().err().map(ScyllaError::kind)),
-            );
-            result
-        })
+        }
+        let call = DbCall::new("cassandra", command(&request.statement))
+            .consistency_level(request.consistency.map(consistency_name))
+            .start(self.observer.clone());
+        Box::pin(call.run(
+            async move { execute(&session, request).await },
+            ScyllaError::kind,
+        ))
     }
 }
 

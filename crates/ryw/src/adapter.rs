@@ -98,6 +98,16 @@ pub enum Operation {
     Write(Replay),
 }
 
+impl Operation {
+    /// `read` or `write`, for metric attributes and span fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Read => "read",
+            Operation::Write(_) => "write",
+        }
+    }
+}
+
 /// Whether a write may be sent again after an attempt whose outcome is unknown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -147,6 +157,18 @@ impl ErrorClass {
     #[inline]
     pub fn is_transient(self) -> bool {
         matches!(self, ErrorClass::Transient(_))
+    }
+
+    /// A short, stable name (`retryable`, `ambiguous`, `permanent`, `conflict`, `unresolved`),
+    /// for metric attributes and span fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient(Applied::No) => "retryable",
+            ErrorClass::Transient(_) => "ambiguous",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::Conflict => "conflict",
+            ErrorClass::Unresolved => "unresolved",
+        }
     }
 }
 

@@ -358,7 +358,7 @@ impl<Req, Res, E> SessionRetryPolicy<Req, Res, E> for RetryPolicy {
         let unit = self.next_unit();
         let delay = self.backoff.delay(self.retries, unit);
         self.retries += 1;
-        tracing::debug!(target: "ryw::retry", retry = self.retries, delay_us = delay.as_micros() as u64, "retrying transient error");
+        tracing::trace!(target: "ryw::retry", retry = self.retries, delay_us = delay.as_micros() as u64, "backoff");
         Some(tokio::time::sleep(delay))
     }
 

@@ -57,6 +57,7 @@ use crate::adapter::{ErrorClass, Operation};
 use crate::fence::{FencePath, FenceStrategy, Staleness, Visibility};
 use crate::version::StoreId;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -163,6 +164,15 @@ impl ReadVisibility {
         }
     }
 
+    /// `guaranteed`, `pending` or `unscoped`, for metric attributes and span fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadVisibility::Guaranteed(_) => "guaranteed",
+            ReadVisibility::Pending(_) => "pending",
+            ReadVisibility::Unscoped => "unscoped",
+        }
+    }
+
     /// True for [`ReadVisibility::Guaranteed`].
     pub fn is_guaranteed(self) -> bool {
         matches!(self, ReadVisibility::Guaranteed(_))
@@ -205,6 +215,31 @@ impl FailureKind {
             FailureKind::NotReady => "not_ready",
             FailureKind::Unscoped => "unscoped",
         }
+    }
+}
+
+/// A session id as spans show it: a one-way 64-bit digest, printed as 16 hex digits. It tells
+/// one session's requests apart from another's without putting the id itself in a trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionHash(u64);
+
+impl SessionHash {
+    /// The digest of `id`.
+    pub fn of(id: crate::SessionId) -> Self {
+        let bits = id.as_u128();
+        let hi = crate::mix::splitmix64((bits >> 64) as u64 ^ crate::mix::GAMMA);
+        SessionHash(crate::mix::splitmix64(hi ^ bits as u64))
+    }
+
+    /// The digest's bits.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for SessionHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
     }
 }
 
@@ -284,6 +319,152 @@ impl ConflictResolution {
             ConflictResolution::Rebased => "rebased",
             ConflictResolution::Reported => "reported",
         }
+    }
+}
+
+/// One call of a store service to its database, as telemetry sees it: a CLIENT span named as
+/// OpenTelemetry's conventions for database clients name it (`{db.operation.name}
+/// {db.collection.name}`, target `ryw::db`, INFO level), child of the `ryw.request` span that
+/// sent it, and, when the service has an observer, a [`DbCallEvent`] when it ends.
+///
+/// The store services of `ryw-dynamodb`, `ryw-mongodb` and `ryw-scylla` use it; a store service
+/// of your own can too. [`DbCall::wanted`] tells whether anyone listens, so that a service
+/// without an observer or a subscriber describes nothing.
+///
+/// ```
+/// use ryw::telemetry::DbCall;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let observer = None;
+/// let answer: Result<u32, std::io::Error> = if DbCall::wanted(observer.as_ref()) {
+///     DbCall::new("redis", "GET")
+///         .collection(Some("sessions".to_owned()))
+///         .start(observer)
+///         .run(async { Ok(7) }, |_e: &std::io::Error| "io")
+///         .await
+/// } else {
+///     Ok(7)
+/// };
+/// assert_eq!(answer.unwrap(), 7);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct DbCall {
+    system: &'static str,
+    operation: &'static str,
+    collection: Option<String>,
+    namespace: Option<String>,
+    consistent_read: Option<bool>,
+    consistency_level: Option<&'static str>,
+    observer: Option<Arc<dyn Observer>>,
+    span: tracing::Span,
+}
+
+impl DbCall {
+    /// True when a call would be reported: an observer is given, or a subscriber wants the
+    /// `ryw::db` spans.
+    #[inline]
+    pub fn wanted(observer: Option<&Arc<dyn Observer>>) -> bool {
+        observer.is_some() || tracing::enabled!(target: "ryw::db", tracing::Level::INFO)
+    }
+
+    /// A call of `operation` (`GetItem`, `find`, `SELECT`, ...) on `system` (`db.system.name`).
+    pub fn new(system: &'static str, operation: &'static str) -> Self {
+        DbCall {
+            system,
+            operation,
+            collection: None,
+            namespace: None,
+            consistent_read: None,
+            consistency_level: None,
+            observer: None,
+            span: tracing::Span::none(),
+        }
+    }
+
+    /// Sets the table or collection (`db.collection.name`).
+    pub fn collection(mut self, collection: Option<String>) -> Self {
+        self.collection = collection;
+        self
+    }
+
+    /// Sets the database or keyspace (`db.namespace`).
+    pub fn namespace(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
+    /// Sets whether a DynamoDB read is strongly consistent (`aws.dynamodb.consistent_read`).
+    pub fn consistent_read(mut self, consistent: Option<bool>) -> Self {
+        self.consistent_read = consistent;
+        self
+    }
+
+    /// Sets the CQL consistency level (`cassandra.consistency.level`).
+    pub fn consistency_level(mut self, level: Option<&'static str>) -> Self {
+        self.consistency_level = level;
+        self
+    }
+
+    /// Opens the span, as a child of the current one (call it where the request is sent, in the
+    /// service's `call`), and keeps `observer` to report to.
+    pub fn start(mut self, observer: Option<Arc<dyn Observer>>) -> Self {
+        use tracing::field::Empty;
+        self.observer = observer;
+        self.span = tracing::info_span!(
+            target: "ryw::db",
+            "db",
+            otel.name = Empty,
+            otel.kind = "client",
+            otel.status_code = Empty,
+            error.type = Empty,
+            db.system.name = self.system,
+            db.operation.name = self.operation,
+            db.collection.name = self.collection.as_deref(),
+            db.namespace = self.namespace.as_deref(),
+            aws.dynamodb.consistent_read = self.consistent_read,
+            cassandra.consistency.level = self.consistency_level,
+        );
+        if !self.span.is_disabled() {
+            match &self.collection {
+                Some(c) => self.span.record(
+                    "otel.name",
+                    tracing::field::display(format_args!("{} {c}", self.operation)),
+                ),
+                None => self.span.record("otel.name", self.operation),
+            };
+        }
+        self
+    }
+
+    /// Runs the call inside its span and reports how it went: `error.type` (named by
+    /// `error_type`) and `otel.status_code` on the span, a [`DbCallEvent`] to the observer.
+    pub async fn run<T, E, F>(self, call: F, error_type: fn(&E) -> &'static str) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>>,
+    {
+        use tracing::Instrument;
+        let started = std::time::Instant::now();
+        let result = call.instrument(self.span.clone()).await;
+        let error = result.as_ref().err().map(error_type);
+        if let Some(error) = error {
+            self.span.record("error.type", error);
+            self.span.record("otel.status_code", "error");
+        }
+        if let Some(observer) = &self.observer {
+            observer.db_call(&DbCallEvent {
+                system: self.system,
+                operation: self.operation,
+                collection: self.collection.as_deref(),
+                namespace: self.namespace.as_deref(),
+                duration: started.elapsed(),
+                error_type: error,
+                consistent_read: self.consistent_read,
+                consistency_level: self.consistency_level,
+            });
+        }
+        result
     }
 }
 

@@ -364,7 +364,7 @@ impl TokenAuthority {
         if let Some(cache) = &self.cache {
             cache.admit(encoded, principal, generation, &token);
         }
-        tracing::trace!(target: "ryw::signing", session = %token.state().id(), "token verified");
+        tracing::trace!(target: "ryw::signing", session = %crate::telemetry::SessionHash::of(token.state().id()), "token verified");
         Ok(token)
     }
 
