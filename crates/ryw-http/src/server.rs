@@ -9,6 +9,7 @@ use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use pin_project::pin_project;
 use ryw::signing::{now_secs, TokenAuthority, VerifyError};
+use ryw::telemetry::{Observer, TokenEvent};
 use ryw::{InMemorySessionStore, Session, SessionState, SessionStore, SessionToken};
 use std::fmt;
 use std::future::Future;
@@ -153,6 +154,8 @@ struct Config {
     store: Option<Arc<dyn SessionStore>>,
     /// `None`: half the authority's TTL.
     renew_after: Option<Duration>,
+    /// Hears of every token received, issued or refused.
+    observer: Option<Arc<dyn Observer>>,
 }
 
 /// The one token a continued session came with, kept to answer with it again when the request
@@ -220,6 +223,7 @@ impl Config {
                 .authority
                 .verify_shared_at(text, principal, now)
                 .map_err(TokenRejection::Invalid)?;
+            self.report(TokenEvent::Received { bytes: text.len() });
             if authenticated && token.binding().is_none() {
                 let state = token.state().clone();
                 return Ok((self.cycle(&[state]), TokenStatus::Cycled, None));
@@ -264,6 +268,7 @@ impl Config {
                 .authority
                 .verify_at(text, principal, now)
                 .map_err(TokenRejection::Invalid)?;
+            self.report(TokenEvent::Received { bytes: text.len() });
             unbound |= token.binding().is_none();
             states.push(token.into_state());
         }
@@ -377,6 +382,7 @@ impl Config {
             .issue(&state, principal.map(Principal::as_bytes))
         {
             Ok(token) => {
+                self.report(TokenEvent::Issued { bytes: token.len() });
                 self.set_cookie(headers, &token, self.authority.ttl().as_secs());
                 if let Ok(v) = HeaderValue::from_str(&token) {
                     headers.insert(self.header.clone(), v);
@@ -391,6 +397,14 @@ impl Config {
                 headers.insert(REJECTED_HEADER, HeaderValue::from_static(code));
                 self.set_cookie(headers, "", 0);
             }
+        }
+    }
+
+    /// Tells the observer, if there is one.
+    #[inline]
+    fn report(&self, event: TokenEvent) {
+        if let Some(observer) = &self.observer {
+            observer.token(&event);
         }
     }
 
@@ -464,6 +478,7 @@ impl ServerSessionLayer {
                 cookie: None,
                 policy: BadTokenPolicy::Reject,
                 renew_after: None,
+                observer: None,
                 store: Some(Arc::new(
                     InMemorySessionStore::builder()
                         .max_sessions(100_000)
@@ -533,6 +548,20 @@ impl ServerSessionLayer {
     pub fn without_session_store(mut self) -> Self {
         self.config().store = None;
         self
+    }
+
+    /// Reports every token received, issued or refused to `observer`
+    /// ([`Observer::token`]): `ryw-otel` turns them into token sizes and rejections by code.
+    pub fn observer(mut self, observer: impl Observer) -> Self {
+        self.config().observer = Some(Arc::new(observer));
+        self
+    }
+
+    /// The session store the layer keeps (the default in-memory one unless replaced), for
+    /// telemetry: `ryw_otel::observe_session_store` reports how many sessions it holds and has
+    /// evicted.
+    pub fn store(&self) -> Option<Arc<dyn SessionStore>> {
+        self.config.store.clone()
     }
 }
 
@@ -605,6 +634,9 @@ where
             Ok(opened) => opened,
             Err(rejection) => {
                 tracing::debug!(target: "ryw::http", code = rejection.code(), "bad session token");
+                self.config.report(TokenEvent::Rejected {
+                    code: rejection.code(),
+                });
                 match self.config.policy {
                     BadTokenPolicy::Reject => {
                         let mut response = rejection.to_response();

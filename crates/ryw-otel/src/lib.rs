@@ -57,10 +57,11 @@ use opentelemetry::KeyValue;
 use ryw::adapter::{ErrorClass, Operation};
 use ryw::telemetry::{
     ConflictEvent, DbCallEvent, FenceMissEvent, Observer, Outcome, ReadVisibility, RequestEvent,
-    RetryEvent,
+    RetryEvent, TokenEvent,
 };
-use ryw::StoreId;
+use ryw::{SessionStore, StoreId};
 use std::fmt;
+use std::sync::Arc;
 
 /// Bucket boundaries of `ryw.request.duration` (seconds): OpenTelemetry's advisory boundaries for
 /// database client operation durations.
@@ -78,6 +79,41 @@ pub const GAP_BUCKETS: [f64; 12] = [
     1.0, 2.0, 5.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0, 1e6, 1e7, 1e8, 1e9,
 ];
 
+/// Bucket boundaries of `ryw.token.size` (bytes).
+pub const TOKEN_SIZE_BUCKETS: [f64; 10] = [
+    64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0,
+];
+
+/// Reports how many sessions `store` holds (`ryw.sessions.live`, a gauge) and has evicted
+/// (`ryw.sessions.evictions`, a counter), read from [`SessionStore::stats`] whenever the SDK
+/// collects. A store that keeps no count reports nothing. The instruments live as long as the
+/// meter provider.
+///
+/// For the store of `ryw-http`'s server layer, pass `ServerSessionLayer::store`.
+pub fn observe_session_store(meter: &Meter, store: Arc<dyn SessionStore>) {
+    let live = store.clone();
+    meter
+        .u64_observable_gauge("ryw.sessions.live")
+        .with_unit("{session}")
+        .with_description("Sessions held by the session store")
+        .with_callback(move |o| {
+            if let Some(stats) = live.stats() {
+                o.observe(stats.live, &[]);
+            }
+        })
+        .build();
+    meter
+        .u64_observable_counter("ryw.sessions.evictions")
+        .with_unit("{session}")
+        .with_description("Sessions the session store evicted to make room or aged out")
+        .with_callback(move |o| {
+            if let Some(stats) = store.stats() {
+                o.observe(stats.evictions, &[]);
+            }
+        })
+        .build();
+}
+
 /// Records ryw's events on OpenTelemetry instruments. Install it with
 /// [`ryw::ReadYourWritesLayer::observer`].
 pub struct OtelObserver {
@@ -91,6 +127,8 @@ pub struct OtelObserver {
     conflicts: Counter<u64>,
     duration: Histogram<f64>,
     db_duration: Histogram<f64>,
+    token_size: Histogram<u64>,
+    token_rejections: Counter<u64>,
 }
 
 impl fmt::Debug for OtelObserver {
@@ -157,6 +195,17 @@ impl OtelObserver {
                 .with_unit("s")
                 .with_description("Duration of database client operations")
                 .with_boundaries(DB_DURATION_BUCKETS.to_vec())
+                .build(),
+            token_size: meter
+                .u64_histogram("ryw.token.size")
+                .with_unit("By")
+                .with_description("Session tokens received and issued by the HTTP layer, by size")
+                .with_boundaries(TOKEN_SIZE_BUCKETS.to_vec())
+                .build(),
+            token_rejections: meter
+                .u64_counter("ryw.token.rejections")
+                .with_unit("{request}")
+                .with_description("Requests whose session tokens were refused, by reason")
                 .build(),
         }
     }
@@ -283,6 +332,23 @@ impl Observer for OtelObserver {
         }
         self.db_duration
             .record(event.duration.as_secs_f64(), &attributes);
+    }
+
+    fn token(&self, event: &TokenEvent) {
+        match *event {
+            TokenEvent::Received { bytes } => self.token_size.record(
+                bytes as u64,
+                &[KeyValue::new("ryw.token.direction", "received")],
+            ),
+            TokenEvent::Issued { bytes } => self.token_size.record(
+                bytes as u64,
+                &[KeyValue::new("ryw.token.direction", "issued")],
+            ),
+            TokenEvent::Rejected { code } => self
+                .token_rejections
+                .add(1, &[KeyValue::new("ryw.token.rejection", code)]),
+            _ => {}
+        }
     }
 
     fn conflict(&self, event: &ConflictEvent) {

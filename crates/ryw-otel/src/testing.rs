@@ -35,7 +35,7 @@
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
 
 /// Every data point of the instrument `name`, as its attributes (`key=value`, sorted) and its
-/// value: a counter's sum, or a histogram's count. Sorted.
+/// value: a counter's sum, a gauge's value, or a histogram's count. Sorted.
 pub fn data_points(metrics: &ResourceMetrics, name: &str) -> Vec<(Vec<String>, u64)> {
     let mut out = Vec::new();
     for metric in metrics
@@ -52,6 +52,16 @@ pub fn data_points(metrics: &ResourceMetrics, name: &str) -> Vec<(Vec<String>, u
             AggregatedMetrics::F64(MetricData::Histogram(h)) => {
                 for p in h.data_points() {
                     out.push((sorted(p.attributes()), p.count()));
+                }
+            }
+            AggregatedMetrics::U64(MetricData::Histogram(h)) => {
+                for p in h.data_points() {
+                    out.push((sorted(p.attributes()), p.count()));
+                }
+            }
+            AggregatedMetrics::U64(MetricData::Gauge(g)) => {
+                for p in g.data_points() {
+                    out.push((sorted(p.attributes()), p.value()));
                 }
             }
             _ => {}

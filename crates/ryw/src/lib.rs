@@ -99,6 +99,6 @@ pub use layer::ReadYourWritesLayer;
 pub use request::{SessionRequest, SessionResponse};
 pub use service::ReadYourWrites;
 pub use session::{Session, SessionId, SessionState, WriteId};
-pub use store::{InMemorySessionStore, SessionStore};
+pub use store::{InMemorySessionStore, SessionStore, SessionStoreStats};
 pub use token::{SessionToken, TokenError};
 pub use version::{ScopeKey, StoreId, Version, VersionVector};

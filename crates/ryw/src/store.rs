@@ -101,6 +101,29 @@ pub trait SessionStore: Send + Sync + 'static {
         }
         self.save(state);
     }
+
+    /// How many sessions the store holds and has evicted, for telemetry, if it keeps count
+    /// (the default: it does not). [`InMemorySessionStore`] does.
+    fn stats(&self) -> Option<SessionStoreStats> {
+        None
+    }
+}
+
+/// What a [`SessionStore`] holds, for telemetry ([`SessionStore::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionStoreStats {
+    /// Sessions held now.
+    pub live: u64,
+    /// Sessions evicted so far (never counting those removed on purpose).
+    pub evictions: u64,
+}
+
+impl SessionStoreStats {
+    /// Stats of `live` sessions held and `evictions` so far.
+    pub fn new(live: u64, evictions: u64) -> Self {
+        SessionStoreStats { live, evictions }
+    }
 }
 
 // Session ids are random or derived through a mixing hash: their bits are already uniform.
@@ -264,6 +287,8 @@ struct Shard {
     young: Table,
     old: Table,
     young_since: u32,
+    /// Sessions dropped when their generation was cleared.
+    evicted: u64,
 }
 
 /// One shard per cache-line pair, so two threads on different shards never share a line.
@@ -316,6 +341,7 @@ impl InMemorySessionStoreBuilder {
                         young: Table::default(),
                         old: Table::default(),
                         young_since: 0,
+                        evicted: 0,
                     }))
                 })
                 .collect(),
@@ -386,6 +412,13 @@ impl InMemorySessionStore {
         self.len() == 0
     }
 
+    /// Sessions evicted so far: dropped, unused, when their generation was cleared to make room
+    /// (or, with a TTL, when it aged out). Forgotten sessions ([`SessionStore::remove`]) are not
+    /// counted.
+    pub fn evictions(&self) -> u64 {
+        self.shards.iter().map(|s| lock(&s.0).evicted).sum()
+    }
+
     /// Seconds since the store was built; only a TTL needs them (without one, the clock is not
     /// read at all).
     fn now(&self) -> u32 {
@@ -412,6 +445,7 @@ impl InMemorySessionStore {
             .is_some_and(|ttl| now.saturating_sub(shard.young_since) >= ttl);
         if shard.young.len() >= self.generation_cap || aged {
             std::mem::swap(&mut shard.young, &mut shard.old);
+            shard.evicted += shard.young.len() as u64;
             shard.young.clear();
             shard.young_since = now;
         }
@@ -474,6 +508,16 @@ impl SessionStore for InMemorySessionStore {
     fn remove(&self, id: SessionId) -> bool {
         let mut shard = self.shard(id);
         shard.young.remove(&id).is_some() | shard.old.remove(&id).is_some()
+    }
+
+    fn stats(&self) -> Option<SessionStoreStats> {
+        let (mut live, mut evictions) = (0, 0);
+        for shard in self.shards.iter() {
+            let shard = lock(&shard.0);
+            live += (shard.young.len() + shard.old.len()) as u64;
+            evictions += shard.evicted;
+        }
+        Some(SessionStoreStats { live, evictions })
     }
 
     fn sync(&self, state: &mut SessionState) {
@@ -590,5 +634,22 @@ mod tests {
         }
         assert!(store.load(SessionId::from_u128(0)).is_some());
         assert!(store.load(SessionId::from_u128(1)).is_none());
+    }
+
+    #[test]
+    fn stats_count_live_sessions_and_every_eviction() {
+        let store = InMemorySessionStore::builder()
+            .max_sessions(64)
+            .shards(1)
+            .build();
+        for i in 0..1000u128 {
+            store.save(&state(i, &[(1, 1)]));
+        }
+        assert!(store.remove(SessionId::from_u128(999)));
+        let stats = store.stats().unwrap();
+        assert_eq!(stats.live, store.len() as u64);
+        // Every session saved is held, evicted, or the one removed on purpose.
+        assert_eq!(stats.live + stats.evictions + 1, 1000, "{stats:?}");
+        assert_eq!(stats.evictions, store.evictions());
     }
 }

@@ -88,6 +88,11 @@ pub trait Observer: fmt::Debug + Send + Sync + 'static {
     fn db_call(&self, event: &DbCallEvent<'_>) {
         let _ = event;
     }
+
+    /// The HTTP layer (`ryw-http`) received, issued or refused a session token.
+    fn token(&self, event: &TokenEvent) {
+        let _ = event;
+    }
 }
 
 impl<O: Observer + ?Sized> Observer for Arc<O> {
@@ -105,6 +110,9 @@ impl<O: Observer + ?Sized> Observer for Arc<O> {
     }
     fn db_call(&self, event: &DbCallEvent<'_>) {
         (**self).db_call(event)
+    }
+    fn token(&self, event: &TokenEvent) {
+        (**self).token(event)
     }
 }
 
@@ -216,6 +224,28 @@ impl FailureKind {
             FailureKind::Unscoped => "unscoped",
         }
     }
+}
+
+/// What the HTTP layer did with a session token. Sizes are in bytes of the token's text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenEvent {
+    /// A request came with a token that verified.
+    Received {
+        /// Its size.
+        bytes: usize,
+    },
+    /// A response carries a newly signed token (a token answered unchanged is not counted).
+    Issued {
+        /// Its size.
+        bytes: usize,
+    },
+    /// A request's tokens were refused.
+    Rejected {
+        /// Why: `VerifyError::code()` (`token_expired`, `token_bad_signature`, ...) or the HTTP
+        /// layer's own (`token_too_many`, `token_not_text`).
+        code: &'static str,
+    },
 }
 
 /// A session id as spans show it: a one-way 64-bit digest, printed as 16 hex digits. It tells
