@@ -64,6 +64,35 @@ fn bench(c: &mut Criterion) {
             });
         }
     }
+
+    // Spans: a subscriber with tracing-opentelemetry over an SDK tracer that records every span
+    // and exports none (an exporter's own cost is the application's), no observer.
+    let tracer_provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt;
+        tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(tracer_provider.tracer("ryw")))
+    };
+    tracing::subscriber::with_default(subscriber, || {
+        for write in [false, true] {
+            let mut svc = ReadYourWritesLayer::new(BenchAdapter).layer(inner());
+            let session = session_with_scopes(1);
+            let what = if write { "write" } else { "read" };
+            group.bench_function(format!("{what}, spans to an SDK tracer"), |b| {
+                b.iter(|| {
+                    k = (k + 1) & 7;
+                    let request = Req {
+                        key: k,
+                        write,
+                        strong: false,
+                        write_seq: 0,
+                    };
+                    black_box(drive(&mut svc, session.request(black_box(request))))
+                })
+            });
+        }
+    });
     group.finish();
     drop(provider);
 }
