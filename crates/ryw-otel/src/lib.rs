@@ -126,6 +126,7 @@ pub struct OtelObserver {
     version_gap: Histogram<f64>,
     conflicts: Counter<u64>,
     duration: Histogram<f64>,
+    catch_up: Histogram<f64>,
     db_duration: Histogram<f64>,
     token_size: Histogram<u64>,
     token_rejections: Counter<u64>,
@@ -188,6 +189,14 @@ impl OtelObserver {
                 .f64_histogram("ryw.request.duration")
                 .with_unit("s")
                 .with_description("Duration of requests through the session layer, all attempts")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            catch_up: meter
+                .f64_histogram("ryw.read.catch_up.duration")
+                .with_unit("s")
+                .with_description(
+                    "Reads that missed their fence: time until they saw the session's writes",
+                )
                 .with_boundaries(DURATION_BUCKETS.to_vec())
                 .build(),
             db_duration: meter
@@ -273,6 +282,17 @@ impl Observer for OtelObserver {
         if event.rereads > 0 {
             self.rereads
                 .add(u64::from(event.rereads), std::slice::from_ref(&store));
+        }
+        // A read that missed its fence: how long until it saw the session's writes (or gave up
+        // and returned pending).
+        if let (Outcome::Read(visibility), true) = (event.outcome, event.attempts > 1) {
+            self.catch_up.record(
+                event.duration.as_secs_f64(),
+                &[
+                    store.clone(),
+                    KeyValue::new("ryw.visibility", visibility.as_str()),
+                ],
+            );
         }
         self.duration.record(
             event.duration.as_secs_f64(),

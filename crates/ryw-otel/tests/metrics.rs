@@ -127,6 +127,11 @@ async fn a_scripted_run_records_exactly_what_it_did() {
             point(&["ryw.operation=write"], 2),
         ]
     );
+    // The escalated read missed its fence once: it took two attempts to see the write.
+    assert_eq!(
+        points(metrics, "ryw.read.catch_up.duration"),
+        [point(&["ryw.visibility=guaranteed"], 1)]
+    );
     assert!(points(metrics, "ryw.retries").is_empty());
     assert!(points(metrics, "ryw.rereads").is_empty());
 }
