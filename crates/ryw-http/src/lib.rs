@@ -132,6 +132,7 @@ pub fn visibility_header(visibility: &ryw::Visibility) -> http::HeaderValue {
                 s.required.get(),
             )
         }
+        ryw::Visibility::Queued(write_id) => format!("queued; write={}", write_id.seq),
         _ => "unscoped".to_owned(),
     };
     // Only ASCII letters, digits and punctuation: always a valid header value.

@@ -481,6 +481,10 @@ pub enum Visibility {
     /// `.partition()`, a DynamoDB table whose schema was not declared), never a success. With
     /// [`StaleReadPolicy::Error`] such a read is [`crate::Error::Unscoped`] instead.
     Unscoped,
+    /// A write of this session to a scope the read names is queued in an outbox (`ryw-outbox`:
+    /// the store was down when it was made) and not yet applied: the response cannot show it. A
+    /// later read, after the outbox replays the write, converges.
+    Queued(crate::session::WriteId),
 }
 
 impl Visibility {
@@ -502,12 +506,18 @@ impl Visibility {
         matches!(self, Visibility::Unscoped)
     }
 
+    /// True for [`Visibility::Queued`].
+    #[inline]
+    pub fn is_queued(&self) -> bool {
+        matches!(self, Visibility::Queued(_))
+    }
+
     /// The path of a guaranteed response.
     #[inline]
     pub fn path(&self) -> Option<FencePath> {
         match self {
             Visibility::Guaranteed(p) => Some(*p),
-            Visibility::Pending(_) | Visibility::Unscoped => None,
+            Visibility::Pending(_) | Visibility::Unscoped | Visibility::Queued(_) => None,
         }
     }
 }

@@ -208,17 +208,12 @@ impl<A: StoreAdapter> InFlight<A> {
                 s.outstanding > 0,
             )
         });
-        let mut fence = ReadFence::new();
+        let fence;
         let mut stamp = None;
         let clock_at_start;
         {
             let mut state = session.lock();
-            for scope in scopes.iter() {
-                fence.push(state.vector().requirement(scope));
-            }
-            if let Some(c) = state.context(adapter.store()) {
-                fence.set_context(Some(c.clone()));
-            }
+            fence = fence_of(&state, adapter, &scopes);
             if let (Operation::Write(_), None) = (op, &reused) {
                 stamp = Some(state.next_write(config.clock.now_micros()));
             }
@@ -776,6 +771,62 @@ fn failure_kind<E>(error: &Error<E>) -> FailureKind {
         Error::NotReady(_) => FailureKind::NotReady,
         Error::Unscoped => FailureKind::Unscoped,
     }
+}
+
+/// What the session requires of `scopes`, and its context at the adapter's store.
+#[inline]
+fn fence_of<A: StoreAdapter>(
+    state: &crate::session::SessionState,
+    adapter: &A,
+    scopes: &Scopes,
+) -> ReadFence {
+    let mut fence = ReadFence::new();
+    for scope in scopes.iter() {
+        fence.push(state.vector().requirement(scope));
+    }
+    if let Some(c) = state.context(adapter.store()) {
+        fence.set_context(Some(c.clone()));
+    }
+    fence
+}
+
+/// Stamps the write `request` carries as its first attempt would be stamped, without sending it
+/// ([`crate::ReadYourWrites::stamp`]). A request already stamped (a clone of a sent one, or
+/// [`SessionRequest::from_stamped`]) keeps its stamp. `None` for a read.
+pub(crate) fn stamp_only<A: StoreAdapter, P>(
+    config: &LayerConfig<A, P>,
+    request: &SessionRequest<A::Request>,
+) -> Option<crate::request::StampedWrite<A::Request>> {
+    if let Some(stamped) = request.stamped() {
+        return Some(stamped);
+    }
+    let adapter = &config.adapter;
+    let mut base = request.get_ref().clone();
+    adapter.prepare(&mut base);
+    if adapter.operation(&base) == Operation::Read {
+        return None;
+    }
+    let mut scopes = Scopes::new();
+    adapter.scopes(&base, &mut scopes);
+    let (fence, (write_id, timestamp)) = {
+        let mut state = request.session().lock();
+        let fence = fence_of(&state, adapter, &scopes);
+        (fence, state.next_write(config.clock.now_micros()))
+    };
+    adapter.stamp_write(
+        &mut base,
+        &WriteStamp {
+            write_id,
+            timestamp,
+            fence: &fence,
+        },
+    );
+    Some(crate::request::StampedWrite {
+        write_id,
+        timestamp,
+        request: base,
+        may_have_applied: false,
+    })
 }
 
 /// Merges what a response showed into the session (versions only move forward).

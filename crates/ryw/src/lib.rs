@@ -96,7 +96,7 @@ pub use adapter::StoreAdapter;
 pub use error::Error;
 pub use fence::{FenceConfig, FenceStrategy, StaleReadPolicy, Visibility};
 pub use layer::ReadYourWritesLayer;
-pub use request::{SessionRequest, SessionResponse};
+pub use request::{SessionRequest, SessionResponse, StampedWrite};
 pub use service::ReadYourWrites;
 pub use session::{Session, SessionId, SessionState, WriteId};
 pub use store::{InMemorySessionStore, SessionStore, SessionStoreStats};

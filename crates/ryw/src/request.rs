@@ -83,7 +83,61 @@ impl<R> SentWrite<R> {
     }
 }
 
+/// A write as the layer stamped it: enough to send it again later, or from another process, as
+/// the same write ([`SessionRequest::from_stamped`]). `ryw-outbox` keeps these durably while the
+/// store is down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StampedWrite<R> {
+    /// The write's id.
+    pub write_id: WriteId,
+    /// Its hybrid-clock timestamp.
+    pub timestamp: HybridTimestamp,
+    /// The store request as stamped (conditions, write id and timestamp in place).
+    pub request: R,
+    /// An attempt of it may have applied: sent again, it must go as a replay.
+    pub may_have_applied: bool,
+}
+
+impl<R: Clone> SessionRequest<R> {
+    /// The write this request (or a clone of it) was stamped and sent as, once the layer has
+    /// stamped it. Only a request that was cloned before it was sent shares its stamp: clone it,
+    /// send one copy, and ask the other.
+    pub fn stamped(&self) -> Option<StampedWrite<R>> {
+        let shared = self.sent.get()?;
+        let sent = shared.lock();
+        let sent = sent.as_ref()?;
+        Some(StampedWrite {
+            write_id: sent.write_id,
+            timestamp: sent.timestamp,
+            request: sent.stamped.clone(),
+            may_have_applied: sent.outstanding > 0,
+        })
+    }
+}
+
 impl<R> SessionRequest<R> {
+    /// A request that sends `write` again as the same write: the layer does not stamp it anew,
+    /// and sends it as a replay ([`crate::adapter::StoreAdapter::prepare_replay`]) when an
+    /// attempt of it may have applied; a write that may not be replayed is then
+    /// [`crate::Error::AlreadySent`]. Its clones share the stamp as any request's do.
+    pub fn from_stamped(session: Session, write: StampedWrite<R>) -> Self
+    where
+        R: Clone,
+    {
+        let shared = Arc::new(SentWrite(Mutex::new(Some(Sent {
+            write_id: write.write_id,
+            timestamp: write.timestamp,
+            stamped: write.request.clone(),
+            outstanding: u32::from(write.may_have_applied),
+        }))));
+        SessionRequest {
+            session,
+            request: write.request,
+            stale_reads: None,
+            sent: OnceLock::from(shared),
+        }
+    }
+
     /// Pairs `request` with `session` (see also [`Session::request`]).
     #[inline]
     pub fn new(session: Session, request: R) -> Self {
@@ -195,6 +249,14 @@ impl<T> SessionResponse<T> {
     #[inline]
     pub fn into_inner(self) -> T {
         self.response
+    }
+
+    /// Marks the response as not showing a write of its session that waits in an outbox
+    /// ([`Visibility::Queued`]), whatever the layer found: for middleware above the layer that
+    /// holds writes back (`ryw-outbox`).
+    pub fn queued(mut self, write_id: WriteId) -> Self {
+        self.visibility = Visibility::Queued(write_id);
+        self
     }
 
     /// Splits into the store response and the status.

@@ -7,7 +7,7 @@ use crate::adapter::StoreAdapter;
 use crate::config::LayerConfig;
 use crate::error::Error;
 use crate::future::ResponseFuture;
-use crate::request::{SessionRequest, SessionResponse};
+use crate::request::{SessionRequest, SessionResponse, StampedWrite};
 use crate::retry::{RetryPolicy, SessionRetryPolicy};
 use std::fmt;
 use std::sync::Arc;
@@ -64,6 +64,15 @@ impl<S, A: StoreAdapter, P> ReadYourWrites<S, A, P> {
     /// Takes the inner service out.
     pub fn into_inner(self) -> S {
         self.inner
+    }
+
+    /// Stamps the write `request` carries as the layer would before its first attempt (a new
+    /// [`crate::WriteId`] and timestamp from the session, conditions for writes-follow-reads),
+    /// without sending it: for middleware that keeps writes to send later, as `ryw-outbox` does
+    /// while the store is down. Send it with [`SessionRequest::from_stamped`]. A request already
+    /// stamped keeps its stamp; a read gives `None`.
+    pub fn stamp(&self, request: &SessionRequest<A::Request>) -> Option<StampedWrite<A::Request>> {
+        crate::future::stamp_only(&self.config, request)
     }
 }
 

@@ -160,6 +160,8 @@ pub enum ReadVisibility {
     Pending(Staleness),
     /// [`Visibility::Unscoped`].
     Unscoped,
+    /// [`Visibility::Queued`]: a write of the session to the scope waits in an outbox.
+    Queued,
 }
 
 impl ReadVisibility {
@@ -168,6 +170,7 @@ impl ReadVisibility {
         match visibility {
             Visibility::Guaranteed(path) => ReadVisibility::Guaranteed(*path),
             Visibility::Pending(stale) => ReadVisibility::Pending(stale.staleness),
+            Visibility::Queued(_) => ReadVisibility::Queued,
             _ => ReadVisibility::Unscoped,
         }
     }
@@ -178,6 +181,7 @@ impl ReadVisibility {
             ReadVisibility::Guaranteed(_) => "guaranteed",
             ReadVisibility::Pending(_) => "pending",
             ReadVisibility::Unscoped => "unscoped",
+            ReadVisibility::Queued => "queued",
         }
     }
 
