@@ -51,7 +51,7 @@
 
 use crate::entry::{DecodeError, Entry, Reader};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use ryw::{ScopeKey, SessionId, WriteId};
+use ryw::{ScopeKey, Session, SessionId, WriteId};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -153,6 +153,9 @@ pub struct Outbox {
     db: Database,
     config: OutboxConfig,
     index: Mutex<Index>,
+    /// The live sessions of this process whose writes are queued: a replay records what it
+    /// wrote into them, so their next reads are fenced on it.
+    live: Mutex<HashMap<SessionId, Session>>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -182,6 +185,7 @@ impl Outbox {
             db,
             config,
             index: Mutex::new(Index::default()),
+            live: Mutex::new(HashMap::new()),
         };
         let mut index = Index::default();
         for (seq, entry, bytes) in outbox.scan()? {
@@ -192,7 +196,7 @@ impl Outbox {
     }
 
     fn index(&self) -> MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.index)
     }
 
     /// Every queued entry with its size, in order.
@@ -239,6 +243,26 @@ impl Outbox {
         Ok(seq)
     }
 
+    /// [`Outbox::append`], remembering `session` (the live session of this process the write
+    /// belongs to) for the replay.
+    pub fn append_live(&self, entry: &Entry, session: &Session) -> Result<u64, OutboxError> {
+        let seq = self.append(entry)?;
+        lock(&self.live).insert(session.id(), session.clone());
+        Ok(seq)
+    }
+
+    /// The live session `id` of this process, if a write of it was deferred here and is queued.
+    pub fn live_session(&self, id: SessionId) -> Option<Session> {
+        lock(&self.live).get(&id).cloned()
+    }
+
+    /// Forgets the live session of `id` once it has nothing queued.
+    fn release(&self, id: SessionId, index: &Index) {
+        if !index.sessions.contains_key(&id) {
+            lock(&self.live).remove(&id);
+        }
+    }
+
     /// Every queued entry, in the order it was appended.
     pub fn pending(&self) -> Result<Vec<(u64, Entry)>, OutboxError> {
         Ok(self.scan()?.into_iter().map(|(s, e, _)| (s, e)).collect())
@@ -255,7 +279,9 @@ impl Outbox {
         };
         storage!(txn.commit())?;
         if let Some(bytes) = &removed {
-            index.forget(seq, bytes);
+            if let Some(session) = index.forget(seq, bytes) {
+                self.release(session, &index);
+            }
         }
         Ok(removed.is_some())
     }
@@ -278,7 +304,9 @@ impl Outbox {
             bytes
         };
         storage!(txn.commit())?;
-        index.forget(seq, &bytes);
+        if let Some(session) = index.forget(seq, &bytes) {
+            self.release(session, &index);
+        }
         Ok(())
     }
 
@@ -367,18 +395,18 @@ impl Index {
         self.bytes += bytes;
     }
 
-    fn forget(&mut self, seq: u64, bytes: &[u8]) {
+    /// Forgets the entry `seq`; returns its session.
+    fn forget(&mut self, seq: u64, bytes: &[u8]) -> Option<SessionId> {
         self.entries = self.entries.saturating_sub(1);
         self.bytes = self.bytes.saturating_sub(bytes.len() as u64);
-        if let Ok(entry) = Entry::decode(bytes) {
-            let session = entry.write_id.session;
-            if let Some(queued) = self.sessions.get_mut(&session) {
-                queued.retain(|(s, _, _)| *s != seq);
-                if queued.is_empty() {
-                    self.sessions.remove(&session);
-                }
+        let session = Entry::decode(bytes).ok()?.write_id.session;
+        if let Some(queued) = self.sessions.get_mut(&session) {
+            queued.retain(|(s, _, _)| *s != seq);
+            if queued.is_empty() {
+                self.sessions.remove(&session);
             }
         }
+        Some(session)
     }
 }
 
@@ -387,4 +415,8 @@ fn decode_letter(bytes: &[u8]) -> Result<(String, Entry), DecodeError> {
     let len = r.len("reason", 64 * 1024)?;
     let reason = String::from_utf8_lossy(r.take(len)?).into_owned();
     Ok((reason, Entry::decode(r.0)?))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -1,0 +1,93 @@
+//! A circuit breaker: after enough consecutive transient failures the store is taken to be down,
+//! and writes are deferred without being sent, until the cool-down passes (one write then tries
+//! the store) or a replay succeeds.
+
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Says whether the store is down. Shared by the [`crate::OutboxLayer`] and the
+/// [`crate::Replayer`].
+///
+/// ```
+/// use ryw_outbox::Breaker;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let breaker = Breaker::new(2, Duration::from_secs(5));
+/// breaker.failed();
+/// assert!(!breaker.is_open());
+/// breaker.failed();
+/// assert!(breaker.is_open());
+/// tokio::time::sleep(Duration::from_secs(5)).await;
+/// assert!(!breaker.is_open(), "after the cool-down, the next write tries the store");
+/// breaker.succeeded();
+/// assert!(!breaker.is_open());
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Breaker {
+    threshold: u32,
+    cool_down: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+impl Default for Breaker {
+    /// Opens after 5 consecutive failures, for 5 seconds.
+    fn default() -> Self {
+        Breaker::new(5, Duration::from_secs(5))
+    }
+}
+
+impl Breaker {
+    /// Opens after `threshold` consecutive transient failures (at least 1), for `cool_down`.
+    pub fn new(threshold: u32, cool_down: Duration) -> Self {
+        Breaker {
+            threshold: threshold.max(1),
+            cool_down,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True while the store is taken to be down.
+    pub fn is_open(&self) -> bool {
+        let mut state = self.state();
+        match state.open_until {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                // Half open: the next write tries the store; one more failure opens it again.
+                state.open_until = None;
+                state.failures = self.threshold - 1;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// A request failed with a transient error.
+    pub fn failed(&self) {
+        let mut state = self.state();
+        state.failures = state.failures.saturating_add(1);
+        if state.failures >= self.threshold {
+            state.open_until = Some(Instant::now() + self.cool_down);
+        }
+    }
+
+    /// The store answered.
+    pub fn succeeded(&self) {
+        let mut state = self.state();
+        state.failures = 0;
+        state.open_until = None;
+    }
+}

@@ -1,0 +1,358 @@
+//! The outbox layer: above [`ryw::ReadYourWritesLayer`], it keeps writes the store cannot take
+//! and answers them [`Written::Deferred`]; reads that cannot show a queued write say so.
+
+use crate::breaker::Breaker;
+use crate::entry::{DurableRequest, Entry};
+use crate::store::{Outbox, OutboxError};
+use ryw::adapter::{Operation, Replay, Scopes, StoreAdapter};
+use ryw::{ReadYourWrites, SessionRequest, SessionResponse, StampedWrite, WriteId};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service, ServiceExt};
+
+/// A service that can stamp a write without sending it: [`ReadYourWrites::stamp`].
+pub trait StampWrites<R> {
+    /// See [`ReadYourWrites::stamp`].
+    fn stamp_write(&self, request: &SessionRequest<R>) -> Option<StampedWrite<R>>;
+}
+
+impl<S, A: StoreAdapter, P> StampWrites<A::Request> for ReadYourWrites<S, A, P> {
+    fn stamp_write(
+        &self,
+        request: &SessionRequest<A::Request>,
+    ) -> Option<StampedWrite<A::Request>> {
+        self.stamp(request)
+    }
+}
+
+/// What a request through the outbox layer became.
+#[derive(Debug)]
+pub enum Written<T> {
+    /// The store answered (a read, or a write that applied), as the session layer answered.
+    Applied(SessionResponse<T>),
+    /// The write is kept in the outbox, durably, and will be applied exactly once when the store
+    /// answers again (or end as a dead letter, with its reason). Not a success yet.
+    Deferred(Deferred),
+}
+
+impl<T> Written<T> {
+    /// The session layer's response, if the store answered.
+    pub fn applied(self) -> Option<SessionResponse<T>> {
+        match self {
+            Written::Applied(r) => Some(r),
+            Written::Deferred(_) => None,
+        }
+    }
+
+    /// The deferral, if the write was kept for later.
+    pub fn deferred(&self) -> Option<&Deferred> {
+        match self {
+            Written::Deferred(d) => Some(d),
+            Written::Applied(_) => None,
+        }
+    }
+}
+
+/// A write kept in the outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deferred {
+    /// The write's id: the replay sends it under this id, and the store recognises it.
+    pub write_id: WriteId,
+    /// Its place in the outbox.
+    pub seq: u64,
+    /// Why it was not sent now.
+    pub reason: DeferReason,
+}
+
+/// Why a write was deferred.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeferReason {
+    /// It failed with a transient error past its retry budget (it may have applied: the replay
+    /// goes as a replay).
+    Failed,
+    /// The circuit breaker says the store is down: it was not sent.
+    StoreDown,
+    /// An earlier write of its session is queued: it queues behind it, so the session's writes
+    /// apply in the order they were made. Not sent.
+    Behind,
+}
+
+/// The outbox layer's errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutboxServiceError<E: std::error::Error + 'static> {
+    /// The session layer's error, unchanged: a read, a write that may not be replayed
+    /// ([`Replay::Never`]), or a failure that retrying later cannot mend.
+    #[error(transparent)]
+    Layer(ryw::Error<E>),
+    /// The write should have been deferred but the outbox could not keep it (full, or its
+    /// storage failed). Nothing was kept; `cause` is why it was not applied now.
+    #[error("write not deferred: {error}")]
+    Outbox {
+        /// Why the outbox refused it.
+        error: OutboxError,
+        /// The error the write failed with, if it was sent.
+        cause: Option<ryw::Error<E>>,
+    },
+    /// The write's store request has no durable encoding ([`DurableRequest::encode`] refused it,
+    /// or the session is too large to keep).
+    #[error("write not deferred: {reason}")]
+    NotDeferrable {
+        /// Why.
+        reason: String,
+        /// The error the write failed with, if it was sent.
+        cause: Option<ryw::Error<E>>,
+    },
+}
+
+/// Keeps writes the store cannot take in an [`Outbox`]; see the [crate docs](crate).
+#[derive(Clone)]
+pub struct OutboxLayer<A> {
+    outbox: Arc<Outbox>,
+    adapter: A,
+    breaker: Arc<Breaker>,
+}
+
+impl<A> fmt::Debug for OutboxLayer<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboxLayer")
+            .field("outbox", &self.outbox)
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A> OutboxLayer<A> {
+    /// A layer keeping writes in `outbox`, with `adapter` (the session layer's) telling reads
+    /// from writes and naming their scopes, and the default [`Breaker`].
+    pub fn new(outbox: Arc<Outbox>, adapter: A) -> Self {
+        OutboxLayer {
+            outbox,
+            adapter,
+            breaker: Arc::new(Breaker::default()),
+        }
+    }
+
+    /// Uses `breaker` (shared with the [`crate::Replayer`], which closes it when the store
+    /// answers again).
+    pub fn breaker(mut self, breaker: Arc<Breaker>) -> Self {
+        self.breaker = breaker;
+        self
+    }
+}
+
+impl<S, A: Clone> Layer<S> for OutboxLayer<A> {
+    type Service = OutboxService<S, A>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        OutboxService {
+            inner,
+            outbox: self.outbox.clone(),
+            adapter: self.adapter.clone(),
+            breaker: self.breaker.clone(),
+        }
+    }
+}
+
+/// The service of [`OutboxLayer`].
+#[derive(Clone)]
+pub struct OutboxService<S, A> {
+    inner: S,
+    outbox: Arc<Outbox>,
+    adapter: A,
+    breaker: Arc<Breaker>,
+}
+
+impl<S, A> fmt::Debug for OutboxService<S, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboxService")
+            .field("outbox", &self.outbox)
+            .finish_non_exhaustive()
+    }
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, A> Service<SessionRequest<A::Request>> for OutboxService<S, A>
+where
+    A: StoreAdapter,
+    A::Request: DurableRequest + Send + 'static,
+    A::Response: Send + 'static,
+    A::Error: std::error::Error + Send + Sync + 'static,
+    S: Service<
+            SessionRequest<A::Request>,
+            Response = SessionResponse<A::Response>,
+            Error = ryw::Error<A::Error>,
+        > + StampWrites<A::Request>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Written<A::Response>;
+    type Error = OutboxServiceError<A::Error>;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is awaited per call: a write deferred without sending needs none, and an
+        // inner service that cannot get ready is a store that is down.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: SessionRequest<A::Request>) -> Self::Future {
+        let mut inner = self.inner.clone();
+        let outbox = self.outbox.clone();
+        let breaker = self.breaker.clone();
+        let mut base = request.get_ref().clone();
+        self.adapter.prepare(&mut base);
+        let op = self.adapter.operation(&base);
+        let mut scopes = Scopes::new();
+        self.adapter.scopes(&base, &mut scopes);
+        let scopes: Vec<_> = scopes.iter().collect();
+        Box::pin(async move {
+            let session = request.session().id();
+            match op {
+                Operation::Read => {
+                    let queued = outbox.queued_write(session, &scopes);
+                    let response = send::<S, A>(&mut inner, request).await?;
+                    Ok(Written::Applied(match queued {
+                        Some(write_id) => response.queued(write_id),
+                        None => response,
+                    }))
+                }
+                Operation::Write(Replay::Never) => {
+                    Ok(Written::Applied(send::<S, A>(&mut inner, request).await?))
+                }
+                Operation::Write(_) => {
+                    let now = if outbox.has_queued(session) {
+                        Some(DeferReason::Behind)
+                    } else if breaker.is_open() {
+                        Some(DeferReason::StoreDown)
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = now {
+                        let stamped = inner.stamp_write(&request);
+                        return defer(&outbox, &request, stamped, scopes, reason, None);
+                    }
+                    let keep = request.clone();
+                    match send::<S, A>(&mut inner, request).await {
+                        Ok(response) => {
+                            breaker.succeeded();
+                            Ok(Written::Applied(response))
+                        }
+                        Err(OutboxServiceError::Layer(error)) if deferrable(&error) => {
+                            breaker.failed();
+                            // Sent: the stamp it went with. Refused before sending: a new one.
+                            let stamped = keep.stamped().or_else(|| inner.stamp_write(&keep));
+                            defer(
+                                &outbox,
+                                &keep,
+                                stamped,
+                                scopes,
+                                DeferReason::Failed,
+                                Some(error),
+                            )
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => Ok(Written::Applied(send::<S, A>(&mut inner, request).await?)),
+            }
+        })
+    }
+}
+
+/// A failure that waiting for the store can mend: transient errors past the retry budget, and an
+/// inner service that could not get ready (connection refused, load shed).
+fn deferrable<E>(error: &ryw::Error<E>) -> bool {
+    matches!(
+        error,
+        ryw::Error::Store {
+            transient: true,
+            ..
+        } | ryw::Error::NotReady(_)
+    )
+}
+
+async fn send<S, A>(
+    inner: &mut S,
+    request: SessionRequest<A::Request>,
+) -> Result<SessionResponse<A::Response>, OutboxServiceError<A::Error>>
+where
+    A: StoreAdapter,
+    A::Error: std::error::Error + 'static,
+    S: Service<
+        SessionRequest<A::Request>,
+        Response = SessionResponse<A::Response>,
+        Error = ryw::Error<A::Error>,
+    >,
+{
+    inner
+        .ready()
+        .await
+        .map_err(OutboxServiceError::Layer)?
+        .call(request)
+        .await
+        .map_err(OutboxServiceError::Layer)
+}
+
+fn defer<R, T, E>(
+    outbox: &Outbox,
+    request: &SessionRequest<R>,
+    stamped: Option<StampedWrite<R>>,
+    scopes: Vec<ryw::ScopeKey>,
+    reason: DeferReason,
+    cause: Option<ryw::Error<E>>,
+) -> Result<Written<T>, OutboxServiceError<E>>
+where
+    R: DurableRequest,
+    E: std::error::Error + 'static,
+{
+    let Some(stamped) = stamped else {
+        return Err(OutboxServiceError::NotDeferrable {
+            reason: "the session layer did not stamp it".into(),
+            cause,
+        });
+    };
+    let mut bytes = Vec::new();
+    if let Err(e) = stamped.request.encode(&mut bytes) {
+        return Err(OutboxServiceError::NotDeferrable {
+            reason: e.reason.into(),
+            cause,
+        });
+    }
+    let session = match request.session().token().encode() {
+        Ok(token) => token,
+        Err(e) => {
+            return Err(OutboxServiceError::NotDeferrable {
+                reason: e.to_string(),
+                cause,
+            })
+        }
+    };
+    let entry = Entry {
+        write_id: stamped.write_id,
+        timestamp: stamped.timestamp,
+        may_have_applied: stamped.may_have_applied,
+        deferred_at: ryw::signing::now_secs(),
+        scopes,
+        session,
+        request: bytes,
+    };
+    match outbox.append_live(&entry, request.session()) {
+        Ok(seq) => {
+            tracing::info!(target: "ryw::outbox", seq, ?reason, "write deferred");
+            Ok(Written::Deferred(Deferred {
+                write_id: stamped.write_id,
+                seq,
+                reason,
+            }))
+        }
+        Err(error) => Err(OutboxServiceError::Outbox { error, cause }),
+    }
+}
