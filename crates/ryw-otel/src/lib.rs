@@ -56,8 +56,8 @@ use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::KeyValue;
 use ryw::adapter::{ErrorClass, Operation};
 use ryw::telemetry::{
-    ConflictEvent, DbCallEvent, FenceMissEvent, Observer, Outcome, ReadVisibility, RequestEvent,
-    RetryEvent, TokenEvent,
+    ConflictEvent, DbCallEvent, FenceMissEvent, Observer, OutboxEvent, Outcome, ReadVisibility,
+    RequestEvent, RetryEvent, TokenEvent,
 };
 use ryw::{SessionStore, StoreId};
 use std::fmt;
@@ -130,6 +130,7 @@ pub struct OtelObserver {
     db_duration: Histogram<f64>,
     token_size: Histogram<u64>,
     token_rejections: Counter<u64>,
+    outbox: Counter<u64>,
 }
 
 impl fmt::Debug for OtelObserver {
@@ -215,6 +216,13 @@ impl OtelObserver {
                 .u64_counter("ryw.token.rejections")
                 .with_unit("{request}")
                 .with_description("Requests whose session tokens were refused, by reason")
+                .build(),
+            outbox: meter
+                .u64_counter("ryw.outbox.writes")
+                .with_unit("{write}")
+                .with_description(
+                    "Writes the outbox deferred, replayed, dead-lettered or refused, by reason",
+                )
                 .build(),
         }
     }
@@ -369,6 +377,23 @@ impl Observer for OtelObserver {
                 .add(1, &[KeyValue::new("ryw.token.rejection", code)]),
             _ => {}
         }
+    }
+
+    fn outbox(&self, event: &OutboxEvent) {
+        let (outcome, reason) = match *event {
+            OutboxEvent::Deferred { reason } => ("deferred", reason),
+            OutboxEvent::Replayed => ("replayed", "none"),
+            OutboxEvent::DeadLettered { reason } => ("dead_lettered", reason),
+            OutboxEvent::Refused { reason } => ("refused", reason),
+            _ => ("other", "none"),
+        };
+        self.outbox.add(
+            1,
+            &[
+                KeyValue::new("ryw.outbox.outcome", outcome),
+                KeyValue::new("ryw.outbox.reason", reason),
+            ],
+        );
     }
 
     fn conflict(&self, event: &ConflictEvent) {

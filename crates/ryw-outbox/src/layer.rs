@@ -5,6 +5,7 @@ use crate::breaker::Breaker;
 use crate::entry::{DurableRequest, Entry};
 use crate::store::{Outbox, OutboxError};
 use ryw::adapter::{Operation, Replay, Scopes, StoreAdapter};
+use ryw::telemetry::{Observer, OutboxEvent};
 use ryw::{ReadYourWrites, SessionRequest, SessionResponse, StampedWrite, WriteId};
 use std::fmt;
 use std::future::Future;
@@ -81,6 +82,17 @@ pub enum DeferReason {
     Behind,
 }
 
+impl DeferReason {
+    /// `failed`, `store_down` or `behind`, for telemetry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeferReason::Failed => "failed",
+            DeferReason::StoreDown => "store_down",
+            DeferReason::Behind => "behind",
+        }
+    }
+}
+
 /// The outbox layer's errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -115,6 +127,7 @@ pub struct OutboxLayer<A> {
     outbox: Arc<Outbox>,
     adapter: A,
     breaker: Arc<Breaker>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl<A> fmt::Debug for OutboxLayer<A> {
@@ -134,7 +147,14 @@ impl<A> OutboxLayer<A> {
             outbox,
             adapter,
             breaker: Arc::new(Breaker::default()),
+            observer: None,
         }
+    }
+
+    /// Reports every write deferred or refused to `observer` ([`Observer::outbox`]).
+    pub fn observer(mut self, observer: impl Observer) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
     }
 
     /// Uses `breaker` (shared with the [`crate::Replayer`], which closes it when the store
@@ -154,6 +174,7 @@ impl<S, A: Clone> Layer<S> for OutboxLayer<A> {
             outbox: self.outbox.clone(),
             adapter: self.adapter.clone(),
             breaker: self.breaker.clone(),
+            observer: self.observer.clone(),
         }
     }
 }
@@ -165,6 +186,7 @@ pub struct OutboxService<S, A> {
     outbox: Arc<Outbox>,
     adapter: A,
     breaker: Arc<Breaker>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl<S, A> fmt::Debug for OutboxService<S, A> {
@@ -207,6 +229,7 @@ where
         let mut inner = self.inner.clone();
         let outbox = self.outbox.clone();
         let breaker = self.breaker.clone();
+        let observer = self.observer.clone();
         let mut base = request.get_ref().clone();
         self.adapter.prepare(&mut base);
         let op = self.adapter.operation(&base);
@@ -237,7 +260,8 @@ where
                     };
                     if let Some(reason) = now {
                         let stamped = inner.stamp_write(&request);
-                        return defer(&outbox, &request, stamped, scopes, reason, None);
+                        let out = defer(&outbox, &request, stamped, scopes, reason, None);
+                        return report(observer.as_deref(), out);
                     }
                     let keep = request.clone();
                     match send::<S, A>(&mut inner, request).await {
@@ -249,14 +273,15 @@ where
                             breaker.failed();
                             // Sent: the stamp it went with. Refused before sending: a new one.
                             let stamped = keep.stamped().or_else(|| inner.stamp_write(&keep));
-                            defer(
+                            let out = defer(
                                 &outbox,
                                 &keep,
                                 stamped,
                                 scopes,
                                 DeferReason::Failed,
                                 Some(error),
-                            )
+                            );
+                            report(observer.as_deref(), out)
                         }
                         Err(e) => Err(e),
                     }
@@ -265,6 +290,32 @@ where
             }
         })
     }
+}
+
+/// Tells the observer what became of a write that was to be deferred.
+fn report<T, E: std::error::Error + 'static>(
+    observer: Option<&dyn Observer>,
+    out: Result<Written<T>, OutboxServiceError<E>>,
+) -> Result<Written<T>, OutboxServiceError<E>> {
+    let Some(observer) = observer else {
+        return out;
+    };
+    let event = match &out {
+        Ok(Written::Deferred(d)) => OutboxEvent::Deferred {
+            reason: d.reason.as_str(),
+        },
+        Err(OutboxServiceError::Outbox {
+            error: OutboxError::Full { .. },
+            ..
+        }) => OutboxEvent::Refused { reason: "full" },
+        Err(OutboxServiceError::Outbox { .. }) => OutboxEvent::Refused { reason: "storage" },
+        Err(OutboxServiceError::NotDeferrable { .. }) => OutboxEvent::Refused {
+            reason: "not_deferrable",
+        },
+        _ => return out,
+    };
+    observer.outbox(&event);
+    out
 }
 
 /// A failure that waiting for the store can mend: transient errors past the retry budget, and an

@@ -5,6 +5,7 @@ use crate::entry::{DurableRequest, Entry};
 use crate::store::{Outbox, OutboxError};
 use ryw::adapter::StoreAdapter;
 use ryw::retry::RetryPolicy;
+use ryw::telemetry::{Observer, OutboxEvent};
 use ryw::{ReadYourWrites, Session, SessionId, SessionRequest, SessionResponse, StampedWrite};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub struct Replayer<I, A: StoreAdapter, P = RetryPolicy> {
     service: ReadYourWrites<I, A, P>,
     breaker: Arc<Breaker>,
     max_age: Option<Duration>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl<I, A: StoreAdapter, P> std::fmt::Debug for Replayer<I, A, P> {
@@ -56,6 +58,19 @@ impl<I, A: StoreAdapter, P> Replayer<I, A, P> {
             service,
             breaker: Arc::new(Breaker::default()),
             max_age: None,
+            observer: None,
+        }
+    }
+
+    /// Reports every write replayed or dead-lettered to `observer` ([`Observer::outbox`]).
+    pub fn observer(mut self, observer: impl Observer) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
+    }
+
+    fn report(&self, event: OutboxEvent) {
+        if let Some(observer) = &self.observer {
+            observer.outbox(&event);
         }
     }
 
@@ -105,6 +120,7 @@ where
             }
             if let Some(reason) = self.too_old(&entry) {
                 self.outbox.dead_letter(seq, &reason)?;
+                self.report(OutboxEvent::DeadLettered { reason: "expired" });
                 report.dead_lettered += 1;
                 continue;
             }
@@ -112,6 +128,9 @@ where
                 Ok(parts) => parts,
                 Err(reason) => {
                     self.outbox.dead_letter(seq, &reason)?;
+                    self.report(OutboxEvent::DeadLettered {
+                        reason: "undecodable",
+                    });
                     report.dead_lettered += 1;
                     continue;
                 }
@@ -134,6 +153,7 @@ where
                 Ok(_) => {
                     self.outbox.remove(seq)?;
                     self.breaker.succeeded();
+                    self.report(OutboxEvent::Replayed);
                     report.applied += 1;
                 }
                 Err(e) if waits(&e) => {
@@ -151,6 +171,7 @@ where
                     let reason = format!("{}: {e}", kind(&e));
                     tracing::warn!(target: "ryw::outbox", seq, %reason, "write dead-lettered");
                     self.outbox.dead_letter(seq, &reason)?;
+                    self.report(OutboxEvent::DeadLettered { reason: kind(&e) });
                     report.dead_lettered += 1;
                 }
             }

@@ -233,3 +233,87 @@ async fn a_full_outbox_refuses_with_a_typed_error_and_keeps_the_cause() {
     }
     assert_eq!(outbox.len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn what_the_outbox_does_is_counted() {
+    use opentelemetry::metrics::MeterProvider;
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+    use ryw::Version;
+
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let observer = Arc::new(ryw_otel::OtelObserver::new(&provider.meter("ryw")));
+    let dir = TempDir::new();
+    let outbox = Arc::new(
+        Outbox::open(dir.path().join("o"), OutboxConfig::default().max_entries(4)).unwrap(),
+    );
+    let store = store();
+    let ryw = ReadYourWritesLayer::new(SimAdapter::new())
+        .clock(store.clock())
+        .conflict_retries(0)
+        .layer(store.client(0));
+    // Two failures open the breaker.
+    let mut svc = OutboxLayer::new(outbox.clone(), SimAdapter::new())
+        .breaker(Arc::new(Breaker::new(2, Duration::from_secs(60))))
+        .observer(observer.clone())
+        .layer(ryw.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (a, b, c, d) = (
+        Session::new(),
+        Session::new(),
+        Session::new(),
+        Session::new(),
+    );
+    // Deferred: failed, then behind it; a conditional write that will lose (failed: the breaker
+    // opens); one not sent (store down); then the outbox is full.
+    for (session, request) in [
+        (&a, SimRequest::put("x", 1)),
+        (&a, SimRequest::put("y", 2)),
+        (&b, SimRequest::put_if("x", 3, Version::new(77))),
+        (&c, SimRequest::put("z", 4)),
+        (&d, SimRequest::put("w", 5)),
+    ] {
+        let _ = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(session.request(request))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let report = Replayer::new(outbox.clone(), ryw)
+        .observer(observer)
+        .drain()
+        .await
+        .unwrap();
+    assert_eq!((report.applied, report.dead_lettered), (3, 1));
+    assert!(outbox.dead_letters().unwrap()[0]
+        .reason
+        .starts_with("conflict"));
+
+    provider.force_flush().unwrap();
+    let exported = exporter.get_finished_metrics().unwrap();
+    let points = ryw_otel::testing::data_points(exported.last().unwrap(), "ryw.outbox.writes");
+    let p = |o: &str, r: &str, n: u64| {
+        (
+            vec![
+                format!("ryw.outbox.outcome={o}"),
+                format!("ryw.outbox.reason={r}"),
+            ],
+            n,
+        )
+    };
+    assert_eq!(
+        points,
+        [
+            p("dead_lettered", "conflict", 1),
+            p("deferred", "behind", 1),
+            p("deferred", "failed", 2),
+            p("deferred", "store_down", 1),
+            p("refused", "full", 1),
+            p("replayed", "none", 3),
+        ]
+    );
+}

@@ -93,6 +93,11 @@ pub trait Observer: fmt::Debug + Send + Sync + 'static {
     fn token(&self, event: &TokenEvent) {
         let _ = event;
     }
+
+    /// The outbox (`ryw-outbox`) deferred, replayed, dead-lettered or refused a write.
+    fn outbox(&self, event: &OutboxEvent) {
+        let _ = event;
+    }
 }
 
 impl<O: Observer + ?Sized> Observer for Arc<O> {
@@ -113,6 +118,9 @@ impl<O: Observer + ?Sized> Observer for Arc<O> {
     }
     fn token(&self, event: &TokenEvent) {
         (**self).token(event)
+    }
+    fn outbox(&self, event: &OutboxEvent) {
+        (**self).outbox(event)
     }
 }
 
@@ -249,6 +257,31 @@ pub enum TokenEvent {
         /// Why: `VerifyError::code()` (`token_expired`, `token_bad_signature`, ...) or the HTTP
         /// layer's own (`token_too_many`, `token_not_text`).
         code: &'static str,
+    },
+}
+
+/// What the outbox (`ryw-outbox`) did with a write. Reasons are short, stable names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OutboxEvent {
+    /// The write was kept for later: `failed` (past its retries), `store_down` (the breaker) or
+    /// `behind` (an earlier write of its session is queued).
+    Deferred {
+        /// Why.
+        reason: &'static str,
+    },
+    /// A queued write was applied by the replayer and left the outbox.
+    Replayed,
+    /// A queued write can no longer be replayed safely and became a dead letter: `expired`,
+    /// `undecodable`, or the kind of the store's refusal (`store`, `conflict`, `ambiguous`, ...).
+    DeadLettered {
+        /// Why.
+        reason: &'static str,
+    },
+    /// A write that should have been deferred was not kept: `full`, `storage`, `not_deferrable`.
+    Refused {
+        /// Why.
+        reason: &'static str,
     },
 }
 
