@@ -104,7 +104,12 @@ pub const REJECTED_HEADER: &str = "ryw-session-rejected";
 /// - `guaranteed` (with the fence path: `guaranteed; path=escalated`);
 /// - `pending; behind=N; required=R; observed=O`: the data may lack the session's writes, by `N`
 ///   versions (a later read converges);
-/// - `unscoped`: nothing could be fenced (a configuration gap).
+/// - `unscoped`: nothing could be fenced (a configuration gap);
+/// - `queued; write=S`: the session's write number `S` waits in an outbox (`ryw-outbox`, the
+///   store was down): a read cannot show it yet, and a write answered so is kept, not applied.
+///   Answer a deferred write with `202 Accepted` and this header (put
+///   `ryw_outbox::Deferred::visibility()` into the response extensions), so the client knows it
+///   is queued.
 ///
 /// The handler puts the read's [`ryw::Visibility`] into the response extensions (with axum,
 /// return `Extension(visibility)` among the response parts); [`ServerSessionLayer`] turns it into
@@ -216,6 +221,11 @@ mod tests {
             "pending; behind=3; required=12; observed=9"
         );
         assert_eq!(super::visibility_header(&Visibility::Unscoped), "unscoped");
+        let write = ryw::WriteId::new(ryw::SessionId::from_u128(1), 2, 7);
+        assert_eq!(
+            super::visibility_header(&Visibility::Queued(write)),
+            "queued; write=7"
+        );
         assert_eq!(
             super::visibility_header(&Visibility::Guaranteed(FencePath::Verified)),
             "guaranteed; path=verified"

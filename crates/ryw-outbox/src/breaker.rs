@@ -2,6 +2,7 @@
 //! and writes are deferred without being sent, until the cool-down passes (one write then tries
 //! the store) or a replay succeeds.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -30,6 +31,8 @@ use tokio::time::Instant;
 pub struct Breaker {
     threshold: u32,
     cool_down: Duration,
+    /// Nothing failed since the last success: the request path's check, without the lock.
+    clear: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -52,6 +55,7 @@ impl Breaker {
         Breaker {
             threshold: threshold.max(1),
             cool_down,
+            clear: AtomicBool::new(true),
             state: Mutex::new(State::default()),
         }
     }
@@ -62,6 +66,9 @@ impl Breaker {
 
     /// True while the store is taken to be down.
     pub fn is_open(&self) -> bool {
+        if self.clear.load(Ordering::Acquire) {
+            return false;
+        }
         let mut state = self.state();
         match state.open_until {
             Some(until) if Instant::now() < until => true,
@@ -78,6 +85,7 @@ impl Breaker {
     /// A request failed with a transient error.
     pub fn failed(&self) {
         let mut state = self.state();
+        self.clear.store(false, Ordering::Release);
         state.failures = state.failures.saturating_add(1);
         if state.failures >= self.threshold {
             state.open_until = Some(Instant::now() + self.cool_down);
@@ -86,8 +94,12 @@ impl Breaker {
 
     /// The store answered.
     pub fn succeeded(&self) {
+        if self.clear.load(Ordering::Acquire) {
+            return;
+        }
         let mut state = self.state();
         state.failures = 0;
         state.open_until = None;
+        self.clear.store(true, Ordering::Release);
     }
 }

@@ -82,6 +82,15 @@ pub enum DeferReason {
     Behind,
 }
 
+impl Deferred {
+    /// [`ryw::Visibility::Queued`] with the write's id: what an HTTP handler puts into its `202
+    /// Accepted` response's extensions, for `ryw-http` to send as `ryw-visibility: queued;
+    /// write=N`.
+    pub fn visibility(&self) -> ryw::Visibility {
+        ryw::Visibility::Queued(self.write_id)
+    }
+}
+
 impl DeferReason {
     /// `failed`, `store_down` or `behind`, for telemetry.
     pub fn as_str(self) -> &'static str {
@@ -230,12 +239,18 @@ where
         let outbox = self.outbox.clone();
         let breaker = self.breaker.clone();
         let observer = self.observer.clone();
-        let mut base = request.get_ref().clone();
-        self.adapter.prepare(&mut base);
-        let op = self.adapter.operation(&base);
-        let mut scopes = Scopes::new();
-        self.adapter.scopes(&base, &mut scopes);
-        let scopes: Vec<_> = scopes.iter().collect();
+        let op = self.adapter.operation(request.get_ref());
+        // The scopes matter only to a read while writes are queued, and to a write deferred.
+        let scopes = match op {
+            Operation::Read if outbox.is_empty() => Vec::new(),
+            _ => {
+                let mut base = request.get_ref().clone();
+                self.adapter.prepare(&mut base);
+                let mut scopes = Scopes::new();
+                self.adapter.scopes(&base, &mut scopes);
+                scopes.iter().collect()
+            }
+        };
         Box::pin(async move {
             let session = request.session().id();
             match op {

@@ -54,6 +54,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use ryw::{ScopeKey, Session, SessionId, WriteId};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 const ENTRIES: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("entries");
@@ -153,6 +154,8 @@ pub struct Outbox {
     db: Database,
     config: OutboxConfig,
     index: Mutex<Index>,
+    /// Entries queued, readable without the index's lock: the request path asks it first.
+    queued: AtomicU64,
     /// The live sessions of this process whose writes are queued: a replay records what it
     /// wrote into them, so their next reads are fenced on it.
     live: Mutex<HashMap<SessionId, Session>>,
@@ -185,12 +188,14 @@ impl Outbox {
             db,
             config,
             index: Mutex::new(Index::default()),
+            queued: AtomicU64::new(0),
             live: Mutex::new(HashMap::new()),
         };
         let mut index = Index::default();
         for (seq, entry, bytes) in outbox.scan()? {
             index.add(seq, &entry, bytes);
         }
+        outbox.queued.store(index.entries, Ordering::Release);
         *outbox.index() = index;
         Ok(outbox)
     }
@@ -240,6 +245,7 @@ impl Outbox {
         };
         storage!(txn.commit())?;
         index.add(seq, entry, size);
+        self.queued.store(index.entries, Ordering::Release);
         Ok(seq)
     }
 
@@ -282,6 +288,7 @@ impl Outbox {
             if let Some(session) = index.forget(seq, bytes) {
                 self.release(session, &index);
             }
+            self.queued.store(index.entries, Ordering::Release);
         }
         Ok(removed.is_some())
     }
@@ -307,6 +314,7 @@ impl Outbox {
         if let Some(session) = index.forget(seq, &bytes) {
             self.release(session, &index);
         }
+        self.queued.store(index.entries, Ordering::Release);
         Ok(())
     }
 
@@ -348,6 +356,9 @@ impl Outbox {
 
     /// The latest queued write of `session` to any of `scopes`, if one is queued.
     pub fn queued_write(&self, session: SessionId, scopes: &[ScopeKey]) -> Option<WriteId> {
+        if self.is_empty() {
+            return None;
+        }
         let index = self.index();
         let queued = index.sessions.get(&session)?;
         queued
@@ -359,12 +370,12 @@ impl Outbox {
 
     /// True when `session` has a write queued: its later writes queue behind it.
     pub fn has_queued(&self, session: SessionId) -> bool {
-        self.index().sessions.contains_key(&session)
+        !self.is_empty() && self.index().sessions.contains_key(&session)
     }
 
     /// Entries queued.
     pub fn len(&self) -> u64 {
-        self.index().entries
+        self.queued.load(Ordering::Acquire)
     }
 
     /// True when nothing is queued.
