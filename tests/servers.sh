@@ -71,5 +71,7 @@ start_secantus() {
     sleep 0.3
   done
   export RYW_MONGODB_URI="mongodb://127.0.0.1:$port/?replicaSet=secantus"
+  # The outage test starts (and kills, and restarts) its own SecantusDB on an on-disk path.
+  export RYW_SECANTUS_BIN="$venv/bin/secantusd-py"
   echo "servers: SecantusDB (MongoDB) on $RYW_MONGODB_URI"
 }

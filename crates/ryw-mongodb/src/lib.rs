@@ -64,6 +64,8 @@ pub mod error;
 pub mod revocation;
 mod service;
 
+#[cfg(feature = "outbox")]
+mod outbox;
 pub use error::MongoError;
 pub use revocation::MongoRevocations;
 pub use service::{MongoFuture, MongoService, RECENT_WRITE_IDS};

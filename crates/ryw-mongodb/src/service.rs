@@ -319,17 +319,42 @@ where
                         doc.insert("_id", w.as_str());
                         true
                     }
+                    (Some(w), true) => {
+                        // The caller's own `_id`: the document carries the write id, as an
+                        // update would leave it, so that a replay can tell its own insert.
+                        if doc.contains_key(field) {
+                            return Err(MongoError::Invalid(format!(
+                                "the document must not hold `{field}`: ryw keeps its write ids there"
+                            )));
+                        }
+                        doc.insert(field, vec![w.as_str()]);
+                        false
+                    }
                     _ => false,
                 };
                 let raw = coll.clone_with_type::<Document>();
                 match raw.insert_one(doc.clone()).session(&mut *session).await {
                     Ok(r) => (MongoOutput::Inserted(vec![r.inserted_id]), false),
                     Err(e) => match MongoError::from_driver(e) {
-                        // The caller's own `_id` at a replay: the first attempt, or someone else.
+                        // The caller's own `_id` at a replay: the first attempt if the document
+                        // there still carries this write id, or someone else's.
                         MongoError::DuplicateKey { message } if replay && !ours => {
-                            return Err(MongoError::Unresolved(format!(
-                                "duplicate key at a replay of an insert with its own _id: {message}"
-                            )))
+                            let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
+                            let w = write_id.as_deref().unwrap_or_default();
+                            let mine = raw
+                                .find_one(doc! { "_id": id.clone(), field: w })
+                                .session(&mut *session)
+                                .await
+                                .map_err(driver)?;
+                            if mine.is_some() {
+                                tracing::debug!(target: "ryw::mongodb", "replayed insert had already applied");
+                                (MongoOutput::Inserted(vec![id]), true)
+                            } else {
+                                return Err(MongoError::Unresolved(format!(
+                                    "duplicate key at a replay of an insert with its own _id, \
+                                     and the document there is not this write's: {message}"
+                                )));
+                            }
                         }
                         // Only this write can have inserted a document with its own id.
                         MongoError::DuplicateKey { .. } if ours => (

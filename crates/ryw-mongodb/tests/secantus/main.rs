@@ -740,17 +740,19 @@ async fn a_replay_with_no_trace_of_its_write_is_ambiguous_never_applied_elsewher
         "no second job claimed"
     );
 
-    // An insert with the caller's own `_id`, response lost: ambiguous, not a permanent error.
+    // An insert with the caller's own `_id`, response lost: the replay meets the first
+    // attempt's document, which carries the write id, and is recognised as applied (before the
+    // document carried it, this was reported ambiguous; never a permanent error, never twice).
     let lossy = LoseNextWriteResponseForTests {
         inner: service.clone(),
         armed: Arc::new(AtomicUsize::new(1)),
     };
-    let err = layer()
+    let out = layer()
         .layer(lossy)
         .oneshot(session.request(MongoRequest::insert_one(doc! { "_id": "post-7" })))
         .await
-        .unwrap_err();
-    assert!(err.is_ambiguous(), "{err}");
+        .unwrap();
+    assert!(out.get_ref().was_replayed());
     assert_eq!(
         c.count_documents(doc! { "_id": "post-7" }).await.unwrap(),
         1
@@ -1176,4 +1178,63 @@ async fn db_client_operation_duration_is_recorded_per_call() {
     ];
     expected.sort();
     assert_eq!(seen, expected);
+}
+
+/// An insert with the caller's own `_id`, sent again as a replay after it applied (a lost answer,
+/// or an outbox entry replayed twice after a crash), is recognised by the write id the document
+/// carries: applied once, not reported ambiguous. Another write's replay meeting that `_id` is
+/// still not taken for its own.
+#[tokio::test]
+async fn a_replayed_insert_with_its_own_id_is_recognised_by_its_write_id() {
+    let uri = secantus!();
+    let client = Client::with_uri_str(&uri).await.unwrap();
+    let adapter = MongoAdapter::new();
+    let coll = fresh();
+    let mut svc = layer().layer(MongoService::<Document>::new(
+        &client, "ryw", &coll, &adapter,
+    ));
+    let session = Session::new();
+    let request = session.request(MongoRequest::insert_one(doc! { "_id": "mine", "v": 1 }));
+    let keep = request.clone();
+    svc.ready().await.unwrap().call(request).await.unwrap();
+    let stamped = keep.stamped().expect("sent");
+    let replay = ryw::SessionRequest::from_stamped(
+        session.clone(),
+        ryw::StampedWrite {
+            may_have_applied: true,
+            ..stamped
+        },
+    );
+    let out = svc.ready().await.unwrap().call(replay).await.unwrap();
+    assert!(out.get_ref().was_replayed(), "recognised as applied");
+    let raw = client.database("ryw").collection::<Document>(&coll);
+    assert_eq!(raw.count_documents(doc! {}).await.unwrap(), 1);
+
+    // Another session's insert of the same `_id`, replayed: not its document.
+    let other = Session::new();
+    let request = other.request(MongoRequest::insert_one(doc! { "_id": "mine", "v": 2 }));
+    let stamped = layer()
+        .layer(MongoService::<Document>::new(
+            &client, "ryw", &coll, &adapter,
+        ))
+        .stamp(&request)
+        .unwrap();
+    let replay = ryw::SessionRequest::from_stamped(
+        other,
+        ryw::StampedWrite {
+            may_have_applied: true,
+            ..stamped
+        },
+    );
+    let err = svc.ready().await.unwrap().call(replay).await.unwrap_err();
+    assert!(err.is_ambiguous(), "{err}");
+    assert_eq!(
+        raw.find_one(doc! { "_id": "mine" })
+            .await
+            .unwrap()
+            .unwrap()
+            .get_i32("v")
+            .unwrap(),
+        1
+    );
 }
