@@ -39,28 +39,31 @@ impl Server {
             "secantus-{}.log",
             std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos()
         ));
-        let child = Command::new(bin)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--storage-path",
-            ])
-            .arg(dir.join("data"))
-            .arg("--enable-test-commands")
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::from(
-                std::fs::File::create(log.with_extension("err")).unwrap(),
-            ))
-            .spawn()
-            .expect("SecantusDB starts");
+        // Held by `Server` at once: dropped (killed and waited for) on every path.
+        let server = Server(
+            Command::new(bin)
+                .args([
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--storage-path",
+                ])
+                .arg(dir.join("data"))
+                .arg("--enable-test-commands")
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(Stdio::from(
+                    std::fs::File::create(log.with_extension("err")).unwrap(),
+                ))
+                .spawn()
+                .expect("SecantusDB starts"),
+        );
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             let out = std::fs::read_to_string(&log).unwrap_or_default()
                 + &std::fs::read_to_string(log.with_extension("err")).unwrap_or_default();
             if out.contains("listening on") {
-                return Server(child);
+                return server;
             }
             assert!(
                 std::time::Instant::now() < deadline,
