@@ -68,7 +68,7 @@ async fn run(seed: u64, dir: &std::path::Path) -> (History, usize) {
         let key: ryw_sim::Key = format!("u{user}k{}", rng.below(3)).into();
         let invoked = now();
         if rng.chance(0.35) {
-            let value = (seed << 32) | n as u64 + 1;
+            let value = (seed << 32) | (n as u64 + 1);
             let out = svc
                 .ready()
                 .await
