@@ -1,6 +1,7 @@
 //! A circuit breaker: after enough consecutive transient failures the store is taken to be down,
 //! and writes are deferred without being sent, until the cool-down passes (one write then tries
-//! the store) or a replay succeeds.
+//! the store; the others stay deferred until it answers, or for another cool-down if it never
+//! says) or a replay succeeds.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -22,7 +23,8 @@ use tokio::time::Instant;
 /// breaker.failed();
 /// assert!(breaker.is_open());
 /// tokio::time::sleep(Duration::from_secs(5)).await;
-/// assert!(!breaker.is_open(), "after the cool-down, the next write tries the store");
+/// assert!(!breaker.is_open(), "after the cool-down, one write tries the store");
+/// assert!(breaker.is_open(), "the others wait for its answer");
 /// breaker.succeeded();
 /// assert!(!breaker.is_open());
 /// # }
@@ -40,6 +42,8 @@ pub struct Breaker {
 struct State {
     failures: u32,
     open_until: Option<Instant>,
+    /// Half open: one write was let through to try the store; others wait until then.
+    probe_until: Option<Instant>,
 }
 
 impl Default for Breaker {
@@ -70,15 +74,19 @@ impl Breaker {
             return false;
         }
         let mut state = self.state();
-        match state.open_until {
-            Some(until) if Instant::now() < until => true,
-            Some(_) => {
-                // Half open: the next write tries the store; one more failure opens it again.
+        let now = Instant::now();
+        match (state.open_until, state.probe_until) {
+            (Some(until), _) if now < until => true,
+            // Half open, a probe on its way: the others stay deferred.
+            (_, Some(until)) if now < until => true,
+            (Some(_), _) | (_, Some(_)) => {
+                // Half open: this write tries the store; one more failure opens it again.
                 state.open_until = None;
+                state.probe_until = Some(now + self.cool_down);
                 state.failures = self.threshold - 1;
                 false
             }
-            None => false,
+            (None, None) => false,
         }
     }
 
@@ -87,6 +95,7 @@ impl Breaker {
         let mut state = self.state();
         self.clear.store(false, Ordering::Release);
         state.failures = state.failures.saturating_add(1);
+        state.probe_until = None;
         if state.failures >= self.threshold {
             state.open_until = Some(Instant::now() + self.cool_down);
         }
@@ -100,6 +109,7 @@ impl Breaker {
         let mut state = self.state();
         state.failures = 0;
         state.open_until = None;
+        state.probe_until = None;
         self.clear.store(true, Ordering::Release);
     }
 }

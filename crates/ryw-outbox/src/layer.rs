@@ -266,6 +266,9 @@ where
                     Ok(Written::Applied(send::<S, A>(&mut inner, request).await?))
                 }
                 Operation::Write(_) => {
+                    // Until this write is settled, the replayer leaves the session alone: a
+                    // write of it deferred meanwhile must not be applied before this one.
+                    let _in_flight = outbox.write_started(session);
                     let now = if outbox.has_queued(session) {
                         Some(DeferReason::Behind)
                     } else if breaker.is_open() {
@@ -298,7 +301,11 @@ where
                             );
                             report(observer.as_deref(), out)
                         }
-                        Err(e) => Err(e),
+                        Err(e) => {
+                            // The store answered (a refusal, a conflict): it is up.
+                            breaker.succeeded();
+                            Err(e)
+                        }
                     }
                 }
                 _ => Ok(Written::Applied(send::<S, A>(&mut inner, request).await?)),
@@ -323,6 +330,12 @@ fn report<T, E: std::error::Error + 'static>(
             error: OutboxError::Full { .. },
             ..
         }) => OutboxEvent::Refused { reason: "full" },
+        Err(OutboxServiceError::Outbox {
+            error: OutboxError::Invalid(_),
+            ..
+        }) => OutboxEvent::Refused {
+            reason: "not_deferrable",
+        },
         Err(OutboxServiceError::Outbox { .. }) => OutboxEvent::Refused { reason: "storage" },
         Err(OutboxServiceError::NotDeferrable { .. }) => OutboxEvent::Refused {
             reason: "not_deferrable",
@@ -385,10 +398,25 @@ where
             cause,
         });
     };
+    // Sent again (a clone, a retry) while it is queued: the same write, already kept.
+    if let Some(seq) = outbox.queued_seq(stamped.write_id) {
+        return Ok(Written::Deferred(Deferred {
+            write_id: stamped.write_id,
+            seq,
+            reason,
+        }));
+    }
     let mut bytes = Vec::new();
     if let Err(e) = stamped.request.encode(&mut bytes) {
         return Err(OutboxServiceError::NotDeferrable {
             reason: e.reason.into(),
+            cause,
+        });
+    }
+    // Nothing is kept that could not be read back: a write answered "deferred" can be replayed.
+    if let Err(e) = R::decode(&bytes) {
+        return Err(OutboxServiceError::NotDeferrable {
+            reason: format!("its encoding does not decode: {e}"),
             cause,
         });
     }

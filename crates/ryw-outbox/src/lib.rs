@@ -92,7 +92,7 @@ mod sim;
 pub mod store;
 
 pub use breaker::Breaker;
-pub use entry::{DurableRequest, NotDeferrable};
+pub use entry::{DecodeError, DurableRequest, NotDeferrable, Reader, Writer};
 pub use layer::{
     DeferReason, Deferred, OutboxLayer, OutboxService, OutboxServiceError, StampWrites, Written,
 };

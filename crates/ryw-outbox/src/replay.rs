@@ -7,7 +7,7 @@ use ryw::adapter::StoreAdapter;
 use ryw::retry::RetryPolicy;
 use ryw::telemetry::{Observer, OutboxEvent};
 use ryw::{ReadYourWrites, Session, SessionId, SessionRequest, SessionResponse, StampedWrite};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tower::{Service, ServiceExt};
@@ -110,11 +110,28 @@ where
     pub async fn drain(&mut self) -> Result<ReplayReport, OutboxError> {
         let mut report = ReplayReport::default();
         let mut blocked: HashSet<SessionId> = HashSet::new();
-        let pending = self.outbox.pending()?;
+        let mut pending = self.outbox.pending()?;
         let total = pending.len() as u64;
+        // Sessions in the order their first entry was appended; each session's entries in the
+        // order its writes were made (a write deferred while an earlier one was still on its way
+        // may have been appended before it).
+        let mut first: HashMap<SessionId, usize> = HashMap::new();
+        for (i, (_, e)) in pending.iter().enumerate() {
+            first.entry(e.write_id.session).or_insert(i);
+        }
+        pending.sort_by_key(|(seq, e)| {
+            (
+                first[&e.write_id.session],
+                e.write_id.lane,
+                e.write_id.seq,
+                *seq,
+            )
+        });
         for (seq, entry) in pending {
             let session_id = entry.write_id.session;
-            if blocked.contains(&session_id) {
+            // A write of the session still on its way to the store (through the outbox layer)
+            // may be deferred behind these, yet was made before them: wait for it.
+            if blocked.contains(&session_id) || self.outbox.in_flight(session_id) {
                 report.left += 1;
                 continue;
             }

@@ -19,6 +19,11 @@ impl DurableRequest for SimRequest {
                 })
             }
         };
+        if put.key.len() > MAX_KEY {
+            return Err(NotDeferrable {
+                reason: "key longer than the 64 KiB an entry keeps",
+            });
+        }
         out.push(PUT);
         out.extend_from_slice(&(put.key.len() as u32).to_le_bytes());
         out.extend_from_slice(put.key.as_bytes());

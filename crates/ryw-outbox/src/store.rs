@@ -7,10 +7,13 @@
 //! [`OutboxError::Full`] (backpressure), never unbounded disk.
 //!
 //! Entries are kept in append order (a global sequence number); the replayer drains them in that
-//! order, which keeps each session's writes in the order they were made. An entry that can no
+//! order, each session's in the order its writes were made (their write sequence numbers). An entry that can no
 //! longer be replayed safely moves, in one transaction, to the dead letters with its reason;
 //! the application lists them ([`Outbox::dead_letters`]) and may queue one again
-//! ([`Outbox::retry_dead_letter`]).
+//! ([`Outbox::retry_dead_letter`]). An entry found damaged (its checksum does not match) is a
+//! dead letter too, kept as its bytes: it never blocks the others. A file so damaged that the
+//! embedded store itself fails (or panics) gives [`OutboxError::Damaged`] or
+//! [`OutboxError::Storage`], never a panic of the caller.
 //!
 //! ```
 //! use ryw::clock::HybridTimestamp;
@@ -42,7 +45,9 @@
 //! assert_eq!(pending, vec![(seq, entry)]);
 //! outbox.dead_letter(seq, "the store refused it")?;
 //! assert!(outbox.pending()?.is_empty());
-//! assert_eq!(outbox.dead_letters()?[0].reason, "the store refused it");
+//! let letters = outbox.dead_letters()?;
+//! assert_eq!(letters[0].reason, "the store refused it");
+//! assert_eq!(letters[0].entry.as_ref().unwrap(), &entry);
 //! # drop(outbox);
 //! # std::fs::remove_dir_all(&dir)?;
 //! # Ok(())
@@ -55,7 +60,7 @@ use ryw::{ScopeKey, Session, SessionId, WriteId};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 const ENTRIES: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("entries");
 const DEAD: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("dead_letters");
@@ -107,10 +112,18 @@ pub enum OutboxError {
         /// Bytes queued.
         bytes: u64,
     },
-    /// The embedded store failed (disk full, I/O error, a file another process holds open).
+    /// The entry is beyond the bounds an entry can be read back with: not kept.
+    #[error("outbox entry refused: {0}")]
+    Invalid(DecodeError),
+    /// The embedded store failed (disk full, I/O error, a damaged file, a file another process
+    /// holds open).
     #[error("outbox storage: {0}")]
     Storage(#[from] redb::Error),
-    /// A stored entry does not decode.
+    /// The file is so damaged that the embedded store could not go on (it panicked; the panic
+    /// was caught).
+    #[error("outbox file damaged: {0}")]
+    Damaged(String),
+    /// A stored dead letter does not decode.
     #[error("outbox entry {seq}: {error}")]
     Corrupt {
         /// The entry's sequence number.
@@ -129,29 +142,53 @@ macro_rules! storage {
     };
 }
 
+/// Runs `f`, turning a panic inside the embedded store (a damaged file can make it panic) into
+/// [`OutboxError::Damaged`].
+fn guarded<T>(f: impl FnOnce() -> Result<T, OutboxError>) -> Result<T, OutboxError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) => Err(OutboxError::Damaged(
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "the embedded store panicked".to_owned()),
+        )),
+    }
+}
+
 /// A dead letter: an entry that could not be replayed, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadLetter {
     /// Its sequence number among the dead letters (its entry's, when it was queued).
     pub seq: u64,
-    /// The entry.
-    pub entry: Entry,
+    /// The entry, or why its stored bytes are not one (a damaged entry is kept as it was found).
+    pub entry: Result<Entry, DecodeError>,
     /// Why it was not replayed.
     pub reason: String,
+}
+
+/// One queued write, as the index knows it.
+struct Queued {
+    seq: u64,
+    write_id: WriteId,
+    scopes: Vec<ScopeKey>,
+    bytes: u64,
 }
 
 /// What the outbox holds in memory of its queue: per session, the queued writes and their scopes
 /// (for reads, which must not claim a queued write is visible), and the totals.
 #[derive(Default)]
 struct Index {
-    sessions: HashMap<SessionId, Vec<(u64, WriteId, Vec<ScopeKey>)>>,
+    sessions: HashMap<SessionId, Vec<Queued>>,
     entries: u64,
     bytes: u64,
 }
 
 /// A durable, bounded queue of deferred writes; see the [module docs](self).
 pub struct Outbox {
-    db: Database,
+    /// `None` only while being dropped (see `Drop`).
+    db: Option<Database>,
     config: OutboxConfig,
     index: Mutex<Index>,
     /// Entries queued, readable without the index's lock: the request path asks it first.
@@ -159,6 +196,19 @@ pub struct Outbox {
     /// The live sessions of this process whose writes are queued: a replay records what it
     /// wrote into them, so their next reads are fenced on it.
     live: Mutex<HashMap<SessionId, Session>>,
+    /// Writes of each session on their way to the store through the outbox layer: the replayer
+    /// leaves a session alone while one is, so that a write made later never overtakes it.
+    in_flight: Mutex<HashMap<SessionId, u32>>,
+}
+
+impl Drop for Outbox {
+    /// Closes the file. After the embedded store panicked on a damaged file, its own clean-up may
+    /// panic too: that is caught here, never the caller's.
+    fn drop(&mut self) {
+        if let Some(db) = self.db.take() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db)));
+        }
+    }
 }
 
 impl std::fmt::Debug for Outbox {
@@ -172,61 +222,120 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
+/// A write of a session on its way to the store ([`Outbox::write_started`]); dropping it says
+/// the write is settled (applied, deferred, or failed).
+#[derive(Debug)]
+pub struct WriteInFlight {
+    outbox: Arc<Outbox>,
+    session: SessionId,
+}
+
+impl Drop for WriteInFlight {
+    fn drop(&mut self) {
+        let mut in_flight = lock(&self.outbox.in_flight);
+        if let Some(n) = in_flight.get_mut(&self.session) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.session);
+            }
+        }
+    }
+}
+
 impl Outbox {
     /// Opens the outbox at `path`, creating it if needed, and reads its queue back (after a
-    /// crash, everything appended before it is there). One process at a time: redb refuses a
-    /// file another process holds open ([`OutboxError::Storage`]).
+    /// crash, everything appended before it is there). Entries found damaged become dead
+    /// letters. One process at a time: redb refuses a file another process holds open
+    /// ([`OutboxError::Storage`]).
     pub fn open(path: impl AsRef<Path>, config: OutboxConfig) -> Result<Self, OutboxError> {
-        let db = storage!(Database::create(path))?;
-        // Create the tables, so that reads of an empty outbox find them.
-        let txn = storage!(db.begin_write())?;
-        storage!(txn.open_table(ENTRIES))?;
-        storage!(txn.open_table(DEAD))?;
-        storage!(txn.open_table(META))?;
-        storage!(txn.commit())?;
-        let outbox = Outbox {
-            db,
-            config,
-            index: Mutex::new(Index::default()),
-            queued: AtomicU64::new(0),
-            live: Mutex::new(HashMap::new()),
-        };
-        let mut index = Index::default();
-        for (seq, entry, bytes) in outbox.scan()? {
-            index.add(seq, &entry, bytes);
-        }
-        outbox.queued.store(index.entries, Ordering::Release);
-        *outbox.index() = index;
-        Ok(outbox)
+        let path = path.as_ref();
+        guarded(|| {
+            let db = storage!(Database::create(path))?;
+            // Create the tables, so that reads of an empty outbox find them.
+            let txn = storage!(db.begin_write())?;
+            storage!(txn.open_table(ENTRIES))?;
+            storage!(txn.open_table(DEAD))?;
+            storage!(txn.open_table(META))?;
+            storage!(txn.commit())?;
+            let outbox = Outbox {
+                db: Some(db),
+                config,
+                index: Mutex::new(Index::default()),
+                queued: AtomicU64::new(0),
+                live: Mutex::new(HashMap::new()),
+                in_flight: Mutex::new(HashMap::new()),
+            };
+            let mut index = Index::default();
+            // Guarded on its own: a panic must not unwind through the outbox's drop.
+            for (seq, entry, bytes) in guarded(|| outbox.scan())? {
+                index.add(seq, &entry, bytes);
+            }
+            outbox.queued.store(index.entries, Ordering::Release);
+            *outbox.index() = index;
+            Ok(outbox)
+        })
     }
 
     fn index(&self) -> MutexGuard<'_, Index> {
         lock(&self.index)
     }
 
-    /// Every queued entry with its size, in order.
+    fn db(&self) -> Result<&Database, OutboxError> {
+        self.db
+            .as_ref()
+            .ok_or_else(|| OutboxError::Damaged("the outbox is closed".to_owned()))
+    }
+
+    /// Every queued entry with its size, in order. Entries that do not decode move to the dead
+    /// letters, as they were found.
     fn scan(&self) -> Result<Vec<(u64, Entry, u64)>, OutboxError> {
-        let txn = storage!(self.db.begin_read())?;
-        let table = storage!(txn.open_table(ENTRIES))?;
-        let mut out = Vec::new();
-        for item in storage!(table.iter())? {
-            let (seq, bytes) = storage!(item)?;
-            let (seq, bytes) = (seq.value(), bytes.value());
-            let entry =
-                Entry::decode(bytes).map_err(|error| OutboxError::Corrupt { seq, error })?;
-            out.push((seq, entry, bytes.len() as u64));
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        {
+            let txn = storage!(self.db()?.begin_read())?;
+            let table = storage!(txn.open_table(ENTRIES))?;
+            for item in storage!(table.iter())? {
+                let (seq, bytes) = storage!(item)?;
+                let (seq, bytes) = (seq.value(), bytes.value());
+                match Entry::decode(bytes) {
+                    Ok(entry) => good.push((seq, entry, bytes.len() as u64)),
+                    Err(error) => bad.push((seq, error)),
+                }
+            }
         }
-        Ok(out)
+        for (seq, error) in bad {
+            tracing::warn!(target: "ryw::outbox", seq, %error, "damaged entry dead-lettered");
+            self.dead_letter(seq, &format!("undecodable: {error}"))?;
+        }
+        Ok(good)
     }
 
     /// Appends `entry`, durably: when this returns `Ok`, the entry survives a crash. Returns its
-    /// sequence number. [`OutboxError::Full`] at the bounds.
+    /// sequence number. [`OutboxError::Full`] at the bounds, [`OutboxError::Invalid`] for an
+    /// entry beyond what could be read back.
     pub fn append(&self, entry: &Entry) -> Result<u64, OutboxError> {
+        entry.check().map_err(OutboxError::Invalid)?;
         let bytes = entry.encode();
+        guarded(|| {
+            // Appends are serialized (one redb write transaction at a time); the index lock is
+            // held across the commit so that the bound is checked against what is really queued.
+            let mut index = self.index();
+            let seq = self.insert(&mut index, &bytes, None)?;
+            index.add(seq, entry, bytes.len() as u64);
+            self.queued.store(index.entries, Ordering::Release);
+            Ok(seq)
+        })
+    }
+
+    /// Inserts `bytes` at the next sequence number, in one transaction that also removes the
+    /// dead letter `from_dead` if given. The caller holds the index.
+    fn insert(
+        &self,
+        index: &mut Index,
+        bytes: &[u8],
+        from_dead: Option<u64>,
+    ) -> Result<u64, OutboxError> {
         let size = bytes.len() as u64;
-        // Appends are serialized (one redb write transaction at a time); the index lock is held
-        // across the commit so that the bound is checked against what is really queued.
-        let mut index = self.index();
         if index.entries + 1 > self.config.max_entries || index.bytes + size > self.config.max_bytes
         {
             return Err(OutboxError::Full {
@@ -234,18 +343,20 @@ impl Outbox {
                 bytes: index.bytes,
             });
         }
-        let txn = storage!(self.db.begin_write())?;
+        let txn = storage!(self.db()?.begin_write())?;
         let seq = {
             let mut meta = storage!(txn.open_table(META))?;
             let seq = storage!(meta.get(NEXT_SEQ))?.map_or(1, |v| v.value());
             storage!(meta.insert(NEXT_SEQ, seq + 1))?;
             let mut table = storage!(txn.open_table(ENTRIES))?;
-            storage!(table.insert(seq, bytes.as_slice()))?;
+            storage!(table.insert(seq, bytes))?;
+            if let Some(dead) = from_dead {
+                let mut letters = storage!(txn.open_table(DEAD))?;
+                storage!(letters.remove(dead))?;
+            }
             seq
         };
         storage!(txn.commit())?;
-        index.add(seq, entry, size);
-        self.queued.store(index.entries, Ordering::Release);
         Ok(seq)
     }
 
@@ -262,6 +373,21 @@ impl Outbox {
         lock(&self.live).get(&id).cloned()
     }
 
+    /// Says that a write of `session` is on its way to the store, until the returned guard is
+    /// dropped: the replayer leaves the session's queued writes alone meanwhile.
+    pub fn write_started(self: &Arc<Self>, session: SessionId) -> WriteInFlight {
+        *lock(&self.in_flight).entry(session).or_insert(0) += 1;
+        WriteInFlight {
+            outbox: self.clone(),
+            session,
+        }
+    }
+
+    /// True while a write of `session` is on its way to the store ([`Outbox::write_started`]).
+    pub fn in_flight(&self, session: SessionId) -> bool {
+        lock(&self.in_flight).contains_key(&session)
+    }
+
     /// Forgets the live session of `id` once it has nothing queued.
     fn release(&self, id: SessionId, index: &Index) {
         if !index.sessions.contains_key(&id) {
@@ -269,89 +395,100 @@ impl Outbox {
         }
     }
 
-    /// Every queued entry, in the order it was appended.
+    /// Every queued entry, in the order it was appended (entries found damaged move to the dead
+    /// letters).
     pub fn pending(&self) -> Result<Vec<(u64, Entry)>, OutboxError> {
-        Ok(self.scan()?.into_iter().map(|(s, e, _)| (s, e)).collect())
+        guarded(|| Ok(self.scan()?.into_iter().map(|(s, e, _)| (s, e)).collect()))
     }
 
     /// Forgets the entry `seq` (its write applied). Returns whether it was queued.
     pub fn remove(&self, seq: u64) -> Result<bool, OutboxError> {
-        let mut index = self.index();
-        let txn = storage!(self.db.begin_write())?;
-        let removed = {
-            let mut table = storage!(txn.open_table(ENTRIES))?;
-            let removed = storage!(table.remove(seq))?.map(|v| v.value().to_vec());
-            removed
-        };
-        storage!(txn.commit())?;
-        if let Some(bytes) = &removed {
-            if let Some(session) = index.forget(seq, bytes) {
-                self.release(session, &index);
+        guarded(|| {
+            let mut index = self.index();
+            let txn = storage!(self.db()?.begin_write())?;
+            let removed = {
+                let mut table = storage!(txn.open_table(ENTRIES))?;
+                let removed = storage!(table.remove(seq))?.is_some();
+                removed
+            };
+            storage!(txn.commit())?;
+            if removed {
+                self.forget(&mut index, seq);
             }
-            self.queued.store(index.entries, Ordering::Release);
+            Ok(removed)
+        })
+    }
+
+    fn forget(&self, index: &mut Index, seq: u64) {
+        if let Some(session) = index.forget(seq) {
+            self.release(session, index);
         }
-        Ok(removed.is_some())
+        self.queued.store(index.entries, Ordering::Release);
     }
 
     /// Moves the entry `seq` to the dead letters with `reason`, in one transaction.
     pub fn dead_letter(&self, seq: u64, reason: &str) -> Result<(), OutboxError> {
-        let mut index = self.index();
-        let txn = storage!(self.db.begin_write())?;
-        let bytes = {
-            let mut table = storage!(txn.open_table(ENTRIES))?;
-            let bytes = storage!(table.remove(seq))?
-                .map(|v| v.value().to_vec())
-                .ok_or(OutboxError::NotFound(seq))?;
-            let mut dead = storage!(txn.open_table(DEAD))?;
-            let mut letter = Vec::with_capacity(bytes.len() + reason.len() + 4);
-            letter.extend_from_slice(&(reason.len() as u32).to_le_bytes());
-            letter.extend_from_slice(reason.as_bytes());
-            letter.extend_from_slice(&bytes);
-            storage!(dead.insert(seq, letter.as_slice()))?;
-            bytes
-        };
-        storage!(txn.commit())?;
-        if let Some(session) = index.forget(seq, &bytes) {
-            self.release(session, &index);
-        }
-        self.queued.store(index.entries, Ordering::Release);
-        Ok(())
+        guarded(|| {
+            let mut index = self.index();
+            let txn = storage!(self.db()?.begin_write())?;
+            {
+                let mut table = storage!(txn.open_table(ENTRIES))?;
+                let bytes = storage!(table.remove(seq))?
+                    .map(|v| v.value().to_vec())
+                    .ok_or(OutboxError::NotFound(seq))?;
+                let mut dead = storage!(txn.open_table(DEAD))?;
+                let mut letter = Vec::with_capacity(bytes.len() + reason.len() + 4);
+                letter.extend_from_slice(&(reason.len() as u32).to_le_bytes());
+                letter.extend_from_slice(reason.as_bytes());
+                letter.extend_from_slice(&bytes);
+                storage!(dead.insert(seq, letter.as_slice()))?;
+            }
+            storage!(txn.commit())?;
+            self.forget(&mut index, seq);
+            Ok(())
+        })
     }
 
     /// Every dead letter, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, OutboxError> {
-        let txn = storage!(self.db.begin_read())?;
-        let table = storage!(txn.open_table(DEAD))?;
-        let mut out = Vec::new();
-        for item in storage!(table.iter())? {
-            let (seq, bytes) = storage!(item)?;
-            let seq = seq.value();
-            let (reason, entry) = decode_letter(bytes.value())
-                .map_err(|error| OutboxError::Corrupt { seq, error })?;
-            out.push(DeadLetter { seq, entry, reason });
-        }
-        Ok(out)
+        guarded(|| {
+            let txn = storage!(self.db()?.begin_read())?;
+            let table = storage!(txn.open_table(DEAD))?;
+            let mut out = Vec::new();
+            for item in storage!(table.iter())? {
+                let (seq, bytes) = storage!(item)?;
+                let (reason, entry) = decode_letter(bytes.value());
+                out.push(DeadLetter {
+                    seq: seq.value(),
+                    entry,
+                    reason,
+                });
+            }
+            Ok(out)
+        })
     }
 
     /// Queues the dead letter `seq` again, at the end of the queue (so after writes made since:
-    /// its session's order is the application's to judge). Returns its new sequence number.
+    /// its session's order is the application's to judge), in one transaction. Returns its new
+    /// sequence number. A damaged dead letter cannot be queued ([`OutboxError::Corrupt`]).
     pub fn retry_dead_letter(&self, seq: u64) -> Result<u64, OutboxError> {
-        let letter = {
-            let txn = storage!(self.db.begin_read())?;
-            let table = storage!(txn.open_table(DEAD))?;
-            let letter = storage!(table.get(seq))?.map(|v| v.value().to_vec());
-            letter.ok_or(OutboxError::NotFound(seq))?
-        };
-        let (_, entry) =
-            decode_letter(&letter).map_err(|error| OutboxError::Corrupt { seq, error })?;
-        let new_seq = self.append(&entry)?;
-        let txn = storage!(self.db.begin_write())?;
-        {
-            let mut table = storage!(txn.open_table(DEAD))?;
-            storage!(table.remove(seq))?;
-        }
-        storage!(txn.commit())?;
-        Ok(new_seq)
+        guarded(|| {
+            let letter = {
+                let txn = storage!(self.db()?.begin_read())?;
+                let table = storage!(txn.open_table(DEAD))?;
+                let letter = storage!(table.get(seq))?.map(|v| v.value().to_vec());
+                letter.ok_or(OutboxError::NotFound(seq))?
+            };
+            let entry = decode_letter(&letter)
+                .1
+                .map_err(|error| OutboxError::Corrupt { seq, error })?;
+            let bytes = entry.encode();
+            let mut index = self.index();
+            let new_seq = self.insert(&mut index, &bytes, Some(seq))?;
+            index.add(new_seq, &entry, bytes.len() as u64);
+            self.queued.store(index.entries, Ordering::Release);
+            Ok(new_seq)
+        })
     }
 
     /// The latest queued write of `session` to any of `scopes`, if one is queued.
@@ -364,8 +501,22 @@ impl Outbox {
         queued
             .iter()
             .rev()
-            .find(|(_, _, written)| written.iter().any(|s| scopes.contains(s)))
-            .map(|(_, id, _)| *id)
+            .find(|q| q.scopes.iter().any(|s| scopes.contains(s)))
+            .map(|q| q.write_id)
+    }
+
+    /// The sequence number of the queued entry of `write_id`, if it is queued.
+    pub fn queued_seq(&self, write_id: WriteId) -> Option<u64> {
+        if self.is_empty() {
+            return None;
+        }
+        let index = self.index();
+        index
+            .sessions
+            .get(&write_id.session)?
+            .iter()
+            .find(|q| q.write_id == write_id)
+            .map(|q| q.seq)
     }
 
     /// True when `session` has a write queued: its later writes queue behind it.
@@ -390,9 +541,11 @@ impl Outbox {
 
     /// Dead letters kept.
     pub fn dead_letter_count(&self) -> Result<u64, OutboxError> {
-        let txn = storage!(self.db.begin_read())?;
-        let table = storage!(txn.open_table(DEAD))?;
-        storage!(table.len())
+        guarded(|| {
+            let txn = storage!(self.db()?.begin_read())?;
+            let table = storage!(txn.open_table(DEAD))?;
+            storage!(table.len())
+        })
     }
 }
 
@@ -401,31 +554,41 @@ impl Index {
         self.sessions
             .entry(entry.write_id.session)
             .or_default()
-            .push((seq, entry.write_id, entry.scopes.clone()));
+            .push(Queued {
+                seq,
+                write_id: entry.write_id,
+                scopes: entry.scopes.clone(),
+                bytes,
+            });
         self.entries += 1;
         self.bytes += bytes;
     }
 
-    /// Forgets the entry `seq`; returns its session.
-    fn forget(&mut self, seq: u64, bytes: &[u8]) -> Option<SessionId> {
-        self.entries = self.entries.saturating_sub(1);
-        self.bytes = self.bytes.saturating_sub(bytes.len() as u64);
-        let session = Entry::decode(bytes).ok()?.write_id.session;
-        if let Some(queued) = self.sessions.get_mut(&session) {
-            queued.retain(|(s, _, _)| *s != seq);
-            if queued.is_empty() {
-                self.sessions.remove(&session);
-            }
+    /// Forgets the entry `seq` if it is indexed; returns its session.
+    fn forget(&mut self, seq: u64) -> Option<SessionId> {
+        let (&session, queued) = self
+            .sessions
+            .iter_mut()
+            .find(|(_, q)| q.iter().any(|q| q.seq == seq))?;
+        let at = queued.iter().position(|q| q.seq == seq)?;
+        let gone = queued.remove(at);
+        if queued.is_empty() {
+            self.sessions.remove(&session);
         }
+        self.entries = self.entries.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(gone.bytes);
         Some(session)
     }
 }
 
-fn decode_letter(bytes: &[u8]) -> Result<(String, Entry), DecodeError> {
+/// A dead letter's reason and entry (or why its bytes are not one).
+fn decode_letter(bytes: &[u8]) -> (String, Result<Entry, DecodeError>) {
     let mut r = Reader(bytes);
-    let len = r.len("reason", 64 * 1024)?;
-    let reason = String::from_utf8_lossy(r.take(len)?).into_owned();
-    Ok((reason, Entry::decode(r.0)?))
+    let reason = match r.len("reason", 64 * 1024).and_then(|len| r.take(len)) {
+        Ok(reason) => String::from_utf8_lossy(reason).into_owned(),
+        Err(e) => return ("damaged dead letter".to_owned(), Err(e)),
+    };
+    (reason, Entry::decode(r.0))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

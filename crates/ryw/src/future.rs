@@ -791,20 +791,31 @@ fn fence_of<A: StoreAdapter>(
 }
 
 /// Stamps the write `request` carries as its first attempt would be stamped, without sending it
-/// ([`crate::ReadYourWrites::stamp`]). A request already stamped (a clone of a sent one, or
+/// ([`crate::ReadYourWrites::stamp`]), and records the stamp on the request and its clones as an
+/// attempt that may apply: whoever sends it later (a clone, a retry) sends this very write, as
+/// a replay. A request already stamped (a clone of a sent one, or
 /// [`SessionRequest::from_stamped`]) keeps its stamp. `None` for a read.
 pub(crate) fn stamp_only<A: StoreAdapter, P>(
     config: &LayerConfig<A, P>,
     request: &SessionRequest<A::Request>,
 ) -> Option<crate::request::StampedWrite<A::Request>> {
-    if let Some(stamped) = request.stamped() {
-        return Some(stamped);
-    }
     let adapter = &config.adapter;
     let mut base = request.get_ref().clone();
     adapter.prepare(&mut base);
     if adapter.operation(&base) == Operation::Read {
         return None;
+    }
+    // Held across stamping, as a send holds it: clones stamped at once share one stamp.
+    let mut slot = request.shared_write().lock();
+    if let Some(sent) = slot.as_mut() {
+        // Kept for later by someone: it may apply whenever they send it.
+        sent.outstanding = sent.outstanding.max(1);
+        return Some(crate::request::StampedWrite {
+            write_id: sent.write_id,
+            timestamp: sent.timestamp,
+            request: sent.stamped.clone(),
+            may_have_applied: true,
+        });
     }
     let mut scopes = Scopes::new();
     adapter.scopes(&base, &mut scopes);
@@ -821,6 +832,12 @@ pub(crate) fn stamp_only<A: StoreAdapter, P>(
             fence: &fence,
         },
     );
+    *slot = Some(Sent {
+        write_id,
+        timestamp,
+        stamped: base.clone(),
+        outstanding: 1,
+    });
     Some(crate::request::StampedWrite {
         write_id,
         timestamp,

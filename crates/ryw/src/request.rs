@@ -166,6 +166,11 @@ impl<R> SessionRequest<R> {
         )
     }
 
+    /// The stamp shared by the request and its clones (created now if it was never cloned).
+    pub(crate) fn shared_write(&self) -> &Arc<SentWrite<R>> {
+        self.sent.get_or_init(Arc::default)
+    }
+
     /// Overrides the layer's [`StaleReadPolicy`] for this request (for example, strict reads for
     /// a payment page).
     pub fn stale_reads(mut self, policy: StaleReadPolicy) -> Self {
