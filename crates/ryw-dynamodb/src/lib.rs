@@ -66,6 +66,8 @@
 mod adapter;
 pub mod error;
 mod expr;
+#[cfg(feature = "outbox")]
+mod outbox;
 pub mod revocation;
 mod service;
 
@@ -177,7 +179,7 @@ impl Default for DynamoConfig {
 }
 
 /// One DynamoDB operation, as the SDK's input builder.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum DynamoOperation {
     /// GetItem.

@@ -152,14 +152,19 @@ where
                     continue;
                 }
             };
+            // Never sent before (deferred without being sent): sent as a first attempt, after
+            // recording durably that it is being sent, so that an attempt after a crash goes as
+            // a replay. Sent before (it failed, or a pass before a crash sent it): a replay.
+            if !entry.may_have_applied {
+                self.outbox.mark_sent(seq, &entry)?;
+            }
             let request = SessionRequest::from_stamped(
                 session,
                 StampedWrite {
                     write_id: entry.write_id,
                     timestamp: entry.timestamp,
                     request,
-                    // A pass before a crash may have sent it: always a replay.
-                    may_have_applied: true,
+                    may_have_applied: entry.may_have_applied,
                 },
             );
             let result = match self.service.ready().await {

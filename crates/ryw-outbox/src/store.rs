@@ -426,6 +426,33 @@ impl Outbox {
         self.queued.store(index.entries, Ordering::Release);
     }
 
+    /// Records, durably, that the entry `seq` is about to be sent: from now on it may have
+    /// applied, and any later attempt of it (after a crash) goes as a replay. The replayer calls
+    /// it before it first sends an entry that was never sent.
+    pub fn mark_sent(&self, seq: u64, entry: &Entry) -> Result<(), OutboxError> {
+        if entry.may_have_applied {
+            return Ok(());
+        }
+        let marked = Entry {
+            may_have_applied: true,
+            ..entry.clone()
+        };
+        let bytes = marked.encode();
+        guarded(|| {
+            let _index = self.index();
+            let txn = storage!(self.db()?.begin_write())?;
+            {
+                let mut table = storage!(txn.open_table(ENTRIES))?;
+                if storage!(table.get(seq))?.is_none() {
+                    return Err(OutboxError::NotFound(seq));
+                }
+                storage!(table.insert(seq, bytes.as_slice()))?;
+            }
+            storage!(txn.commit())?;
+            Ok(())
+        })
+    }
+
     /// Moves the entry `seq` to the dead letters with `reason`, in one transaction.
     pub fn dead_letter(&self, seq: u64, reason: &str) -> Result<(), OutboxError> {
         guarded(|| {

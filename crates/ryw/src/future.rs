@@ -221,9 +221,12 @@ impl<A: StoreAdapter> InFlight<A> {
         }
         let mut may_have_applied = false;
         if let Some((sent_stamp, stamped, outstanding)) = reused {
-            // A clone was sent: send the very request it sent, stamped as it was.
+            // A clone was sent: send the very request it sent, stamped as it was. Prepared again:
+            // a stamped write rebuilt elsewhere (`SessionRequest::from_stamped`, an outbox entry)
+            // does not carry the adapter's configuration the store service needs.
             stamp = Some(sent_stamp);
             base = stamped;
+            adapter.prepare(&mut base);
             may_have_applied = outstanding;
         } else if let Some((write_id, timestamp)) = stamp {
             adapter.stamp_write(
