@@ -54,7 +54,7 @@
 //! # }
 //! ```
 
-use crate::entry::{DecodeError, Entry, Reader};
+use crate::entry::{DecodeError, DurableRequest, Entry, Reader};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use ryw::{ScopeKey, Session, SessionId, WriteId};
 use std::collections::HashMap;
@@ -530,6 +530,38 @@ impl Outbox {
             .rev()
             .find(|q| q.scopes.iter().any(|s| scopes.contains(s)))
             .map(|q| q.write_id)
+    }
+
+    /// The queued writes of `session` to any of `scopes`, oldest first, with their store
+    /// requests: what a read cannot show yet ([`ryw::Visibility::Queued`]), for a caller that
+    /// wants to show it anyway (a UI showing "saving…" with the value).
+    pub fn queued_requests<R: DurableRequest>(
+        &self,
+        session: SessionId,
+        scopes: &[ScopeKey],
+    ) -> Result<Vec<(WriteId, R)>, OutboxError> {
+        let seqs: Vec<u64> = match self.index().sessions.get(&session) {
+            Some(queued) => queued
+                .iter()
+                .filter(|q| q.scopes.iter().any(|s| scopes.contains(s)))
+                .map(|q| q.seq)
+                .collect(),
+            None => return Ok(Vec::new()),
+        };
+        guarded(|| {
+            let txn = storage!(self.db()?.begin_read())?;
+            let table = storage!(txn.open_table(ENTRIES))?;
+            let mut out = Vec::with_capacity(seqs.len());
+            for seq in seqs {
+                let Some(bytes) = storage!(table.get(seq))? else {
+                    continue; // Replayed meanwhile.
+                };
+                let corrupt = |error| OutboxError::Corrupt { seq, error };
+                let entry = Entry::decode(bytes.value()).map_err(corrupt)?;
+                out.push((entry.write_id, R::decode(&entry.request).map_err(corrupt)?));
+            }
+            Ok(out)
+        })
     }
 
     /// The sequence number of the queued entry of `write_id`, if it is queued.

@@ -85,6 +85,13 @@ async fn writes_during_an_outage_are_deferred_then_applied_exactly_once_in_order
         .applied()
         .unwrap();
     assert_eq!(read.visibility(), &Visibility::Queued(deferred[0].write_id));
+    // What the read cannot show, for a caller that wants to show it anyway.
+    let x = [SimAdapter::new().scope("x")];
+    let queued = outbox.queued_requests::<SimRequest>(a.id(), &x).unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].0, deferred[0].write_id);
+    assert_eq!(queued[0].1.key().as_ref(), "x");
+    assert!(matches!(&queued[0].1, SimRequest::Put(p) if p.value == 2));
     let other = svc
         .ready()
         .await

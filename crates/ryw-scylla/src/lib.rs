@@ -56,6 +56,8 @@
 
 mod adapter;
 mod error;
+#[cfg(feature = "outbox")]
+mod outbox;
 mod request;
 mod service;
 
