@@ -252,6 +252,9 @@ where
             }
         };
         Box::pin(async move {
+            // A continuation rebuilt from a token issued before a replay of its writes learns
+            // what the replay produced.
+            outbox.catch_up(request.session());
             let session = request.session().id();
             match op {
                 Operation::Read => {

@@ -159,7 +159,7 @@ where
                 self.outbox.mark_sent(seq, &entry)?;
             }
             let request = SessionRequest::from_stamped(
-                session,
+                session.clone(),
                 StampedWrite {
                     write_id: entry.write_id,
                     timestamp: entry.timestamp,
@@ -173,6 +173,7 @@ where
             };
             match result {
                 Ok(_) => {
+                    self.outbox.replayed(&session);
                     self.outbox.remove(seq)?;
                     self.breaker.succeeded();
                     self.report(OutboxEvent::Replayed);

@@ -42,7 +42,7 @@
 //! // Another process (or this one, restarted) finds it.
 //! let outbox = Outbox::open(&path, OutboxConfig::default())?;
 //! let pending = outbox.pending()?;
-//! assert_eq!(pending, vec![(seq, entry)]);
+//! assert_eq!(pending, vec![(seq, entry.clone())]);
 //! outbox.dead_letter(seq, "the store refused it")?;
 //! assert!(outbox.pending()?.is_empty());
 //! let letters = outbox.dead_letters()?;
@@ -56,7 +56,7 @@
 
 use crate::entry::{DecodeError, DurableRequest, Entry, Reader};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use ryw::{ScopeKey, Session, SessionId, WriteId};
+use ryw::{ScopeKey, Session, SessionId, SessionState, WriteId};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -199,7 +199,23 @@ pub struct Outbox {
     /// Writes of each session on their way to the store through the outbox layer: the replayer
     /// leaves a session alone while one is, so that a write made later never overtakes it.
     in_flight: Mutex<HashMap<SessionId, u32>>,
+    /// What replays taught each session (the versions their writes produced), for the session's
+    /// next requests through the layer: a continuation rebuilt from a token issued before the
+    /// replay (the next HTTP request) would not know them.
+    replayed: Mutex<Replayed>,
+    /// Some replay was recorded: the request path's check, without the lock.
+    any_replayed: std::sync::atomic::AtomicBool,
 }
+
+/// Sessions' states after replays of their writes, oldest first, at most `cap` of them.
+#[derive(Default)]
+struct Replayed {
+    states: HashMap<SessionId, SessionState>,
+    order: std::collections::VecDeque<SessionId>,
+}
+
+/// How many sessions' replayed states are kept for their next requests.
+pub const REPLAYED_SESSIONS: usize = 100_000;
 
 impl Drop for Outbox {
     /// Closes the file. After the embedded store panicked on a damaged file, its own clean-up may
@@ -264,6 +280,8 @@ impl Outbox {
                 queued: AtomicU64::new(0),
                 live: Mutex::new(HashMap::new()),
                 in_flight: Mutex::new(HashMap::new()),
+                replayed: Mutex::new(Replayed::default()),
+                any_replayed: std::sync::atomic::AtomicBool::new(false),
             };
             let mut index = Index::default();
             // Guarded on its own: a panic must not unwind through the outbox's drop.
@@ -386,6 +404,43 @@ impl Outbox {
     /// True while a write of `session` is on its way to the store ([`Outbox::write_started`]).
     pub fn in_flight(&self, session: SessionId) -> bool {
         lock(&self.in_flight).contains_key(&session)
+    }
+
+    /// Records what the replay of a write of `session` taught it (its state after the replay),
+    /// for the session's next requests ([`Outbox::catch_up`]). The oldest of more than
+    /// [`REPLAYED_SESSIONS`] sessions are forgotten.
+    pub fn replayed(&self, session: &Session) {
+        let state = session.snapshot();
+        self.any_replayed.store(true, Ordering::Release);
+        let mut replayed = lock(&self.replayed);
+        let id = session.id();
+        match replayed.states.get_mut(&id) {
+            Some(seen) => {
+                seen.merge(&state);
+            }
+            None => {
+                replayed.states.insert(id, state);
+                replayed.order.push_back(id);
+                while replayed.order.len() > REPLAYED_SESSIONS {
+                    if let Some(old) = replayed.order.pop_front() {
+                        replayed.states.remove(&old);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings `session` up to date with what replays of its writes taught it: a continuation
+    /// rebuilt from a token issued before the replay learns the versions the replay produced, so
+    /// its reads are fenced on them. The outbox layer calls it for every request.
+    pub fn catch_up(&self, session: &Session) {
+        if !self.any_replayed.load(Ordering::Acquire) {
+            return;
+        }
+        let replayed = lock(&self.replayed);
+        if let Some(state) = replayed.states.get(&session.id()) {
+            session.merge(state);
+        }
     }
 
     /// Forgets the live session of `id` once it has nothing queued.
