@@ -418,11 +418,66 @@ fn transaction_item(kind: u8, f: Fields) -> Result<TransactWriteItem, DecodeErro
     Ok(item.build())
 }
 
+/// The fields every single-item write has, read from its SDK input builder.
+macro_rules! common_fields {
+    ($b:expr) => {
+        Fields {
+            table: $b.get_table_name().clone(),
+            condition: $b.get_condition_expression().clone(),
+            names: $b.get_expression_attribute_names().clone(),
+            values: $b.get_expression_attribute_values().clone(),
+            return_values: $b
+                .get_return_values()
+                .as_ref()
+                .map(|v| v.as_str().to_owned()),
+            return_on_failure: $b
+                .get_return_values_on_condition_check_failure()
+                .as_ref()
+                .map(|v| v.as_str().to_owned()),
+            return_consumed: $b
+                .get_return_consumed_capacity()
+                .as_ref()
+                .map(|v| v.as_str().to_owned()),
+            return_metrics: $b
+                .get_return_item_collection_metrics()
+                .as_ref()
+                .map(|v| v.as_str().to_owned()),
+            ..Fields::default()
+        }
+    };
+}
+
+/// Sets the fields every single-item write has on its SDK input builder.
+macro_rules! with_common_fields {
+    ($builder:expr, $f:expr) => {
+        $builder
+            .set_table_name($f.table)
+            .set_condition_expression($f.condition)
+            .set_expression_attribute_names($f.names)
+            .set_expression_attribute_values($f.values)
+            .set_return_values($f.return_values.as_deref().map(ReturnValue::from))
+            .set_return_values_on_condition_check_failure(
+                $f.return_on_failure
+                    .as_deref()
+                    .map(ReturnValuesOnConditionCheckFailure::from),
+            )
+            .set_return_consumed_capacity(
+                $f.return_consumed
+                    .as_deref()
+                    .map(ReturnConsumedCapacity::from),
+            )
+            .set_return_item_collection_metrics(
+                $f.return_metrics
+                    .as_deref()
+                    .map(ReturnItemCollectionMetrics::from),
+            )
+    };
+}
+
 impl DurableRequest for DynamoRequest {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), NotDeferrable> {
         let mut w = Writer(out);
         w.u8(FORMAT);
-        let s = |v: Option<&str>| v.map(str::to_owned);
         match &self.operation {
             DynamoOperation::GetItem(_) | DynamoOperation::Query(_) => {
                 return Err(refuse("a read is never deferred"))
@@ -433,25 +488,8 @@ impl DurableRequest for DynamoRequest {
                 }
                 w.u8(PUT);
                 Fields {
-                    table: b.get_table_name().clone(),
                     item: b.get_item().clone(),
-                    condition: b.get_condition_expression().clone(),
-                    names: b.get_expression_attribute_names().clone(),
-                    values: b.get_expression_attribute_values().clone(),
-                    return_values: s(b.get_return_values().as_ref().map(ReturnValue::as_str)),
-                    return_on_failure: s(b
-                        .get_return_values_on_condition_check_failure()
-                        .as_ref()
-                        .map(ReturnValuesOnConditionCheckFailure::as_str)),
-                    return_consumed: s(b
-                        .get_return_consumed_capacity()
-                        .as_ref()
-                        .map(ReturnConsumedCapacity::as_str)),
-                    return_metrics: s(b
-                        .get_return_item_collection_metrics()
-                        .as_ref()
-                        .map(ReturnItemCollectionMetrics::as_str)),
-                    ..Fields::default()
+                    ..common_fields!(b)
                 }
                 .write(&mut w)?;
             }
@@ -464,26 +502,9 @@ impl DurableRequest for DynamoRequest {
                 }
                 w.u8(UPDATE);
                 Fields {
-                    table: b.get_table_name().clone(),
                     key: b.get_key().clone(),
                     update: b.get_update_expression().clone(),
-                    condition: b.get_condition_expression().clone(),
-                    names: b.get_expression_attribute_names().clone(),
-                    values: b.get_expression_attribute_values().clone(),
-                    return_values: s(b.get_return_values().as_ref().map(ReturnValue::as_str)),
-                    return_on_failure: s(b
-                        .get_return_values_on_condition_check_failure()
-                        .as_ref()
-                        .map(ReturnValuesOnConditionCheckFailure::as_str)),
-                    return_consumed: s(b
-                        .get_return_consumed_capacity()
-                        .as_ref()
-                        .map(ReturnConsumedCapacity::as_str)),
-                    return_metrics: s(b
-                        .get_return_item_collection_metrics()
-                        .as_ref()
-                        .map(ReturnItemCollectionMetrics::as_str)),
-                    ..Fields::default()
+                    ..common_fields!(b)
                 }
                 .write(&mut w)?;
             }
@@ -493,25 +514,8 @@ impl DurableRequest for DynamoRequest {
                 }
                 w.u8(DELETE);
                 Fields {
-                    table: b.get_table_name().clone(),
                     key: b.get_key().clone(),
-                    condition: b.get_condition_expression().clone(),
-                    names: b.get_expression_attribute_names().clone(),
-                    values: b.get_expression_attribute_values().clone(),
-                    return_values: s(b.get_return_values().as_ref().map(ReturnValue::as_str)),
-                    return_on_failure: s(b
-                        .get_return_values_on_condition_check_failure()
-                        .as_ref()
-                        .map(ReturnValuesOnConditionCheckFailure::as_str)),
-                    return_consumed: s(b
-                        .get_return_consumed_capacity()
-                        .as_ref()
-                        .map(ReturnConsumedCapacity::as_str)),
-                    return_metrics: s(b
-                        .get_return_item_collection_metrics()
-                        .as_ref()
-                        .map(ReturnItemCollectionMetrics::as_str)),
-                    ..Fields::default()
+                    ..common_fields!(b)
                 }
                 .write(&mut w)?;
             }
@@ -578,85 +582,26 @@ impl DurableRequest for DynamoRequest {
         let operation = match r.u8()? {
             PUT => {
                 let f = Fields::read(&mut r)?;
-                DynamoOperation::PutItem(
-                    PutItemInput::builder()
-                        .set_table_name(f.table)
-                        .set_item(f.item)
-                        .set_condition_expression(f.condition)
-                        .set_expression_attribute_names(f.names)
-                        .set_expression_attribute_values(f.values)
-                        .set_return_values(f.return_values.as_deref().map(ReturnValue::from))
-                        .set_return_values_on_condition_check_failure(
-                            f.return_on_failure
-                                .as_deref()
-                                .map(ReturnValuesOnConditionCheckFailure::from),
-                        )
-                        .set_return_consumed_capacity(
-                            f.return_consumed
-                                .as_deref()
-                                .map(ReturnConsumedCapacity::from),
-                        )
-                        .set_return_item_collection_metrics(
-                            f.return_metrics
-                                .as_deref()
-                                .map(ReturnItemCollectionMetrics::from),
-                        ),
-                )
+                DynamoOperation::PutItem(with_common_fields!(
+                    PutItemInput::builder().set_item(f.item),
+                    f
+                ))
             }
             UPDATE => {
                 let f = Fields::read(&mut r)?;
-                DynamoOperation::UpdateItem(
+                DynamoOperation::UpdateItem(with_common_fields!(
                     UpdateItemInput::builder()
-                        .set_table_name(f.table)
                         .set_key(f.key)
-                        .set_update_expression(f.update)
-                        .set_condition_expression(f.condition)
-                        .set_expression_attribute_names(f.names)
-                        .set_expression_attribute_values(f.values)
-                        .set_return_values(f.return_values.as_deref().map(ReturnValue::from))
-                        .set_return_values_on_condition_check_failure(
-                            f.return_on_failure
-                                .as_deref()
-                                .map(ReturnValuesOnConditionCheckFailure::from),
-                        )
-                        .set_return_consumed_capacity(
-                            f.return_consumed
-                                .as_deref()
-                                .map(ReturnConsumedCapacity::from),
-                        )
-                        .set_return_item_collection_metrics(
-                            f.return_metrics
-                                .as_deref()
-                                .map(ReturnItemCollectionMetrics::from),
-                        ),
-                )
+                        .set_update_expression(f.update),
+                    f
+                ))
             }
             DELETE => {
                 let f = Fields::read(&mut r)?;
-                DynamoOperation::DeleteItem(
-                    DeleteItemInput::builder()
-                        .set_table_name(f.table)
-                        .set_key(f.key)
-                        .set_condition_expression(f.condition)
-                        .set_expression_attribute_names(f.names)
-                        .set_expression_attribute_values(f.values)
-                        .set_return_values(f.return_values.as_deref().map(ReturnValue::from))
-                        .set_return_values_on_condition_check_failure(
-                            f.return_on_failure
-                                .as_deref()
-                                .map(ReturnValuesOnConditionCheckFailure::from),
-                        )
-                        .set_return_consumed_capacity(
-                            f.return_consumed
-                                .as_deref()
-                                .map(ReturnConsumedCapacity::from),
-                        )
-                        .set_return_item_collection_metrics(
-                            f.return_metrics
-                                .as_deref()
-                                .map(ReturnItemCollectionMetrics::from),
-                        ),
-                )
+                DynamoOperation::DeleteItem(with_common_fields!(
+                    DeleteItemInput::builder().set_key(f.key),
+                    f
+                ))
             }
             TRANSACTION => {
                 let n = r.len("transaction", 100)?;
