@@ -119,6 +119,14 @@ pub enum OutboxServiceError<E: std::error::Error + 'static> {
         /// The error the write failed with, if it was sent.
         cause: Option<ryw::Error<E>>,
     },
+    /// A write that may not be replayed ([`Replay::Never`]), so may not be deferred either, made
+    /// while an earlier write of its session is queued: sent now, it would apply before that one.
+    /// Not sent; send it again once the outbox has replayed the session's writes.
+    #[error("write not sent: an earlier write of its session ({write_id}) is still queued")]
+    QueuedBefore {
+        /// The session's latest queued write.
+        write_id: WriteId,
+    },
     /// The write's store request has no durable encoding ([`DurableRequest::encode`] refused it,
     /// or the session is too large to keep).
     #[error("write not deferred: {reason}")]
@@ -266,6 +274,13 @@ where
                     }))
                 }
                 Operation::Write(Replay::Never) => {
+                    // It may not be deferred (it must never be sent twice), and sent now it would
+                    // apply before the session's earlier writes still queued: refused, typed.
+                    if let Some(write_id) = outbox.latest_queued(session) {
+                        let refused = Err(OutboxServiceError::QueuedBefore { write_id });
+                        return report(observer.as_deref(), refused);
+                    }
+                    let _in_flight = outbox.write_started(session);
                     Ok(Written::Applied(send::<S, A>(&mut inner, request).await?))
                 }
                 Operation::Write(_) => {
@@ -342,6 +357,9 @@ fn report<T, E: std::error::Error + 'static>(
         Err(OutboxServiceError::Outbox { .. }) => OutboxEvent::Refused { reason: "storage" },
         Err(OutboxServiceError::NotDeferrable { .. }) => OutboxEvent::Refused {
             reason: "not_deferrable",
+        },
+        Err(OutboxServiceError::QueuedBefore { .. }) => OutboxEvent::Refused {
+            reason: "queued_before",
         },
         _ => return out,
     };

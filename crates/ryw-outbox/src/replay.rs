@@ -119,14 +119,9 @@ where
         for (i, (_, e)) in pending.iter().enumerate() {
             first.entry(e.write_id.session).or_insert(i);
         }
-        pending.sort_by_key(|(seq, e)| {
-            (
-                first[&e.write_id.session],
-                e.write_id.lane,
-                e.write_id.seq,
-                *seq,
-            )
-        });
+        // The write sequence number grows across every continuation of a session (it travels in
+        // the token); the lane is random per continuation and says nothing of order.
+        pending.sort_by_key(|(seq, e)| (first[&e.write_id.session], e.write_id.seq, *seq));
         for (seq, entry) in pending {
             let session_id = entry.write_id.session;
             // A write of the session still on its way to the store (through the outbox layer)
@@ -173,8 +168,7 @@ where
             };
             match result {
                 Ok(_) => {
-                    self.outbox.replayed(&session);
-                    self.outbox.remove(seq)?;
+                    self.outbox.remove_replayed(seq, &session)?;
                     self.breaker.succeeded();
                     self.report(OutboxEvent::Replayed);
                     report.applied += 1;

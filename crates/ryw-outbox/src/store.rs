@@ -65,6 +65,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 const ENTRIES: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("entries");
 const DEAD: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("dead_letters");
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
+/// What replays taught each session (its state as an unsigned session token), kept with the
+/// removal of the entry replayed, so that a restart remembers it.
+const REPLAYED: TableDefinition<'static, u128, &[u8]> = TableDefinition::new("replayed");
 /// The next sequence number: never reused, even after the entries before it are gone.
 const NEXT_SEQ: &str = "next_seq";
 
@@ -272,6 +275,7 @@ impl Outbox {
             storage!(txn.open_table(ENTRIES))?;
             storage!(txn.open_table(DEAD))?;
             storage!(txn.open_table(META))?;
+            storage!(txn.open_table(REPLAYED))?;
             storage!(txn.commit())?;
             let outbox = Outbox {
                 db: Some(db),
@@ -290,6 +294,7 @@ impl Outbox {
             }
             outbox.queued.store(index.entries, Ordering::Release);
             *outbox.index() = index;
+            guarded(|| outbox.load_replayed())?;
             Ok(outbox)
         })
     }
@@ -406,28 +411,91 @@ impl Outbox {
         lock(&self.in_flight).contains_key(&session)
     }
 
-    /// Records what the replay of a write of `session` taught it (its state after the replay),
-    /// for the session's next requests ([`Outbox::catch_up`]). The oldest of more than
-    /// [`REPLAYED_SESSIONS`] sessions are forgotten.
-    pub fn replayed(&self, session: &Session) {
-        let state = session.snapshot();
-        self.any_replayed.store(true, Ordering::Release);
+    /// Reads back what replays taught sessions before a restart.
+    fn load_replayed(&self) -> Result<(), OutboxError> {
+        let txn = storage!(self.db()?.begin_read())?;
+        let table = storage!(txn.open_table(REPLAYED))?;
         let mut replayed = lock(&self.replayed);
-        let id = session.id();
-        match replayed.states.get_mut(&id) {
-            Some(seen) => {
-                seen.merge(&state);
-            }
-            None => {
-                replayed.states.insert(id, state);
-                replayed.order.push_back(id);
-                while replayed.order.len() > REPLAYED_SESSIONS {
-                    if let Some(old) = replayed.order.pop_front() {
-                        replayed.states.remove(&old);
-                    }
-                }
-            }
+        for item in storage!(table.iter())? {
+            let (_, token) = storage!(item)?;
+            // A record that does not decode teaches nothing; it is replaced at the next replay.
+            let Some(state) = std::str::from_utf8(token.value())
+                .ok()
+                .and_then(|t| Session::from_encoded(t).ok())
+                .map(|s| s.snapshot())
+            else {
+                continue;
+            };
+            replayed.order.push_back(state.id());
+            replayed.states.insert(state.id(), state);
         }
+        if !replayed.states.is_empty() {
+            self.any_replayed.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Forgets the entry `seq`, whose write a replay through `session` applied, and keeps what
+    /// the replay taught the session (its state now) for the session's next requests
+    /// ([`Outbox::catch_up`]), in one transaction: a restart remembers it. The oldest of more
+    /// than [`REPLAYED_SESSIONS`] sessions are forgotten. Returns whether the entry was queued.
+    pub fn remove_replayed(&self, seq: u64, session: &Session) -> Result<bool, OutboxError> {
+        let id = session.id();
+        let mut state = session.snapshot();
+        let mut replayed = lock(&self.replayed);
+        if let Some(seen) = replayed.states.get(&id) {
+            state.merge(seen);
+        }
+        let token = Session::from_state(state.clone())
+            .token()
+            .encode()
+            .map_err(|e| OutboxError::Damaged(format!("session state not encodable: {e}")))?;
+        let known = replayed.states.contains_key(&id);
+        let evicted: Vec<SessionId> = if known {
+            Vec::new()
+        } else {
+            let over = (replayed.order.len() + 1).saturating_sub(REPLAYED_SESSIONS);
+            replayed.order.iter().take(over).copied().collect()
+        };
+        guarded(|| {
+            let mut index = self.index();
+            let txn = storage!(self.db()?.begin_write())?;
+            let removed = {
+                let mut table = storage!(txn.open_table(ENTRIES))?;
+                let removed = storage!(table.remove(seq))?.is_some();
+                let mut taught = storage!(txn.open_table(REPLAYED))?;
+                storage!(taught.insert(id.as_u128(), token.as_bytes()))?;
+                for old in &evicted {
+                    storage!(taught.remove(old.as_u128()))?;
+                }
+                removed
+            };
+            storage!(txn.commit())?;
+            if removed {
+                self.forget(&mut index, seq);
+            }
+            Ok(removed)
+        })
+        .inspect(|_| {
+            for old in &evicted {
+                replayed.states.remove(old);
+            }
+            replayed.order.retain(|s| !evicted.contains(s));
+            if !known {
+                replayed.order.push_back(id);
+            }
+            replayed.states.insert(id, state);
+            self.any_replayed.store(true, Ordering::Release);
+        })
+    }
+
+    /// The latest queued write of `session`, if any.
+    pub fn latest_queued(&self, session: SessionId) -> Option<WriteId> {
+        if self.is_empty() {
+            return None;
+        }
+        let index = self.index();
+        index.sessions.get(&session)?.last().map(|q| q.write_id)
     }
 
     /// Brings `session` up to date with what replays of its writes taught it: a continuation
