@@ -299,64 +299,53 @@ fn legacy() -> NotDeferrable {
     refuse("the legacy Expected, ConditionalOperator or AttributeUpdates parameters")
 }
 
+/// The fields every transaction item has, read from it (`$condition`: its condition, optional
+/// but for a condition check).
+macro_rules! item_common {
+    ($x:expr, $condition:expr) => {
+        Fields {
+            table: Some($x.table_name().to_owned()),
+            condition: $condition,
+            names: $x.expression_attribute_names().cloned(),
+            values: $x.expression_attribute_values().cloned(),
+            return_on_failure: $x
+                .return_values_on_condition_check_failure()
+                .map(|v| v.as_str().to_owned()),
+            ..Fields::default()
+        }
+    };
+}
+
 /// The fields of a transaction item and its kind.
 fn item_fields(item: &TransactWriteItem) -> Result<(u8, Fields), NotDeferrable> {
-    let fields =
-        |table: &str,
-         condition: Option<&str>,
-         names: Option<&HashMap<String, String>>,
-         values: Option<&Item>,
-         on_failure: Option<&ReturnValuesOnConditionCheckFailure>| Fields {
-            table: Some(table.to_owned()),
-            condition: condition.map(str::to_owned),
-            names: names.cloned(),
-            values: values.cloned(),
-            return_on_failure: on_failure.map(|v| v.as_str().to_owned()),
-            ..Fields::default()
-        };
+    let optional = |c: Option<&str>| c.map(str::to_owned);
     if let Some(p) = item.put() {
-        let mut f = fields(
-            p.table_name(),
-            p.condition_expression(),
-            p.expression_attribute_names(),
-            p.expression_attribute_values(),
-            p.return_values_on_condition_check_failure(),
-        );
-        f.item = Some(p.item().clone());
+        let f = Fields {
+            item: Some(p.item().clone()),
+            ..item_common!(p, optional(p.condition_expression()))
+        };
         return Ok((PUT, f));
     }
     if let Some(u) = item.update() {
-        let mut f = fields(
-            u.table_name(),
-            u.condition_expression(),
-            u.expression_attribute_names(),
-            u.expression_attribute_values(),
-            u.return_values_on_condition_check_failure(),
-        );
-        f.key = Some(u.key().clone());
-        f.update = Some(u.update_expression().to_owned());
+        let f = Fields {
+            key: Some(u.key().clone()),
+            update: Some(u.update_expression().to_owned()),
+            ..item_common!(u, optional(u.condition_expression()))
+        };
         return Ok((UPDATE, f));
     }
     if let Some(d) = item.delete() {
-        let mut f = fields(
-            d.table_name(),
-            d.condition_expression(),
-            d.expression_attribute_names(),
-            d.expression_attribute_values(),
-            d.return_values_on_condition_check_failure(),
-        );
-        f.key = Some(d.key().clone());
+        let f = Fields {
+            key: Some(d.key().clone()),
+            ..item_common!(d, optional(d.condition_expression()))
+        };
         return Ok((DELETE, f));
     }
     if let Some(c) = item.condition_check() {
-        let mut f = fields(
-            c.table_name(),
-            Some(c.condition_expression()),
-            c.expression_attribute_names(),
-            c.expression_attribute_values(),
-            c.return_values_on_condition_check_failure(),
-        );
-        f.key = Some(c.key().clone());
+        let f = Fields {
+            key: Some(c.key().clone()),
+            ..item_common!(c, Some(c.condition_expression().to_owned()))
+        };
         return Ok((CHECK, f));
     }
     Err(refuse("an empty transaction item"))
@@ -371,48 +360,28 @@ fn transaction_item(kind: u8, f: Fields) -> Result<TransactWriteItem, DecodeErro
         .return_on_failure
         .as_deref()
         .map(ReturnValuesOnConditionCheckFailure::from);
+    // Sets the fields every transaction item has on its builder, and builds it.
+    macro_rules! build {
+        ($builder:expr) => {
+            built(
+                $builder
+                    .set_table_name(f.table)
+                    .set_condition_expression(f.condition)
+                    .set_expression_attribute_names(f.names)
+                    .set_expression_attribute_values(f.values)
+                    .set_return_values_on_condition_check_failure(on_failure)
+                    .build(),
+            )?
+        };
+    }
     let item = match kind {
-        PUT => TransactWriteItem::builder().put(built(
-            Put::builder()
-                .set_table_name(f.table)
-                .set_item(f.item)
-                .set_condition_expression(f.condition)
-                .set_expression_attribute_names(f.names)
-                .set_expression_attribute_values(f.values)
-                .set_return_values_on_condition_check_failure(on_failure)
-                .build(),
-        )?),
-        UPDATE => TransactWriteItem::builder().update(built(
-            Update::builder()
-                .set_table_name(f.table)
-                .set_key(f.key)
-                .set_update_expression(f.update)
-                .set_condition_expression(f.condition)
-                .set_expression_attribute_names(f.names)
-                .set_expression_attribute_values(f.values)
-                .set_return_values_on_condition_check_failure(on_failure)
-                .build(),
-        )?),
-        DELETE => TransactWriteItem::builder().delete(built(
-            Delete::builder()
-                .set_table_name(f.table)
-                .set_key(f.key)
-                .set_condition_expression(f.condition)
-                .set_expression_attribute_names(f.names)
-                .set_expression_attribute_values(f.values)
-                .set_return_values_on_condition_check_failure(on_failure)
-                .build(),
-        )?),
-        CHECK => TransactWriteItem::builder().condition_check(built(
-            ConditionCheck::builder()
-                .set_table_name(f.table)
-                .set_key(f.key)
-                .set_condition_expression(f.condition)
-                .set_expression_attribute_names(f.names)
-                .set_expression_attribute_values(f.values)
-                .set_return_values_on_condition_check_failure(on_failure)
-                .build(),
-        )?),
+        PUT => TransactWriteItem::builder().put(build!(Put::builder().set_item(f.item))),
+        UPDATE => TransactWriteItem::builder().update(build!(Update::builder()
+            .set_key(f.key)
+            .set_update_expression(f.update))),
+        DELETE => TransactWriteItem::builder().delete(build!(Delete::builder().set_key(f.key))),
+        CHECK => TransactWriteItem::builder()
+            .condition_check(build!(ConditionCheck::builder().set_key(f.key))),
         _ => return Err(DecodeError::Invalid("transaction item kind")),
     };
     Ok(item.build())
