@@ -368,8 +368,9 @@ fn report<T, E: std::error::Error + 'static>(
 }
 
 /// A failure that waiting for the store can mend: transient errors past the retry budget, and an
-/// inner service that could not get ready (connection refused, load shed).
-fn deferrable<E>(error: &ryw::Error<E>) -> bool {
+/// inner service that could not get ready (connection refused, load shed). The layer defers such
+/// a write; the replayer leaves such an entry for a later pass.
+pub(crate) fn deferrable<E>(error: &ryw::Error<E>) -> bool {
     matches!(
         error,
         ryw::Error::Store {

@@ -173,7 +173,7 @@ where
                     self.report(OutboxEvent::Replayed);
                     report.applied += 1;
                 }
-                Err(e) if waits(&e) => {
+                Err(e) if crate::layer::deferrable(&e) => {
                     self.breaker.failed();
                     blocked.insert(session_id);
                     report.left += 1;
@@ -237,17 +237,6 @@ where
         };
         Ok((session, request))
     }
-}
-
-/// A failure that a later pass may mend.
-fn waits<E>(error: &ryw::Error<E>) -> bool {
-    matches!(
-        error,
-        ryw::Error::Store {
-            transient: true,
-            ..
-        } | ryw::Error::NotReady(_)
-    )
 }
 
 fn kind<E>(error: &ryw::Error<E>) -> &'static str {
