@@ -118,13 +118,13 @@ async fn run(
             let seen: Option<String> = if ryw_on {
                 let session = Session::from_encoded(token)?;
                 let write = ScyllaRequest::write(insert, (key.clone(), body.clone()))
-                    .partition(key.as_bytes());
+                    .row(key.as_bytes(), b"");
                 layer.layer(writer).oneshot(session.request(write)).await?;
                 *token = session.token().encode()?;
                 // The next page load: another instance, given only the token.
                 let session = Session::from_encoded(token)?;
                 let read = ScyllaRequest::read(select, (key.clone(),))
-                    .partition(key.as_bytes())
+                    .row(key.as_bytes(), b"")
                     .track("body");
                 started = Instant::now();
                 let response = layer.layer(reader).oneshot(session.request(read)).await?;

@@ -137,7 +137,7 @@ mod docker {
                 "INSERT INTO app.posts (user_id, body) VALUES (?, ?)",
                 (user.clone(), body.clone()),
             )
-            .partition(user.as_bytes());
+            .row(user.as_bytes(), b"");
             writer
                 .clone()
                 .oneshot(session.request(write))
@@ -163,7 +163,7 @@ mod docker {
                 "SELECT body, WRITETIME(body) FROM app.posts WHERE user_id = ?",
                 (user.clone(),),
             )
-            .partition(user.as_bytes())
+            .row(user.as_bytes(), b"")
             .track("body");
             let response = reader
                 .clone()
@@ -231,7 +231,7 @@ mod docker {
             "INSERT INTO app.posts (user_id, post_id, body) VALUES (?, ?, ?)",
             ("u1", 1i32, "hello"),
         )
-        .partition(b"u1");
+        .row(b"u1", 1i32.to_be_bytes());
         service
             .clone()
             .oneshot(session.request(write))
@@ -254,10 +254,10 @@ mod docker {
         // Another instance, given only the token, reads it verified on the cheap path.
         let elsewhere = Session::from_encoded(&session.token().encode().unwrap()).unwrap();
         let read = ScyllaRequest::read(
-            "SELECT body, WRITETIME(body) FROM app.posts WHERE user_id = ?",
-            ("u1",),
+            "SELECT body, WRITETIME(body) FROM app.posts WHERE user_id = ? AND post_id = ?",
+            ("u1", 1i32),
         )
-        .partition(b"u1")
+        .row(b"u1", 1i32.to_be_bytes())
         .track("body");
         let response = service
             .clone()
@@ -282,7 +282,7 @@ mod docker {
             "INSERT INTO app.posts (user_id, post_id, body) VALUES (?, ?, ?) IF NOT EXISTS",
             ("u1", 1i32, "second"),
         )
-        .partition(b"u1");
+        .row(b"u1", 1i32.to_be_bytes());
         let error = service
             .clone()
             .oneshot(session.request(lwt))

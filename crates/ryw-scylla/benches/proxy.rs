@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
     rt.block_on(
         service
             .clone()
-            .oneshot(reader.request(ScyllaRequest::write(INSERT, ()).partition(b"u1"))),
+            .oneshot(reader.request(ScyllaRequest::write(INSERT, ()).row(b"u1", b""))),
     )
     .unwrap();
     let writer = Session::new();
@@ -101,7 +101,7 @@ fn bench(c: &mut Criterion) {
             let mut service = service.clone();
             let request = reader.request(
                 ScyllaRequest::read(SELECT, ())
-                    .partition(b"u1")
+                    .row(b"u1", b"")
                     .track("body"),
             );
             async move {
@@ -122,7 +122,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("ryw write (stamped with the session clock)", |b| {
         b.to_async(&rt).iter(|| {
             let mut service = service.clone();
-            let request = writer.request(ScyllaRequest::write(INSERT, ()).partition(b"u1"));
+            let request = writer.request(ScyllaRequest::write(INSERT, ()).row(b"u1", b""));
             async move {
                 std::hint::black_box(service.ready().await.unwrap().call(request).await.unwrap());
             }

@@ -19,8 +19,25 @@ pub enum ScyllaError {
         /// The current row (columns in the order of the result, `[applied]` removed), if any.
         current: Option<Row>,
     },
-    /// The result did not have the shape the request declared (a read without its
-    /// `writetime(<column>)` column, a conditional write without `[applied]`).
+    /// A configuration error: a read that names a scope ([`ScyllaRequest::row`],
+    /// [`ScyllaRequest::partition`]) but no tracked column ([`ScyllaRequest::track`]). Nothing
+    /// was sent. Every scoped read needs a tracked column: without a write time the layer could
+    /// never tell what the read reflects.
+    ///
+    /// [`ScyllaRequest::row`]: crate::ScyllaRequest::row
+    /// [`ScyllaRequest::partition`]: crate::ScyllaRequest::partition
+    /// [`ScyllaRequest::track`]: crate::ScyllaRequest::track
+    #[error("configuration: a read names a scope but no tracked column (`.track(column)`)")]
+    Untracked,
+    /// A configuration error: the read tracks `column` but its statement does not select
+    /// `WRITETIME(column)` (the result has no `writetime(column)` column).
+    #[error("configuration: the read tracks `{column}` but does not select `WRITETIME({column})`")]
+    TrackedColumnNotSelected {
+        /// The tracked column.
+        column: String,
+    },
+    /// The result did not have the shape the request declared (a conditional write without
+    /// `[applied]`, a write time that is not 64 bits, a row that could not be read).
     #[error("unexpected result: {0}")]
     Result(String),
     /// Tower middleware between the session layer and this service failed (a timeout elapsed,
@@ -65,6 +82,9 @@ impl ScyllaError {
                 _ => "connection",
             },
             ScyllaError::NotApplied { .. } => "not_applied",
+            ScyllaError::Untracked | ScyllaError::TrackedColumnNotSelected { .. } => {
+                "configuration"
+            }
             ScyllaError::Result(_) => "result",
             ScyllaError::Middleware(_) => "middleware",
         }
@@ -115,6 +135,15 @@ impl ScyllaError {
         matches!(
             self.db_error(),
             Some(DbError::Overloaded | DbError::IsBootstrapping | DbError::RateLimitReached { .. })
+        )
+    }
+
+    /// A configuration error of the request ([`ScyllaError::Untracked`],
+    /// [`ScyllaError::TrackedColumnNotSelected`]): permanent, nothing to retry.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            ScyllaError::Untracked | ScyllaError::TrackedColumnNotSelected { .. }
         )
     }
 

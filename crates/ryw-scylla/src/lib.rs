@@ -5,9 +5,12 @@
 //! set, so a retried write can land twice with two timestamps, or reorder behind a later write of
 //! the same session. Here every write carries the session's hybrid logical clock reading (after
 //! every version the session has written or read) through `set_timestamp`, and the same reading
-//! on every attempt, the driver's and ryw's. Reads run at `LOCAL_ONE`, select the `WRITETIME` of a
-//! tracked column, and are re-read at `LOCAL_QUORUM` when that is older than what the session
-//! requires of the partition.
+//! on every attempt, the driver's and ryw's. Reads run at `LOCAL_ONE` and select the `WRITETIME`
+//! of a tracked column. A read of one row ([`ScyllaRequest::row`]) is re-read at `LOCAL_QUORUM`
+//! when that is older than what the session requires of the row. Scylla does not replicate a
+//! partition in order, so no row's write time vouches for another: a read of a partition
+//! ([`ScyllaRequest::partition`]) the session has written or read runs at `LOCAL_QUORUM` up
+//! front. [`ScyllaScope`] and [`ScyllaAdapter`] say what each scope is credited with.
 //!
 //! - [`ScyllaRequest`]: a statement (unprepared, prepared or batch), its values, and what it does.
 //! - [`ScyllaService`]: the tower `Service` over the driver's `Session`.
@@ -39,14 +42,14 @@
 //!     "INSERT INTO app.posts (user_id, body) VALUES (?, ?)",
 //!     ("u7", "hello"),
 //! )
-//! .partition(b"u7");
+//! .row(b"u7", b"");
 //! posts.ready().await?.call(session.request(write)).await?;
 //!
 //! let read = ScyllaRequest::read(
 //!     "SELECT body, WRITETIME(body) FROM app.posts WHERE user_id = ?",
 //!     ("u7",),
 //! )
-//! .partition(b"u7")
+//! .row(b"u7", b"")
 //! .track("body");
 //! let response = posts.ready().await?.call(session.request(read)).await?;
 //! assert!(response.visibility().is_guaranteed());
@@ -63,5 +66,5 @@ mod service;
 
 pub use adapter::{ScyllaAdapter, SCYLLA_STORE};
 pub use error::ScyllaError;
-pub use request::{RequestKind, ScyllaRequest, ScyllaStatement, Values};
+pub use request::{RequestKind, ScyllaRequest, ScyllaScope, ScyllaStatement, Values};
 pub use service::{ScyllaResponse, ScyllaService};

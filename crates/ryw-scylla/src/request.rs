@@ -39,6 +39,17 @@ impl fmt::Debug for ScyllaStatement {
     }
 }
 
+impl ScyllaStatement {
+    /// The consistency the statement itself carries, if it was set on it.
+    pub fn consistency(&self) -> Option<Consistency> {
+        match self {
+            ScyllaStatement::Query(s) => s.get_consistency(),
+            ScyllaStatement::Prepared(p) => p.get_consistency(),
+            ScyllaStatement::Batch(b) => b.get_consistency(),
+        }
+    }
+}
+
 impl From<Statement> for ScyllaStatement {
     fn from(s: Statement) -> Self {
         ScyllaStatement::Query(s)
@@ -81,27 +92,75 @@ pub enum RequestKind {
     Conditional,
 }
 
+/// What a request's fence applies to: a whole partition, or one row of it.
+///
+/// Scylla keeps a write time per cell and does not replicate a partition in order: a replica can
+/// hold a later write of one row and miss an earlier write of another. So a write time vouches
+/// only for the row it was read from:
+///
+/// - a [`Row`](ScyllaScope::Row) read (the full primary key) is verified on the cheap path by
+///   the row's own write time;
+/// - a [`Partition`](ScyllaScope::Partition) read (several rows, or an `IN` over partitions)
+///   cannot show that it holds every row the session wrote: when the session has a requirement
+///   on the partition, it goes to the strong consistency up front.
+///
+/// A row write also raises the requirement on its partition (a later partition read must show
+/// it); a partition write (a range or partition delete, a batch over rows) raises the
+/// requirement on every row read of the partition, which its row's write time then meets.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ScyllaScope {
+    /// A partition, by the partition key's bytes in any stable encoding.
+    Partition(Arc<[u8]>),
+    /// One row: the partition key's bytes and the clustering key's bytes (empty for a table
+    /// whose primary key is its partition key), in any stable encoding, the same for its writes
+    /// and its reads.
+    Row {
+        /// The partition key's bytes.
+        partition: Arc<[u8]>,
+        /// The clustering key's bytes.
+        clustering: Arc<[u8]>,
+    },
+}
+
+impl ScyllaScope {
+    /// The partition the scope lies in.
+    pub fn partition(&self) -> &[u8] {
+        match self {
+            ScyllaScope::Partition(p) | ScyllaScope::Row { partition: p, .. } => p,
+        }
+    }
+}
+
 /// One request to [`ScyllaService`](crate::ScyllaService).
 ///
 /// ```
 /// use ryw_scylla::ScyllaRequest;
 ///
-/// // A read of one partition, verified by the write time of `body`.
+/// // A read of one row, verified by the write time of `body`.
 /// let read = ScyllaRequest::read(
 ///     "SELECT body, WRITETIME(body) FROM app.posts WHERE user_id = ? AND post_id = ?",
 ///     ("u7", 1i32),
 /// )
-/// .partition(b"u7")
+/// .row(b"u7", 1i32.to_be_bytes())
 /// .track("body");
 ///
-/// // A write to the same partition; an append to a list is not idempotent.
+/// // A write to the same row; an append to a list is not idempotent.
 /// let write = ScyllaRequest::write(
-///     "UPDATE app.posts SET tags = tags + ? WHERE user_id = ? AND post_id = ?",
-///     (vec!["rust"], "u7", 1i32),
+///     "UPDATE app.posts SET body = ?, tags = tags + ? WHERE user_id = ? AND post_id = ?",
+///     ("hi", vec!["rust"], "u7", 1i32),
+/// )
+/// .row(b"u7", 1i32.to_be_bytes())
+/// .not_idempotent();
+///
+/// // A read of the whole partition: once the session wrote to it, it reads at LOCAL_QUORUM.
+/// let feed = ScyllaRequest::read(
+///     "SELECT post_id, body, WRITETIME(body) FROM app.posts WHERE user_id = ?",
+///     ("u7",),
 /// )
 /// .partition(b"u7")
-/// .not_idempotent();
-/// # let _ = (read, write);
+/// .track("body");
+/// # let _ = (read, write, feed);
 /// ```
 #[derive(Clone)]
 pub struct ScyllaRequest {
@@ -109,7 +168,7 @@ pub struct ScyllaRequest {
     pub(crate) values: Values,
     pub(crate) batch_values: Arc<[Values]>,
     pub(crate) kind: RequestKind,
-    pub(crate) partitions: Vec<Arc<[u8]>>,
+    pub(crate) scopes: Vec<ScyllaScope>,
     pub(crate) idempotent: bool,
     /// The session clock reading for a write (set once by the layer; pinned for every attempt).
     pub(crate) stamp: Option<(WriteId, u64)>,
@@ -123,7 +182,7 @@ impl fmt::Debug for ScyllaRequest {
         f.debug_struct("ScyllaRequest")
             .field("statement", &self.statement)
             .field("kind", &self.kind)
-            .field("partitions", &self.partitions.len())
+            .field("scopes", &self.scopes.len())
             .field("idempotent", &self.idempotent)
             .field("stamp", &self.stamp)
             .field("consistency", &self.consistency)
@@ -143,15 +202,20 @@ impl ScyllaRequest {
             values,
             batch_values,
             kind,
-            partitions: Vec::new(),
+            scopes: Vec::new(),
             idempotent: true,
             stamp: None,
             consistency: None,
         }
     }
 
-    /// A read. Name the partition with [`ScyllaRequest::partition`] and the tracked column with
-    /// [`ScyllaRequest::track`] (the statement must select `WRITETIME(<column>)`).
+    /// A read. Name what it reads with [`ScyllaRequest::row`] (one row, by its full primary
+    /// key) or [`ScyllaRequest::partition`] (several rows), and the tracked column with
+    /// [`ScyllaRequest::track`] (the statement must select `WRITETIME(<column>)`). A read that
+    /// names a scope but no tracked column fails with [`ScyllaError::Untracked`] before anything
+    /// is sent.
+    ///
+    /// [`ScyllaError::Untracked`]: crate::ScyllaError::Untracked
     pub fn read(
         statement: impl Into<ScyllaStatement>,
         values: impl SerializeRow + Send + Sync + 'static,
@@ -202,12 +266,33 @@ impl ScyllaRequest {
         )
     }
 
-    /// Adds a partition the request touches (its scope): the partition key's bytes, in any
-    /// stable encoding (`b"user:7"`). Use the full primary key instead when reads of one row must
-    /// not be fenced by writes to its neighbours.
+    /// Adds a partition the request touches as a whole ([`ScyllaScope::Partition`]): the
+    /// partition key's bytes, in any stable encoding (`b"user:7"`). For a read, the partition's
+    /// rows (or the partitions of an `IN`); for a write, one that may touch any row of it (a
+    /// partition or range delete, a batch over rows). A partition read the session has a
+    /// requirement on runs at the strong consistency: name a single row with
+    /// [`ScyllaRequest::row`] to keep it on the cheap path.
     pub fn partition(mut self, key: impl AsRef<[u8]>) -> Self {
-        self.partitions.push(key.as_ref().into());
+        self.scopes
+            .push(ScyllaScope::Partition(key.as_ref().into()));
         self
+    }
+
+    /// Adds one row the request touches ([`ScyllaScope::Row`]): the partition key's bytes and
+    /// the clustering key's bytes (empty when the table has no clustering columns), in any stable
+    /// encoding, the same for the row's writes and reads. A read of one row is verified on the
+    /// cheap path by the row's own write time.
+    pub fn row(mut self, partition: impl AsRef<[u8]>, clustering: impl AsRef<[u8]>) -> Self {
+        self.scopes.push(ScyllaScope::Row {
+            partition: partition.as_ref().into(),
+            clustering: clustering.as_ref().into(),
+        });
+        self
+    }
+
+    /// The scopes named so far.
+    pub fn scopes(&self) -> &[ScyllaScope] {
+        &self.scopes
     }
 
     /// For a read: the column whose `WRITETIME` the statement selects.

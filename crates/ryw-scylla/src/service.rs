@@ -96,6 +96,11 @@ impl tower::Service<ScyllaRequest> for ScyllaService {
     }
 
     fn call(&mut self, request: ScyllaRequest) -> BoxFuture {
+        if let RequestKind::Read { track } = &request.kind {
+            if track.is_empty() && !request.scopes.is_empty() {
+                return Box::pin(std::future::ready(Err(ScyllaError::Untracked)));
+            }
+        }
         let session = self.session.clone();
         if !DbCall::wanted(self.observer.as_ref()) {
             return Box::pin(async move { execute(&session, request).await });
@@ -183,7 +188,11 @@ async fn execute(session: &Session, request: ScyllaRequest) -> Result<ScyllaResp
             let rows = result
                 .into_rows_result()
                 .map_err(|e| ScyllaError::Result(format!("a read returned no rows result: {e}")))?;
-            let writetime = max_writetime(&rows, track)?;
+            let writetime = if track.is_empty() {
+                None
+            } else {
+                max_writetime(&rows, track)?
+            };
             Ok(ScyllaResponse {
                 rows: Some(rows),
                 writetime,
@@ -209,9 +218,9 @@ async fn execute(session: &Session, request: ScyllaRequest) -> Result<ScyllaResp
 fn max_writetime(rows: &QueryRowsResult, track: &str) -> Result<Option<i64>, ScyllaError> {
     let name = format!("writetime({track})");
     let Some((index, _)) = rows.column_specs().get_by_name(&name) else {
-        return Err(ScyllaError::Result(format!(
-            "the read declares tracked column `{track}` but selects no `{name}`"
-        )));
+        return Err(ScyllaError::TrackedColumnNotSelected {
+            column: track.to_owned(),
+        });
     };
     // Raw columns: only the write time is decoded, nothing is allocated per row.
     let iter = rows

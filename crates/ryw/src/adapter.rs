@@ -82,8 +82,8 @@
 
 use crate::clock::HybridTimestamp;
 use crate::conflict::Conflict;
-pub use crate::fence::Observed;
 use crate::fence::{FenceStrategy, FenceSupport, ReadFence};
+pub use crate::fence::{Observed, Verification};
 use crate::session::WriteId;
 use crate::version::{ScopeKey, StoreId};
 use smallvec::SmallVec;
@@ -267,6 +267,17 @@ pub trait StoreAdapter: Clone + Send + Sync + 'static {
     /// resolve as [`ErrorClass::Unresolved`]). The default does nothing.
     fn prepare_replay(&self, request: &mut Self::Request) {
         let _ = request;
+    }
+
+    /// Whether a cheap response to the read `request` can show that it meets its fence. The
+    /// default, [`Verification::Versions`], trusts [`StoreAdapter::observe`]: return
+    /// [`Verification::StrongPathOnly`] for a read whose response cannot show everything the
+    /// session requires of its scopes (several rows of a partition on a store that does not
+    /// replicate a partition in order). Such a read, when the session has a requirement on its
+    /// scopes, goes to the strong path up front, and is never `Guaranteed` from a cheap read.
+    fn verification(&self, request: &Self::Request) -> Verification {
+        let _ = request;
+        Verification::Versions
     }
 
     /// Applies `fence` to a read with `strategy` (set a wait version, route to the strong path, or

@@ -138,6 +138,23 @@ impl FenceSupport {
     }
 }
 
+/// Whether a cheap read's response can show that it meets its fence
+/// ([`crate::StoreAdapter::verification`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Verification {
+    /// The versions the response carries show what it reflects of every scope it names (one
+    /// item's version, a position in a store-wide order).
+    #[default]
+    Versions,
+    /// Nothing in the response can show that it reflects every write the session requires (a
+    /// read of several rows of a partition on a store that does not replicate a partition in
+    /// order: a missing row leaves no trace). When the session has a requirement on its scopes,
+    /// the read goes to the strong path (or waits server-side) up front, and a cheap read is
+    /// never `Guaranteed`.
+    StrongPathOnly,
+}
+
 /// What the caller gets when a read stays stale after the fence budget.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -162,6 +179,12 @@ pub struct FenceConfig {
     pub escalate_on_stale: bool,
     /// What a read that stays stale returns.
     pub stale_reads: StaleReadPolicy,
+}
+
+impl Default for ReadFence {
+    fn default() -> Self {
+        ReadFence::new()
+    }
 }
 
 impl Default for FenceConfig {
@@ -234,17 +257,22 @@ pub enum FenceDecision {
 }
 
 /// The requirements one read must meet.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadFence {
     requirements: SmallVec<[Requirement; 2]>,
     context: Option<crate::session::StoreContext>,
+    by_version: bool,
 }
 
 impl ReadFence {
     /// A fence with no requirements.
     #[inline]
     pub fn new() -> Self {
-        ReadFence::default()
+        ReadFence {
+            requirements: SmallVec::new(),
+            context: None,
+            by_version: true,
+        }
     }
 
     /// A fence from explicit requirements.
@@ -252,7 +280,23 @@ impl ReadFence {
         ReadFence {
             requirements: reqs.into_iter().collect(),
             context: None,
+            by_version: true,
         }
+    }
+
+    /// The same fence for a read whose cheap response cannot show that it meets it
+    /// ([`Verification::StrongPathOnly`]): when fenced, the read goes to the store's strong path
+    /// (or waits server-side) up front, and a cheap read is never reported `Guaranteed`.
+    pub fn strong_path_only(mut self) -> Self {
+        self.by_version = false;
+        self
+    }
+
+    /// Whether a cheap read's versions can meet this fence (false after
+    /// [`ReadFence::strong_path_only`]).
+    #[inline]
+    pub fn verifiable(&self) -> bool {
+        self.by_version
     }
 
     #[inline]
@@ -309,10 +353,11 @@ impl ReadFence {
         if self.is_unfenced() {
             return FenceStrategy::Verify;
         }
-        if self.has_horizon() {
-            // A cheap read rarely meets a horizon (the largest version of every coarsened scope):
-            // go straight to a path that reflects everything when the store has one; otherwise
-            // verify against the horizon.
+        if self.has_horizon() || !self.by_version {
+            // A cheap read rarely meets a horizon (the largest version of every coarsened scope),
+            // and never meets a fence its response cannot show: go straight to a path that
+            // reflects everything when the store has one; otherwise verify (a read that cannot
+            // be verified then ends `Pending`).
             if config.initial == FenceStrategy::ServerWait
                 && support.server_wait
                 && support.global_versions
@@ -339,7 +384,9 @@ impl ReadFence {
     /// least the requirement on every fenced scope, and at least the store horizon where one
     /// covers the scope (the horizon is the largest version among the scopes coarsened into it,
     /// so this is sufficient whatever scope was coarsened); server-wait and escalated reads are
-    /// trusted when the adapter observed no version for a scope, and checked when it did.
+    /// trusted when the adapter observed no version for a scope, and checked when it did. A
+    /// verified read of a fence that is [strong-path only](ReadFence::strong_path_only) never
+    /// meets it.
     #[inline]
     pub fn check(&self, strategy: FenceStrategy, observed: &Observed) -> Result<(), Staleness> {
         if observed.is_strong() {
@@ -354,6 +401,14 @@ impl ReadFence {
                 FenceStrategy::Verify => false,
                 FenceStrategy::ServerWait | FenceStrategy::Strong => true,
             };
+            if !trusted && !self.by_version {
+                return Err(Staleness {
+                    scope: r.scope,
+                    required: r.version.max(r.horizon.unwrap_or(Version::ZERO)),
+                    observed: seen,
+                    horizon: r.horizon.is_some(),
+                });
+            }
             let ok = match seen {
                 Some(v) => v >= r.version && (trusted || r.horizon.is_none_or(|h| v >= h)),
                 None => trusted,
@@ -378,7 +433,11 @@ impl ReadFence {
         last: FenceStrategy,
         rereads_done: u32,
     ) -> FenceDecision {
-        if last == FenceStrategy::Verify && !self.has_horizon() && rereads_done < config.rereads {
+        if last == FenceStrategy::Verify
+            && !self.has_horizon()
+            && self.by_version
+            && rereads_done < config.rereads
+        {
             return FenceDecision::Retry {
                 strategy: FenceStrategy::Verify,
                 delay: config.reread_delay,
@@ -526,6 +585,10 @@ impl Visibility {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
     versions: SmallVec<[(ScopeKey, Version); 2]>,
+    /// Requirements to record that prove nothing of this response.
+    floors: Vec<(ScopeKey, Version)>,
+    /// Versions this response meets that are not requirements to record.
+    meets: Vec<(ScopeKey, Version)>,
     clock: Option<HybridTimestamp>,
     strong: bool,
     context: Option<(Version, std::sync::Arc<[u8]>)>,
@@ -547,6 +610,23 @@ impl Observed {
         } else {
             self.versions.push((scope, version));
         }
+    }
+
+    /// Raises what the session requires of `scope` to `version` from now on, without claiming
+    /// that this response reflects it: the newest write time among the rows of a partition read
+    /// is something the session has seen (so later reads of the partition must show it:
+    /// monotonic reads), but on a store that does not replicate a partition in order it shows
+    /// nothing of the rows the response lacks. The fence check ignores it.
+    pub fn require(&mut self, scope: ScopeKey, version: Version) {
+        upsert(&mut self.floors, scope, version);
+    }
+
+    /// Records that this response reflects `scope` up to `version` for this read's fence,
+    /// without making `version` a requirement of the session: a row's write time shows that the
+    /// row reflects a partition-wide write made before it (a partition delete), but must not
+    /// become a requirement on the partition's other rows.
+    pub fn meets(&mut self, scope: ScopeKey, version: Version) {
+        upsert(&mut self.meets, scope, version);
     }
 
     /// Records a timestamp the session's hybrid clock must move past (a Scylla write time, a
@@ -581,19 +661,30 @@ impl Observed {
         self.context.clone()
     }
 
-    /// The version observed for `scope`.
+    /// The version this response reflects of `scope` (what [`Observed::push`] and
+    /// [`Observed::meets`] recorded), what a fence is checked against.
     #[inline]
     pub fn get(&self, scope: ScopeKey) -> Option<Version> {
-        self.versions
-            .iter()
-            .find(|(s, _)| *s == scope)
-            .map(|(_, v)| *v)
+        let find =
+            |list: &[(ScopeKey, Version)]| list.iter().find(|(s, _)| *s == scope).map(|(_, v)| *v);
+        let pushed = find(&self.versions);
+        if self.meets.is_empty() {
+            return pushed;
+        }
+        pushed.max(find(&self.meets))
     }
 
-    /// All observed versions.
+    /// The versions the response reflects and the session records ([`Observed::push`]).
     #[inline]
     pub fn iter(&self) -> impl Iterator<Item = (ScopeKey, Version)> + '_ {
         self.versions.iter().copied()
+    }
+
+    /// The requirements recorded with [`Observed::require`], which prove nothing of this
+    /// response.
+    #[inline]
+    pub fn floors(&self) -> impl Iterator<Item = (ScopeKey, Version)> + '_ {
+        self.floors.iter().copied()
     }
 
     /// The clock reading, if any.
@@ -606,5 +697,92 @@ impl Observed {
     #[inline]
     pub fn is_strong(&self) -> bool {
         self.strong
+    }
+}
+
+fn upsert(list: &mut Vec<(ScopeKey, Version)>, scope: ScopeKey, version: Version) {
+    if let Some(slot) = list.iter_mut().find(|(s, _)| *s == scope) {
+        slot.1 = slot.1.max(version);
+    } else {
+        list.push((scope, version));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::StoreId;
+
+    fn fence(version: u64) -> (ScopeKey, ReadFence) {
+        let scope = ScopeKey::new(StoreId::new(1), b"partition");
+        let fence = ReadFence::from_requirements([Requirement {
+            scope,
+            version: Version::new(version),
+            horizon: None,
+        }]);
+        (scope, fence)
+    }
+
+    #[test]
+    fn a_strong_path_only_fence_is_never_met_by_a_cheap_read() {
+        let (scope, fence) = fence(9);
+        let fence = fence.strong_path_only();
+        let config = FenceConfig::verify_then_escalate(3, Duration::from_millis(5));
+        let support = FenceSupport::new().strong_reads(true);
+        assert_eq!(
+            fence.initial_strategy(&config, support),
+            FenceStrategy::Strong
+        );
+        let mut observed = Observed::new();
+        observed.push(scope, Version::new(100));
+        assert!(fence.check(FenceStrategy::Verify, &observed).is_err());
+        assert!(fence.check(FenceStrategy::Strong, &observed).is_ok());
+        // No cheap re-read: escalate, or give up when the store has no strong path.
+        assert_eq!(
+            fence.after_stale(&config, support, FenceStrategy::Verify, 0),
+            FenceDecision::Retry {
+                strategy: FenceStrategy::Strong,
+                delay: Duration::ZERO
+            }
+        );
+        assert_eq!(
+            fence.after_stale(&config, FenceSupport::new(), FenceStrategy::Verify, 0),
+            FenceDecision::GiveUp
+        );
+        // Unfenced, it stays cheap.
+        let (_, unfenced) = super::tests::fence(0);
+        let unfenced = unfenced.strong_path_only();
+        assert_eq!(
+            unfenced.initial_strategy(&config, support),
+            FenceStrategy::Verify
+        );
+        assert!(unfenced
+            .check(FenceStrategy::Verify, &Observed::new())
+            .is_ok());
+    }
+
+    #[test]
+    fn a_floor_is_recorded_but_proves_nothing_and_meets_proves_but_is_not_recorded() {
+        let (scope, fence) = fence(9);
+        let mut observed = Observed::new();
+        observed.require(scope, Version::new(50));
+        assert_eq!(observed.get(scope), None);
+        assert!(fence.check(FenceStrategy::Verify, &observed).is_err());
+        assert_eq!(
+            observed.floors().collect::<Vec<_>>(),
+            [(scope, Version::new(50))]
+        );
+
+        let mut observed = Observed::new();
+        observed.meets(scope, Version::new(9));
+        assert!(fence.check(FenceStrategy::Verify, &observed).is_ok());
+        assert_eq!(observed.iter().count(), 0);
+        assert_eq!(observed.floors().count(), 0);
+        observed.push(scope, Version::new(4));
+        assert_eq!(
+            observed.get(scope),
+            Some(Version::new(9)),
+            "the larger of both"
+        );
     }
 }

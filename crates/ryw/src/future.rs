@@ -15,7 +15,7 @@ use crate::conflict::Resolution;
 use crate::error::Error;
 use crate::fence::{
     FenceDecision, FencePath, FenceStrategy, ReadFence, StaleRead, StaleReadPolicy, Staleness,
-    Visibility,
+    Verification, Visibility,
 };
 use crate::request::{Sent, SentWrite, SessionRequest, SessionResponse};
 use crate::retry::{Classified, SessionRetryPolicy};
@@ -213,7 +213,12 @@ impl<A: StoreAdapter> InFlight<A> {
         let clock_at_start;
         {
             let mut state = session.lock();
-            fence = fence_of(&state, adapter, &scopes);
+            fence = match op {
+                Operation::Read if adapter.verification(&base) == Verification::StrongPathOnly => {
+                    fence_of(&state, adapter, &scopes).strong_path_only()
+                }
+                _ => fence_of(&state, adapter, &scopes),
+            };
             if let (Operation::Write(_), None) = (op, &reused) {
                 stamp = Some(state.next_write(config.clock.now_micros()));
             }
@@ -261,6 +266,9 @@ impl<A: StoreAdapter> InFlight<A> {
                 if config.fence.initial == FenceStrategy::Strong =>
             {
                 Some(Escalation::Configured)
+            }
+            (Operation::Read, FenceStrategy::Strong) if !fence.has_horizon() => {
+                Some(Escalation::Unverifiable)
             }
             (Operation::Read, FenceStrategy::Strong) => Some(Escalation::Horizon),
             _ => None,
@@ -611,7 +619,7 @@ impl<A: StoreAdapter> InFlight<A> {
             && observed
                 .seen_context()
                 .is_none_or(|(v, _)| self.fence.context().is_some_and(|c| c.version >= v))
-            && observed.iter().all(|(scope, v)| {
+            && observed.iter().chain(observed.floors()).all(|(scope, v)| {
                 v == Version::ZERO
                     || self
                         .fence
@@ -859,7 +867,7 @@ fn record<A: StoreAdapter, P>(config: &LayerConfig<A, P>, session: &Session, obs
             bytes,
         });
     }
-    for (scope, version) in observed.iter() {
+    for (scope, version) in observed.iter().chain(observed.floors()) {
         state.advance(scope, version);
     }
     if let Some(ts) = observed.seen_clock() {

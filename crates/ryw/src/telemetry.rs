@@ -320,6 +320,10 @@ pub enum Escalation {
     Horizon,
     /// The layer is configured to read strongly up front ([`crate::FenceConfig::strong`]).
     Configured,
+    /// A cheap read of these scopes cannot show that it meets the fence
+    /// ([`crate::fence::Verification::StrongPathOnly`]: several rows of a partition of a store
+    /// that does not replicate a partition in order).
+    Unverifiable,
 }
 
 impl Escalation {
@@ -329,6 +333,7 @@ impl Escalation {
             Escalation::StaleRead => "stale_read",
             Escalation::Horizon => "horizon",
             Escalation::Configured => "configured",
+            Escalation::Unverifiable => "unverifiable",
         }
     }
 }

@@ -57,6 +57,7 @@ pub(crate) enum Cell {
     Int(i32),
     Boolean(bool),
     Text(&'static str),
+    String(String),
 }
 
 impl Cell {
@@ -67,13 +68,19 @@ impl Cell {
             Cell::Int(v) => Some(v.to_be_bytes().to_vec()),
             Cell::Boolean(v) => Some(vec![u8::from(*v)]),
             Cell::Text(v) => Some(v.as_bytes().to_vec()),
+            Cell::String(v) => Some(v.as_bytes().to_vec()),
         }
     }
 }
 
+/// A reply computed from the statement received (its text, consistency and timestamp).
+pub(crate) type Respond = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
 /// What the node answers to a statement.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) enum Reply {
+    /// The reply `respond` computes for the statement (rows or void; not an error).
+    Dynamic(Respond),
     /// RESULT Void (a write).
     Void,
     /// RESULT Rows with these columns and rows.
@@ -94,6 +101,25 @@ pub(crate) enum Reply {
     Unavailable,
     /// An ERROR: a syntax error.
     SyntaxError,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Dynamic(_) => f.write_str("Dynamic"),
+            Reply::Void => f.write_str("Void"),
+            Reply::Rows { columns, rows } => f
+                .debug_struct("Rows")
+                .field("columns", columns)
+                .field("rows", rows)
+                .finish(),
+            Reply::Prepared { id, .. } => f.debug_struct("Prepared").field("id", id).finish(),
+            Reply::WriteTimeout => f.write_str("WriteTimeout"),
+            Reply::ReadTimeout => f.write_str("ReadTimeout"),
+            Reply::Unavailable => f.write_str("Unavailable"),
+            Reply::SyntaxError => f.write_str("SyntaxError"),
+        }
+    }
 }
 
 fn put_string(buf: &mut BytesMut, s: &str) {
@@ -146,8 +172,12 @@ fn result_body(reply: &Reply) -> Bytes {
             buf.put_i32(0x0004);
             buf.put_i32(0);
         }
-        Reply::WriteTimeout | Reply::ReadTimeout | Reply::Unavailable | Reply::SyntaxError => {
-            unreachable!("errors are forged by the proxy")
+        Reply::WriteTimeout
+        | Reply::ReadTimeout
+        | Reply::Unavailable
+        | Reply::SyntaxError
+        | Reply::Dynamic(_) => {
+            unreachable!("errors are forged by the proxy; a dynamic reply is computed first")
         }
     }
     buf.freeze()
@@ -213,6 +243,26 @@ pub(crate) struct Script {
     pub opcode: RequestOpcode,
     pub marker: &'static str,
     pub replies: Vec<Reply>,
+    /// Only statements sent at this consistency (then `marker` must be the end of the QUERY
+    /// text, or the whole EXECUTE id: the consistency follows it in the frame).
+    pub consistency: Option<Consistency>,
+}
+
+/// The protocol's code of a consistency level.
+fn consistency_code(c: Consistency) -> u16 {
+    match c {
+        Consistency::Any => 0x0000,
+        Consistency::One => 0x0001,
+        Consistency::Two => 0x0002,
+        Consistency::Three => 0x0003,
+        Consistency::Quorum => 0x0004,
+        Consistency::All => 0x0005,
+        Consistency::LocalQuorum => 0x0006,
+        Consistency::EachQuorum => 0x0007,
+        Consistency::Serial => 0x0008,
+        Consistency::LocalSerial => 0x0009,
+        Consistency::LocalOne => 0x000A,
+    }
 }
 
 impl Script {
@@ -221,6 +271,36 @@ impl Script {
             opcode: RequestOpcode::Query,
             marker,
             replies,
+            consistency: None,
+        }
+    }
+
+    /// QUERY frames whose text ends with `suffix`, sent at `consistency`: a replica's view (a
+    /// lagging `LOCAL_ONE` copy) apart from the quorum's (`LOCAL_QUORUM`).
+    pub(crate) fn query_at(
+        suffix: &'static str,
+        consistency: Consistency,
+        replies: Vec<Reply>,
+    ) -> Self {
+        Script {
+            opcode: RequestOpcode::Query,
+            marker: suffix,
+            replies,
+            consistency: Some(consistency),
+        }
+    }
+
+    /// EXECUTE frames of prepared statement `id`, sent at `consistency`.
+    pub(crate) fn execute_at(
+        id: &'static str,
+        consistency: Consistency,
+        replies: Vec<Reply>,
+    ) -> Self {
+        Script {
+            opcode: RequestOpcode::Execute,
+            marker: id,
+            replies,
+            consistency: Some(consistency),
         }
     }
     pub(crate) fn prepare(marker: &'static str, reply: Reply) -> Self {
@@ -228,6 +308,7 @@ impl Script {
             opcode: RequestOpcode::Prepare,
             marker,
             replies: vec![reply],
+            consistency: None,
         }
     }
     pub(crate) fn execute(id: &'static str, replies: Vec<Reply>) -> Self {
@@ -235,6 +316,7 @@ impl Script {
             opcode: RequestOpcode::Execute,
             marker: id,
             replies,
+            consistency: None,
         }
     }
     pub(crate) fn batch(marker: &'static str, replies: Vec<Reply>) -> Self {
@@ -242,6 +324,7 @@ impl Script {
             opcode: RequestOpcode::Batch,
             marker,
             replies,
+            consistency: None,
         }
     }
 }
@@ -292,6 +375,12 @@ fn forge(reply: Reply) -> RequestReaction {
         Reply::ReadTimeout => RequestReaction::forge().read_timeout(),
         Reply::Unavailable => RequestReaction::forge().unavailable(),
         Reply::SyntaxError => RequestReaction::forge().syntax_error(),
+        Reply::Dynamic(respond) => {
+            RequestReaction::forge_response(Arc::new(move |frame: RequestFrame| {
+                let body = result_body(&respond(&decode(&frame)));
+                ResponseFrame::new(frame.params.for_response(), ResponseOpcode::Result, body)
+            }))
+        }
         other => {
             let body = result_body(&other);
             RequestReaction::forge_response(Arc::new(move |frame: RequestFrame| {
@@ -326,9 +415,12 @@ impl ScriptedScyllaNode {
             ),
         ];
         for s in script {
-            let condition = Condition::RequestOpcode(s.opcode).and(
-                Condition::BodyContainsCaseSensitive(s.marker.as_bytes().into()),
-            );
+            let mut marker = s.marker.as_bytes().to_vec();
+            if let Some(c) = s.consistency {
+                marker.extend_from_slice(&consistency_code(c).to_be_bytes());
+            }
+            let condition = Condition::RequestOpcode(s.opcode)
+                .and(Condition::BodyContainsCaseSensitive(marker.into()));
             let n = s.replies.len();
             for (i, reply) in s.replies.into_iter().enumerate() {
                 // Each reply but the last answers once; the last one answers from then on.
