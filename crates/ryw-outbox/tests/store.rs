@@ -123,3 +123,34 @@ fn an_outbox_held_open_cannot_be_opened_again() {
         Err(OutboxError::Storage(_))
     ));
 }
+
+#[test]
+fn a_file_never_initialised_is_recreated_and_a_damaged_one_is_never_discarded() {
+    let dir = TempDir::new();
+    // What a crash while the file was first created in place leaves: zeros, or nothing.
+    for (name, len) in [("zeros", 73_728usize), ("empty", 0)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, vec![0u8; len]).unwrap();
+        let outbox = Outbox::open(&path, OutboxConfig::default()).expect("recreated");
+        outbox.append(&entry(1, 1, "k", 8)).unwrap();
+        drop(outbox);
+        let outbox = Outbox::open(&path, OutboxConfig::default()).unwrap();
+        assert_eq!(outbox.len(), 1, "{name}: a real outbox now");
+    }
+    // A file with anything else in it may hold queued writes: refused, and left as it was.
+    let path = dir.path().join("damaged");
+    let mut bytes = vec![0u8; 73_728];
+    bytes[40_000] = 7;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        Outbox::open(&path, OutboxConfig::default()),
+        Err(OutboxError::Storage(_) | OutboxError::Damaged(_))
+    ));
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "never discarded");
+    // No temporary is left beside the outboxes.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains("creating")), "{names:?}");
+}
