@@ -1,27 +1,61 @@
 //! The simulation suite: thousands of seeded histories with lag, partitions, lost responses and
-//! duplicated deliveries. Through the session layer: zero violations and zero duplicated effects.
-//! Without it: violations, so the checker is proven able to fail.
+//! duplicated deliveries, with replicas applying the log in order and out of order. Through the
+//! session layer: zero violations and zero duplicated effects. Without it: violations, so the
+//! checker is proven able to fail.
 
 use ryw::fence::FenceConfig;
 use ryw_sim::checker::ViolationKind;
 use ryw_sim::workload::{run_blocking, Mode, Scenario};
 use std::time::Duration;
 
-fn seeds() -> u64 {
+/// `RYW_SIM_SEEDS` when set, otherwise `default`.
+fn seeds_or(default: u64) -> u64 {
     std::env::var("RYW_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(6000)
+        .unwrap_or(default)
+}
+
+fn seeds() -> u64 {
+    seeds_or(6000)
+}
+
+/// Histories of the out-of-order verify test (the server-wait and strong ones run a quarter).
+fn out_of_order_seeds() -> u64 {
+    seeds_or(10_000)
+}
+
+/// What the histories of one test added up to.
+#[derive(Debug, Default)]
+struct Totals {
+    reads: usize,
+    pending: usize,
+    failed: usize,
+    /// Reads served by a replica holding a write of the key beyond its applied prefix.
+    past_applied: usize,
+    /// Deliveries that landed at a replica before an earlier log entry had.
+    reordered: usize,
 }
 
 fn assert_clean(mode: &Mode, seeds: std::ops::Range<u64>) -> (usize, usize, usize) {
-    let (mut reads, mut pending, mut failed) = (0, 0, 0);
+    let t = assert_clean_with(Scenario::random, mode, seeds);
+    (t.reads, t.pending, t.failed)
+}
+
+/// Runs the scenario `scenario(seed)` of every seed in `mode` and asserts no history has a
+/// violation.
+fn assert_clean_with(
+    scenario: fn(u64) -> Scenario,
+    mode: &Mode,
+    seeds: std::ops::Range<u64>,
+) -> Totals {
+    let mut totals = Totals::default();
     // Every seed runs, so that a failure reports how many histories broke and how.
     let mut found = std::collections::BTreeMap::new();
     let (mut broken, mut first) = (0, None);
     let n = seeds.end - seeds.start;
     for seed in seeds {
-        let scenario = Scenario::random(seed);
+        let scenario = scenario(seed);
         let run = run_blocking(&scenario, mode);
         if !run.check.violations.is_empty() {
             broken += 1;
@@ -35,9 +69,11 @@ fn assert_clean(mode: &Mode, seeds: std::ops::Range<u64>) -> (usize, usize, usiz
                 )
             });
         }
-        reads += run.reads;
-        pending += run.pending_reads;
-        failed += run.failed_ops;
+        totals.reads += run.reads;
+        totals.pending += run.pending_reads;
+        totals.failed += run.failed_ops;
+        totals.past_applied += run.reads_past_applied;
+        totals.reordered += run.reordered_arrivals;
     }
     assert!(
         first.is_none(),
@@ -46,7 +82,7 @@ fn assert_clean(mode: &Mode, seeds: std::ops::Range<u64>) -> (usize, usize, usiz
         n,
         first.unwrap_or_default()
     );
-    (reads, pending, failed)
+    totals
 }
 
 #[test]
@@ -82,6 +118,81 @@ fn without_the_layer_the_checker_finds_violations() {
         }
     }
     println!("plain replica reads: {found:?}");
+    for kind in [
+        ViolationKind::ReadYourWrites,
+        ViolationKind::MonotonicReads,
+        ViolationKind::DuplicatedEffect,
+        ViolationKind::MonotonicWrites,
+    ] {
+        assert!(
+            found.get(&kind).copied().unwrap_or(0) > 0,
+            "no {kind:?} found"
+        );
+    }
+}
+
+/// Out-of-order replication (`ReplicationOrder::OutOfOrder`): each log entry lands at each replica
+/// after its own delay, so a replica can serve a later write of a key, or of another key, while it
+/// still misses an earlier one. `Scenario::random_out_of_order(seed)` is `Scenario::random(seed)`
+/// with reordering replicas; the tests below cover the in-order tests' seed ranges, and more.
+fn assert_clean_out_of_order(name: &str, mode: &Mode, seeds: std::ops::Range<u64>) -> Totals {
+    let n = seeds.end - seeds.start;
+    let t = assert_clean_with(Scenario::random_out_of_order, mode, seeds);
+    println!(
+        "out of order, {name}: {n} histories, {} reads, {} pending, {} failed ops, {} reads past \
+         the applied prefix, {} reordered deliveries, 0 violations",
+        t.reads, t.pending, t.failed, t.past_applied, t.reordered
+    );
+    // The mode bites: deliveries were reordered and reads were served from a replica that held
+    // a write beyond the prefix of the log it had applied.
+    assert!(t.reordered > 0 && t.past_applied > 0, "{t:?}");
+    t
+}
+
+#[test]
+fn out_of_order_ryw_verify_fence_has_no_violations() {
+    let n = out_of_order_seeds();
+    let t = assert_clean_out_of_order("verify", &Mode::ryw(), 0..n);
+    assert!(t.reads > 10 * n as usize);
+}
+
+#[test]
+fn out_of_order_ryw_server_wait_fence_has_no_violations() {
+    let n = out_of_order_seeds() / 4;
+    assert_clean_out_of_order(
+        "server wait",
+        &Mode::Ryw(FenceConfig::server_wait()),
+        10_000..10_000 + n,
+    );
+}
+
+#[test]
+fn out_of_order_ryw_strong_fence_has_no_violations() {
+    let n = out_of_order_seeds() / 4;
+    assert_clean_out_of_order(
+        "strong",
+        &Mode::Ryw(FenceConfig::strong()),
+        20_000..20_000 + n,
+    );
+}
+
+#[test]
+fn out_of_order_without_the_layer_the_checker_finds_violations() {
+    let mut found = std::collections::BTreeMap::new();
+    let (mut past_applied, mut reordered) = (0, 0);
+    for seed in 0..300 {
+        let run = run_blocking(&Scenario::random_out_of_order(seed), &Mode::Plain);
+        for v in &run.check.violations {
+            *found.entry(v.kind).or_insert(0usize) += 1;
+        }
+        past_applied += run.reads_past_applied;
+        reordered += run.reordered_arrivals;
+    }
+    println!(
+        "out of order, plain replica reads: {found:?} ({past_applied} reads past the applied \
+         prefix, {reordered} reordered deliveries)"
+    );
+    assert!(reordered > 0 && past_applied > 0);
     for kind in [
         ViolationKind::ReadYourWrites,
         ViolationKind::MonotonicReads,

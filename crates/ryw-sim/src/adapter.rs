@@ -9,8 +9,10 @@ use ryw::{ScopeKey, StoreId};
 /// Maps the session concepts onto the simulated store.
 ///
 /// - scope: one key; version: the log position of the key's last write (store-wide order);
-/// - server wait: `min_version` on the replica; escalate: read the primary; verify: compare the
-///   key's version;
+/// - server wait: `min_version` on the replica, which answers once it has applied every log entry
+///   up to that position (whatever order entries reach it in, so a wait on a store horizon is
+///   sound); escalate: read the primary; verify: compare the key's version (a replica serves the
+///   newest write of a key it holds);
 /// - writes carry their `WriteId` (the store skips a write whose id already applied, so replays are
 ///   safe) and the session's hybrid clock;
 /// - a failed conditional write is a conflict with the current version, clock and writer.

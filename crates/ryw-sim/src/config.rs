@@ -1,4 +1,5 @@
-//! Configuration of the simulated store: replicas, lag, latency, partitions and faults.
+//! Configuration of the simulated store: replicas, lag, replication order, latency, partitions
+//! and faults.
 
 use crate::rng::SimRng;
 use std::time::Duration;
@@ -103,6 +104,82 @@ impl Partition {
     }
 }
 
+/// In which order a replica applies the primary's log.
+///
+/// # Example
+///
+/// The replica is cut off when the first write would land there, so that write is delivered only
+/// after the partition heals plus its lag; the second write, made just before the partition
+/// heals, lands after it on its own schedule, ahead of the first. Out of order, the replica then
+/// holds the second write without the first, and a server wait on the first write's position
+/// waits until it lands. (In order, the second write would land with the first.)
+///
+/// ```
+/// use ryw::Version;
+/// use ryw_sim::{Get, LagModel, Partition, PartitionKind, ReplicationOrder, SimConfig};
+/// use ryw_sim::{SimRequest, SimStore, Target};
+/// use std::time::Duration;
+/// use tower::ServiceExt;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let config = SimConfig::default()
+///     .replicas(1)
+///     .lag(LagModel::new(Duration::from_millis(200), Duration::ZERO))
+///     .partition(Partition {
+///         start: Duration::ZERO,
+///         end: Duration::from_secs(1),
+///         kind: PartitionKind::ReplicaIsolated(0),
+///     })
+///     .replication_order(ReplicationOrder::OutOfOrder);
+/// let store = SimStore::new(config);
+/// let client = store.client(0);
+/// // Lands at 1.2 s: the partition's end plus the lag.
+/// client.clone().oneshot(SimRequest::put("a", 1)).await.unwrap();
+/// tokio::time::sleep(Duration::from_millis(900)).await;
+/// // Lands at about 1.11 s, ahead of the first write.
+/// client.clone().oneshot(SimRequest::put("b", 2)).await.unwrap();
+/// tokio::time::sleep(Duration::from_millis(250)).await;
+///
+/// let b = client.clone().oneshot(SimRequest::get("b")).await.unwrap();
+/// let a = client.clone().oneshot(SimRequest::get("a")).await.unwrap();
+/// assert_eq!((a.value(), b.value()), (None, Some(2)));
+/// // The replica holds log position 2 but has applied no prefix of the log beyond 0.
+/// assert_eq!(b.applied, Version::ZERO);
+///
+/// // A server wait on the first write's position answers once it has landed.
+/// let waited = client
+///     .oneshot(SimRequest::Get(Get {
+///         key: "a".into(),
+///         target: Target::Local,
+///         min_version: Some(Version::new(1)),
+///     }))
+///     .await
+///     .unwrap();
+/// assert_eq!(waited.value(), Some(1));
+/// assert!(store.elapsed() >= Duration::from_millis(1_200));
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReplicationOrder {
+    /// Each replica applies the log in order: an entry lands no earlier than the entry before it,
+    /// so a replica always holds a prefix of the log.
+    #[default]
+    InOrder,
+    /// Each replica applies each entry after its own delay, drawn independently from the lag
+    /// model, as ScyllaDB and Cassandra replicas do (hinted handoff, repair): a replica can hold
+    /// a later entry and miss an earlier one, of the same key and of other keys.
+    ///
+    /// Per key, a replica serves the newest entry it holds by version (last writer wins, as
+    /// Scylla does per cell by timestamp): an older entry landing after a newer one of the same
+    /// key does not overwrite it. What a replica reports as applied
+    /// ([`SimResponse::applied`](crate::SimResponse::applied)), and what a server wait
+    /// ([`Get::min_version`](crate::Get::min_version)) waits for, is the contiguous prefix of the
+    /// log it has fully applied, never the largest position it holds.
+    OutOfOrder,
+}
+
 /// The whole simulated deployment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimConfig {
@@ -112,6 +189,8 @@ pub struct SimConfig {
     pub replicas: usize,
     /// Lag per replica; the last model repeats for further replicas.
     pub lag: Vec<LagModel>,
+    /// Whether replicas apply the log in order.
+    pub replication_order: ReplicationOrder,
     /// Request latency.
     pub latency: LatencyModel,
     /// Partitions.
@@ -131,12 +210,14 @@ pub struct SimConfig {
 }
 
 impl Default for SimConfig {
-    /// Three replicas with [`LagModel::default`], [`LatencyModel::default`], no faults.
+    /// Three replicas with [`LagModel::default`] applying the log in order,
+    /// [`LatencyModel::default`], no faults.
     fn default() -> Self {
         SimConfig {
             seed: 0,
             replicas: 3,
             lag: vec![LagModel::default()],
+            replication_order: ReplicationOrder::InOrder,
             latency: LatencyModel::default(),
             partitions: Vec::new(),
             lost_responses: 0.0,
@@ -172,6 +253,12 @@ impl SimConfig {
         if !lags.is_empty() {
             self.lag = lags;
         }
+        self
+    }
+
+    /// Sets the order in which replicas apply the log ([`ReplicationOrder::InOrder`] by default).
+    pub fn replication_order(mut self, order: ReplicationOrder) -> Self {
+        self.replication_order = order;
         self
     }
 

@@ -1,7 +1,8 @@
 //! A simulated replicated store for ryw: one primary with an ordered log and N replicas with
-//! configurable lag, partitions, responses lost after the write applied (ambiguous writes) and
-//! duplicated deliveries; seeded and deterministic under tokio's paused time; behind a tower
-//! `Service` per app instance, with a [`SimAdapter`] offering all three fence strategies.
+//! configurable lag, applying the log in order or out of order ([`ReplicationOrder`]),
+//! partitions, responses lost after the write applied (ambiguous writes) and duplicated
+//! deliveries; seeded and deterministic under tokio's paused time; behind a tower `Service` per
+//! app instance, with a [`SimAdapter`] offering all three fence strategies.
 //!
 //! The [`checker`] reads a recorded history and reports every violation of read-your-writes,
 //! monotonic reads, monotonic writes and writes-follow-reads, and every duplicated effect of a
@@ -38,7 +39,7 @@ mod store;
 pub mod workload;
 
 pub use adapter::SimAdapter;
-pub use config::{LagModel, LatencyModel, Partition, PartitionKind, SimConfig};
+pub use config::{LagModel, LatencyModel, Partition, PartitionKind, ReplicationOrder, SimConfig};
 pub use rng::SimRng;
 pub use store::{
     CurrentVersion, Get, Key, LogEntry, Node, Put, SimClient, SimClock, SimError, SimFuture,

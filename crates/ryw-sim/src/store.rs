@@ -1,7 +1,7 @@
-//! The simulated store: one primary with an ordered log, N lagging replicas, behind a tower
-//! `Service` per client instance.
+//! The simulated store: one primary with an ordered log, N lagging replicas that apply it in
+//! order or out of order, behind a tower `Service` per client instance.
 
-use crate::config::{PartitionKind, SimConfig};
+use crate::config::{PartitionKind, ReplicationOrder, SimConfig};
 use crate::rng::SimRng;
 use ryw::clock::{Clock, HybridTimestamp};
 use ryw::{Version, WriteId};
@@ -44,7 +44,8 @@ pub struct Get {
     pub key: Key,
     /// Where the read goes.
     pub target: Target,
-    /// Server wait: the replica answers only once it has applied this log position.
+    /// Server wait: the replica answers only once it has applied every log entry up to this
+    /// position (out of order, holding a later entry is not enough).
     pub min_version: Option<Version>,
 }
 
@@ -129,14 +130,16 @@ pub struct SimResponse {
     pub key: Key,
     /// The value read (for reads) or written.
     pub value: Option<u64>,
-    /// The log position of the key's visible write (reads) or of the write (writes);
-    /// `Version::ZERO` when the key has never been written at that node.
+    /// The log position of the key's visible write (reads: the newest write of the key the node
+    /// holds) or of the write (writes); `Version::ZERO` when the node holds no write of the key.
     pub version: Version,
     /// The hybrid clock of that write, if the writer gave one.
     pub clock: Option<HybridTimestamp>,
     /// The node that served the request.
     pub served_by: Node,
-    /// How much of the log the serving node had applied.
+    /// The longest prefix of the log the serving node had fully applied. Out of order
+    /// ([`ReplicationOrder::OutOfOrder`]) the node may also hold later entries, so `version` can
+    /// exceed it.
     pub applied: Version,
     /// The write had already applied under the same write id: this attempt changed nothing.
     pub deduplicated: bool,
@@ -230,12 +233,17 @@ struct World {
     rng: SimRng,
     log: Vec<LogEntry>,
     by_key: HashMap<Key, Vec<u64>>,
-    /// Per replica, when each log entry arrives (microseconds; non-decreasing).
+    /// Per replica, when each log entry arrives there (microseconds; non-decreasing in order).
     arrivals: Vec<Vec<u64>>,
+    /// Per replica, when every log entry up to and including each one has arrived there: the
+    /// running maximum of `arrivals` (equal to it in order), non-decreasing.
+    prefix_arrivals: Vec<Vec<u64>>,
     applied_ids: HashMap<WriteId, u64>,
 }
 
 impl World {
+    /// The newest write of `key` among the first `applied` log entries (the primary's view with
+    /// `applied` the whole log).
     fn visible(&self, key: &Key, applied: u64) -> Option<&LogEntry> {
         let positions = self.by_key.get(key)?;
         let idx = positions.partition_point(|&p| p <= applied);
@@ -243,8 +251,30 @@ impl World {
         Some(&self.log[(p - 1) as usize])
     }
 
+    /// The newest write of `key` (by log position) that has arrived at `replica` by `now`: last
+    /// writer wins, whatever order the writes arrived in.
+    fn held(&self, key: &Key, replica: usize, now: u64) -> Option<&LogEntry> {
+        let positions = self.by_key.get(key)?;
+        let arrivals = &self.arrivals[replica];
+        // Every write within the applied prefix has arrived; past it, only some may have.
+        let applied = self.applied_at(replica, now);
+        let idx = positions.partition_point(|&p| p <= applied);
+        let p = positions[idx..]
+            .iter()
+            .rev()
+            .find(|&&p| arrivals[(p - 1) as usize] <= now)
+            .or_else(|| positions.get(idx.checked_sub(1)?))?;
+        Some(&self.log[(p - 1) as usize])
+    }
+
+    /// The length of the longest prefix of the log that has fully arrived at `replica` by `now`.
     fn applied_at(&self, replica: usize, now: u64) -> u64 {
-        self.arrivals[replica].partition_point(|&a| a <= now) as u64
+        self.prefix_arrivals[replica].partition_point(|&a| a <= now) as u64
+    }
+
+    /// When `replica` has applied every log entry up to `position` (1-based, within the log).
+    fn applied_by(&self, replica: usize, position: u64) -> u64 {
+        self.prefix_arrivals[replica][(position - 1) as usize]
     }
 
     fn primary_unreachable(&self, now: Duration) -> bool {
@@ -261,8 +291,15 @@ impl World {
         base / 2 + Duration::from_secs_f64(jitter.min(1.0))
     }
 
-    fn read(&self, key: &Key, node: Node, applied: u64) -> SimResponse {
-        let entry = self.visible(key, applied);
+    /// A read of `key` served by `node` at `now`.
+    fn read(&self, key: &Key, node: Node, now: u64) -> SimResponse {
+        let (entry, applied) = match node {
+            Node::Primary => {
+                let applied = self.log.len() as u64;
+                (self.visible(key, applied), applied)
+            }
+            Node::Replica(r) => (self.held(key, r, now), self.applied_at(r, now)),
+        };
         SimResponse {
             key: key.clone(),
             value: entry.map(|e| e.value),
@@ -328,8 +365,17 @@ impl World {
                     arrival = p.end.as_micros() as u64 + lag.as_micros() as u64;
                 }
             }
-            let prev = self.arrivals[r].last().copied().unwrap_or(0);
-            self.arrivals[r].push(arrival.max(prev));
+            let prefix = self.prefix_arrivals[r]
+                .last()
+                .copied()
+                .unwrap_or(0)
+                .max(arrival);
+            let arrival = match self.config.replication_order {
+                ReplicationOrder::InOrder => prefix,
+                ReplicationOrder::OutOfOrder => arrival,
+            };
+            self.arrivals[r].push(arrival);
+            self.prefix_arrivals[r].push(prefix);
         }
         Ok(SimResponse {
             key: put.key.clone(),
@@ -377,6 +423,7 @@ impl SimStore {
                 log: Vec::new(),
                 by_key: HashMap::new(),
                 arrivals: vec![Vec::new(); replicas],
+                prefix_arrivals: vec![Vec::new(); replicas],
                 applied_ids: HashMap::new(),
             })),
             start: Instant::now(),
@@ -414,6 +461,17 @@ impl SimStore {
     /// Number of replicas.
     pub fn replicas(&self) -> usize {
         self.lock().arrivals.len()
+    }
+
+    /// How many (replica, log entry) deliveries landed before an earlier entry of the log had
+    /// landed at that replica: zero when replicas apply the log in order.
+    pub fn reordered_arrivals(&self) -> usize {
+        let w = self.lock();
+        w.arrivals
+            .iter()
+            .zip(&w.prefix_arrivals)
+            .map(|(arrivals, prefix)| arrivals.iter().zip(prefix).filter(|(a, p)| a < p).count())
+            .sum()
     }
 
     /// Waits until every duplicate delivery that may still be in flight has landed.
@@ -464,8 +522,9 @@ impl SimStore {
             Node::Primary => {
                 let read = {
                     let w = self.lock();
+                    let now = self.now().as_micros() as u64;
                     (!w.primary_unreachable(self.now()))
-                        .then(|| w.read(&get.key, Node::Primary, w.log.len() as u64))
+                        .then(|| w.read(&get.key, Node::Primary, now))
                 };
                 match read {
                     Some(response) => response,
@@ -485,7 +544,7 @@ impl SimStore {
                         if w.applied_at(r, now) >= needed {
                             Some(0)
                         } else if needed as usize <= w.log.len() {
-                            let at = w.arrivals[r][(needed - 1) as usize];
+                            let at = w.applied_by(r, needed);
                             (at - now <= max).then_some(at - now)
                         } else {
                             None
@@ -502,7 +561,7 @@ impl SimStore {
                 }
                 let w = self.lock();
                 let now = self.now().as_micros() as u64;
-                w.read(&get.key, node, w.applied_at(r, now))
+                w.read(&get.key, node, now)
             }
         };
         tokio::time::sleep(back).await;
@@ -601,5 +660,168 @@ impl tower::Service<SimRequest> for SimClient {
 
     fn call(&mut self, request: SimRequest) -> SimFuture {
         Box::pin(self.store.clone().execute(self.local, request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LagModel, LatencyModel};
+    use tower::ServiceExt;
+
+    /// One replica, no request latency, a short lag with a one-in-two chance of a 300 ms spike
+    /// per delivery: consecutive writes often land in the opposite order.
+    fn spiky(seed: u64, order: ReplicationOrder) -> SimConfig {
+        SimConfig::default()
+            .seed(seed)
+            .replicas(1)
+            .latency(LatencyModel {
+                replica: Duration::ZERO,
+                primary: Duration::ZERO,
+                jitter: Duration::ZERO,
+            })
+            .lag(
+                LagModel::new(Duration::from_millis(1), Duration::from_millis(5))
+                    .spikes(0.5, Duration::from_millis(300)),
+            )
+            .replication_order(order)
+    }
+
+    async fn get(client: &SimClient, key: &str) -> SimResponse {
+        client.clone().oneshot(SimRequest::get(key)).await.unwrap()
+    }
+
+    async fn put(client: &SimClient, key: &str, value: u64) -> Version {
+        client
+            .clone()
+            .oneshot(SimRequest::put(key, value))
+            .await
+            .unwrap()
+            .version
+    }
+
+    /// Steps through simulated time 1 ms at a time until `b`'s write shows at the replica without
+    /// `a`'s (returns both reads, at that instant) or both show (returns `None`).
+    async fn first_reordered(
+        client: &SimClient,
+        a: &str,
+        b: &str,
+    ) -> Option<(SimResponse, SimResponse)> {
+        for _ in 0..2_000 {
+            let (ra, rb) = (get(client, a).await, get(client, b).await);
+            match (ra.value, rb.value) {
+                (None, Some(_)) => return Some((ra, rb)),
+                (Some(_), Some(_)) => return None,
+                _ => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+        panic!("the writes never both landed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn out_of_order_a_replica_holds_a_later_write_without_an_earlier_one() {
+        let mut reordered = 0;
+        for seed in 0..64 {
+            let store = SimStore::new(spiky(seed, ReplicationOrder::OutOfOrder));
+            let client = store.client(0);
+            let va = put(&client, "a", 1).await;
+            let vb = put(&client, "b", 2).await;
+            assert_eq!((va.get(), vb.get()), (1, 2));
+            let Some((ra, rb)) = first_reordered(&client, "a", "b").await else {
+                continue;
+            };
+            reordered += 1;
+            // The replica holds log position 2 and not position 1: it has applied no prefix of the
+            // log beyond 0, and says so.
+            assert_eq!(rb.version, vb, "seed {seed}");
+            assert_eq!(rb.applied, Version::ZERO, "seed {seed}");
+            assert_eq!((ra.version, ra.applied), (Version::ZERO, Version::ZERO));
+            assert_eq!(store.reordered_arrivals(), 1, "seed {seed}");
+
+            // A server wait on the earlier write's position, and one on the later write's (which
+            // the replica holds), return only once the earlier write has landed.
+            let a_lands = Duration::from_micros(store.lock().arrivals[0][0]);
+            assert!(store.elapsed() < a_lands, "seed {seed}");
+            let wait = |key: &'static str, position: Version| {
+                let (client, store) = (client.clone(), store.clone());
+                async move {
+                    let response = client
+                        .oneshot(SimRequest::Get(Get {
+                            key: key.into(),
+                            target: Target::Local,
+                            min_version: Some(position),
+                        }))
+                        .await
+                        .unwrap();
+                    (response, store.elapsed())
+                }
+            };
+            let ((on_a, a_at), (on_b, b_at)) = tokio::join!(wait("a", va), wait("b", vb));
+            for (response, at) in [(&on_a, a_at), (&on_b, b_at)] {
+                assert!(at >= a_lands, "seed {seed}: {response:?} at {at:?}");
+                assert!(response.applied >= vb, "seed {seed}: {response:?}");
+            }
+            assert_eq!((on_a.value, on_b.value), (Some(1), Some(2)), "seed {seed}");
+            // And the later write is still there.
+            assert_eq!(get(&client, "b").await.value, Some(2));
+        }
+        // A spike on the first delivery and none on the second: about one seed in four.
+        assert!(reordered >= 8, "only {reordered} of 64 seeds reordered");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_order_a_replica_never_holds_a_later_write_without_an_earlier_one() {
+        for seed in 0..64 {
+            let store = SimStore::new(spiky(seed, ReplicationOrder::InOrder));
+            let client = store.client(0);
+            put(&client, "a", 1).await;
+            put(&client, "b", 2).await;
+            assert!(
+                first_reordered(&client, "a", "b").await.is_none(),
+                "seed {seed}"
+            );
+            assert_eq!(store.reordered_arrivals(), 0);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn out_of_order_an_older_write_of_a_key_never_overwrites_a_newer_one() {
+        // Seeds whose replica showed a write of the key beyond its applied prefix, and seeds where
+        // write 2 landed after write 3 while write 1 was still missing (and was read in between).
+        let (mut ahead, mut older_after_newer) = (0, 0);
+        for seed in 0..64 {
+            let store = SimStore::new(spiky(seed, ReplicationOrder::OutOfOrder));
+            let client = store.client(0);
+            for value in 1..=3 {
+                assert_eq!(put(&client, "k", value).await, Version::new(value));
+            }
+            let lands: Vec<u64> = store.lock().arrivals[0].clone();
+            let (mut seen, mut showed_ahead, mut read_between) = (Version::ZERO, false, false);
+            for _ in 0..2_000 {
+                let r = get(&client, "k").await;
+                // What a replica shows of one key never goes back, and is the newest write it
+                // holds: position p holds value p.
+                assert!(r.version >= seen, "seed {seed}: {r:?} after {seen}");
+                assert_eq!(r.value.unwrap_or(0), r.version.get(), "seed {seed}");
+                let now = store.elapsed().as_micros() as u64;
+                let newest_landed = (1..=3).filter(|&p| lands[p as usize - 1] <= now).max();
+                assert_eq!(r.version.get(), newest_landed.unwrap_or(0), "seed {seed}");
+                seen = r.version;
+                showed_ahead |= r.version > r.applied;
+                read_between |= lands[2] < lands[1] && lands[1] <= now && now < lands[0];
+                if r.applied >= Version::new(3) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert_eq!(seen, Version::new(3), "seed {seed}");
+            ahead += usize::from(showed_ahead);
+            older_after_newer += usize::from(read_between);
+        }
+        assert!(ahead >= 8, "only {ahead} of 64 seeds reordered");
+        assert!(
+            older_after_newer >= 3,
+            "only {older_after_newer} of 64 seeds landed an older write after a newer one"
+        );
     }
 }

@@ -13,7 +13,9 @@
 
 use crate::adapter::SimAdapter;
 use crate::checker::{check, CheckReport, History, Op, OpKind, ReadStatus};
-use crate::config::{LagModel, LatencyModel, Partition, PartitionKind, SimConfig};
+use crate::config::{
+    LagModel, LatencyModel, Partition, PartitionKind, ReplicationOrder, SimConfig,
+};
 use crate::rng::SimRng;
 use crate::store::{Key, Node, SimClient, SimError, SimRequest, SimResponse, SimStore};
 use ryw::fence::FenceConfig;
@@ -217,6 +219,25 @@ impl Scenario {
             fork_merge: rng.unit(),
         }
     }
+
+    /// [`Scenario::random`] with replicas that apply the log out of order
+    /// ([`ReplicationOrder::OutOfOrder`]): the same deployment, users and faults for the same
+    /// `seed`, each log entry landing at each replica after its own delay.
+    ///
+    /// ```
+    /// use ryw_sim::workload::{run_blocking, Mode, Scenario};
+    /// use ryw_sim::ReplicationOrder;
+    ///
+    /// let scenario = Scenario::random_out_of_order(42);
+    /// assert_eq!(scenario.sim.replication_order, ReplicationOrder::OutOfOrder);
+    /// let with_layer = run_blocking(&scenario, &Mode::ryw());
+    /// assert_eq!(with_layer.check.violations.len(), 0);
+    /// ```
+    pub fn random_out_of_order(seed: u64) -> Self {
+        let mut scenario = Self::random(seed);
+        scenario.sim = scenario.sim.replication_order(ReplicationOrder::OutOfOrder);
+        scenario
+    }
 }
 
 /// What one run produced.
@@ -234,6 +255,12 @@ pub struct RunReport {
     pub replica_reads: usize,
     /// Reads reported `Pending`.
     pub pending_reads: usize,
+    /// Reads served by a replica that held a write of the key beyond the prefix of the log it
+    /// had fully applied (only out of order: [`ReplicationOrder::OutOfOrder`]).
+    pub reads_past_applied: usize,
+    /// Deliveries of a log entry to a replica that landed before an earlier entry had
+    /// ([`SimStore::reordered_arrivals`]).
+    pub reordered_arrivals: usize,
     /// Operations that returned an error.
     pub failed_ops: usize,
     /// The longest encoded token seen (ryw mode).
@@ -270,6 +297,7 @@ struct UserResult {
     reads: usize,
     replica_reads: usize,
     pending: usize,
+    past_applied: usize,
     failed: usize,
     max_token_len: usize,
 }
@@ -332,6 +360,8 @@ pub async fn run_observed(
         reads: 0,
         replica_reads: 0,
         pending_reads: 0,
+        reads_past_applied: 0,
+        reordered_arrivals: store.reordered_arrivals(),
         failed_ops: 0,
         max_token_len: 0,
     };
@@ -341,6 +371,7 @@ pub async fn run_observed(
         report.reads += r.reads;
         report.replica_reads += r.replica_reads;
         report.pending_reads += r.pending;
+        report.reads_past_applied += r.past_applied;
         report.failed_ops += r.failed;
         report.max_token_len = report.max_token_len.max(r.max_token_len);
     }
@@ -382,6 +413,7 @@ async fn run_user(
         reads: 0,
         replica_reads: 0,
         pending: 0,
+        past_applied: 0,
         failed: 0,
         max_token_len: 0,
     };
@@ -550,6 +582,9 @@ fn read_kind(out: &mut UserResult, response: &SimResponse, status: ReadStatus) -
     out.reads += 1;
     if matches!(response.served_by, Node::Replica(_)) {
         out.replica_reads += 1;
+        if response.version > response.applied {
+            out.past_applied += 1;
+        }
     }
     if status == ReadStatus::Pending {
         out.pending += 1;
