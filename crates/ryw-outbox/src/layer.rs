@@ -30,21 +30,33 @@ impl<S, A: StoreAdapter, P> StampWrites<A::Request> for ReadYourWrites<S, A, P> 
 }
 
 /// What a request through the outbox layer became.
+///
+/// # Copies of one request get one answer
+///
+/// A request sent more than once as clones of itself (a hedge, tower's `Retry` above this
+/// layer) is one write. Once one copy applied it, every other copy is answered
+/// [`Written::AlreadyApplied`] and never queued; once one copy was deferred, every other copy is
+/// answered with that same [`Deferred`]. A copy that would defer while another is on its way to
+/// the store waits for that one's answer first.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Written<T> {
     /// The store answered (a read, or a write that applied), as the session layer answered.
     Applied(SessionResponse<T>),
     /// The write is kept in the outbox, durably, and will be applied exactly once when the store
     /// answers again (or end as a dead letter, with its reason). Not a success yet.
     Deferred(Deferred),
+    /// Another copy of this request (a clone sent by a hedge or a retry) applied the write, and
+    /// got the store's response: this copy was not sent, and nothing was queued.
+    AlreadyApplied(WriteId),
 }
 
 impl<T> Written<T> {
-    /// The session layer's response, if the store answered.
+    /// The session layer's response, if the store answered this copy.
     pub fn applied(self) -> Option<SessionResponse<T>> {
         match self {
             Written::Applied(r) => Some(r),
-            Written::Deferred(_) => None,
+            Written::Deferred(_) | Written::AlreadyApplied(_) => None,
         }
     }
 
@@ -52,7 +64,114 @@ impl<T> Written<T> {
     pub fn deferred(&self) -> Option<&Deferred> {
         match self {
             Written::Deferred(d) => Some(d),
-            Written::Applied(_) => None,
+            Written::Applied(_) | Written::AlreadyApplied(_) => None,
+        }
+    }
+
+    /// True when the write applied: this copy's response ([`Written::Applied`]) or another
+    /// copy's ([`Written::AlreadyApplied`]).
+    pub fn is_applied(&self) -> bool {
+        matches!(self, Written::Applied(_) | Written::AlreadyApplied(_))
+    }
+}
+
+/// What the copies of one request know of their write ([`SessionRequest::copies`]).
+#[derive(Debug, Default)]
+struct Copies {
+    state: std::sync::Mutex<CopiesState>,
+    settled: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct CopiesState {
+    /// Copies on their way to the store.
+    sending: u32,
+    /// What became of the write, once a copy knows.
+    outcome: Option<Outcome>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Outcome {
+    Applied(WriteId),
+    Deferred(Deferred),
+}
+
+impl Copies {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CopiesState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The outcome another copy settled, as this copy's answer.
+    fn answer<T>(outcome: Outcome) -> Written<T> {
+        match outcome {
+            Outcome::Applied(id) => Written::AlreadyApplied(id),
+            Outcome::Deferred(d) => Written::Deferred(d),
+        }
+    }
+
+    /// Waits until no other copy is on its way to the store, or one settled the write: the
+    /// settled outcome, if any.
+    async fn settled_by_others(&self) -> Option<Outcome> {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let state = self.lock();
+                if state.outcome.is_some() || state.sending == 0 {
+                    return state.outcome;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// One copy is no longer on its way, with what it learnt.
+    fn done(&self, outcome: Option<Outcome>) {
+        let mut state = self.lock();
+        state.sending -= 1;
+        if state.outcome.is_none() {
+            state.outcome = outcome;
+        }
+        drop(state);
+        self.settled.notify_waiters();
+    }
+
+    fn settle(&self, outcome: Outcome) {
+        let mut state = self.lock();
+        if state.outcome.is_none() {
+            state.outcome = Some(outcome);
+        }
+        drop(state);
+        self.settled.notify_waiters();
+    }
+}
+
+/// Marks a copy as sent until dropped (also when its future is dropped mid-way, as a hedge
+/// drops the slower copy).
+struct Sending<'a> {
+    copies: Option<&'a Copies>,
+    outcome: Option<Outcome>,
+}
+
+impl Sending<'_> {
+    fn start(copies: Option<&Copies>) -> Sending<'_> {
+        if let Some(c) = copies {
+            c.lock().sending += 1;
+        }
+        Sending {
+            copies,
+            outcome: None,
+        }
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.copies {
+            c.done(self.outcome);
         }
     }
 }
@@ -102,7 +221,14 @@ impl DeferReason {
     }
 }
 
-/// The outbox layer's errors.
+/// The outbox layer's errors. Each says whether the write may have applied
+/// ([`OutboxServiceError::may_have_applied`]):
+///
+/// | error | may have applied |
+/// |---|---|
+/// | [`Layer`](OutboxServiceError::Layer) | as [`ryw::Error::may_have_applied`] says: an ambiguous write, or a store error after an attempt that may have applied |
+/// | [`Outbox`](OutboxServiceError::Outbox), [`NotDeferrable`](OutboxServiceError::NotDeferrable) | only if its `cause` may have (`None`: nothing was sent) |
+/// | [`QueuedBefore`](OutboxServiceError::QueuedBefore) | never: nothing was sent |
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OutboxServiceError<E: std::error::Error + 'static> {
@@ -136,6 +262,21 @@ pub enum OutboxServiceError<E: std::error::Error + 'static> {
         /// The error the write failed with, if it was sent.
         cause: Option<ryw::Error<E>>,
     },
+}
+
+impl<E: std::error::Error + 'static> OutboxServiceError<E> {
+    /// Whether the write may have applied despite the error (see the table on the type): false
+    /// means it definitely did not, and nothing of it is queued.
+    pub fn may_have_applied(&self) -> bool {
+        match self {
+            OutboxServiceError::Layer(e) => e.may_have_applied(),
+            OutboxServiceError::Outbox { cause, .. }
+            | OutboxServiceError::NotDeferrable { cause, .. } => {
+                cause.as_ref().is_some_and(ryw::Error::may_have_applied)
+            }
+            OutboxServiceError::QueuedBefore { .. } => false,
+        }
+    }
 }
 
 /// Keeps writes the store cannot take in an [`Outbox`]; see the [crate docs](crate).
@@ -287,6 +428,12 @@ where
                     // Until this write is settled, the replayer leaves the session alone: a
                     // write of it deferred meanwhile must not be applied before this one.
                     let _in_flight = outbox.write_started(session);
+                    // The copies of this request, if it has any: one write, one answer.
+                    let copies = request.copies::<Copies>();
+                    let copies = copies.as_deref();
+                    if let Some(outcome) = copies.and_then(|c| c.lock().outcome) {
+                        return Ok(Copies::answer(outcome));
+                    }
                     let now = if outbox.has_queued(session) {
                         Some(DeferReason::Behind)
                     } else if breaker.is_open() {
@@ -295,18 +442,34 @@ where
                         None
                     };
                     if let Some(reason) = now {
+                        // Another copy on its way to the store may apply it: its answer first.
+                        if let Some(c) = copies {
+                            if let Some(outcome) = c.settled_by_others().await {
+                                return Ok(Copies::answer(outcome));
+                            }
+                        }
                         let stamped = inner.stamp_write(&request);
                         let out = defer(&outbox, &request, stamped, scopes, reason, None);
+                        settle_deferred(copies, &out);
                         return report(observer.as_deref(), out);
                     }
                     let keep = request.clone();
-                    match send::<S, A>(&mut inner, request).await {
+                    let mut sending = Sending::start(copies);
+                    let sent = send::<S, A>(&mut inner, request).await;
+                    match sent {
                         Ok(response) => {
                             breaker.succeeded();
+                            sending.outcome = response.write_id().map(Outcome::Applied);
                             Ok(Written::Applied(response))
                         }
                         Err(OutboxServiceError::Layer(error)) if deferrable(&error) => {
                             breaker.failed();
+                            drop(sending);
+                            if let Some(c) = copies {
+                                if let Some(outcome) = c.settled_by_others().await {
+                                    return Ok(Copies::answer(outcome));
+                                }
+                            }
                             // Sent: the stamp it went with. Refused before sending: a new one.
                             let stamped = keep.stamped().or_else(|| inner.stamp_write(&keep));
                             let out = defer(
@@ -317,6 +480,7 @@ where
                                 DeferReason::Failed,
                                 Some(error),
                             );
+                            settle_deferred(copies, &out);
                             report(observer.as_deref(), out)
                         }
                         Err(e) => {
@@ -329,6 +493,16 @@ where
                 _ => Ok(Written::Applied(send::<S, A>(&mut inner, request).await?)),
             }
         })
+    }
+}
+
+/// Tells the other copies of a request that its write was deferred.
+fn settle_deferred<T, E: std::error::Error + 'static>(
+    copies: Option<&Copies>,
+    out: &Result<Written<T>, OutboxServiceError<E>>,
+) {
+    if let (Some(c), Ok(Written::Deferred(d))) = (copies, out) {
+        c.settle(Outcome::Deferred(*d));
     }
 }
 

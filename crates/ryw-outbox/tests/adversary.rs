@@ -655,6 +655,7 @@ mod stress_holds {
                                 }
                             }
                             Ok(Written::Applied(_)) => applied_direct.push(v),
+                            Ok(other) => panic!("one request, no copies: {other:?}"),
                             Err(e) => panic!("{e}"),
                         }
                     }

@@ -58,6 +58,7 @@ async fn a_deferred_write_is_202_and_queued_until_replayed() {
                     *response.status_mut() = StatusCode::ACCEPTED;
                     response.extensions_mut().insert(d.visibility());
                 }
+                other => unreachable!("one request, no copies: {other:?}"),
             }
             Ok::<_, Infallible>(response)
         }

@@ -81,6 +81,7 @@ async fn run(seed: u64, dir: &std::path::Path) -> (History, usize) {
                     deferred += 1;
                     true
                 }
+                Ok(other) => panic!("one request, no copies: {other:?}"),
                 Err(_) => false,
             };
             ops.push(Op {

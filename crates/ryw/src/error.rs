@@ -21,6 +21,10 @@ pub enum Error<E> {
         attempts: u32,
         /// Whether the adapter classified the last error as transient.
         transient: bool,
+        /// Whether an attempt of this write (or of a clone of the request) may have applied: one
+        /// failed in a way that may have applied (a timeout, a lost connection) and no later
+        /// answer showed it had not. Always false for a read.
+        may_have_applied: bool,
     },
     /// A write that may not be replayed failed in a way that may have applied: the caller must
     /// check before writing again.
@@ -72,6 +76,21 @@ impl<E> Error<E> {
     /// [`Error::AlreadySent`]: whether it applied is not known).
     pub fn is_ambiguous(&self) -> bool {
         matches!(self, Error::Ambiguous { .. } | Error::AlreadySent { .. })
+    }
+
+    /// Whether the write may have applied despite the error: [`Error::Ambiguous`],
+    /// [`Error::AlreadySent`], and [`Error::Store`] after an attempt that may have applied. False
+    /// means it definitely did not: nothing was sent ([`Error::NotReady`]), every attempt was
+    /// refused before applying, or it lost a conflict ([`Error::Conflict`]: the other version
+    /// was kept). Reads never apply anything.
+    pub fn may_have_applied(&self) -> bool {
+        match self {
+            Error::Ambiguous { .. } | Error::AlreadySent { .. } => true,
+            Error::Store {
+                may_have_applied, ..
+            } => *may_have_applied,
+            _ => false,
+        }
     }
 
     /// The write id, for a write whose outcome is not known.

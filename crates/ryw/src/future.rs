@@ -658,6 +658,7 @@ impl<A: StoreAdapter> InFlight<A> {
             source: error,
             attempts: self.sent,
             transient,
+            may_have_applied: self.may_have_applied && self.op != Operation::Read,
         })
     }
 
@@ -666,10 +667,12 @@ impl<A: StoreAdapter> InFlight<A> {
         config: &LayerConfig<A, P>,
         error: A::Error,
     ) -> Result<(), Error<A::Error>> {
+        let may_have_applied = self.may_have_applied;
         let store_error = |error| Error::Store {
             source: error,
             attempts: self.sent,
             transient: false,
+            may_have_applied,
         };
         let Some((write_id, timestamp)) = self.stamp else {
             return Err(store_error(error));

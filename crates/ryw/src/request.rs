@@ -55,13 +55,24 @@ impl<R: Clone> Clone for SessionRequest<R> {
 }
 
 /// The write a request and its clones send: the stamped request, and how many attempts of it may
-/// have applied.
-#[derive(Debug)]
-pub(crate) struct SentWrite<R>(Mutex<Option<Sent<R>>>);
+/// have applied; and the state middleware above the layer shares between the copies
+/// ([`SessionRequest::copies`]).
+pub(crate) struct SentWrite<R>(
+    Mutex<Option<Sent<R>>>,
+    OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
+);
 
 impl<R> Default for SentWrite<R> {
     fn default() -> Self {
-        SentWrite(Mutex::new(None))
+        SentWrite(Mutex::new(None), OnceLock::new())
+    }
+}
+
+impl<R: std::fmt::Debug> std::fmt::Debug for SentWrite<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SentWrite")
+            .field(&self.0)
+            .finish_non_exhaustive()
     }
 }
 
@@ -116,6 +127,28 @@ impl<R: Clone> SessionRequest<R> {
 }
 
 impl<R> SessionRequest<R> {
+    /// State of type `T` shared by this request and every clone of it, created on first use:
+    /// for middleware above the session layer that must give all copies of one request one
+    /// outcome (`ryw-outbox` answers every copy of a write that one copy applied as applied, and
+    /// never queues it). `None` when the request has no clone (it is the only copy, and nothing
+    /// is allocated), or when the shared state is of another type.
+    ///
+    /// ```
+    /// use ryw::Session;
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    ///
+    /// let request = Session::new().request("PUT k");
+    /// assert!(request.copies::<AtomicU32>().is_none(), "no clone yet");
+    /// let copy = request.clone();
+    /// copy.copies::<AtomicU32>().unwrap().fetch_add(1, Ordering::Relaxed);
+    /// assert_eq!(request.copies::<AtomicU32>().unwrap().load(Ordering::Relaxed), 1);
+    /// ```
+    pub fn copies<T: std::any::Any + Send + Sync + Default>(&self) -> Option<Arc<T>> {
+        let shared = self.sent.get()?;
+        let slot = shared.1.get_or_init(|| Arc::new(T::default()));
+        slot.clone().downcast::<T>().ok()
+    }
+
     /// A request that sends `write` again as the same write: the layer does not stamp it anew,
     /// and sends it as a replay ([`crate::adapter::StoreAdapter::prepare_replay`]) when an
     /// attempt of it may have applied; a write that may not be replayed is then
@@ -124,12 +157,15 @@ impl<R> SessionRequest<R> {
     where
         R: Clone,
     {
-        let shared = Arc::new(SentWrite(Mutex::new(Some(Sent {
-            write_id: write.write_id,
-            timestamp: write.timestamp,
-            stamped: write.request.clone(),
-            outstanding: u32::from(write.may_have_applied),
-        }))));
+        let shared = Arc::new(SentWrite(
+            Mutex::new(Some(Sent {
+                write_id: write.write_id,
+                timestamp: write.timestamp,
+                stamped: write.request.clone(),
+                outstanding: u32::from(write.may_have_applied),
+            })),
+            OnceLock::new(),
+        ));
         SessionRequest {
             session,
             request: write.request,
