@@ -4,7 +4,9 @@ use crate::error::DynamoError;
 use crate::expr::{self, key_bytes, Item};
 use crate::{DynamoConfig, DynamoOperation, DynamoRequest, DynamoResponse, TableSchema, WriteMeta};
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
-use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp};
+use ryw::adapter::{
+    ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, Verification, WriteStamp,
+};
 use ryw::clock::HybridTimestamp;
 use ryw::conflict::Conflict;
 use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
@@ -81,6 +83,50 @@ impl DynamoAdapter {
     pub fn store_id(mut self, store: StoreId) -> Self {
         self.config_mut().store = store;
         self
+    }
+
+    /// Whether the store replicates each base-table partition in order (default `true`, as AWS
+    /// DynamoDB does).
+    ///
+    /// A query is fenced on the partition it reads. When partitions are replicated in order, a
+    /// copy that holds a write of the partition holds every earlier write of it, so the newest
+    /// writer's clock among the items a query returns shows how far the copy is, and an eventually
+    /// consistent query is `Guaranteed(Verified)` once that clock reaches the session's
+    /// requirement on the partition. (That also takes the writers' clocks to agree with the order
+    /// in which the partition applied their writes: a writer whose clock runs ahead can credit a
+    /// copy with a later session write it lacks.)
+    ///
+    /// Set `false` for a DynamoDB-compatible store that does not replicate a partition in order
+    /// (ScyllaDB Alternator: each item is replicated on its own, so a replica can hold a later
+    /// write of a partition and lack an earlier one; the items a query returns then prove nothing
+    /// about the items it lacks). A base-table (or local secondary index) query then credits no
+    /// version to its partition, as a global secondary index query never does: a query of a
+    /// partition the session wrote to is sent as a `ConsistentRead` query up front
+    /// ([`ryw::fence::Verification::ServerSideOnly`]), and an eventually consistent query of it
+    /// is never `Guaranteed` (`Pending` when the fence does not escalate). Item versions are used as before, whatever the setting: each item a query
+    /// returns is checked against what the session saw of it, and a `GetItem` is fenced by the
+    /// item's version. That rests on another property, per item: a copy that holds one write of an
+    /// item holds every earlier write of that item.
+    ///
+    /// ```
+    /// use ryw_dynamodb::{DynamoAdapter, TableSchema};
+    ///
+    /// // ScyllaDB Alternator.
+    /// let adapter = DynamoAdapter::new()
+    ///     .table(TableSchema::new("posts", "pk").sort_key("sk"))
+    ///     .ordered_partitions(false);
+    /// assert!(!adapter.has_ordered_partitions());
+    /// assert!(DynamoAdapter::new().has_ordered_partitions());
+    /// ```
+    pub fn ordered_partitions(mut self, ordered: bool) -> Self {
+        self.config_mut().ordered_partitions = ordered;
+        self
+    }
+
+    /// Whether the adapter counts on the store replicating each base-table partition in order
+    /// (see [`DynamoAdapter::ordered_partitions`]).
+    pub fn has_ordered_partitions(&self) -> bool {
+        self.config.ordered_partitions
     }
 
     /// The key schema declared for `table`, if any.
@@ -429,6 +475,20 @@ impl StoreAdapter for DynamoAdapter {
         }
     }
 
+    fn verification(&self, request: &DynamoRequest) -> Verification {
+        // A base-table partition of a store that does not replicate it in order: no item a
+        // query returns vouches for the others, so a fenced query goes to `ConsistentRead` up
+        // front. (A global index has no strong read: its queries stay cheap and `Pending`.)
+        match &request.operation {
+            DynamoOperation::Query(q)
+                if !self.config.ordered_partitions && !self.is_global_index_query(q) =>
+            {
+                Verification::ServerSideOnly
+            }
+            _ => Verification::Versions,
+        }
+    }
+
     fn apply_fence(
         &self,
         request: &mut DynamoRequest,
@@ -476,18 +536,20 @@ impl StoreAdapter for DynamoAdapter {
                         newest.max(expr::number(item, &self.config.clock_attribute).unwrap_or(0));
                 }
                 if let Some(scope) = self.query_scope(q) {
-                    // A base-table partition is replicated in order, so its newest item shows
-                    // how far the copy read is. A global index is not: DynamoDB copies writes to
-                    // it item by item, in no order, so the index can show a later write while
-                    // it still lacks an earlier one. Its items prove nothing about the others:
-                    // a requirement on a global index partition is never met by verification
-                    // (the read is `Pending`, or `Guaranteed(Unfenced)` when the session wrote
-                    // nothing there).
-                    let version = if self.is_global_index_query(q) {
-                        Version::ZERO
-                    } else {
-                        Version::new(newest)
-                    };
+                    // On DynamoDB a base-table partition is replicated in order, so its newest
+                    // item shows how far the copy read is. A global index is not: DynamoDB copies
+                    // writes to it item by item, in no order, so the index can show a later write
+                    // while it still lacks an earlier one; nor is a base-table partition of a
+                    // store declared with `ordered_partitions(false)`. Such a query's items prove
+                    // nothing about the others: it credits no version to its partition, so a
+                    // requirement there is met only by a strong read (a global index has none:
+                    // the read is `Pending`), and `Guaranteed(Unfenced)` when there is none.
+                    let version =
+                        if self.is_global_index_query(q) || !self.config.ordered_partitions {
+                            Version::ZERO
+                        } else {
+                            Version::new(newest)
+                        };
                     observed.push(scope, version);
                 }
                 if response.consistent {
@@ -638,5 +700,71 @@ mod tests {
         assert!(configured.schema_of("a").is_some() && configured.schema_of("b").is_some());
         assert_eq!(configured.config.version_attribute, "v");
         assert_eq!(configured.store(), StoreId::new(9));
+        assert!(original.has_ordered_partitions());
+        assert!(!original.ordered_partitions(false).has_ordered_partitions());
+    }
+
+    /// What a query of partition `p` (of the table, of a local index, or of the global index
+    /// `by_author`) returning one item credits to its partition scope, and to the item's scope.
+    #[test]
+    fn a_query_credits_its_partition_only_when_the_store_replicates_it_in_order() {
+        use crate::{DynamoOutput, DynamoResponse};
+        use aws_sdk_dynamodb::operation::query::{QueryInput, QueryOutput};
+
+        let s = |v: &str| AttributeValue::S(v.into());
+        let item: Item = [
+            ("pk".to_owned(), s("p")),
+            ("sk".to_owned(), s("a")),
+            ("author".to_owned(), s("p")),
+            ("ryw_version".to_owned(), AttributeValue::N("7".into())),
+            ("ryw_clock".to_owned(), AttributeValue::N("500".into())),
+        ]
+        .into();
+        let response = DynamoResponse {
+            output: DynamoOutput::Query(QueryOutput::builder().items(item.clone()).build()),
+            written: vec![],
+            replayed: false,
+            consistent: false,
+        };
+        let query = |index: Option<&str>| -> DynamoRequest {
+            let attr = if index == Some("by_author") {
+                "author"
+            } else {
+                "pk"
+            };
+            QueryInput::builder()
+                .table_name("t")
+                .set_index_name(index.map(str::to_owned))
+                .key_condition_expression(format!("{attr} = :v"))
+                .expression_attribute_values(":v", s("p"))
+                .into()
+        };
+        let schema = TableSchema::new("t", "pk")
+            .sort_key("sk")
+            .global_index("by_author", "author");
+        for ordered in [true, false] {
+            let adapter = DynamoAdapter::new()
+                .table(schema.clone())
+                .ordered_partitions(ordered);
+            let credited = |index: Option<&str>| {
+                let mut observed = Observed::new();
+                adapter.observe(&query(index), &response, &mut observed);
+                let item_scope = adapter.item_scope("t", &item).unwrap();
+                assert_eq!(observed.get(item_scope), Some(Version::new(7)));
+                let scope = match index {
+                    Some("by_author") => adapter.partition_scope("t", index, &s("p")),
+                    _ => adapter.partition_scope("t", None, &s("p")),
+                };
+                observed.get(scope).unwrap()
+            };
+            let base = if ordered {
+                Version::new(500)
+            } else {
+                Version::ZERO
+            };
+            assert_eq!(credited(None), base, "ordered: {ordered}");
+            assert_eq!(credited(Some("local")), base, "ordered: {ordered}");
+            assert_eq!(credited(Some("by_author")), Version::ZERO);
+        }
     }
 }

@@ -27,9 +27,14 @@
 //!
 //! Eventually consistent by default. The fence verifies the item's version against the session's
 //! high-water mark and, on a miss, re-reads with `ConsistentRead` (escalating up front is
-//! [`ryw::FenceConfig::escalate`]). A consistent read is authoritative. Queries on a global
-//! secondary index cannot read strongly: they are verified and re-read, and reported `Pending` if
-//! they stay stale.
+//! [`ryw::FenceConfig::escalate`]). A consistent read is authoritative. A query is fenced on its
+//! partition: the newest writer's clock among the items of a base-table partition shows how far
+//! the copy read is, because DynamoDB replicates each partition in order. On a store that does
+//! not (a DynamoDB-compatible store such as ScyllaDB Alternator), declare it with
+//! [`DynamoAdapter::ordered_partitions`]: a partition the session wrote to is then met only by a
+//! `ConsistentRead` query. Queries on a global secondary index cannot read strongly, and an index
+//! is not updated in order: a query of an index partition the session wrote to is reported
+//! `Pending`, never `Guaranteed`.
 //!
 //! # Example
 //!
@@ -157,6 +162,9 @@ pub(crate) struct DynamoConfig {
     pub(crate) write_id_attribute: String,
     pub(crate) clock_attribute: String,
     pub(crate) tables: HashMap<String, TableSchema>,
+    /// The store replicates each base-table partition in order
+    /// ([`DynamoAdapter::ordered_partitions`]).
+    pub(crate) ordered_partitions: bool,
 }
 
 impl DynamoConfig {
@@ -174,6 +182,7 @@ impl Default for DynamoConfig {
             write_id_attribute: "ryw_write_id".into(),
             clock_attribute: "ryw_clock".into(),
             tables: HashMap::new(),
+            ordered_partitions: true,
         }
     }
 }

@@ -10,9 +10,13 @@
 //! Reads and writes use majority read and write concern: causal sessions do not keep their
 //! guarantees at `w: 1` or read concern `local` (a write acknowledged by one node can roll back,
 //! and a read of local data can see what then rolls back). Reads may go to secondaries (the read
-//! preference is configurable, secondary-preferred by default): the fence makes that safe. Use
-//! [`ryw::FenceConfig::server_wait`] with this adapter: the secondary waits for the operation
-//! time instead of being verified after the fact.
+//! preference is configurable, secondary-preferred by default): the fence makes that safe. A read
+//! the session has a requirement on always waits on the server for the operation time
+//! (`afterClusterTime`), whatever the fence configuration's first strategy, unless it is
+//! [`ryw::FenceConfig::strong`] (the primary): a reply's `operationTime` is computed as the reply
+//! is built and can be later than the snapshot the read used, so it never verifies a read after
+//! the fact ([`ryw::fence::Verification::ServerSideOnly`]). The server wait rests on the node
+//! honouring `afterClusterTime` and applying its oplog in order.
 //!
 //! # Idempotency across processes
 //!
@@ -73,7 +77,9 @@ pub use service::{MongoFuture, MongoService, RECENT_WRITE_IDS};
 use mongodb::bson::{Bson, Document, Timestamp};
 use mongodb::options::ReadPreference;
 use mongodb::ClusterTime;
-use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp};
+use ryw::adapter::{
+    ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, Verification, WriteStamp,
+};
 use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
 use ryw::{ScopeKey, StoreId, Version, WriteId};
 use std::sync::Arc;
@@ -449,6 +455,14 @@ impl<T: Clone + Send + Sync + 'static> StoreAdapter for MongoAdapterFor<T> {
             .server_wait(true)
             .strong_reads(true)
             .global_versions(true)
+    }
+
+    fn verification(&self, _request: &MongoRequest<T>) -> Verification {
+        // A reply's `operationTime` is computed as the reply is built (the majority commit point
+        // for majority reads), which can be later than the snapshot the read used: it cannot show
+        // that the read reflects a write. Only the server can: `afterClusterTime` (or the
+        // primary).
+        Verification::ServerSideOnly
     }
 
     fn stamp_write(&self, request: &mut MongoRequest<T>, stamp: &WriteStamp<'_>) {

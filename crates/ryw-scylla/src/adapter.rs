@@ -242,7 +242,7 @@ impl StoreAdapter for ScyllaAdapter {
         // A write time vouches only for the row it was read from (see the type's docs).
         match self.single_row(request) {
             Some(_) => Verification::Versions,
-            None => Verification::StrongPathOnly,
+            None => Verification::ServerSideOnly,
         }
     }
 

@@ -271,10 +271,11 @@ pub trait StoreAdapter: Clone + Send + Sync + 'static {
 
     /// Whether a cheap response to the read `request` can show that it meets its fence. The
     /// default, [`Verification::Versions`], trusts [`StoreAdapter::observe`]: return
-    /// [`Verification::StrongPathOnly`] for a read whose response cannot show everything the
+    /// [`Verification::ServerSideOnly`] for a read whose response cannot show everything the
     /// session requires of its scopes (several rows of a partition on a store that does not
     /// replicate a partition in order). Such a read, when the session has a requirement on its
-    /// scopes, goes to the strong path up front, and is never `Guaranteed` from a cheap read.
+    /// scopes, waits server-side or goes to the strong path up front, and is never `Guaranteed`
+    /// from a cheap read.
     fn verification(&self, request: &Self::Request) -> Verification {
         let _ = request;
         Verification::Versions

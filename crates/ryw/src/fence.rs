@@ -149,10 +149,12 @@ pub enum Verification {
     Versions,
     /// Nothing in the response can show that it reflects every write the session requires (a
     /// read of several rows of a partition on a store that does not replicate a partition in
-    /// order: a missing row leaves no trace). When the session has a requirement on its scopes,
-    /// the read goes to the strong path (or waits server-side) up front, and a cheap read is
+    /// order: a missing row leaves no trace; a MongoDB reply whose `operationTime` may be later
+    /// than the snapshot it read). When the session has a requirement on its scopes, the store
+    /// must meet it: the read waits server-side where the store can
+    /// ([`FenceStrategy::ServerWait`]), or goes to the strong path, up front; a cheap read is
     /// never `Guaranteed`.
-    StrongPathOnly,
+    ServerSideOnly,
 }
 
 /// What the caller gets when a read stays stale after the fence budget.
@@ -285,15 +287,16 @@ impl ReadFence {
     }
 
     /// The same fence for a read whose cheap response cannot show that it meets it
-    /// ([`Verification::StrongPathOnly`]): when fenced, the read goes to the store's strong path
-    /// (or waits server-side) up front, and a cheap read is never reported `Guaranteed`.
-    pub fn strong_path_only(mut self) -> Self {
+    /// ([`Verification::ServerSideOnly`]): when fenced, the read waits server-side (where the
+    /// store can) or goes to the strong path up front, and a cheap read is never reported
+    /// `Guaranteed`.
+    pub fn server_side_only(mut self) -> Self {
         self.by_version = false;
         self
     }
 
     /// Whether a cheap read's versions can meet this fence (false after
-    /// [`ReadFence::strong_path_only`]).
+    /// [`ReadFence::server_side_only`]).
     #[inline]
     pub fn verifiable(&self) -> bool {
         self.by_version
@@ -353,11 +356,23 @@ impl ReadFence {
         if self.is_unfenced() {
             return FenceStrategy::Verify;
         }
-        if self.has_horizon() || !self.by_version {
-            // A cheap read rarely meets a horizon (the largest version of every coarsened scope),
-            // and never meets a fence its response cannot show: go straight to a path that
-            // reflects everything when the store has one; otherwise verify (a read that cannot
-            // be verified then ends `Pending`).
+        if !self.by_version {
+            // Only the store can meet it: wait for it there unless told to read strongly.
+            if config.initial != FenceStrategy::Strong && support.server_wait {
+                return FenceStrategy::ServerWait;
+            }
+            if support.strong_reads
+                && (config.initial == FenceStrategy::Strong || config.escalate_on_stale)
+            {
+                return FenceStrategy::Strong;
+            }
+            // No path that can meet it, or none the configuration allows: the read is `Pending`.
+            return FenceStrategy::Verify;
+        }
+        if self.has_horizon() {
+            // A cheap read rarely meets a horizon (the largest version of every coarsened scope):
+            // go straight to a path that reflects everything when the store has one; otherwise
+            // verify against the horizon.
             if config.initial == FenceStrategy::ServerWait
                 && support.server_wait
                 && support.global_versions
@@ -385,7 +400,7 @@ impl ReadFence {
     /// covers the scope (the horizon is the largest version among the scopes coarsened into it,
     /// so this is sufficient whatever scope was coarsened); server-wait and escalated reads are
     /// trusted when the adapter observed no version for a scope, and checked when it did. A
-    /// verified read of a fence that is [strong-path only](ReadFence::strong_path_only) never
+    /// verified read of a fence that is [strong-path only](ReadFence::server_side_only) never
     /// meets it.
     #[inline]
     pub fn check(&self, strategy: FenceStrategy, observed: &Observed) -> Result<(), Staleness> {
@@ -724,9 +739,9 @@ mod tests {
     }
 
     #[test]
-    fn a_strong_path_only_fence_is_never_met_by_a_cheap_read() {
+    fn a_server_side_only_fence_is_never_met_by_a_cheap_read() {
         let (scope, fence) = fence(9);
-        let fence = fence.strong_path_only();
+        let fence = fence.server_side_only();
         let config = FenceConfig::verify_then_escalate(3, Duration::from_millis(5));
         let support = FenceSupport::new().strong_reads(true);
         assert_eq!(
@@ -749,9 +764,26 @@ mod tests {
             fence.after_stale(&config, FenceSupport::new(), FenceStrategy::Verify, 0),
             FenceDecision::GiveUp
         );
+        // A store that can wait server-side waits; a configuration that never escalates gets a
+        // cheap read, which stays pending.
+        let waits = FenceSupport::new().strong_reads(true).server_wait(true);
+        assert_eq!(
+            fence.initial_strategy(&config, waits),
+            FenceStrategy::ServerWait
+        );
+        assert_eq!(
+            fence.initial_strategy(&FenceConfig::strong(), waits),
+            FenceStrategy::Strong
+        );
+        let mut never = config.clone();
+        never.escalate_on_stale = false;
+        assert_eq!(
+            fence.initial_strategy(&never, support),
+            FenceStrategy::Verify
+        );
         // Unfenced, it stays cheap.
         let (_, unfenced) = super::tests::fence(0);
-        let unfenced = unfenced.strong_path_only();
+        let unfenced = unfenced.server_side_only();
         assert_eq!(
             unfenced.initial_strategy(&config, support),
             FenceStrategy::Verify

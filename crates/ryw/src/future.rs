@@ -214,8 +214,8 @@ impl<A: StoreAdapter> InFlight<A> {
         {
             let mut state = session.lock();
             fence = match op {
-                Operation::Read if adapter.verification(&base) == Verification::StrongPathOnly => {
-                    fence_of(&state, adapter, &scopes).strong_path_only()
+                Operation::Read if adapter.verification(&base) == Verification::ServerSideOnly => {
+                    fence_of(&state, adapter, &scopes).server_side_only()
                 }
                 _ => fence_of(&state, adapter, &scopes),
             };

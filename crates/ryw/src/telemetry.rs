@@ -321,7 +321,7 @@ pub enum Escalation {
     /// The layer is configured to read strongly up front ([`crate::FenceConfig::strong`]).
     Configured,
     /// A cheap read of these scopes cannot show that it meets the fence
-    /// ([`crate::fence::Verification::StrongPathOnly`]: several rows of a partition of a store
+    /// ([`crate::fence::Verification::ServerSideOnly`]: several rows of a partition of a store
     /// that does not replicate a partition in order).
     Unverifiable,
 }

@@ -3,8 +3,12 @@
 //!
 //! moto never serves a stale read and ignores `ClientRequestToken`: staleness is injected by the
 //! test-only `StaleReplicaForTests` layer (escalated reads always reach moto), and token
-//! idempotency is tested against DynamoDB Local in `testcontainers/`.
+//! idempotency is tested against DynamoDB Local in `testcontainers/`. A replica that applied a
+//! partition's writes out of order is played by an HTTP proxy in front of moto
+//! (`OutOfOrderReplicaForTests`, in `replica.rs`; the cases in `out_of_order.rs`).
 
+mod out_of_order;
+mod replica;
 mod suite;
 mod support;
 
@@ -48,4 +52,22 @@ against_moto!(
     a_clone_sent_after_its_write_was_recorded_applies_once,
     a_gsi_query_that_shows_a_later_write_but_lacks_an_earlier_one_is_never_guaranteed,
     db_client_operation_duration_is_recorded_per_call,
+);
+
+/// Cases that start their own proxy in front of moto: they take its endpoint.
+macro_rules! against_moto_through_a_proxy {
+    ($($case:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $case() {
+            let Some(endpoint) = endpoint() else { return };
+            out_of_order::$case(&endpoint).await;
+        }
+    )*};
+}
+
+against_moto_through_a_proxy!(
+    an_unordered_partition_query_is_never_guaranteed_without_the_sessions_item,
+    an_out_of_order_view_meets_the_fence_of_an_ordered_partition_without_the_sessions_item,
+    a_gsi_query_of_an_out_of_order_view_is_pending_without_a_consistent_read,
+    a_writer_whose_clock_runs_ahead_meets_the_partition_fence_without_the_sessions_item,
 );

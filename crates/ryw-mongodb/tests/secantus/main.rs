@@ -21,6 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
 
+mod operation_time;
+mod wire_proxy;
+
 fn uri() -> Option<String> {
     match std::env::var("RYW_MONGODB_URI") {
         Ok(u) if !u.is_empty() => Some(u),
