@@ -277,7 +277,12 @@ impl StoreAdapter for ScyllaAdapter {
                     // of the partition's other rows).
                     Some((p, c)) if rows <= 1 => {
                         observed.push(row_scope(store, p, c), seen);
-                        observed.meets(partition_wide_scope(store, p), seen);
+                        // On the strong path the partition's writes are all there: a row that
+                        // such a write did not touch (outside a range delete) must not hold
+                        // the read back.
+                        if response.consistency() != Some(self.config.strong) {
+                            observed.meets(partition_wide_scope(store, p), seen);
+                        }
                         observed.require(partition_scope(store, p), seen);
                     }
                     // Several rows: the newest write time proves nothing of the rows missing,

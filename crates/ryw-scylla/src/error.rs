@@ -30,8 +30,12 @@ pub enum ScyllaError {
     #[error("configuration: a read names a scope but no tracked column (`.track(column)`)")]
     Untracked,
     /// A configuration error: the read tracks `column` but its statement does not select
-    /// `WRITETIME(column)` (the result has no `writetime(column)` column).
-    #[error("configuration: the read tracks `{column}` but does not select `WRITETIME({column})`")]
+    /// `WRITETIME(column)` (the result has no `writetime(column)` column; an alias such as
+    /// `WRITETIME(column) AS wt` renames it, and is not recognised).
+    #[error(
+        "configuration: the read tracks `{column}` but its result has no `writetime({column})` \
+         column (select `WRITETIME({column})` without an alias)"
+    )]
     TrackedColumnNotSelected {
         /// The tracked column.
         column: String,

@@ -5,6 +5,7 @@ use crate::request::{RequestKind, ScyllaRequest, ScyllaStatement};
 use ryw::telemetry::{DbCall, Observer};
 use scylla::client::session::Session;
 use scylla::deserialize::row::ColumnIterator;
+use scylla::policies::retry::{DefaultRetryPolicy, RetryPolicy};
 use scylla::response::query_result::{QueryResult, QueryRowsResult};
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::Consistency;
@@ -20,6 +21,7 @@ use std::task::{Context, Poll};
 pub struct ScyllaResponse {
     rows: Option<QueryRowsResult>,
     writetime: Option<i64>,
+    consistency: Option<Consistency>,
 }
 
 impl ScyllaResponse {
@@ -39,11 +41,23 @@ impl ScyllaResponse {
     pub fn writetime(&self) -> Option<i64> {
         self.writetime
     }
+
+    /// The consistency the statement ran at (`None`: the driver's default), the same on every
+    /// attempt of the driver's: [`ScyllaService`] never lets the driver lower it.
+    pub fn consistency(&self) -> Option<Consistency> {
+        self.consistency
+    }
 }
 
 /// A tower `Service<ScyllaRequest>` over a shared driver `Session`. Every attempt runs with the
 /// consistency and timestamp the request carries, so a retry (the driver's or ryw's) sends the
 /// same timestamp.
+///
+/// Every statement runs under the driver's [`DefaultRetryPolicy`], whatever retry policy the
+/// driver session or the statement was given: a policy that lowers the consistency on retry
+/// (`DowngradingConsistencyRetryPolicy`) would answer a read the layer sent to `LOCAL_QUORUM` from
+/// one lagging replica, or acknowledge a write only one replica holds, and the layer would take
+/// either for strong. The session layer retries with its own policy.
 ///
 /// # Clone
 ///
@@ -147,6 +161,14 @@ fn consistency_name(level: Consistency) -> &'static str {
     }
 }
 
+/// The driver's retry policy for every statement: retries at the same consistency, never lower.
+fn retry_policy() -> Arc<dyn RetryPolicy> {
+    static POLICY: std::sync::OnceLock<Arc<dyn RetryPolicy>> = std::sync::OnceLock::new();
+    POLICY
+        .get_or_init(|| Arc::new(DefaultRetryPolicy::new()))
+        .clone()
+}
+
 macro_rules! configure {
     ($statement:expr, $request:expr) => {{
         let s = &mut $statement;
@@ -155,6 +177,7 @@ macro_rules! configure {
         }
         s.set_timestamp($request.timestamp());
         s.set_is_idempotent($request.idempotent);
+        s.set_retry_policy(Some(retry_policy()));
     }};
 }
 
@@ -183,6 +206,7 @@ async fn execute(session: &Session, request: ScyllaRequest) -> Result<ScyllaResp
         RequestKind::Write => Ok(ScyllaResponse {
             rows: result.into_rows_result().ok(),
             writetime: None,
+            consistency: request.consistency,
         }),
         RequestKind::Read { track } => {
             let rows = result
@@ -196,6 +220,7 @@ async fn execute(session: &Session, request: ScyllaRequest) -> Result<ScyllaResp
             Ok(ScyllaResponse {
                 rows: Some(rows),
                 writetime,
+                consistency: request.consistency,
             })
         }
         RequestKind::Conditional => {
@@ -207,6 +232,7 @@ async fn execute(session: &Session, request: ScyllaRequest) -> Result<ScyllaResp
                 Ok(ScyllaResponse {
                     rows: Some(rows),
                     writetime: None,
+                    consistency: request.consistency,
                 })
             } else {
                 Err(ScyllaError::NotApplied { current })

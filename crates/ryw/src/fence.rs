@@ -552,8 +552,10 @@ pub enum Visibility {
     Pending(Box<StaleRead>),
     /// The adapter named no scope for this read, so the layer could not fence it and does not
     /// know whether it reflects the session: a configuration gap (a Scylla read without
-    /// `.partition()`, a DynamoDB table whose schema was not declared), never a success. With
-    /// [`StaleReadPolicy::Error`] such a read is [`crate::Error::Unscoped`] instead.
+    /// `.row()` or `.partition()`, a DynamoDB table whose schema was not declared), never a
+    /// success. With [`StaleReadPolicy::Error`] such a read is [`crate::Error::Unscoped`]
+    /// instead. A write that names no scope applied, but raises no requirement: later reads are
+    /// not fenced on it, and it is answered `Unscoped` too.
     Unscoped,
     /// A write of this session to a scope the read names is queued in an outbox (`ryw-outbox`:
     /// the store was down when it was made) and not yet applied: the response cannot show it. A

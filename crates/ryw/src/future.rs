@@ -507,9 +507,16 @@ impl<A: StoreAdapter> InFlight<A> {
             record(config, &self.session, &observed);
         }
         if let Operation::Write(_) = self.op {
+            // A write that names no scope raises no requirement: no later read is fenced on it,
+            // which the caller is told as for an unscoped read.
+            let visibility = if self.fence.requirements().is_empty() {
+                Visibility::Unscoped
+            } else {
+                Visibility::Guaranteed(FencePath::Write)
+            };
             return Next::Return(Ok(SessionResponse::new(
                 response,
-                Visibility::Guaranteed(FencePath::Write),
+                visibility,
                 self.stamp.map(|(w, _)| w),
                 self.sent,
             )));

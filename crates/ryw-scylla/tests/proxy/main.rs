@@ -5,6 +5,7 @@
 //! No Scylla or Cassandra server runs on this project's machines; a real cluster is exercised by
 //! `testcontainers/tests/scylla.rs` where Docker exists.
 
+mod adversary;
 mod out_of_order;
 mod scripted_node;
 
