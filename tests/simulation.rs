@@ -326,3 +326,34 @@ fn a_coarsened_fence_never_expires_into_a_guaranteed_stale_read() {
             });
     }
 }
+
+/// Sessions of ten times their vector's cap and more that keep what they coarsen in a shared
+/// record ([`ryw::record`]), with tokens continued twice at once, replicas cut off for seconds and
+/// the record store sometimes down: no violation.
+#[test]
+fn sessions_with_a_record_have_no_violations() {
+    let n = seeds().max(10_000);
+    let (mut reads, mut pending, mut broken, mut first) = (0, 0, 0, None);
+    for seed in 40_000..40_000 + n {
+        let scenario = Scenario::random_with_record(seed);
+        let run = run_blocking(&scenario, &Mode::ryw());
+        if !run.check.violations.is_empty() {
+            broken += 1;
+            first.get_or_insert_with(|| {
+                format!(
+                    "seed {seed}: {}\nscenario: {scenario:#?}",
+                    run.check.violations[0]
+                )
+            });
+        }
+        reads += run.reads;
+        pending += run.pending_reads;
+    }
+    assert!(
+        first.is_none(),
+        "{broken} of {n} histories broke; first at {}",
+        first.unwrap_or_default()
+    );
+    println!("record: {n} histories, {reads} reads, {pending} pending");
+    assert!(reads > n as usize);
+}

@@ -19,6 +19,7 @@ use crate::config::{
 use crate::rng::SimRng;
 use crate::store::{Key, Node, SimClient, SimError, SimRequest, SimResponse, SimStore};
 use ryw::fence::FenceConfig;
+use ryw::record::{InMemoryRecordStore, RecordError, RecordFuture, RecordStore, SessionRecords};
 use ryw::retry::RetryPolicy;
 use ryw::telemetry::Observer;
 use ryw::{ReadYourWrites, ReadYourWritesLayer, Session, SessionId, Visibility};
@@ -94,6 +95,12 @@ pub struct Scenario {
     /// Probability that the second continuation's token is merged back into the session; otherwise
     /// it is dropped and its operation is recorded as [`Op::detached`].
     pub fork_merge: f64,
+    /// Sessions keep what they coarsen in a record shared by the instances
+    /// ([`ryw::record`]): each instance loads the record a token names before a request and
+    /// writes what the request coarsened before issuing the next token (ryw mode).
+    pub record: bool,
+    /// While simulated time is within this window, the record store fails every call.
+    pub record_outage: Option<(Duration, Duration)>,
 }
 
 impl Default for Scenario {
@@ -114,6 +121,8 @@ impl Default for Scenario {
             scope_cap: ryw::version::DEFAULT_SCOPE_CAP,
             fork_ratio: 0.0,
             fork_merge: 0.5,
+            record: false,
+            record_outage: None,
         }
     }
 }
@@ -217,7 +226,50 @@ impl Scenario {
                 0.0
             },
             fork_merge: rng.unit(),
+            record: false,
+            record_outage: None,
         }
+    }
+
+    /// A random scenario of sessions that touch ten times their vector's cap or more, keeping
+    /// what they coarsen in a shared record: tokens continued twice at once, replicas cut off for
+    /// seconds, and sometimes the record store down for a while. Entirely determined by `seed`.
+    ///
+    /// ```
+    /// use ryw_sim::workload::{run_blocking, Mode, Scenario};
+    ///
+    /// let scenario = Scenario::random_with_record(7);
+    /// assert!(scenario.record && scenario.keys_per_user >= 10 * scenario.scope_cap);
+    /// let run = run_blocking(&scenario, &Mode::ryw());
+    /// assert_eq!(run.check.violations.len(), 0);
+    /// ```
+    pub fn random_with_record(seed: u64) -> Self {
+        let mut scenario = Self::random(seed);
+        let mut rng = SimRng::new(seed ^ 0x5eed_0f7e_c07d);
+        scenario.record = true;
+        scenario.scope_cap = 1 + rng.below(4);
+        scenario.keys_per_user = scenario.scope_cap * (10 + rng.below(10));
+        scenario.write_ratio = 0.2 + rng.unit() * 0.4;
+        scenario.fork_ratio = rng.unit() * 0.3;
+        if rng.chance(0.5) {
+            let start = rng.below(1_500) as u64;
+            let len = 3_000 + rng.below(9_000) as u64;
+            let replica = rng.below(scenario.sim.replicas.max(1));
+            scenario.sim = scenario.sim.partition(Partition {
+                start: Duration::from_millis(start),
+                end: Duration::from_millis(start + len),
+                kind: PartitionKind::ReplicaIsolated(replica),
+            });
+        }
+        if rng.chance(0.3) {
+            let start = rng.below(2_000) as u64;
+            let len = 100 + rng.below(3_000) as u64;
+            scenario.record_outage = Some((
+                Duration::from_millis(start),
+                Duration::from_millis(start + len),
+            ));
+        }
+        scenario
     }
 
     /// [`Scenario::random`] with replicas that apply the log out of order
@@ -302,6 +354,45 @@ struct UserResult {
     max_token_len: usize,
 }
 
+/// The record store of a scenario: in memory, failing while simulated time is in its outage.
+struct SimRecordStore {
+    inner: InMemoryRecordStore,
+    store: SimStore,
+    outage: Option<(Duration, Duration)>,
+}
+
+impl SimRecordStore {
+    fn check(&self) -> Result<(), RecordError> {
+        let now = self.store.elapsed();
+        match self.outage {
+            Some((start, end)) if now >= start && now < end => {
+                Err(RecordError::Unavailable("the record store is down".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl RecordStore for SimRecordStore {
+    fn append<'a>(
+        &'a self,
+        session: SessionId,
+        entries: &'a [ryw::version::Entry],
+    ) -> RecordFuture<'a, u64> {
+        match self.check() {
+            Ok(()) => self.inner.append(session, entries),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn load(&self, session: SessionId) -> RecordFuture<'_, Option<ryw::record::Record>> {
+        match self.check() {
+            Ok(()) => self.inner.load(session),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+}
+
 /// Runs `scenario` in `mode` on a fresh store inside the current (paused) tokio runtime.
 pub async fn run(scenario: &Scenario, mode: &Mode) -> RunReport {
     run_observed(scenario, mode, None).await
@@ -333,15 +424,30 @@ pub async fn run_observed(
             .collect(),
         _ => Vec::new(),
     };
+    let records: Vec<Arc<SessionRecords>> = if scenario.record && !services.is_empty() {
+        let shared = Arc::new(SimRecordStore {
+            inner: InMemoryRecordStore::new(),
+            store: store.clone(),
+            outage: scenario.record_outage,
+        });
+        (0..services.len())
+            .map(|_| Arc::new(SessionRecords::new(shared.clone())))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut rng = SimRng::new(scenario.seed);
     let mut tasks = tokio::task::JoinSet::new();
     for user in 0..scenario.users {
         let user_rng = rng.fork();
         let store = store.clone();
         let services = services.clone();
+        let records = records.clone();
         let scenario = scenario.clone();
         let mode = mode.clone();
-        tasks.spawn(async move { run_user(user, user_rng, store, services, scenario, mode).await });
+        tasks.spawn(async move {
+            run_user(user, user_rng, store, services, records, scenario, mode).await
+        });
     }
     let mut results = Vec::new();
     while let Some(r) = tasks.join_next().await {
@@ -404,6 +510,7 @@ async fn run_user(
     mut rng: SimRng,
     store: SimStore,
     services: Vec<Layered>,
+    records: Vec<Arc<SessionRecords>>,
     scenario: Scenario,
     mode: Mode,
 ) -> UserResult {
@@ -460,6 +567,9 @@ async fn run_user(
         let kind = match &mode {
             Mode::Ryw(_) => {
                 let session = continue_session(&token, scenario.scope_cap);
+                if let Some(r) = records.get(instance) {
+                    r.load(&session).await;
+                }
                 let request = if is_write {
                     SimRequest::put(key.clone(), value)
                 } else {
@@ -469,11 +579,18 @@ async fn run_user(
                 let result = if rng.chance(scenario.fork_ratio) {
                     // The same token continued a second time, at once, on another instance.
                     let ghost = continue_session(&token, scenario.scope_cap);
+                    let ghost_instance = (instance + 1) % instances;
+                    if let Some(r) = records.get(ghost_instance) {
+                        r.load(&ghost).await;
+                    }
                     let ghost_value = value | (1 << 31);
                     let other = services[(instance + 1) % instances]
                         .clone()
                         .oneshot(ghost.request(SimRequest::put(key.clone(), ghost_value)));
                     let (result, ghost_result) = tokio::join!(main, other);
+                    if let Some(r) = records.get(ghost_instance) {
+                        r.flush(&ghost).await;
+                    }
                     let merged = rng.chance(scenario.fork_merge);
                     if merged {
                         session.merge(&ghost.snapshot());
@@ -493,6 +610,9 @@ async fn run_user(
                 } else {
                     main.await
                 };
+                if let Some(r) = records.get(instance) {
+                    r.flush(&session).await;
+                }
                 token = session.token().encode().expect("token encodes");
                 out.max_token_len = out.max_token_len.max(token.len());
                 match (is_write, result) {

@@ -601,7 +601,7 @@ impl<A: StoreAdapter> InFlight<A> {
         }
         let state = self.session.lock();
         for (scope, seen) in extra {
-            let r = state.vector().requirement(scope);
+            let r = state.requirement(scope);
             let required = r.version.max(r.horizon.unwrap_or(Version::ZERO));
             if seen < required {
                 return Err(Staleness {
@@ -803,7 +803,7 @@ fn fence_of<A: StoreAdapter>(
 ) -> ReadFence {
     let mut fence = ReadFence::new();
     for scope in scopes.iter() {
-        fence.push(state.vector().requirement(scope));
+        fence.push(state.requirement(scope));
     }
     if let Some(c) = state.context(adapter.store()) {
         fence.set_context(Some(c.clone()));

@@ -81,6 +81,7 @@ pub mod fence;
 pub mod future;
 mod layer;
 mod mix;
+pub mod record;
 pub mod request;
 pub mod retry;
 pub mod revocation;

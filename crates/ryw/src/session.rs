@@ -246,6 +246,45 @@ pub struct SessionState {
     clock: HybridTimestamp,
     vector: VersionVector,
     contexts: Vec<StoreContext>,
+    /// Where the entries coarsened into the vector's horizons are kept exactly (see
+    /// [`crate::record`]): `Some(v)` when every one of them is in `overflow` or in the session's
+    /// shared record at a version of at least `v`; `None` when some are in neither (a token
+    /// without a record, a record write that failed): the horizon rule then applies.
+    record: Option<u64>,
+    /// The exact entries this process holds beyond the vector: the shared record as loaded, and
+    /// what this state coarsened since.
+    overflow: Option<Arc<Overflow>>,
+}
+
+/// Entries a session holds exactly beyond its version vector: its shared record as loaded at
+/// `loaded`, plus what it coarsened since (`unflushed`, not yet written to the record).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Overflow {
+    pub(crate) loaded: u64,
+    pub(crate) entries: std::collections::HashMap<ScopeKey, Version>,
+    pub(crate) unflushed: Vec<crate::version::Entry>,
+}
+
+impl Overflow {
+    /// Raises `scope` to `version` (pointwise maximum).
+    pub(crate) fn advance(&mut self, scope: ScopeKey, version: Version) -> bool {
+        let slot = self.entries.entry(scope).or_insert(Version::ZERO);
+        if version > *slot {
+            *slot = version;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The largest version of `store` held.
+    fn max_of(&self, store: StoreId) -> Option<Version> {
+        self.entries
+            .iter()
+            .filter(|(s, _)| s.store() == store)
+            .map(|(_, v)| *v)
+            .max()
+    }
 }
 
 /// The largest opaque context a store may keep in a session (bytes).
@@ -289,6 +328,8 @@ impl Clone for SessionState {
             clock: self.clock,
             vector: self.vector.clone(),
             contexts: self.contexts.clone(),
+            record: self.record,
+            overflow: self.overflow.clone(),
         }
     }
 }
@@ -316,16 +357,21 @@ impl SessionState {
             clock: HybridTimestamp::default(),
             vector: VersionVector::default(),
             contexts: Vec::new(),
+            record: Some(0),
+            overflow: None,
         }
     }
 
-    /// Rebuilds a state from its parts (used by tokens and session stores).
+    /// Rebuilds a state from its parts (used by tokens and session stores). A vector with
+    /// horizons has no record: its coarsened entries are known only by their horizons (see
+    /// [`SessionState::set_record`]).
     pub fn from_parts(
         id: SessionId,
         write_seq: u64,
         clock: HybridTimestamp,
         vector: VersionVector,
     ) -> Self {
+        let record = vector.horizons().next().is_none().then_some(0);
         SessionState {
             id,
             lane: fresh_lane(),
@@ -334,6 +380,138 @@ impl SessionState {
             clock,
             vector,
             contexts: Vec::new(),
+            record,
+            overflow: None,
+        }
+    }
+
+    /// The version of the session's shared record that holds every entry this state coarsened
+    /// (`Some(0)`: nothing was coarsened, or only in this process), or `None` when some coarsened
+    /// entry is known only by its store's horizon. See [`crate::record`].
+    #[inline]
+    pub fn record(&self) -> Option<u64> {
+        self.record
+    }
+
+    /// Says that every entry coarsened into this state's horizons is in the session's shared
+    /// record at version `version` or later (what a token's record section says). Never raises
+    /// what a state with no record knows: `None` stays `None` unless the state has no horizon.
+    pub fn set_record(&mut self, version: Option<u64>) {
+        self.record = version;
+    }
+
+    /// The number of exact entries this process holds beyond the version vector.
+    pub fn overflow_len(&self) -> usize {
+        self.overflow.as_ref().map_or(0, |o| o.entries.len())
+    }
+
+    /// Entries coarsened and not yet written to the shared record.
+    pub(crate) fn unflushed(&self) -> &[crate::version::Entry] {
+        self.overflow.as_ref().map_or(&[], |o| &o.unflushed)
+    }
+
+    pub(crate) fn overflow(&self) -> Option<&Arc<Overflow>> {
+        self.overflow.as_ref()
+    }
+
+    pub(crate) fn set_overflow(&mut self, overflow: Option<Arc<Overflow>>) {
+        self.overflow = overflow;
+    }
+
+    /// Whether the entries coarsened into `store`'s horizon are all held exactly: the record
+    /// as loaded is at least the version the state names, and what is held reaches the horizon.
+    fn exact_beyond_vector(&self, store: StoreId, horizon: Version) -> bool {
+        let Some(record) = self.record else {
+            return false;
+        };
+        let held = self.overflow.as_deref();
+        if held.map_or(0, |o| o.loaded) < record {
+            return false;
+        }
+        let max = held
+            .and_then(|o| o.max_of(store))
+            .max(self.vector.evicted_max(store));
+        max.is_some_and(|m| m >= horizon)
+    }
+
+    /// What a read of `scope` must reflect: the exact entry of the vector, and beyond it the
+    /// exact entry this process holds of a coarsened scope when every coarsened entry of its
+    /// store is held ([`crate::record`]); otherwise the store's horizon as well.
+    pub fn requirement(&self, scope: ScopeKey) -> crate::version::Requirement {
+        let mut r = self.vector.requirement(scope);
+        let Some(horizon) = r.horizon else {
+            return r;
+        };
+        if self.exact_beyond_vector(scope.store(), horizon) {
+            let held = self
+                .overflow
+                .as_deref()
+                .and_then(|o| o.entries.get(&scope).copied())
+                .max(self.vector.evicted_get(scope));
+            r.version = r.version.max(held.unwrap_or(Version::ZERO));
+            r.horizon = None;
+        }
+        r
+    }
+
+    /// Takes in a record loaded at `record.loaded` (from the store or an instance's cache).
+    pub(crate) fn adopt_record(&mut self, record: &Arc<Overflow>) {
+        self.take_evicted();
+        match self.overflow.as_mut() {
+            None => self.overflow = Some(record.clone()),
+            Some(mine) => {
+                let mine = Arc::make_mut(mine);
+                mine.loaded = mine.loaded.max(record.loaded);
+                for (scope, version) in &record.entries {
+                    mine.advance(*scope, *version);
+                }
+            }
+        }
+    }
+
+    /// Records that `batch` (the first entries of what was unflushed) is in the shared record at
+    /// `version`; `before` is the version held when the batch was taken. Returns what this
+    /// process now holds of the record when it is exactly the record at `version` plus local
+    /// entries (no other instance appended in between), for the instance's cache.
+    pub(crate) fn flushed(
+        &mut self,
+        batch: &[crate::version::Entry],
+        version: u64,
+        before: u64,
+    ) -> Option<Arc<Overflow>> {
+        if let Some(r) = self.record {
+            self.record = Some(r.max(version));
+        }
+        let overflow = Arc::make_mut(self.overflow.as_mut()?);
+        if overflow.unflushed.starts_with(batch) {
+            overflow.unflushed.drain(..batch.len());
+        }
+        if overflow.loaded == before && before + 1 == version {
+            overflow.loaded = version;
+            return self.overflow.clone();
+        }
+        None
+    }
+
+    /// Moves what the vector coarsened into the overflow (when the state keeps a record).
+    fn take_evicted(&mut self) {
+        if !self.vector.has_evicted() {
+            return;
+        }
+        let (evicted, lost) = self.vector.take_evicted();
+        if lost || self.record.is_none() {
+            self.record = None;
+            return;
+        }
+        let overflow = Arc::make_mut(self.overflow.get_or_insert_with(Default::default));
+        for e in evicted {
+            overflow.advance(e.scope, e.version);
+            overflow.unflushed.push(e);
+        }
+        if overflow.unflushed.len() > crate::version::MAX_EVICTED {
+            // Too much to write at once: the record no longer covers the horizons.
+            overflow.unflushed.clear();
+            self.record = None;
         }
     }
 
@@ -442,10 +620,17 @@ impl SessionState {
         self.clock.observe(seen);
     }
 
-    /// Raises the high-water mark of `scope`.
+    /// Raises the high-water mark of `scope`. A state that keeps a record keeps the version
+    /// exactly even below its store's horizon (the scope comes back into the vector).
     #[inline]
     pub fn advance(&mut self, scope: ScopeKey, version: Version) -> bool {
-        self.vector.advance(scope, version)
+        let changed = if self.record.is_some() {
+            self.vector.advance_exact(scope, version)
+        } else {
+            self.vector.advance(scope, version)
+        };
+        self.take_evicted();
+        changed
     }
 
     /// Pointwise maximum with another state of the same session. States of other sessions are
@@ -471,16 +656,89 @@ impl SessionState {
         // covers it too (a session cycled to a new id is never laundered).
         self.started_at = earliest(self.started_at, other.started_at);
         self.clock.observe(other.clock);
-        self.vector.merge(&other.vector);
+        self.take_evicted();
+        // The merged coarsened entries are held exactly only if both sides' are.
+        self.record = self.record_with(other);
+        if self.record.is_some() {
+            for h in other.vector.horizons() {
+                self.vector.raise_horizon(h);
+            }
+            for e in other.vector.entries() {
+                self.vector.advance_exact(e.scope, e.version);
+            }
+            if let Some(theirs) = other.overflow.as_deref() {
+                let mine = Arc::make_mut(self.overflow.get_or_insert_with(Default::default));
+                mine.loaded = mine.loaded.max(theirs.loaded);
+                for (scope, version) in &theirs.entries {
+                    mine.advance(*scope, *version);
+                }
+                mine.unflushed.extend_from_slice(&theirs.unflushed);
+            }
+            let (evicted, lost) = (other.vector.evicted_get_all(), other.vector.evicted_lost());
+            if lost {
+                self.record = None;
+            } else if !evicted.is_empty() {
+                let mine = Arc::make_mut(self.overflow.get_or_insert_with(Default::default));
+                for e in evicted {
+                    mine.advance(e.scope, e.version);
+                    mine.unflushed.push(e);
+                }
+            }
+        } else {
+            self.vector.merge(&other.vector);
+        }
+        self.take_evicted();
         for c in &other.contexts {
             self.advance_context(c.clone());
         }
     }
 
+    /// The record a state would name after absorbing `other`.
+    fn record_with(&self, other: &SessionState) -> Option<u64> {
+        match (self.record, other.record) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        }
+    }
+
+    /// Whether every read requires at least as much of `self` as of `other`, beyond what the
+    /// vectors say: where `self` knows a store's coarsened entries exactly and `other` does not,
+    /// `other` requires the horizon of every scope, which `self` does not; where both do, `self`
+    /// requires each entry `other` holds.
+    fn requires_what_beyond_vector(&self, other: &SessionState) -> bool {
+        other.vector.horizons().all(|h| {
+            let Some(mine) = self.vector.horizon(h.store) else {
+                return false;
+            };
+            if !self.exact_beyond_vector(h.store, mine.version) {
+                return true;
+            }
+            if !other.exact_beyond_vector(h.store, h.version) {
+                return false;
+            }
+            let theirs = other.overflow.as_deref();
+            theirs
+                .into_iter()
+                .flat_map(|o| o.entries.iter().map(|(s, v)| (*s, *v)))
+                .chain(
+                    other
+                        .vector
+                        .evicted_get_all()
+                        .into_iter()
+                        .map(|e| (e.scope, e.version)),
+                )
+                .filter(|(s, _)| s.store() == h.store)
+                .all(|(s, v)| self.requirement(s).version >= v)
+        })
+    }
+
     /// True when absorbing `other` ([`SessionState::absorb`]) would make no fence stricter: `self`
     /// dominates `other`, comparing write sequences only within one session.
     pub fn covers(&self, other: &SessionState) -> bool {
-        self.vector.dominates(&other.vector)
+        self.record_with(other) == self.record
+            && other.unflushed().is_empty()
+            && self.vector.dominates(&other.vector)
+            && self.requires_what_beyond_vector(other)
             && self.clock >= other.clock
             && (self.id != other.id || self.write_seq >= other.write_seq)
             && other.contexts.iter().all(|o| {
@@ -491,7 +749,8 @@ impl SessionState {
 
     /// True when `self` implies everything `other` requires.
     pub fn dominates(&self, other: &SessionState) -> bool {
-        self.write_seq >= other.write_seq
+        self.requires_what_beyond_vector(other)
+            && self.write_seq >= other.write_seq
             && self.clock >= other.clock
             && self.vector.dominates(&other.vector)
             && other.contexts.iter().all(|o| {

@@ -149,6 +149,19 @@ struct Spill {
     horizons: Box<[StoreHorizon]>,
     contexts: Box<[crate::session::StoreContext]>,
     cap: u16,
+    /// The session's record ([`crate::record`]) and what this process holds of it.
+    record: Option<u64>,
+    overflow: Option<std::sync::Arc<crate::session::Overflow>>,
+}
+
+/// Whether a stored record and a state name the same record and hold the same overflow.
+fn same_record(spill: &Spill, state: &SessionState) -> bool {
+    spill.record == state.record()
+        && match (&spill.overflow, state.overflow()) {
+            (None, None) => true,
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
+        }
 }
 
 impl Record {
@@ -173,7 +186,8 @@ impl Record {
                 implied(ScopeKey::from_bits(*scope), Version::new(*version))
             }
             Data::Many(spill) => {
-                spill.entries.iter().all(|e| implied(e.scope, e.version))
+                same_record(spill, state)
+                    && spill.entries.iter().all(|e| implied(e.scope, e.version))
                     && spill.horizons.iter().all(|h| {
                         v.horizon(h.store)
                             .is_some_and(|held| held.version >= h.version)
@@ -205,7 +219,8 @@ impl Record {
                     && v.get(ScopeKey::from_bits(*scope)) == Some(Version::new(*version))
             }
             Data::Many(spill) => {
-                spill.entries.len() == v.len()
+                same_record(spill, state)
+                    && spill.entries.len() == v.len()
                     && spill
                         .entries
                         .iter()
@@ -232,6 +247,8 @@ impl Record {
             && state.contexts().is_empty()
             && vector.horizons().next().is_none()
             && vector.cap() == DEFAULT_SCOPE_CAP
+            && state.overflow().is_none()
+            && state.record() == Some(0)
         {
             let e = vector.entries().next().expect("one entry");
             Data::One(e.scope.to_bits(), e.version.get())
@@ -241,6 +258,8 @@ impl Record {
                 horizons: vector.horizons().collect(),
                 contexts: state.contexts().into(),
                 cap: vector.cap() as u16,
+                record: state.record(),
+                overflow: state.overflow().cloned(),
             }))
         };
         Record {
@@ -278,6 +297,10 @@ impl Record {
             SessionState::from_parts(id, self.write_seq, HybridTimestamp::new(self.clock), vector);
         for c in contexts {
             state.advance_context(c.clone());
+        }
+        if let Data::Many(spill) = &self.data {
+            state.set_record(spill.record);
+            state.set_overflow(spill.overflow.clone());
         }
         state
     }

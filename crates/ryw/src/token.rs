@@ -19,11 +19,17 @@
 //!             varint(n_sections) section*
 //!             [key_id[1] tag[32]]                            if flags & SIGNED
 //! section  := kind[1] varint(len) payload[len]               kind 0x01 = store versions,
-//!                                                            kind 0x02 = store context
+//!                                                            kind 0x02 = store context,
+//!                                                            kind 0x03 = record
+//! record   := varint(version)                                at most one per token
 //! store    := store_id[1] sflags[1] [varint(horizon version)]  if sflags & HORIZON
 //!             varint(n_entries) (hash56[7] varint(version delta))*
 //! context  := store_id[1] varint(version) bytes[..]          at most 160 bytes, 2 per token
 //! ```
+//!
+//! A record section says that every entry coarsened into the token's horizons is in the
+//! session's shared record at that version or later ([`crate::record`]); without one, a
+//! horizon covers its store's coarsened entries.
 //!
 //! `started_at` is when the session started (its first signed token), carried unchanged through
 //! every re-issue. Version 1 tokens (without `started_at`, and with a time after the horizon
@@ -81,6 +87,7 @@ const FLAG_BOUND: u8 = 0b100;
 const KNOWN_FLAGS: u8 = FLAG_SIGNED | FLAG_TIMES | FLAG_BOUND;
 const SECTION_STORE: u8 = 0x01;
 const SECTION_CONTEXT: u8 = 0x02;
+const SECTION_RECORD: u8 = 0x03;
 const STORE_FLAG_HORIZON: u8 = 0b1;
 const SIGNATURE_LEN: usize = 1 + 32;
 const MAX_BYTES: usize = MAX_TOKEN_LEN / 4 * 3;
@@ -354,6 +361,7 @@ impl SessionToken {
         let mut vector = VersionVector::with_cap(MAX_SCOPE_CAP);
         let mut seen_stores = [false; 256];
         let mut contexts: Vec<StoreContext> = Vec::new();
+        let mut record: Option<u64> = None;
         let mut scopes = 0usize;
         for _ in 0..sections {
             let kind = r.u8("section kind")?;
@@ -362,6 +370,23 @@ impl SessionToken {
                 return Err(TokenError::Truncated { field: "section" });
             }
             let payload = r.take(len as usize, "section")?;
+            if kind == SECTION_RECORD {
+                let mut s = Reader {
+                    bytes: payload,
+                    pos: 0,
+                };
+                let version = s.varint("record version")?;
+                if version == 0 {
+                    return Err(TokenError::Malformed("zero record version"));
+                }
+                if s.remaining() != 0 {
+                    return Err(TokenError::Malformed("trailing bytes in section"));
+                }
+                if record.replace(version).is_some() {
+                    return Err(TokenError::Malformed("duplicate record section"));
+                }
+                continue;
+            }
             if kind == SECTION_CONTEXT {
                 let mut s = Reader {
                     bytes: payload,
@@ -462,6 +487,9 @@ impl SessionToken {
         }
         vector.set_cap_at_least_len(crate::version::DEFAULT_SCOPE_CAP);
         let mut state = SessionState::from_parts(id, write_seq, clock, vector);
+        if record.is_some() {
+            state.set_record(record);
+        }
         state.set_started_at(started_at);
         for c in contexts {
             state.advance_context(c);
@@ -640,7 +668,13 @@ fn write_body_masked(
         let vector = coarsened.as_ref().unwrap_or(state.vector());
         out.clear();
         write_header(out, state, times, binding, signed);
-        write_sections(out, vector, state.contexts(), mask);
+        // The record section says the state's coarsened entries are all in the shared record at
+        // that version: not when some are only in this process, or coarsened to fit here.
+        let record = match state.record() {
+            Some(v) if v > 0 && coarsened.is_none() && state.unflushed().is_empty() => Some(v),
+            _ => None,
+        };
+        write_sections(out, vector, state.contexts(), mask, record);
         if out.len() <= budget {
             return Ok(());
         }
@@ -705,6 +739,7 @@ fn write_sections(
     vector: &VersionVector,
     contexts: &[StoreContext],
     mask: Option<&ScopeMask>,
+    record: Option<u64>,
 ) {
     let mut entries: SmallVec<[Entry; 8]> = vector.entries().collect();
     entries.sort_unstable_by_key(|e| (e.scope.store(), e.version, e.scope));
@@ -712,7 +747,17 @@ fn write_sections(
     stores.extend(vector.horizons().map(|h| h.store));
     stores.sort_unstable();
     stores.dedup();
-    put_varint(out, (stores.len() + contexts.len()) as u64);
+    put_varint(
+        out,
+        (stores.len() + contexts.len() + usize::from(record.is_some())) as u64,
+    );
+    if let Some(version) = record {
+        out.push(SECTION_RECORD);
+        let mut payload = SmallVec::<[u8; 10]>::new();
+        put_varint(&mut payload, version);
+        put_varint(out, payload.len() as u64);
+        out.extend_from_slice(&payload);
+    }
     for c in contexts {
         out.push(SECTION_CONTEXT);
         let mut payload = SmallVec::<[u8; 192]>::new();

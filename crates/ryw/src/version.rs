@@ -207,7 +207,15 @@ pub struct VersionVector {
     horizons: SmallVec<[StoreHorizon; 1]>,
     cap: u16,
     tick: u32,
+    /// Entries coarsened since a [`crate::SessionState`] last took them (for its record), at
+    /// most [`MAX_EVICTED`]; `evicted_lost` when more were.
+    evicted: Vec<Entry>,
+    evicted_lost: bool,
 }
+
+/// The most coarsened entries a vector keeps for its session's record between two operations of
+/// the session; past it, the session's record no longer covers its horizons.
+pub(crate) const MAX_EVICTED: usize = 4096;
 
 impl Default for VersionVector {
     fn default() -> Self {
@@ -250,6 +258,8 @@ impl VersionVector {
             horizons: SmallVec::new(),
             cap: cap.clamp(1, MAX_SCOPE_CAP) as u16,
             tick: 0,
+            evicted: Vec::new(),
+            evicted_lost: false,
         }
     }
 
@@ -361,6 +371,64 @@ impl VersionVector {
         true
     }
 
+    /// Raises `scope` to `version` as an exact entry even when its store's horizon implies it
+    /// (a session with a record keeps every version exactly); may coarsen another entry.
+    pub(crate) fn advance_exact(&mut self, scope: ScopeKey, version: Version) -> bool {
+        if version == Version::ZERO {
+            return false;
+        }
+        if self.get(scope).is_some() {
+            return self.advance(scope, version);
+        }
+        self.tick = self.tick.wrapping_add(1);
+        self.slots.push(Slot {
+            entry: Entry { scope, version },
+            touched: self.tick,
+        });
+        self.enforce_cap(self.cap as usize);
+        true
+    }
+
+    /// The entries coarsened since the last call, and whether more were than could be kept.
+    pub(crate) fn take_evicted(&mut self) -> (Vec<Entry>, bool) {
+        let lost = std::mem::replace(&mut self.evicted_lost, false);
+        (std::mem::take(&mut self.evicted), lost)
+    }
+
+    /// The version of `scope` among the entries coarsened and not yet taken.
+    pub(crate) fn evicted_get(&self, scope: ScopeKey) -> Option<Version> {
+        self.evicted
+            .iter()
+            .filter(|e| e.scope == scope)
+            .map(|e| e.version)
+            .max()
+    }
+
+    /// The entries coarsened and not yet taken.
+    pub(crate) fn evicted_get_all(&self) -> Vec<Entry> {
+        self.evicted.clone()
+    }
+
+    /// Whether coarsened entries were lost (more than [`MAX_EVICTED`] between two takes).
+    pub(crate) fn evicted_lost(&self) -> bool {
+        self.evicted_lost
+    }
+
+    /// Whether entries were coarsened and not yet taken (or lost).
+    #[inline]
+    pub(crate) fn has_evicted(&self) -> bool {
+        !self.evicted.is_empty() || self.evicted_lost
+    }
+
+    /// The largest version of `store` among the entries coarsened and not yet taken.
+    pub(crate) fn evicted_max(&self, store: StoreId) -> Option<Version> {
+        self.evicted
+            .iter()
+            .filter(|e| e.scope.store() == store)
+            .map(|e| e.version)
+            .max()
+    }
+
     /// Raises the horizon of `horizon.store` to at least `horizon.version`.
     pub fn raise_horizon(&mut self, horizon: StoreHorizon) {
         if horizon.version == Version::ZERO {
@@ -394,6 +462,11 @@ impl VersionVector {
                 .expect("non-empty");
             let evicted = self.slots.swap_remove(idx).entry;
             tracing::debug!(target: "ryw::session", store = evicted.scope.store().0, "scope coarsened into store horizon");
+            if self.evicted.len() < MAX_EVICTED {
+                self.evicted.push(evicted);
+            } else {
+                self.evicted_lost = true;
+            }
             self.raise_horizon(StoreHorizon {
                 store: evicted.scope.store(),
                 version: evicted.version,
