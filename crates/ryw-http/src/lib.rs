@@ -11,6 +11,9 @@
 //!   the [`RESET_HEADER`] response header.
 //! - [`ClientSessionLayer`] does the client half for service-to-service calls: it sends the tokens
 //!   it holds and keeps the advanced ones that come back.
+//! - [`SessionRecordsLayer`], inside the server layer, keeps what a session coarsens out of its
+//!   token in a record shared by the instances ([`ryw::record`]), so that another instance still
+//!   fences those scopes exactly.
 //!
 //! # Concurrent requests of one session
 //!
@@ -73,9 +76,11 @@
 //! ```
 
 pub mod client;
+pub mod records;
 pub mod server;
 
 pub use client::ClientSessionLayer;
+pub use records::SessionRecordsLayer;
 pub use server::{BadTokenPolicy, ServerSessionLayer, TokenRejection, TokenStatus};
 
 use std::fmt;

@@ -405,6 +405,12 @@ impl SessionState {
         self.overflow.as_ref().map_or(0, |o| o.entries.len())
     }
 
+    /// The number of entries coarsened (or raised beyond the vector) and not yet written to the
+    /// shared record: while it is not zero, this state's token names no record.
+    pub fn unflushed_len(&self) -> usize {
+        self.unflushed().len() + usize::from(self.vector.has_evicted())
+    }
+
     /// Entries coarsened and not yet written to the shared record.
     pub(crate) fn unflushed(&self) -> &[crate::version::Entry] {
         self.overflow.as_ref().map_or(&[], |o| &o.unflushed)
@@ -458,7 +464,14 @@ impl SessionState {
     pub(crate) fn adopt_record(&mut self, record: &Arc<Overflow>) {
         self.take_evicted();
         match self.overflow.as_mut() {
-            None => self.overflow = Some(record.clone()),
+            None if record.unflushed.is_empty() => self.overflow = Some(record.clone()),
+            None => {
+                self.overflow = Some(Arc::new(Overflow {
+                    loaded: record.loaded,
+                    entries: record.entries.clone(),
+                    unflushed: Vec::new(),
+                }))
+            }
             Some(mine) => {
                 let mine = Arc::make_mut(mine);
                 mine.loaded = mine.loaded.max(record.loaded);
@@ -488,7 +501,11 @@ impl SessionState {
         }
         if overflow.loaded == before && before + 1 == version {
             overflow.loaded = version;
-            return self.overflow.clone();
+            // Exactly the record at `version` when nothing is left to write: what an instance
+            // may hand to another continuation of the session.
+            if overflow.unflushed.is_empty() {
+                return self.overflow.clone();
+            }
         }
         None
     }
@@ -625,12 +642,47 @@ impl SessionState {
     #[inline]
     pub fn advance(&mut self, scope: ScopeKey, version: Version) -> bool {
         let changed = if self.record.is_some() {
-            self.vector.advance_exact(scope, version)
+            self.raise_exact(scope, version)
         } else {
             self.vector.advance(scope, version)
         };
         self.take_evicted();
         changed
+    }
+
+    /// Raises `scope` where the state holds it exactly: in the vector, or, for a coarsened scope,
+    /// beyond it (the raise then goes to the record with the next write); a scope held nowhere
+    /// enters the vector.
+    fn raise_exact(&mut self, scope: ScopeKey, version: Version) -> bool {
+        if version == Version::ZERO {
+            return false;
+        }
+        if self.vector.get(scope).is_some() {
+            return self.vector.advance(scope, version);
+        }
+        let held = self
+            .overflow
+            .as_deref()
+            .and_then(|o| o.entries.get(&scope).copied())
+            .max(self.vector.evicted_get(scope));
+        match held {
+            Some(held) if held >= version => false,
+            Some(_) => {
+                let overflow = Arc::make_mut(self.overflow.get_or_insert_with(Default::default));
+                overflow.advance(scope, version);
+                overflow
+                    .unflushed
+                    .push(crate::version::Entry { scope, version });
+                // The horizon still covers every version held beyond the vector: a token that
+                // names no record falls back to it.
+                self.vector.raise_horizon(crate::version::StoreHorizon {
+                    store: scope.store(),
+                    version,
+                });
+                true
+            }
+            None => self.vector.advance_exact(scope, version),
+        }
     }
 
     /// Pointwise maximum with another state of the same session. States of other sessions are
@@ -664,15 +716,21 @@ impl SessionState {
                 self.vector.raise_horizon(h);
             }
             for e in other.vector.entries() {
-                self.vector.advance_exact(e.scope, e.version);
+                self.raise_exact(e.scope, e.version);
             }
             if let Some(theirs) = other.overflow.as_deref() {
                 let mine = Arc::make_mut(self.overflow.get_or_insert_with(Default::default));
+                // What `other` still has to write is written by this state, unless this state
+                // holds it already (in the record, or waiting to be written).
+                for e in &theirs.unflushed {
+                    if mine.entries.get(&e.scope).is_none_or(|v| *v < e.version) {
+                        mine.unflushed.push(*e);
+                    }
+                }
                 mine.loaded = mine.loaded.max(theirs.loaded);
                 for (scope, version) in &theirs.entries {
                     mine.advance(*scope, *version);
                 }
-                mine.unflushed.extend_from_slice(&theirs.unflushed);
             }
             let (evicted, lost) = (other.vector.evicted_get_all(), other.vector.evicted_lost());
             if lost {
@@ -680,8 +738,9 @@ impl SessionState {
             } else if !evicted.is_empty() {
                 let mine = Arc::make_mut(self.overflow.get_or_insert_with(Default::default));
                 for e in evicted {
-                    mine.advance(e.scope, e.version);
-                    mine.unflushed.push(e);
+                    if mine.advance(e.scope, e.version) {
+                        mine.unflushed.push(e);
+                    }
                 }
             }
         } else {
