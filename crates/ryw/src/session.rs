@@ -463,6 +463,11 @@ impl SessionState {
     /// Takes in a record loaded at `record.loaded` (from the store or an instance's cache).
     pub(crate) fn adopt_record(&mut self, record: &Arc<Overflow>) {
         self.take_evicted();
+        // What is held must be in the record the state names: name at least the version held
+        // (a later record holds everything an earlier one does).
+        if let Some(r) = self.record {
+            self.record = Some(r.max(record.loaded));
+        }
         match self.overflow.as_mut() {
             None if record.unflushed.is_empty() => self.overflow = Some(record.clone()),
             None => {
@@ -522,8 +527,11 @@ impl SessionState {
         }
         let overflow = Arc::make_mut(self.overflow.get_or_insert_with(Default::default));
         for e in evicted {
-            overflow.advance(e.scope, e.version);
-            overflow.unflushed.push(e);
+            // Held already at that version: it is in the record the state names, or waiting
+            // to be written.
+            if overflow.advance(e.scope, e.version) {
+                overflow.unflushed.push(e);
+            }
         }
         if overflow.unflushed.len() > crate::version::MAX_EVICTED {
             // Too much to write at once: the record no longer covers the horizons.
@@ -731,6 +739,8 @@ impl SessionState {
                 for (scope, version) in &theirs.entries {
                     mine.advance(*scope, *version);
                 }
+                let loaded = mine.loaded;
+                self.record = self.record.map(|r| r.max(loaded));
             }
             let (evicted, lost) = (other.vector.evicted_get_all(), other.vector.evicted_lost());
             if lost {
