@@ -1389,7 +1389,7 @@ async fn writes_follow_reads_of_a_clock_ahead_writer_across_instances() {
         .unwrap();
         let mut a = rig.service(vet());
         let session = Session::new();
-        let seen = if via_partition {
+        if via_partition {
             call(&mut a, session.request(read_partition(&pk)))
                 .await
                 .unwrap();
@@ -1397,8 +1397,7 @@ async fn writes_follow_reads_of_a_clock_ahead_writer_across_instances() {
             call(&mut a, session.request(read_row(&pk, "r1")))
                 .await
                 .unwrap();
-        };
-        let _ = seen;
+        }
         let token = session.token().encode().unwrap();
         let elsewhere = Session::from_encoded(&token).unwrap();
         let mut b = rig.instance(ScyllaAdapter::new(), vet(), NOW - 2_000_000);
@@ -2087,10 +2086,10 @@ async fn concurrent_requests_on_one_session() {
     rig.stop().await;
 }
 
-/// Runs futures concurrently on the current task (no extra dependency).
-async fn futures_join<F: std::future::Future>(fs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+/// Runs futures concurrently as tasks (no extra dependency).
+async fn futures_join<F>(fs: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
