@@ -114,6 +114,44 @@ pub fn observe_session_store(meter: &Meter, store: Arc<dyn SessionStore>) {
         .build();
 }
 
+/// Reports what an instance's [`SessionRecords`](ryw::record::SessionRecords) did
+/// (`ryw.record.operations`, a counter with `ryw.record.operation` = `load`, `cache_hit` or
+/// `write`) and how often a session fell back to the horizon rule (`ryw.record.fallbacks`, with
+/// `ryw.record.reason` = `failure` for a store that could not be reached, `untrusted` for a
+/// record older than its token names, or damaged), read whenever the SDK collects. The
+/// instruments live as long as the meter provider.
+pub fn observe_records(meter: &Meter, records: Arc<ryw::record::SessionRecords>) {
+    let ops = records.clone();
+    meter
+        .u64_observable_counter("ryw.record.operations")
+        .with_unit("{operation}")
+        .with_description("Session record loads, cache hits and writes of this instance")
+        .with_callback(move |o| {
+            let s = ops.stats();
+            for (name, n) in [
+                ("load", s.loads),
+                ("cache_hit", s.cache_hits),
+                ("write", s.writes),
+            ] {
+                o.observe(n, &[KeyValue::new("ryw.record.operation", name)]);
+            }
+        })
+        .build();
+    meter
+        .u64_observable_counter("ryw.record.fallbacks")
+        .with_unit("{session}")
+        .with_description(
+            "Sessions that fell back to their store horizon: record unreachable or untrusted",
+        )
+        .with_callback(move |o| {
+            let s = records.stats();
+            for (reason, n) in [("failure", s.failures), ("untrusted", s.untrusted)] {
+                o.observe(n, &[KeyValue::new("ryw.record.reason", reason)]);
+            }
+        })
+        .build();
+}
+
 /// Records ryw's events on OpenTelemetry instruments. Install it with
 /// [`ryw::ReadYourWritesLayer::observer`].
 pub struct OtelObserver {

@@ -135,3 +135,69 @@ async fn a_scripted_run_records_exactly_what_it_did() {
     assert!(points(metrics, "ryw.retries").is_empty());
     assert!(points(metrics, "ryw.rereads").is_empty());
 }
+
+/// `ryw.record.operations` and `ryw.record.fallbacks` read an instance's `SessionRecords`: a load
+/// of what another instance wrote, a cache hit, and a load of a later version while the record
+/// store is down (counted as a load, and as a fallback).
+#[tokio::test]
+async fn record_operations_and_fallbacks_are_counted() {
+    use ryw::record::{InMemoryRecordStore, SessionRecords};
+    use ryw::version::{ScopeKey, StoreId};
+    use std::sync::Arc;
+
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let store = Arc::new(InMemoryRecordStore::new());
+    let (a, b) = (
+        Arc::new(SessionRecords::new(store.clone())),
+        Arc::new(SessionRecords::new(store.clone())),
+    );
+    ryw_otel::observe_records(&provider.meter("ryw"), b.clone());
+    let session = Session::new();
+    session.with_state(|s| {
+        s.vector_mut().set_cap(1);
+        for n in 0u8..3 {
+            s.advance(
+                ScopeKey::new(StoreId::new(1), &[n]),
+                Version::new(1 + u64::from(n)),
+            );
+        }
+    });
+    a.flush(&session).await;
+    let token = session.token().encode().unwrap();
+    b.load(&Session::from_encoded(&token).unwrap()).await;
+    b.load(&Session::from_encoded(&token).unwrap()).await;
+    // More coarsened and written by instance a; instance b cannot reach the store for it.
+    session.with_state(|s| {
+        s.advance(ScopeKey::new(StoreId::new(1), &[9]), Version::new(9));
+    });
+    a.flush(&session).await;
+    let token = session.token().encode().unwrap();
+    store.set_unavailable(true);
+    b.load(&Session::from_encoded(&token).unwrap()).await;
+
+    provider.force_flush().unwrap();
+    let exported = exporter.get_finished_metrics().unwrap();
+    let metrics = exported.last().unwrap();
+    let mut ops = points(metrics, "ryw.record.operations");
+    ops.sort();
+    assert_eq!(
+        ops,
+        [
+            point(&["ryw.record.operation=cache_hit"], 1),
+            point(&["ryw.record.operation=load"], 2),
+            point(&["ryw.record.operation=write"], 0),
+        ]
+    );
+    let mut fallbacks = points(metrics, "ryw.record.fallbacks");
+    fallbacks.sort();
+    assert_eq!(
+        fallbacks,
+        [
+            point(&["ryw.record.reason=failure"], 1),
+            point(&["ryw.record.reason=untrusted"], 0),
+        ]
+    );
+}
