@@ -598,14 +598,21 @@ impl Visibility {
     }
 }
 
-/// Versions (and optionally a clock reading) a response carries.
+/// What few responses carry beyond their versions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Observed {
-    versions: SmallVec<[(ScopeKey, Version); 2]>,
+struct Extras {
     /// Requirements to record that prove nothing of this response.
     floors: Vec<(ScopeKey, Version)>,
     /// Versions this response meets that are not requirements to record.
     meets: Vec<(ScopeKey, Version)>,
+}
+
+/// Versions (and optionally a clock reading) a response carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    versions: SmallVec<[(ScopeKey, Version); 2]>,
+    /// Floors and versions met (most responses have neither: kept out of line).
+    extras: Option<Box<Extras>>,
     clock: Option<HybridTimestamp>,
     strong: bool,
     context: Option<(Version, std::sync::Arc<[u8]>)>,
@@ -635,7 +642,7 @@ impl Observed {
     /// monotonic reads), but on a store that does not replicate a partition in order it shows
     /// nothing of the rows the response lacks. The fence check ignores it.
     pub fn require(&mut self, scope: ScopeKey, version: Version) {
-        upsert(&mut self.floors, scope, version);
+        upsert(&mut self.extras.get_or_insert_default().floors, scope, version);
     }
 
     /// Records that this response reflects `scope` up to `version` for this read's fence,
@@ -643,7 +650,7 @@ impl Observed {
     /// row reflects a partition-wide write made before it (a partition delete), but must not
     /// become a requirement on the partition's other rows.
     pub fn meets(&mut self, scope: ScopeKey, version: Version) {
-        upsert(&mut self.meets, scope, version);
+        upsert(&mut self.extras.get_or_insert_default().meets, scope, version);
     }
 
     /// Records a timestamp the session's hybrid clock must move past (a Scylla write time, a
@@ -685,10 +692,10 @@ impl Observed {
         let find =
             |list: &[(ScopeKey, Version)]| list.iter().find(|(s, _)| *s == scope).map(|(_, v)| *v);
         let pushed = find(&self.versions);
-        if self.meets.is_empty() {
-            return pushed;
+        match &self.extras {
+            Some(extras) if !extras.meets.is_empty() => pushed.max(find(&extras.meets)),
+            _ => pushed,
         }
-        pushed.max(find(&self.meets))
     }
 
     /// The versions the response reflects and the session records ([`Observed::push`]).
@@ -701,7 +708,11 @@ impl Observed {
     /// response.
     #[inline]
     pub fn floors(&self) -> impl Iterator<Item = (ScopeKey, Version)> + '_ {
-        self.floors.iter().copied()
+        self.extras
+            .as_deref()
+            .map_or(&[][..], |e| &e.floors[..])
+            .iter()
+            .copied()
     }
 
     /// The clock reading, if any.

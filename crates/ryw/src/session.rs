@@ -665,8 +665,8 @@ impl SessionState {
         if version == Version::ZERO {
             return false;
         }
-        if self.vector.get(scope).is_some() {
-            return self.vector.advance(scope, version);
+        if let Some(changed) = self.vector.advance_present(scope, version) {
+            return changed;
         }
         let held = self
             .overflow

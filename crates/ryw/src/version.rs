@@ -371,6 +371,19 @@ impl VersionVector {
         true
     }
 
+    /// Raises `scope` to `version` if the vector holds it (`None` when it does not).
+    #[inline]
+    pub(crate) fn advance_present(&mut self, scope: ScopeKey, version: Version) -> Option<bool> {
+        let slot = self.slots.iter_mut().find(|s| s.entry.scope == scope)?;
+        self.tick = self.tick.wrapping_add(1);
+        slot.touched = self.tick;
+        if version > slot.entry.version {
+            slot.entry.version = version;
+            return Some(true);
+        }
+        Some(false)
+    }
+
     /// Raises `scope` to `version` as an exact entry even when its store's horizon implies it
     /// (a session with a record keeps every version exactly); may coarsen another entry.
     pub(crate) fn advance_exact(&mut self, scope: ScopeKey, version: Version) -> bool {
