@@ -83,7 +83,9 @@ fn main() -> ExitCode {
     let mut reports = Vec::new();
     for mode in &modes {
         let report = match mode {
-            Mode::Ryw(_) => run_blocking_observed(&scenario, mode, Some(observer.clone())),
+            Mode::Ryw(_) | Mode::RywAdaptive(_) => {
+                run_blocking_observed(&scenario, mode, Some(observer.clone()))
+            }
             _ => run_blocking(&scenario, mode),
         };
         print_row(&mode.name(), &report);

@@ -30,6 +30,7 @@ run_tests --workspace --all-features --doc
 # needs a real cluster: it is only compiled.)
 cargo run --quiet --example quickstart
 cargo run --quiet --example coarsening
+cargo run --quiet --example adaptive
 cargo run --quiet --example outbox
 cargo run --quiet --example web
 DYNAMODB_ENDPOINT="$RYW_DYNAMODB_ENDPOINT" cargo run --quiet --features dynamodb --example web

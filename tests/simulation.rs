@@ -3,6 +3,7 @@
 //! session layer: zero violations and zero duplicated effects. Without it: violations, so the
 //! checker is proven able to fail.
 
+use ryw::adaptive::AdaptiveFence;
 use ryw::fence::FenceConfig;
 use ryw_sim::checker::ViolationKind;
 use ryw_sim::workload::{run_blocking, Mode, Scenario};
@@ -93,6 +94,54 @@ fn ryw_verify_fence_has_no_violations() {
 }
 
 #[test]
+fn ryw_fixed_verify_fence_has_no_violations() {
+    let n = seeds() / 3;
+    let (reads, pending, failed) =
+        assert_clean(&Mode::Ryw(FenceConfig::default()), 30_000..30_000 + n);
+    println!("fixed verify: {reads} reads, {pending} pending, {failed} failed ops");
+}
+
+/// An adaptive fence that learns within the few reads of a random history: warm after two
+/// re-reads, exploring every other one, up to two re-reads per read within 40 ms.
+fn eager_adaptive() -> Mode {
+    Mode::RywAdaptive(
+        AdaptiveFence::new(Duration::from_millis(40))
+            .warm_up(2)
+            .explore_every(2)
+            .max_rereads(2),
+    )
+}
+
+/// `Scenario::random(seed)`, with replicas that catch up within a few milliseconds for odd
+/// seeds (with spikes), so that learners also reach a learned delay and explore around it.
+fn random_with_fast_replicas_for_odd_seeds(seed: u64) -> Scenario {
+    let mut scenario = Scenario::random(seed);
+    if seed % 2 == 1 {
+        scenario.sim = scenario.sim.lag(
+            ryw_sim::LagModel::new(
+                Duration::from_millis(1 + seed % 5),
+                Duration::from_millis(1 + seed % 7),
+            )
+            .spikes(0.05, Duration::from_millis(100)),
+        );
+    }
+    scenario
+}
+
+#[test]
+fn ryw_adaptive_fence_has_no_violations() {
+    let n = seeds() / 3;
+    let t = assert_clean_with(
+        random_with_fast_replicas_for_odd_seeds,
+        &eager_adaptive(),
+        40_000..40_000 + n,
+    );
+    let (reads, pending, failed) = (t.reads, t.pending, t.failed);
+    println!("adaptive: {n} histories, {reads} reads, {pending} pending, {failed} failed ops");
+    assert!(reads > 10 * n as usize);
+}
+
+#[test]
 fn ryw_server_wait_fence_has_no_violations() {
     let n = seeds() / 3;
     let (reads, pending, failed) =
@@ -154,6 +203,12 @@ fn out_of_order_ryw_verify_fence_has_no_violations() {
     let n = out_of_order_seeds();
     let t = assert_clean_out_of_order("verify", &Mode::ryw(), 0..n);
     assert!(t.reads > 10 * n as usize);
+}
+
+#[test]
+fn out_of_order_ryw_adaptive_fence_has_no_violations() {
+    let n = out_of_order_seeds() / 4;
+    assert_clean_out_of_order("adaptive", &eager_adaptive(), 30_000..30_000 + n);
 }
 
 #[test]

@@ -18,6 +18,7 @@ use crate::config::{
 };
 use crate::rng::SimRng;
 use crate::store::{Key, Node, SimClient, SimError, SimRequest, SimResponse, SimStore};
+use ryw::adaptive::AdaptiveFence;
 use ryw::fence::FenceConfig;
 use ryw::record::{InMemoryRecordStore, RecordError, RecordFuture, RecordStore, SessionRecords};
 use ryw::retry::RetryPolicy;
@@ -38,15 +39,18 @@ pub enum Mode {
     /// After any write, the user's reads go to the primary for this long (the Rails and GitLab
     /// style of "sticking"); writes are retried as they are.
     Pinned(Duration),
-    /// Through the ryw session layer, with this fence configuration; the session travels between
-    /// instances as an encoded token.
+    /// Through the ryw session layer, with this fence configuration and its fixed re-read
+    /// schedule; the session travels between instances as an encoded token.
     Ryw(FenceConfig),
+    /// Through the ryw session layer with an adaptive fence ([`ryw::adaptive`]): each instance
+    /// learns the store's catch-up time on its own.
+    RywAdaptive(AdaptiveFence),
 }
 
 impl Mode {
-    /// The ryw layer with its default fence (verify, one re-read, escalate).
+    /// The ryw layer with its default fence: adaptive ([`AdaptiveFence::default`]).
     pub fn ryw() -> Self {
-        Mode::Ryw(FenceConfig::default())
+        Mode::RywAdaptive(AdaptiveFence::default())
     }
 
     /// A short name for tables.
@@ -56,6 +60,9 @@ impl Mode {
             Mode::Strong => "always-strong reads".into(),
             Mode::Pinned(d) => format!("pin to primary {}s after a write", d.as_secs_f64()),
             Mode::Ryw(c) => format!("ryw ({:?} fence)", c.initial).to_lowercase(),
+            Mode::RywAdaptive(a) => {
+                format!("ryw (adaptive fence, {} ms)", a.latency_budget.as_millis())
+            }
         }
     }
 }
@@ -406,15 +413,18 @@ pub async fn run_observed(
 ) -> RunReport {
     let store = SimStore::new(scenario.sim.clone());
     let services: Vec<Layered> = match mode {
-        Mode::Ryw(fence) => (0..scenario.instances.max(1))
+        Mode::Ryw(_) | Mode::RywAdaptive(_) => (0..scenario.instances.max(1))
             .map(|i| {
                 let adapter = SimAdapter::new();
                 let policy = RetryPolicy::new()
                     .max_retries(4)
                     .seed(scenario.seed ^ i as u64);
-                let layer = ReadYourWritesLayer::new(adapter)
-                    .fence(fence.clone())
-                    .clock(store.clock());
+                let layer = ReadYourWritesLayer::new(adapter).clock(store.clock());
+                let layer = match mode {
+                    Mode::RywAdaptive(adaptive) => layer.adaptive_fence(adaptive.clone()),
+                    Mode::Ryw(fence) => layer.fence(fence.clone()),
+                    _ => layer,
+                };
                 let layer = match &observer {
                     Some(observer) => layer.observer(observer.clone()),
                     None => layer,
@@ -565,7 +575,7 @@ async fn run_user(
         let invoked = store.elapsed();
         let mut ghost_op = None;
         let kind = match &mode {
-            Mode::Ryw(_) => {
+            Mode::Ryw(_) | Mode::RywAdaptive(_) => {
                 let session = continue_session(&token, scenario.scope_cap);
                 if let Some(r) = records.get(instance) {
                     r.load(&session).await;

@@ -1,6 +1,7 @@
 //! The configuration every request of a layer shares.
 
 use crate::adapter::StoreAdapter;
+use crate::adaptive::FenceLearner;
 use crate::clock::Clock;
 use crate::conflict::ConflictResolver;
 use crate::fence::{FenceConfig, FenceSupport};
@@ -15,6 +16,9 @@ pub(crate) struct LayerConfig<A: StoreAdapter, P> {
     pub(crate) policy: P,
     pub(crate) support: FenceSupport,
     pub(crate) fence: FenceConfig,
+    /// What the layer learns of its store's catch-up, when the fence is adaptive: touched only by
+    /// reads that missed their fence.
+    pub(crate) learner: Option<Arc<FenceLearner>>,
     pub(crate) resolver: Arc<dyn ConflictResolver<A::Request>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) conflict_retries: u32,
@@ -29,6 +33,7 @@ impl<A: StoreAdapter, P: Clone> Clone for LayerConfig<A, P> {
             policy: self.policy.clone(),
             support: self.support,
             fence: self.fence.clone(),
+            learner: self.learner.clone(),
             resolver: self.resolver.clone(),
             clock: self.clock.clone(),
             conflict_retries: self.conflict_retries,
@@ -43,6 +48,7 @@ impl<A: StoreAdapter + fmt::Debug, P: fmt::Debug> fmt::Debug for LayerConfig<A, 
             .field("adapter", &self.adapter)
             .field("policy", &self.policy)
             .field("fence", &self.fence)
+            .field("learner", &self.learner)
             .field("resolver", &self.resolver)
             .field("clock", &self.clock)
             .field("conflict_retries", &self.conflict_retries)

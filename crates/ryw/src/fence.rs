@@ -13,6 +13,10 @@
 //! - [`FenceStrategy::Verify`]: read cheaply, compare the versions the response carries with the
 //!   fence, and on a miss re-read after a short delay, then escalate.
 //!
+//! The re-reads of a verified read follow a fixed schedule ([`FenceConfig::rereads`] re-reads,
+//! [`FenceConfig::reread_delay`] apart), or one learned from how long the store's replicas take
+//! to catch up ([`crate::adaptive`]): the layer's default, which starts from the fixed default.
+//!
 //! Every read ends with a [`Visibility`]: `Guaranteed` (the fence was met, and how), or `Pending`
 //! (the budget ran out: the caller has the data, the required and observed versions, and knows a
 //! later read converges). With [`StaleReadPolicy::Error`] a stale read is an error instead.
@@ -168,7 +172,9 @@ pub enum StaleReadPolicy {
     Error,
 }
 
-/// How the layer fences reads.
+/// How the layer fences reads, with a fixed re-read schedule
+/// ([`ReadYourWritesLayer::fence`](crate::ReadYourWritesLayer::fence)); the base of an adaptive
+/// fence ([`FenceConfig::adaptive`]), whose schedule it is until the learner is warm.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FenceConfig {
     /// The strategy of the first attempt (falls back to `Verify` when unsupported).
@@ -190,7 +196,9 @@ impl Default for ReadFence {
 }
 
 impl Default for FenceConfig {
-    /// Verify first, one re-read after 10 ms, then escalate; stale reads are `Pending`.
+    /// Verify first, one re-read after 10 ms, then escalate; stale reads are `Pending`. (The
+    /// layer's default fence is adaptive, [`AdaptiveFence::default`](crate::AdaptiveFence), which
+    /// follows this schedule until it has learned the store's catch-up time.)
     fn default() -> Self {
         Self::verify_then_escalate(1, Duration::from_millis(10))
     }
@@ -440,7 +448,9 @@ impl ReadFence {
         Ok(())
     }
 
-    /// The next step after a stale attempt made with `last`, `rereads_done` cheap re-reads in.
+    /// The next step after a stale attempt made with `last`, `rereads_done` cheap re-reads in,
+    /// on the fixed schedule of `config` (an adaptive fence decides with
+    /// [`FenceLearner::after_stale`](crate::adaptive::FenceLearner::after_stale)).
     pub fn after_stale(
         &self,
         config: &FenceConfig,
@@ -642,7 +652,11 @@ impl Observed {
     /// monotonic reads), but on a store that does not replicate a partition in order it shows
     /// nothing of the rows the response lacks. The fence check ignores it.
     pub fn require(&mut self, scope: ScopeKey, version: Version) {
-        upsert(&mut self.extras.get_or_insert_default().floors, scope, version);
+        upsert(
+            &mut self.extras.get_or_insert_default().floors,
+            scope,
+            version,
+        );
     }
 
     /// Records that this response reflects `scope` up to `version` for this read's fence,
@@ -650,7 +664,11 @@ impl Observed {
     /// row reflects a partition-wide write made before it (a partition delete), but must not
     /// become a requirement on the partition's other rows.
     pub fn meets(&mut self, scope: ScopeKey, version: Version) {
-        upsert(&mut self.extras.get_or_insert_default().meets, scope, version);
+        upsert(
+            &mut self.extras.get_or_insert_default().meets,
+            scope,
+            version,
+        );
     }
 
     /// Records a timestamp the session's hybrid clock must move past (a Scylla write time, a

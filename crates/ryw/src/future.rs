@@ -9,6 +9,7 @@
 use crate::adapter::{
     Applied, ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp,
 };
+use crate::adaptive::StaleProgress;
 use crate::clock::HybridTimestamp;
 use crate::config::LayerConfig;
 use crate::conflict::Resolution;
@@ -94,6 +95,12 @@ struct Cold<A: StoreAdapter> {
     held: Option<(A::Response, StaleRead)>,
     /// The request's span, when a subscriber wants it.
     span: Option<tracing::Span>,
+    /// When the first stale response of an adaptively fenced read arrived.
+    stale_since: Option<tokio::time::Instant>,
+    /// The delay of an adaptively fenced read's first re-read, if it was sent.
+    first_reread: Option<Duration>,
+    /// That re-read is in flight: its outcome is still to be learned.
+    first_reread_pending: bool,
 }
 
 impl<A: StoreAdapter> Default for Cold<A> {
@@ -101,6 +108,9 @@ impl<A: StoreAdapter> Default for Cold<A> {
         Cold {
             held: None,
             span: None,
+            stale_since: None,
+            first_reread: None,
+            first_reread_pending: false,
         }
     }
 }
@@ -158,8 +168,8 @@ fn new_request_span<A: StoreAdapter, P>(
         span.record("ryw.fence.strategy", strategy.as_str());
     }
     Some(Box::new(Cold {
-        held: None,
         span: Some(span),
+        ..Cold::default()
     }))
 }
 
@@ -540,7 +550,10 @@ impl<A: StoreAdapter> InFlight<A> {
                 } else {
                     match self.strategy {
                         FenceStrategy::Verify if self.rereads == 0 => FencePath::Verified,
-                        FenceStrategy::Verify => FencePath::ReRead,
+                        FenceStrategy::Verify => {
+                            self.learn_reread(config, true);
+                            FencePath::ReRead
+                        }
                         FenceStrategy::ServerWait => FencePath::ServerWait,
                         FenceStrategy::Strong => FencePath::Escalated,
                     }
@@ -565,10 +578,7 @@ impl<A: StoreAdapter> InFlight<A> {
                 },
             );
         }
-        match self
-            .fence
-            .after_stale(&config.fence, config.support, self.strategy, self.rereads)
-        {
+        match self.after_stale(config) {
             FenceDecision::Retry { strategy, delay } => {
                 if strategy == FenceStrategy::Verify {
                     self.rereads += 1;
@@ -583,6 +593,58 @@ impl<A: StoreAdapter> InFlight<A> {
                 Next::ReRead(delay)
             }
             _ => Next::Return(self.give_up(response, stale)),
+        }
+    }
+
+    /// The next step after a stale response: the adaptive fence's when the layer learns its
+    /// store's catch-up, else the fixed schedule's.
+    #[cold]
+    #[inline(never)]
+    fn after_stale<P>(&mut self, config: &LayerConfig<A, P>) -> FenceDecision {
+        let Some(learner) = &config.learner else {
+            return self.fence.after_stale(
+                &config.fence,
+                config.support,
+                self.strategy,
+                self.rereads,
+            );
+        };
+        self.learn_reread(config, false);
+        let now = tokio::time::Instant::now();
+        let cold = self.cold.get_or_insert_with(|| Box::new(Cold::default()));
+        let since = *cold.stale_since.get_or_insert(now);
+        let progress = StaleProgress {
+            rereads: self.rereads,
+            waited: now - since,
+            first_delay: cold.first_reread,
+        };
+        let decision = learner.after_stale(&self.fence, config.support, self.strategy, progress);
+        if let (
+            0,
+            FenceDecision::Retry {
+                strategy: FenceStrategy::Verify,
+                delay,
+            },
+        ) = (self.rereads, decision)
+        {
+            cold.first_reread = Some(delay);
+            cold.first_reread_pending = true;
+        }
+        decision
+    }
+
+    /// Tells the learner whether the read's first re-read, when it is the response just
+    /// answered, met the fence.
+    #[cold]
+    #[inline(never)]
+    fn learn_reread<P>(&mut self, config: &LayerConfig<A, P>, met: bool) {
+        let first = self.cold.as_deref_mut().and_then(|cold| {
+            std::mem::take(&mut cold.first_reread_pending)
+                .then_some(cold.first_reread)
+                .flatten()
+        });
+        if let (Some(learner), Some(delay)) = (&config.learner, first) {
+            learner.record_reread(delay, met);
         }
     }
 

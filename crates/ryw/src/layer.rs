@@ -1,6 +1,7 @@
 //! The layer: configuration, and the service it builds.
 
 use crate::adapter::StoreAdapter;
+use crate::adaptive::{AdaptiveFence, FenceLearner};
 use crate::clock::{Clock, SystemClock};
 use crate::config::LayerConfig;
 use crate::conflict::{ConflictResolver, LastWriterWins};
@@ -13,9 +14,11 @@ use tower::Layer;
 
 /// Applies [`ReadYourWrites`] to a store service. See the [crate docs](crate) for an example.
 ///
-/// Built from an adapter with [`ReadYourWritesLayer::new`]; defaults: [`FenceConfig::default`]
-/// (verify, one re-read after 10 ms, then escalate), [`RetryPolicy::new`], [`LastWriterWins`],
-/// the system clock, two conflict rounds.
+/// Built from an adapter with [`ReadYourWritesLayer::new`]; defaults: an adaptive fence
+/// ([`AdaptiveFence::default`]: verify, and after a miss re-read once the store's learned
+/// catch-up time says it is worth it, never waiting more than 10 ms, else escalate; until it has
+/// learned, one re-read after 10 ms as [`FenceConfig::default`]), [`RetryPolicy::new`],
+/// [`LastWriterWins`], the system clock, two conflict rounds.
 pub struct ReadYourWritesLayer<A: StoreAdapter, P = RetryPolicy> {
     config: Arc<LayerConfig<A, P>>,
 }
@@ -40,12 +43,14 @@ impl<A: StoreAdapter> ReadYourWritesLayer<A> {
     /// A layer for `adapter` with the default configuration.
     pub fn new(adapter: A) -> Self {
         let policy = RetryPolicy::new();
+        let adaptive = AdaptiveFence::default();
         ReadYourWritesLayer {
             config: Arc::new(LayerConfig {
                 support: adapter.fence_support(),
                 adapter,
                 policy,
-                fence: FenceConfig::default(),
+                fence: adaptive.base.clone(),
+                learner: Some(Arc::new(FenceLearner::new(adaptive))),
                 resolver: Arc::new(LastWriterWins),
                 clock: Arc::new(SystemClock),
                 conflict_retries: 2,
@@ -60,10 +65,30 @@ impl<A: StoreAdapter, P: Clone> ReadYourWritesLayer<A, P> {
         Arc::make_mut(&mut self.config)
     }
 
-    /// How reads are fenced.
+    /// How reads are fenced, with the fixed re-read schedule `config` names: every stale read is
+    /// re-read `config.rereads` times, `config.reread_delay` apart, whatever the store does.
+    /// Replaces an adaptive fence ([`ReadYourWritesLayer::adaptive_fence`], the default).
     pub fn fence(mut self, config: FenceConfig) -> Self {
-        self.config_mut().fence = config;
+        let layer = self.config_mut();
+        layer.fence = config;
+        layer.learner = None;
         self
+    }
+
+    /// How reads are fenced, with a re-read schedule learned from the store's catch-up time
+    /// ([`crate::adaptive`]): `config.base` sets the first strategy, escalation and stale-read
+    /// policy. What is learned starts afresh, and is shared by every clone of this layer and
+    /// every service it builds.
+    pub fn adaptive_fence(mut self, config: AdaptiveFence) -> Self {
+        let layer = self.config_mut();
+        layer.fence = config.base.clone();
+        layer.learner = Some(Arc::new(FenceLearner::new(config)));
+        self
+    }
+
+    /// What the adaptive fence has learned so far, if the fence is adaptive.
+    pub fn fence_learner(&self) -> Option<&FenceLearner> {
+        self.config.learner.as_deref()
     }
 
     /// The conflict resolver (default [`LastWriterWins`]).
@@ -102,6 +127,7 @@ impl<A: StoreAdapter, P: Clone> ReadYourWritesLayer<A, P> {
                 policy,
                 support: s.support,
                 fence: s.fence,
+                learner: s.learner,
                 resolver: s.resolver,
                 clock: s.clock,
                 conflict_retries: s.conflict_retries,
@@ -110,7 +136,7 @@ impl<A: StoreAdapter, P: Clone> ReadYourWritesLayer<A, P> {
         }
     }
 
-    /// The fence configuration.
+    /// The fence configuration (of an adaptive fence: its base).
     pub fn fence_config(&self) -> &FenceConfig {
         &self.config.fence
     }

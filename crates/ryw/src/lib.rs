@@ -9,7 +9,8 @@
 //! - stamps writes with a [`WriteId`] (the idempotency key, reused by every retry) and a hybrid
 //!   clock reading;
 //! - fences reads: the store waits for the version, the read is escalated, or a cheap read is
-//!   verified and re-read on a miss ([`fence`]);
+//!   verified and re-read on a miss ([`fence`]), when the store's catch-up time says a re-read is
+//!   worth it ([`adaptive`]);
 //! - records the versions every response shows, so the session only moves forward;
 //! - retries transient failures with backoff, jitter and a budget, replaying a write only when the
 //!   store can recognise the replay ([`retry`]);
@@ -73,6 +74,7 @@
 //! [tower]: https://docs.rs/tower
 
 pub mod adapter;
+pub mod adaptive;
 pub mod clock;
 mod config;
 pub mod conflict;
@@ -94,6 +96,7 @@ pub mod token;
 pub mod version;
 
 pub use adapter::StoreAdapter;
+pub use adaptive::AdaptiveFence;
 pub use error::Error;
 pub use fence::{FenceConfig, FenceStrategy, StaleReadPolicy, Visibility};
 pub use layer::ReadYourWritesLayer;
