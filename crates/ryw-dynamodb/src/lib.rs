@@ -36,6 +36,14 @@
 //! is not updated in order: a query of an index partition the session wrote to is reported
 //! `Pending`, never `Guaranteed`.
 //!
+//! # Sessions' records
+//!
+//! Every item is a scope, so a session that touched more items than its token holds (32 by
+//! default) has the oldest coarsened into a store horizon, which only the strong path meets.
+//! [`DynamoRecordStore`] keeps those entries exactly in a table shared by every app instance
+//! ([`ryw::record`]): another instance then fences reads of those items on their own versions,
+//! on the eventually consistent path.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -73,11 +81,13 @@ pub mod error;
 mod expr;
 #[cfg(feature = "outbox")]
 mod outbox;
+pub mod record;
 pub mod revocation;
 mod service;
 
 pub use adapter::{DynamoAdapter, DynamoAdapterBuilder};
 pub use error::{Cancellation, CancellationCode, DynamoError};
+pub use record::DynamoRecordStore;
 pub use revocation::DynamoRevocations;
 pub use service::{DynamoFuture, DynamoService};
 

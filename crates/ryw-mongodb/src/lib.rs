@@ -39,6 +39,12 @@
 //! (including `{_id: {$in: [..]}}`) is never replayed; a `delete_many` replay deletes documents
 //! that came to match its filter in between.
 //!
+//! # Sessions' records
+//!
+//! [`MongoRecordStore`] keeps sessions' records ([`ryw::record`]) in a collection: the exact
+//! entries a session coarsened out of its token, for the stores with one scope per item or
+//! partition that the session also uses.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -65,12 +71,14 @@
 //! [ryw]: https://docs.rs/ryw
 
 pub mod error;
+pub mod record;
 pub mod revocation;
 mod service;
 
 #[cfg(feature = "outbox")]
 mod outbox;
 pub use error::MongoError;
+pub use record::MongoRecordStore;
 pub use revocation::MongoRevocations;
 pub use service::{MongoFuture, MongoService, RECENT_WRITE_IDS};
 

@@ -8,6 +8,7 @@
 //! (`OutOfOrderReplicaForTests`, in `replica.rs`; the cases in `out_of_order.rs`).
 
 mod out_of_order;
+mod records;
 mod replica;
 mod suite;
 mod support;
@@ -70,4 +71,22 @@ against_moto_through_a_proxy!(
     an_out_of_order_view_meets_the_fence_of_an_ordered_partition_without_the_sessions_item,
     a_gsi_query_of_an_out_of_order_view_is_pending_without_a_consistent_read,
     a_writer_whose_clock_runs_ahead_meets_the_partition_fence_without_the_sessions_item,
+);
+
+/// Sessions' records in a moto table (`records.rs`).
+macro_rules! records_against_moto {
+    ($($case:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $case() {
+            let Some(endpoint) = endpoint() else { return };
+            records::$case(client(&endpoint)).await;
+        }
+    )*};
+}
+
+records_against_moto!(
+    a_record_merges_appends_by_pointwise_maximum_and_counts_them,
+    concurrent_appends_of_two_instances_lose_nothing,
+    a_damaged_record_is_never_trusted_nor_overwritten,
+    a_session_of_200_items_reads_them_exactly_on_another_instance,
 );
