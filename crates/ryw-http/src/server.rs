@@ -800,7 +800,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cycled_session_is_as_old_as_what_it_absorbed() {
-        // Found by the third adversarial round: cycling gave the new session a fresh start, so an
+        // The case: cycling gave the new session a fresh start, so an
         // epoch revocation of the session it came from no longer applied to it.
         let list = Arc::new(ryw::signing::InMemoryRevocationList::new());
         let authority = Arc::new(
@@ -858,7 +858,7 @@ mod tests {
         let response = service.clone().oneshot(request).await.unwrap();
         assert!(response.headers().get(SET_COOKIE).is_none());
         // An empty token header next to a refused cookie: the cookie was what was read, and is
-        // cleared (found by the third adversarial round).
+        // cleared.
         for empty in ["", ","] {
             let request = Request::builder()
                 .header(crate::DEFAULT_HEADER, empty)
@@ -1071,7 +1071,7 @@ mod tests {
         );
     }
 
-    // Found by the fourth adversarial round (the four tests below failed before their fixes).
+    // The echo and the cache under rotation, expiry, clock skew and hostile headers.
 
     #[tokio::test]
     async fn a_key_ring_change_during_the_request_is_never_answered_with_the_old_token() {

@@ -1,7 +1,7 @@
-//! Found by the seventh adversarial round: a write that may not be replayed (a MongoDB
-//! `delete_one` by a field other than `_id`), made while an earlier write of its session was
-//! queued in the outbox, was sent at once and applied before it (the delete found nothing, then
-//! the replayed insert created the document the session had deleted). It is now refused, typed.
+//! A write that may not be replayed (a MongoDB `delete_one` by a field other than `_id`), made
+//! while an earlier write of its session is queued in the outbox, would apply before it (the
+//! delete would find nothing, then the replayed insert would create the document the session had
+//! deleted): it is refused, typed (`OutboxServiceError::QueuedBefore`).
 
 //! "A write made while an earlier write of its session is queued is deferred behind it, so a
 //! session's writes keep their order." A write that may not be replayed (`Replay::Never`, here a

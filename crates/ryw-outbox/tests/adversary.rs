@@ -1,16 +1,15 @@
-//! Found by the sixth adversarial round (an independent tester given only the outbox's promise
-//! and public API), each a test that failed before its fix: a request sent twice while deferred
-//! applied twice; a write made while an earlier one of its session was in flight replayed first;
-//! a write answered "deferred" that could never be decoded again; one flipped byte of the file
-//! making `Outbox::open` panic; one damaged entry blocking the whole outbox; an entry `append`
-//! accepted but could not read back; an altered entry replayed as a write nobody made; and every
-//! write trying the store in the breaker's half-open state. Plus its stress run, which held.
+//! Attacks on the outbox, written from its promise and public API alone. Each test checks one
+//! edge: a request sent twice while deferred applies once; a write made while an earlier one of
+//! its session is in flight replays after it; a write answered "deferred" always decodes again;
+//! one flipped byte of the file is `OutboxError::Damaged`, never a panic; one damaged entry
+//! blocks nothing; `append` never accepts an entry it cannot read back; an altered entry is
+//! never replayed as a write nobody made; only one write tries the store in the breaker's
+//! half-open state; and a stress run loses and duplicates nothing.
 //!
-//! The seventh round (`lane_order`, `restart_catch_up`; the third finding is in
-//! `ryw-mongodb/tests/outbox_order.rs`): writes of two continuations of one session replayed in
-//! the order of their random lanes, and a restart after a replay forgot what the replay taught
-//! the session, so a read from the client's older token missed its own write and was
-//! "guaranteed".
+//! `lane_order` and `restart_catch_up` (a third case is in `ryw-mongodb/tests/outbox_order.rs`):
+//! writes of two continuations of one session replay in the order they were made, whatever
+//! their random lanes, and after a restart that follows a replay the session still knows what
+//! the replay taught it, so a read from the client's older token is fenced on its own write.
 
 mod common;
 
@@ -830,7 +829,6 @@ mod fuzz_file {
 }
 
 mod lane_order {
-    // Seventh adversarial round.
     //! Promise 2: a session's deferred writes apply in the order they were made. The replayer sorts a
     //! session's entries by (lane, seq); the lane is random per continuation (every HTTP request
     //! rebuilds the session from its token), so writes made through two continuations of one session
@@ -925,7 +923,6 @@ mod lane_order {
 }
 
 mod restart_catch_up {
-    // Seventh adversarial round.
     //! Promise 3 across a crash: after the replay, the session's reads — also from a continuation
     //! rebuilt from a token issued before the replay — see the write. What the replay taught the
     //! session (`Outbox::catch_up`) lives only in memory: restart the process after the replay (drop

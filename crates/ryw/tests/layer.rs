@@ -713,7 +713,7 @@ impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for Once {
 
 #[tokio::test(start_paused = true)]
 async fn the_replay_rule_holds_whatever_retry_policy_is_installed() {
-    // Found by the adversarial review: with a custom policy, an ambiguous failure of a
+    // The case: with a custom policy, an ambiguous failure of a
     // `Replay::Never` write was sent again (a counter incremented twice).
     let (svc, mut handle) = mock::pair::<Req, Resp>();
     let mut svc = ReadYourWritesLayer::new(adapter())
@@ -862,7 +862,7 @@ fn stamp_of(
 
 #[tokio::test(start_paused = true)]
 async fn a_clone_sends_the_request_as_first_stamped_and_as_a_replay() {
-    // Found by the fifth adversarial review: a clone sent after the session had recorded the
+    // The case: a clone sent after the session had recorded the
     // write was stamped again from the session's state (a DynamoDB increment conditioned on the
     // version the write itself produced applied twice). A clone sends the very stamped request.
     let (svc, mut handle) = mock::pair::<Req, Resp>();
@@ -886,7 +886,7 @@ async fn a_clone_sends_the_request_as_first_stamped_and_as_a_replay() {
 
 #[tokio::test(start_paused = true)]
 async fn an_attempt_while_a_clone_may_have_applied_is_a_replay() {
-    // Found by the fifth adversarial review: the original, shed and retried while its hedge was
+    // The case: the original, shed and retried while its hedge was
     // in flight, was sent as a first attempt (a MongoDB update_one by `_id: {$in: ..}` claimed a
     // second job).
     let (svc, mut handle) = mock::pair::<Req, Resp>();
@@ -914,7 +914,7 @@ async fn an_attempt_while_a_clone_may_have_applied_is_a_replay() {
 
 #[tokio::test(start_paused = true)]
 async fn a_definite_failure_does_not_forget_a_clone_that_may_have_applied() {
-    // Found by the fifth adversarial review: the original's definite failure cleared what its
+    // The case: the original's definite failure cleared what its
     // clone had sent, and a later clone went out as a first attempt.
     let (svc, mut handle) = mock::pair::<Req, Resp>();
     let mut svc = ReadYourWritesLayer::new(adapter())

@@ -257,8 +257,7 @@ pub(crate) async fn a_gsi_query_that_stays_stale_is_pending(client: Client) {
 
     // Caught up, the index shows the item, but what a global index returns never proves it
     // holds every write of the session (it is updated item by item, in no order): still pending.
-    // (Until the fifth adversarial review this read was `Guaranteed(Verified)`; see
-    // `a_gsi_query_that_shows_a_later_write_but_lacks_an_earlier_one_is_never_guaranteed`.)
+    // (See `a_gsi_query_that_shows_a_later_write_but_lacks_an_earlier_one_is_never_guaranteed`.)
     stale.stale_queries(0);
     let read = svc
         .ready()
@@ -283,7 +282,7 @@ pub(crate) async fn a_gsi_query_that_stays_stale_is_pending(client: Client) {
     );
 }
 
-/// Found by the fifth adversarial review: DynamoDB copies writes to a global index item by item,
+/// The case: DynamoDB copies writes to a global index item by item,
 /// in no order, so the index can show the session's later write while it still lacks an earlier
 /// one; such a query was `Guaranteed(Verified)` without the earlier write.
 pub(crate) async fn a_gsi_query_that_shows_a_later_write_but_lacks_an_earlier_one_is_never_guaranteed(
@@ -988,7 +987,7 @@ async fn deleted_by_another_session(
 pub(crate) async fn a_retry_after_another_sessions_delete_is_ambiguous_never_reapplied(
     client: Client,
 ) {
-    // Found by the adversarial review: the update applied, its response was lost, another session
+    // The case: the update applied, its response was lost, another session
     // deleted the item, and the retry re-created it (the delete undone, the update applied twice).
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
@@ -1033,7 +1032,7 @@ pub(crate) async fn a_retry_after_another_sessions_delete_is_ambiguous_never_rea
 }
 
 pub(crate) async fn versions_keep_growing_across_delete_and_re_create(client: Client) {
-    // Found by the adversarial review: a session that saw version v re-created a deleted item at
+    // The case: a session that saw version v re-created a deleted item at
     // v + 1, below the version another session's copy had in between; a replica holding that copy
     // then passed verification: `Guaranteed` without the session's own write.
     let table = fresh_table(&client).await;
@@ -1080,7 +1079,7 @@ pub(crate) async fn versions_keep_growing_across_delete_and_re_create(client: Cl
 }
 
 pub(crate) async fn a_conditional_delete_of_a_gone_item_is_never_a_replay(client: Client) {
-    // Found by the adversarial review: the first attempt of a conditional delete, finding the
+    // The case: the first attempt of a conditional delete, finding the
     // item gone, was reported as a successful replay, and the caller's condition never checked.
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
@@ -1113,7 +1112,7 @@ pub(crate) async fn a_conditional_delete_of_a_gone_item_is_never_a_replay(client
 }
 
 pub(crate) async fn a_query_after_the_sessions_own_delete_does_not_show_the_item(client: Client) {
-    // Found by the adversarial review: a delete advanced no partition scope, so a lagging
+    // The case: a delete advanced no partition scope, so a lagging
     // replica's query still listing the deleted item was `Guaranteed(Verified)`.
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
@@ -1146,7 +1145,7 @@ pub(crate) async fn a_query_after_the_sessions_own_delete_does_not_show_the_item
 }
 
 pub(crate) async fn an_exhausted_item_version_is_a_typed_error_not_a_panic(client: Client) {
-    // Found by the adversarial review: an item at version u64::MAX (a hostile unsigned token can
+    // The case: an item at version u64::MAX (a hostile unsigned token can
     // write one) made the next writer that had read it overflow `expected + 1` and panic.
     let table = fresh_table(&client).await;
     let adapter = adapter(&table);
@@ -1206,7 +1205,7 @@ fn update_x_delete_y(table: &str) -> DynamoRequest {
 }
 
 pub(crate) async fn a_replayed_transaction_is_applied_only_if_an_item_shows_it(client: Client) {
-    // Found by the second adversarial round: a transaction whose first attempt never reached the
+    // The case: a transaction whose first attempt never reached the
     // store was reported applied at its replay because its delete target had vanished meanwhile
     // (another session deleted it); and a transaction that did land, whose item was deleted
     // since, was a permanent error instead of an ambiguous one.
@@ -1279,7 +1278,7 @@ pub(crate) async fn a_replayed_transaction_is_applied_only_if_an_item_shows_it(c
 }
 
 pub(crate) async fn a_query_never_shows_an_item_older_than_the_session_read(client: Client) {
-    // Found by the second adversarial round: the session read version 2 of an item; a query of
+    // The case: the session read version 2 of an item; a query of
     // its partition on a lagging replica returned version 1, `Guaranteed(Unfenced)`, because only
     // the partition (never queried before) was fenced.
     let table = fresh_table(&client).await;
@@ -1524,7 +1523,7 @@ pub(crate) async fn the_service_takes_its_configuration_from_the_layer(client: C
     assert_eq!(writer_of(&item), &out.write_id().unwrap().to_string());
 }
 
-/// Found by the fifth adversarial review: a clone of an increment sent after the session had
+/// The case: a clone of an increment sent after the session had
 /// recorded the increment (its own success, or a read after a timeout above the layer) was
 /// stamped again, conditioned on the version the increment itself produced, and applied twice.
 pub(crate) async fn a_clone_sent_after_its_write_was_recorded_applies_once(client: Client) {

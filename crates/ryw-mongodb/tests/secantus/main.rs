@@ -625,7 +625,7 @@ async fn a_retry_after_another_sessions_update_applies_once() {
 
 #[tokio::test]
 async fn a_replay_never_changes_a_second_document_matching_its_filter() {
-    // Found by the adversarial review: with a filter several documents match ("claim the next
+    // The case: with a filter several documents match ("claim the next
     // pending job"), the replay after a lost response skipped the document its first attempt
     // changed and changed another one: two jobs claimed, two documents deleted.
     let uri = secantus!();
@@ -706,7 +706,7 @@ async fn a_replay_never_changes_a_second_document_matching_its_filter() {
 
 #[tokio::test]
 async fn a_replay_with_no_trace_of_its_write_is_ambiguous_never_applied_elsewhere() {
-    // Found by the second adversarial round: the update claimed job 1, its response was lost,
+    // The case: the update claimed job 1, its response was lost,
     // another session deleted job 1, and the replay (finding no document with its id) claimed
     // job 2. Likewise an insert with the caller's own `_id` whose replay meets the first
     // attempt's document, and a conditional delete whose replay finds the document gone.
@@ -990,7 +990,7 @@ async fn a_write_timed_out_by_middleware_is_replayed_never_duplicated() {
     assert_eq!(hits().await, 2);
 }
 
-/// Found by the fifth adversarial review: `delete_one` by `{_id: {$in: [..]}}` was taken for a
+/// The case: `delete_one` by `{_id: {$in: [..]}}` was taken for a
 /// delete by `_id` and replayed after a timeout, deleting a second document.
 #[tokio::test]
 async fn a_delete_one_by_an_id_operator_is_never_replayed() {
@@ -1073,7 +1073,7 @@ where
     }
 }
 
-/// Found by the fifth adversarial review: a hedge (a clone of the request in flight at once)
+/// The case: a hedge (a clone of the request in flight at once)
 /// claiming "one pending job" by `{_id: {$in: [..]}}`, whose original was shed and retried,
 /// claimed two jobs.
 #[tokio::test]
