@@ -417,14 +417,10 @@ fn number(n: u64) -> AttributeValue {
     AttributeValue::N(n.to_string())
 }
 
-fn scope_text(scope: ScopeKey) -> String {
-    format!("{:016x}", scope.to_bits())
-}
-
 fn encode(held: &HashMap<ScopeKey, Version>) -> AttributeValue {
     AttributeValue::M(
         held.iter()
-            .map(|(scope, version)| (scope_text(*scope), number(version.get())))
+            .map(|(scope, version)| (scope.to_hex(), number(version.get())))
             .collect(),
     )
 }
@@ -448,7 +444,8 @@ fn decode(item: &Item) -> Result<(u64, HashMap<ScopeKey, Version>), RecordError>
         .map_err(|_| damaged("the entries are not a map"))?;
     let mut held = HashMap::with_capacity(entries.len());
     for (key, value) in entries {
-        let scope = parse_scope(key).ok_or_else(|| damaged("an entry's key is not a scope"))?;
+        let scope =
+            ScopeKey::parse_hex(key).ok_or_else(|| damaged("an entry's key is not a scope"))?;
         let v = value
             .as_n()
             .ok()
@@ -457,18 +454,6 @@ fn decode(item: &Item) -> Result<(u64, HashMap<ScopeKey, Version>), RecordError>
         held.insert(scope, Version::new(v));
     }
     Ok((version, held))
-}
-
-/// A scope from its 16 lower-case hex digits.
-fn parse_scope(text: &str) -> Option<ScopeKey> {
-    let canonical = text.len() == 16
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    canonical
-        .then(|| u64::from_str_radix(text, 16).ok())
-        .flatten()
-        .map(ScopeKey::from_bits)
 }
 
 impl RecordStore for DynamoRecordStore {
@@ -511,12 +496,12 @@ mod tests {
         let held: HashMap<_, _> = [(scope, Version::new(u64::MAX))].into();
         let stored = item(&[("version", number(3)), ("entries", encode(&held))]);
         assert_eq!(decode(&stored).unwrap(), (3, held));
-        assert_eq!(parse_scope(&scope_text(scope)), Some(scope));
+        assert_eq!(ScopeKey::parse_hex(&scope.to_hex()), Some(scope));
     }
 
     #[test]
     fn anything_that_does_not_decode_is_damaged() {
-        let good_key = scope_text(ScopeKey::new(StoreId::new(2), b"k"));
+        let good_key = ScopeKey::new(StoreId::new(2), b"k").to_hex();
         let entries = |k: &str, v: AttributeValue| {
             AttributeValue::M([(k.to_owned(), v)].into_iter().collect())
         };

@@ -262,9 +262,7 @@ fn highest(batch: &[Entry]) -> Result<BTreeMap<String, i64>, RecordError> {
     for e in batch {
         let v = i64::try_from(e.version.get())
             .map_err(|_| unavailable(RecordRefused::VersionTooLarge(e.version.get())))?;
-        let slot = highest
-            .entry(format!("{:016x}", e.scope.to_bits()))
-            .or_insert(v);
+        let slot = highest.entry(e.scope.to_hex()).or_insert(v);
         *slot = (*slot).max(v);
     }
     Ok(highest)
@@ -326,7 +324,8 @@ fn decode(doc: &Document) -> Result<Record, RecordError> {
     let entries = entries
         .iter()
         .map(|(key, value)| {
-            let scope = parse_scope(key).ok_or_else(|| damaged("an entry's key is not a scope"))?;
+            let scope =
+                ScopeKey::parse_hex(key).ok_or_else(|| damaged("an entry's key is not a scope"))?;
             let version = non_negative(value)
                 .ok_or_else(|| damaged("an entry's version is not a non-negative integer"))?;
             Ok(Entry {
@@ -336,18 +335,6 @@ fn decode(doc: &Document) -> Result<Record, RecordError> {
         })
         .collect::<Result<Vec<_>, RecordError>>()?;
     Ok(Record { version, entries })
-}
-
-/// A scope from its 16 lower-case hex digits.
-fn parse_scope(text: &str) -> Option<ScopeKey> {
-    let canonical = text.len() == 16
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    canonical
-        .then(|| u64::from_str_radix(text, 16).ok())
-        .flatten()
-        .map(ScopeKey::from_bits)
 }
 
 impl RecordStore for MongoRecordStore {

@@ -124,6 +124,32 @@ impl ScopeKey {
     pub const fn from_bits(bits: u64) -> Self {
         ScopeKey(bits)
     }
+
+    /// The scope's text form: its packed bits as 16 lower-case hex digits (how record stores key
+    /// a session's entries).
+    ///
+    /// ```
+    /// use ryw::{ScopeKey, StoreId};
+    ///
+    /// let scope = ScopeKey::new(StoreId::new(2), b"posts/1");
+    /// assert_eq!(ScopeKey::parse_hex(&scope.to_hex()), Some(scope));
+    /// assert_eq!(ScopeKey::parse_hex("not a scope"), None);
+    /// ```
+    pub fn to_hex(self) -> String {
+        format!("{:016x}", self.0)
+    }
+
+    /// A scope from [`ScopeKey::to_hex`]: exactly 16 lower-case hex digits, else `None`.
+    pub fn parse_hex(text: &str) -> Option<Self> {
+        let canonical = text.len() == 16
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        canonical
+            .then(|| u64::from_str_radix(text, 16).ok())
+            .flatten()
+            .map(ScopeKey)
+    }
 }
 
 impl fmt::Debug for ScopeKey {
