@@ -14,6 +14,7 @@
 use opentelemetry::metrics::MeterProvider;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use ryw::adaptive::AdaptiveFence;
 use ryw_sim::workload::{run_blocking, run_blocking_observed, Mode, RunReport, Scenario};
 use ryw_sim::{LagModel, LatencyModel, SimConfig};
 use std::process::ExitCode;
@@ -67,61 +68,99 @@ fn main() -> ExitCode {
         "mode", "violations", "dup writes", "replica reads", "p50 read", "p99 read"
     );
 
+    // The layer's default (adaptive fence, 10 ms latency budget), then the same fence allowed
+    // 30 ms: a page load after a POST can spare that to keep a read off the primary.
     let modes = [
         Mode::Plain,
         Mode::Strong,
         Mode::Pinned(Duration::from_secs(2)),
         Mode::ryw(),
+        Mode::RywAdaptive(AdaptiveFence::new(Duration::from_millis(30))),
     ];
-    // The ryw run reports to OpenTelemetry instruments (ryw-otel), here exported to memory; an
-    // application would install a Prometheus or OTLP exporter instead.
-    let exporter = InMemoryMetricExporter::default();
-    let provider = SdkMeterProvider::builder()
-        .with_reader(PeriodicReader::builder(exporter.clone()).build())
-        .build();
-    let observer = Arc::new(ryw_otel::OtelObserver::new(&provider.meter("ryw")));
     let mut reports = Vec::new();
+    let mut instruments = Vec::new();
     for mode in &modes {
         let report = match mode {
             Mode::Ryw(_) | Mode::RywAdaptive(_) => {
-                run_blocking_observed(&scenario, mode, Some(observer.clone()))
+                // Each ryw run reports to its own OpenTelemetry instruments (ryw-otel), here
+                // exported to memory; an application installs a Prometheus or OTLP exporter.
+                let exporter = InMemoryMetricExporter::default();
+                let provider = SdkMeterProvider::builder()
+                    .with_reader(PeriodicReader::builder(exporter.clone()).build())
+                    .build();
+                let observer = Arc::new(ryw_otel::OtelObserver::new(&provider.meter("ryw")));
+                let report = run_blocking_observed(&scenario, mode, Some(observer));
+                let metrics = provider
+                    .force_flush()
+                    .ok()
+                    .and_then(|()| exporter.get_finished_metrics().ok())
+                    .and_then(|m| m.into_iter().last());
+                instruments.push((mode.name(), metrics));
+                report
             }
             _ => run_blocking(&scenario, mode),
         };
         print_row(&mode.name(), &report);
-        reports.push(report);
+        reports.push((mode, report));
     }
 
-    let ryw = reports.last().expect("four runs");
-    let pinned = &reports[2];
-    println!(
-        "\nryw: {} of {} reads reported pending (data returned, flagged as possibly stale); \
-         longest token {} characters.",
-        ryw.pending_reads, ryw.reads, ryw.max_token_len
-    );
-    if provider.force_flush().is_ok() {
-        if let Some(metrics) = exporter
-            .get_finished_metrics()
-            .ok()
-            .and_then(|m| m.into_iter().last())
-        {
-            print_instruments(&metrics);
+    let pinned = &reports[2].1;
+    let ryw_runs: Vec<_> = reports
+        .iter()
+        .filter(|(m, _)| matches!(m, Mode::RywAdaptive(_)))
+        .map(|(_, r)| r)
+        .collect();
+    for (r, (name, _)) in ryw_runs.iter().zip(&instruments) {
+        println!(
+            "\n{name}: {} of {} reads reported pending (data returned, flagged as possibly \
+             stale); longest token {} characters.",
+            r.pending_reads, r.reads, r.max_token_len
+        );
+    }
+    let mut failed = false;
+    for (r, (name, metrics)) in ryw_runs.iter().zip(&instruments) {
+        match metrics {
+            Some(m) => {
+                println!("\n{name}: its OpenTelemetry instruments (ryw-otel):");
+                print_instruments(m);
+                // The instruments count every read the run made, and its pending ones.
+                let reads = count(m, "ryw.reads", &[]);
+                let pending = count(m, "ryw.reads", &[("ryw.visibility", "pending")]);
+                if reads != r.reads as u64 || pending != r.pending_reads as u64 {
+                    eprintln!(
+                        "\nFAIL: {name}: the instruments count {reads} reads ({pending} pending), \
+                         the run made {} ({} pending)",
+                        r.reads, r.pending_reads
+                    );
+                    failed = true;
+                }
+            }
+            None => {
+                eprintln!("\nFAIL: {name}: no metrics were exported");
+                failed = true;
+            }
         }
     }
     println!(
-        "violations = read-your-writes, monotonic-reads, monotonic-writes and writes-follow-reads \
+        "\nviolations = read-your-writes, monotonic-reads, monotonic-writes and writes-follow-reads \
          violations found by ryw_sim::checker;\ndup writes = writes whose effect applied twice \
          (a retry after a lost response, or a duplicated delivery)."
     );
-    if let Some(v) = ryw.check.violations.first() {
-        eprintln!("\nFAIL: the ryw run has violations; first: {v}");
-        return ExitCode::FAILURE;
+    for (r, (name, _)) in ryw_runs.iter().zip(&instruments) {
+        if let Some(v) = r.check.violations.first() {
+            eprintln!("\nFAIL: {name} has violations; first: {v}");
+            failed = true;
+        }
+        if r.replica_share() <= pinned.replica_share() {
+            eprintln!("\nFAIL: {name} served no more reads from replicas than pinning did");
+            failed = true;
+        }
     }
-    if ryw.replica_share() <= pinned.replica_share() {
-        eprintln!("\nFAIL: ryw served no more reads from replicas than pinning did");
-        return ExitCode::FAILURE;
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
-    ExitCode::SUCCESS
 }
 
 fn print_row(name: &str, r: &RunReport) {
@@ -159,8 +198,7 @@ fn print_instruments(m: &ResourceMetrics) {
         )
     };
     println!(
-        "\nryw's OpenTelemetry instruments (ryw-otel) for that run:\n  \
-         ryw.reads guaranteed: {} verified on a replica, {} unfenced, {} re-read, {} escalated; \
+        "  ryw.reads guaranteed: {} verified on a replica, {} unfenced, {} re-read, {} escalated; \
          pending: {}\n  \
          ryw.escalations: {} (stale_read), {} (horizon); ryw.rereads: {}; \
          ryw.fence.misses: {}\n  \
