@@ -615,17 +615,19 @@ struct Extras {
     floors: Vec<(ScopeKey, Version)>,
     /// Versions this response meets that are not requirements to record.
     meets: Vec<(ScopeKey, Version)>,
+    /// An opaque store context, with the version it goes with.
+    context: Option<(Version, std::sync::Arc<[u8]>)>,
 }
 
 /// Versions (and optionally a clock reading) a response carries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
     versions: SmallVec<[(ScopeKey, Version); 2]>,
-    /// Floors and versions met (most responses have neither: kept out of line).
-    extras: Option<Box<Extras>>,
+    /// Floors, versions met and a store context (most responses have none: kept out of line,
+    /// so that dropping an `Observed` is one check; an `Arc`, whose drop is inlined).
+    extras: Option<std::sync::Arc<Extras>>,
     clock: Option<HybridTimestamp>,
     strong: bool,
-    context: Option<(Version, std::sync::Arc<[u8]>)>,
 }
 
 impl Observed {
@@ -653,7 +655,7 @@ impl Observed {
     /// nothing of the rows the response lacks. The fence check ignores it.
     pub fn require(&mut self, scope: ScopeKey, version: Version) {
         upsert(
-            &mut self.extras.get_or_insert_default().floors,
+            &mut std::sync::Arc::make_mut(self.extras.get_or_insert_default()).floors,
             scope,
             version,
         );
@@ -665,7 +667,7 @@ impl Observed {
     /// become a requirement on the partition's other rows.
     pub fn meets(&mut self, scope: ScopeKey, version: Version) {
         upsert(
-            &mut self.extras.get_or_insert_default().meets,
+            &mut std::sync::Arc::make_mut(self.extras.get_or_insert_default()).meets,
             scope,
             version,
         );
@@ -688,19 +690,24 @@ impl Observed {
     /// Records an opaque store context the session must carry (MongoDB's signed
     /// `$clusterTime`), with the version it goes with; the session keeps the newest.
     pub fn context(&mut self, version: Version, bytes: impl Into<std::sync::Arc<[u8]>>) {
-        if self.context.as_ref().is_none_or(|(v, _)| version > *v) {
-            self.context = Some((version, bytes.into()));
+        let slot = &mut std::sync::Arc::make_mut(self.extras.get_or_insert_default()).context;
+        if slot.as_ref().is_none_or(|(v, _)| version > *v) {
+            *slot = Some((version, bytes.into()));
         }
     }
 
     /// The store context recorded, if any.
     #[inline]
     pub fn seen_context(&self) -> Option<(Version, &[u8])> {
-        self.context.as_ref().map(|(v, b)| (*v, &**b))
+        self.extras
+            .as_deref()?
+            .context
+            .as_ref()
+            .map(|(v, b)| (*v, &**b))
     }
 
     pub(crate) fn context_shared(&self) -> Option<(Version, std::sync::Arc<[u8]>)> {
-        self.context.clone()
+        self.extras.as_deref()?.context.clone()
     }
 
     /// The version this response reflects of `scope` (what [`Observed::push`] and

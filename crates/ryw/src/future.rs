@@ -688,13 +688,18 @@ impl<A: StoreAdapter> InFlight<A> {
             && observed
                 .seen_context()
                 .is_none_or(|(v, _)| self.fence.context().is_some_and(|c| c.version >= v))
-            && observed.iter().chain(observed.floors()).all(|(scope, v)| {
-                v == Version::ZERO
-                    || self
-                        .fence
-                        .requirement(scope)
-                        .is_some_and(|r| r.version >= v)
-            })
+            && observed.iter().all(|(scope, v)| self.knows(scope, v))
+            && observed.floors().all(|(scope, v)| self.knows(scope, v))
+    }
+
+    /// Whether the session required at least `version` of `scope` when the request started.
+    #[inline]
+    fn knows(&self, scope: crate::version::ScopeKey, version: Version) -> bool {
+        version == Version::ZERO
+            || self
+                .fence
+                .requirement(scope)
+                .is_some_and(|r| r.version >= version)
     }
 
     fn give_up(&self, response: A::Response, stale: StaleRead) -> Out<A> {
@@ -939,7 +944,10 @@ fn record<A: StoreAdapter, P>(config: &LayerConfig<A, P>, session: &Session, obs
             bytes,
         });
     }
-    for (scope, version) in observed.iter().chain(observed.floors()) {
+    for (scope, version) in observed.iter() {
+        state.advance(scope, version);
+    }
+    for (scope, version) in observed.floors() {
         state.advance(scope, version);
     }
     if let Some(ts) = observed.seen_clock() {

@@ -443,7 +443,18 @@ impl SessionState {
     /// What a read of `scope` must reflect: the exact entry of the vector, and beyond it the
     /// exact entry this process holds of a coarsened scope when every coarsened entry of its
     /// store is held ([`crate::record`]); otherwise the store's horizon as well.
+    #[inline]
     pub fn requirement(&self, scope: ScopeKey) -> crate::version::Requirement {
+        if !self.vector.has_horizons() {
+            return self.vector.requirement(scope);
+        }
+        self.requirement_beyond(scope)
+    }
+
+    /// `requirement` for a scope its store's horizon covers: exact when the state holds it.
+    #[cold]
+    #[inline(never)]
+    fn requirement_beyond(&self, scope: ScopeKey) -> crate::version::Requirement {
         let mut r = self.vector.requirement(scope);
         let Some(horizon) = r.horizon else {
             return r;
@@ -516,10 +527,17 @@ impl SessionState {
     }
 
     /// Moves what the vector coarsened into the overflow (when the state keeps a record).
+    #[inline]
     fn take_evicted(&mut self) {
-        if !self.vector.has_evicted() {
-            return;
+        if self.vector.has_evicted() {
+            self.keep_evicted();
         }
+    }
+
+    /// `take_evicted` when entries were coarsened.
+    #[cold]
+    #[inline(never)]
+    fn keep_evicted(&mut self) {
         let (evicted, lost) = self.vector.take_evicted();
         if lost || self.record.is_none() {
             self.record = None;
@@ -649,6 +667,16 @@ impl SessionState {
     /// exactly even below its store's horizon (the scope comes back into the vector).
     #[inline]
     pub fn advance(&mut self, scope: ScopeKey, version: Version) -> bool {
+        // A scope the vector holds is raised there, record or not, and nothing is coarsened.
+        if let Some(changed) = self.vector.advance_present(scope, version) {
+            return changed;
+        }
+        self.advance_absent(scope, version)
+    }
+
+    /// `advance` of a scope the vector does not hold.
+    #[inline(never)]
+    fn advance_absent(&mut self, scope: ScopeKey, version: Version) -> bool {
         let changed = if self.record.is_some() {
             self.raise_exact(scope, version)
         } else {

@@ -352,6 +352,12 @@ impl VersionVector {
         self.horizons.iter().find(|h| h.store == store).copied()
     }
 
+    /// Whether any store's horizon is raised (some entry was coarsened).
+    #[inline]
+    pub(crate) fn has_horizons(&self) -> bool {
+        !self.horizons.is_empty()
+    }
+
     /// The requirement a read of `scope` must meet.
     #[inline]
     pub fn requirement(&self, scope: ScopeKey) -> Requirement {
