@@ -270,7 +270,8 @@ pub enum FenceDecision {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadFence {
     requirements: SmallVec<[Requirement; 2]>,
-    context: Option<crate::session::StoreContext>,
+    /// Boxed: few stores carry one, and a small fence keeps every request's future small.
+    context: Option<std::sync::Arc<crate::session::StoreContext>>,
     by_version: bool,
 }
 
@@ -303,6 +304,11 @@ impl ReadFence {
         self
     }
 
+    #[inline]
+    pub(crate) fn set_verifiable(&mut self, by_version: bool) {
+        self.by_version = by_version;
+    }
+
     /// Whether a cheap read's versions can meet this fence (false after
     /// [`ReadFence::server_side_only`]).
     #[inline]
@@ -318,11 +324,11 @@ impl ReadFence {
     /// The context the session carries for this store (MongoDB's signed `$clusterTime`), if any.
     #[inline]
     pub fn context(&self) -> Option<&crate::session::StoreContext> {
-        self.context.as_ref()
+        self.context.as_deref()
     }
 
     pub(crate) fn set_context(&mut self, context: Option<crate::session::StoreContext>) {
-        self.context = context;
+        self.context = context.map(std::sync::Arc::new);
     }
 
     /// The requirements, one per scope read.

@@ -223,12 +223,9 @@ impl<A: StoreAdapter> InFlight<A> {
         let clock_at_start;
         {
             let mut state = session.lock();
-            fence = match op {
-                Operation::Read if adapter.verification(&base) == Verification::ServerSideOnly => {
-                    fence_of(&state, adapter, &scopes).server_side_only()
-                }
-                _ => fence_of(&state, adapter, &scopes),
-            };
+            let by_version =
+                op != Operation::Read || adapter.verification(&base) == Verification::Versions;
+            fence = fence_of(&state, adapter, &scopes, by_version);
             if let (Operation::Write(_), None) = (op, &reused) {
                 stamp = Some(state.next_write(config.clock.now_micros()));
             }
@@ -867,8 +864,10 @@ fn fence_of<A: StoreAdapter>(
     state: &crate::session::SessionState,
     adapter: &A,
     scopes: &Scopes,
+    by_version: bool,
 ) -> ReadFence {
     let mut fence = ReadFence::new();
+    fence.set_verifiable(by_version);
     for scope in scopes.iter() {
         fence.push(state.requirement(scope));
     }
@@ -909,7 +908,7 @@ pub(crate) fn stamp_only<A: StoreAdapter, P>(
     adapter.scopes(&base, &mut scopes);
     let (fence, (write_id, timestamp)) = {
         let mut state = request.session().lock();
-        let fence = fence_of(&state, adapter, &scopes);
+        let fence = fence_of(&state, adapter, &scopes, true);
         (fence, state.next_write(config.clock.now_micros()))
     };
     adapter.stamp_write(
