@@ -26,6 +26,11 @@ fn out_of_order_seeds() -> u64 {
     seeds_or(10_000)
 }
 
+/// Histories of the principals test.
+fn principal_seeds() -> u64 {
+    seeds_or(10_000)
+}
+
 /// What the histories of one test added up to.
 #[derive(Debug, Default)]
 struct Totals {
@@ -411,4 +416,50 @@ fn sessions_with_a_record_have_no_violations() {
     );
     println!("record: {n} histories, {reads} reads, {pending} pending");
     assert!(reads > n as usize);
+}
+
+/// Principals with several devices: 20 principals × 3 devices × 2 instances at once, each device
+/// a session of its own, sharing only the principal's record (sometimes down): no violation of
+/// any session's guarantees, and none of read-your-writes or monotonic reads per principal.
+#[test]
+fn principals_devices_read_each_others_writes() {
+    let n = principal_seeds();
+    let (mut reads, mut session_only, mut principal_checked) = (0, 0, 0);
+    for seed in 0..n {
+        let scenario = Scenario::random_principals(seed);
+        let run = run_blocking(&scenario, &Mode::ryw());
+        assert!(
+            run.check.violations.is_empty(),
+            "seed {seed}: {}",
+            run.check.violations[0]
+        );
+        let principal = run.principal_check.expect("several devices");
+        assert!(
+            principal.violations.is_empty(),
+            "seed {seed}: per principal: {}",
+            principal.violations[0]
+        );
+        reads += run.reads;
+        session_only += run.session_only_reads;
+        principal_checked += principal.reads_checked;
+    }
+    println!(
+        "principals: {n} histories, {reads} reads, {principal_checked} checked per principal, \
+         {session_only} session-only"
+    );
+}
+
+/// The same histories without the principal's record: devices miss each other's writes.
+#[test]
+fn without_the_principal_record_devices_miss_each_others_writes() {
+    let mut violations = 0;
+    for seed in 0..200 {
+        let mut scenario = Scenario::random_principals(seed);
+        scenario.principal_records = false;
+        let run = run_blocking(&scenario, &Mode::ryw());
+        assert!(run.check.violations.is_empty(), "seed {seed}: per device");
+        violations += run.principal_check.expect("devices").guarantee_violations();
+    }
+    println!("without the principal's record: {violations} violations per principal");
+    assert!(violations > 0);
 }

@@ -76,10 +76,12 @@
 //! ```
 
 pub mod client;
+pub mod principal;
 pub mod records;
 pub mod server;
 
 pub use client::ClientSessionLayer;
+pub use principal::{PrincipalRecordsLayer, PRINCIPAL_HEADER};
 pub use records::SessionRecordsLayer;
 pub use server::{BadTokenPolicy, ServerSessionLayer, TokenRejection, TokenStatus};
 
@@ -143,6 +145,7 @@ pub fn visibility_header(visibility: &ryw::Visibility) -> http::HeaderValue {
             )
         }
         ryw::Visibility::Queued(write_id) => format!("queued; write={}", write_id.seq),
+        ryw::Visibility::SessionOnly(path) => format!("session-only; path={}", path.as_str()),
         _ => "unscoped".to_owned(),
     };
     // Only ASCII letters, digits and punctuation: always a valid header value.

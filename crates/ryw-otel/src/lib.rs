@@ -152,6 +152,39 @@ pub fn observe_records(meter: &Meter, records: Arc<ryw::record::SessionRecords>)
         .build();
 }
 
+/// Reports what one instance's [`PrincipalRecords`](ryw::principal::PrincipalRecords) did:
+/// `ryw.principal.operations` (a counter with `ryw.principal.operation` = `load` or `append`
+/// and `ryw.principal.outcome` = `ok`, `failed`, or `untrusted` for a load of a damaged or
+/// rolled-back record). A failed or untrusted load made that request's reads `session_only`; a
+/// failed append left the request's writes out of the principal's record until the session's
+/// next request. Read whenever the SDK collects.
+pub fn observe_principal_records(meter: &Meter, records: Arc<ryw::principal::PrincipalRecords>) {
+    meter
+        .u64_observable_counter("ryw.principal.operations")
+        .with_unit("{operation}")
+        .with_description("Principal record loads and appends of this instance, by outcome")
+        .with_callback(move |o| {
+            let s = records.stats();
+            let failed_loads = s.load_failures + s.untrusted;
+            for (op, outcome, n) in [
+                ("load", "ok", s.loads.saturating_sub(failed_loads)),
+                ("load", "failed", s.load_failures),
+                ("load", "untrusted", s.untrusted),
+                ("append", "ok", s.appends),
+                ("append", "failed", s.append_failures),
+            ] {
+                o.observe(
+                    n,
+                    &[
+                        KeyValue::new("ryw.principal.operation", op),
+                        KeyValue::new("ryw.principal.outcome", outcome),
+                    ],
+                );
+            }
+        })
+        .build();
+}
+
 /// Records ryw's events on OpenTelemetry instruments. Install it with
 /// [`ryw::ReadYourWritesLayer::observer`].
 pub struct OtelObserver {
@@ -280,7 +313,9 @@ impl Observer for OtelObserver {
         match event.outcome {
             Outcome::Read(visibility) => {
                 let path = match visibility {
-                    ReadVisibility::Guaranteed(path) => path.as_str(),
+                    ReadVisibility::Guaranteed(path) | ReadVisibility::SessionOnly(path) => {
+                        path.as_str()
+                    }
                     _ => "none",
                 };
                 self.reads.add(

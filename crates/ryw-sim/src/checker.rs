@@ -47,6 +47,9 @@ pub enum ReadStatus {
     Guaranteed,
     /// The layer said `Pending`: flagged to the caller, not checked.
     Pending,
+    /// The layer said `SessionOnly`: checked for its session (the guarantees hold for it), but
+    /// not for the session's principal.
+    SessionOnly,
 }
 
 /// What an operation did.

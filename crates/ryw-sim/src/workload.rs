@@ -20,6 +20,7 @@ use crate::rng::SimRng;
 use crate::store::{Key, Node, SimClient, SimError, SimRequest, SimResponse, SimStore};
 use ryw::adaptive::AdaptiveFence;
 use ryw::fence::FenceConfig;
+use ryw::principal::{Advanced, PrincipalRecords};
 use ryw::record::{InMemoryRecordStore, RecordError, RecordFuture, RecordStore, SessionRecords};
 use ryw::retry::RetryPolicy;
 use ryw::telemetry::Observer;
@@ -108,6 +109,15 @@ pub struct Scenario {
     pub record: bool,
     /// While simulated time is within this window, the record store fails every call.
     pub record_outage: Option<(Duration, Duration)>,
+    /// Devices per user: each user is a principal whose devices run at once, each with a session
+    /// (and token) of its own. Operations are recorded per device (`Op::session` is
+    /// `user * devices + device`); [`RunReport::principal_check`] judges them per user.
+    pub devices: usize,
+    /// Each user's devices share the principal's record ([`ryw::principal`]): every request of a
+    /// device reads it first and appends what it raised before answering (ryw mode).
+    pub principal_records: bool,
+    /// How long each call to the record store takes, each way (simulated time).
+    pub record_latency: Duration,
 }
 
 impl Default for Scenario {
@@ -130,6 +140,9 @@ impl Default for Scenario {
             fork_merge: 0.5,
             record: false,
             record_outage: None,
+            devices: 1,
+            principal_records: false,
+            record_latency: Duration::ZERO,
         }
     }
 }
@@ -235,6 +248,9 @@ impl Scenario {
             fork_merge: rng.unit(),
             record: false,
             record_outage: None,
+            devices: 1,
+            principal_records: false,
+            record_latency: Duration::ZERO,
         }
     }
 
@@ -271,6 +287,43 @@ impl Scenario {
         if rng.chance(0.3) {
             let start = rng.below(2_000) as u64;
             let len = 100 + rng.below(3_000) as u64;
+            scenario.record_outage = Some((
+                Duration::from_millis(start),
+                Duration::from_millis(start + len),
+            ));
+        }
+        scenario
+    }
+
+    /// A random scenario of 20 principals with 3 devices each, through 2 instances, all at once:
+    /// each device a session of its own, sharing with the principal's other devices only the
+    /// principal's record ([`Scenario::principal_records`]), which sometimes goes down for a
+    /// while. Lag, faults and replicas as [`Scenario::random`] draws them for `seed`.
+    ///
+    /// ```
+    /// use ryw_sim::workload::{run_blocking, Mode, Scenario};
+    ///
+    /// let scenario = Scenario::random_principals(3);
+    /// let run = run_blocking(&scenario, &Mode::ryw());
+    /// assert_eq!(run.check.violations.len(), 0);
+    /// assert_eq!(run.principal_check.expect("devices").violations.len(), 0);
+    /// ```
+    pub fn random_principals(seed: u64) -> Self {
+        let mut scenario = Self::random(seed);
+        let mut rng = SimRng::new(seed ^ 0x9e37_79b9_7f4a_7c15);
+        scenario.users = 20;
+        scenario.devices = 3;
+        scenario.instances = 2;
+        scenario.principal_records = true;
+        scenario.ops_per_user = 3 + rng.below(6);
+        scenario.keys_per_user = 1 + rng.below(3);
+        scenario.write_ratio = 0.2 + rng.unit() * 0.4;
+        scenario.think_max = Duration::from_millis(1 + rng.below(100) as u64);
+        scenario.record_latency = Duration::from_micros(200 + rng.below(3_000) as u64);
+        scenario.record = rng.chance(0.3);
+        if rng.chance(0.3) {
+            let start = rng.below(500) as u64;
+            let len = 20 + rng.below(400) as u64;
             scenario.record_outage = Some((
                 Duration::from_millis(start),
                 Duration::from_millis(start + len),
@@ -324,6 +377,13 @@ pub struct RunReport {
     pub failed_ops: usize,
     /// The longest encoded token seen (ryw mode).
     pub max_token_len: usize,
+    /// With several devices per user ([`Scenario::devices`]): the checker's findings with each
+    /// user's devices taken as one session, reads reported
+    /// [`SessionOnly`](ryw::Visibility::SessionOnly) unchecked (they promise nothing for the
+    /// principal).
+    pub principal_check: Option<CheckReport>,
+    /// Reads reported [`SessionOnly`](ryw::Visibility::SessionOnly).
+    pub session_only_reads: usize,
 }
 
 impl RunReport {
@@ -359,6 +419,11 @@ struct UserResult {
     past_applied: usize,
     failed: usize,
     max_token_len: usize,
+    session_only: usize,
+    /// Positions in `ops` of operations whose principal's record could not be advanced: their
+    /// caller was told, and later operations of the principal's other devices do not depend on
+    /// them.
+    unadvanced: Vec<usize>,
 }
 
 /// The record store of a scenario: in memory, failing while simulated time is in its outage.
@@ -366,6 +431,8 @@ struct SimRecordStore {
     inner: InMemoryRecordStore,
     store: SimStore,
     outage: Option<(Duration, Duration)>,
+    /// Each way, per call.
+    latency: Duration,
 }
 
 impl SimRecordStore {
@@ -386,17 +453,31 @@ impl RecordStore for SimRecordStore {
         session: SessionId,
         entries: &'a [ryw::version::Entry],
     ) -> RecordFuture<'a, u64> {
-        match self.check() {
-            Ok(()) => self.inner.append(session, entries),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
-        }
+        Box::pin(async move {
+            if !self.latency.is_zero() {
+                tokio::time::sleep(self.latency).await;
+            }
+            self.check()?;
+            let version = self.inner.append(session, entries).await;
+            if !self.latency.is_zero() {
+                tokio::time::sleep(self.latency).await;
+            }
+            version
+        })
     }
 
     fn load(&self, session: SessionId) -> RecordFuture<'_, Option<ryw::record::Record>> {
-        match self.check() {
-            Ok(()) => self.inner.load(session),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
-        }
+        Box::pin(async move {
+            if !self.latency.is_zero() {
+                tokio::time::sleep(self.latency).await;
+            }
+            self.check()?;
+            let record = self.inner.load(session).await;
+            if !self.latency.is_zero() {
+                tokio::time::sleep(self.latency).await;
+            }
+            record
+        })
     }
 }
 
@@ -434,30 +515,55 @@ pub async fn run_observed(
             .collect(),
         _ => Vec::new(),
     };
+    let shared = Arc::new(SimRecordStore {
+        inner: InMemoryRecordStore::new(),
+        store: store.clone(),
+        outage: scenario.record_outage,
+        latency: scenario.record_latency,
+    });
     let records: Vec<Arc<SessionRecords>> = if scenario.record && !services.is_empty() {
-        let shared = Arc::new(SimRecordStore {
-            inner: InMemoryRecordStore::new(),
-            store: store.clone(),
-            outage: scenario.record_outage,
-        });
         (0..services.len())
             .map(|_| Arc::new(SessionRecords::new(shared.clone())))
             .collect()
     } else {
         Vec::new()
     };
+    let principals: Vec<Arc<PrincipalRecords>> =
+        if scenario.principal_records && !services.is_empty() {
+            // Every instance fingerprints principals under the same key.
+            let key = ryw::signing::SigningKey::new(0, [0x5a; 32]).expect("32 bytes");
+            (0..services.len())
+                .map(|_| Arc::new(PrincipalRecords::new(shared.clone(), key.clone())))
+                .collect()
+        } else {
+            Vec::new()
+        };
+    let devices = scenario.devices.max(1);
     let mut rng = SimRng::new(scenario.seed);
     let mut tasks = tokio::task::JoinSet::new();
     for user in 0..scenario.users {
-        let user_rng = rng.fork();
-        let store = store.clone();
-        let services = services.clone();
-        let records = records.clone();
-        let scenario = scenario.clone();
-        let mode = mode.clone();
-        tasks.spawn(async move {
-            run_user(user, user_rng, store, services, records, scenario, mode).await
-        });
+        for device in 0..devices {
+            let user_rng = rng.fork();
+            let store = store.clone();
+            let services = services.clone();
+            let records = records.clone();
+            let principals = principals.clone();
+            let scenario = scenario.clone();
+            let mode = mode.clone();
+            let who = Who { user, device };
+            tasks.spawn(async move {
+                run_user(
+                    who,
+                    user_rng,
+                    store,
+                    services,
+                    (records, principals),
+                    scenario,
+                    mode,
+                )
+                .await
+            });
+        }
     }
     let mut results = Vec::new();
     while let Some(r) = tasks.join_next().await {
@@ -480,8 +586,13 @@ pub async fn run_observed(
         reordered_arrivals: store.reordered_arrivals(),
         failed_ops: 0,
         max_token_len: 0,
+        principal_check: None,
+        session_only_reads: 0,
     };
+    let mut unadvanced = Vec::new();
     for r in results {
+        let base = history.ops.len();
+        unadvanced.extend(r.unadvanced.iter().map(|i| base + i));
         history.ops.extend(r.ops);
         report.read_latencies_micros.extend(r.latencies);
         report.reads += r.reads;
@@ -490,8 +601,26 @@ pub async fn run_observed(
         report.reads_past_applied += r.past_applied;
         report.failed_ops += r.failed;
         report.max_token_len = report.max_token_len.max(r.max_token_len);
+        report.session_only_reads += r.session_only;
     }
     report.check = check(&history);
+    if devices > 1 {
+        // Each user's devices as one session; what was promised for a device's session only is
+        // not checked for its principal.
+        let mut by_principal = history.clone();
+        for &i in &unadvanced {
+            by_principal.ops[i].detached = true;
+        }
+        for op in &mut by_principal.ops {
+            op.session /= devices;
+            if let OpKind::Read { status, .. } = &mut op.kind {
+                if *status == ReadStatus::SessionOnly {
+                    *status = ReadStatus::Pending;
+                }
+            }
+        }
+        report.principal_check = Some(check(&by_principal));
+    }
     report.history = history;
     report
 }
@@ -515,15 +644,29 @@ pub fn run_blocking_observed(
         .block_on(run_observed(scenario, mode, observer))
 }
 
-async fn run_user(
+/// A user, and which of the user's devices.
+#[derive(Clone, Copy)]
+struct Who {
     user: usize,
+    device: usize,
+}
+
+type Records = (Vec<Arc<SessionRecords>>, Vec<Arc<PrincipalRecords>>);
+
+async fn run_user(
+    who: Who,
     mut rng: SimRng,
     store: SimStore,
     services: Vec<Layered>,
-    records: Vec<Arc<SessionRecords>>,
+    (records, principals): Records,
     scenario: Scenario,
     mode: Mode,
 ) -> UserResult {
+    let Who { user, device } = who;
+    let devices = scenario.devices.max(1);
+    // Operations are recorded per device: the session they ran in.
+    let session_no = user * devices + device;
+    let principal = format!("principal{user}");
     let mut out = UserResult {
         ops: Vec::with_capacity(scenario.ops_per_user),
         latencies: Vec::new(),
@@ -533,9 +676,15 @@ async fn run_user(
         past_applied: 0,
         failed: 0,
         max_token_len: 0,
+        session_only: 0,
+        unadvanced: Vec::new(),
     };
     // Derived ids keep runs reproducible; real applications use random or per-user ids.
-    let id = SessionId::derive(format!("sim:{}:{user}", scenario.seed).as_bytes());
+    let id = if devices == 1 {
+        SessionId::derive(format!("sim:{}:{user}", scenario.seed).as_bytes())
+    } else {
+        SessionId::derive(format!("sim:{}:{user}:{device}", scenario.seed).as_bytes())
+    };
     let mut token = Session::with_id(id)
         .token()
         .encode()
@@ -571,14 +720,18 @@ async fn run_user(
             }
         };
         let instance = rng.below(instances);
-        let value = ((user as u64 + 1) << 32) | (n as u64 + 1);
+        let value = ((session_no as u64 + 1) << 32) | (n as u64 + 1);
         let invoked = store.elapsed();
         let mut ghost_op = None;
+        let (mut unadvanced, mut ghost_unadvanced) = (false, false);
         let kind = match &mode {
             Mode::Ryw(_) | Mode::RywAdaptive(_) => {
                 let session = continue_session(&token, scenario.scope_cap);
                 if let Some(r) = records.get(instance) {
                     r.load(&session).await;
+                }
+                if let Some(p) = principals.get(instance) {
+                    p.enter(principal.as_bytes(), &session).await;
                 }
                 let request = if is_write {
                     SimRequest::put(key.clone(), value)
@@ -593,11 +746,18 @@ async fn run_user(
                     if let Some(r) = records.get(ghost_instance) {
                         r.load(&ghost).await;
                     }
+                    if let Some(p) = principals.get(ghost_instance) {
+                        p.enter(principal.as_bytes(), &ghost).await;
+                    }
                     let ghost_value = value | (1 << 31);
                     let other = services[(instance + 1) % instances]
                         .clone()
                         .oneshot(ghost.request(SimRequest::put(key.clone(), ghost_value)));
                     let (result, ghost_result) = tokio::join!(main, other);
+                    if let Some(p) = principals.get(ghost_instance) {
+                        ghost_unadvanced =
+                            p.leave(principal.as_bytes(), &ghost).await == Advanced::Failed;
+                    }
                     if let Some(r) = records.get(ghost_instance) {
                         r.flush(&ghost).await;
                     }
@@ -606,7 +766,7 @@ async fn run_user(
                         session.merge(&ghost.snapshot());
                     }
                     ghost_op = Some(Op {
-                        session: user,
+                        session: session_no,
                         key: key.clone(),
                         kind: OpKind::Write {
                             value: ghost_value,
@@ -620,6 +780,9 @@ async fn run_user(
                 } else {
                     main.await
                 };
+                if let Some(p) = principals.get(instance) {
+                    unadvanced = p.leave(principal.as_bytes(), &session).await == Advanced::Failed;
+                }
                 if let Some(r) = records.get(instance) {
                     r.flush(&session).await;
                 }
@@ -631,6 +794,10 @@ async fn run_user(
                     (false, Ok(response)) => {
                         let status = match response.visibility() {
                             Visibility::Guaranteed(_) => ReadStatus::Guaranteed,
+                            Visibility::SessionOnly(_) => {
+                                out.session_only += 1;
+                                ReadStatus::SessionOnly
+                            }
                             _ => ReadStatus::Pending,
                         };
                         read_kind(&mut out, response.get_ref(), status)
@@ -682,8 +849,11 @@ async fn run_user(
             }
             _ => {}
         }
+        if unadvanced {
+            out.unadvanced.push(out.ops.len());
+        }
         out.ops.push(Op {
-            session: user,
+            session: session_no,
             key,
             kind,
             invoked_micros: invoked.as_micros() as u64,
@@ -693,6 +863,9 @@ async fn run_user(
         if let Some(op) = ghost_op {
             if let OpKind::Write { ok: false, .. } = op.kind {
                 out.failed += 1;
+            }
+            if ghost_unadvanced {
+                out.unadvanced.push(out.ops.len());
             }
             out.ops.push(op);
         }

@@ -273,6 +273,12 @@ pub struct ReadFence {
     /// Boxed: few stores carry one, and a small fence keeps every request's future small.
     context: Option<std::sync::Arc<crate::session::StoreContext>>,
     by_version: bool,
+    /// The session is bound to a principal whose record could not be had ([`crate::principal`]):
+    /// what the fence guarantees holds for the session only.
+    session_only: bool,
+    /// Some requirement may come from the session's principal's record rather than the session
+    /// itself: what a response shows is then recorded even when it only meets the fence.
+    shared: bool,
 }
 
 impl ReadFence {
@@ -283,6 +289,8 @@ impl ReadFence {
             requirements: SmallVec::new(),
             context: None,
             by_version: true,
+            session_only: false,
+            shared: false,
         }
     }
 
@@ -292,6 +300,8 @@ impl ReadFence {
             requirements: reqs.into_iter().collect(),
             context: None,
             by_version: true,
+            session_only: false,
+            shared: false,
         }
     }
 
@@ -307,6 +317,29 @@ impl ReadFence {
     #[inline]
     pub(crate) fn set_verifiable(&mut self, by_version: bool) {
         self.by_version = by_version;
+    }
+
+    /// Whether this fence lacks the requirements of the session's principal, whose record could
+    /// not be had: a read meeting it is [`Visibility::SessionOnly`], not `Guaranteed`.
+    #[inline]
+    pub fn session_only(&self) -> bool {
+        self.session_only
+    }
+
+    #[inline]
+    pub(crate) fn set_session_only(&mut self, session_only: bool) {
+        self.session_only = session_only;
+    }
+
+    /// Whether some requirement may be the session's principal's rather than the session's.
+    #[inline]
+    pub(crate) fn shared(&self) -> bool {
+        self.shared
+    }
+
+    #[inline]
+    pub(crate) fn set_shared(&mut self, shared: bool) {
+        self.shared = shared;
     }
 
     /// Whether a cheap read's versions can meet this fence (false after
@@ -577,6 +610,11 @@ pub enum Visibility {
     /// the store was down when it was made) and not yet applied: the response cannot show it. A
     /// later read, after the outbox replays the write, converges.
     Queued(crate::session::WriteId),
+    /// The response reflects everything this session requires (as [`Visibility::Guaranteed`],
+    /// and how), but not necessarily what the other sessions of its principal wrote or read:
+    /// the session is bound to a principal whose shared record could not be read or was damaged
+    /// ([`crate::principal`]). Never given when the principal's record was applied.
+    SessionOnly(FencePath),
 }
 
 impl Visibility {
@@ -604,11 +642,24 @@ impl Visibility {
         matches!(self, Visibility::Queued(_))
     }
 
-    /// The path of a guaranteed response.
+    /// True for [`Visibility::SessionOnly`].
+    #[inline]
+    pub fn is_session_only(&self) -> bool {
+        matches!(self, Visibility::SessionOnly(_))
+    }
+
+    /// True when the response reflects everything its session requires: [`Visibility::Guaranteed`]
+    /// or [`Visibility::SessionOnly`].
+    #[inline]
+    pub fn meets_session(&self) -> bool {
+        matches!(self, Visibility::Guaranteed(_) | Visibility::SessionOnly(_))
+    }
+
+    /// The path of a guaranteed response (also of a [`Visibility::SessionOnly`] one).
     #[inline]
     pub fn path(&self) -> Option<FencePath> {
         match self {
-            Visibility::Guaranteed(p) => Some(*p),
+            Visibility::Guaranteed(p) | Visibility::SessionOnly(p) => Some(*p),
             Visibility::Pending(_) | Visibility::Unscoped | Visibility::Queued(_) => None,
         }
     }

@@ -361,7 +361,9 @@ impl<A: StoreAdapter> InFlight<A> {
             Outcome::Read(visibility) => {
                 span.record("ryw.fence.strategy", self.strategy.as_str());
                 span.record("ryw.outcome", visibility.as_str());
-                if let ReadVisibility::Guaranteed(path) = visibility {
+                if let ReadVisibility::Guaranteed(path) | ReadVisibility::SessionOnly(path) =
+                    visibility
+                {
                     span.record("ryw.fence.path", path.as_str());
                 }
             }
@@ -555,7 +557,12 @@ impl<A: StoreAdapter> InFlight<A> {
                         FenceStrategy::Strong => FencePath::Escalated,
                     }
                 };
-                return Next::Return(self.read_response(response, Visibility::Guaranteed(path)));
+                let visibility = if self.fence.session_only() {
+                    Visibility::SessionOnly(path)
+                } else {
+                    Visibility::Guaranteed(path)
+                };
+                return Next::Return(self.read_response(response, visibility));
             }
             Err(staleness) => staleness,
         };
@@ -679,6 +686,8 @@ impl<A: StoreAdapter> InFlight<A> {
     #[inline]
     fn already_known(&self, observed: &Observed) -> bool {
         self.op == Operation::Read
+            // A requirement met may be the principal's: the session takes it as its own.
+            && !self.fence.shared()
             && observed
                 .seen_clock()
                 .is_none_or(|c| c <= self.clock_at_start)
@@ -868,6 +877,8 @@ fn fence_of<A: StoreAdapter>(
 ) -> ReadFence {
     let mut fence = ReadFence::new();
     fence.set_verifiable(by_version);
+    fence.set_session_only(state.principal_unavailable());
+    fence.set_shared(state.has_principal());
     for scope in scopes.iter() {
         fence.push(state.requirement(scope));
     }

@@ -83,6 +83,7 @@ pub mod fence;
 pub mod future;
 mod layer;
 mod mix;
+pub mod principal;
 pub mod record;
 pub mod request;
 pub mod retry;

@@ -254,6 +254,9 @@ pub struct SessionState {
     /// The exact entries this process holds beyond the vector: the shared record as loaded, and
     /// what this state coarsened since.
     overflow: Option<Arc<Overflow>>,
+    /// The record of the principal this session is bound to, while a request of it runs
+    /// ([`crate::principal`]); never carried in a token, a copy or a merge.
+    principal: Option<Box<crate::principal::Attached>>,
 }
 
 /// Entries a session holds exactly beyond its version vector: its shared record as loaded at
@@ -330,6 +333,7 @@ impl Clone for SessionState {
             contexts: self.contexts.clone(),
             record: self.record,
             overflow: self.overflow.clone(),
+            principal: None,
         }
     }
 }
@@ -359,6 +363,7 @@ impl SessionState {
             contexts: Vec::new(),
             record: Some(0),
             overflow: None,
+            principal: None,
         }
     }
 
@@ -382,6 +387,7 @@ impl SessionState {
             contexts: Vec::new(),
             record,
             overflow: None,
+            principal: None,
         }
     }
 
@@ -398,6 +404,32 @@ impl SessionState {
     /// what a state with no record knows: `None` stays `None` unless the state has no horizon.
     pub fn set_record(&mut self, version: Option<u64>) {
         self.record = version;
+    }
+
+    /// Whether this state is bound to a principal whose record could not be had: its reads are
+    /// [`crate::Visibility::SessionOnly`] ([`crate::principal`]).
+    #[inline]
+    pub fn principal_unavailable(&self) -> bool {
+        self.principal.as_ref().is_some_and(|p| p.unavailable())
+    }
+
+    /// Whether this state is bound to a principal's record for the request under way.
+    #[inline]
+    pub(crate) fn has_principal(&self) -> bool {
+        self.principal.is_some()
+    }
+
+    pub(crate) fn principal_mut(&mut self) -> &mut Option<Box<crate::principal::Attached>> {
+        &mut self.principal
+    }
+
+    /// The exact entries this state holds: the vector's and those kept beyond it.
+    pub(crate) fn exact_entries(&self) -> impl Iterator<Item = (ScopeKey, Version)> + '_ {
+        self.vector.entries().map(|e| (e.scope, e.version)).chain(
+            self.overflow
+                .iter()
+                .flat_map(|o| o.entries.iter().map(|(s, v)| (*s, *v))),
+        )
     }
 
     /// The number of exact entries this process holds beyond the version vector.
@@ -445,10 +477,14 @@ impl SessionState {
     /// store is held ([`crate::record`]); otherwise the store's horizon as well.
     #[inline]
     pub fn requirement(&self, scope: ScopeKey) -> crate::version::Requirement {
-        if !self.vector.has_horizons() {
+        if !self.vector.has_horizons() && self.principal.is_none() {
             return self.vector.requirement(scope);
         }
-        self.requirement_beyond(scope)
+        let mut r = self.requirement_beyond(scope);
+        if let Some(principal) = &self.principal {
+            r.version = r.version.max(principal.get(scope));
+        }
+        r
     }
 
     /// `requirement` for a scope its store's horizon covers: exact when the state holds it.
@@ -667,6 +703,9 @@ impl SessionState {
     /// exactly even below its store's horizon (the scope comes back into the vector).
     #[inline]
     pub fn advance(&mut self, scope: ScopeKey, version: Version) -> bool {
+        if let Some(principal) = &mut self.principal {
+            principal.raise(scope, version);
+        }
         // A scope the vector holds is raised there, record or not, and nothing is coarsened.
         if let Some(changed) = self.vector.advance_present(scope, version) {
             return changed;

@@ -170,6 +170,9 @@ pub enum ReadVisibility {
     Unscoped,
     /// [`Visibility::Queued`]: a write of the session to the scope waits in an outbox.
     Queued,
+    /// [`Visibility::SessionOnly`]: guaranteed for the session, not fenced against its
+    /// principal's record, and how.
+    SessionOnly(FencePath),
 }
 
 impl ReadVisibility {
@@ -179,17 +182,20 @@ impl ReadVisibility {
             Visibility::Guaranteed(path) => ReadVisibility::Guaranteed(*path),
             Visibility::Pending(stale) => ReadVisibility::Pending(stale.staleness),
             Visibility::Queued(_) => ReadVisibility::Queued,
+            Visibility::SessionOnly(path) => ReadVisibility::SessionOnly(*path),
             _ => ReadVisibility::Unscoped,
         }
     }
 
-    /// `guaranteed`, `pending` or `unscoped`, for metric attributes and span fields.
+    /// `guaranteed`, `pending`, `unscoped`, `queued` or `session_only`, for metric attributes and
+    /// span fields.
     pub fn as_str(self) -> &'static str {
         match self {
             ReadVisibility::Guaranteed(_) => "guaranteed",
             ReadVisibility::Pending(_) => "pending",
             ReadVisibility::Unscoped => "unscoped",
             ReadVisibility::Queued => "queued",
+            ReadVisibility::SessionOnly(_) => "session_only",
         }
     }
 

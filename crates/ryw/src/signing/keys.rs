@@ -16,6 +16,9 @@ pub const MAX_PREVIOUS_KEYS: usize = 4;
 /// Domain separation for principal fingerprints, so a fingerprint is never a valid token tag.
 const BINDING_DOMAIN: &[u8] = b"ryw/principal/v1\0";
 
+/// Domain separation for the keys of principals' records.
+const RECORD_DOMAIN: &[u8] = b"ryw/principal-record/v1\0";
+
 /// Why a key or a key ring was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -103,6 +106,16 @@ impl SigningKey {
     /// Constant-time comparison.
     pub(super) fn check(&self, body: &[u8], key_id: u8, tag: &[u8; 32]) -> bool {
         self.mac_of(body, key_id).verify_slice(tag).is_ok()
+    }
+
+    /// The 128-bit keyed fingerprint of `principal` its shared record is kept under
+    /// ([`crate::principal`]), in a domain of its own.
+    pub(crate) fn record_fingerprint(&self, principal: &[u8]) -> u128 {
+        let mut mac = self.mac.clone();
+        mac.update(RECORD_DOMAIN);
+        mac.update(principal);
+        let full = mac.finalize().into_bytes();
+        u128::from_le_bytes(full[..16].try_into().expect("16 bytes"))
     }
 
     pub(super) fn binding(&self, principal: &[u8]) -> [u8; BINDING_LEN] {
