@@ -8,6 +8,7 @@
 //! (`OutOfOrderReplicaForTests`, in `replica.rs`; the cases in `out_of_order.rs`).
 
 mod out_of_order;
+mod principal;
 mod records;
 mod replica;
 mod suite;
@@ -89,4 +90,21 @@ records_against_moto!(
     concurrent_appends_of_two_instances_lose_nothing,
     a_damaged_record_is_never_trusted_nor_overwritten,
     a_session_of_200_items_reads_them_exactly_on_another_instance,
+);
+
+/// Principals' records in a moto table (`principal.rs`).
+macro_rules! principals_against_moto {
+    ($($case:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $case() {
+            let Some(endpoint) = endpoint() else { return };
+            principal::$case(client(&endpoint)).await;
+        }
+    )*};
+}
+
+principals_against_moto!(
+    a_second_device_reads_the_first_devices_write,
+    with_the_record_store_unreachable_reads_are_session_only,
+    what_the_principal_record_costs,
 );

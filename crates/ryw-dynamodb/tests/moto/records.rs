@@ -28,7 +28,7 @@ use tower::{Layer, ServiceExt};
 static RECORD_TABLES: AtomicUsize = AtomicUsize::new(0);
 
 /// A record store over a fresh table that the store creates itself.
-async fn fresh_store(client: &Client) -> DynamoRecordStore {
+pub(crate) async fn fresh_store(client: &Client) -> DynamoRecordStore {
     let name = format!(
         "records{}_{}",
         std::process::id(),
@@ -307,7 +307,7 @@ pub(crate) async fn a_damaged_record_is_never_trusted_nor_overwritten(client: Cl
     assert_eq!(records.stats().failures, 0);
 }
 
-fn put(table: &str, pk: &str, body: &str) -> DynamoRequest {
+pub(crate) fn put(table: &str, pk: &str, body: &str) -> DynamoRequest {
     PutItemInput::builder()
         .table_name(table)
         .item("pk", s(pk))
@@ -315,7 +315,7 @@ fn put(table: &str, pk: &str, body: &str) -> DynamoRequest {
         .into()
 }
 
-fn get(table: &str, pk: &str) -> DynamoRequest {
+pub(crate) fn get(table: &str, pk: &str) -> DynamoRequest {
     GetItemInput::builder()
         .table_name(table)
         .key("pk", s(pk))
@@ -324,7 +324,7 @@ fn get(table: &str, pk: &str) -> DynamoRequest {
 
 /// A client of a DynamoDB endpoint where nothing listens (a port just released), without
 /// retries, so that each call fails at once.
-fn unreachable_client() -> Client {
+pub(crate) fn unreachable_client() -> Client {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

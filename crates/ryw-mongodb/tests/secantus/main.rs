@@ -22,6 +22,7 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
 
 mod operation_time;
+mod principal;
 mod records;
 mod wire_proxy;
 
