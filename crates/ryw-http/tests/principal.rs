@@ -140,6 +140,7 @@ fn version(response: &Response<String>) -> u64 {
 
 struct Deployment {
     store: SimStore,
+    authority: Arc<TokenAuthority>,
     records: Arc<InMemoryRecordStore>,
     a: App,
     b: App,
@@ -161,7 +162,8 @@ fn deployment(with_records: bool) -> Deployment {
     };
     Deployment {
         a: instance(&store, authority.clone(), principals()),
-        b: instance(&store, authority, principals()),
+        b: instance(&store, authority.clone(), principals()),
+        authority,
         store,
         records,
     }
@@ -318,6 +320,34 @@ async fn a_record_store_outage_is_visible_loses_nothing_and_recovers() {
     );
     assert!(header(&read, VISIBILITY_HEADER).starts_with("guaranteed"));
     let _ = &d.store;
+}
+
+/// Revoking every session of alice that started before now ends their tokens' use, and so the
+/// record's use through them; a session alice starts afterwards is fenced by the record again.
+#[tokio::test(start_paused = true)]
+async fn revoking_a_principal_ends_its_earlier_sessions_use_of_the_record() {
+    let mut d = deployment(true);
+    let mut phone = Device::of("alice");
+    phone.send(&mut d.a, Method::PUT, "post").await;
+    // Token times are whole seconds: the revocation is a second after the session started.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(d.authority.revoke_principal_before(b"alice", now));
+    let refused = phone.send(&mut d.b, Method::GET, "post").await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        header(&refused, PRINCIPAL_HEADER).is_empty(),
+        "no record for a revoked token"
+    );
+    // Alice signs in again on the phone: a new session, fenced by the record.
+    phone.token = None;
+    let read = phone.send(&mut d.b, Method::GET, "post").await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert!(version(&read) > 0);
+    assert!(header(&read, PRINCIPAL_HEADER).starts_with("record=1"));
 }
 
 #[test]

@@ -333,6 +333,17 @@ impl RevocationList for SharedRevocationList {
         }
         self.local.check(session, started_at)
     }
+
+    fn check_principal(
+        &self,
+        binding: crate::signing::PrincipalBinding,
+        started_at: u64,
+    ) -> Option<Revocation> {
+        if self.policy == OutagePolicy::FailClosed && self.is_stale() {
+            return Some(Revocation::Unverifiable);
+        }
+        self.local.check_principal(binding, started_at)
+    }
 }
 
 /// A [`RevocationBackend`] in this process's memory: for tests and single-instance deployments

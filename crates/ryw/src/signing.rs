@@ -62,7 +62,7 @@ mod tests;
 
 pub use authority::{TokenAuthority, TokenAuthorityBuilder, VerifyError, DEFAULT_VERIFIED_CACHE};
 pub use keys::{KeyError, KeyRing, SigningKey, MAX_PREVIOUS_KEYS, MIN_KEY_LEN};
-pub use revoke::{InMemoryRevocationList, Revocation, RevocationList};
+pub use revoke::{InMemoryRevocationList, PrincipalBinding, Revocation, RevocationList};
 
 /// Seconds since the Unix epoch, by the system clock.
 pub fn now_secs() -> u64 {

@@ -239,6 +239,30 @@ impl TokenAuthority {
         self.in_memory.as_deref()
     }
 
+    /// `principal` as the tokens signed by each key of the ring name it: what
+    /// [`InMemoryRevocationList::revoke_principal_before`] (or a shared list) takes.
+    pub fn principal_bindings(&self, principal: &[u8]) -> Vec<PrincipalBinding> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        keys.all()
+            .map(|key| PrincipalBinding {
+                key_id: key.id,
+                fingerprint: key.binding(principal),
+            })
+            .collect()
+    }
+
+    /// Revokes every session of `principal` that started before `epoch` (seconds since the Unix
+    /// epoch), in the authority's own revocation list; returns false when the authority checks a
+    /// list given to [`TokenAuthorityBuilder::revocations`] (revoke there, with
+    /// [`TokenAuthority::principal_bindings`]).
+    pub fn revoke_principal_before(&self, principal: &[u8], epoch: u64) -> bool {
+        let Some(list) = self.in_memory.as_deref() else {
+            return false;
+        };
+        list.revoke_principal_before(&self.principal_bindings(principal), epoch);
+        true
+    }
+
     /// Makes `key` the signing key; the current one keeps verifying (see [`KeyRing::rotate`]).
     pub fn rotate(&self, key: SigningKey) -> Result<(), KeyError> {
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
@@ -422,6 +446,15 @@ impl TokenAuthority {
         };
         if let Some(why) = self.revocations.check(token.state().id(), started) {
             return Err(VerifyError::Revoked(why));
+        }
+        if let (Some(fingerprint), Some(signature)) = (token.binding(), token.signature()) {
+            let binding = PrincipalBinding {
+                key_id: signature.key_id,
+                fingerprint: *fingerprint,
+            };
+            if let Some(why) = self.revocations.check_principal(binding, started) {
+                return Err(VerifyError::Revoked(why));
+            }
         }
         Ok(())
     }

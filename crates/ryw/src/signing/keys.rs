@@ -189,6 +189,11 @@ impl KeyRing {
             .collect()
     }
 
+    /// The current key and the previous ones.
+    pub(super) fn all(&self) -> impl Iterator<Item = &SigningKey> {
+        std::iter::once(&self.current).chain(self.previous.iter())
+    }
+
     pub(super) fn find(&self, key_id: u8) -> Option<&SigningKey> {
         if self.current.id == key_id {
             return Some(&self.current);

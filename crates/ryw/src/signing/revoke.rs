@@ -18,6 +18,12 @@ pub enum Revocation {
         /// The epoch.
         epoch: u64,
     },
+    /// Every session of the token's principal that started before the epoch (seconds since the
+    /// Unix epoch) was revoked ([`InMemoryRevocationList::revoke_principal_before`]).
+    Principal {
+        /// The epoch.
+        epoch: u64,
+    },
     /// The shared revocation list could not be refreshed for longer than its bound and is
     /// configured to fail closed ([`crate::revocation::OutagePolicy::FailClosed`]): whether the
     /// token was revoked is unknown.
@@ -52,6 +58,25 @@ pub trait RevocationList: fmt::Debug + Send + Sync + 'static {
     /// Whether a token of `session` issued at `issued_at` (seconds since the Unix epoch) is
     /// revoked, and why.
     fn check(&self, session: SessionId, issued_at: u64) -> Option<Revocation>;
+
+    /// Whether a token bound to a principal (`binding`: its fingerprint under the key that signed
+    /// the token) of a session that started at `started_at` is revoked, and why. The default
+    /// revokes nothing by principal.
+    fn check_principal(&self, binding: PrincipalBinding, started_at: u64) -> Option<Revocation> {
+        let _ = (binding, started_at);
+        None
+    }
+}
+
+/// A principal as a signed token names it: the id of the key that signed the token and the
+/// principal's 8-byte keyed fingerprint under that key
+/// ([`TokenAuthority::principal_bindings`](super::TokenAuthority::principal_bindings)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PrincipalBinding {
+    /// The signing key's id.
+    pub key_id: u8,
+    /// The fingerprint.
+    pub fingerprint: [u8; 8],
 }
 
 /// The default [`RevocationList`]: a map of revoked session ids and an issued-before epoch, in
@@ -65,6 +90,9 @@ pub struct InMemoryRevocationList {
     sessions: RwLock<HashMap<SessionId, u64>>,
     len: AtomicUsize,
     issued_before: AtomicU64,
+    /// Principals whose sessions started before an epoch are revoked.
+    principals: RwLock<HashMap<PrincipalBinding, u64>>,
+    principals_len: AtomicUsize,
 }
 
 impl InMemoryRevocationList {
@@ -98,6 +126,23 @@ impl InMemoryRevocationList {
     /// moves forward.
     pub fn revoke_issued_before(&self, epoch: u64) {
         self.issued_before.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    /// Revokes every session of a principal that started before `epoch` (seconds since the Unix
+    /// epoch): "log this user out everywhere". `bindings` name the principal under every key
+    /// that may have signed its tokens
+    /// ([`TokenAuthority::principal_bindings`](super::TokenAuthority::principal_bindings), or
+    /// [`TokenAuthority::revoke_principal_before`](super::TokenAuthority::revoke_principal_before)
+    /// for the authority's own list). A principal's epoch only moves forward. Sessions the
+    /// principal starts afterwards are not affected, and nor is the principal's shared record
+    /// ([`crate::principal`]): tokens of revoked sessions never reach it again.
+    pub fn revoke_principal_before(&self, bindings: &[PrincipalBinding], epoch: u64) {
+        let mut map = self.principals.write().unwrap_or_else(|e| e.into_inner());
+        for b in bindings {
+            let slot = map.entry(*b).or_insert(0);
+            *slot = (*slot).max(epoch);
+        }
+        self.principals_len.store(map.len(), Ordering::Release);
     }
 
     /// Drops the session revocations recorded before `cutoff` (seconds since the Unix epoch);
@@ -141,5 +186,14 @@ impl RevocationList for InMemoryRevocationList {
         }
         let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
         map.contains_key(&session).then_some(Revocation::Session)
+    }
+
+    fn check_principal(&self, binding: PrincipalBinding, started_at: u64) -> Option<Revocation> {
+        if self.principals_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let map = self.principals.read().unwrap_or_else(|e| e.into_inner());
+        let epoch = *map.get(&binding)?;
+        (started_at < epoch).then_some(Revocation::Principal { epoch })
     }
 }

@@ -283,6 +283,38 @@ fn revocation_by_session_and_epoch() {
 }
 
 #[test]
+fn revocation_by_principal_ends_every_session_of_it_that_started_before() {
+    let a = authority();
+    let (alice_phone, alice_laptop, bob) = (state(1), state(2), state(3));
+    let phone = a.issue_at(&alice_phone, Some(b"alice"), NOW).unwrap();
+    let laptop = a.issue_at(&alice_laptop, Some(b"alice"), NOW).unwrap();
+    let bobs = a.issue_at(&bob, Some(b"bob"), NOW).unwrap();
+    // A rotation before the revocation: the ring's previous key is covered too.
+    a.rotate(SigningKey::new(9, [9u8; 32]).unwrap()).unwrap();
+    let rotated = a.issue_at(&alice_phone, Some(b"alice"), NOW).unwrap();
+    assert!(a.revoke_principal_before(b"alice", NOW + 1));
+    for t in [&phone, &laptop, &rotated] {
+        assert_eq!(
+            a.verify_at(t, Some(b"alice"), NOW + 5),
+            Err(VerifyError::Revoked(Revocation::Principal {
+                epoch: NOW + 1
+            }))
+        );
+    }
+    assert!(a.verify_at(&bobs, Some(b"bob"), NOW + 5).is_ok());
+    // A session alice starts afterwards is not revoked.
+    let mut fresh = state(4);
+    fresh.set_started_at(NOW + 2);
+    let fresh = a.issue_at(&fresh, Some(b"alice"), NOW + 2).unwrap();
+    assert!(a.verify_at(&fresh, Some(b"alice"), NOW + 5).is_ok());
+    // The epoch only moves forward.
+    a.revocations()
+        .unwrap()
+        .revoke_principal_before(&a.principal_bindings(b"alice"), NOW);
+    assert!(a.verify_at(&phone, Some(b"alice"), NOW + 5).is_err());
+}
+
+#[test]
 fn keys_are_checked_and_never_printed() {
     assert_eq!(
         SigningKey::new(3, [0u8; 16]).unwrap_err(),
