@@ -1,6 +1,8 @@
 //! Two app instances on two loopback ports that share nothing but the signing key (and the
 //! store), and a client that alternates between them: a user posts through one instance, reads
-//! through the other, and sees the post, although that instance's replica has not caught up.
+//! through the other, and sees the post, although that instance's replica has not caught up. Her
+//! second device, with a token of its own, sees it too: the instances share her principal's
+//! record ([`ryw::principal`]).
 //!
 //! ```text
 //! cargo run --example web
@@ -25,6 +27,8 @@ mod app;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use ryw::principal::PrincipalRecords;
+use ryw::record::InMemoryRecordStore;
 use ryw::signing::{KeyRing, SigningKey, TokenAuthority};
 use ryw::ReadYourWritesLayer;
 use ryw_http::{BadTokenPolicy, ClientSessionLayer, DEFAULT_HEADER};
@@ -81,7 +85,20 @@ async fn main() -> Result<(), BoxError> {
             (sim_instance(0), sim_instance(1), None)
         }
     };
-    let instance = |posts| app::router(posts, authority(), BadTokenPolicy::Reject);
+    // Users' records, shared by the instances: in production a DynamoDB table or a MongoDB
+    // collection (`DynamoRecordStore`, `MongoRecordStore`), and a fingerprint key every instance
+    // loads from its configuration and keeps.
+    let records = Arc::new(InMemoryRecordStore::new());
+    let fingerprints = SigningKey::generate(0);
+    let instance = |posts| {
+        let principals = PrincipalRecords::new(records.clone(), fingerprints.clone());
+        app::router(
+            posts,
+            authority(),
+            BadTokenPolicy::Reject,
+            Some(Arc::new(principals)),
+        )
+    };
     let a = app::serve(instance(posts_a)).await?;
     let b = app::serve(instance(posts_b)).await?;
     println!("instance A on http://{a}, instance B on http://{b}\n");
@@ -91,6 +108,10 @@ async fn main() -> Result<(), BoxError> {
         .layer(session.clone())
         .service(Client::builder(TokioExecutor::new()).build_http::<String>());
     let mut stranger = Client::builder(TokioExecutor::new()).build_http::<String>();
+    // Her laptop: the same user, a session (and token) of its own.
+    let mut laptop = ServiceBuilder::new()
+        .layer(ClientSessionLayer::new())
+        .service(Client::builder(TokioExecutor::new()).build_http::<String>());
 
     let request = |method: &str, addr, path: &str, body: &str, user: Option<&str>| {
         let mut builder = http::Request::builder()
@@ -102,38 +123,49 @@ async fn main() -> Result<(), BoxError> {
         builder.body(body.to_owned()).expect("valid request")
     };
 
-    let steps: Vec<(&str, http::Request<String>, bool)> = vec![
+    #[derive(Clone, Copy)]
+    enum Who {
+        Alice,
+        AlicesLaptop,
+        Stranger,
+    }
+    let steps: Vec<(&str, http::Request<String>, Who)> = vec![
         (
             "1. alice posts through A",
             request("PUT", a, "/posts/7", "42", Some("alice")),
-            true,
+            Who::Alice,
         ),
         (
             "2. alice reads it through B",
             request("GET", b, "/posts/7", "", Some("alice")),
-            true,
+            Who::Alice,
         ),
         (
-            "3. someone without her token reads through B",
+            "3. alice's laptop, a second device with no token in common, reads through B",
+            request("GET", b, "/posts/7", "", Some("alice")),
+            Who::AlicesLaptop,
+        ),
+        (
+            "4. someone without her token reads through B",
             request("GET", b, "/posts/7", "", None),
-            false,
+            Who::Stranger,
         ),
         (
-            "4. alice updates through B",
+            "5. alice updates through B",
             request("PUT", b, "/posts/7", "43", Some("alice")),
-            true,
+            Who::Alice,
         ),
         (
-            "5. alice reads through A",
+            "6. alice reads through A",
             request("GET", a, "/posts/7", "", Some("alice")),
-            true,
+            Who::Alice,
         ),
     ];
-    for (what, request, as_alice) in steps {
-        let response = if as_alice {
-            alice.ready().await?.call(request).await?
-        } else {
-            stranger.ready().await?.call(request).await?
+    for (what, request, who) in steps {
+        let response = match who {
+            Who::Alice => alice.ready().await?.call(request).await?,
+            Who::AlicesLaptop => laptop.ready().await?.call(request).await?,
+            Who::Stranger => stranger.ready().await?.call(request).await?,
         };
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
@@ -152,7 +184,7 @@ async fn main() -> Result<(), BoxError> {
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     println!(
-        "6. mallory presents alice's token\n   {status} {}",
+        "7. mallory presents alice's token\n   {status} {}",
         String::from_utf8_lossy(&body)
     );
 
@@ -164,7 +196,7 @@ async fn main() -> Result<(), BoxError> {
         .await?;
     let body = response.into_body().collect().await?.to_bytes();
     println!(
-        "7. 400 ms later, everyone sees it\n   {}",
+        "8. 400 ms later, everyone sees it\n   {}",
         String::from_utf8_lossy(&body)
     );
     #[cfg(feature = "dynamodb")]

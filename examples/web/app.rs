@@ -16,9 +16,10 @@ use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
+use ryw::principal::PrincipalRecords;
 use ryw::signing::TokenAuthority;
 use ryw::{Session, SessionRequest, SessionResponse, Visibility, WriteId};
-use ryw_http::{BadTokenPolicy, Principal, ServerSessionLayer};
+use ryw_http::{BadTokenPolicy, Principal, PrincipalRecordsLayer, ServerSessionLayer};
 use ryw_sim::{SimError, SimRequest, SimResponse};
 use std::future::Future;
 use std::pin::Pin;
@@ -194,6 +195,7 @@ pub(crate) fn describe(visibility: &Visibility) -> String {
     match visibility {
         Visibility::Guaranteed(path) => format!("guaranteed ({path:?})"),
         Visibility::Pending(stale) => format!("pending ({stale})"),
+        Visibility::SessionOnly(path) => format!("guaranteed for this device only ({path:?})"),
         _ => "unknown".to_owned(),
     }
 }
@@ -255,15 +257,20 @@ async fn get_post(
     }
 }
 
-/// The router of one app instance.
+/// The router of one app instance. With `principals`, a user's devices share the user's record:
+/// each device reads what the others wrote.
 pub(crate) fn router(
     store: PostStore,
     authority: Arc<TokenAuthority>,
     policy: BadTokenPolicy,
+    principals: Option<Arc<PrincipalRecords>>,
 ) -> Router {
     Router::new()
         .route("/posts/{id}", get(get_post).put(put_post))
         .with_state(store)
+        .layer(tower::util::option_layer(
+            principals.map(PrincipalRecordsLayer::new),
+        ))
         .layer(
             ServiceBuilder::new()
                 // Stand-in authentication: runs first, so the session layer sees the principal.

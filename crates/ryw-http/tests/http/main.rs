@@ -60,7 +60,7 @@ async fn deploy(policy: BadTokenPolicy) -> Deployment {
         let service = ServiceBuilder::new()
             .layer(ReadYourWritesLayer::new(SimAdapter::new()).clock(store.clock()))
             .service(store.client(i));
-        app::router(app::sim_posts(service), authority, policy)
+        app::router(app::sim_posts(service), authority, policy, None)
     };
     let (authority_a, authority_b) = (authority(), authority());
     let a = app::serve(instance(0, authority_a.clone())).await.unwrap();
