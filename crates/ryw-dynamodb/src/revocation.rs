@@ -108,7 +108,7 @@ impl RevocationBackend for DynamoRevocations {
                 .item("expires_at", AttributeValue::N(expires_at.to_string()));
             // The epoch only moves forward, whoever writes it.
             let put = match entry {
-                RevocationEntry::StartedBefore { .. } => put
+                RevocationEntry::StartedBefore { .. } | RevocationEntry::Principal { .. } => put
                     .condition_expression("attribute_not_exists(#at) OR #at < :at")
                     .expression_attribute_names("#at", "at")
                     .expression_attribute_values(":at", AttributeValue::N(at.to_string())),

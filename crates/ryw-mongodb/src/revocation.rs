@@ -85,7 +85,7 @@ impl RevocationBackend for MongoRevocations {
             let at = i64::try_from(entry.at()).unwrap_or(i64::MAX);
             let (filter, update) = match entry {
                 // The epoch only moves forward, whoever writes it.
-                RevocationEntry::StartedBefore { .. } => (
+                RevocationEntry::StartedBefore { .. } | RevocationEntry::Principal { .. } => (
                     doc! { "_id": entry.key() },
                     doc! { "$max": { "at": at, "expires": date(expires_at) } },
                 ),

@@ -73,6 +73,14 @@ pub enum RevocationEntry {
         /// The epoch.
         epoch: u64,
     },
+    /// Every session of a principal (as tokens signed by one key name it) started before
+    /// `epoch`.
+    Principal {
+        /// The principal under one signing key.
+        binding: crate::signing::PrincipalBinding,
+        /// The epoch.
+        epoch: u64,
+    },
 }
 
 impl RevocationEntry {
@@ -81,6 +89,13 @@ impl RevocationEntry {
         match self {
             RevocationEntry::Session { session, .. } => format!("session#{session}"),
             RevocationEntry::StartedBefore { .. } => "epoch".to_owned(),
+            RevocationEntry::Principal { binding, .. } => {
+                let mut key = format!("principal#{:02x}", binding.key_id);
+                for b in binding.fingerprint {
+                    key.push_str(&format!("{b:02x}"));
+                }
+                key
+            }
         }
     }
 
@@ -88,7 +103,9 @@ impl RevocationEntry {
     pub fn at(&self) -> u64 {
         match *self {
             RevocationEntry::Session { at, .. } => at,
-            RevocationEntry::StartedBefore { epoch } => epoch,
+            RevocationEntry::StartedBefore { epoch } | RevocationEntry::Principal { epoch, .. } => {
+                epoch
+            }
         }
     }
 
@@ -97,6 +114,23 @@ impl RevocationEntry {
     pub fn from_key(key: &str, at: u64) -> Option<Self> {
         if key == "epoch" {
             return Some(RevocationEntry::StartedBefore { epoch: at });
+        }
+        if let Some(hex) = key.strip_prefix("principal#") {
+            if hex.len() != 18 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            let byte = |i: usize| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok();
+            let mut fingerprint = [0u8; 8];
+            for (i, b) in fingerprint.iter_mut().enumerate() {
+                *b = byte(i + 1)?;
+            }
+            return Some(RevocationEntry::Principal {
+                binding: crate::signing::PrincipalBinding {
+                    key_id: byte(0)?,
+                    fingerprint,
+                },
+                epoch: at,
+            });
         }
         let hex = key.strip_prefix("session#")?;
         if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -264,6 +298,23 @@ impl SharedRevocationList {
         Ok(())
     }
 
+    /// Revokes every session of a principal started before `epoch`, everywhere: `bindings`
+    /// name it under each signing key
+    /// ([`TokenAuthority::principal_bindings`](crate::signing::TokenAuthority::principal_bindings)).
+    pub async fn revoke_principal_before(
+        &self,
+        bindings: &[crate::signing::PrincipalBinding],
+        epoch: u64,
+    ) -> Result<(), BackendError> {
+        let expires = epoch.max(self.now_secs()).saturating_add(self.keep());
+        for &binding in bindings {
+            let entry = RevocationEntry::Principal { binding, epoch };
+            self.backend.record(entry, expires).await?;
+            self.apply(entry);
+        }
+        Ok(())
+    }
+
     fn apply(&self, entry: RevocationEntry) {
         // Kept for the next refresh first, so a refresh running now cannot wipe it.
         self.own
@@ -273,6 +324,9 @@ impl SharedRevocationList {
         match entry {
             RevocationEntry::Session { session, at } => self.local.revoke_session_at(session, at),
             RevocationEntry::StartedBefore { epoch } => self.local.revoke_issued_before(epoch),
+            RevocationEntry::Principal { binding, epoch } => {
+                self.local.revoke_principal_before(&[binding], epoch)
+            }
         }
     }
 
@@ -286,6 +340,7 @@ impl SharedRevocationList {
             tracing::warn!(target: "ryw::revocation", error = %e, "revocation refresh failed");
         })?;
         let mut sessions = HashMap::new();
+        let mut principals = HashMap::new();
         let mut epoch = 0;
         // What this instance revoked is kept even if the backend's read does not show it yet
         // (including what it revoked while the read was on its way).
@@ -296,9 +351,13 @@ impl SharedRevocationList {
                     sessions.insert(session, at);
                 }
                 RevocationEntry::StartedBefore { epoch: e } => epoch = epoch.max(e),
+                RevocationEntry::Principal { binding, epoch: e } => {
+                    let slot = principals.entry(binding).or_insert(0);
+                    *slot = e.max(*slot);
+                }
             }
         }
-        self.local.replace(sessions, epoch);
+        self.local.replace(sessions, epoch, principals);
         own.retain(|e| !pending.contains(e));
         drop(own);
         self.refreshed_at
@@ -437,6 +496,13 @@ mod tests {
                 at: 7,
             },
             RevocationEntry::StartedBefore { epoch: 9 },
+            RevocationEntry::Principal {
+                binding: crate::signing::PrincipalBinding {
+                    key_id: 200,
+                    fingerprint: [1, 2, 3, 4, 250, 6, 7, 8],
+                },
+                epoch: 11,
+            },
         ] {
             assert_eq!(RevocationEntry::from_key(&e.key(), e.at()), Some(e));
         }
@@ -447,6 +513,10 @@ mod tests {
             "session#00",
             "epochs",
             "session#+0000000000000000000000000000000",
+            "principal#",
+            "principal#01020304050607080",
+            "principal#0102030405060708090a",
+            "principal#zz0203040506070809",
         ] {
             assert_eq!(RevocationEntry::from_key(odd, 1), None, "{odd:?}");
         }
@@ -483,6 +553,38 @@ mod tests {
         clock.set_secs(1_000 + 3_600 + 10 + 30 + 5 + 1);
         b.refresh().await.unwrap();
         assert_eq!(b.check(s, 960), None, "expired from the backend");
+    }
+
+    #[tokio::test]
+    async fn a_principal_revoked_on_one_instance_is_revoked_on_the_others_at_their_refresh() {
+        let clock = ManualClock::default();
+        clock.set_secs(1_000);
+        let backend = Arc::new(Flaky::default());
+        let a = list(backend.clone(), &clock, OutagePolicy::FailOpen);
+        let b = list(backend.clone(), &clock, OutagePolicy::FailOpen);
+        let alice = crate::signing::PrincipalBinding {
+            key_id: 1,
+            fingerprint: [9; 8],
+        };
+        let bob = crate::signing::PrincipalBinding {
+            key_id: 1,
+            fingerprint: [8; 8],
+        };
+        a.revoke_principal_before(&[alice], 990).await.unwrap();
+        assert!(a.check_principal(alice, 980).is_some());
+        assert!(b.check_principal(alice, 980).is_none());
+        b.refresh().await.unwrap();
+        assert_eq!(
+            b.check_principal(alice, 980),
+            Some(Revocation::Principal { epoch: 990 })
+        );
+        assert!(
+            b.check_principal(alice, 990).is_none(),
+            "started at the epoch"
+        );
+        assert!(b.check_principal(bob, 980).is_none());
+        a.refresh().await.unwrap();
+        assert!(a.check_principal(alice, 980).is_some());
     }
 
     #[tokio::test]

@@ -155,13 +155,22 @@ impl InMemoryRevocationList {
         before - map.len()
     }
 
-    /// Replaces the whole list (a refresh from a shared store): exactly `sessions` revoked, and
-    /// the epoch raised to at least `epoch`.
-    pub(crate) fn replace(&self, sessions: HashMap<SessionId, u64>, epoch: u64) {
+    /// Replaces the whole list (a refresh from a shared store): exactly `sessions` and
+    /// `principals` revoked, and the epoch raised to at least `epoch`.
+    pub(crate) fn replace(
+        &self,
+        sessions: HashMap<SessionId, u64>,
+        epoch: u64,
+        principals: HashMap<PrincipalBinding, u64>,
+    ) {
         let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
         *map = sessions;
         self.len.store(map.len(), Ordering::Release);
         self.issued_before.fetch_max(epoch, Ordering::AcqRel);
+        drop(map);
+        let mut map = self.principals.write().unwrap_or_else(|e| e.into_inner());
+        *map = principals;
+        self.principals_len.store(map.len(), Ordering::Release);
     }
 
     /// How many sessions are revoked.
