@@ -125,16 +125,20 @@ async fn probe<S: ProbeStore>(
     pace.slots(1 + delays.len() as u32).await?;
     store.write(key, value).await?;
     let written = Instant::now();
-    let mut first = None;
-    let mut seen = Vec::with_capacity(delays.len());
-    for &d in delays {
+    // Each read is sent at its own delay, whatever the others take.
+    let reads = delays.iter().map(|&d| async move {
         pace.until(written + Duration::from_millis(d)).await?;
-        let visible = store.read_cheap(key).await?.is_some_and(|v| v >= value);
-        if visible && first.is_none() {
-            first = Some(d);
-        }
-        seen.push(visible);
-    }
+        Ok::<bool, ProbeError>(store.read_cheap(key).await?.is_some_and(|v| v >= value))
+    });
+    let seen = futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<bool>, ProbeError>>()?;
+    let first = delays
+        .iter()
+        .zip(&seen)
+        .find(|(_, visible)| **visible)
+        .map(|(d, _)| *d);
     let mut t = tally.lock().unwrap();
     for (i, v) in seen.into_iter().enumerate() {
         t.samples[i] += 1;
