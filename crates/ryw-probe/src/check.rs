@@ -135,6 +135,7 @@ async fn session<S: ProbeStore>(
         .encode()
         .expect("a new token encodes");
     let mut follow_up: Option<String> = None;
+    let mut written = std::collections::HashSet::new();
     for n in 0..w.ops {
         let (write, key) = match follow_up.take() {
             Some(key) => {
@@ -165,7 +166,10 @@ async fn session<S: ProbeStore>(
         let observed = if through_ryw {
             let session = Session::from_encoded(&token).expect("own token decodes");
             let observed = if write {
-                store.ryw_write(instance, &session, &key, value).await?;
+                let fresh = written.insert(key.clone());
+                store
+                    .ryw_write(instance, &session, &key, value, fresh)
+                    .await?;
                 None
             } else {
                 let r = store.ryw_read(instance, &session, &key).await?;

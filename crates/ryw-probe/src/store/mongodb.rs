@@ -154,12 +154,15 @@ impl ProbeStore for Mongo {
         session: &Session,
         key: &str,
         value: u64,
+        fresh: bool,
     ) -> Result<(), ProbeError> {
+        let request = if fresh {
+            MongoRequest::insert_one(doc! { "_id": key, "v": value as i64 })
+        } else {
+            MongoRequest::replace_one(doc! { "_id": key }, doc! { "_id": key, "v": value as i64 })
+        };
         self.instance(instance)
-            .oneshot(session.request(MongoRequest::replace_one(
-                doc! { "_id": key },
-                doc! { "_id": key, "v": value as i64 },
-            )))
+            .oneshot(session.request(request))
             .await
             .map_err(layered)?;
         Ok(())
@@ -176,12 +179,10 @@ impl ProbeStore for Mongo {
             .oneshot(session.request(MongoRequest::find_one(doc! { "_id": key })))
             .await
             .map_err(layered)?;
-        let value = r
-            .get_ref()
-            .documents()
-            .first()
-            .and_then(|d| d.get_i64("v").ok())
-            .map(|v| v as u64);
+        let value = match r.get_ref().output() {
+            ryw_mongodb::MongoOutput::Document(Some(d)) => d.get_i64("v").ok().map(|v| v as u64),
+            _ => None,
+        };
         Ok(RywRead {
             value,
             visibility: r.visibility().clone(),

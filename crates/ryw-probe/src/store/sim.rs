@@ -93,6 +93,7 @@ impl ProbeStore for Sim {
         session: &Session,
         key: &str,
         value: u64,
+        _fresh: bool,
     ) -> Result<(), ProbeError> {
         self.instance(instance)
             .oneshot(session.request(SimRequest::put(key, value)))
