@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 source tests/servers.sh
 start_moto
 start_secantus
+install_chromium
 # With the servers up, an adapter test that cannot reach its server fails instead of skipping.
 export RYW_REQUIRE_SERVERS=1
 # A one-off build gains nothing from incremental artifacts; they would double the disk it needs.

@@ -75,3 +75,20 @@ start_secantus() {
   export RYW_SECANTUS_BIN="$venv/bin/secantusd-py"
   echo "servers: SecantusDB (MongoDB) on $RYW_MONGODB_URI"
 }
+
+# Headless Chromium (Debian's package), to render ryw-probe's HTML report in a test.
+install_chromium() {
+  local bin
+  bin=$(command -v chromium || true)
+  if [[ -z "$bin" ]]; then
+    echo "tools: installing chromium (Debian)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    bin=$(command -v chromium || true)
+  fi
+  if [[ -z "$bin" ]]; then
+    echo "tools: chromium could not be installed" >&2
+    return 1
+  fi
+  export RYW_CHROMIUM="$bin"
+  echo "tools: chromium at $RYW_CHROMIUM"
+}

@@ -163,6 +163,10 @@ async fn session<S: ProbeStore>(
         let invoked = Instant::now();
         let mut status = ReadStatus::Unchecked;
         let mut strong = false;
+        if write {
+            // Noted before it is sent: a write that fails may still have applied.
+            keys.lock().unwrap().push(key.clone());
+        }
         let observed = if through_ryw {
             let session = Session::from_encoded(&token).expect("own token decodes");
             let observed = if write {
@@ -195,7 +199,6 @@ async fn session<S: ProbeStore>(
         let mut r = recorded.lock().unwrap();
         let kind = match observed {
             None => {
-                keys.lock().unwrap().push(key.clone());
                 r.log.push(LogEntry {
                     position: value,
                     key: key.as_str().into(),

@@ -61,6 +61,7 @@ pub(crate) async fn run<S: ProbeStore>(
     concurrency: usize,
     pace: &Pace,
     progress: &indicatif::ProgressBar,
+    written: &Mutex<Vec<String>>,
 ) -> (LagResult, Option<ProbeError>) {
     let tally = Mutex::new(Tally {
         visible: vec![0; delays.len()],
@@ -75,7 +76,7 @@ pub(crate) async fn run<S: ProbeStore>(
                 if failure.lock().unwrap().is_some() {
                     return;
                 }
-                match probe(store, key, i as u64 + 1, delays, pace, tally).await {
+                match probe(store, key, i as u64 + 1, delays, pace, tally, written).await {
                     Ok(()) => progress.inc(1),
                     Err(e) => {
                         let mut f = failure.lock().unwrap();
@@ -119,10 +120,13 @@ async fn probe<S: ProbeStore>(
     delays: &[u64],
     pace: &Pace,
     tally: &Mutex<Tally>,
+    written: &Mutex<Vec<String>>,
 ) -> Result<(), ProbeError> {
     // The write and its reads are paced as one: a read waiting for a slot would be read later
     // than its delay.
     pace.slots(1 + delays.len() as u32).await?;
+    // Noted before it is sent: a write that fails may still have applied.
+    written.lock().unwrap().push(key.to_owned());
     store.write(key, value).await?;
     let written = Instant::now();
     // Each read is sent at its own delay, whatever the others take.

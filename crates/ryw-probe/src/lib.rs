@@ -228,8 +228,17 @@ async fn execute<S: ProbeStore>(
             let keys: Vec<String> = (0..l.writes).map(|i| format!("{prefix}/lag/{i}")).collect();
             let bar = progress(keys.len() as u64, output.quiet);
             bar.set_message("probe writes");
-            let (result, failure) =
-                lag::run(store, &keys, &l.delays_ms(), l.concurrency, &pace, &bar).await;
+            let written = Mutex::new(Vec::new());
+            let (result, failure) = lag::run(
+                store,
+                &keys,
+                &l.delays_ms(),
+                l.concurrency,
+                &pace,
+                &bar,
+                &written,
+            )
+            .await;
             bar.finish_and_clear();
             let recommendation = match job {
                 Job::Recommend(_, budget) => {
@@ -237,7 +246,13 @@ async fn execute<S: ProbeStore>(
                 }
                 _ => None,
             };
-            (failure, Some(result), None, recommendation, keys)
+            (
+                failure,
+                Some(result),
+                None,
+                recommendation,
+                written.into_inner().unwrap(),
+            )
         }
         Job::Check(ref c) => {
             let bar = progress((2 * c.sessions * c.ops) as u64, output.quiet);

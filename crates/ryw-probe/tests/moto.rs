@@ -455,3 +455,66 @@ async fn aws_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
         .build();
     aws_sdk_dynamodb::Client::from_conf(config)
 }
+
+/// Ctrl-C: the probe stops, removes its items, keeps what it gathered (marked partial) and exits
+/// 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_keeps_what_was_gathered_and_cleans_up() {
+    let Some(moto) = endpoint() else { return };
+    let t = table();
+    let out = temp("interrupted.json");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ryw-probe"))
+        .args([
+            "lag",
+            "--store",
+            "dynamodb",
+            "--table",
+            &t,
+            "--create",
+            "--writes",
+            "400",
+            "--concurrency",
+            "4",
+            "--delays",
+            "0,200,1000",
+            "--json",
+            out.to_str().unwrap(),
+            "--endpoint-url",
+            &moto,
+            "--quiet",
+        ])
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.status.code(), Some(130), "{}", stderr(&status));
+    assert!(
+        stderr(&status).contains("interrupted"),
+        "{}",
+        stderr(&status)
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(doc["partial"], true);
+    let samples = doc["t_visibility"][0]["samples"].as_u64().unwrap();
+    assert!(samples > 0 && samples < 400, "{samples}");
+    let client = aws_client(&moto).await;
+    let left = client
+        .scan()
+        .table_name(&t)
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(left.count(), 0, "the probe's items were removed");
+}

@@ -240,3 +240,90 @@ fn the_time_bound_stops_the_run_and_keeps_what_it_gathered() {
     assert!(samples > 0 && samples < 200, "{samples}");
     let _ = std::fs::remove_file(out);
 }
+
+/// The report as a browser shows it: headless Chromium (`RYW_CHROMIUM`, installed by
+/// `tests/run-all.sh`) loads the page; its DOM has the plots with every point, and its
+/// screenshot is a real picture.
+#[test]
+fn the_report_renders_in_chromium_with_its_plots() {
+    let chromium = match std::env::var("RYW_CHROMIUM") {
+        Ok(c) if !c.is_empty() => c,
+        _ => {
+            assert!(
+                std::env::var_os("RYW_REQUIRE_SERVERS").is_none(),
+                "RYW_REQUIRE_SERVERS is set but RYW_CHROMIUM is not"
+            );
+            eprintln!("skipped: RYW_CHROMIUM is not set (bash tests/run-all.sh installs chromium)");
+            return;
+        }
+    };
+    let report = temp("render.html");
+    let run = probe(&[
+        "check",
+        "--store",
+        "sim",
+        "--sim-lag",
+        "30",
+        "--report",
+        report.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(run.status.success());
+    let lag_report = temp("render-lag.html");
+    let run = probe(&[
+        "lag",
+        "--store",
+        "sim",
+        "--writes",
+        "5",
+        "--report",
+        lag_report.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(run.status.success());
+    let profile = temp("chromium-profile");
+    let headless = |extra: &[String], page: &PathBuf| {
+        Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                &format!("--user-data-dir={}", profile.display()),
+            ])
+            .args(extra)
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .expect("chromium runs")
+    };
+    let dom = headless(&["--dump-dom".into()], &lag_report);
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(dom.contains("<svg id=\"t-visibility\""), "{dom}");
+    assert!(dom.contains("<polyline class=\"curve\""));
+    assert_eq!(dom.matches("class=\"point\"").count(), 16);
+    let dom = headless(&["--dump-dom".into()], &report);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(dom.contains("<svg id=\"violations\"") && dom.contains("<svg id=\"latency\""));
+    let shot = temp("render.png");
+    let run = headless(
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=800,1400".into(),
+        ],
+        &report,
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG"));
+    assert!(png.len() > 10_000, "{} bytes: an empty page?", png.len());
+    let _ = std::fs::remove_dir_all(profile);
+}
