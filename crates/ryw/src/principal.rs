@@ -19,6 +19,17 @@
 //!   reported ([`Advanced::Failed`]) and counted, and the session's next request appends it
 //!   again (every request appends whatever its session holds beyond the record).
 //!
+//! - **A session that touched more scopes than its token keeps**, without a session record
+//!   ([`crate::record`]) that holds them exactly, knows what it requires of the coarsened ones only
+//!   by its store's horizon: it appends that horizon, and the principal's other sessions then
+//!   require every read of that store to reflect it (on stores with per-item versions, the
+//!   strong path). With session records, the exact entries are appended instead.
+//! - **Requests of one [`Session`] may overlap**: the record stays attached until the last of them
+//!   leaves; each appends what was raised until it left, and one that could not read the record
+//!   makes the others session-only too.
+//! - **A record older than this instance has seen** (deleted, restored from a backup) is refused,
+//!   for the last 500,000 to 1,000,000 principals the instance served.
+//!
 //! The principal never appears in the store: the record is keyed by a 128-bit keyed fingerprint
 //! (HMAC-SHA256 of the principal under a [`SigningKey`], in a domain of its own). Keep that key:
 //! another key starts every principal's record afresh.
@@ -78,32 +89,67 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// The most principals whose latest record version one instance remembers (to refuse a record
-/// that went back); past it, the memory starts over.
-const MAX_SEEN: usize = 100_000;
+/// Principals whose latest record version one instance remembers (to refuse a record that went
+/// back), per generation: the last 500,000 to 1,000,000 principals it served.
+const SEEN_GENERATION: usize = 500_000;
 
-/// A principal's record as one request of a bound session holds it.
+/// The scope under which a principal's record keeps a store's horizon: what a session required of
+/// every scope of the store it held only coarsened (one that touched more scopes than its token
+/// keeps, without a session record).
+fn horizon_scope(store: crate::version::StoreId) -> ScopeKey {
+    ScopeKey::new(store, b"\0ryw:principal-horizon")
+}
+
+/// A principal's record as the requests of a bound session under way hold it.
 #[derive(Debug)]
 pub(crate) struct Attached {
-    /// The record as read at the start of the request; `None` when it could not be had.
+    /// The record as last read; `None` when a request under way could not have it.
     view: Option<Arc<View>>,
-    /// What the session raised beyond the record during the request, to append.
+    /// What the session raised beyond the record, to append.
     delta: HashMap<ScopeKey, Version>,
+    /// Requests of the session entered and not yet left.
+    entered: u32,
 }
 
 #[derive(Debug, Default)]
 struct View {
     entries: HashMap<ScopeKey, Version>,
+    horizons: HashMap<crate::version::StoreId, Version>,
+}
+
+impl View {
+    fn of(record: Option<crate::record::Record>) -> Self {
+        let mut view = View::default();
+        for e in record.map(|r| r.entries).unwrap_or_default() {
+            // One entry per scope is what a store keeps; should it answer two, the larger holds.
+            let slot = view.entries.entry(e.scope).or_insert(Version::ZERO);
+            *slot = (*slot).max(e.version);
+            if e.scope == horizon_scope(e.scope.store()) {
+                let h = view
+                    .horizons
+                    .entry(e.scope.store())
+                    .or_insert(Version::ZERO);
+                *h = (*h).max(e.version);
+            }
+        }
+        view
+    }
 }
 
 impl Attached {
-    /// What the principal's record requires of `scope`.
+    /// What the principal's record requires of `scope` exactly.
     #[inline]
     pub(crate) fn get(&self, scope: ScopeKey) -> Version {
         self.view
             .as_ref()
             .and_then(|v| v.entries.get(&scope).copied())
             .unwrap_or(Version::ZERO)
+    }
+
+    /// The horizon the principal's record holds for `store`: every scope of it must reflect it.
+    #[inline]
+    pub(crate) fn horizon(&self, store: crate::version::StoreId) -> Option<Version> {
+        self.view.as_ref()?.horizons.get(&store).copied()
     }
 
     /// Notes that the session now requires `version` of `scope`.
@@ -185,13 +231,39 @@ impl PrincipalId {
     }
 }
 
+/// The latest record version seen per principal, in two generations (the older is dropped when
+/// the younger fills).
+#[derive(Default)]
+struct Seen {
+    young: HashMap<PrincipalId, u64>,
+    old: HashMap<PrincipalId, u64>,
+}
+
+impl Seen {
+    fn get(&self, id: PrincipalId) -> u64 {
+        self.young
+            .get(&id)
+            .or_else(|| self.old.get(&id))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn raise(&mut self, id: PrincipalId, version: u64) {
+        let known = self.get(id);
+        if self.young.len() >= SEEN_GENERATION && !self.young.contains_key(&id) {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(id, known.max(version));
+    }
+}
+
 /// One instance's access to principals' records, over a [`RecordStore`] every instance shares;
 /// see the [module docs](self).
 pub struct PrincipalRecords {
     store: Arc<dyn RecordStore>,
     key: SigningKey,
     /// The latest record version seen per principal: a record older than that is refused.
-    seen: Mutex<HashMap<PrincipalId, u64>>,
+    seen: Mutex<Seen>,
     loads: AtomicU64,
     load_failures: AtomicU64,
     untrusted: AtomicU64,
@@ -214,7 +286,7 @@ impl PrincipalRecords {
         PrincipalRecords {
             store,
             key,
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(Seen::default()),
             loads: AtomicU64::new(0),
             load_failures: AtomicU64::new(0),
             untrusted: AtomicU64::new(0),
@@ -246,19 +318,20 @@ impl PrincipalRecords {
     pub async fn enter(&self, principal: &[u8], session: &Session) -> Entered {
         let id = self.id_of(principal);
         self.loads.fetch_add(1, Ordering::Relaxed);
+        // What this instance had seen when the read began: an append of its own that lands
+        // meanwhile does not make the record read look older than it is.
+        let floor = lock(&self.seen).get(id);
         let (view, entered) = match self.store.load(id.record_key()).await {
             Ok(record) => {
                 let version = record.as_ref().map_or(0, |r| r.version);
-                if self.went_back(id, version) {
+                if version < floor {
                     self.untrusted.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(target: "ryw::principal", "a principal's record is older than one this instance has seen: not trusted");
                     (None, Entered::Untrusted)
                 } else {
-                    let entries = record
-                        .map(|r| r.entries.iter().map(|e| (e.scope, e.version)).collect())
-                        .unwrap_or_default();
+                    lock(&self.seen).raise(id, version);
                     (
-                        Some(Arc::new(View { entries })),
+                        Some(Arc::new(View::of(record))),
                         Entered::Fenced { version },
                     )
                 }
@@ -275,32 +348,61 @@ impl PrincipalRecords {
             }
         };
         session.with_state(|state| {
-            let mut attached = Attached {
-                view,
-                delta: HashMap::new(),
+            let held: Vec<(ScopeKey, Version)> = state.exact_entries().collect();
+            let horizons = state.uncovered_horizons();
+            let slot = state.principal_mut();
+            let attached = match slot {
+                // Another request of this session is under way: the record just read is at
+                // least as new as the one it holds; a request that could not read it makes
+                // both session-only until they leave.
+                Some(attached) => {
+                    attached.entered += 1;
+                    attached.view = match (&attached.view, view) {
+                        (Some(_), Some(new)) => Some(new),
+                        _ => None,
+                    };
+                    attached
+                }
+                None => slot.insert(Box::new(Attached {
+                    view,
+                    delta: HashMap::new(),
+                    entered: 1,
+                })),
             };
             // What the session holds beyond the record (an append that failed, a session that
-            // logged in with what it did before) goes with this request's append.
-            for (scope, version) in state.exact_entries() {
+            // logged in with what it did before) goes with this request's append: its exact
+            // entries, and the horizons of stores whose coarsened entries it does not hold
+            // exactly (every scope of such a store must then reflect the horizon).
+            for (scope, version) in held {
                 attached.raise(scope, version);
             }
-            *state.principal_mut() = Some(Box::new(attached));
+            for h in horizons {
+                attached.raise(horizon_scope(h.store), h.version);
+            }
         });
         entered
     }
 
     /// After a request of `session` (entered with [`PrincipalRecords::enter`]), before its
     /// response goes out: appends what the session raised beyond the principal's record, in one
-    /// write, and ends the fence on the record.
+    /// write, and ends the fence on the record once no request of the session is under way.
     pub async fn leave(&self, principal: &[u8], session: &Session) -> Advanced {
-        let Some(attached) = session.with_state(|s| s.principal_mut().take()) else {
+        let Some(delta) = session.with_state(|s| {
+            let slot = s.principal_mut();
+            let attached = slot.as_mut()?;
+            let delta = std::mem::take(&mut attached.delta);
+            attached.entered = attached.entered.saturating_sub(1);
+            if attached.entered == 0 {
+                *slot = None;
+            }
+            Some(delta)
+        }) else {
             return Advanced::NotNeeded;
         };
-        if attached.delta.is_empty() {
+        if delta.is_empty() {
             return Advanced::NotNeeded;
         }
-        let mut batch: Vec<Entry> = attached
-            .delta
+        let mut batch: Vec<Entry> = delta
             .iter()
             .map(|(scope, version)| Entry {
                 scope: *scope,
@@ -312,30 +414,23 @@ impl PrincipalRecords {
         match self.store.append(id.record_key(), &batch).await {
             Ok(version) => {
                 self.appends.fetch_add(1, Ordering::Relaxed);
-                self.went_back(id, version);
+                lock(&self.seen).raise(id, version);
                 Advanced::Appended(version)
             }
             Err(e) => {
                 self.append_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(target: "ryw::principal", error = %e, "a principal's record could not be advanced");
+                // A request of the session still under way appends it with its own.
+                session.with_state(|s| {
+                    if let Some(attached) = s.principal_mut().as_mut() {
+                        for (scope, version) in delta {
+                            attached.raise(scope, version);
+                        }
+                    }
+                });
                 Advanced::Failed
             }
         }
-    }
-
-    /// Whether `version` is older than a version of `id`'s record this instance has seen;
-    /// remembers it otherwise.
-    fn went_back(&self, id: PrincipalId, version: u64) -> bool {
-        let mut seen = lock(&self.seen);
-        if let Some(&known) = seen.get(&id) {
-            if version < known {
-                return true;
-            }
-        } else if seen.len() >= MAX_SEEN {
-            seen.clear();
-        }
-        seen.insert(id, version);
-        false
     }
 }
 

@@ -423,6 +423,15 @@ impl SessionState {
         &mut self.principal
     }
 
+    /// The store horizons whose coarsened entries this state does not hold exactly: what it
+    /// requires of them is known only by the horizon.
+    pub(crate) fn uncovered_horizons(&self) -> Vec<crate::version::StoreHorizon> {
+        self.vector
+            .horizons()
+            .filter(|h| !self.exact_beyond_vector(h.store, h.version))
+            .collect()
+    }
+
     /// The exact entries this state holds: the vector's and those kept beyond it.
     pub(crate) fn exact_entries(&self) -> impl Iterator<Item = (ScopeKey, Version)> + '_ {
         self.vector.entries().map(|e| (e.scope, e.version)).chain(
@@ -483,6 +492,9 @@ impl SessionState {
         let mut r = self.requirement_beyond(scope);
         if let Some(principal) = &self.principal {
             r.version = r.version.max(principal.get(scope));
+            if let Some(h) = principal.horizon(scope.store()) {
+                r.horizon = Some(r.horizon.map_or(h, |mine| mine.max(h)));
+            }
         }
         r
     }
