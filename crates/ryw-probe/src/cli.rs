@@ -65,6 +65,8 @@ pub enum StoreKind {
     Dynamodb,
     /// MongoDB.
     Mongodb,
+    /// ScyllaDB (or Cassandra).
+    Scylla,
 }
 
 /// Where the probe writes, and how carefully.
@@ -79,9 +81,13 @@ pub struct StoreArgs {
     /// sim: a random extra lag, exponential with this mean (ms).
     #[arg(long, default_value_t = 0)]
     pub sim_lag_tail: u64,
-    /// dynamodb: the table (partition key `pk`, a string).
+    /// dynamodb: the table (partition key `pk`, a string); scylla: `keyspace.table`
+    /// (`pk text PRIMARY KEY, v bigint`).
     #[arg(long)]
     pub table: Option<String>,
+    /// scylla: `HOST:PORT[,HOST:PORT...]`.
+    #[arg(long)]
+    pub nodes: Option<String>,
     /// dynamodb: the endpoint (an emulator, a VPC endpoint).
     #[arg(long)]
     pub endpoint_url: Option<String>,

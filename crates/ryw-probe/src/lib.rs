@@ -1,8 +1,8 @@
 //! `ryw-probe`: how stale are this store's replicas, and what would ryw cost here while keeping
 //! its promise?
 //!
-//! Three subcommands, on the embedded simulated store (`--store sim`, no setup), DynamoDB or
-//! MongoDB:
+//! Three subcommands, on the embedded simulated store (`--store sim`, no setup), DynamoDB,
+//! MongoDB or ScyllaDB:
 //!
 //! - `lag` writes probe items and reads each back on the cheap path at a set of delays: the
 //!   t-visibility curve (the share of cheap reads that saw a write made t ms earlier) and
@@ -129,6 +129,15 @@ pub async fn run(cli: Cli, interrupted: Arc<AtomicBool>) -> Result<Done, ProbeEr
                 ));
             };
             let mut s = store::mongodb::Mongo::connect(uri, collection, instances).await?;
+            execute(&mut s, &store, job, &output, interrupted).await
+        }
+        StoreKind::Scylla => {
+            let (Some(nodes), Some(table)) = (&store.nodes, &store.table) else {
+                return Err(ProbeError::Usage(
+                    "--store scylla needs --nodes HOST:PORT,... and --table keyspace.table".into(),
+                ));
+            };
+            let mut s = store::scylla::Scylla::connect(nodes, table, instances).await?;
             execute(&mut s, &store, job, &output, interrupted).await
         }
     }

@@ -2,6 +2,7 @@
 
 pub(crate) mod dynamodb;
 pub(crate) mod mongodb;
+pub(crate) mod scylla;
 pub(crate) mod sim;
 
 use crate::error::ProbeError;
