@@ -298,7 +298,7 @@ pub struct SessionHash(u64);
 
 impl SessionHash {
     /// The digest of `id`.
-    pub fn of(id: crate::SessionId) -> Self {
+    pub fn of(id: crate::session::SessionId) -> Self {
         let bits = id.as_u128();
         let hi = crate::mix::splitmix64((bits >> 64) as u64 ^ crate::mix::GAMMA);
         SessionHash(crate::mix::splitmix64(hi ^ bits as u64))
