@@ -2,7 +2,9 @@
 
 use crate::error::DynamoError;
 use crate::expr::{self, key_bytes, Item};
-use crate::{DynamoConfig, DynamoOperation, DynamoRequest, DynamoResponse, TableSchema, WriteMeta};
+use crate::request::{
+    DynamoConfig, DynamoOperation, DynamoRequest, DynamoResponse, TableSchema, WriteMeta,
+};
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use ryw::adapter::{
     ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, Verification, WriteStamp,
@@ -66,7 +68,7 @@ impl DynamoAdapter {
     }
 
     /// The prefix of the attributes holding the item's recent write ids (default `ryw_write_id`:
-    /// `ryw_write_id_0` to `ryw_write_id_3`, see [`crate::RECENT_WRITE_IDS`]).
+    /// `ryw_write_id_0` to `ryw_write_id_3`, see [`crate::request::RECENT_WRITE_IDS`]).
     pub fn write_id_attribute(mut self, name: impl Into<String>) -> Self {
         self.config_mut().write_id_attribute = name.into();
         self
@@ -157,7 +159,7 @@ impl DynamoAdapterBuilder {
     }
 
     /// The prefix of the attributes holding the item's recent write ids (default `ryw_write_id`:
-    /// `ryw_write_id_0` to `ryw_write_id_3`, see [`crate::RECENT_WRITE_IDS`]).
+    /// `ryw_write_id_0` to `ryw_write_id_3`, see [`crate::request::RECENT_WRITE_IDS`]).
     pub fn write_id_attribute(mut self, name: impl Into<String>) -> Self {
         self.config.write_id_attribute = name.into();
         self
@@ -708,7 +710,7 @@ mod tests {
     /// `by_author`) returning one item credits to its partition scope, and to the item's scope.
     #[test]
     fn a_query_credits_its_partition_only_when_the_store_replicates_it_in_order() {
-        use crate::{DynamoOutput, DynamoResponse};
+        use crate::request::{DynamoOutput, DynamoResponse};
         use aws_sdk_dynamodb::operation::query::{QueryInput, QueryOutput};
 
         let s = |v: &str| AttributeValue::S(v.into());

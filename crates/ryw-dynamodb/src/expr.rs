@@ -62,7 +62,7 @@ pub(crate) fn add_set_assignments(update: Option<String>, assignments: &str) -> 
 /// Merges ryw's placeholders into the caller's attribute names.
 pub(crate) fn with_names(
     names: Option<HashMap<String, String>>,
-    config: &crate::DynamoConfig,
+    config: &crate::request::DynamoConfig,
 ) -> HashMap<String, String> {
     let mut names = names.unwrap_or_default();
     names.insert(NAME_VERSION.into(), config.version_attribute.clone());

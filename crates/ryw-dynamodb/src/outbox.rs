@@ -25,7 +25,7 @@
 //! assert_eq!(back.operation(), write.operation());
 //! ```
 
-use crate::{DynamoOperation, DynamoRequest, WriteMeta};
+use crate::request::{DynamoOperation, DynamoRequest, WriteMeta};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemInput;
 use aws_sdk_dynamodb::operation::put_item::PutItemInput;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput;

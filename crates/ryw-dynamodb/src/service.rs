@@ -2,7 +2,7 @@
 
 use crate::error::{Cancellation, CancellationCode, ConditionFailure, DynamoError};
 use crate::expr::{self, Item};
-use crate::{
+use crate::request::{
     DynamoConfig, DynamoOperation, DynamoOutput, DynamoRequest, DynamoResponse, TableSchema,
     WriteMeta,
 };
@@ -320,7 +320,7 @@ impl Stamp<'_> {
     /// Whether an old item shows this very write: one of its recent write ids is this write's,
     /// whatever was written since.
     fn shows_this_write(&self, item: &Item) -> bool {
-        (0..crate::RECENT_WRITE_IDS).any(|slot| {
+        (0..crate::request::RECENT_WRITE_IDS).any(|slot| {
             expr::string(item, &self.config.write_id_slot(slot)) == Some(&self.write_id)
         })
     }
