@@ -28,7 +28,7 @@
 //! # }
 //! ```
 
-use crate::{tokens_in, MAX_TOKENS_PER_REQUEST, REJECTED_HEADER, RESET_HEADER};
+use crate::headers::{tokens_in, MAX_TOKENS_PER_REQUEST, REJECTED_HEADER, RESET_HEADER};
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
 use pin_project::pin_project;
@@ -111,7 +111,7 @@ impl ClientSessionLayer {
     pub fn new() -> Self {
         ClientSessionLayer {
             held: Arc::default(),
-            header: HeaderName::from_static(crate::DEFAULT_HEADER),
+            header: HeaderName::from_static(crate::headers::DEFAULT_HEADER),
         }
     }
 

@@ -53,7 +53,6 @@
 //!
 //! [`ServerSessionLayer`]: crate::ServerSessionLayer
 
-use crate::Principal;
 use http::{HeaderValue, Request, Response};
 use ryw::principal::{Advanced, Entered, PrincipalRecords};
 use ryw::Session;
@@ -63,6 +62,38 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
+
+/// The authenticated principal of a request (a user id, a service name), put into the request
+/// extensions by the application's authentication layer, which runs before
+/// [`ServerSessionLayer`](crate::ServerSessionLayer).
+///
+/// Tokens issued to a principal are bound to it: presented by another principal (or by an
+/// anonymous request), they are rejected as
+/// [`VerifyError::WrongPrincipal`](ryw::signing::VerifyError::WrongPrincipal). The principal
+/// itself never appears in the token, only a keyed 8-byte fingerprint.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Principal(Arc<[u8]>);
+
+impl Principal {
+    /// A principal from its stable identifier.
+    pub fn new(id: impl AsRef<[u8]>) -> Self {
+        Principal(id.as_ref().into())
+    }
+
+    /// The identifier.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Identifiers may be personal data: only the length is shown.
+        f.debug_struct("Principal")
+            .field("len", &self.0.len())
+            .finish_non_exhaustive()
+    }
+}
 
 /// The response header that says how the principal's record went for the request (see the
 /// [module docs](self)).

@@ -4,7 +4,8 @@
 //! `serve_connection` with `tower::ServiceBuilder::new().layer(ServerSessionLayer::new(..))` and a
 //! `hyper_util::service::TowerToHyperService`.
 
-use crate::{tokens_in, Principal, MAX_TOKENS_PER_REQUEST, REJECTED_HEADER, RESET_HEADER};
+use crate::headers::{tokens_in, MAX_TOKENS_PER_REQUEST, REJECTED_HEADER, RESET_HEADER};
+use crate::principal::Principal;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use pin_project::pin_project;
@@ -353,10 +354,10 @@ impl Config {
         let visibility = response
             .extensions()
             .get::<ryw::Visibility>()
-            .map(crate::visibility_header);
+            .map(crate::headers::visibility_header);
         let headers = response.headers_mut();
         if let Some(v) = visibility {
-            headers.insert(crate::VISIBILITY_HEADER, v);
+            headers.insert(crate::headers::VISIBILITY_HEADER, v);
         }
         if let TokenStatus::Reset { code } = status {
             headers.insert(RESET_HEADER, HeaderValue::from_static(code));
@@ -474,7 +475,7 @@ impl ServerSessionLayer {
         ServerSessionLayer {
             config: Arc::new(Config {
                 authority,
-                header: HeaderName::from_static(crate::DEFAULT_HEADER),
+                header: HeaderName::from_static(crate::headers::DEFAULT_HEADER),
                 cookie: None,
                 policy: BadTokenPolicy::Reject,
                 renew_after: None,
