@@ -103,7 +103,7 @@ fn temp(name: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripted_stale_replicas_appear_in_the_curve_and_check_holds_through_ryw() {
-    let node = node(Duration::from_millis(150)).await;
+    let node = node(Duration::from_millis(200)).await;
     let nodes = node.addr.to_string();
     let out = temp("lag.json");
     let args = |extra: &[&str]| -> Vec<String> {
@@ -126,7 +126,7 @@ async fn scripted_stale_replicas_appear_in_the_curve_and_check_holds_through_ryw
         "--writes",
         "6",
         "--delays",
-        "0,50,100,200,300",
+        "0,30,60,400,600",
         "--json",
         out.to_str().unwrap(),
     ]))
@@ -142,7 +142,7 @@ async fn scripted_stale_replicas_appear_in_the_curve_and_check_holds_through_ryw
             point["delay_ms"].as_u64().unwrap(),
             point["p_visible"].as_f64().unwrap(),
         );
-        if d <= 100 {
+        if d <= 60 {
             assert_eq!(p, 0.0, "a stale answer at {d} ms should show");
         } else {
             assert_eq!(p, 1.0, "at {d} ms the replica has it");
