@@ -5,13 +5,17 @@
 //! steps at L, `check` finds raw violations and none through ryw, and each bad input gets its
 //! own message and exit code. Without the endpoint every test says it skipped.
 
+#[path = "../../ryw-dynamodb/tests/moto/http_relay.rs"]
+mod http_relay;
+
+use http_relay::{answer, forward, header, read_request};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 fn endpoint() -> Option<String> {
@@ -117,13 +121,7 @@ async fn serve(
         };
         return respond(&mut client, 200, &body).await;
     }
-    let mut server = TcpStream::connect(moto).await?;
-    server
-        .write_all(&with_close(&head, Some(body.len())))
-        .await?;
-    server.write_all(&body).await?;
-    let mut response = Vec::new();
-    server.read_to_end(&mut response).await?;
+    let response = forward(moto, &head, &body).await?;
     let ok = response.starts_with(b"HTTP/1.1 200");
     if ok && target.ends_with(".PutItem") {
         if let Some(key) = key_of(&doc, "Item") {
@@ -146,11 +144,7 @@ async fn serve(
                 .push((Instant::now(), None));
         }
     }
-    let split = find(&response, b"\r\n\r\n").ok_or(io::ErrorKind::InvalidData)?;
-    let response_head = String::from_utf8_lossy(&response[..split]).into_owned();
-    client.write_all(&with_close(&response_head, None)).await?;
-    client.write_all(&response[split + 4..]).await?;
-    client.shutdown().await
+    answer(&mut client, &response).await
 }
 
 async fn respond(client: &mut TcpStream, status: u16, body: &str) -> io::Result<()> {
@@ -162,66 +156,6 @@ async fn respond(client: &mut TcpStream, status: u16, body: &str) -> io::Result<
     client.write_all(head.as_bytes()).await?;
     client.write_all(body.as_bytes()).await?;
     client.shutdown().await
-}
-
-async fn read_request(client: &mut TcpStream) -> io::Result<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let split = loop {
-        if let Some(at) = find(&buf, b"\r\n\r\n") {
-            break at;
-        }
-        let n = client.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
-    let length: usize = header(&head, "content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[split + 4..].to_vec();
-    while body.len() < length {
-        let n = client.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    Ok((head, body))
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.split("\r\n").skip(1).find_map(|line| {
-        let (n, v) = line.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-fn with_close(head: &str, length: Option<usize>) -> Vec<u8> {
-    let mut out = String::new();
-    for (i, line) in head.split("\r\n").enumerate() {
-        let name = line.split_once(':').map(|(n, _)| n.trim());
-        let replaced = name.is_some_and(|n| {
-            n.eq_ignore_ascii_case("connection")
-                || n.eq_ignore_ascii_case("keep-alive")
-                || (length.is_some() && n.eq_ignore_ascii_case("content-length"))
-        });
-        if i == 0 || !replaced {
-            out.push_str(line);
-            out.push_str("\r\n");
-        }
-    }
-    if let Some(length) = length {
-        out.push_str(&format!("content-length: {length}\r\n"));
-    }
-    out.push_str("connection: close\r\n\r\n");
-    out.into_bytes()
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Runs the probe against `endpoint` with test credentials.

@@ -7,6 +7,7 @@
 //! partition's writes out of order is played by an HTTP proxy in front of moto
 //! (`OutOfOrderReplicaForTests`, in `replica.rs`; the cases in `out_of_order.rs`).
 
+mod http_relay;
 mod out_of_order;
 mod principal;
 mod records;
