@@ -1,7 +1,8 @@
 # Sourced by tests/run-all.sh: installs and starts the test servers that can run on this machine,
 # on 127.0.0.1 only, and stops them when the script exits.
 #
-# - moto's server (DynamoDB), from PyPI, in a virtual environment under target/ci-tools;
+# - moto's server (DynamoDB), from PyPI, in a virtual environment under target/ci-tools, handling
+#   one request at a time (tests/moto_atomic.py);
 # - SecantusDB (a MongoDB-wire-compatible single-node replica set), from PyPI, likewise.
 
 TOOLS="${RYW_TOOLS_DIR:-$PWD/target/ci-tools}"
@@ -38,7 +39,9 @@ start_moto() {
   fi
   local port
   port=$(free_port)
-  "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$TOOLS/moto.log" 2>&1 &
+  # One request at a time, so that conditional writes are atomic as in DynamoDB (see the script).
+  "$venv/bin/python" "$(dirname "${BASH_SOURCE[0]}")/moto_atomic.py" -H 127.0.0.1 -p "$port" \
+    >"$TOOLS/moto.log" 2>&1 &
   SERVER_PIDS+=($!)
   if ! wait_http "http://127.0.0.1:$port/moto-api/reset" 60; then
     echo "servers: moto did not start; its log:" >&2

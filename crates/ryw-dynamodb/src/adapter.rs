@@ -3,15 +3,14 @@
 use crate::error::DynamoError;
 use crate::expr::{self, key_bytes, Item};
 use crate::request::{
-    DynamoConfig, DynamoOperation, DynamoRequest, DynamoResponse, TableSchema, WriteMeta,
+    DynamoConfig, DynamoOperation, DynamoRequest, DynamoResponse, DynamoStamp, TableSchema,
 };
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
-use ryw::adapter::{
-    ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, Verification, WriteStamp,
-};
+use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, Verification};
 use ryw::clock::HybridTimestamp;
 use ryw::conflict::Conflict;
 use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
+use ryw::stamp::Stamp;
 use ryw::{ScopeKey, StoreId, Version, WriteId};
 use std::sync::Arc;
 
@@ -325,7 +324,7 @@ impl DynamoAdapter {
     fn conflict_from_item(
         &self,
         scope: ScopeKey,
-        write: &WriteMeta,
+        write: &DynamoStamp,
         expected: Option<u64>,
         item: Option<&Item>,
     ) -> Conflict {
@@ -334,8 +333,8 @@ impl DynamoAdapter {
             .unwrap_or(0);
         let mut conflict = Conflict::new(
             scope,
-            write.write_id,
-            write.clock,
+            write.stamp.write_id,
+            write.stamp.timestamp,
             expected.map(Version::new),
             Version::new(current),
         );
@@ -436,11 +435,11 @@ impl StoreAdapter for DynamoAdapter {
         FenceSupport::new().strong_reads(true)
     }
 
-    fn stamp_write(&self, request: &mut DynamoRequest, stamp: &WriteStamp<'_>) {
+    fn stamp_write(&self, request: &mut DynamoRequest, stamp: Stamp, fence: &ReadFence) {
         let seen = |scope: Option<ScopeKey>| -> Option<u64> {
             Some(
                 scope
-                    .and_then(|s| stamp.fence.requirement(s))
+                    .and_then(|s| fence.requirement(s))
                     .map_or(0, |r| r.version.get()),
             )
         };
@@ -463,16 +462,15 @@ impl StoreAdapter for DynamoAdapter {
                 .explicit_version
                 .or_else(|| seen(self.single_write_scope(op)))],
         };
-        request.write = Some(WriteMeta {
-            write_id: stamp.write_id,
-            clock: stamp.timestamp,
+        request.stamp = Some(DynamoStamp {
+            stamp,
             expected,
             replay: false,
         });
     }
 
     fn prepare_replay(&self, request: &mut DynamoRequest) {
-        if let Some(w) = request.write.as_mut() {
+        if let Some(w) = request.stamp.as_mut() {
             w.replay = true;
         }
     }
@@ -559,8 +557,8 @@ impl StoreAdapter for DynamoAdapter {
                 }
             }
             op => {
-                let Some(write) = &request.write else { return };
-                observed.clock(write.clock);
+                let Some(write) = &request.stamp else { return };
+                observed.clock(write.stamp.timestamp);
                 let mut partitions = Scopes::new();
                 let item_scopes = match op {
                     DynamoOperation::TransactWriteItems(b) => {
@@ -602,7 +600,7 @@ impl StoreAdapter for DynamoAdapter {
                     }
                 }
                 for p in partitions.iter() {
-                    observed.push(p, Version::new(write.clock.get()));
+                    observed.push(p, Version::new(write.stamp.timestamp.get()));
                 }
             }
         }
@@ -613,7 +611,7 @@ impl StoreAdapter for DynamoAdapter {
     }
 
     fn conflict(&self, request: &DynamoRequest, error: &DynamoError) -> Option<Conflict> {
-        let write = request.write.as_ref()?;
+        let write = request.stamp.as_ref()?;
         match (&request.operation, error) {
             (
                 DynamoOperation::TransactWriteItems(b),
@@ -661,7 +659,7 @@ impl StoreAdapter for DynamoAdapter {
             }
             _ => Some(0),
         };
-        match (index, request.write.as_mut()) {
+        match (index, request.stamp.as_mut()) {
             (Some(i), Some(write)) if i < write.expected.len() => {
                 write.expected[i] = Some(conflict.current.get());
                 true

@@ -25,7 +25,7 @@
 //! assert_eq!(back.operation(), write.operation());
 //! ```
 
-use crate::request::{DynamoOperation, DynamoRequest, WriteMeta};
+use crate::request::{DynamoOperation, DynamoRequest, DynamoStamp};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemInput;
 use aws_sdk_dynamodb::operation::put_item::PutItemInput;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput;
@@ -37,6 +37,7 @@ use aws_sdk_dynamodb::types::{
     TransactWriteItem, Update,
 };
 use ryw::clock::HybridTimestamp;
+use ryw::stamp::Stamp;
 use ryw::{SessionId, WriteId};
 use ryw_outbox::{DecodeError, DurableRequest, NotDeferrable, Reader, Writer};
 use std::collections::HashMap;
@@ -512,13 +513,13 @@ impl DurableRequest for DynamoRequest {
                 );
             }
         }
-        match &self.write {
+        match &self.stamp {
             Some(meta) => {
                 w.u8(1);
-                w.bytes(&meta.write_id.session.as_u128().to_le_bytes());
-                w.u64(meta.write_id.lane);
-                w.u64(meta.write_id.seq);
-                w.u64(meta.clock.get());
+                w.bytes(&meta.stamp.write_id.session.as_u128().to_le_bytes());
+                w.u64(meta.stamp.write_id.lane);
+                w.u64(meta.stamp.write_id.seq);
+                w.u64(meta.stamp.timestamp.get());
                 w.len(meta.expected.len());
                 for e in &meta.expected {
                     match e {
@@ -612,9 +613,8 @@ impl DurableRequest for DynamoRequest {
             for _ in 0..n {
                 expected.push(if flag(&mut r)? { Some(r.u64()?) } else { None });
             }
-            Some(WriteMeta {
-                write_id,
-                clock,
+            Some(DynamoStamp {
+                stamp: Stamp::new(write_id, clock),
                 expected,
                 replay: flag(&mut r)?,
             })
@@ -627,7 +627,7 @@ impl DurableRequest for DynamoRequest {
         }
         Ok(DynamoRequest {
             operation,
-            write,
+            stamp: write,
             explicit_version,
             config: None,
         })
@@ -668,9 +668,11 @@ mod tests {
     fn stamped(operation: DynamoOperation) -> DynamoRequest {
         DynamoRequest {
             operation,
-            write: Some(WriteMeta {
-                write_id: WriteId::new(SessionId::from_u128(7 << 64 | 9), 3, 11),
-                clock: HybridTimestamp::new(1_800_000_000_000_000),
+            stamp: Some(DynamoStamp {
+                stamp: Stamp::new(
+                    WriteId::new(SessionId::from_u128(7 << 64 | 9), 3, 11),
+                    HybridTimestamp::new(1_800_000_000_000_000),
+                ),
                 expected: vec![Some(4), None],
                 replay: true,
             }),
@@ -684,7 +686,7 @@ mod tests {
         request.encode(&mut bytes).unwrap();
         let back = DynamoRequest::decode(&bytes).unwrap();
         assert_eq!(back.operation, request.operation);
-        assert_eq!(back.write, request.write);
+        assert_eq!(back.stamp, request.stamp);
         assert_eq!(back.explicit_version, request.explicit_version);
         for n in 0..bytes.len() {
             assert!(DynamoRequest::decode(&bytes[..n]).is_err(), "prefix {n}");
@@ -768,7 +770,7 @@ mod tests {
         let mut plain = stamped(DynamoOperation::DeleteItem(
             DeleteItemInput::builder().table_name("t").key("pk", s("a")),
         ));
-        plain.write = None;
+        plain.stamp = None;
         plain.explicit_version = None;
         round_trip(&plain);
     }

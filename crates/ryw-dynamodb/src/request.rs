@@ -14,7 +14,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::{
 use aws_sdk_dynamodb::operation::update_item::{
     builders::UpdateItemInputBuilder, UpdateItemOutput,
 };
-use ryw::clock::HybridTimestamp;
+use ryw::stamp::Stamp;
 use ryw::{StoreId, Version, WriteId};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -126,11 +126,12 @@ pub enum DynamoOperation {
     TransactWriteItems(TransactWriteItemsInputBuilder),
 }
 
-/// What the session layer stamped on a write.
+/// A write's stamp as a DynamoDB request carries it: the layer's [`Stamp`], the versions the
+/// write expects, and whether it is a replay.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct WriteMeta {
-    pub(crate) write_id: WriteId,
-    pub(crate) clock: HybridTimestamp,
+pub(crate) struct DynamoStamp {
+    /// The layer's stamp.
+    pub(crate) stamp: Stamp,
     /// Expected version per item (one for single-item writes; one per transaction item, `None`
     /// for condition checks).
     pub(crate) expected: Vec<Option<u64>>,
@@ -142,7 +143,7 @@ pub(crate) struct WriteMeta {
 #[derive(Clone, Debug)]
 pub struct DynamoRequest {
     pub(crate) operation: DynamoOperation,
-    pub(crate) write: Option<WriteMeta>,
+    pub(crate) stamp: Option<DynamoStamp>,
     pub(crate) explicit_version: Option<u64>,
     /// The adapter's configuration, attached by the session layer (`StoreAdapter::prepare`).
     pub(crate) config: Option<Arc<DynamoConfig>>,
@@ -164,7 +165,7 @@ impl DynamoRequest {
 
     /// The write id stamped by the session layer, if any.
     pub fn write_id(&self) -> Option<WriteId> {
-        self.write.as_ref().map(|w| w.write_id)
+        self.stamp.as_ref().map(|w| w.stamp.write_id)
     }
 }
 
@@ -172,7 +173,7 @@ impl From<DynamoOperation> for DynamoRequest {
     fn from(operation: DynamoOperation) -> Self {
         DynamoRequest {
             operation,
-            write: None,
+            stamp: None,
             explicit_version: None,
             config: None,
         }

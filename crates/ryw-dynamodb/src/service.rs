@@ -3,8 +3,8 @@
 use crate::error::{Cancellation, CancellationCode, ConditionFailure, DynamoError};
 use crate::expr::{self, Item};
 use crate::request::{
-    DynamoConfig, DynamoOperation, DynamoOutput, DynamoRequest, DynamoResponse, TableSchema,
-    WriteMeta,
+    DynamoConfig, DynamoOperation, DynamoOutput, DynamoRequest, DynamoResponse, DynamoStamp,
+    TableSchema,
 };
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::{DeleteItemError, DeleteItemOutput};
@@ -128,7 +128,7 @@ fn response(output: DynamoOutput, written: Vec<Option<u64>>, consistent: bool) -
 }
 
 /// The values ryw's expressions use for one item write.
-struct Stamp<'a> {
+struct Conditions<'a> {
     config: &'a DynamoConfig,
     write_id: String,
     clock: u64,
@@ -152,25 +152,25 @@ enum Failed {
     Failure(DynamoError),
 }
 
-impl Stamp<'_> {
+impl Conditions<'_> {
     fn new<'a>(
         config: &'a DynamoConfig,
         schema: &'a TableSchema,
-        write: &WriteMeta,
+        write: &DynamoStamp,
         expected: Option<u64>,
-    ) -> Result<Stamp<'a>, DynamoError> {
+    ) -> Result<Conditions<'a>, DynamoError> {
         let expected = expected.unwrap_or(0);
-        if expected == u64::MAX || write.clock.get() == u64::MAX {
+        if expected == u64::MAX || write.stamp.timestamp.get() == u64::MAX {
             // Only a hostile token or item can get here; wrapping would move versions backwards.
             return Err(DynamoError::Validation {
                 message: "item version or session clock exhausted (u64::MAX)".into(),
                 source: None,
             });
         }
-        Ok(Stamp {
+        Ok(Conditions {
             config,
-            write_id: write.write_id.to_string(),
-            clock: write.clock.get(),
+            write_id: write.stamp.write_id.to_string(),
+            clock: write.stamp.timestamp.get(),
             expected,
             key: schema.partition_key_attribute(),
             replay: write.replay,
@@ -182,10 +182,10 @@ impl Stamp<'_> {
     fn single<'a>(
         config: &'a DynamoConfig,
         table: Option<&String>,
-        write: &WriteMeta,
-    ) -> Result<Stamp<'a>, DynamoError> {
+        write: &DynamoStamp,
+    ) -> Result<Conditions<'a>, DynamoError> {
         let schema = check_table(config, table)?;
-        Stamp::new(
+        Conditions::new(
             config,
             schema,
             write,
@@ -196,7 +196,7 @@ impl Stamp<'_> {
     /// The same write, creating the item: it was found absent (deleted since the session saw
     /// it).
     fn creating(&self) -> Self {
-        Stamp {
+        Conditions {
             config: self.config,
             write_id: self.write_id.clone(),
             create: true,
@@ -298,11 +298,11 @@ impl Stamp<'_> {
         update: Option<Option<String>>,
         names: Option<HashMap<String, String>>,
         values: Option<HashMap<String, AttributeValue>>,
-    ) -> Stamped {
+    ) -> ConditionalWrite {
         let update = update.map(|caller| self.update_expression(caller));
         let condition = self.condition(condition);
         let exprs = [update.as_deref(), Some(condition.as_str())];
-        Stamped {
+        ConditionalWrite {
             names: self.names(names, &exprs),
             values: self.values(values, &exprs),
             condition,
@@ -353,7 +353,7 @@ impl Stamp<'_> {
 }
 
 /// A conditional item write as [`Stamp::stamped`] rewrote it.
-struct Stamped {
+struct ConditionalWrite {
     condition: String,
     update: Option<String>,
     names: HashMap<String, String>,
@@ -415,13 +415,13 @@ enum Sent {
 /// sent once more creating it. `send` builds and sends the request for a stamp; `empty` is the
 /// output reported for a replay found already applied.
 async fn single_item_write<F, Fut>(
-    mut stamp: Stamp<'_>,
+    mut stamp: Conditions<'_>,
     what: &str,
     send: F,
     empty: impl Fn() -> DynamoOutput,
 ) -> Result<DynamoResponse, DynamoError>
 where
-    F: Fn(&Stamp<'_>) -> Fut,
+    F: Fn(&Conditions<'_>) -> Fut,
     Fut: std::future::Future<Output = Result<Sent, DynamoError>>,
 {
     loop {
@@ -448,10 +448,10 @@ fn unresolved(what: &str) -> DynamoError {
     ))
 }
 
-fn client_request_token(write: &WriteMeta) -> String {
+fn client_request_token(write: &DynamoStamp) -> String {
     // 32 hex characters (DynamoDB takes at most 36): a 128-bit digest of the whole write id, so
     // two different writes (two lanes of one session) never share a request token.
-    format!("{:032x}", write.write_id.digest128())
+    format!("{:032x}", write.stamp.write_id.digest128())
 }
 
 fn check_table<'a>(
@@ -485,7 +485,7 @@ fn with_ryw_projection(
 async fn send(client: &Client, request: DynamoRequest) -> Result<DynamoResponse, DynamoError> {
     let DynamoRequest {
         operation,
-        write,
+        stamp: write,
         config,
         ..
     } = request;
@@ -525,8 +525,8 @@ async fn send(client: &Client, request: DynamoRequest) -> Result<DynamoResponse,
             let Some(write) = write else {
                 return send_unchanged(client, DynamoOperation::PutItem(b)).await;
             };
-            let stamp = Stamp::single(config, b.get_table_name().as_ref(), &write)?;
-            let send = |stamp: &Stamp<'_>| {
+            let stamp = Conditions::single(config, b.get_table_name().as_ref(), &write)?;
+            let send = |stamp: &Conditions<'_>| {
                 let s = stamp.stamped(
                     b.get_condition_expression().clone(),
                     None,
@@ -560,8 +560,8 @@ async fn send(client: &Client, request: DynamoRequest) -> Result<DynamoResponse,
             let Some(write) = write else {
                 return send_unchanged(client, DynamoOperation::UpdateItem(b)).await;
             };
-            let stamp = Stamp::single(config, b.get_table_name().as_ref(), &write)?;
-            let send = |stamp: &Stamp<'_>| {
+            let stamp = Conditions::single(config, b.get_table_name().as_ref(), &write)?;
+            let send = |stamp: &Conditions<'_>| {
                 let s = stamp.stamped(
                     b.get_condition_expression().clone(),
                     Some(b.get_update_expression().clone()),
@@ -593,7 +593,7 @@ async fn send(client: &Client, request: DynamoRequest) -> Result<DynamoResponse,
             let Some(write) = write else {
                 return send_unchanged(client, DynamoOperation::DeleteItem(b)).await;
             };
-            let stamp = Stamp::single(config, b.get_table_name().as_ref(), &write)?;
+            let stamp = Conditions::single(config, b.get_table_name().as_ref(), &write)?;
             let s = stamp.stamped(
                 b.get_condition_expression().clone(),
                 None,
@@ -662,7 +662,7 @@ async fn send(client: &Client, request: DynamoRequest) -> Result<DynamoResponse,
                     continue;
                 };
                 let schema = check_table(config, Some(table))?;
-                let stamp = Stamp::new(config, schema, &write, expected)?;
+                let stamp = Conditions::new(config, schema, &write, expected)?;
                 if let Some(p) = ti.put.as_mut() {
                     stamp.stamp_item(&mut p.item);
                     let s = stamp.stamped(

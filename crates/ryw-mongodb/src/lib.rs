@@ -85,10 +85,9 @@ pub use service::{MongoFuture, MongoService, RECENT_WRITE_IDS};
 use mongodb::bson::{Bson, Document, Timestamp};
 use mongodb::options::ReadPreference;
 use mongodb::ClusterTime;
-use ryw::adapter::{
-    ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, Verification, WriteStamp,
-};
+use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, Verification};
 use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
+use ryw::stamp::Stamp;
 use ryw::{ScopeKey, StoreId, Version, WriteId};
 use std::sync::Arc;
 
@@ -473,11 +472,11 @@ impl<T: Clone + Send + Sync + 'static> StoreAdapter for MongoAdapterFor<T> {
         Verification::ServerSideOnly
     }
 
-    fn stamp_write(&self, request: &mut MongoRequest<T>, stamp: &WriteStamp<'_>) {
+    fn stamp_write(&self, request: &mut MongoRequest<T>, stamp: Stamp, fence: &ReadFence) {
         request.write_id = Some(stamp.write_id);
         // Writes follow reads: the write's session gossips the cluster time the session has seen.
-        request.cluster_time = stamp.fence.context().map(|c| c.bytes.clone());
-        let v = stamp.fence.max_version();
+        request.cluster_time = fence.context().map(|c| c.bytes.clone());
+        let v = fence.max_version();
         request.after = (v > Version::ZERO).then(|| timestamp_of(v));
     }
 

@@ -14,14 +14,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
 
-/// A service that can stamp a write without sending it: [`ReadYourWrites::stamp`].
-pub trait StampWrites<R> {
+/// A service that can stamp a write to send later, without sending it now:
+/// [`ReadYourWrites::stamp`].
+pub trait StampForLater<R> {
     /// See [`ReadYourWrites::stamp`].
-    fn stamp_write(&self, request: &SessionRequest<R>) -> Option<StampedWrite<R>>;
+    fn stamp_for_later(&self, request: &SessionRequest<R>) -> Option<StampedWrite<R>>;
 }
 
-impl<S, A: StoreAdapter, P> StampWrites<A::Request> for ReadYourWrites<S, A, P> {
-    fn stamp_write(
+impl<S, A: StoreAdapter, P> StampForLater<A::Request> for ReadYourWrites<S, A, P> {
+    fn stamp_for_later(
         &self,
         request: &SessionRequest<A::Request>,
     ) -> Option<StampedWrite<A::Request>> {
@@ -367,7 +368,7 @@ where
             SessionRequest<A::Request>,
             Response = SessionResponse<A::Response>,
             Error = ryw::Error<A::Error>,
-        > + StampWrites<A::Request>
+        > + StampForLater<A::Request>
         + Clone
         + Send
         + 'static,
@@ -448,7 +449,7 @@ where
                                 return Ok(Copies::answer(outcome));
                             }
                         }
-                        let stamped = inner.stamp_write(&request);
+                        let stamped = inner.stamp_for_later(&request);
                         let out = defer(&outbox, &request, stamped, scopes, reason, None);
                         settle_deferred(copies, &out);
                         return report(observer.as_deref(), out);
@@ -471,7 +472,7 @@ where
                                 }
                             }
                             // Sent: the stamp it went with. Refused before sending: a new one.
-                            let stamped = keep.stamped().or_else(|| inner.stamp_write(&keep));
+                            let stamped = keep.stamped().or_else(|| inner.stamp_for_later(&keep));
                             let out = defer(
                                 &outbox,
                                 &keep,

@@ -94,7 +94,7 @@ pub mod store;
 pub use breaker::Breaker;
 pub use entry::{DecodeError, DurableRequest, NotDeferrable, Reader, Writer};
 pub use layer::{
-    DeferReason, Deferred, OutboxLayer, OutboxService, OutboxServiceError, StampWrites, Written,
+    DeferReason, Deferred, OutboxLayer, OutboxService, OutboxServiceError, StampForLater, Written,
 };
 pub use replay::{ReplayReport, Replayer};
 pub use store::{DeadLetter, Outbox, OutboxConfig, OutboxError};

@@ -3,12 +3,11 @@
 use crate::error::ScyllaError;
 use crate::request::{RequestKind, ScyllaRequest, ScyllaScope};
 use crate::service::ScyllaResponse;
-use ryw::adapter::{
-    ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, Verification, WriteStamp,
-};
+use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, Verification};
 use ryw::clock::HybridTimestamp;
 use ryw::conflict::Conflict;
 use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
+use ryw::stamp::Stamp;
 use ryw::version::{ScopeKey, StoreId, Version};
 use scylla::statement::Consistency;
 use std::sync::Arc;
@@ -246,8 +245,8 @@ impl StoreAdapter for ScyllaAdapter {
         }
     }
 
-    fn stamp_write(&self, request: &mut ScyllaRequest, stamp: &WriteStamp<'_>) {
-        request.stamp = Some((stamp.write_id, stamp.timestamp.get()));
+    fn stamp_write(&self, request: &mut ScyllaRequest, stamp: Stamp, _: &ReadFence) {
+        request.stamp = Some(stamp);
         request.consistency = Some(self.config.write);
     }
 
@@ -299,7 +298,7 @@ impl StoreAdapter for ScyllaAdapter {
             // timestamp is Scylla's, so the session requires at least its own clock reading,
             // which at worst sends the next read of those scopes to the strong level.
             RequestKind::Write | RequestKind::Conditional => {
-                let Some(v) = request.stamp.map(|(_, t)| t).filter(|t| *t > 0) else {
+                let Some(v) = request.stamp.map(|s| s.timestamp.get()).filter(|t| *t > 0) else {
                     return;
                 };
                 observed.clock(HybridTimestamp::new(v));
@@ -320,7 +319,7 @@ impl StoreAdapter for ScyllaAdapter {
         let ScyllaError::NotApplied { current } = error else {
             return None;
         };
-        let (write_id, timestamp) = request.stamp?;
+        let stamp = request.stamp?;
         let mut scopes = Scopes::new();
         self.scopes(request, &mut scopes);
         let scope = scopes.iter().next()?;
@@ -328,8 +327,8 @@ impl StoreAdapter for ScyllaAdapter {
         // (0); the row is attached for the resolver (`conflict.current_item::<Row>()`).
         let mut conflict = Conflict::new(
             scope,
-            write_id,
-            HybridTimestamp::new(timestamp),
+            stamp.write_id,
+            stamp.timestamp,
             None,
             Version::new(0),
         );

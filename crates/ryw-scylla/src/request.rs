@@ -1,7 +1,7 @@
 //! What goes into the ScyllaDB service: a statement, its bound values, and what the session layer
 //! needs to know about it (read or write, the partitions it touches, whether it is idempotent).
 
-use ryw::session::WriteId;
+use ryw::stamp::Stamp;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::Batch;
 use scylla::statement::prepared::PreparedStatement;
@@ -170,8 +170,8 @@ pub struct ScyllaRequest {
     pub(crate) kind: RequestKind,
     pub(crate) scopes: Vec<ScyllaScope>,
     pub(crate) idempotent: bool,
-    /// The session clock reading for a write (set once by the layer; pinned for every attempt).
-    pub(crate) stamp: Option<(WriteId, u64)>,
+    /// A write's stamp (set once by the layer; every attempt carries it).
+    pub(crate) stamp: Option<Stamp>,
     /// The consistency of this attempt (set by the fence for reads, by the adapter for writes).
     pub(crate) consistency: Option<Consistency>,
 }
@@ -323,7 +323,7 @@ impl ScyllaRequest {
             // clamped rather than wrapped into the past.
             RequestKind::Write => self
                 .stamp
-                .map(|(_, t)| i64::try_from(t).unwrap_or(i64::MAX)),
+                .map(|s| i64::try_from(s.timestamp.get()).unwrap_or(i64::MAX)),
             _ => None,
         }
     }

@@ -1,9 +1,10 @@
 //! The [`StoreAdapter`] of the simulated store: all three fence strategies.
 
 use crate::store::{Node, SimError, SimRequest, SimResponse, Target};
-use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp};
+use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter};
 use ryw::conflict::Conflict;
 use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
+use ryw::stamp::Stamp;
 use ryw::{ScopeKey, StoreId};
 
 /// Maps the session concepts onto the simulated store.
@@ -81,7 +82,7 @@ impl StoreAdapter for SimAdapter {
             .global_versions(true)
     }
 
-    fn stamp_write(&self, request: &mut SimRequest, stamp: &WriteStamp<'_>) {
+    fn stamp_write(&self, request: &mut SimRequest, stamp: Stamp, _: &ReadFence) {
         if let SimRequest::Put(put) = request {
             put.write_id = Some(stamp.write_id);
             put.clock = Some(stamp.timestamp);

@@ -10,8 +10,9 @@
 //! A key-value store whose reads can go to the leader and whose responses carry the item version:
 //!
 //! ```
-//! use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp};
+//! use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter};
 //! use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
+//! use ryw::stamp::Stamp;
 //! use ryw::version::{ScopeKey, StoreId, Version};
 //!
 //! #[derive(Clone, Debug)]
@@ -54,7 +55,7 @@
 //!         FenceSupport::new().strong_reads(true)
 //!     }
 //!
-//!     fn stamp_write(&self, request: &mut KvRequest, stamp: &WriteStamp<'_>) {
+//!     fn stamp_write(&self, request: &mut KvRequest, stamp: Stamp, _: &ReadFence) {
 //!         if let KvRequest::Put { idempotency_key, .. } = request {
 //!             *idempotency_key = Some(stamp.write_id.to_string());
 //!         }
@@ -80,11 +81,10 @@
 //! }
 //! ```
 
-use crate::clock::HybridTimestamp;
 use crate::conflict::Conflict;
 use crate::fence::{FenceStrategy, FenceSupport, ReadFence};
 pub use crate::fence::{Observed, Verification};
-use crate::session::WriteId;
+use crate::session::Stamp;
 use crate::version::{ScopeKey, StoreId};
 use smallvec::SmallVec;
 
@@ -112,7 +112,7 @@ impl Operation {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Replay {
-    /// The store recognises a replay by its [`WriteId`] (or the write is idempotent): replaying
+    /// The store recognises a replay by its [`WriteId`](crate::session::WriteId) (or the write is idempotent): replaying
     /// cannot duplicate its effect.
     Safe,
     /// The write is not idempotent (a counter, a list append): after an ambiguous failure it is
@@ -210,18 +210,6 @@ impl Scopes {
     }
 }
 
-/// What the layer stamps on a write, once, before the first attempt.
-#[derive(Clone, Copy, Debug)]
-pub struct WriteStamp<'a> {
-    /// The write's idempotency key.
-    pub write_id: WriteId,
-    /// The session's hybrid clock reading for this write: after every version the session has
-    /// seen. Stores with client timestamps (Scylla) write it as the cell timestamp.
-    pub timestamp: HybridTimestamp,
-    /// What the session has seen of the written scopes (for writes-follow-reads).
-    pub fence: &'a ReadFence,
-}
-
 /// One store's mapping of the session concepts. See the [module docs](self) for an example.
 ///
 /// # Clone
@@ -256,9 +244,10 @@ pub trait StoreAdapter: Clone + Send + Sync + 'static {
     /// Which fence strategies the store offers.
     fn fence_support(&self) -> FenceSupport;
 
-    /// Stamps a write with its [`WriteId`] and timestamp. Called once; replays reuse the stamped
-    /// request.
-    fn stamp_write(&self, request: &mut Self::Request, stamp: &WriteStamp<'_>);
+    /// Writes the write's [`Stamp`] (its [`WriteId`](crate::session::WriteId) and timestamp) into it, with `fence`: what
+    /// the session has seen of the written scopes (for writes-follow-reads). Called once per
+    /// write; every later attempt and copy sends the stamped request ([`crate::stamp`]).
+    fn stamp_write(&self, request: &mut Self::Request, stamp: Stamp, fence: &ReadFence);
 
     /// Marks a write that is sent again after an attempt that may have applied (a timeout, a
     /// lost response), before every such replay. Stores that can tell a replay from a first

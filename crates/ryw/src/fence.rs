@@ -54,6 +54,7 @@
 //! ```
 
 use crate::clock::HybridTimestamp;
+pub use crate::observed::Observed;
 use crate::version::{Requirement, ScopeKey, Version};
 use smallvec::SmallVec;
 use std::fmt;
@@ -305,6 +306,24 @@ impl ReadFence {
         }
     }
 
+    /// What `state` requires of `scopes` at `store`, and its context there. `by_version`: a
+    /// cheap response can show that it meets the fence (see [`ReadFence::server_side_only`]).
+    #[inline]
+    pub(crate) fn of(
+        state: &crate::session::SessionState,
+        store: crate::version::StoreId,
+        scopes: impl Iterator<Item = ScopeKey>,
+        by_version: bool,
+    ) -> Self {
+        ReadFence {
+            requirements: scopes.map(|scope| state.requirement(scope)).collect(),
+            context: state.context(store).cloned().map(std::sync::Arc::new),
+            by_version,
+            session_only: state.principal_unavailable(),
+            shared: state.has_principal(),
+        }
+    }
+
     /// The same fence for a read whose cheap response cannot show that it meets it
     /// ([`Verification::ServerSideOnly`]): when fenced, the read waits server-side (where the
     /// store can) or goes to the strong path up front, and a cheap read is never reported
@@ -314,32 +333,11 @@ impl ReadFence {
         self
     }
 
-    #[inline]
-    pub(crate) fn set_verifiable(&mut self, by_version: bool) {
-        self.by_version = by_version;
-    }
-
     /// Whether this fence lacks the requirements of the session's principal, whose record could
     /// not be had: a read meeting it is [`Visibility::SessionOnly`], not `Guaranteed`.
     #[inline]
     pub fn session_only(&self) -> bool {
         self.session_only
-    }
-
-    #[inline]
-    pub(crate) fn set_session_only(&mut self, session_only: bool) {
-        self.session_only = session_only;
-    }
-
-    /// Whether some requirement may be the session's principal's rather than the session's.
-    #[inline]
-    pub(crate) fn shared(&self) -> bool {
-        self.shared
-    }
-
-    #[inline]
-    pub(crate) fn set_shared(&mut self, shared: bool) {
-        self.shared = shared;
     }
 
     /// Whether a cheap read's versions can meet this fence (false after
@@ -349,19 +347,10 @@ impl ReadFence {
         self.by_version
     }
 
-    #[inline]
-    pub(crate) fn push(&mut self, req: Requirement) {
-        self.requirements.push(req);
-    }
-
     /// The context the session carries for this store (MongoDB's signed `$clusterTime`), if any.
     #[inline]
     pub fn context(&self) -> Option<&crate::session::StoreContext> {
         self.context.as_deref()
-    }
-
-    pub(crate) fn set_context(&mut self, context: Option<crate::session::StoreContext>) {
-        self.context = context.map(std::sync::Arc::new);
     }
 
     /// The requirements, one per scope read.
@@ -515,6 +504,147 @@ impl ReadFence {
         }
         FenceDecision::GiveUp
     }
+
+    /// Why a read whose first attempt goes with `strategy` (from
+    /// [`ReadFence::initial_strategy`]) goes to the strong path up front, if it does.
+    #[inline]
+    pub(crate) fn escalation(
+        &self,
+        config: &FenceConfig,
+        strategy: FenceStrategy,
+    ) -> Option<Escalation> {
+        match strategy {
+            FenceStrategy::Strong if config.initial == FenceStrategy::Strong => {
+                Some(Escalation::Configured)
+            }
+            FenceStrategy::Strong if !self.has_horizon() => Some(Escalation::Unverifiable),
+            FenceStrategy::Strong => Some(Escalation::Horizon),
+            _ => None,
+        }
+    }
+
+    /// The status of a read that met the fence with `strategy`, after `rereads` cheap re-reads.
+    #[inline]
+    pub(crate) fn met(&self, strategy: FenceStrategy, rereads: u32) -> Visibility {
+        let path = if self.is_unfenced() {
+            FencePath::Unfenced
+        } else {
+            match strategy {
+                FenceStrategy::Verify if rereads == 0 => FencePath::Verified,
+                FenceStrategy::Verify => FencePath::ReRead,
+                FenceStrategy::ServerWait => FencePath::ServerWait,
+                FenceStrategy::Strong => FencePath::Escalated,
+            }
+        };
+        if self.session_only {
+            Visibility::SessionOnly(path)
+        } else {
+            Visibility::Guaranteed(path)
+        }
+    }
+
+    /// Checks the scopes a cheap read returned beyond those it named up front (the items of a
+    /// query): each must still reflect what `session` requires of it, or the read is stale like
+    /// any other.
+    pub(crate) fn check_beyond(
+        &self,
+        strategy: FenceStrategy,
+        observed: &Observed,
+        session: &crate::session::Session,
+    ) -> Result<(), Staleness> {
+        if observed.is_strong() || strategy != FenceStrategy::Verify {
+            return Ok(());
+        }
+        let mut extra = observed
+            .iter()
+            .filter(|(scope, _)| self.requirement(*scope).is_none())
+            .peekable();
+        if extra.peek().is_none() {
+            return Ok(());
+        }
+        let state = session.lock();
+        for (scope, seen) in extra {
+            let r = state.requirement(scope);
+            let required = r.version.max(r.horizon.unwrap_or(Version::ZERO));
+            if seen < required {
+                return Err(Staleness {
+                    scope,
+                    required,
+                    observed: Some(seen),
+                    horizon: r.horizon.is_some() && r.horizon > Some(r.version),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the session already held everything `observed` shows when the read started
+    /// (its clock was `clock_at_start`; its state only grows, so it still does): the common
+    /// steady-state read then records nothing.
+    #[inline]
+    pub(crate) fn already_known(
+        &self,
+        observed: &Observed,
+        clock_at_start: HybridTimestamp,
+    ) -> bool {
+        // A requirement met may be the principal's: the session takes it as its own.
+        !self.shared
+            && observed.seen_clock().is_none_or(|c| c <= clock_at_start)
+            && observed
+                .seen_context()
+                .is_none_or(|(v, _)| self.context().is_some_and(|c| c.version >= v))
+            && observed.iter().all(|(scope, v)| self.knows(scope, v))
+            && observed.floors().all(|(scope, v)| self.knows(scope, v))
+    }
+
+    /// Whether the session required at least `version` of `scope` when the read started.
+    #[inline]
+    fn knows(&self, scope: ScopeKey, version: Version) -> bool {
+        version == Version::ZERO
+            || self
+                .requirement(scope)
+                .is_some_and(|r| r.version >= version)
+    }
+}
+
+impl StaleReadPolicy {
+    /// What a read that stays behind its fence (`stale`) answers: `Pending` with the stale data,
+    /// or, under [`StaleReadPolicy::Error`], the stale read as an error.
+    #[inline]
+    pub(crate) fn give_up(self, stale: StaleRead) -> Result<Visibility, Box<StaleRead>> {
+        match self {
+            StaleReadPolicy::Error => Err(Box::new(stale)),
+            _ => Ok(Visibility::Pending(Box::new(stale))),
+        }
+    }
+}
+
+/// Why a read went to the store's strong path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Escalation {
+    /// Cheap reads stayed behind the fence.
+    StaleRead,
+    /// A coarsened scope (a store horizon) covered the read, and cheap reads rarely meet one.
+    Horizon,
+    /// The layer is configured to read strongly up front ([`crate::FenceConfig::strong`]).
+    Configured,
+    /// A cheap read of these scopes cannot show that it meets the fence
+    /// ([`Verification::ServerSideOnly`]: several rows of a partition of a store
+    /// that does not replicate a partition in order).
+    Unverifiable,
+}
+
+impl Escalation {
+    /// A short, stable name, for metric attributes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Escalation::StaleRead => "stale_read",
+            Escalation::Horizon => "horizon",
+            Escalation::Configured => "configured",
+            Escalation::Unverifiable => "unverifiable",
+        }
+    }
 }
 
 /// Why one attempt did not meet its fence.
@@ -662,159 +792,6 @@ impl Visibility {
             Visibility::Guaranteed(p) | Visibility::SessionOnly(p) => Some(*p),
             Visibility::Pending(_) | Visibility::Unscoped | Visibility::Queued(_) => None,
         }
-    }
-}
-
-/// What few responses carry beyond their versions.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Extras {
-    /// Requirements to record that prove nothing of this response.
-    floors: Vec<(ScopeKey, Version)>,
-    /// Versions this response meets that are not requirements to record.
-    meets: Vec<(ScopeKey, Version)>,
-    /// An opaque store context, with the version it goes with.
-    context: Option<(Version, std::sync::Arc<[u8]>)>,
-}
-
-/// Versions (and optionally a clock reading) a response carries.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Observed {
-    versions: SmallVec<[(ScopeKey, Version); 2]>,
-    /// Floors, versions met and a store context (most responses have none: kept out of line,
-    /// so that dropping an `Observed` is one check; an `Arc`, whose drop is inlined).
-    extras: Option<std::sync::Arc<Extras>>,
-    clock: Option<HybridTimestamp>,
-    strong: bool,
-}
-
-impl Observed {
-    /// Nothing observed.
-    #[inline]
-    pub fn new() -> Self {
-        Observed::default()
-    }
-
-    /// Records that the response reflects `scope` at `version` (use `Version::ZERO` for an item
-    /// that does not exist). A scope recorded twice keeps the larger version.
-    #[inline]
-    pub fn push(&mut self, scope: ScopeKey, version: Version) {
-        if let Some(slot) = self.versions.iter_mut().find(|(s, _)| *s == scope) {
-            slot.1 = slot.1.max(version);
-        } else {
-            self.versions.push((scope, version));
-        }
-    }
-
-    /// Raises what the session requires of `scope` to `version` from now on, without claiming
-    /// that this response reflects it: the newest write time among the rows of a partition read
-    /// is something the session has seen (so later reads of the partition must show it:
-    /// monotonic reads), but on a store that does not replicate a partition in order it shows
-    /// nothing of the rows the response lacks. The fence check ignores it.
-    pub fn require(&mut self, scope: ScopeKey, version: Version) {
-        upsert(
-            &mut std::sync::Arc::make_mut(self.extras.get_or_insert_default()).floors,
-            scope,
-            version,
-        );
-    }
-
-    /// Records that this response reflects `scope` up to `version` for this read's fence,
-    /// without making `version` a requirement of the session: a row's write time shows that the
-    /// row reflects a partition-wide write made before it (a partition delete), but must not
-    /// become a requirement on the partition's other rows.
-    pub fn meets(&mut self, scope: ScopeKey, version: Version) {
-        upsert(
-            &mut std::sync::Arc::make_mut(self.extras.get_or_insert_default()).meets,
-            scope,
-            version,
-        );
-    }
-
-    /// Records a timestamp the session's hybrid clock must move past (a Scylla write time, a
-    /// cluster time).
-    #[inline]
-    pub fn clock(&mut self, seen: HybridTimestamp) {
-        self.clock = Some(self.clock.map_or(seen, |c| c.max(seen)));
-    }
-
-    /// Marks the response as served by the strongly consistent path: it reflects every write
-    /// acknowledged before it was served, so it meets any fence (including store horizons).
-    #[inline]
-    pub fn mark_strong(&mut self) {
-        self.strong = true;
-    }
-
-    /// Records an opaque store context the session must carry (MongoDB's signed
-    /// `$clusterTime`), with the version it goes with; the session keeps the newest.
-    pub fn context(&mut self, version: Version, bytes: impl Into<std::sync::Arc<[u8]>>) {
-        let slot = &mut std::sync::Arc::make_mut(self.extras.get_or_insert_default()).context;
-        if slot.as_ref().is_none_or(|(v, _)| version > *v) {
-            *slot = Some((version, bytes.into()));
-        }
-    }
-
-    /// The store context recorded, if any.
-    #[inline]
-    pub fn seen_context(&self) -> Option<(Version, &[u8])> {
-        self.extras
-            .as_deref()?
-            .context
-            .as_ref()
-            .map(|(v, b)| (*v, &**b))
-    }
-
-    pub(crate) fn context_shared(&self) -> Option<(Version, std::sync::Arc<[u8]>)> {
-        self.extras.as_deref()?.context.clone()
-    }
-
-    /// The version this response reflects of `scope` (what [`Observed::push`] and
-    /// [`Observed::meets`] recorded), what a fence is checked against.
-    #[inline]
-    pub fn get(&self, scope: ScopeKey) -> Option<Version> {
-        let find =
-            |list: &[(ScopeKey, Version)]| list.iter().find(|(s, _)| *s == scope).map(|(_, v)| *v);
-        let pushed = find(&self.versions);
-        match &self.extras {
-            Some(extras) if !extras.meets.is_empty() => pushed.max(find(&extras.meets)),
-            _ => pushed,
-        }
-    }
-
-    /// The versions the response reflects and the session records ([`Observed::push`]).
-    #[inline]
-    pub fn iter(&self) -> impl Iterator<Item = (ScopeKey, Version)> + '_ {
-        self.versions.iter().copied()
-    }
-
-    /// The requirements recorded with [`Observed::require`], which prove nothing of this
-    /// response.
-    #[inline]
-    pub fn floors(&self) -> impl Iterator<Item = (ScopeKey, Version)> + '_ {
-        self.extras
-            .as_deref()
-            .map_or(&[][..], |e| &e.floors[..])
-            .iter()
-            .copied()
-    }
-
-    /// The clock reading, if any.
-    #[inline]
-    pub fn seen_clock(&self) -> Option<HybridTimestamp> {
-        self.clock
-    }
-
-    /// Whether the response came from the strong path.
-    #[inline]
-    pub fn is_strong(&self) -> bool {
-        self.strong
-    }
-}
-
-fn upsert(list: &mut Vec<(ScopeKey, Version)>, scope: ScopeKey, version: Version) {
-    if let Some(slot) = list.iter_mut().find(|(s, _)| *s == scope) {
-        slot.1 = slot.1.max(version);
-    } else {
-        list.push((scope, version));
     }
 }
 

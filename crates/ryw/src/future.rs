@@ -6,26 +6,22 @@
 //! conflict and send the rebased write. The future only carries that decision out (sleeping,
 //! waiting for readiness, calling the inner service).
 
-use crate::adapter::{
-    Applied, ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp,
-};
+use crate::adapter::{ErrorClass, Observed, Operation, Scopes, StoreAdapter};
 use crate::adaptive::StaleProgress;
 use crate::clock::HybridTimestamp;
 use crate::config::LayerConfig;
 use crate::conflict::Resolution;
 use crate::error::Error;
 use crate::fence::{
-    FenceDecision, FencePath, FenceStrategy, ReadFence, StaleRead, StaleReadPolicy, Staleness,
-    Verification, Visibility,
+    Escalation, FenceDecision, FencePath, FenceStrategy, ReadFence, StaleRead, StaleReadPolicy,
+    Visibility,
 };
-use crate::request::{Sent, SentWrite, SessionRequest, SessionResponse};
+use crate::instrument::{self, Summary};
+use crate::request::{SessionRequest, SessionResponse};
 use crate::retry::{Classified, SessionRetryPolicy};
 use crate::session::{Session, StoreContext, WriteId};
-use crate::telemetry::{
-    ConflictEvent, ConflictResolution, Escalation, FailureKind, FenceMissEvent, Observer, Outcome,
-    ReadVisibility, RequestEvent, RetryEvent,
-};
-use crate::version::Version;
+use crate::stamp::{self, Copies, Stamp};
+use crate::telemetry::ConflictResolution;
 use pin_project::pin_project;
 use std::fmt;
 use std::future::Future;
@@ -65,7 +61,8 @@ pub(crate) struct InFlight<A: StoreAdapter> {
     fence: ReadFence,
     /// The strategy of the attempt in flight.
     strategy: FenceStrategy,
-    stamp: Option<(WriteId, HybridTimestamp)>,
+    /// A write's stamp.
+    stamp: Option<Stamp>,
     /// The session's clock when the request started.
     clock_at_start: HybridTimestamp,
     stale_reads: StaleReadPolicy,
@@ -81,8 +78,8 @@ pub(crate) struct InFlight<A: StoreAdapter> {
     /// An earlier attempt of this write failed in a way that may have applied: later attempts
     /// are replays ([`StoreAdapter::prepare_replay`]).
     may_have_applied: bool,
-    /// The stamp shared with the request's clones, when it was cloned.
-    shared_write: Option<Arc<SentWrite<A::Request>>>,
+    /// The write shared with the request's clones, when it was cloned.
+    copies: Option<Arc<Copies<A::Request>>>,
     /// When the request started, if an observer is installed (no clock read otherwise).
     started: Option<tokio::time::Instant>,
     /// Why the read went to the strong path, if it did.
@@ -115,64 +112,6 @@ impl<A: StoreAdapter> Default for Cold<A> {
     }
 }
 
-/// Opens the request's span, `ryw.request` at INFO level (target `ryw`), with its fields
-/// declared up front, if a subscriber wants it, and fills in what is known when the request
-/// starts. The session id appears only hashed (a one-way 64-bit digest), enough to follow one
-/// session across spans. Without a subscriber, this is one check.
-#[inline]
-fn request_span<A: StoreAdapter, P>(
-    config: &LayerConfig<A, P>,
-    op: Operation,
-    session: &Session,
-    scopes: usize,
-    strategy: FenceStrategy,
-) -> Option<Box<Cold<A>>> {
-    if tracing::level_enabled!(tracing::Level::INFO) {
-        new_request_span(config, op, session, scopes, strategy)
-    } else {
-        None
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn new_request_span<A: StoreAdapter, P>(
-    config: &LayerConfig<A, P>,
-    op: Operation,
-    session: &Session,
-    scopes: usize,
-    strategy: FenceStrategy,
-) -> Option<Box<Cold<A>>> {
-    use tracing::field::Empty;
-    let span = tracing::info_span!(
-        target: "ryw",
-        "ryw.request",
-        otel.kind = "internal",
-        otel.status_code = Empty,
-        error.type = Empty,
-        ryw.operation = op.as_str(),
-        ryw.store.id = config.adapter.store().get(),
-        ryw.scopes = scopes,
-        ryw.session.hash = %crate::telemetry::SessionHash::of(session.id()),
-        ryw.fence.strategy = Empty,
-        ryw.fence.path = Empty,
-        ryw.escalation.reason = Empty,
-        ryw.attempts = Empty,
-        ryw.rereads = Empty,
-        ryw.outcome = Empty,
-    );
-    if span.is_disabled() {
-        return None;
-    }
-    if op == Operation::Read {
-        span.record("ryw.fence.strategy", strategy.as_str());
-    }
-    Some(Box::new(Cold {
-        span: Some(span),
-        ..Cold::default()
-    }))
-}
-
 /// What [`InFlight::decide`] decided after a store response.
 enum Next<B, T> {
     /// The request is over.
@@ -199,7 +138,7 @@ impl<A: StoreAdapter> InFlight<A> {
         config: &LayerConfig<A, P>,
         request: SessionRequest<A::Request>,
     ) -> (Self, Result<A::Request, WriteId>) {
-        let (session, mut base, stale_reads, shared_write) = request.into_parts();
+        let (session, mut base, stale_reads, copies) = request.into_parts();
         let adapter = &config.adapter;
         adapter.prepare(&mut base);
         let op = adapter.operation(&base);
@@ -208,103 +147,64 @@ impl<A: StoreAdapter> InFlight<A> {
 
         // Held across stamping, so that clones started concurrently share one stamp.
         let mut slot = match op {
-            Operation::Write(_) => shared_write.as_deref().map(SentWrite::lock),
+            Operation::Write(_) => copies.as_deref().map(Copies::lock),
             Operation::Read => None,
         };
-        let reused = slot.as_deref().and_then(Option::as_ref).map(|s| {
-            (
-                (s.write_id, s.timestamp),
-                s.stamped.clone(),
-                s.outstanding > 0,
-            )
-        });
-        let fence;
-        let mut stamp = None;
-        let clock_at_start;
-        {
-            let mut state = session.lock();
-            let by_version =
-                op != Operation::Read || adapter.verification(&base) == Verification::Versions;
-            fence = fence_of(&state, adapter, &scopes, by_version);
-            if let (Operation::Write(_), None) = (op, &reused) {
-                stamp = Some(state.next_write(config.clock.now_micros()));
-            }
-            clock_at_start = state.clock();
-        }
-        let mut may_have_applied = false;
-        if let Some((sent_stamp, stamped, outstanding)) = reused {
-            // A clone was sent: send the very request it sent, stamped as it was. Prepared again:
-            // a stamped write rebuilt elsewhere (`SessionRequest::from_stamped`, an outbox entry)
-            // does not carry the adapter's configuration the store service needs.
-            stamp = Some(sent_stamp);
-            base = stamped;
-            adapter.prepare(&mut base);
-            may_have_applied = outstanding;
-        } else if let Some((write_id, timestamp)) = stamp {
-            adapter.stamp_write(
-                &mut base,
-                &WriteStamp {
-                    write_id,
-                    timestamp,
-                    fence: &fence,
-                },
-            );
-            if let Some(slot) = slot.as_deref_mut() {
-                *slot = Some(Sent {
-                    write_id,
-                    timestamp,
-                    stamped: base.clone(),
-                    outstanding: 0,
-                });
-            }
-        }
-        let refused = may_have_applied && op == Operation::Write(Replay::Never);
-        if let (false, Some(Some(sent))) = (refused, slot.as_deref_mut()) {
-            sent.outstanding += 1;
-        }
+        let start = stamp::stamp_or_reuse(
+            config,
+            &session,
+            op,
+            &mut base,
+            &scopes,
+            slot.as_deref_mut(),
+        );
+        let sent = match slot.as_deref_mut() {
+            Some(Some(write)) => write.send(op, start.may_have_applied),
+            _ => Ok(start.may_have_applied),
+        };
         drop(slot);
 
+        let fence = start.fence;
         let strategy = match op {
             Operation::Read => fence.initial_strategy(&config.fence, config.support),
             _ => FenceStrategy::Verify,
         };
-        let escalation = match (op, strategy) {
-            (Operation::Read, FenceStrategy::Strong)
-                if config.fence.initial == FenceStrategy::Strong =>
-            {
-                Some(Escalation::Configured)
-            }
-            (Operation::Read, FenceStrategy::Strong) if !fence.has_horizon() => {
-                Some(Escalation::Unverifiable)
-            }
-            (Operation::Read, FenceStrategy::Strong) => Some(Escalation::Horizon),
+        let escalation = match op {
+            Operation::Read => fence.escalation(&config.fence, strategy),
             _ => None,
         };
-        let cold = request_span(config, op, &session, fence.requirements().len(), strategy);
+        let cold =
+            instrument::request_span(config, op, &session, fence.requirements().len(), strategy)
+                .map(|span| {
+                    Box::new(Cold {
+                        span: Some(span),
+                        ..Cold::default()
+                    })
+                });
         let in_flight = InFlight {
             session,
             base,
             op,
             fence,
             strategy,
-            stamp,
-            clock_at_start,
+            stamp: start.stamp,
+            clock_at_start: start.clock,
             stale_reads: stale_reads.unwrap_or(config.fence.stale_reads),
             sent: 0,
             rereads: 0,
             conflicts: 0,
             cold,
-            may_have_applied,
-            shared_write,
+            may_have_applied: start.may_have_applied,
+            copies,
             started: config
                 .observer
                 .as_ref()
                 .map(|_| tokio::time::Instant::now()),
             escalation,
         };
-        if let (true, Some((write_id, _))) = (refused, stamp) {
+        if let Err(stamp) = sent {
             tracing::debug!(target: "ryw::retry", "a clone of this write may have applied: not sent again");
-            return (in_flight, Err(write_id));
+            return (in_flight, Err(stamp.write_id));
         }
         let first = in_flight.attempt(adapter);
         (in_flight, Ok(first))
@@ -316,95 +216,31 @@ impl<A: StoreAdapter> InFlight<A> {
         self.cold.as_ref()?.span.as_ref()
     }
 
-    /// Tells the span and the observer how the request ended, and hands the answer back. Called
-    /// only when either is there to hear it, and kept out of the request path: taking even a
-    /// reference to the answer there would pin it to the stack on its way out (a copy and a
-    /// stall per request measured without any observer).
-    #[cold]
-    #[inline(never)]
+    /// Tells the span and the observer how the request ended ([`instrument::finish`]).
     fn finish<P>(&self, config: &LayerConfig<A, P>, out: Out<A>) -> Out<A> {
-        let outcome = match &out {
-            Ok(response) if self.op == Operation::Read => {
-                Outcome::Read(ReadVisibility::of(response.visibility()))
-            }
-            Ok(_) => Outcome::Written,
-            Err(error) => Outcome::Failed(failure_kind(error)),
-        };
-        if let Some(span) = self.span() {
-            self.record_outcome(span, outcome);
-        }
-        let Some(observer) = &config.observer else {
-            return out;
-        };
-        observer.request(&RequestEvent {
-            store: config.adapter.store(),
-            operation: self.op,
+        let summary = Summary {
+            op: self.op,
             scopes: self.fence.requirements().len(),
             attempts: self.sent,
             rereads: self.rereads,
             escalation: self.escalation,
-            outcome,
-            duration: self.started.map(|s| s.elapsed()).unwrap_or_default(),
-        });
-        out
-    }
-
-    /// Records how the request ended on its span (`otel.status_code` is `error` for an error;
-    /// a pending read is not an error).
-    fn record_outcome(&self, span: &tracing::Span, outcome: Outcome) {
-        span.record("ryw.attempts", self.sent);
-        span.record("ryw.rereads", self.rereads);
-        if let Some(reason) = self.escalation {
-            span.record("ryw.escalation.reason", reason.as_str());
-        }
-        match outcome {
-            Outcome::Read(visibility) => {
-                span.record("ryw.fence.strategy", self.strategy.as_str());
-                span.record("ryw.outcome", visibility.as_str());
-                if let ReadVisibility::Guaranteed(path) | ReadVisibility::SessionOnly(path) =
-                    visibility
-                {
-                    span.record("ryw.fence.path", path.as_str());
-                }
-            }
-            Outcome::Written => {
-                span.record("ryw.outcome", "written");
-            }
-            Outcome::Failed(kind) => {
-                span.record("ryw.outcome", kind.as_str());
-                span.record("error.type", kind.as_str());
-                span.record("otel.status_code", "error");
-            }
-        }
+            strategy: self.strategy,
+            started: self.started,
+        };
+        instrument::finish(config, self.span(), &summary, out)
     }
 
     /// The store request of an attempt after the first. For a request that was cloned, every
     /// attempt any clone sent that may have applied makes this one a replay; a write that may
     /// not be replayed is then not sent (its id is returned instead).
     fn next_attempt(&mut self, adapter: &A) -> Result<A::Request, WriteId> {
-        if let (Some(shared), Some((write_id, _))) = (&self.shared_write, self.stamp) {
-            if let Some(sent) = shared.lock().as_mut() {
-                self.may_have_applied |= sent.outstanding > 0;
-                if self.may_have_applied && self.op == Operation::Write(Replay::Never) {
-                    return Err(write_id);
-                }
-                sent.outstanding += 1;
+        if let (Some(copies), Some(_)) = (&self.copies, self.stamp) {
+            match copies.send(self.op, self.may_have_applied) {
+                Ok(may_have_applied) => self.may_have_applied = may_have_applied,
+                Err(stamp) => return Err(stamp.write_id),
             }
         }
         Ok(self.attempt(adapter))
-    }
-
-    /// Tells the request's clones that the attempt just answered did not apply.
-    fn did_not_apply(&self, class: Option<ErrorClass>) {
-        let not_applied = matches!(
-            class,
-            Some(ErrorClass::Transient(Applied::No) | ErrorClass::Conflict | ErrorClass::Permanent)
-        );
-        if let (true, Some(shared)) = (not_applied, &self.shared_write) {
-            if let Some(sent) = shared.lock().as_mut() {
-                sent.outstanding = sent.outstanding.saturating_sub(1);
-            }
-        }
     }
 
     /// The store request of the next attempt: the stamped request, marked as a replay when an
@@ -442,7 +278,9 @@ impl<A: StoreAdapter> InFlight<A> {
         if class == Some(ErrorClass::AMBIGUOUS) {
             self.may_have_applied = true;
         }
-        self.did_not_apply(class);
+        if let Some(copies) = &self.copies {
+            copies.answered(class);
+        }
         // Conflicts are the resolver's, not the retry policy's.
         let mut result = match (class, result) {
             (Some(ErrorClass::Conflict), Err(error)) => {
@@ -456,11 +294,7 @@ impl<A: StoreAdapter> InFlight<A> {
         // The replay rule is the layer's, whatever policy is installed: a transient failure the
         // rule does not allow to retry (an unreplayable write that may have applied), or an
         // unresolved replay, is never sent again.
-        let forbidden = match class {
-            Some(ErrorClass::Unresolved) => true,
-            Some(c) => c.is_transient() && !crate::retry::may_retry(self.op, c),
-            None => false,
-        };
+        let forbidden = class.is_some_and(|c| stamp::never_again(self.op, c));
         // tower's contract: the policy sees every result once it exists. Until the first
         // failure it does not: the prototype hears of the success instead.
         if policy.is_none() && result.is_err() && !forbidden {
@@ -474,18 +308,7 @@ impl<A: StoreAdapter> InFlight<A> {
                     error: class,
                 };
                 if let Some(backoff) = policy.retry(&mut self.base, &mut result, classified) {
-                    retry_event(class, self.sent);
-                    if let Some(observer) = &config.observer {
-                        report_retry(
-                            &**observer,
-                            RetryEvent {
-                                store: config.adapter.store(),
-                                operation: self.op,
-                                class,
-                                attempts: self.sent,
-                            },
-                        );
-                    }
+                    instrument::retried(config, self.op, class, self.sent);
                     return Next::Retry(backoff);
                 }
             }
@@ -512,7 +335,9 @@ impl<A: StoreAdapter> InFlight<A> {
     ) -> Next<B, Out<A>> {
         let mut observed = Observed::new();
         config.adapter.observe(&self.base, &response, &mut observed);
-        if !self.already_known(&observed) {
+        let known =
+            self.op == Operation::Read && self.fence.already_known(&observed, self.clock_at_start);
+        if !known {
             record(config, &self.session, &observed);
         }
         if let Operation::Write(_) = self.op {
@@ -526,7 +351,7 @@ impl<A: StoreAdapter> InFlight<A> {
             return Next::Return(Ok(SessionResponse::new(
                 response,
                 visibility,
-                self.stamp.map(|(w, _)| w),
+                self.stamp.map(|s| s.write_id),
                 self.sent,
             )));
         }
@@ -538,30 +363,16 @@ impl<A: StoreAdapter> InFlight<A> {
                 _ => self.read_response(response, Visibility::Unscoped),
             });
         }
-        let checked = self
-            .fence
-            .check(self.strategy, &observed)
-            .and_then(|()| self.beyond_the_fence(&observed));
+        let checked = self.fence.check(self.strategy, &observed).and_then(|()| {
+            self.fence
+                .check_beyond(self.strategy, &observed, &self.session)
+        });
         let staleness = match checked {
             Ok(()) => {
-                let path = if self.fence.is_unfenced() {
-                    FencePath::Unfenced
-                } else {
-                    match self.strategy {
-                        FenceStrategy::Verify if self.rereads == 0 => FencePath::Verified,
-                        FenceStrategy::Verify => {
-                            self.learn_reread(config, true);
-                            FencePath::ReRead
-                        }
-                        FenceStrategy::ServerWait => FencePath::ServerWait,
-                        FenceStrategy::Strong => FencePath::Escalated,
-                    }
-                };
-                let visibility = if self.fence.session_only() {
-                    Visibility::SessionOnly(path)
-                } else {
-                    Visibility::Guaranteed(path)
-                };
+                if self.strategy == FenceStrategy::Verify && self.rereads > 0 {
+                    self.learn_reread(config, true);
+                }
+                let visibility = self.fence.met(self.strategy, self.rereads);
                 return Next::Return(self.read_response(response, visibility));
             }
             Err(staleness) => staleness,
@@ -571,17 +382,7 @@ impl<A: StoreAdapter> InFlight<A> {
             attempts: self.sent,
             last_strategy: self.strategy,
         };
-        fence_miss_event(&staleness, self.sent, self.strategy);
-        if let Some(observer) = &config.observer {
-            report_fence_miss(
-                &**observer,
-                FenceMissEvent {
-                    store: config.adapter.store(),
-                    staleness,
-                    strategy: self.strategy,
-                },
-            );
-        }
+        instrument::fence_missed(config, &staleness, self.sent, self.strategy);
         match self.after_stale(config) {
             FenceDecision::Retry { strategy, delay } => {
                 if strategy == FenceStrategy::Verify {
@@ -652,66 +453,10 @@ impl<A: StoreAdapter> InFlight<A> {
         }
     }
 
-    /// A cheap read may return scopes it did not name up front (the items of a query): each must
-    /// still reflect what the session requires of it, or the read is stale like any other.
-    fn beyond_the_fence(&self, observed: &Observed) -> Result<(), Staleness> {
-        if observed.is_strong() || self.strategy != FenceStrategy::Verify {
-            return Ok(());
-        }
-        let mut extra = observed
-            .iter()
-            .filter(|(scope, _)| self.fence.requirement(*scope).is_none())
-            .peekable();
-        if extra.peek().is_none() {
-            return Ok(());
-        }
-        let state = self.session.lock();
-        for (scope, seen) in extra {
-            let r = state.requirement(scope);
-            let required = r.version.max(r.horizon.unwrap_or(Version::ZERO));
-            if seen < required {
-                return Err(Staleness {
-                    scope,
-                    required,
-                    observed: Some(seen),
-                    horizon: r.horizon.is_some() && r.horizon > Some(r.version),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// True when the session already held everything `observed` shows when the request started
-    /// (state only grows, so it still does): the common steady-state read skips the second lock.
-    #[inline]
-    fn already_known(&self, observed: &Observed) -> bool {
-        self.op == Operation::Read
-            // A requirement met may be the principal's: the session takes it as its own.
-            && !self.fence.shared()
-            && observed
-                .seen_clock()
-                .is_none_or(|c| c <= self.clock_at_start)
-            && observed
-                .seen_context()
-                .is_none_or(|(v, _)| self.fence.context().is_some_and(|c| c.version >= v))
-            && observed.iter().all(|(scope, v)| self.knows(scope, v))
-            && observed.floors().all(|(scope, v)| self.knows(scope, v))
-    }
-
-    /// Whether the session required at least `version` of `scope` when the request started.
-    #[inline]
-    fn knows(&self, scope: crate::version::ScopeKey, version: Version) -> bool {
-        version == Version::ZERO
-            || self
-                .fence
-                .requirement(scope)
-                .is_some_and(|r| r.version >= version)
-    }
-
     fn give_up(&self, response: A::Response, stale: StaleRead) -> Out<A> {
-        match self.stale_reads {
-            StaleReadPolicy::Error => Err(Error::StaleRead(Box::new(stale))),
-            _ => self.read_response(response, Visibility::Pending(Box::new(stale))),
+        match self.stale_reads.give_up(stale) {
+            Ok(visibility) => self.read_response(response, visibility),
+            Err(stale) => Err(Error::StaleRead(stale)),
         }
     }
 
@@ -722,17 +467,13 @@ impl<A: StoreAdapter> InFlight<A> {
             return self.give_up(response, stale);
         }
         let transient = class.is_some_and(|c| c.is_transient());
-        if let (
-            Operation::Write(Replay::Never),
-            Some(ErrorClass::Transient(Applied::Unknown)),
-            Some((write_id, _)),
-        )
-        | (_, Some(ErrorClass::Unresolved), Some((write_id, _))) = (self.op, class, self.stamp)
-        {
-            return Err(Error::Ambiguous {
-                write_id,
-                source: error,
-            });
+        if let (Some(class), Some(stamp)) = (class, self.stamp) {
+            if stamp::is_ambiguous(self.op, class) {
+                return Err(Error::Ambiguous {
+                    write_id: stamp.write_id,
+                    source: error,
+                });
+            }
         }
         Err(Error::Store {
             source: error,
@@ -754,7 +495,7 @@ impl<A: StoreAdapter> InFlight<A> {
             transient: false,
             may_have_applied,
         };
-        let Some((write_id, timestamp)) = self.stamp else {
+        let Some(stamp) = self.stamp else {
             return Err(store_error(error));
         };
         let Some(conflict) = config.adapter.conflict(&self.base, &error) else {
@@ -768,20 +509,13 @@ impl<A: StoreAdapter> InFlight<A> {
         }
         record(config, &self.session, &observed);
         if self.conflicts >= config.conflict_retries {
-            report_conflict(config, ConflictResolution::Reported);
+            instrument::conflict(config, ConflictResolution::Reported);
             return Err(Error::Conflict(Box::new(conflict)));
         }
         let rebased = match config.resolver.resolve(&self.base, &conflict) {
             Resolution::Overwrite => config.adapter.rebase(&mut self.base, &conflict),
             Resolution::Merge(mut merged) => {
-                config.adapter.stamp_write(
-                    &mut merged,
-                    &WriteStamp {
-                        write_id,
-                        timestamp,
-                        fence: &self.fence,
-                    },
-                );
+                config.adapter.stamp_write(&mut merged, stamp, &self.fence);
                 let ok = config.adapter.rebase(&mut merged, &conflict);
                 if ok {
                     self.base = merged;
@@ -791,157 +525,14 @@ impl<A: StoreAdapter> InFlight<A> {
             _ => false,
         };
         if !rebased {
-            report_conflict(config, ConflictResolution::Reported);
+            instrument::conflict(config, ConflictResolution::Reported);
             return Err(Error::Conflict(Box::new(conflict)));
         }
-        report_conflict(config, ConflictResolution::Rebased);
+        instrument::conflict(config, ConflictResolution::Rebased);
         tracing::debug!(target: "ryw::conflict", "write rebased onto the current version");
         self.conflicts += 1;
         Ok(())
     }
-}
-
-fn report_conflict<A: StoreAdapter, P>(config: &LayerConfig<A, P>, resolution: ConflictResolution) {
-    if let Some(observer) = &config.observer {
-        observer.conflict(&ConflictEvent {
-            store: config.adapter.store(),
-            resolution,
-        });
-    }
-}
-
-// The observer's calls and the span's events stay out of the request path's code: inlined,
-// even a disabled event's code changes how the request path compiles (measured: +10 ns).
-
-/// The `retry` event of the request's span (DEBUG, target `ryw::retry`).
-#[cold]
-#[inline(never)]
-fn retry_event(class: Option<ErrorClass>, attempts: u32) {
-    tracing::debug!(
-        target: "ryw::retry",
-        class = class.map_or("none", ErrorClass::as_str),
-        attempts,
-        "retry"
-    );
-}
-
-/// The `fence miss` event of the request's span (DEBUG, target `ryw::fence`).
-#[cold]
-#[inline(never)]
-fn fence_miss_event(staleness: &Staleness, attempts: u32, strategy: FenceStrategy) {
-    tracing::debug!(
-        target: "ryw::fence",
-        required = staleness.required.get(),
-        observed = staleness.observed.map(Version::get),
-        horizon = staleness.horizon,
-        attempts,
-        strategy = strategy.as_str(),
-        "fence miss"
-    );
-}
-
-#[cold]
-#[inline(never)]
-fn report_retry(observer: &dyn Observer, event: RetryEvent) {
-    observer.retry(&event);
-}
-
-#[cold]
-#[inline(never)]
-fn report_fence_miss(observer: &dyn Observer, event: FenceMissEvent) {
-    observer.fence_miss(&event);
-}
-
-/// The kind of a failed request's error, for an observer.
-fn failure_kind<E>(error: &Error<E>) -> FailureKind {
-    match error {
-        Error::Store { transient, .. } => FailureKind::Store {
-            transient: *transient,
-        },
-        Error::Ambiguous { .. } => FailureKind::Ambiguous,
-        Error::AlreadySent { .. } => FailureKind::AlreadySent,
-        Error::Conflict(_) => FailureKind::Conflict,
-        Error::StaleRead(_) => FailureKind::StaleRead,
-        Error::NotReady(_) => FailureKind::NotReady,
-        Error::Unscoped => FailureKind::Unscoped,
-    }
-}
-
-/// What the session requires of `scopes`, and its context at the adapter's store.
-#[inline]
-fn fence_of<A: StoreAdapter>(
-    state: &crate::session::SessionState,
-    adapter: &A,
-    scopes: &Scopes,
-    by_version: bool,
-) -> ReadFence {
-    let mut fence = ReadFence::new();
-    fence.set_verifiable(by_version);
-    fence.set_session_only(state.principal_unavailable());
-    fence.set_shared(state.has_principal());
-    for scope in scopes.iter() {
-        fence.push(state.requirement(scope));
-    }
-    if let Some(c) = state.context(adapter.store()) {
-        fence.set_context(Some(c.clone()));
-    }
-    fence
-}
-
-/// Stamps the write `request` carries as its first attempt would be stamped, without sending it
-/// ([`crate::ReadYourWrites::stamp`]), and records the stamp on the request and its clones as an
-/// attempt that may apply: whoever sends it later (a clone, a retry) sends this very write, as
-/// a replay. A request already stamped (a clone of a sent one, or
-/// [`SessionRequest::from_stamped`]) keeps its stamp. `None` for a read.
-pub(crate) fn stamp_only<A: StoreAdapter, P>(
-    config: &LayerConfig<A, P>,
-    request: &SessionRequest<A::Request>,
-) -> Option<crate::request::StampedWrite<A::Request>> {
-    let adapter = &config.adapter;
-    let mut base = request.get_ref().clone();
-    adapter.prepare(&mut base);
-    if adapter.operation(&base) == Operation::Read {
-        return None;
-    }
-    // Held across stamping, as a send holds it: clones stamped at once share one stamp.
-    let mut slot = request.shared_write().lock();
-    if let Some(sent) = slot.as_mut() {
-        // Kept for later by someone: it may apply whenever they send it.
-        sent.outstanding = sent.outstanding.max(1);
-        return Some(crate::request::StampedWrite {
-            write_id: sent.write_id,
-            timestamp: sent.timestamp,
-            request: sent.stamped.clone(),
-            may_have_applied: true,
-        });
-    }
-    let mut scopes = Scopes::new();
-    adapter.scopes(&base, &mut scopes);
-    let (fence, (write_id, timestamp)) = {
-        let mut state = request.session().lock();
-        let fence = fence_of(&state, adapter, &scopes, true);
-        (fence, state.next_write(config.clock.now_micros()))
-    };
-    adapter.stamp_write(
-        &mut base,
-        &WriteStamp {
-            write_id,
-            timestamp,
-            fence: &fence,
-        },
-    );
-    *slot = Some(Sent {
-        write_id,
-        timestamp,
-        stamped: base.clone(),
-        outstanding: 1,
-    });
-    Some(crate::request::StampedWrite {
-        write_id,
-        timestamp,
-        request: base,
-        may_have_applied: false,
-    })
 }
 
 /// Merges what a response showed into the session (versions only move forward).

@@ -14,10 +14,10 @@
 //! assert_eq!(request.session().id(), session.id());
 //! ```
 
-use crate::clock::HybridTimestamp;
 use crate::fence::{StaleReadPolicy, Visibility};
 use crate::session::{Session, WriteId};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use crate::stamp::{Copies, StampedWrite};
+use std::sync::{Arc, OnceLock};
 
 /// A store request paired with the session it belongs to.
 ///
@@ -39,7 +39,7 @@ pub struct SessionRequest<R> {
     request: R,
     stale_reads: Option<StaleReadPolicy>,
     /// Shared by the request and its clones, created at the first clone.
-    sent: OnceLock<Arc<SentWrite<R>>>,
+    copies: OnceLock<Arc<Copies<R>>>,
 }
 
 impl<R: Clone> Clone for SessionRequest<R> {
@@ -49,64 +49,9 @@ impl<R: Clone> Clone for SessionRequest<R> {
             session: self.session.clone(),
             request: self.request.clone(),
             stale_reads: self.stale_reads,
-            sent: OnceLock::from(self.sent.get_or_init(Arc::default).clone()),
+            copies: OnceLock::from(self.copies.get_or_init(Arc::default).clone()),
         }
     }
-}
-
-/// The write a request and its clones send: the stamped request, and how many attempts of it may
-/// have applied; and the state middleware above the layer shares between the copies
-/// ([`SessionRequest::copies`]).
-pub(crate) struct SentWrite<R>(
-    Mutex<Option<Sent<R>>>,
-    OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
-);
-
-impl<R> Default for SentWrite<R> {
-    fn default() -> Self {
-        SentWrite(Mutex::new(None), OnceLock::new())
-    }
-}
-
-impl<R: std::fmt::Debug> std::fmt::Debug for SentWrite<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("SentWrite")
-            .field(&self.0)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Debug)]
-pub(crate) struct Sent<R> {
-    pub(crate) write_id: WriteId,
-    pub(crate) timestamp: HybridTimestamp,
-    /// The request as first stamped: what every clone sends.
-    pub(crate) stamped: R,
-    /// Attempts sent, by the request or any clone, not (yet) known not to have applied.
-    pub(crate) outstanding: u32,
-}
-
-impl<R> SentWrite<R> {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Option<Sent<R>>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// A write as the layer stamped it: enough to send it again later, or from another process, as
-/// the same write ([`SessionRequest::from_stamped`]). `ryw-outbox` keeps these durably while the
-/// store is down.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StampedWrite<R> {
-    /// The write's id.
-    pub write_id: WriteId,
-    /// Its hybrid-clock timestamp.
-    pub timestamp: HybridTimestamp,
-    /// The store request as stamped (conditions, write id and timestamp in place).
-    pub request: R,
-    /// An attempt of it may have applied: sent again, it must go as a replay.
-    pub may_have_applied: bool,
 }
 
 impl<R: Clone> SessionRequest<R> {
@@ -114,15 +59,7 @@ impl<R: Clone> SessionRequest<R> {
     /// stamped it. Only a request that was cloned before it was sent shares its stamp: clone it,
     /// send one copy, and ask the other.
     pub fn stamped(&self) -> Option<StampedWrite<R>> {
-        let shared = self.sent.get()?;
-        let sent = shared.lock();
-        let sent = sent.as_ref()?;
-        Some(StampedWrite {
-            write_id: sent.write_id,
-            timestamp: sent.timestamp,
-            request: sent.stamped.clone(),
-            may_have_applied: sent.outstanding > 0,
-        })
+        self.copies.get()?.stamped()
     }
 }
 
@@ -144,9 +81,7 @@ impl<R> SessionRequest<R> {
     /// assert_eq!(request.copies::<AtomicU32>().unwrap().load(Ordering::Relaxed), 1);
     /// ```
     pub fn copies<T: std::any::Any + Send + Sync + Default>(&self) -> Option<Arc<T>> {
-        let shared = self.sent.get()?;
-        let slot = shared.1.get_or_init(|| Arc::new(T::default()));
-        slot.clone().downcast::<T>().ok()
+        self.copies.get()?.shared()
     }
 
     /// A request that sends `write` again as the same write: the layer does not stamp it anew,
@@ -157,20 +92,11 @@ impl<R> SessionRequest<R> {
     where
         R: Clone,
     {
-        let shared = Arc::new(SentWrite(
-            Mutex::new(Some(Sent {
-                write_id: write.write_id,
-                timestamp: write.timestamp,
-                stamped: write.request.clone(),
-                outstanding: u32::from(write.may_have_applied),
-            })),
-            OnceLock::new(),
-        ));
         SessionRequest {
             session,
-            request: write.request,
+            request: write.request.clone(),
             stale_reads: None,
-            sent: OnceLock::from(shared),
+            copies: OnceLock::from(Arc::new(Copies::of(write))),
         }
     }
 
@@ -181,30 +107,25 @@ impl<R> SessionRequest<R> {
             session,
             request,
             stale_reads: None,
-            sent: OnceLock::new(),
+            copies: OnceLock::new(),
         }
     }
 
     #[inline]
     pub(crate) fn into_parts(
         self,
-    ) -> (
-        Session,
-        R,
-        Option<StaleReadPolicy>,
-        Option<Arc<SentWrite<R>>>,
-    ) {
+    ) -> (Session, R, Option<StaleReadPolicy>, Option<Arc<Copies<R>>>) {
         (
             self.session,
             self.request,
             self.stale_reads,
-            self.sent.into_inner(),
+            self.copies.into_inner(),
         )
     }
 
-    /// The stamp shared by the request and its clones (created now if it was never cloned).
-    pub(crate) fn shared_write(&self) -> &Arc<SentWrite<R>> {
-        self.sent.get_or_init(Arc::default)
+    /// The write shared by the request and its clones (created now if it was never cloned).
+    pub(crate) fn copies_write(&self) -> &Copies<R> {
+        self.copies.get_or_init(Arc::default)
     }
 
     /// Overrides the layer's [`StaleReadPolicy`] for this request (for example, strict reads for

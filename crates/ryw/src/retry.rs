@@ -29,7 +29,7 @@
 //! assert!(budget.try_withdraw()); // 5 requests at 20% earn one retry
 //! ```
 
-use crate::adapter::{Applied, ErrorClass, Operation, Replay};
+use crate::adapter::{ErrorClass, Operation};
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -236,18 +236,6 @@ impl RetryPolicy {
     }
 }
 
-/// Whether an error of class `class` on an operation `op` may be retried at all (before budget
-/// and attempt caps).
-pub fn may_retry(op: Operation, class: ErrorClass) -> bool {
-    match class {
-        ErrorClass::Transient(Applied::No) => true,
-        ErrorClass::Transient(Applied::Unknown) => {
-            matches!(op, Operation::Read | Operation::Write(Replay::Safe))
-        }
-        _ => false,
-    }
-}
-
 /// What the layer knows of one attempt's result, classified once with its adapter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -271,7 +259,7 @@ impl Classified {
 /// whose first attempt succeeds never clone it, and tell the prototype instead.
 ///
 /// Whatever the policy says, the layer never sends again a write that may have applied unless
-/// it may be replayed ([`may_retry`]).
+/// it may be replayed ([`crate::stamp::may_retry`]).
 ///
 /// Every [`tower::retry::Policy`] is one when wrapped in [`TowerPolicy`]:
 ///
@@ -348,7 +336,8 @@ impl<Req, Res, E> SessionRetryPolicy<Req, Res, E> for RetryPolicy {
             return None;
         }
         let class = classified.error?;
-        if !may_retry(classified.operation, class) || self.retries >= self.max_retries {
+        if !crate::stamp::may_retry(classified.operation, class) || self.retries >= self.max_retries
+        {
             return None;
         }
         if !self.shared.budget.try_withdraw() {
@@ -370,18 +359,6 @@ impl<Req, Res, E> SessionRetryPolicy<Req, Res, E> for RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replay_rule() {
-        let w_safe = Operation::Write(Replay::Safe);
-        let w_never = Operation::Write(Replay::Never);
-        assert!(may_retry(w_never, ErrorClass::RETRYABLE));
-        assert!(!may_retry(w_never, ErrorClass::AMBIGUOUS));
-        assert!(may_retry(w_safe, ErrorClass::AMBIGUOUS));
-        assert!(may_retry(Operation::Read, ErrorClass::AMBIGUOUS));
-        assert!(!may_retry(Operation::Read, ErrorClass::Permanent));
-        assert!(!may_retry(w_safe, ErrorClass::Conflict));
-    }
 
     #[test]
     fn backoff_is_capped() {

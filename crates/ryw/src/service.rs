@@ -7,8 +7,9 @@ use crate::adapter::StoreAdapter;
 use crate::config::LayerConfig;
 use crate::error::Error;
 use crate::future::ResponseFuture;
-use crate::request::{SessionRequest, SessionResponse, StampedWrite};
+use crate::request::{SessionRequest, SessionResponse};
 use crate::retry::{RetryPolicy, SessionRetryPolicy};
+use crate::stamp::StampedWrite;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -74,7 +75,12 @@ impl<S, A: StoreAdapter, P> ReadYourWrites<S, A, P> {
     /// it goes as this same write, as a replay, never as a second write. A request already
     /// stamped keeps its stamp; a read gives `None`.
     pub fn stamp(&self, request: &SessionRequest<A::Request>) -> Option<StampedWrite<A::Request>> {
-        crate::future::stamp_only(&self.config, request)
+        crate::stamp::keep_for_later(
+            &self.config,
+            request.session(),
+            request.get_ref(),
+            request.copies_write(),
+        )
     }
 }
 

@@ -101,6 +101,28 @@ impl fmt::Debug for SessionId {
     }
 }
 
+/// What the layer stamps on a write, once, before its first attempt: its [`WriteId`] and its
+/// timestamp. Every attempt, every clone of the request and every write kept for later
+/// ([`crate::stamp::StampedWrite`]) carries this one stamp (see [`crate::stamp`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Stamp {
+    /// The write's id: its idempotency key at the store.
+    pub write_id: WriteId,
+    /// The session's hybrid clock reading for this write: after every version the session has
+    /// seen. Stores with client timestamps (ScyllaDB) write it as the cell timestamp.
+    pub timestamp: HybridTimestamp,
+}
+
+impl Stamp {
+    /// The stamp of `write_id` at `timestamp`.
+    pub const fn new(write_id: WriteId, timestamp: HybridTimestamp) -> Self {
+        Stamp {
+            write_id,
+            timestamp,
+        }
+    }
+}
+
 /// The idempotency key of one write: the session, the lane of the continuation that stamped it,
 /// and the write's sequence number in the session.
 ///

@@ -54,6 +54,7 @@
 //! ```
 
 use crate::adapter::{ErrorClass, Operation};
+pub use crate::fence::Escalation;
 use crate::fence::{FencePath, FenceStrategy, Staleness, Visibility};
 use crate::version::StoreId;
 use std::fmt;
@@ -313,34 +314,6 @@ impl SessionHash {
 impl fmt::Display for SessionHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)
-    }
-}
-
-/// Why a read went to the store's strong path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Escalation {
-    /// Cheap reads stayed behind the fence.
-    StaleRead,
-    /// A coarsened scope (a store horizon) covered the read, and cheap reads rarely meet one.
-    Horizon,
-    /// The layer is configured to read strongly up front ([`crate::FenceConfig::strong`]).
-    Configured,
-    /// A cheap read of these scopes cannot show that it meets the fence
-    /// ([`crate::fence::Verification::ServerSideOnly`]: several rows of a partition of a store
-    /// that does not replicate a partition in order).
-    Unverifiable,
-}
-
-impl Escalation {
-    /// A short, stable name, for metric attributes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Escalation::StaleRead => "stale_read",
-            Escalation::Horizon => "horizon",
-            Escalation::Configured => "configured",
-            Escalation::Unverifiable => "unverifiable",
-        }
     }
 }
 

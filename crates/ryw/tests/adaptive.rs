@@ -3,9 +3,10 @@
 //! stale read goes straight to the strong path), and the status contract (a read is `Guaranteed`
 //! only when a response met its fence).
 
-use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp};
+use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter};
 use ryw::adaptive::AdaptiveFence;
 use ryw::fence::{FenceConfig, FencePath, FenceStrategy, FenceSupport, ReadFence};
+use ryw::stamp::Stamp;
 use ryw::{ReadYourWritesLayer, ScopeKey, Session, StoreId, Version, Visibility};
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -50,7 +51,7 @@ impl StoreAdapter for Kv {
     fn fence_support(&self) -> FenceSupport {
         self.support
     }
-    fn stamp_write(&self, _: &mut Req, _: &WriteStamp<'_>) {}
+    fn stamp_write(&self, _: &mut Req, _: Stamp, _: &ReadFence) {}
     fn apply_fence(&self, r: &mut Req, _: &ReadFence, strategy: FenceStrategy) {
         if let Req::Get { strong, .. } = r {
             *strong = strategy == FenceStrategy::Strong;

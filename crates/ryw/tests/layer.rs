@@ -4,11 +4,12 @@
 mod common;
 
 use common::RetryErrors;
-use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp};
+use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter};
 use ryw::clock::HybridTimestamp;
 use ryw::conflict::{Conflict, ConflictResolver, Resolution};
 use ryw::fence::{FenceConfig, FencePath, FenceStrategy, FenceSupport, ReadFence, StaleReadPolicy};
 use ryw::retry::{Backoff, RetryBudget, RetryPolicy, TowerPolicy};
+use ryw::stamp::Stamp;
 use ryw::{ReadYourWritesLayer, ScopeKey, Session, StoreId, Version, Visibility, WriteId};
 use std::time::Duration;
 use tokio_test_shim::*;
@@ -108,8 +109,8 @@ impl StoreAdapter for Kv {
     fn fence_support(&self) -> FenceSupport {
         self.support
     }
-    fn stamp_write(&self, r: &mut Req, stamp: &WriteStamp<'_>) {
-        let required = stamp.fence.requirement(scope(key_of(r))).map(|q| q.version);
+    fn stamp_write(&self, r: &mut Req, stamp: Stamp, fence: &ReadFence) {
+        let required = fence.requirement(scope(key_of(r))).map(|q| q.version);
         if let Req::Put {
             write_id,
             ts,

@@ -1,7 +1,8 @@
 //! A minimal adapter over a ready `service_fn`, shared by the benchmarks.
 
-use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, WriteStamp};
+use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter};
 use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
+use ryw::stamp::Stamp;
 use ryw::{ScopeKey, Session, StoreId, Version};
 use std::convert::Infallible;
 use std::future::Future;
@@ -48,7 +49,7 @@ impl StoreAdapter for BenchAdapter {
     fn fence_support(&self) -> FenceSupport {
         FenceSupport::new().strong_reads(true)
     }
-    fn stamp_write(&self, r: &mut Req, stamp: &WriteStamp<'_>) {
+    fn stamp_write(&self, r: &mut Req, stamp: Stamp, _: &ReadFence) {
         r.write_seq = stamp.write_id.seq;
     }
     fn apply_fence(&self, r: &mut Req, _: &ReadFence, strategy: FenceStrategy) {
