@@ -3,6 +3,7 @@
 //! the store; the others stay deferred until it answers, or for another cool-down if it never
 //! says) or a replay succeeds.
 
+use crate::sync::lock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -65,7 +66,7 @@ impl Breaker {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// True while the store is taken to be down.

@@ -4,6 +4,7 @@
 use crate::breaker::Breaker;
 use crate::entry::{DurableRequest, Entry};
 use crate::store::{Outbox, OutboxError};
+use crate::sync::lock;
 use ryw::adapter::{Operation, Replay, Scopes, StoreAdapter};
 use ryw::telemetry::{Observer, OutboxEvent};
 use ryw::{ReadYourWrites, SessionRequest, SessionResponse, StampedWrite, WriteId};
@@ -99,9 +100,7 @@ enum Outcome {
 
 impl Copies {
     fn lock(&self) -> std::sync::MutexGuard<'_, CopiesState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state)
     }
 
     /// The outcome another copy settled, as this copy's answer.

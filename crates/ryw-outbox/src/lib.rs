@@ -90,6 +90,7 @@ mod replay;
 #[cfg(feature = "sim")]
 mod sim;
 pub mod store;
+mod sync;
 
 pub use breaker::Breaker;
 pub use entry::{DecodeError, DurableRequest, NotDeferrable, Reader, Writer};

@@ -55,6 +55,7 @@
 //! ```
 
 use crate::entry::{DecodeError, DurableRequest, Entry, Reader};
+use crate::sync::lock;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use ryw::{ScopeKey, Session, SessionId, SessionState, WriteId};
 use std::collections::HashMap;
@@ -886,8 +887,4 @@ fn decode_letter(bytes: &[u8]) -> (String, Result<Entry, DecodeError>) {
         Err(e) => return ("damaged dead letter".to_owned(), Err(e)),
     };
     (reason, Entry::decode(r.0))
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
