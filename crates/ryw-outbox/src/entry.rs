@@ -6,11 +6,24 @@
 //! them say [`ryw::Visibility::Queued`]), when it was deferred, and the stamped store request in
 //! the adapter's durable encoding ([`DurableRequest`]).
 //!
-//! The encoding is versioned, bounds-checked and checksummed (a 64-bit FNV-1a of everything
-//! before it, which no change of a single byte survives): a truncated, oversized or altered
+//! The encoding is versioned, bounds-checked and checksummed: a truncated, oversized or altered
 //! entry decodes to a typed [`DecodeError`], never a panic and never a different write (fuzzed by
 //! `crates/ryw-outbox/fuzz`, tested by property tests). The checksum guards against damage, not
 //! against someone who can write the file.
+//!
+//! # Format
+//!
+//! `RYWO`, the format version (one byte), the fields (little-endian integers, `u32` lengths), and
+//! a checksum of every byte before it:
+//!
+//! | version | checksum | |
+//! | --- | --- | --- |
+//! | 3 | CRC-32C (Castagnoli), 4 bytes | written by this build |
+//! | 2 | 64-bit FNV-1a, 8 bytes | still read; an entry rewritten (marked sent, a dead letter queued again) is written as version 3 |
+//!
+//! The fields are the same in both. No change of a single byte survives either checksum (CRC-32C
+//! detects every burst of up to 32 bits). A version this build does not know (a later build's) is
+//! refused with [`DecodeError::Format`], never guessed at.
 //!
 //! ```
 //! use ryw::clock::HybridTimestamp;
@@ -37,7 +50,9 @@ use ryw::{ScopeKey, SessionId, WriteId};
 
 /// The encoding's first bytes: `RYWO` and the format version.
 const MAGIC: &[u8; 4] = b"RYWO";
-const VERSION: u8 = 2;
+/// The format version [`Entry::encode`] writes, and its checksum.
+const VERSION: u8 = 3;
+const SEAL: Seal = Seal::Crc32c;
 
 /// The most scopes one entry names.
 pub const MAX_SCOPES: usize = 1024;
@@ -98,9 +113,59 @@ pub enum DecodeError {
     Checksum,
 }
 
-/// 64-bit FNV-1a: every step is a bijection of the state, so two inputs that differ in one byte
-/// always hash differently.
-fn checksum(bytes: &[u8]) -> u64 {
+/// The checksum that ends an entry of a format version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seal {
+    /// Version 2: a 64-bit FNV-1a.
+    Fnv1a64,
+    /// Version 3: CRC-32C.
+    Crc32c,
+}
+
+impl Seal {
+    /// The checksum of `version`, or `None` for a version this build does not read.
+    fn of(version: u8) -> Option<Seal> {
+        match version {
+            2 => Some(Seal::Fnv1a64),
+            3 => Some(Seal::Crc32c),
+            _ => None,
+        }
+    }
+
+    /// Its length in bytes.
+    fn len(self) -> usize {
+        match self {
+            Seal::Fnv1a64 => 8,
+            Seal::Crc32c => 4,
+        }
+    }
+
+    /// Appends the checksum of everything in `out`.
+    fn append(self, out: &mut Vec<u8>) {
+        match self {
+            Seal::Fnv1a64 => {
+                let sum = fnv1a64(out);
+                out.extend_from_slice(&sum.to_le_bytes());
+            }
+            Seal::Crc32c => {
+                let sum = crc32c::crc32c(out);
+                out.extend_from_slice(&sum.to_le_bytes());
+            }
+        }
+    }
+
+    /// Whether `stored` is the checksum of `body`.
+    fn verifies(self, body: &[u8], stored: &[u8]) -> bool {
+        match self {
+            Seal::Fnv1a64 => stored == fnv1a64(body).to_le_bytes(),
+            Seal::Crc32c => stored == crc32c::crc32c(body).to_le_bytes(),
+        }
+    }
+}
+
+/// 64-bit FNV-1a, the checksum of format version 2 (read, no longer written): every step is a
+/// bijection of the state, so two inputs that differ in one byte always hash differently.
+fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);
@@ -129,7 +194,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The entry's bytes.
+    /// The entry's bytes, in the current format version (3).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.session.len() + self.request.len());
         out.extend_from_slice(MAGIC);
@@ -148,8 +213,7 @@ impl Entry {
         out.extend_from_slice(self.session.as_bytes());
         out.extend_from_slice(&(self.request.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.request);
-        let sum = checksum(&out);
-        out.extend_from_slice(&sum.to_le_bytes());
+        SEAL.append(&mut out);
         out
     }
 
@@ -168,18 +232,19 @@ impl Entry {
         Ok(())
     }
 
-    /// Decodes [`Entry::encode`]'s bytes.
+    /// Decodes the bytes of [`Entry::encode`], of this build or of an earlier one (format
+    /// version 2 or 3).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        if bytes.len() < 5 || &bytes[..4] != MAGIC || bytes[4] != VERSION {
-            return Err(DecodeError::Format);
+        let seal = match (bytes.get(..4), bytes.get(4)) {
+            (Some(magic), Some(&version)) if magic == MAGIC => Seal::of(version),
+            _ => None,
         }
-        let Some(split) = bytes.len().checked_sub(8).filter(|&n| n >= 5) else {
+        .ok_or(DecodeError::Format)?;
+        let Some(split) = bytes.len().checked_sub(seal.len()).filter(|&n| n >= 5) else {
             return Err(DecodeError::Truncated);
         };
         let (body, sum) = bytes.split_at(split);
-        let mut stored = [0u8; 8];
-        stored.copy_from_slice(sum);
-        if checksum(body) != u64::from_le_bytes(stored) {
+        if !seal.verifies(body, sum) {
             return Err(DecodeError::Checksum);
         }
         let mut r = Reader(&body[5..]);
@@ -332,6 +397,16 @@ mod tests {
         }
     }
 
+    /// `e`'s bytes in format version `version`, as the build that wrote it did (the fields are
+    /// the same in every version; the checksum is the version's).
+    fn encoded_as(e: &Entry, version: u8) -> Vec<u8> {
+        let mut bytes = e.encode();
+        bytes.truncate(bytes.len() - SEAL.len());
+        bytes[4] = version;
+        Seal::of(version).unwrap().append(&mut bytes);
+        bytes
+    }
+
     proptest! {
         #[test]
         fn round_trips(seq in any::<u64>(), scopes in 0usize..20, request in proptest::collection::vec(any::<u8>(), 0..300)) {
@@ -352,9 +427,40 @@ mod tests {
         }
 
         #[test]
+        fn every_version_reads_back_and_every_byte_flip_is_typed(version in 2u8..=3, seq in 0u64..1000, flip in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let e = entry(seq, 3, vec![7; 40]);
+            let bytes = encoded_as(&e, version);
+            prop_assert_eq!(Entry::decode(&bytes), Ok(e.clone()));
+            // Rewritten, it is of the current version.
+            prop_assert_eq!(e.encode(), encoded_as(&e, VERSION));
+            let mut altered = bytes;
+            let i = flip.index(altered.len());
+            altered[i] ^= 1 << bit;
+            prop_assert!(Entry::decode(&altered).is_err());
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = Entry::decode(&bytes);
         }
+    }
+
+    #[test]
+    fn the_current_version_is_read_and_no_other_is_guessed_at() {
+        assert_eq!(Seal::of(VERSION), Some(SEAL));
+        let e = entry(5, 2, vec![1, 2, 3]);
+        for version in (0..=u8::MAX).filter(|v| ![2, 3].contains(v)) {
+            // Sealed as the newest format would be, or as the oldest: neither is read.
+            let mut bytes = e.encode();
+            bytes[4] = version;
+            assert_eq!(Entry::decode(&bytes), Err(DecodeError::Format), "{version}");
+            let mut bytes = encoded_as(&e, 2);
+            bytes[4] = version;
+            assert_eq!(Entry::decode(&bytes), Err(DecodeError::Format), "{version}");
+        }
+        assert_eq!(Entry::decode(b"RYWO"), Err(DecodeError::Format));
+        assert_eq!(Entry::decode(b"RYWX\x03abcdefgh"), Err(DecodeError::Format));
+        assert_eq!(Entry::decode(b"RYWO\x03abc"), Err(DecodeError::Truncated));
     }
 
     #[test]
@@ -362,10 +468,10 @@ mod tests {
         let mut bytes = entry(1, 0, vec![]).encode();
         // The request length is the four bytes before the checksum (the request is empty): claim
         // 4 GB, and seal it with a matching checksum, as a writer with a bug would.
-        let n = bytes.len();
-        bytes[n - 12..n - 8].copy_from_slice(&u32::MAX.to_le_bytes());
-        let sum = checksum(&bytes[..n - 8]);
-        bytes[n - 8..].copy_from_slice(&sum.to_le_bytes());
+        let n = bytes.len() - SEAL.len();
+        bytes.truncate(n);
+        bytes[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        SEAL.append(&mut bytes);
         assert!(matches!(
             Entry::decode(&bytes),
             Err(DecodeError::TooLarge {

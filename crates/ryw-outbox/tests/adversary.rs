@@ -428,8 +428,8 @@ mod corrupt_entry {
             o.append(&entry(&b, "b", 2)).unwrap();
         }
         let mut bytes = std::fs::read(&path).unwrap();
-        let mut needle = b"RYWO\x02".to_vec();
-        needle.extend_from_slice(&a.id().as_u128().to_le_bytes());
+        // A's entry begins with the magic, the format version and A's session id.
+        let needle = entry(&a, "a", 1).encode()[..21].to_vec();
         assert!(
             flip_all(&mut bytes, &needle, 4, 0x02) > 0,
             "A's entry found in the file"
