@@ -82,6 +82,9 @@ pub mod records;
 pub mod server;
 
 pub use client::ClientSessionLayer;
+/// The values of the session cookie's `SameSite` attribute
+/// ([`ServerSessionLayer::cookie_same_site`]), from the `cookie` crate.
+pub use cookie::SameSite;
 pub use headers::{
     visibility_header, DEFAULT_HEADER, MAX_TOKENS_PER_REQUEST, REJECTED_HEADER, RESET_HEADER,
     VISIBILITY_HEADER,

@@ -6,6 +6,7 @@
 
 use crate::headers::{tokens_in, MAX_TOKENS_PER_REQUEST, REJECTED_HEADER, RESET_HEADER};
 use crate::principal::Principal;
+use cookie::{Cookie, SameSite};
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use pin_project::pin_project;
@@ -140,17 +141,58 @@ fn json_escape(s: &str) -> String {
     out
 }
 
-#[derive(Clone)]
-struct CookieConfig {
-    name: String,
+/// The attributes of the session cookie's `Set-Cookie` ([`ServerSessionLayer::cookie`]).
+#[derive(Clone, Debug)]
+struct CookieAttributes {
+    domain: Option<String>,
+    path: String,
+    same_site: SameSite,
     secure: bool,
+}
+
+impl Default for CookieAttributes {
+    fn default() -> Self {
+        CookieAttributes {
+            domain: None,
+            path: "/".to_owned(),
+            same_site: SameSite::Lax,
+            secure: true,
+        }
+    }
+}
+
+impl CookieAttributes {
+    /// The `Set-Cookie` value that sets the cookie `name` to `token` for `max_age` seconds
+    /// (`HttpOnly` always), or `None` if that is not a valid header value (a name or an
+    /// attribute with control characters).
+    fn set_cookie(&self, name: &str, token: &str, max_age: u64) -> Option<HeaderValue> {
+        let max_age = i64::try_from(max_age).unwrap_or(i64::MAX);
+        let mut cookie = Cookie::build((name, token))
+            .http_only(true)
+            .same_site(self.same_site)
+            .path(self.path.as_str())
+            .max_age(cookie::time::Duration::seconds(max_age))
+            // Written last, below, where the layer has always written it.
+            .secure(false)
+            .build();
+        if let Some(domain) = &self.domain {
+            cookie.set_domain(domain.as_str());
+        }
+        let mut value = cookie.to_string();
+        if self.secure {
+            value.push_str("; Secure");
+        }
+        HeaderValue::from_str(&value).ok()
+    }
 }
 
 #[derive(Clone)]
 struct Config {
     authority: Arc<TokenAuthority>,
     header: HeaderName,
-    cookie: Option<CookieConfig>,
+    /// The cookie the token is also read from and written to; `None`: no cookie transport.
+    cookie: Option<String>,
+    cookie_attributes: CookieAttributes,
     policy: BadTokenPolicy,
     store: Option<Arc<dyn SessionStore>>,
     /// `None`: half the authority's TTL.
@@ -208,7 +250,7 @@ impl Config {
         let mut from_cookie = false;
         if count == 0 {
             if let Some(cookie) = &self.cookie {
-                if let Some(token) = cookie_value(headers, &cookie.name) {
+                if let Some(token) = cookie_value(headers, cookie) {
                     tokens[0] = token;
                     count = 1;
                     from_cookie = true;
@@ -411,37 +453,28 @@ impl Config {
 
     /// Sets the cookie to `token` for `max_age` seconds, when the cookie transport is on.
     fn set_cookie(&self, headers: &mut HeaderMap, token: &str, max_age: u64) {
-        if let Some(cookie) = &self.cookie {
-            let mut value = format!(
-                "{}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax",
-                cookie.name,
-            );
-            if cookie.secure {
-                value.push_str("; Secure");
-            }
-            if let Ok(v) = HeaderValue::from_str(&value) {
+        if let Some(name) = &self.cookie {
+            if let Some(v) = self.cookie_attributes.set_cookie(name, token, max_age) {
                 headers.append(SET_COOKIE, v);
             }
         }
     }
 }
 
+/// The value of the first cookie `name` of the request's `Cookie` headers, its quotes trimmed;
+/// `None` when there is none or it is empty (an empty cookie is no token, as an empty header
+/// is). A `Cookie` header that is not visible ASCII is skipped, and so is a pair that is not
+/// `name=value`.
 fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    for value in headers.get_all(COOKIE) {
-        let Ok(text) = value.to_str() else {
-            continue;
-        };
-        for pair in text.split(';') {
-            if let Some((k, v)) = pair.trim().split_once('=') {
-                if k == name {
-                    // An empty cookie is no token, as an empty header is.
-                    let v = v.trim_matches('"');
-                    return (!v.is_empty()).then_some(v);
-                }
-            }
-        }
-    }
-    None
+    let cookie = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|cookie| cookie.name() == name)?;
+    let value = cookie.value_raw()?.trim_matches('"');
+    (!value.is_empty()).then_some(value)
 }
 
 /// A [`Layer`] that carries the session token of every request; see the [crate docs](crate).
@@ -458,7 +491,8 @@ impl fmt::Debug for ServerSessionLayer {
         f.debug_struct("ServerSessionLayer")
             .field("authority", &self.config.authority)
             .field("header", &self.config.header)
-            .field("cookie", &self.config.cookie.as_ref().map(|c| &c.name))
+            .field("cookie", &self.config.cookie)
+            .field("cookie_attributes", &self.config.cookie_attributes)
             .field("policy", &self.config.policy)
             .field("session_store", &self.config.store.is_some())
             .finish()
@@ -477,6 +511,7 @@ impl ServerSessionLayer {
                 authority,
                 header: HeaderName::from_static(crate::headers::DEFAULT_HEADER),
                 cookie: None,
+                cookie_attributes: CookieAttributes::default(),
                 policy: BadTokenPolicy::Reject,
                 renew_after: None,
                 observer: None,
@@ -500,22 +535,52 @@ impl ServerSessionLayer {
     }
 
     /// Also reads the token from the cookie `name` (when the header is absent) and sets it with
-    /// `Set-Cookie` on every response (`Path=/; HttpOnly; SameSite=Lax; Secure`, `Max-Age` the
-    /// token TTL). See the [crate docs](crate) for what cookies cannot merge.
+    /// `Set-Cookie` on every response: `HttpOnly`, `Max-Age` what is left of the token's life,
+    /// and by default `SameSite=Lax; Path=/; Secure` with no `Domain`
+    /// ([`cookie_same_site`](Self::cookie_same_site), [`cookie_path`](Self::cookie_path),
+    /// [`cookie_secure`](Self::cookie_secure), [`cookie_domain`](Self::cookie_domain); they
+    /// may be set before or after this). See the [crate docs](crate) for what cookies cannot
+    /// merge.
     pub fn cookie(mut self, name: impl Into<String>) -> Self {
-        self.config().cookie = Some(CookieConfig {
-            name: name.into(),
-            secure: true,
-        });
+        self.config().cookie = Some(name.into());
         self
     }
 
-    /// Leaves `Secure` off the cookie (plain-HTTP development only).
-    pub fn insecure_cookie(mut self) -> Self {
-        if let Some(c) = &mut self.config().cookie {
-            c.secure = false;
-        }
+    /// The cookie's `Domain`: the browser sends it to `domain` and all its subdomains (a cookie
+    /// for `example.com` goes to `api.example.com` too). Default: none, a host-only cookie, sent
+    /// back only to the host that set it.
+    pub fn cookie_domain(mut self, domain: impl Into<String>) -> Self {
+        self.config().cookie_attributes.domain = Some(domain.into());
         self
+    }
+
+    /// The cookie's `Path`: the browser sends it only with requests whose path is `path` or
+    /// below it. Default: `/`, every request to the host.
+    pub fn cookie_path(mut self, path: impl Into<String>) -> Self {
+        self.config().cookie_attributes.path = path.into();
+        self
+    }
+
+    /// The cookie's `SameSite`: whether the browser sends it with requests that another site
+    /// starts. Default: [`SameSite::Lax`], sent with same-site requests and with top-level
+    /// navigations from other sites (following a link), not with their subrequests (forms that
+    /// `POST`, images, `fetch`). [`SameSite::Strict`] sends it with same-site requests only;
+    /// [`SameSite::None`] with every request, and browsers accept that only with `Secure`.
+    pub fn cookie_same_site(mut self, same_site: SameSite) -> Self {
+        self.config().cookie_attributes.same_site = same_site;
+        self
+    }
+
+    /// Whether the cookie is `Secure`: the browser sends it over HTTPS only. Default: `true`.
+    /// Leave it on except for plain-HTTP development ([`insecure_cookie`](Self::insecure_cookie)).
+    pub fn cookie_secure(mut self, secure: bool) -> Self {
+        self.config().cookie_attributes.secure = secure;
+        self
+    }
+
+    /// Leaves `Secure` off the cookie (plain-HTTP development only): `cookie_secure(false)`.
+    pub fn insecure_cookie(self) -> Self {
+        self.cookie_secure(false)
     }
 
     /// What a bad token gets (default [`BadTokenPolicy::Reject`]).
@@ -648,9 +713,7 @@ where
                                 tokens_in(request.headers().get_all(&self.config.header).iter())
                                     .next()
                                     .is_some();
-                            if !header_tokens
-                                && cookie_value(request.headers(), &cookie.name).is_some()
-                            {
+                            if !header_tokens && cookie_value(request.headers(), cookie).is_some() {
                                 self.config.set_cookie(response.headers_mut(), "", 0);
                             }
                         }
