@@ -13,6 +13,8 @@ use pin_project::pin_project;
 use ryw::signing::{now_secs, TokenAuthority, VerifyError};
 use ryw::telemetry::{Observer, TokenEvent};
 use ryw::{InMemorySessionStore, Session, SessionState, SessionStore, SessionToken};
+use serde::Serialize;
+use serde_json::ser::{CharEscape, CompactFormatter, Formatter};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -112,13 +114,13 @@ impl TokenRejection {
         }
     }
 
-    /// The response [`BadTokenPolicy::Reject`] sends.
+    /// The response [`BadTokenPolicy::Reject`] sends: the status, the [`REJECTED_HEADER`]
+    /// header, and a JSON body `{"error": code, "message": text}`.
     pub fn to_response<B: From<String>>(&self) -> Response<B> {
-        let body = format!(
-            "{{\"error\":\"{}\",\"message\":\"{}\"}}",
-            self.code(),
-            json_escape(&self.to_string())
-        );
+        let body = to_json(&ErrorBody {
+            error: self.code(),
+            message: &self.to_string(),
+        });
         let mut response = Response::new(B::from(body));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
@@ -128,17 +130,45 @@ impl TokenRejection {
     }
 }
 
-fn json_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
+/// The body of a rejection.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+/// `value` as compact JSON, with control characters escaped as `\u00XX`.
+fn to_json(value: &impl Serialize) -> String {
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, UnicodeControlEscapes);
+    // Writing to memory cannot fail, nor can serializing strings; and the output is UTF-8.
+    match value.serialize(&mut serializer) {
+        Ok(()) => String::from_utf8(out).unwrap_or_default(),
+        Err(_) => String::new(),
     }
-    out
+}
+
+/// serde_json's compact output, except that every control character is escaped as `\u00XX`
+/// (`\u000a`, not `\n`), as the rejection bodies always were.
+struct UnicodeControlEscapes;
+
+impl Formatter for UnicodeControlEscapes {
+    fn write_char_escape<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        escape: CharEscape,
+    ) -> std::io::Result<()> {
+        let control: u8 = match escape {
+            CharEscape::Backspace => 0x08,
+            CharEscape::Tab => 0x09,
+            CharEscape::LineFeed => 0x0a,
+            CharEscape::FormFeed => 0x0c,
+            CharEscape::CarriageReturn => 0x0d,
+            CharEscape::AsciiControl(byte) => byte,
+            other => return CompactFormatter.write_char_escape(writer, other),
+        };
+        write!(writer, "\\u{control:04x}")
+    }
 }
 
 /// The attributes of the session cookie's `Set-Cookie` ([`ServerSessionLayer::cookie`]).
@@ -1254,6 +1284,26 @@ mod tests {
         assert!(response.headers().get(crate::DEFAULT_HEADER).is_none());
         let set_cookie = response.headers()[SET_COOKIE].to_str().unwrap();
         assert!(set_cookie.starts_with("sid=;") && set_cookie.contains("Max-Age=0"));
+    }
+
+    /// A string as the rejection bodies write it, without its quotes.
+    fn json_escape(s: &str) -> String {
+        let quoted = to_json(&s);
+        quoted[1..quoted.len() - 1].to_owned()
+    }
+
+    #[test]
+    fn a_rejection_body_is_its_code_and_message() {
+        let response: Response<String> = TokenRejection::TooMany { count: 5 }.to_response();
+        assert_eq!(
+            response.body(),
+            "{\"error\":\"token_too_many\",\"message\":\"request carries 5 session tokens, more than the 4 allowed\"}"
+        );
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        assert_eq!(
+            json_escape("\u{0}\u{8}\t\r\u{c}\u{1f} \u{7f}é/"),
+            "\\u0000\\u0008\\u0009\\u000d\\u000c\\u001f \u{7f}é/"
+        );
     }
 
     #[test]
