@@ -264,7 +264,7 @@ impl<A: StoreAdapter> InFlight<A> {
     fn decide<P>(
         &mut self,
         config: &LayerConfig<A, P>,
-        policy: &mut Option<P>,
+        retries: &mut Option<P::State>,
         result: Result<A::Response, A::Error>,
     ) -> Next<P::Future, Out<A>>
     where
@@ -295,19 +295,23 @@ impl<A: StoreAdapter> InFlight<A> {
         // rule does not allow to retry (an unreplayable write that may have applied), or an
         // unresolved replay, is never sent again.
         let forbidden = class.is_some_and(|c| stamp::never_again(self.op, c));
-        // tower's contract: the policy sees every result once it exists. Until the first
-        // failure it does not: the prototype hears of the success instead.
-        if policy.is_none() && result.is_err() && !forbidden {
-            *policy = Some(config.policy.clone());
+        // tower's contract: the policy sees every result once the request's retry state exists.
+        // Until the first failure it does not: the policy hears of the success instead.
+        if retries.is_none() && result.is_err() && !forbidden {
+            *retries = Some(config.policy.start());
         }
-        match policy.as_mut() {
+        match retries.as_mut() {
             Some(_) if forbidden => {}
-            Some(policy) => {
+            Some(state) => {
                 let classified = Classified {
                     operation: self.op,
                     error: class,
                 };
-                if let Some(backoff) = policy.retry(&mut self.base, &mut result, classified) {
+                if let Some(backoff) =
+                    config
+                        .policy
+                        .retry(state, &mut self.base, &mut result, classified)
+                {
                     instrument::retried(config, self.op, class, self.sent);
                     return Next::Retry(backoff);
                 }
@@ -568,8 +572,8 @@ where
     #[pin]
     state: State<S::Future, P::Future>,
     inner: S,
-    /// Cloned from the layer's prototype at the first failure only.
-    policy: Option<P>,
+    /// The request's retry state, created at its first failure only.
+    retries: Option<P::State>,
     config: Arc<LayerConfig<A, P>>,
     request: InFlight<A>,
 }
@@ -617,7 +621,7 @@ where
         ResponseFuture {
             state,
             inner,
-            policy: None,
+            retries: None,
             config,
             request,
         }
@@ -642,7 +646,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx)).map_err(Into::into);
-                    match this.request.decide(this.config, this.policy, result) {
+                    match this.request.decide(this.config, this.retries, result) {
                         Next::Return(mut out) => {
                             if this.config.observer.is_some() || this.request.span().is_some() {
                                 out = this.request.finish(this.config, out);
