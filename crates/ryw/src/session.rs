@@ -1022,6 +1022,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn derived_session_ids_are_pinned() {
+        // Pinned: a session id derived from a client key is the same in every process and build.
+        assert_eq!(
+            SessionId::derive(b"").as_u128(),
+            0xb5a3_07e2_b2c7_c313_efd0_1f60_ba99_2926
+        );
+        assert_eq!(
+            SessionId::derive(b"user:42").as_u128(),
+            0x42eb_625c_d443_552e_9988_17be_e671_8248
+        );
+    }
+
+    #[test]
     fn lanes_are_distinct_across_threads_and_blocks() {
         // Each thread crosses block boundaries (65,536 lanes a block).
         let threads: Vec<_> = (0..4)

@@ -1086,6 +1086,46 @@ mod tests {
     }
 
     #[test]
+    fn unsigned_token_is_pinned() {
+        // Pinned: tokens already handed out must decode, and re-encode, to the same bytes.
+        let mut s = state_with(3, 1_764_000_000_000_000);
+        s.vector_mut().raise_horizon(StoreHorizon {
+            store: StoreId::new(2),
+            version: Version::new(77),
+        });
+        s.advance_context(StoreContext {
+            store: StoreId::new(3),
+            version: Version::new(99),
+            bytes: vec![7u8; 5].into(),
+        });
+        s.set_started_at(1_790_000_000 - 300);
+        let token = SessionToken::new(s).with_times(1_790_000_000, 1_790_003_600);
+        let encoded = token.encode().unwrap();
+        assert_eq!(encoded, "AgJ3ZlVEMyIRAO_Nq4lnRSMBAYCAiYuUi5EDgPfE1QaQk8XVBqwCAwIHA2MHBwcHBwEkAQAD-JVDdgb4CoCAiYuUi5EDDESmtX5H1-gHnoZbPSUMf-gHAQQCAU0A");
+        assert_eq!(SessionToken::decode(&encoded).unwrap(), token);
+    }
+
+    #[test]
+    fn scope_mask_is_pinned() {
+        // Pinned: signed tokens carry masked scopes, which must unmask the same in every build.
+        let m = ScopeMask::new(0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908);
+        let posts = ScopeKey::new(StoreId::new(1), b"posts/42").hash56();
+        let masked: Vec<u64> = [0, 1, posts, (1 << 56) - 1]
+            .iter()
+            .map(|&h| m.mask(h))
+            .collect();
+        assert_eq!(
+            masked,
+            [
+                0x00ef_6085_d41e_a03c,
+                0x00cf_eb2d_2d7f_9902,
+                0x007e_3872_e650_dae5,
+                0x0091_d793_030c_fdc6
+            ]
+        );
+    }
+
+    #[test]
     fn scope_mask_is_siphash_keyed_and_a_bijection() {
         // The reference SipHash-2-4 vector for an 8-byte message.
         assert_eq!(

@@ -579,6 +579,27 @@ mod tests {
     }
 
     #[test]
+    fn scope_keys_are_pinned() {
+        // Pinned: signed tokens and stored records carry these bits, so the hash of a scope's
+        // name may never change.
+        let pinned: [(u8, &[u8], u64); 5] = [
+            (0, b"", 0x00d0_1f60_ba99_2926),
+            (1, b"posts/42", 0x01e2_6fbb_596c_413a),
+            (3, b"users/1", 0x03b3_9397_1fcd_2993),
+            (7, b"tenant-9/orders/2024-11-30/0001", 0x07b4_2cb7_cfb8_f2aa),
+            (
+                255,
+                "scope with spaces and \u{fc}nic\u{f6}de".as_bytes(),
+                0xff1b_64bf_817c_cb93,
+            ),
+        ];
+        for (store, name, bits) in pinned {
+            let key = ScopeKey::new(StoreId::new(store), name);
+            assert_eq!(key.to_bits(), bits, "{:?}", String::from_utf8_lossy(name));
+        }
+    }
+
+    #[test]
     fn advance_never_moves_back() {
         let mut v = VersionVector::with_cap(4);
         assert!(v.advance(scope(1), Version::new(5)));

@@ -51,6 +51,41 @@ fn round_trip_and_sizes() {
 }
 
 #[test]
+fn signed_tokens_are_pinned() {
+    // Pinned: a signed token's bytes (signature, masked scopes and all) for a fixed key, session
+    // and clock. Tokens already handed out must verify, and re-issue to the same text.
+    let a = authority();
+    let mut s = state(3);
+    s.vector_mut().raise_horizon(crate::version::StoreHorizon {
+        store: StoreId::new(2),
+        version: Version::new(77),
+    });
+    s.advance_context(crate::session::StoreContext {
+        store: StoreId::new(3),
+        version: Version::new(99),
+        bytes: vec![7u8; 5].into(),
+    });
+    s.set_started_at(NOW - 300);
+    let bound = a.issue_at(&s, Some(b"alice"), NOW).unwrap();
+    let anonymous = a.issue_at(&s, None, NOW).unwrap();
+    assert_eq!(
+        bound,
+        "Agft_gAAAAAAAAAAAAAAAAAAAYDAl9Ht_5YDgPfE1QaQk8XVBqwCN714H6Gf2m0DAgcDYwcHBwcHASQBAANCcBo3Qq\
+         uYgMCX0e3_lgMPkG5HKwap5QcINmvAOBk65QcBBAIBTQABG6mMxRa1m4xKIc2kuoYCrNdt1SRaY4CEbWkx-DhAdh8"
+    );
+    assert_eq!(
+        anonymous,
+        "AgPt_gAAAAAAAAAAAAAAAAAAAYDAl9Ht_5YDgPfE1QaQk8XVBqwCAwIHA2MHBwcHBwEkAQADQnAaN0KrmIDAl9Ht_5\
+         YDD5BuRysGqeUHCDZrwDgZOuUHAQQCAU0AAaczPw7Xyz4H6RpS2ZlR3s5ctXmaVOLVv3cA7AktXObI"
+    );
+    for (token, principal) in [(&bound, Some(&b"alice"[..])), (&anonymous, None)] {
+        let back = a.verify_at(token, principal, NOW).unwrap();
+        assert_eq!(back.state(), &s);
+        assert_eq!(&a.issue_at(back.state(), principal, NOW).unwrap(), token);
+    }
+}
+
+#[test]
 fn every_altered_byte_is_rejected() {
     let a = authority();
     let t = a.issue_at(&state(3), Some(b"alice"), NOW).unwrap();
