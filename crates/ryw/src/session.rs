@@ -60,11 +60,11 @@ impl SessionId {
     /// same id in every process. The derivation is not secret: anyone who knows the key can
     /// compute the id, so a signed token, not the id, is what proves a session.
     pub fn derive(client_key: &[u8]) -> Self {
-        let lo = crate::version::stable_hash(client_key);
+        let lo = crate::hash::stable_hash(client_key);
         let mut salted = Vec::with_capacity(client_key.len() + 8);
         salted.extend_from_slice(b"ryw:sid:");
         salted.extend_from_slice(client_key);
-        let hi = crate::version::stable_hash(&salted);
+        let hi = crate::hash::stable_hash(&salted);
         SessionId((u128::from(hi) << 64) | u128::from(lo))
     }
 
@@ -166,15 +166,14 @@ impl WriteId {
     }
 
     /// A 128-bit digest of the id, for stores that cap the length of an idempotency key
-    /// (DynamoDB's `ClientRequestToken`: 36 characters). Stable across processes and builds.
+    /// (DynamoDB's `ClientRequestToken`: 36 characters).
+    ///
+    /// It is SHA-256 of [`WriteId::to_bytes`], truncated to its first 16 bytes (read
+    /// little-endian): stable across processes, builds and platforms, and collision resistant, so
+    /// two different writes never share an idempotency key by accident (finding two ids with
+    /// the same digest takes about 2^64 work).
     pub fn digest128(self) -> u128 {
-        let bytes = self.to_bytes();
-        let lo = crate::version::stable_hash(&bytes);
-        let mut salted = [0u8; 33];
-        salted[0] = 0x5a;
-        salted[1..].copy_from_slice(&bytes);
-        let hi = crate::version::stable_hash(&salted);
-        (u128::from(hi) << 64) | u128::from(lo)
+        crate::hash::sha256_128(&self.to_bytes())
     }
 
     /// Parses the form written by `Display` (`<32 hex digits>-<16 hex digits>-<decimal seq>`).
@@ -241,7 +240,7 @@ fn fresh_lane() -> u64 {
         next.set((n.wrapping_add(1), end));
         n
     });
-    crate::mix::splitmix64(seed.wrapping_add(n.wrapping_mul(crate::mix::GAMMA)))
+    crate::hash::splitmix64(seed.wrapping_add(n.wrapping_mul(crate::hash::GAMMA)))
 }
 
 /// How many lanes a thread takes at a time.
@@ -1032,6 +1031,30 @@ mod tests {
             SessionId::derive(b"user:42").as_u128(),
             0x42eb_625c_d443_552e_9988_17be_e671_8248
         );
+    }
+
+    #[test]
+    fn write_digests_are_sha256_pinned_and_distinct() {
+        let session = SessionId::from_u128(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        // Pinned: the first 16 bytes of SHA-256 of the id's 32-byte form, little-endian. Stores
+        // keep it as the write's idempotency key, so it never changes.
+        assert_eq!(
+            WriteId::new(session, 7, 42).digest128(),
+            0xa0c9_ac6e_3b80_ca82_f8fd_1764_9099_add5
+        );
+        let mut seen = std::collections::HashSet::new();
+        for id in [
+            session,
+            SessionId::from_u128(1),
+            SessionId::from_u128(1 << 64),
+        ] {
+            for lane in [0, 1, 7, u64::MAX] {
+                for seq in [1, 2, 42, 1 << 32] {
+                    let digest = WriteId::new(id, lane, seq).digest128();
+                    assert!(seen.insert(digest), "{id:?} {lane} {seq}");
+                }
+            }
+        }
     }
 
     #[test]

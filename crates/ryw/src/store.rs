@@ -127,7 +127,7 @@ impl SessionStoreStats {
 }
 
 // Session ids are random or derived through a mixing hash: their bits are already uniform.
-type Table = HashMap<SessionId, Record, BuildHasherDefault<crate::mix::PremixedHasher>>;
+type Table = HashMap<SessionId, Record, BuildHasherDefault<crate::hash::PremixedHasher>>;
 
 /// One session, compactly: 48 bytes inline, plus a heap block only for sessions with more than
 /// one scope or a store horizon.
@@ -452,8 +452,7 @@ impl InMemorySessionStore {
     }
 
     fn shard(&self, id: SessionId) -> MutexGuard<'_, Shard> {
-        let v = id.as_u128();
-        let h = (v as u64) ^ ((v >> 64) as u64).rotate_left(32);
+        let h = crate::hash::fold128(id.as_u128());
         lock(&self.shards[((h >> 40) as usize) & self.mask].0)
     }
 

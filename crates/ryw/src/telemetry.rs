@@ -301,8 +301,8 @@ impl SessionHash {
     /// The digest of `id`.
     pub fn of(id: crate::session::SessionId) -> Self {
         let bits = id.as_u128();
-        let hi = crate::mix::splitmix64((bits >> 64) as u64 ^ crate::mix::GAMMA);
-        SessionHash(crate::mix::splitmix64(hi ^ bits as u64))
+        let hi = crate::hash::splitmix64((bits >> 64) as u64 ^ crate::hash::GAMMA);
+        SessionHash(crate::hash::splitmix64(hi ^ bits as u64))
     }
 
     /// The digest's bits.

@@ -35,6 +35,7 @@
 //! assert_eq!(vector.requirement(post).horizon, Some(Version::new(7)));
 //! ```
 
+use crate::hash::stable_hash;
 use smallvec::SmallVec;
 use std::fmt;
 
@@ -156,20 +157,6 @@ impl fmt::Debug for ScopeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ScopeKey({}:{:014x})", self.store().0, self.hash56())
     }
-}
-
-/// FNV-1a 64 with the murmur3 finalizer: stable and well mixed.
-pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
 }
 
 /// Coarsened state for one store: entries evicted from the vector, summarised.

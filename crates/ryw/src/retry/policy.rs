@@ -122,11 +122,11 @@ impl RetryPolicy {
             state.rng = self
                 .shared
                 .seed
-                .fetch_add(crate::mix::GAMMA, Ordering::Relaxed)
+                .fetch_add(crate::hash::GAMMA, Ordering::Relaxed)
                 | 1;
         }
-        state.rng = state.rng.wrapping_add(crate::mix::GAMMA);
-        let z = crate::mix::splitmix64(state.rng);
+        state.rng = state.rng.wrapping_add(crate::hash::GAMMA);
+        let z = crate::hash::splitmix64(state.rng);
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 }

@@ -37,7 +37,7 @@ struct Verified {
 const SLOT_TAIL: usize = 24;
 
 // Slots are mixed already: the maps use them as they are.
-type SlotHasher = std::hash::BuildHasherDefault<crate::mix::PremixedHasher>;
+type SlotHasher = std::hash::BuildHasherDefault<crate::hash::PremixedHasher>;
 type Slots = HashMap<u64, Verified, SlotHasher>;
 type Seen = std::collections::HashSet<u64, SlotHasher>;
 
@@ -205,7 +205,7 @@ impl VerifiedCache {
     }
 }
 
-use crate::mix::splitmix64 as fold;
+use crate::hash::splitmix64 as fold;
 
 impl Generations {
     fn promote(&mut self, slot: u64, entry: Verified, per_generation: usize) {
