@@ -56,6 +56,7 @@
 mod authority;
 mod cache;
 mod keys;
+mod mask;
 mod revoke;
 #[cfg(test)]
 mod tests;

@@ -297,11 +297,10 @@ impl SessionToken {
         )
     }
 
-    /// Undoes an authority's scope mask on the decoded state (after the signature verified).
-    pub(crate) fn unmask_scopes(&mut self, mask: &ScopeMask) {
-        self.state
-            .vector_mut()
-            .map_scopes(|s| ScopeKey::from_hash(s.store(), mask.unmask(s.hash56())));
+    /// Renames every exact scope of the decoded state with `f` (a bijection: an authority undoing
+    /// its scope mask after the signature verified).
+    pub(crate) fn map_scopes(&mut self, f: impl Fn(ScopeKey) -> ScopeKey) {
+        self.state.vector_mut().map_scopes(f);
     }
 
     /// Decodes an untrusted token. Never panics; allocation is bounded by [`MAX_TOKEN_LEN`].
@@ -533,78 +532,6 @@ fn encode_base64(bytes: &[u8]) -> Result<String, TokenError> {
 
 /// Writes the binary token up to the signature (with the SIGNED flag when `signed`), coarsening
 /// exact entries into store horizons until it fits.
-/// A keyed permutation of 56-bit scope hashes, so that a signed token does not reveal which keys
-/// its session touched (a dictionary of likely names hashed without the key finds nothing). A
-/// 4-round Feistel network over two 28-bit halves, each round SipHash-2-4 of the other half under
-/// a 128-bit key derived from the signing key.
-#[derive(Clone, Copy)]
-pub(crate) struct ScopeMask {
-    k0: u64,
-    k1: u64,
-}
-
-impl ScopeMask {
-    const HALF: u32 = 28;
-    const HALF_MASK: u64 = (1 << Self::HALF) - 1;
-
-    pub(crate) fn new(k0: u64, k1: u64) -> Self {
-        ScopeMask { k0, k1 }
-    }
-
-    fn round(&self, i: u64, half: u64) -> u64 {
-        siphash24(self.k0, self.k1, (i << 32) | half) & Self::HALF_MASK
-    }
-
-    /// The masked form of a 56-bit hash.
-    fn mask(&self, h: u64) -> u64 {
-        let (mut l, mut r) = ((h >> Self::HALF) & Self::HALF_MASK, h & Self::HALF_MASK);
-        for i in 0..4 {
-            (l, r) = (r, l ^ self.round(i, r));
-        }
-        (l << Self::HALF) | r
-    }
-
-    /// The inverse of [`ScopeMask::mask`].
-    fn unmask(&self, h: u64) -> u64 {
-        let (mut l, mut r) = ((h >> Self::HALF) & Self::HALF_MASK, h & Self::HALF_MASK);
-        for i in (0..4).rev() {
-            (l, r) = (r ^ self.round(i, l), l);
-        }
-        (l << Self::HALF) | r
-    }
-}
-
-/// SipHash-2-4 of one 64-bit word.
-fn siphash24(k0: u64, k1: u64, m: u64) -> u64 {
-    let mut v0 = k0 ^ 0x736f_6d65_7073_6575;
-    let mut v1 = k1 ^ 0x646f_7261_6e64_6f6d;
-    let mut v2 = k0 ^ 0x6c79_6765_6e65_7261;
-    let mut v3 = k1 ^ 0x7465_6462_7974_6573;
-    let round = |v0: &mut u64, v1: &mut u64, v2: &mut u64, v3: &mut u64| {
-        *v0 = v0.wrapping_add(*v1);
-        *v1 = v1.rotate_left(13) ^ *v0;
-        *v0 = v0.rotate_left(32);
-        *v2 = v2.wrapping_add(*v3);
-        *v3 = v3.rotate_left(16) ^ *v2;
-        *v0 = v0.wrapping_add(*v3);
-        *v3 = v3.rotate_left(21) ^ *v0;
-        *v2 = v2.wrapping_add(*v1);
-        *v1 = v1.rotate_left(17) ^ *v2;
-        *v2 = v2.rotate_left(32);
-    };
-    for word in [m, 8u64 << 56] {
-        v3 ^= word;
-        round(&mut v0, &mut v1, &mut v2, &mut v3);
-        round(&mut v0, &mut v1, &mut v2, &mut v3);
-        v0 ^= word;
-    }
-    v2 ^= 0xff;
-    for _ in 0..4 {
-        round(&mut v0, &mut v1, &mut v2, &mut v3);
-    }
-    v0 ^ v1 ^ v2 ^ v3
-}
-
 fn write_body(
     out: &mut Vec<u8>,
     state: &SessionState,
@@ -615,14 +542,18 @@ fn write_body(
     write_body_masked(out, state, times, binding, signed, None)
 }
 
+/// A renaming of 56-bit scope hashes applied as they are written: an authority's keyed mask, a
+/// bijection of the low 56 bits (see [`crate::signing`]).
+pub(crate) type ScopeRename<'a> = &'a dyn Fn(u64) -> u64;
+
 /// The signed form, for the token authority: `state` with its issue and expiry `times`, an
-/// optional principal `binding` and the scope hashes masked by `mask`, then `key_id` and the tag
+/// optional principal `binding` and the scope hashes renamed by `mask`, then `key_id` and the tag
 /// `sign` computes over the body, base64url-encoded.
 pub(crate) fn encode_signed(
     state: &SessionState,
     times: (u64, u64),
     binding: Option<&[u8; BINDING_LEN]>,
-    mask: &ScopeMask,
+    mask: ScopeRename<'_>,
     key_id: u8,
     sign: impl FnOnce(&[u8]) -> [u8; 32],
 ) -> Result<String, TokenError> {
@@ -652,14 +583,14 @@ pub(crate) fn decode_signed<R>(
     Ok(check(token, body))
 }
 
-/// [`write_body`] with the scope hashes masked by `mask` (signed tokens of an authority).
+/// [`write_body`] with the scope hashes renamed by `mask` (signed tokens of an authority).
 fn write_body_masked(
     out: &mut Vec<u8>,
     state: &SessionState,
     times: Option<(u64, u64)>,
     binding: Option<&[u8; BINDING_LEN]>,
     signed: bool,
-    mask: Option<&ScopeMask>,
+    mask: Option<ScopeRename<'_>>,
 ) -> Result<(), TokenError> {
     // Coarsen until the entries fit, keeping a margin for the signature.
     let budget = MAX_BYTES - SIGNATURE_LEN;
@@ -738,7 +669,7 @@ fn write_sections(
     out: &mut Vec<u8>,
     vector: &VersionVector,
     contexts: &[StoreContext],
-    mask: Option<&ScopeMask>,
+    mask: Option<ScopeRename<'_>>,
     record: Option<u64>,
 ) {
     let mut entries: SmallVec<[Entry; 8]> = vector.entries().collect();
@@ -786,7 +717,7 @@ fn write_sections(
         let mut prev = 0u64;
         for e in mine {
             let hash = match mask {
-                Some(m) => m.mask(e.scope.hash56()),
+                Some(rename) => rename(e.scope.hash56()),
                 None => e.scope.hash56(),
             };
             out.extend_from_slice(&hash.to_le_bytes()[..7]);
@@ -1103,50 +1034,5 @@ mod tests {
         let encoded = token.encode().unwrap();
         assert_eq!(encoded, "AgJ3ZlVEMyIRAO_Nq4lnRSMBAYCAiYuUi5EDgPfE1QaQk8XVBqwCAwIHA2MHBwcHBwEkAQAD-JVDdgb4CoCAiYuUi5EDDESmtX5H1-gHnoZbPSUMf-gHAQQCAU0A");
         assert_eq!(SessionToken::decode(&encoded).unwrap(), token);
-    }
-
-    #[test]
-    fn scope_mask_is_pinned() {
-        // Pinned: signed tokens carry masked scopes, which must unmask the same in every build.
-        let m = ScopeMask::new(0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908);
-        let posts = ScopeKey::new(StoreId::new(1), b"posts/42").hash56();
-        let masked: Vec<u64> = [0, 1, posts, (1 << 56) - 1]
-            .iter()
-            .map(|&h| m.mask(h))
-            .collect();
-        assert_eq!(
-            masked,
-            [
-                0x00ef_6085_d41e_a03c,
-                0x00cf_eb2d_2d7f_9902,
-                0x007e_3872_e650_dae5,
-                0x0091_d793_030c_fdc6
-            ]
-        );
-    }
-
-    #[test]
-    fn scope_mask_is_siphash_keyed_and_a_bijection() {
-        // The reference SipHash-2-4 vector for an 8-byte message.
-        assert_eq!(
-            siphash24(
-                0x0706_0504_0302_0100,
-                0x0f0e_0d0c_0b0a_0908,
-                0x0706_0504_0302_0100
-            ),
-            0x93f5_f579_9a93_2462
-        );
-        let m = ScopeMask::new(1, 2);
-        let other = ScopeMask::new(1, 3);
-        let mut seen = std::collections::HashSet::new();
-        for i in 0..5_000u64 {
-            let h = ScopeKey::new(StoreId::new(1), format!("posts/{i}").as_bytes()).hash56();
-            let masked = m.mask(h);
-            assert!(masked < 1 << 56);
-            assert_eq!(m.unmask(masked), h);
-            assert_ne!(masked, h);
-            assert_ne!(other.mask(h), masked, "another key, another mask");
-            assert!(seen.insert(masked));
-        }
     }
 }

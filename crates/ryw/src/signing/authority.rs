@@ -333,7 +333,7 @@ impl TokenAuthority {
             state,
             times,
             binding.as_ref(),
-            &key.scopes,
+            &|hash| key.scopes.mask(hash),
             key.id,
             |body| key.tag(body, key.id),
         )?;
@@ -411,7 +411,7 @@ impl TokenAuthority {
             if !key.check(body, signature.key_id, &signature.tag) {
                 return Err(VerifyError::BadSignature);
             }
-            token.unmask_scopes(&key.scopes);
+            token.map_scopes(|scope| key.scopes.unmask_scope(scope));
             match (token.binding(), principal) {
                 (None, _) => {}
                 (Some(_), None) => return Err(VerifyError::WrongPrincipal),

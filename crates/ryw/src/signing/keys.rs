@@ -1,6 +1,7 @@
 //! Signing keys and the key ring: the current key signs, previous keys still verify.
 
-use crate::token::{ScopeMask, BINDING_LEN};
+use super::mask::ScopeMask;
+use crate::token::BINDING_LEN;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use std::fmt;
