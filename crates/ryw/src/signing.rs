@@ -57,13 +57,13 @@ mod authority;
 mod cache;
 mod keys;
 mod mask;
-mod revoke;
 #[cfg(test)]
 mod tests;
 
 pub use authority::{TokenAuthority, TokenAuthorityBuilder, VerifyError, DEFAULT_VERIFIED_CACHE};
 pub use keys::{KeyError, KeyRing, SigningKey, MAX_PREVIOUS_KEYS, MIN_KEY_LEN};
-pub use revoke::{InMemoryRevocationList, PrincipalBinding, Revocation, RevocationList};
+// The revocation types the authority's API names, also where its users have always found them.
+pub use crate::revocation::{InMemoryRevocationList, PrincipalBinding, Revocation, RevocationList};
 
 /// Seconds since the Unix epoch, by the system clock.
 pub fn now_secs() -> u64 {

@@ -3,7 +3,7 @@
 use super::cache;
 use super::keys::*;
 use super::now_secs;
-use super::revoke::*;
+use crate::revocation::{InMemoryRevocationList, PrincipalBinding, Revocation, RevocationList};
 use crate::session::SessionState;
 use crate::token::{decode_signed, encode_signed, SessionToken, TokenError};
 use std::fmt;
