@@ -111,7 +111,7 @@ use crate::fence::{
     FenceConfig, FenceDecision, FenceStrategy, FenceSupport, ReadFence, StaleReadPolicy,
 };
 use std::fmt;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Buckets of a [`CatchUpSketch`].
@@ -611,7 +611,7 @@ impl FenceLearner {
     }
 
     fn lock(&self) -> MutexGuard<'_, LearnerState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::locks::lock(&self.state)
     }
 
     /// What has been learned and spent so far.

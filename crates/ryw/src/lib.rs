@@ -84,6 +84,7 @@ pub mod future;
 mod hash;
 mod instrument;
 mod layer;
+mod locks;
 mod observed;
 pub mod principal;
 pub mod record;

@@ -80,6 +80,7 @@
 //! # }
 //! ```
 
+use crate::locks::lock;
 use crate::record::{RecordError, RecordStore};
 use crate::session::{Session, SessionId};
 use crate::signing::SigningKey;
@@ -87,7 +88,7 @@ use crate::version::{Entry, ScopeKey, Version};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// Principals whose latest record version one instance remembers (to refuse a record that went
 /// back), per generation: the last 500,000 to 1,000,000 principals it served.
@@ -432,8 +433,4 @@ impl PrincipalRecords {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

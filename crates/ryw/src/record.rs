@@ -60,6 +60,7 @@
 //! # }
 //! ```
 
+use crate::locks::lock;
 use crate::session::{Overflow, Session, SessionId};
 use crate::version::{Entry, ScopeKey, Version};
 use std::collections::HashMap;
@@ -67,7 +68,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// A boxed future of a [`RecordStore`].
 pub type RecordFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, RecordError>> + Send + 'a>>;
@@ -173,10 +174,6 @@ impl RecordStore for InMemoryRecordStore {
                 }))
         })
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What [`SessionRecords`] did, for telemetry.

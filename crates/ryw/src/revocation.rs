@@ -52,6 +52,7 @@
 //! ```
 
 use crate::clock::{Clock, SystemClock};
+use crate::locks::{lock, read, write};
 use crate::session::SessionId;
 use crate::signing::now_secs;
 use std::collections::HashMap;
@@ -164,14 +165,14 @@ impl InMemoryRevocationList {
     /// Revokes every token of `session`, recording the revocation at `now` (seconds since the Unix
     /// epoch) for [`InMemoryRevocationList::forget_revoked_before`].
     pub fn revoke_session_at(&self, session: SessionId, now: u64) {
-        let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = write(&self.sessions);
         map.insert(session, now);
         self.len.store(map.len(), Ordering::Release);
     }
 
     /// Lifts the revocation of `session`; returns whether it was revoked.
     pub fn restore_session(&self, session: SessionId) -> bool {
-        let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = write(&self.sessions);
         let removed = map.remove(&session).is_some();
         self.len.store(map.len(), Ordering::Release);
         removed
@@ -192,7 +193,7 @@ impl InMemoryRevocationList {
     /// principal starts afterwards are not affected, and nor is the principal's shared record
     /// ([`crate::principal`]): tokens of revoked sessions never reach it again.
     pub fn revoke_principal_before(&self, bindings: &[PrincipalBinding], epoch: u64) {
-        let mut map = self.principals.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = write(&self.principals);
         for b in bindings {
             let slot = map.entry(*b).or_insert(0);
             *slot = (*slot).max(epoch);
@@ -203,7 +204,7 @@ impl InMemoryRevocationList {
     /// Drops the session revocations recorded before `cutoff` (seconds since the Unix epoch);
     /// returns how many were dropped. Safe once `cutoff` is at least the token TTL in the past.
     pub fn forget_revoked_before(&self, cutoff: u64) -> usize {
-        let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = write(&self.sessions);
         let before = map.len();
         map.retain(|_, at| *at >= cutoff);
         self.len.store(map.len(), Ordering::Release);
@@ -218,12 +219,12 @@ impl InMemoryRevocationList {
         epoch: u64,
         principals: HashMap<PrincipalBinding, u64>,
     ) {
-        let mut map = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = write(&self.sessions);
         *map = sessions;
         self.len.store(map.len(), Ordering::Release);
         self.issued_before.fetch_max(epoch, Ordering::AcqRel);
         drop(map);
-        let mut map = self.principals.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = write(&self.principals);
         *map = principals;
         self.principals_len.store(map.len(), Ordering::Release);
     }
@@ -248,7 +249,7 @@ impl RevocationList for InMemoryRevocationList {
         if self.len.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let map = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        let map = read(&self.sessions);
         map.contains_key(&session).then_some(Revocation::Session)
     }
 
@@ -256,7 +257,7 @@ impl RevocationList for InMemoryRevocationList {
         if self.principals_len.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let map = self.principals.read().unwrap_or_else(|e| e.into_inner());
+        let map = read(&self.principals);
         let epoch = *map.get(&binding)?;
         (started_at < epoch).then_some(Revocation::Principal { epoch })
     }
@@ -522,10 +523,7 @@ impl SharedRevocationList {
 
     fn apply(&self, entry: RevocationEntry) {
         // Kept for the next refresh first, so a refresh running now cannot wipe it.
-        self.own
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(entry);
+        lock(&self.own).push(entry);
         match entry {
             RevocationEntry::Session { session, at } => self.local.revoke_session_at(session, at),
             RevocationEntry::StartedBefore { epoch } => self.local.revoke_issued_before(epoch),
@@ -539,8 +537,7 @@ impl SharedRevocationList {
     /// [`OutagePolicy`]).
     pub async fn refresh(&self) -> Result<(), BackendError> {
         let started = self.clock.now_micros();
-        let pending: Vec<RevocationEntry> =
-            self.own.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let pending: Vec<RevocationEntry> = lock(&self.own).clone();
         let entries = self.backend.load(self.now_secs()).await.inspect_err(|e| {
             tracing::warn!(target: "ryw::revocation", error = %e, "revocation refresh failed");
         })?;
@@ -549,7 +546,7 @@ impl SharedRevocationList {
         let mut epoch = 0;
         // What this instance revoked is kept even if the backend's read does not show it yet
         // (including what it revoked while the read was on its way).
-        let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        let mut own = lock(&self.own);
         for entry in entries.iter().chain(own.iter()) {
             match *entry {
                 RevocationEntry::Session { session, at } => {
@@ -615,18 +612,12 @@ pub struct MemoryBackend {
 
 impl RevocationBackend for MemoryBackend {
     fn record(&self, entry: RevocationEntry, expires_at: u64) -> BackendFuture<'_, ()> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((entry, expires_at));
+        lock(&self.entries).push((entry, expires_at));
         Box::pin(async { Ok(()) })
     }
 
     fn load(&self, now: u64) -> BackendFuture<'_, Vec<RevocationEntry>> {
-        let entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let entries = lock(&self.entries)
             .iter()
             .filter(|(_, expires)| *expires > now)
             .map(|(e, _)| *e)

@@ -1009,10 +1009,7 @@ impl Session {
     pub(crate) fn lock(&self) -> MutexGuard<'_, SessionState> {
         // A panic while holding the lock cannot leave the state half-updated in a way that
         // breaks its invariants (every mutation is a monotone max), so poisoning is ignored.
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::locks::lock(&self.shared.state)
     }
 }
 

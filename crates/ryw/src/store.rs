@@ -32,6 +32,7 @@
 //! ```
 
 use crate::clock::HybridTimestamp;
+use crate::locks::lock;
 use crate::session::{SessionId, SessionState};
 use crate::version::{Entry, ScopeKey, StoreHorizon, Version, VersionVector, DEFAULT_SCOPE_CAP};
 use std::collections::HashMap;
@@ -472,10 +473,6 @@ impl InMemorySessionStore {
             shard.young_since = now;
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SessionStore for InMemorySessionStore {

@@ -3,6 +3,7 @@
 use super::cache;
 use super::keys::*;
 use super::now_secs;
+use crate::locks::{read, write};
 use crate::revocation::{InMemoryRevocationList, PrincipalBinding, Revocation, RevocationList};
 use crate::session::SessionState;
 use crate::token::{decode_signed, encode_signed, SessionToken, TokenError};
@@ -242,7 +243,7 @@ impl TokenAuthority {
     /// `principal` as the tokens signed by each key of the ring name it: what
     /// [`InMemoryRevocationList::revoke_principal_before`] (or a shared list) takes.
     pub fn principal_bindings(&self, principal: &[u8]) -> Vec<PrincipalBinding> {
-        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let keys = read(&self.keys);
         keys.all()
             .map(|key| PrincipalBinding {
                 key_id: key.id,
@@ -265,7 +266,7 @@ impl TokenAuthority {
 
     /// Makes `key` the signing key; the current one keeps verifying (see [`KeyRing::rotate`]).
     pub fn rotate(&self, key: SigningKey) -> Result<(), KeyError> {
-        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let mut keys = write(&self.keys);
         keys.rotate(key)?;
         self.current_id.store(keys.current_id(), Ordering::Release);
         self.ring_changed();
@@ -274,7 +275,7 @@ impl TokenAuthority {
 
     /// Retires a previous key: tokens it signed stop verifying. Returns whether it was held.
     pub fn retire(&self, key_id: u8) -> bool {
-        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let mut keys = write(&self.keys);
         let retired = keys.retire(key_id);
         if retired {
             self.ring_changed();
@@ -305,7 +306,7 @@ impl TokenAuthority {
 
     /// The ids of the keys that verify, the signing key first.
     pub fn key_ids(&self) -> Vec<u8> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).ids()
+        read(&self.keys).ids()
     }
 
     /// Issues a signed token for `state`, valid for the TTL from now and, when `principal` is
@@ -325,7 +326,7 @@ impl TokenAuthority {
         principal: Option<&[u8]>,
         now: u64,
     ) -> Result<String, TokenError> {
-        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let keys = read(&self.keys);
         let key = &keys.current;
         let times = (now, now.saturating_add(self.ttl.as_secs()));
         let binding = principal.map(|p| key.binding(p));
@@ -404,7 +405,7 @@ impl TokenAuthority {
             return Err(VerifyError::Unsigned);
         };
         let generation = {
-            let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+            let keys = read(&self.keys);
             let key = keys.find(signature.key_id).ok_or(VerifyError::UnknownKey {
                 key_id: signature.key_id,
             })?;

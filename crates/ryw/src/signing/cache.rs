@@ -18,6 +18,7 @@
 //! token survives while cold ones age out, in O(1) per insert. Sharded so that concurrent requests
 //! of different sessions take different locks.
 
+use crate::locks::lock;
 use crate::token::SessionToken;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -179,13 +180,13 @@ impl VerifiedCache {
     fn lock(&self, slot: u64) -> std::sync::MutexGuard<'_, Generations> {
         // Middle bits: a map's buckets come from the low bits and its tags from the top ones.
         let shard = &self.shards[(slot >> 32) as usize % SHARDS];
-        shard.0.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&shard.0)
     }
 
     /// Drops every entry.
     pub(super) fn clear(&self) {
         for shard in self.shards.iter() {
-            let mut maps = shard.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut maps = lock(&shard.0);
             maps.young.clear();
             maps.old.clear();
             maps.seen_young.clear();
@@ -198,7 +199,7 @@ impl VerifiedCache {
         self.shards
             .iter()
             .map(|shard| {
-                let maps = shard.0.lock().unwrap_or_else(|e| e.into_inner());
+                let maps = lock(&shard.0);
                 maps.young.len() + maps.old.len()
             })
             .sum()
