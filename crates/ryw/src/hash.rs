@@ -64,7 +64,8 @@ pub(crate) fn sha256_128(bytes: &[u8]) -> u128 {
 }
 
 /// A `Hasher` for keys whose bits are uniform already (random or mixed session ids, the token
-/// cache's slots): it takes them as they are. Used by the session store and the token cache.
+/// cache's slots): it takes them as they are. Used by the two-generation maps
+/// ([`crate::generations`]).
 #[derive(Default)]
 pub(crate) struct PremixedHasher(u64);
 

@@ -81,6 +81,7 @@ pub mod conflict;
 pub mod error;
 pub mod fence;
 pub mod future;
+mod generations;
 mod hash;
 mod instrument;
 mod layer;

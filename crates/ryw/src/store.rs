@@ -32,13 +32,11 @@
 //! ```
 
 use crate::clock::HybridTimestamp;
-use crate::locks::lock;
+use crate::generations::{Generations, Shards};
 use crate::session::{SessionId, SessionState};
 use crate::version::{Entry, ScopeKey, StoreHorizon, Version, VersionVector, DEFAULT_SCOPE_CAP};
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::BuildHasherDefault;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 /// Where sessions live between requests.
@@ -126,9 +124,6 @@ impl SessionStoreStats {
         SessionStoreStats { live, evictions }
     }
 }
-
-// Session ids are random or derived through a mixing hash: their bits are already uniform.
-type Table = HashMap<SessionId, Record, BuildHasherDefault<crate::hash::PremixedHasher>>;
 
 /// One session, compactly: 48 bytes inline, plus a heap block only for sessions with more than
 /// one scope or a store horizon.
@@ -308,16 +303,12 @@ impl Record {
 }
 
 struct Shard {
-    young: Table,
-    old: Table,
+    /// Session ids are random or derived through a mixing hash: their bits are already uniform.
+    sessions: Generations<SessionId, Record>,
     young_since: u32,
     /// Sessions dropped when their generation was cleared.
     evicted: u64,
 }
-
-/// One shard per cache-line pair, so two threads on different shards never share a line.
-#[repr(align(128))]
-struct Padded(Mutex<Shard>);
 
 /// Builds an [`InMemorySessionStore`].
 #[derive(Clone, Debug)]
@@ -359,17 +350,11 @@ impl InMemorySessionStoreBuilder {
         }
         let generation_cap = buckets / 8 * 7;
         InMemorySessionStore {
-            shards: (0..self.shards)
-                .map(|_| {
-                    Padded(Mutex::new(Shard {
-                        young: Table::default(),
-                        old: Table::default(),
-                        young_since: 0,
-                        evicted: 0,
-                    }))
-                })
-                .collect(),
-            mask: self.shards - 1,
+            shards: Shards::new(self.shards, || Shard {
+                sessions: Generations::default(),
+                young_since: 0,
+                evicted: 0,
+            }),
             generation_cap,
             ttl_secs: self
                 .ttl
@@ -381,8 +366,7 @@ impl InMemorySessionStoreBuilder {
 
 /// A sharded, bounded, in-memory [`SessionStore`]. See the [module docs](self).
 pub struct InMemorySessionStore {
-    shards: Box<[Padded]>,
-    mask: usize,
+    shards: Shards<Shard>,
     generation_cap: usize,
     ttl_secs: Option<u32>,
     epoch: Instant,
@@ -391,7 +375,7 @@ pub struct InMemorySessionStore {
 impl fmt::Debug for InMemorySessionStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InMemorySessionStore")
-            .field("shards", &self.shards.len())
+            .field("shards", &self.shards.count())
             .field("capacity", &self.capacity())
             .field("ttl_secs", &self.ttl_secs)
             .finish()
@@ -417,18 +401,12 @@ impl InMemorySessionStore {
 
     /// The most sessions the store holds at once.
     pub fn capacity(&self) -> usize {
-        self.generation_cap * 2 * self.shards.len()
+        self.generation_cap * 2 * self.shards.count()
     }
 
     /// Sessions currently held (including expired ones not yet reclaimed).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                let s = lock(&s.0);
-                s.young.len() + s.old.len()
-            })
-            .sum()
+        self.shards.iter().map(|s| s.sessions.len()).sum()
     }
 
     /// True when no session is held.
@@ -440,7 +418,7 @@ impl InMemorySessionStore {
     /// (or, with a TTL, when it aged out). Forgotten sessions ([`SessionStore::remove`]) are not
     /// counted.
     pub fn evictions(&self) -> u64 {
-        self.shards.iter().map(|s| lock(&s.0).evicted).sum()
+        self.shards.iter().map(|s| s.evicted).sum()
     }
 
     /// Seconds since the store was built; only a TTL needs them (without one, the clock is not
@@ -454,7 +432,7 @@ impl InMemorySessionStore {
 
     fn shard(&self, id: SessionId) -> MutexGuard<'_, Shard> {
         let h = crate::hash::fold128(id.as_u128());
-        lock(&self.shards[((h >> 40) as usize) & self.mask].0)
+        self.shards.lock((h >> 40) as usize)
     }
 
     fn expired(&self, record: &Record, now: u32) -> bool {
@@ -466,10 +444,8 @@ impl InMemorySessionStore {
         let aged = self
             .ttl_secs
             .is_some_and(|ttl| now.saturating_sub(shard.young_since) >= ttl);
-        if shard.young.len() >= self.generation_cap || aged {
-            std::mem::swap(&mut shard.young, &mut shard.old);
-            shard.evicted += shard.young.len() as u64;
-            shard.young.clear();
+        if shard.sessions.young_len() >= self.generation_cap || aged {
+            shard.evicted += shard.sessions.turn_over() as u64;
             shard.young_since = now;
         }
     }
@@ -479,22 +455,22 @@ impl SessionStore for InMemorySessionStore {
     fn load(&self, id: SessionId) -> Option<SessionState> {
         let now = self.now();
         let mut shard = self.shard(id);
-        if let Some(r) = shard.young.get_mut(&id) {
+        if let Some(r) = shard.sessions.young_mut(&id) {
             if self.expired(r, now) {
-                shard.young.remove(&id);
+                shard.sessions.remove_young(&id);
                 return None;
             }
             r.last_used = now;
             return Some(r.to_state(id));
         }
-        let mut r = shard.old.remove(&id)?;
+        let mut r = shard.sessions.take_old(&id)?;
         if self.expired(&r, now) {
             return None;
         }
         r.last_used = now;
         let state = r.to_state(id);
         self.rotate_if_needed(&mut shard, now);
-        shard.young.insert(id, r);
+        shard.sessions.insert_young(id, r);
         Some(state)
     }
 
@@ -502,7 +478,7 @@ impl SessionStore for InMemorySessionStore {
         let now = self.now();
         let id = state.id();
         let mut shard = self.shard(id);
-        if let Some(r) = shard.young.get_mut(&id) {
+        if let Some(r) = shard.sessions.young_mut(&id) {
             if !self.expired(r, now) {
                 let mut merged = r.to_state(id);
                 merged.merge(state);
@@ -512,7 +488,7 @@ impl SessionStore for InMemorySessionStore {
             }
             return;
         }
-        let record = match shard.old.remove(&id) {
+        let record = match shard.sessions.take_old(&id) {
             Some(old) if !self.expired(&old, now) => {
                 let mut merged = old.to_state(id);
                 merged.merge(state);
@@ -521,19 +497,18 @@ impl SessionStore for InMemorySessionStore {
             _ => Record::from_state(state, now),
         };
         self.rotate_if_needed(&mut shard, now);
-        shard.young.insert(id, record);
+        shard.sessions.insert_young(id, record);
     }
 
     fn remove(&self, id: SessionId) -> bool {
         let mut shard = self.shard(id);
-        shard.young.remove(&id).is_some() | shard.old.remove(&id).is_some()
+        shard.sessions.remove(&id)
     }
 
     fn stats(&self) -> Option<SessionStoreStats> {
         let (mut live, mut evictions) = (0, 0);
         for shard in self.shards.iter() {
-            let shard = lock(&shard.0);
-            live += (shard.young.len() + shard.old.len()) as u64;
+            live += shard.sessions.len() as u64;
             evictions += shard.evicted;
         }
         Some(SessionStoreStats { live, evictions })
@@ -543,7 +518,7 @@ impl SessionStore for InMemorySessionStore {
         let now = self.now();
         let id = state.id();
         let mut shard = self.shard(id);
-        if let Some(r) = shard.young.get_mut(&id) {
+        if let Some(r) = shard.sessions.young_mut(&id) {
             if self.expired(r, now) {
                 *r = Record::from_state(state, now);
             } else if r.dominated_by(state) {
@@ -563,7 +538,7 @@ impl SessionStore for InMemorySessionStore {
             }
             return;
         }
-        let record = match shard.old.remove(&id) {
+        let record = match shard.sessions.take_old(&id) {
             Some(old) if !self.expired(&old, now) && !old.dominated_by(state) => {
                 let mut stored = old.to_state(id);
                 state.merge(&stored);
@@ -573,7 +548,7 @@ impl SessionStore for InMemorySessionStore {
             _ => Record::from_state(state, now),
         };
         self.rotate_if_needed(&mut shard, now);
-        shard.young.insert(id, record);
+        shard.sessions.insert_young(id, record);
     }
 }
 

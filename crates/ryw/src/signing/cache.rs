@@ -18,12 +18,12 @@
 //! token survives while cold ones age out, in O(1) per insert. Sharded so that concurrent requests
 //! of different sessions take different locks.
 
-use crate::locks::lock;
+use crate::generations::{Generations, Shards};
+use crate::hash::splitmix64 as fold;
 use crate::token::SessionToken;
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, MutexGuard};
 
 /// A token that verified: its decoded form, with the scopes unmasked.
 struct Verified {
@@ -34,34 +34,41 @@ struct Verified {
     token: Arc<SessionToken>,
 }
 
+impl Verified {
+    fn new(
+        encoded: &str,
+        principal: Option<&[u8]>,
+        generation: u64,
+        token: Arc<SessionToken>,
+    ) -> Self {
+        Verified {
+            encoded: encoded.into(),
+            principal: principal.map(Into::into),
+            generation,
+            token,
+        }
+    }
+}
+
 /// Characters of a token's end that pick its slot: 24 base64 characters, 144 bits of its tag.
 const SLOT_TAIL: usize = 24;
 
-// Slots are mixed already: the maps use them as they are.
-type SlotHasher = std::hash::BuildHasherDefault<crate::hash::PremixedHasher>;
-type Slots = HashMap<u64, Verified, SlotHasher>;
-type Seen = std::collections::HashSet<u64, SlotHasher>;
-
-struct Generations {
-    young: Slots,
-    old: Slots,
+/// One shard of the cache, by slot (slots are mixed already: the maps use them as they are).
+#[derive(Default)]
+struct Shard {
+    tokens: Generations<u64, Verified>,
     /// Slots of tokens verified once, not admitted yet.
-    seen_young: Seen,
-    seen_old: Seen,
+    seen: Generations<u64, ()>,
 }
 
 /// Locks of the cache (a power of two).
 const SHARDS: usize = 16;
 
-/// One shard per cache-line pair, so two threads on different shards never share a line.
-#[repr(align(128))]
-struct Shard(Mutex<Generations>);
-
 pub(super) struct VerifiedCache {
     hasher: RandomState,
     seed: u64,
     per_generation: usize,
-    shards: Box<[Shard]>,
+    shards: Shards<Shard>,
 }
 
 impl VerifiedCache {
@@ -76,16 +83,7 @@ impl VerifiedCache {
             seed: hasher.hash_one(0x5eed_u64),
             hasher,
             per_generation,
-            shards: (0..SHARDS)
-                .map(|_| {
-                    Shard(Mutex::new(Generations {
-                        young: Slots::default(),
-                        old: Slots::default(),
-                        seen_young: Seen::default(),
-                        seen_old: Seen::default(),
-                    }))
-                })
-                .collect(),
+            shards: Shards::new(SHARDS, Shard::default),
         })
     }
 
@@ -119,13 +117,13 @@ impl VerifiedCache {
         let slot = self.slot(encoded, principal);
         let mut maps = self.lock(slot);
         let matches = |v: &Verified| *v.encoded == *encoded && v.principal.as_deref() == principal;
-        if let Some(v) = maps.young.get(&slot) {
+        if let Some(v) = maps.tokens.young(&slot) {
             return matches(v).then(|| (v.generation, v.token.clone()));
         }
-        let v = maps.old.remove(&slot)?;
+        let v = maps.tokens.take_old(&slot)?;
         let found = matches(&v).then(|| (v.generation, v.token.clone()));
         // Still in use: keep it through the next turnover.
-        maps.promote(slot, v, self.per_generation);
+        maps.tokens.insert(slot, v, self.per_generation);
         found
     }
 
@@ -140,21 +138,11 @@ impl VerifiedCache {
     ) {
         let slot = self.slot(encoded, principal);
         let mut maps = self.lock(slot);
-        if maps.seen_young.remove(&slot) || maps.seen_old.remove(&slot) {
-            let entry = Verified {
-                encoded: encoded.into(),
-                principal: principal.map(Into::into),
-                generation,
-                token: token.clone(),
-            };
-            maps.promote(slot, entry, self.per_generation);
+        if maps.seen.remove(&slot) {
+            let entry = Verified::new(encoded, principal, generation, token.clone());
+            maps.tokens.insert(slot, entry, self.per_generation);
         } else {
-            if maps.seen_young.len() >= self.per_generation {
-                let g = &mut *maps;
-                std::mem::swap(&mut g.seen_young, &mut g.seen_old);
-                g.seen_young.clear();
-            }
-            maps.seen_young.insert(slot);
+            maps.seen.insert(slot, (), self.per_generation);
         }
     }
 
@@ -168,54 +156,28 @@ impl VerifiedCache {
         token: Arc<SessionToken>,
     ) {
         let slot = self.slot(encoded, principal);
-        let entry = Verified {
-            encoded: encoded.into(),
-            principal: principal.map(Into::into),
-            generation,
-            token,
-        };
-        self.lock(slot).promote(slot, entry, self.per_generation);
+        let entry = Verified::new(encoded, principal, generation, token);
+        self.lock(slot)
+            .tokens
+            .insert(slot, entry, self.per_generation);
     }
 
-    fn lock(&self, slot: u64) -> std::sync::MutexGuard<'_, Generations> {
+    fn lock(&self, slot: u64) -> MutexGuard<'_, Shard> {
         // Middle bits: a map's buckets come from the low bits and its tags from the top ones.
-        let shard = &self.shards[(slot >> 32) as usize % SHARDS];
-        lock(&shard.0)
+        self.shards.lock((slot >> 32) as usize)
     }
 
     /// Drops every entry.
     pub(super) fn clear(&self) {
-        for shard in self.shards.iter() {
-            let mut maps = lock(&shard.0);
-            maps.young.clear();
-            maps.old.clear();
-            maps.seen_young.clear();
-            maps.seen_old.clear();
+        for mut maps in self.shards.iter() {
+            maps.tokens.clear();
+            maps.seen.clear();
         }
     }
 
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|shard| {
-                let maps = lock(&shard.0);
-                maps.young.len() + maps.old.len()
-            })
-            .sum()
-    }
-}
-
-use crate::hash::splitmix64 as fold;
-
-impl Generations {
-    fn promote(&mut self, slot: u64, entry: Verified, per_generation: usize) {
-        if self.young.len() >= per_generation && !self.young.contains_key(&slot) {
-            // The old generation goes; its table, already grown, becomes the young one.
-            std::mem::swap(&mut self.young, &mut self.old);
-            self.young.clear();
-        }
-        self.young.insert(slot, entry);
+        self.shards.iter().map(|maps| maps.tokens.len()).sum()
     }
 }
 
