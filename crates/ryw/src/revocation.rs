@@ -680,6 +680,24 @@ mod tests {
             .build()
     }
 
+    /// Two instances' lists over one (flaky) backend, with the clock at 1,000 s.
+    fn two_instances(
+        a: OutagePolicy,
+        b: OutagePolicy,
+    ) -> (
+        ManualClock,
+        Arc<Flaky>,
+        SharedRevocationList,
+        SharedRevocationList,
+    ) {
+        let clock = ManualClock::default();
+        clock.set_secs(1_000);
+        let backend = Arc::new(Flaky::default());
+        let a = list(backend.clone(), &clock, a);
+        let b = list(backend.clone(), &clock, b);
+        (clock, backend, a, b)
+    }
+
     #[test]
     fn entries_round_trip_through_their_key_and_odd_keys_are_skipped() {
         for e in [
@@ -716,11 +734,7 @@ mod tests {
 
     #[tokio::test]
     async fn revocations_reach_other_instances_at_their_refresh() {
-        let clock = ManualClock::default();
-        clock.set_secs(1_000);
-        let backend = Arc::new(Flaky::default());
-        let a = list(backend.clone(), &clock, OutagePolicy::FailOpen);
-        let b = list(backend.clone(), &clock, OutagePolicy::FailOpen);
+        let (clock, _, a, b) = two_instances(OutagePolicy::FailOpen, OutagePolicy::FailOpen);
         let s = SessionId::from_u128(7);
         a.revoke_session(s).await.unwrap();
         assert_eq!(a.check(s, 900), Some(Revocation::Session));
@@ -749,11 +763,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_principal_revoked_on_one_instance_is_revoked_on_the_others_at_their_refresh() {
-        let clock = ManualClock::default();
-        clock.set_secs(1_000);
-        let backend = Arc::new(Flaky::default());
-        let a = list(backend.clone(), &clock, OutagePolicy::FailOpen);
-        let b = list(backend.clone(), &clock, OutagePolicy::FailOpen);
+        let (_, _, a, b) = two_instances(OutagePolicy::FailOpen, OutagePolicy::FailOpen);
         let alice = PrincipalBinding {
             key_id: 1,
             fingerprint: [9; 8],
@@ -781,11 +791,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_outage_fails_open_or_closed_as_configured() {
-        let clock = ManualClock::default();
-        clock.set_secs(1_000);
-        let backend = Arc::new(Flaky::default());
-        let open = list(backend.clone(), &clock, OutagePolicy::FailOpen);
-        let closed = list(backend.clone(), &clock, OutagePolicy::FailClosed);
+        let (clock, backend, open, closed) =
+            two_instances(OutagePolicy::FailOpen, OutagePolicy::FailClosed);
         let s = SessionId::from_u128(9);
         open.refresh().await.unwrap();
         closed.refresh().await.unwrap();
