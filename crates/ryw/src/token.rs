@@ -529,6 +529,24 @@ impl Session {
     }
 }
 
+/// `state` with a horizon (store 2), a store context (store 3) and a start time: a state whose
+/// token has every kind of section and field.
+#[cfg(test)]
+pub(crate) fn with_every_section(mut state: SessionState, started_at: u64) -> SessionState {
+    use crate::version::{StoreHorizon, Version};
+    state.vector_mut().raise_horizon(StoreHorizon {
+        store: StoreId::new(2),
+        version: Version::new(77),
+    });
+    state.advance_context(StoreContext {
+        store: StoreId::new(3),
+        version: Version::new(99),
+        bytes: vec![7u8; 5].into(),
+    });
+    state.set_started_at(started_at);
+    state
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -728,20 +746,14 @@ mod tests {
     #[test]
     fn unsigned_token_is_pinned() {
         // Pinned: tokens already handed out must decode, and re-encode, to the same bytes.
-        let mut s = state_with(3, 1_764_000_000_000_000);
-        s.vector_mut().raise_horizon(StoreHorizon {
-            store: StoreId::new(2),
-            version: Version::new(77),
-        });
-        s.advance_context(StoreContext {
-            store: StoreId::new(3),
-            version: Version::new(99),
-            bytes: vec![7u8; 5].into(),
-        });
-        s.set_started_at(1_790_000_000 - 300);
+        let s = with_every_section(state_with(3, 1_764_000_000_000_000), 1_790_000_000 - 300);
         let token = SessionToken::new(s).with_times(1_790_000_000, 1_790_003_600);
         let encoded = token.encode().unwrap();
-        assert_eq!(encoded, "AgJ3ZlVEMyIRAO_Nq4lnRSMBAYCAiYuUi5EDgPfE1QaQk8XVBqwCAwIHA2MHBwcHBwEkAQAD-JVDdgb4CoCAiYuUi5EDDESmtX5H1-gHnoZbPSUMf-gHAQQCAU0A");
+        assert_eq!(
+            encoded,
+            "AgJ3ZlVEMyIRAO_Nq4lnRSMBAYCAiYuUi5EDgPfE1QaQk8XVBqwCAwIHA2MHBwcHBwEkAQAD-JVDdgb4CoCAiYu\
+             Ui5EDDESmtX5H1-gHnoZbPSUMf-gHAQQCAU0A"
+        );
         assert_eq!(SessionToken::decode(&encoded).unwrap(), token);
     }
 }

@@ -55,17 +55,7 @@ fn signed_tokens_are_pinned() {
     // Pinned: a signed token's bytes (signature, masked scopes and all) for a fixed key, session
     // and clock. Tokens already handed out must verify, and re-issue to the same text.
     let a = authority();
-    let mut s = state(3);
-    s.vector_mut().raise_horizon(crate::version::StoreHorizon {
-        store: StoreId::new(2),
-        version: Version::new(77),
-    });
-    s.advance_context(crate::session::StoreContext {
-        store: StoreId::new(3),
-        version: Version::new(99),
-        bytes: vec![7u8; 5].into(),
-    });
-    s.set_started_at(NOW - 300);
+    let s = crate::token::with_every_section(state(3), NOW - 300);
     let bound = a.issue_at(&s, Some(b"alice"), NOW).unwrap();
     let anonymous = a.issue_at(&s, None, NOW).unwrap();
     assert_eq!(
