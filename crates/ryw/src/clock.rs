@@ -98,6 +98,11 @@ impl fmt::Display for HybridTimestamp {
     }
 }
 
+/// Seconds since the Unix epoch, by the system clock.
+pub fn now_secs() -> u64 {
+    SystemClock.now_micros() / 1_000_000
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

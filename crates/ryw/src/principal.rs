@@ -82,7 +82,7 @@
 
 use crate::locks::lock;
 use crate::record::{RecordError, RecordStore};
-use crate::session::{Session, SessionId};
+use crate::session::{Attached, Session, SessionId, View};
 use crate::signing::SigningKey;
 use crate::version::{Entry, ScopeKey, Version};
 use std::collections::HashMap;
@@ -93,80 +93,6 @@ use std::sync::{Arc, Mutex};
 /// Principals whose latest record version one instance remembers (to refuse a record that went
 /// back), per generation: the last 500,000 to 1,000,000 principals it served.
 const SEEN_GENERATION: usize = 500_000;
-
-/// The scope under which a principal's record keeps a store's horizon: what a session required of
-/// every scope of the store it held only coarsened (one that touched more scopes than its token
-/// keeps, without a session record).
-fn horizon_scope(store: crate::version::StoreId) -> ScopeKey {
-    ScopeKey::new(store, b"\0ryw:principal-horizon")
-}
-
-/// A principal's record as the requests of a bound session under way hold it.
-#[derive(Debug)]
-pub(crate) struct Attached {
-    /// The record as last read; `None` when a request under way could not have it.
-    view: Option<Arc<View>>,
-    /// What the session raised beyond the record, to append.
-    delta: HashMap<ScopeKey, Version>,
-    /// Requests of the session entered and not yet left.
-    entered: u32,
-}
-
-#[derive(Debug, Default)]
-struct View {
-    entries: HashMap<ScopeKey, Version>,
-    horizons: HashMap<crate::version::StoreId, Version>,
-}
-
-impl View {
-    fn of(record: Option<crate::record::Record>) -> Self {
-        let mut view = View::default();
-        for e in record.map(|r| r.entries).unwrap_or_default() {
-            // One entry per scope is what a store keeps; should it answer two, the larger holds.
-            let slot = view.entries.entry(e.scope).or_insert(Version::ZERO);
-            *slot = (*slot).max(e.version);
-            if e.scope == horizon_scope(e.scope.store()) {
-                let h = view
-                    .horizons
-                    .entry(e.scope.store())
-                    .or_insert(Version::ZERO);
-                *h = (*h).max(e.version);
-            }
-        }
-        view
-    }
-}
-
-impl Attached {
-    /// What the principal's record requires of `scope` exactly.
-    #[inline]
-    pub(crate) fn get(&self, scope: ScopeKey) -> Version {
-        self.view
-            .as_ref()
-            .and_then(|v| v.entries.get(&scope).copied())
-            .unwrap_or(Version::ZERO)
-    }
-
-    /// The horizon the principal's record holds for `store`: every scope of it must reflect it.
-    #[inline]
-    pub(crate) fn horizon(&self, store: crate::version::StoreId) -> Option<Version> {
-        self.view.as_ref()?.horizons.get(&store).copied()
-    }
-
-    /// Notes that the session now requires `version` of `scope`.
-    pub(crate) fn raise(&mut self, scope: ScopeKey, version: Version) {
-        if version > self.get(scope) {
-            let slot = self.delta.entry(scope).or_insert(Version::ZERO);
-            *slot = (*slot).max(version);
-        }
-    }
-
-    /// The record could not be had.
-    #[inline]
-    pub(crate) fn unavailable(&self) -> bool {
-        self.view.is_none()
-    }
-}
 
 /// What [`PrincipalRecords::enter`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -332,7 +258,9 @@ impl PrincipalRecords {
                 } else {
                     lock(&self.seen).raise(id, version);
                     (
-                        Some(Arc::new(View::of(record))),
+                        Some(Arc::new(View::of(
+                            record.map(|r| r.entries).unwrap_or_default(),
+                        ))),
                         Entered::Fenced { version },
                     )
                 }
@@ -351,25 +279,7 @@ impl PrincipalRecords {
         session.with_state(|state| {
             let held: Vec<(ScopeKey, Version)> = state.exact_entries().collect();
             let horizons = state.uncovered_horizons();
-            let slot = state.principal_mut();
-            let attached = match slot {
-                // Another request of this session is under way: the record just read is at
-                // least as new as the one it holds; a request that could not read it makes
-                // both session-only until they leave.
-                Some(attached) => {
-                    attached.entered += 1;
-                    attached.view = match (&attached.view, view) {
-                        (Some(_), Some(new)) => Some(new),
-                        _ => None,
-                    };
-                    attached
-                }
-                None => slot.insert(Box::new(Attached {
-                    view,
-                    delta: HashMap::new(),
-                    entered: 1,
-                })),
-            };
+            let attached = Attached::enter(state.principal_mut(), view);
             // What the session holds beyond the record (an append that failed, a session that
             // logged in with what it did before) goes with this request's append: its exact
             // entries, and the horizons of stores whose coarsened entries it does not hold
@@ -378,7 +288,7 @@ impl PrincipalRecords {
                 attached.raise(scope, version);
             }
             for h in horizons {
-                attached.raise(horizon_scope(h.store), h.version);
+                attached.raise_horizon(h.store, h.version);
             }
         });
         entered
@@ -388,16 +298,7 @@ impl PrincipalRecords {
     /// response goes out: appends what the session raised beyond the principal's record, in one
     /// write, and ends the fence on the record once no request of the session is under way.
     pub async fn leave(&self, principal: &[u8], session: &Session) -> Advanced {
-        let Some(delta) = session.with_state(|s| {
-            let slot = s.principal_mut();
-            let attached = slot.as_mut()?;
-            let delta = std::mem::take(&mut attached.delta);
-            attached.entered = attached.entered.saturating_sub(1);
-            if attached.entered == 0 {
-                *slot = None;
-            }
-            Some(delta)
-        }) else {
+        let Some(delta) = session.with_state(|s| Attached::leave(s.principal_mut())) else {
             return Advanced::NotNeeded;
         };
         if delta.is_empty() {

@@ -51,10 +51,10 @@
 //! # }
 //! ```
 
+use crate::clock::now_secs;
 use crate::clock::{Clock, SystemClock};
 use crate::locks::{lock, read, write};
 use crate::session::SessionId;
-use crate::signing::now_secs;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;

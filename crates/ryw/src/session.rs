@@ -28,9 +28,11 @@ use crate::version::{ScopeKey, StoreId, Version, VersionVector};
 use std::fmt;
 use std::sync::Arc;
 
+mod attached;
 mod handle;
 mod id;
 
+pub(crate) use attached::{Attached, View};
 pub use handle::Session;
 use id::fresh_lane;
 pub use id::{SessionId, Stamp, WriteId};
@@ -68,7 +70,7 @@ pub struct SessionState {
     overflow: Option<Arc<Overflow>>,
     /// The record of the principal this session is bound to, while a request of it runs
     /// ([`crate::principal`]); never carried in a token, a copy or a merge.
-    principal: Option<Box<crate::principal::Attached>>,
+    principal: Option<Box<Attached>>,
 }
 
 /// Entries a session holds exactly beyond its version vector: its shared record as loaded at
@@ -231,7 +233,7 @@ impl SessionState {
         self.principal.is_some()
     }
 
-    pub(crate) fn principal_mut(&mut self) -> &mut Option<Box<crate::principal::Attached>> {
+    pub(crate) fn principal_mut(&mut self) -> &mut Option<Box<Attached>> {
         &mut self.principal
     }
 

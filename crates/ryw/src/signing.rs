@@ -65,8 +65,4 @@ pub use keys::{KeyError, KeyRing, SigningKey, MAX_PREVIOUS_KEYS, MIN_KEY_LEN};
 // The revocation types the authority's API names, also where its users have always found them.
 pub use crate::revocation::{InMemoryRevocationList, PrincipalBinding, Revocation, RevocationList};
 
-/// Seconds since the Unix epoch, by the system clock.
-pub fn now_secs() -> u64 {
-    use crate::clock::Clock;
-    crate::clock::SystemClock.now_micros() / 1_000_000
-}
+pub use crate::clock::now_secs;

@@ -1,7 +1,6 @@
 //! How a fence is applied: the strategies, what a store supports, the layer's fence
 //! configuration, and the next step after a stale read. Re-exported by [`crate::fence`].
 
-use super::visibility::{StaleRead, Visibility};
 use std::time::Duration;
 
 /// How a fence is applied to a read.
@@ -203,16 +202,4 @@ pub enum FenceDecision {
     },
     /// The budget is spent: report the read as pending (or fail, per [`StaleReadPolicy`]).
     GiveUp,
-}
-
-impl StaleReadPolicy {
-    /// What a read that stays behind its fence (`stale`) answers: `Pending` with the stale data,
-    /// or, under [`StaleReadPolicy::Error`], the stale read as an error.
-    #[inline]
-    pub(crate) fn give_up(self, stale: StaleRead) -> Result<Visibility, Box<StaleRead>> {
-        match self {
-            StaleReadPolicy::Error => Err(Box::new(stale)),
-            _ => Ok(Visibility::Pending(Box::new(stale))),
-        }
-    }
 }

@@ -13,7 +13,7 @@
 //! assert_eq!(FencePath::ReRead.as_str(), "reread");
 //! ```
 
-use super::strategy::FenceStrategy;
+use super::strategy::{FenceStrategy, StaleReadPolicy};
 use crate::version::{ScopeKey, Version};
 use std::fmt;
 
@@ -189,6 +189,18 @@ impl Visibility {
         match self {
             Visibility::Guaranteed(p) | Visibility::SessionOnly(p) => Some(*p),
             Visibility::Pending(_) | Visibility::Unscoped | Visibility::Queued(_) => None,
+        }
+    }
+}
+
+impl StaleReadPolicy {
+    /// What a read that stays behind its fence (`stale`) answers: `Pending` with the stale data,
+    /// or, under [`StaleReadPolicy::Error`], the stale read as an error.
+    #[inline]
+    pub(crate) fn give_up(self, stale: StaleRead) -> Result<Visibility, Box<StaleRead>> {
+        match self {
+            StaleReadPolicy::Error => Err(Box::new(stale)),
+            _ => Ok(Visibility::Pending(Box::new(stale))),
         }
     }
 }
