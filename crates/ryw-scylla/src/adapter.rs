@@ -13,7 +13,7 @@ use scylla::statement::Consistency;
 use std::sync::Arc;
 
 /// The store id ScyllaDB scopes use unless configured.
-pub const SCYLLA_STORE: StoreId = StoreId::new(3);
+pub const STORE_ID: StoreId = StoreId::new(3);
 
 /// The ScyllaDB [`StoreAdapter`]:
 ///
@@ -86,7 +86,7 @@ impl ScyllaAdapter {
     pub fn new() -> Self {
         ScyllaAdapter {
             config: Arc::new(Config {
-                store: SCYLLA_STORE,
+                store: STORE_ID,
                 read: Consistency::LocalOne,
                 strong: Consistency::LocalQuorum,
                 write: Consistency::LocalQuorum,
@@ -351,6 +351,6 @@ mod tests {
         let adapter = ScyllaAdapter::new();
         let other = adapter.clone().store_id(StoreId::new(9));
         assert_eq!(other.store(), StoreId::new(9));
-        assert_eq!(adapter.store(), SCYLLA_STORE);
+        assert_eq!(adapter.store(), STORE_ID);
     }
 }

@@ -64,7 +64,7 @@ mod outbox;
 mod request;
 mod service;
 
-pub use adapter::{ScyllaAdapter, SCYLLA_STORE};
+pub use adapter::{ScyllaAdapter, STORE_ID};
 pub use error::ScyllaError;
 pub use request::{RequestKind, ScyllaRequest, ScyllaScope, ScyllaStatement, Values};
 pub use service::{ScyllaResponse, ScyllaService};

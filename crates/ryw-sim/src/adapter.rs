@@ -22,6 +22,9 @@ pub struct SimAdapter {
     store: StoreId,
 }
 
+/// The store id the simulated store's scopes use unless configured.
+pub const STORE_ID: StoreId = StoreId::new(0);
+
 impl Default for SimAdapter {
     fn default() -> Self {
         Self::new()
@@ -29,11 +32,9 @@ impl Default for SimAdapter {
 }
 
 impl SimAdapter {
-    /// The adapter for store id 0.
+    /// The adapter for [`STORE_ID`].
     pub const fn new() -> Self {
-        SimAdapter {
-            store: StoreId::new(0),
-        }
+        SimAdapter { store: STORE_ID }
     }
 
     /// Uses another store id (for sessions spanning several stores). The same name on every

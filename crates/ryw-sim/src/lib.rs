@@ -38,7 +38,7 @@ mod rng;
 mod store;
 pub mod workload;
 
-pub use adapter::SimAdapter;
+pub use adapter::{SimAdapter, STORE_ID};
 pub use config::{LagModel, LatencyModel, Partition, PartitionKind, ReplicationOrder, SimConfig};
 pub use rng::SimRng;
 pub use store::{

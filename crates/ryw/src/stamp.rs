@@ -150,9 +150,7 @@ impl<R> Copies<R> {
     /// The stamped write, held while a copy stamps it (so that copies started at once share one
     /// stamp) or counts an attempt.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Option<Outstanding<R>>> {
-        self.write
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::locks::lock(&self.write)
     }
 
     /// The state of type `T` the copies share (see [`crate::SessionRequest::copies`]).

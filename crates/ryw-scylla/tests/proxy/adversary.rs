@@ -1485,10 +1485,7 @@ async fn a_coarsened_partition_is_still_fenced() {
             .await
             .unwrap();
     }
-    let horizon = session
-        .snapshot()
-        .vector()
-        .horizon(ryw_scylla::SCYLLA_STORE);
+    let horizon = session.snapshot().vector().horizon(ryw_scylla::STORE_ID);
     eprintln!(
         "horizon: {horizon:?}, {} exact scopes",
         session.snapshot().vector().len()
