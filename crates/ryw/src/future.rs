@@ -173,14 +173,17 @@ impl<A: StoreAdapter> InFlight<A> {
             Operation::Read => fence.escalation(&config.fence, strategy),
             _ => None,
         };
-        let cold =
+        let cold = if tracing::level_enabled!(tracing::Level::INFO) {
             instrument::request_span(config, op, &session, fence.requirements().len(), strategy)
                 .map(|span| {
                     Box::new(Cold {
                         span: Some(span),
                         ..Cold::default()
                     })
-                });
+                })
+        } else {
+            None
+        };
         let in_flight = InFlight {
             session,
             base,

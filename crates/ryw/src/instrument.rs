@@ -34,27 +34,13 @@ pub(crate) struct Summary {
 }
 
 /// Opens the request's span, `ryw.request` at INFO level (target `ryw`), with its fields
-/// declared up front, if a subscriber wants it, and fills in what is known when the request
-/// starts. The session id appears only hashed (a one-way 64-bit digest), enough to follow one
-/// session across spans. Without a subscriber, this is one check.
-#[inline]
-pub(crate) fn request_span<A: StoreAdapter, P>(
-    config: &LayerConfig<A, P>,
-    op: Operation,
-    session: &Session,
-    scopes: usize,
-    strategy: FenceStrategy,
-) -> Option<tracing::Span> {
-    if tracing::level_enabled!(tracing::Level::INFO) {
-        new_request_span(config, op, session, scopes, strategy)
-    } else {
-        None
-    }
-}
-
+/// declared up front, and fills in what is known when the request starts. The session id appears
+/// only hashed (a one-way 64-bit digest), enough to follow one session across spans. Called only
+/// when a subscriber may want it ([`tracing::level_enabled!`] at INFO, one check on the request
+/// path); `None` when it does not.
 #[cold]
 #[inline(never)]
-fn new_request_span<A: StoreAdapter, P>(
+pub(crate) fn request_span<A: StoreAdapter, P>(
     config: &LayerConfig<A, P>,
     op: Operation,
     session: &Session,
