@@ -18,7 +18,7 @@
 //! assert!(MongoRequest::<Document>::find(doc! {}).encode(&mut Vec::new()).is_err());
 //! ```
 
-use crate::{MongoOperation, MongoRequest};
+use crate::request::{MongoOperation, MongoRequest};
 use mongodb::bson::spec::BinarySubtype;
 use mongodb::bson::{self, Binary, Bson, Document, Timestamp};
 use ryw::{SessionId, WriteId};

@@ -1,16 +1,16 @@
 //! The tower `Service` over one collection.
 
+use crate::adapter::MongoAdapter;
 use crate::error::MongoError;
-use crate::{
-    cluster_time_from, MongoAdapter, MongoConfig, MongoOperation, MongoOutput, MongoRequest,
-    MongoResponse,
+use crate::request::{
+    names_one_by_id, MongoConfig, MongoOperation, MongoOutput, MongoRequest, MongoResponse,
 };
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{
     Acknowledgment, CollectionOptions, ReadConcern, ReadPreference, ReturnDocument,
     SelectionCriteria, WriteConcern,
 };
-use mongodb::{Client, ClientSession, Collection};
+use mongodb::{Client, ClientSession, ClusterTime, Collection};
 use ryw::telemetry::{DbCall, Observer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -112,6 +112,12 @@ where
             .start(self.observer.clone());
         Box::pin(call.run(async move { this.send(request).await }, MongoError::kind))
     }
+}
+
+/// The signed `$clusterTime` document a request carries, as the driver's type.
+fn cluster_time_from(bytes: &[u8]) -> Option<ClusterTime> {
+    let doc = Document::from_reader(bytes).ok()?;
+    mongodb::bson::from_document(doc).ok()
 }
 
 fn driver(e: mongodb::error::Error) -> MongoError {
@@ -249,9 +255,7 @@ where
             let single_by_id = match &operation {
                 MongoOperation::UpdateOne { filter, .. }
                 | MongoOperation::ReplaceOne { filter, .. }
-                | MongoOperation::FindOneAndUpdate { filter, .. } => {
-                    Some(crate::names_one_by_id(filter))
-                }
+                | MongoOperation::FindOneAndUpdate { filter, .. } => Some(names_one_by_id(filter)),
                 _ => None,
             };
             if let Some(by_id) = single_by_id {
@@ -468,7 +472,7 @@ where
                 )
             }
             MongoOperation::DeleteOne { filter } => {
-                let only_id = filter.len() == 1 && crate::names_one_by_id(&filter);
+                let only_id = filter.len() == 1 && names_one_by_id(&filter);
                 let r = coll
                     .delete_one(filter)
                     .session(&mut *session)

@@ -1,0 +1,276 @@
+//! What goes to [`MongoService`](crate::MongoService) and comes back: the operation with what the
+//! session layer stamped on it, the output with the session's new times, and the configuration
+//! the adapter shares with the service.
+
+use mongodb::bson::{Bson, Document, Timestamp};
+use mongodb::options::ReadPreference;
+use mongodb::ClusterTime;
+use ryw::{ScopeKey, StoreId, WriteId};
+use std::sync::Arc;
+
+/// The adapter's configuration, shared by the adapter and the service.
+#[derive(Clone, Debug)]
+pub(crate) struct MongoConfig {
+    pub(crate) store: StoreId,
+    pub(crate) scope: ScopeKey,
+    pub(crate) read_preference: ReadPreference,
+    pub(crate) write_id_field: String,
+}
+
+/// One MongoDB operation, with typed documents (`T`) as in the driver.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum MongoOperation<T> {
+    /// `find`.
+    Find {
+        /// The filter.
+        filter: Document,
+    },
+    /// `find_one`.
+    FindOne {
+        /// The filter.
+        filter: Document,
+    },
+    /// `aggregate` (a read: pipelines with `$out` or `$merge` are not supported).
+    Aggregate {
+        /// The pipeline.
+        pipeline: Vec<Document>,
+    },
+    /// `insert_one`.
+    InsertOne {
+        /// The document.
+        document: T,
+    },
+    /// `insert_many` (unordered, so a replay inserts what is missing).
+    InsertMany {
+        /// The documents.
+        documents: Vec<T>,
+    },
+    /// `update_one` (an update document with operators).
+    UpdateOne {
+        /// The filter.
+        filter: Document,
+        /// The update.
+        update: Document,
+    },
+    /// `update_many`.
+    UpdateMany {
+        /// The filter.
+        filter: Document,
+        /// The update.
+        update: Document,
+    },
+    /// `replace_one`.
+    ReplaceOne {
+        /// The filter.
+        filter: Document,
+        /// The replacement.
+        replacement: T,
+    },
+    /// `delete_one`.
+    DeleteOne {
+        /// The filter.
+        filter: Document,
+    },
+    /// `delete_many`.
+    DeleteMany {
+        /// The filter.
+        filter: Document,
+    },
+    /// `find_one_and_update` (returns the document after the update).
+    FindOneAndUpdate {
+        /// The filter.
+        filter: Document,
+        /// The update.
+        update: Document,
+    },
+}
+
+/// A request to [`MongoService`](crate::MongoService): the operation plus what the session layer
+/// stamped on it.
+#[derive(Clone, Debug)]
+pub struct MongoRequest<T> {
+    pub(crate) operation: MongoOperation<T>,
+    pub(crate) write_id: Option<WriteId>,
+    pub(crate) after: Option<Timestamp>,
+    pub(crate) cluster_time: Option<Arc<[u8]>>,
+    pub(crate) primary: bool,
+    /// Sent again after an attempt that may have applied.
+    pub(crate) replay: bool,
+}
+
+impl<T> From<MongoOperation<T>> for MongoRequest<T> {
+    fn from(operation: MongoOperation<T>) -> Self {
+        MongoRequest {
+            operation,
+            write_id: None,
+            after: None,
+            cluster_time: None,
+            primary: false,
+            replay: false,
+        }
+    }
+}
+
+impl<T> MongoRequest<T> {
+    /// `find(filter)`.
+    pub fn find(filter: Document) -> Self {
+        MongoOperation::Find { filter }.into()
+    }
+    /// `find_one(filter)`.
+    pub fn find_one(filter: Document) -> Self {
+        MongoOperation::FindOne { filter }.into()
+    }
+    /// `aggregate(pipeline)`.
+    pub fn aggregate(pipeline: Vec<Document>) -> Self {
+        MongoOperation::Aggregate { pipeline }.into()
+    }
+    /// `insert_one(document)`.
+    pub fn insert_one(document: T) -> Self {
+        MongoOperation::InsertOne { document }.into()
+    }
+    /// `insert_many(documents)`.
+    pub fn insert_many(documents: Vec<T>) -> Self {
+        MongoOperation::InsertMany { documents }.into()
+    }
+    /// `update_one(filter, update)`.
+    pub fn update_one(filter: Document, update: Document) -> Self {
+        MongoOperation::UpdateOne { filter, update }.into()
+    }
+    /// `update_many(filter, update)`.
+    pub fn update_many(filter: Document, update: Document) -> Self {
+        MongoOperation::UpdateMany { filter, update }.into()
+    }
+    /// `replace_one(filter, replacement)`.
+    pub fn replace_one(filter: Document, replacement: T) -> Self {
+        MongoOperation::ReplaceOne {
+            filter,
+            replacement,
+        }
+        .into()
+    }
+    /// `delete_one(filter)`.
+    pub fn delete_one(filter: Document) -> Self {
+        MongoOperation::DeleteOne { filter }.into()
+    }
+    /// `delete_many(filter)`.
+    pub fn delete_many(filter: Document) -> Self {
+        MongoOperation::DeleteMany { filter }.into()
+    }
+    /// `find_one_and_update(filter, update)`.
+    pub fn find_one_and_update(filter: Document, update: Document) -> Self {
+        MongoOperation::FindOneAndUpdate { filter, update }.into()
+    }
+
+    /// The operation.
+    pub fn operation(&self) -> &MongoOperation<T> {
+        &self.operation
+    }
+
+    /// The write id stamped by the session layer.
+    pub fn write_id(&self) -> Option<WriteId> {
+        self.write_id
+    }
+
+    /// The operation time the read waits for (`afterClusterTime`), if fenced by server wait.
+    pub fn after_cluster_time(&self) -> Option<Timestamp> {
+        self.after
+    }
+}
+
+impl<T> MongoOperation<T> {
+    /// The command's name (`find`, `insert_one`, ...), as `db.operation.name`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MongoOperation::Find { .. } => "find",
+            MongoOperation::FindOne { .. } => "find_one",
+            MongoOperation::Aggregate { .. } => "aggregate",
+            MongoOperation::InsertOne { .. } => "insert_one",
+            MongoOperation::InsertMany { .. } => "insert_many",
+            MongoOperation::UpdateOne { .. } => "update_one",
+            MongoOperation::UpdateMany { .. } => "update_many",
+            MongoOperation::ReplaceOne { .. } => "replace_one",
+            MongoOperation::DeleteOne { .. } => "delete_one",
+            MongoOperation::DeleteMany { .. } => "delete_many",
+            MongoOperation::FindOneAndUpdate { .. } => "find_one_and_update",
+        }
+    }
+}
+
+/// What an operation returned.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum MongoOutput<T> {
+    /// `find` (all batches).
+    Documents(Vec<T>),
+    /// `find_one`, `find_one_and_update`.
+    Document(Option<T>),
+    /// `aggregate`.
+    Aggregated(Vec<Document>),
+    /// `insert_one`, `insert_many`: the ids.
+    Inserted(Vec<Bson>),
+    /// Updates and replaces.
+    Updated {
+        /// Documents matched.
+        matched: u64,
+        /// Documents modified.
+        modified: u64,
+    },
+    /// Deletes.
+    Deleted(u64),
+}
+
+/// A response of [`MongoService`](crate::MongoService): the output plus the session's new times.
+#[derive(Clone, Debug)]
+pub struct MongoResponse<T> {
+    pub(crate) output: MongoOutput<T>,
+    pub(crate) operation_time: Option<Timestamp>,
+    pub(crate) cluster_time: Option<ClusterTime>,
+    pub(crate) replayed: bool,
+}
+
+impl<T> MongoResponse<T> {
+    /// The output.
+    pub fn output(&self) -> &MongoOutput<T> {
+        &self.output
+    }
+
+    /// Takes the output out.
+    pub fn into_output(self) -> MongoOutput<T> {
+        self.output
+    }
+
+    /// The documents of a `find` (empty for other operations).
+    pub fn documents(&self) -> &[T] {
+        match &self.output {
+            MongoOutput::Documents(d) => d,
+            _ => &[],
+        }
+    }
+
+    /// The operation time the server reported.
+    pub fn operation_time(&self) -> Option<Timestamp> {
+        self.operation_time
+    }
+
+    /// The cluster time the server reported (signed).
+    pub fn cluster_time(&self) -> Option<&ClusterTime> {
+        self.cluster_time.as_ref()
+    }
+
+    /// True when a replayed write found that its earlier attempt had applied.
+    pub fn was_replayed(&self) -> bool {
+        self.replayed
+    }
+}
+
+/// Whether `filter` names one document by `_id` equality (`{_id: 7}`, `{_id: {a: 1}}`), not by an
+/// operator that may match several (`{_id: {$in: [..]}}`, `{_id: {$gt: ..}}`). Only such a
+/// filter lets a replay tell the document its first attempt changed from another.
+pub(crate) fn names_one_by_id(filter: &Document) -> bool {
+    match filter.get("_id") {
+        Some(Bson::Document(d)) => !d.keys().any(|k| k.starts_with('$')),
+        Some(_) => true,
+        None => false,
+    }
+}
