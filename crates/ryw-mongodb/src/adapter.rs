@@ -2,12 +2,14 @@
 
 use crate::error::MongoError;
 use crate::request::{names_one_by_id, MongoConfig, MongoOperation, MongoRequest, MongoResponse};
-use mongodb::bson::Timestamp;
+use mongodb::bson::{Document, Timestamp};
 use mongodb::options::ReadPreference;
 use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, Verification};
 use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
 use ryw::stamp::Stamp;
 use ryw::{ScopeKey, StoreId, Version};
+use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 /// Packs a BSON timestamp into a ryw version (seconds in the high half, increment in the low).
@@ -25,10 +27,32 @@ pub fn timestamp_of(v: Version) -> Timestamp {
 
 /// Maps the session concepts onto MongoDB: the whole deployment is one scope (cluster time is
 /// global), versioned by operation time; the signed `$clusterTime` is the session's store
-/// context. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct MongoAdapter {
+/// context. See the [crate docs](crate).
+///
+/// `T` is the collection's document type, as in [`MongoService<T>`](crate::MongoService):
+/// [`MongoAdapter::new`] is the adapter for [`Document`]s, and
+/// [`documents`](MongoAdapter::documents) gives the same adapter for another type
+/// (`MongoAdapter::new().documents::<Post>()`). Cheap to clone (the configuration is shared).
+pub struct MongoAdapter<T = Document> {
     pub(crate) config: Arc<MongoConfig>,
+    _documents: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for MongoAdapter<T> {
+    fn clone(&self) -> Self {
+        MongoAdapter {
+            config: self.config.clone(),
+            _documents: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for MongoAdapter<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MongoAdapter")
+            .field("config", &self.config)
+            .finish()
+    }
 }
 
 impl Default for MongoAdapter {
@@ -38,23 +62,42 @@ impl Default for MongoAdapter {
 }
 
 impl MongoAdapter {
-    /// Store id 1, reads secondary-preferred, recent write ids in `ryw_write_ids`.
+    /// The adapter for [`Document`]s: store id 1, reads secondary-preferred, recent write ids
+    /// in `ryw_write_ids`.
     pub fn new() -> Self {
         let store = StoreId::new(1);
         MongoAdapter {
             config: Arc::new(MongoConfig {
                 store,
-                scope: Self::deployment_scope(store),
+                scope: deployment_scope(store),
                 read_preference: ReadPreference::SecondaryPreferred {
                     options: Default::default(),
                 },
                 write_id_field: "ryw_write_ids".into(),
             }),
+            _documents: PhantomData,
         }
     }
 
-    fn deployment_scope(store: StoreId) -> ScopeKey {
-        ScopeKey::new(store, b"mongodb:deployment")
+    /// The former constructor: `MongoAdapter::new().store_id(store).read_preference(..)`.
+    #[deprecated(note = "use `MongoAdapter::new().store_id(..).read_preference(..)`")]
+    pub fn with_store(store: StoreId, read_preference: ReadPreference) -> Self {
+        Self::new().store_id(store).read_preference(read_preference)
+    }
+}
+
+/// The scope of the whole deployment of `store`.
+fn deployment_scope(store: StoreId) -> ScopeKey {
+    ScopeKey::new(store, b"mongodb:deployment")
+}
+
+impl<T> MongoAdapter<T> {
+    /// The same adapter (the same configuration) for a collection of `U`.
+    pub fn documents<U>(&self) -> MongoAdapter<U> {
+        MongoAdapter {
+            config: self.config.clone(),
+            _documents: PhantomData,
+        }
     }
 
     /// The configuration, copied first if a clone shares it: configuring one adapter never
@@ -63,12 +106,12 @@ impl MongoAdapter {
         Arc::make_mut(&mut self.config)
     }
 
-    /// Another store id (a second deployment in one session; default 1). The same name on every
-    /// adapter.
+    /// Another store id (a second deployment in one session; default 1). The same
+    /// name on every adapter.
     pub fn store_id(mut self, store: StoreId) -> Self {
         let config = self.config();
         config.store = store;
-        config.scope = Self::deployment_scope(store);
+        config.scope = deployment_scope(store);
         self
     }
 
@@ -78,25 +121,19 @@ impl MongoAdapter {
         self
     }
 
-    /// The former constructor: `MongoAdapter::new().store_id(store).read_preference(..)`.
-    #[deprecated(note = "use `MongoAdapter::new().store_id(..).read_preference(..)`")]
-    pub fn with_store(store: StoreId, read_preference: ReadPreference) -> Self {
-        Self::new().store_id(store).read_preference(read_preference)
-    }
-
     /// The deployment's scope.
     pub fn scope(&self) -> ScopeKey {
         self.config.scope
     }
 }
 
-impl<T: Clone + Send + Sync + 'static> StoreAdapter for MongoAdapterFor<T> {
+impl<T: Clone + Send + Sync + 'static> StoreAdapter for MongoAdapter<T> {
     type Request = MongoRequest<T>;
     type Response = MongoResponse<T>;
     type Error = MongoError;
 
     fn store(&self) -> StoreId {
-        self.adapter.config.store
+        self.config.store
     }
 
     fn operation(&self, request: &MongoRequest<T>) -> Operation {
@@ -119,7 +156,7 @@ impl<T: Clone + Send + Sync + 'static> StoreAdapter for MongoAdapterFor<T> {
     }
 
     fn scopes(&self, _request: &MongoRequest<T>, scopes: &mut Scopes) {
-        scopes.push(self.adapter.config.scope);
+        scopes.push(self.config.scope);
     }
 
     fn fence_support(&self) -> FenceSupport {
@@ -169,7 +206,7 @@ impl<T: Clone + Send + Sync + 'static> StoreAdapter for MongoAdapterFor<T> {
         observed: &mut Observed,
     ) {
         if let Some(ts) = response.operation_time {
-            observed.push(self.adapter.config.scope, version_of(ts));
+            observed.push(self.config.scope, version_of(ts));
         }
         if let Some(ct) = &response.cluster_time {
             if let Ok(doc) = mongodb::bson::to_document(ct) {
@@ -190,40 +227,6 @@ impl<T: Clone + Send + Sync + 'static> StoreAdapter for MongoAdapterFor<T> {
     }
 }
 
-/// [`MongoAdapter`] for documents of type `T` (what [`ryw::ReadYourWritesLayer`] takes for a
-/// `MongoService<T>`): `MongoAdapter::new().documents::<Post>()`.
-#[derive(Debug)]
-pub struct MongoAdapterFor<T> {
-    adapter: MongoAdapter,
-    _documents: std::marker::PhantomData<fn() -> T>,
-}
-
-impl<T> Clone for MongoAdapterFor<T> {
-    fn clone(&self) -> Self {
-        MongoAdapterFor {
-            adapter: self.adapter.clone(),
-            _documents: std::marker::PhantomData,
-        }
-    }
-}
-
-impl MongoAdapter {
-    /// The adapter for a collection of `T`.
-    pub fn documents<T>(&self) -> MongoAdapterFor<T> {
-        MongoAdapterFor {
-            adapter: self.clone(),
-            _documents: std::marker::PhantomData,
-        }
-    }
-}
-
-impl<T> MongoAdapterFor<T> {
-    /// The untyped adapter.
-    pub fn adapter(&self) -> &MongoAdapter {
-        &self.adapter
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,8 +239,8 @@ mod tests {
         assert!(!names_one_by_id(&doc! { "_id": { "$in": [1, 2] } }));
         assert!(!names_one_by_id(&doc! { "_id": { "$gt": 1 }, "k": 2 }));
         assert!(!names_one_by_id(&doc! { "k": 2 }));
-        let delete = |filter| MongoRequest::<mongodb::bson::Document>::delete_one(filter);
-        let adapter = MongoAdapter::new().documents::<mongodb::bson::Document>();
+        let delete = |filter| MongoRequest::<Document>::delete_one(filter);
+        let adapter = MongoAdapter::new().documents::<Document>();
         assert_eq!(
             adapter.operation(&delete(doc! { "_id": { "$in": [1, 2] } })),
             Operation::Write(Replay::Never)

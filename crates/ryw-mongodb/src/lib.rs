@@ -79,7 +79,7 @@ mod request;
 pub mod revocation;
 mod service;
 
-pub use adapter::{timestamp_of, version_of, MongoAdapter, MongoAdapterFor};
+pub use adapter::{timestamp_of, version_of, MongoAdapter};
 pub use error::MongoError;
 pub use record::MongoRecordStore;
 pub use request::{MongoOperation, MongoOutput, MongoRequest, MongoResponse};

@@ -75,7 +75,7 @@ macro_rules! secantus {
     };
 }
 
-fn layer() -> ReadYourWritesLayer<ryw_mongodb::MongoAdapterFor<Document>> {
+fn layer() -> ReadYourWritesLayer<MongoAdapter> {
     ReadYourWritesLayer::new(MongoAdapter::new().documents()).fence(FenceConfig::server_wait())
 }
 
@@ -359,7 +359,7 @@ async fn errors_are_typed() {
     assert!(!err.is_transient());
 }
 
-type Layered = ryw::ReadYourWrites<MongoService<Document>, ryw_mongodb::MongoAdapterFor<Document>>;
+type Layered = ryw::ReadYourWrites<MongoService<Document>, MongoAdapter>;
 
 /// One continuation of a token: its own client (an app instance), a layered service.
 async fn instance(

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tower::{Layer, ServiceExt};
 
 /// A configuration that verifies first: fenced MongoDB reads still wait on the server.
-fn verifying() -> ReadYourWritesLayer<ryw_mongodb::MongoAdapterFor<Document>> {
+fn verifying() -> ReadYourWritesLayer<MongoAdapter> {
     ReadYourWritesLayer::new(MongoAdapter::new().documents()).fence(
         FenceConfig::verify_then_escalate(1, Duration::from_millis(5)),
     )

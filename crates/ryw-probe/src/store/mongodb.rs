@@ -7,7 +7,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::options::{ReadPreference, SelectionCriteria, WriteConcern};
 use mongodb::{Client, Collection};
 use ryw::{ReadYourWrites, ReadYourWritesLayer, Session};
-use ryw_mongodb::{MongoAdapter, MongoAdapterFor, MongoRequest, MongoService};
+use ryw_mongodb::{MongoAdapter, MongoRequest, MongoService};
 use std::time::Duration;
 use tower::{Layer, ServiceExt};
 
@@ -15,7 +15,7 @@ pub(crate) struct Mongo {
     client: Client,
     database: String,
     collection: String,
-    instances: Vec<ReadYourWrites<MongoService<Document>, MongoAdapterFor<Document>>>,
+    instances: Vec<ReadYourWrites<MongoService<Document>, MongoAdapter>>,
 }
 
 fn failed(e: mongodb::error::Error) -> ProbeError {
@@ -80,10 +80,7 @@ impl Mongo {
             .collection(&self.collection)
     }
 
-    fn instance(
-        &self,
-        i: usize,
-    ) -> ReadYourWrites<MongoService<Document>, MongoAdapterFor<Document>> {
+    fn instance(&self, i: usize) -> ReadYourWrites<MongoService<Document>, MongoAdapter> {
         self.instances[i % self.instances.len()].clone()
     }
 }
