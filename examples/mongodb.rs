@@ -11,6 +11,7 @@
 //! (`afterClusterTime`). It uses the database `ryw_quickstart` and drops it at the end.
 
 use mongodb::bson::{doc, Document};
+use mongodb::options::{ClientOptions, ReadPreference, SelectionCriteria};
 use mongodb::Client;
 use ryw::{FenceConfig, ReadYourWritesLayer, Session};
 use ryw_mongodb::{MongoAdapter, MongoRequest, MongoService};
@@ -25,9 +26,17 @@ const POSTS_PER_USER: usize = 10;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let uri = std::env::var("MONGODB_URI")
         .map_err(|_| "set MONGODB_URI, for example mongodb://127.0.0.1:27017/?replicaSet=rs0")?;
+    // Reads prefer secondaries: without ryw as the client's read preference, with ryw as the
+    // adapter's (the layer's cheap reads).
+    let mut options = ClientOptions::parse(&uri).await?;
+    options.selection_criteria = Some(SelectionCriteria::ReadPreference(
+        ReadPreference::SecondaryPreferred {
+            options: Default::default(),
+        },
+    ));
     let mut clients = Vec::new();
     for _ in 0..INSTANCES {
-        clients.push(Client::with_uri_str(&uri).await?);
+        clients.push(Client::with_options(options.clone())?);
     }
     let adapter = MongoAdapter::new();
     let layer =
@@ -49,11 +58,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for round in 0..POSTS_PER_USER {
             for (user, token) in tokens.iter_mut().enumerate() {
                 pick = (pick * 7 + user + 1) % INSTANCES;
-                let writer =
-                    MongoService::<Document>::new(&clients[pick], "ryw_quickstart", coll, &adapter);
+                let writer = MongoService::<Document>::new(&clients[pick], "ryw_quickstart", coll);
                 pick = (pick * 7 + user + 2) % INSTANCES;
-                let reader =
-                    MongoService::<Document>::new(&clients[pick], "ryw_quickstart", coll, &adapter);
+                let reader = MongoService::<Document>::new(&clients[pick], "ryw_quickstart", coll);
                 let post = doc! { "user": user as i64, "round": round as i64 };
                 let started;
                 let found = if ryw_on {

@@ -104,8 +104,8 @@ mod docker {
         let adapter = MongoAdapter::new();
         let layer = ReadYourWritesLayer::new(adapter.documents::<Document>())
             .fence(FenceConfig::server_wait());
-        let on_primary = MongoService::<Document>::new(&primary, "ryw", "posts", &adapter);
-        let on_secondary = MongoService::<Document>::new(&secondary, "ryw", "posts", &adapter);
+        let on_primary = MongoService::<Document>::new(&primary, "ryw", "posts");
+        let on_secondary = MongoService::<Document>::new(&secondary, "ryw", "posts");
 
         // Warm up: the collection exists everywhere.
         let warm = Session::new();

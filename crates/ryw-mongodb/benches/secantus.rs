@@ -26,7 +26,7 @@ fn bench(c: &mut Criterion) {
     let adapter = MongoAdapter::new();
     let layer =
         ReadYourWritesLayer::new(adapter.documents::<Document>()).fence(FenceConfig::server_wait());
-    let service = MongoService::<Document>::new(&client, "ryw", &coll_name, &adapter);
+    let service = MongoService::<Document>::new(&client, "ryw", &coll_name);
     let session = Session::new();
     rt.block_on(
         layer

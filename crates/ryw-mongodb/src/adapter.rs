@@ -32,7 +32,9 @@ pub fn timestamp_of(v: Version) -> Timestamp {
 /// `T` is the collection's document type, as in [`MongoService<T>`](crate::MongoService):
 /// [`MongoAdapter::new`] is the adapter for [`Document`]s, and
 /// [`documents`](MongoAdapter::documents) gives the same adapter for another type
-/// (`MongoAdapter::new().documents::<Post>()`). Cheap to clone (the configuration is shared).
+/// (`MongoAdapter::new().documents::<Post>()`). The adapter is given once, to the layer: it
+/// attaches its configuration to every request ([`StoreAdapter::prepare`]), which the service
+/// reads. Cheap to clone (the configuration is shared).
 pub struct MongoAdapter<T = Document> {
     pub(crate) config: Arc<MongoConfig>,
     _documents: PhantomData<fn() -> T>,
@@ -73,7 +75,6 @@ impl MongoAdapter {
                 read_preference: ReadPreference::SecondaryPreferred {
                     options: Default::default(),
                 },
-                write_id_field: "ryw_write_ids".into(),
             }),
             _documents: PhantomData,
         }
@@ -134,6 +135,10 @@ impl<T: Clone + Send + Sync + 'static> StoreAdapter for MongoAdapter<T> {
 
     fn store(&self) -> StoreId {
         self.config.store
+    }
+
+    fn prepare(&self, request: &mut MongoRequest<T>) {
+        request.config = Some(self.config.clone());
     }
 
     fn operation(&self, request: &MongoRequest<T>) -> Operation {

@@ -18,6 +18,14 @@
 //! the fact ([`ryw::fence::Verification::ServerSideOnly`]). The server wait rests on the node
 //! honouring `afterClusterTime` and applying its oplog in order.
 //!
+//! The adapter is given once, to the layer: [`MongoAdapter`] (for [`Document`]s, or
+//! [`MongoAdapter::documents`] for a typed collection) attaches its configuration to every request
+//! ([`ryw::StoreAdapter::prepare`]), and [`MongoService`] is built from the driver's client, the
+//! database and the collection alone. A request sent straight to the service, without the layer,
+//! is sent as it is: no session times, no write id, the client's read preference.
+//!
+//! [`Document`]: mongodb::bson::Document
+//!
 //! # Idempotency across processes
 //!
 //! Within a process the driver retries a retryable write once. Across processes ryw keys writes
@@ -56,8 +64,8 @@
 //! # async fn run(client: mongodb::Client) -> Result<(), Box<dyn std::error::Error>> {
 //! let adapter = MongoAdapter::new();
 //! let mut posts = ServiceBuilder::new()
-//!     .layer(ReadYourWritesLayer::new(adapter.documents()).fence(FenceConfig::server_wait()))
-//!     .service(MongoService::<mongodb::bson::Document>::new(&client, "app", "posts", &adapter));
+//!     .layer(ReadYourWritesLayer::new(adapter).fence(FenceConfig::server_wait()))
+//!     .service(MongoService::new(&client, "app", "posts"));
 //!
 //! let session = Session::new();
 //! let insert = MongoRequest::insert_one(doc! { "title": "hello" });

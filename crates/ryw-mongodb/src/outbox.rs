@@ -204,6 +204,7 @@ impl<T: Serialize + DeserializeOwned> DurableRequest for MongoRequest<T> {
             cluster_time,
             primary: d.get_bool("primary").unwrap_or(false),
             replay: d.get_bool("replay").unwrap_or(false),
+            config: None,
         })
     }
 }

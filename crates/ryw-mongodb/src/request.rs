@@ -1,6 +1,6 @@
 //! What goes to [`MongoService`](crate::MongoService) and comes back: the operation with what the
 //! session layer stamped on it, the output with the session's new times, and the configuration
-//! the adapter shares with the service.
+//! the adapter hands the service with each request.
 
 use mongodb::bson::{Bson, Document, Timestamp};
 use mongodb::options::ReadPreference;
@@ -8,13 +8,16 @@ use mongodb::ClusterTime;
 use ryw::{ScopeKey, StoreId, WriteId};
 use std::sync::Arc;
 
-/// The adapter's configuration, shared by the adapter and the service.
+/// The field of a document that holds its recent write ids.
+pub(crate) const WRITE_ID_FIELD: &str = "ryw_write_ids";
+
+/// The adapter's configuration, which the adapter attaches to every request
+/// ([`StoreAdapter::prepare`](ryw::StoreAdapter::prepare)) and the service reads from it.
 #[derive(Clone, Debug)]
 pub(crate) struct MongoConfig {
     pub(crate) store: StoreId,
     pub(crate) scope: ScopeKey,
     pub(crate) read_preference: ReadPreference,
-    pub(crate) write_id_field: String,
 }
 
 /// One MongoDB operation, with typed documents (`T`) as in the driver.
@@ -97,6 +100,10 @@ pub struct MongoRequest<T> {
     pub(crate) primary: bool,
     /// Sent again after an attempt that may have applied.
     pub(crate) replay: bool,
+    /// The adapter's configuration, attached by the session layer
+    /// ([`StoreAdapter::prepare`](ryw::StoreAdapter::prepare)); `None` for a request that did
+    /// not go through it, which is sent as it is.
+    pub(crate) config: Option<Arc<MongoConfig>>,
 }
 
 impl<T> From<MongoOperation<T>> for MongoRequest<T> {
@@ -108,6 +115,7 @@ impl<T> From<MongoOperation<T>> for MongoRequest<T> {
             cluster_time: None,
             primary: false,
             replay: false,
+            config: None,
         }
     }
 }

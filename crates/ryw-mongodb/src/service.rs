@@ -1,9 +1,8 @@
 //! The tower `Service` over one collection.
 
-use crate::adapter::MongoAdapter;
 use crate::error::MongoError;
 use crate::request::{
-    names_one_by_id, MongoConfig, MongoOperation, MongoOutput, MongoRequest, MongoResponse,
+    names_one_by_id, MongoOperation, MongoOutput, MongoRequest, MongoResponse, WRITE_ID_FIELD,
 };
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{
@@ -24,10 +23,18 @@ use std::task::{Context, Poll};
 ///
 /// Every call runs in its own causally consistent `ClientSession`, advanced to the times the
 /// request carries; the response carries the session's times afterwards.
-pub struct MongoService<T: Send + Sync> {
+///
+/// The service needs no configuration of its own: the session layer attaches its adapter's (the
+/// read preference of cheap reads) to every request ([`ryw::StoreAdapter::prepare`]), so the
+/// adapter is given once, to the layer. A request that did not go through the layer carries no
+/// configuration and is sent as it is: the operation alone, in a session of its own that nothing
+/// advances, with the collection's majority read and write
+/// concern and the client's read preference (the driver's default is the primary); no write id is
+/// added to what it writes, and whatever a decoded outbox entry carries (write id, times, replay
+/// mark) is not used.
+pub struct MongoService<T: Send + Sync = Document> {
     client: Client,
     collection: Collection<T>,
-    config: Arc<MongoConfig>,
     observer: Option<Arc<dyn Observer>>,
 }
 
@@ -36,7 +43,6 @@ impl<T: Send + Sync> Clone for MongoService<T> {
         MongoService {
             client: self.client.clone(),
             collection: self.collection.clone(),
-            config: self.config.clone(),
             observer: self.observer.clone(),
         }
     }
@@ -51,21 +57,17 @@ impl<T: Send + Sync> fmt::Debug for MongoService<T> {
 }
 
 impl<T: Send + Sync> MongoService<T> {
-    /// The service for `database.collection`, configured like `adapter`.
-    pub fn new(client: &Client, database: &str, collection: &str, adapter: &MongoAdapter) -> Self {
+    /// The service for `database.collection`, sending through `client`.
+    pub fn new(client: &Client, database: &str, collection: &str) -> Self {
         let options = CollectionOptions::builder()
             .read_concern(ReadConcern::majority())
             .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
-            .selection_criteria(SelectionCriteria::ReadPreference(
-                adapter.config.read_preference.clone(),
-            ))
             .build();
         MongoService {
             client: client.clone(),
             collection: client
                 .database(database)
                 .collection_with_options(collection, options),
-            config: adapter.config.clone(),
             observer: None,
         }
     }
@@ -78,7 +80,7 @@ impl<T: Send + Sync> MongoService<T> {
         self
     }
 
-    /// The collection.
+    /// The collection (majority read and write concern, the client's read preference).
     pub fn collection(&self) -> &Collection<T> {
         &self.collection
     }
@@ -188,25 +190,36 @@ where
 {
     async fn send(&self, request: MongoRequest<T>) -> Result<MongoResponse<T>, MongoError> {
         let mut session = self.client.start_session().await.map_err(driver)?;
-        if let Some(ct) = request.cluster_time.as_deref().and_then(cluster_time_from) {
-            session.advance_cluster_time(&ct);
-        }
-        if let Some(ts) = request.after {
-            session.advance_operation_time(ts);
-        }
-        let criteria = request
-            .primary
-            .then_some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
-        let write_id = request.write_id.map(|w| w.to_string());
-        let (output, replayed) = self
-            .run(
-                &mut session,
-                request.operation,
-                criteria,
-                write_id,
-                request.replay,
-            )
-            .await?;
+        let (output, replayed) = match request.config {
+            // Not through the session layer: sent as it is.
+            None => {
+                self.run(&mut session, request.operation, None, None, false)
+                    .await?
+            }
+            Some(config) => {
+                if let Some(ct) = request.cluster_time.as_deref().and_then(cluster_time_from) {
+                    session.advance_cluster_time(&ct);
+                }
+                if let Some(ts) = request.after {
+                    session.advance_operation_time(ts);
+                }
+                let read_preference = if request.primary {
+                    ReadPreference::Primary
+                } else {
+                    config.read_preference.clone()
+                };
+                let criteria = SelectionCriteria::ReadPreference(read_preference);
+                let write_id = request.write_id.map(|w| w.to_string());
+                self.run(
+                    &mut session,
+                    request.operation,
+                    Some(criteria),
+                    write_id,
+                    request.replay,
+                )
+                .await?
+            }
+        };
         Ok(MongoResponse {
             output,
             operation_time: session.operation_time(),
@@ -230,7 +243,7 @@ where
         write_id: &str,
     ) -> Result<Option<T>, MongoError> {
         self.collection
-            .find_one(doc! { &self.config.write_id_field: write_id })
+            .find_one(doc! { WRITE_ID_FIELD: write_id })
             .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
             .session(&mut *session)
             .await
@@ -245,7 +258,7 @@ where
         write_id: Option<String>,
         replay: bool,
     ) -> Result<(MongoOutput<T>, bool), MongoError> {
-        let field = self.config.write_id_field.as_str();
+        let field = WRITE_ID_FIELD;
         let coll = &self.collection;
         // A replay of a single-document write first looks for its own write id: with a filter that
         // matches several documents, the "not yet" filter alone would let the replay change a

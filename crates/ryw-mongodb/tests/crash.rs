@@ -45,7 +45,7 @@ fn uri() -> Option<String> {
 async fn child(uri: &str, dir: &Path, collection: &str, drain_only: bool) {
     let client = Client::with_uri_str(uri).await.unwrap();
     let adapter = MongoAdapter::new();
-    let service: MongoService<Document> = MongoService::new(&client, "ryw", collection, &adapter);
+    let service: MongoService<Document> = MongoService::new(&client, "ryw", collection);
     let ryw = ReadYourWritesLayer::new(adapter.clone().documents()).layer(service);
     let outbox = Arc::new(Outbox::open(dir.join("outbox.redb"), OutboxConfig::default()).unwrap());
     let breaker = Arc::new(Breaker::new(1, Duration::from_secs(3600)));

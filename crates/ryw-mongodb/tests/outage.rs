@@ -111,7 +111,7 @@ async fn writes_during_a_server_outage_are_deferred_then_applied_once_in_order()
     );
     let client = Client::with_uri_str(&uri).await.unwrap();
     let adapter = MongoAdapter::new();
-    let service: MongoService<Document> = MongoService::new(&client, "ryw", "outage", &adapter);
+    let service: MongoService<Document> = MongoService::new(&client, "ryw", "outage");
     let ryw = ReadYourWritesLayer::new(adapter.clone().documents()).layer(service);
     let outbox = Arc::new(Outbox::open(dir.join("outbox.redb"), OutboxConfig::default()).unwrap());
     // One failure takes the store to be down.

@@ -33,7 +33,7 @@ async fn a_non_replayable_write_does_not_overtake_the_sessions_queued_write() {
     let collection = format!("adv7_never_{}", std::process::id());
     let client = Client::with_uri_str(&uri).await.unwrap();
     let adapter = MongoAdapter::new();
-    let service: MongoService<Document> = MongoService::new(&client, "ryw", &collection, &adapter);
+    let service: MongoService<Document> = MongoService::new(&client, "ryw", &collection);
     let ryw = ReadYourWritesLayer::new(adapter.clone().documents()).layer(service);
     let outbox = Arc::new(Outbox::open(dir.join("o.redb"), OutboxConfig::default()).unwrap());
     let breaker = Arc::new(Breaker::new(1, Duration::from_secs(3600)));

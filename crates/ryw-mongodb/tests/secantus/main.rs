@@ -85,9 +85,7 @@ async fn the_token_carries_operation_time_and_signed_cluster_time() {
     let client = Client::with_uri_str(&uri).await.unwrap();
     let adapter = MongoAdapter::new();
     let coll = fresh();
-    let mut svc = layer().layer(MongoService::<Document>::new(
-        &client, "ryw", &coll, &adapter,
-    ));
+    let mut svc = layer().layer(MongoService::<Document>::new(&client, "ryw", &coll));
     let session = Session::new();
     let out = svc
         .ready()
@@ -119,14 +117,11 @@ async fn the_token_carries_operation_time_and_signed_cluster_time() {
 #[tokio::test]
 async fn a_fresh_client_given_only_the_token_sends_after_cluster_time() {
     let uri = secantus!();
-    let adapter = MongoAdapter::new();
     let coll = fresh();
     let writer = Client::with_uri_str(&uri).await.unwrap();
     let session = Session::new();
     let out = layer()
-        .layer(MongoService::<Document>::new(
-            &writer, "ryw", &coll, &adapter,
-        ))
+        .layer(MongoService::<Document>::new(&writer, "ryw", &coll))
         .oneshot(session.request(MongoRequest::insert_one(doc! { "n": 1 })))
         .await
         .unwrap();
@@ -137,9 +132,7 @@ async fn a_fresh_client_given_only_the_token_sends_after_cluster_time() {
     let (reader, seen) = monitored(&uri, "ryw-reader").await;
     let elsewhere = Session::from_encoded(&token).unwrap();
     let read = layer()
-        .layer(MongoService::<Document>::new(
-            &reader, "ryw", &coll, &adapter,
-        ))
+        .layer(MongoService::<Document>::new(&reader, "ryw", &coll))
         .oneshot(elsewhere.request(MongoRequest::find(doc! { "n": 1 })))
         .await
         .unwrap();
@@ -171,6 +164,82 @@ async fn a_fresh_client_given_only_the_token_sends_after_cluster_time() {
         .expect("$clusterTime gossiped");
     assert!(version_of(gossip.get_timestamp("clusterTime").unwrap()) >= version_of(written));
     let _ = timestamp_of(version_of(written));
+}
+
+/// The service is built from the client alone: the layer attaches its adapter's configuration to
+/// every request. A request sent straight to the service, without the layer, goes out as it is:
+/// no write id, no session times, the client's read preference.
+#[tokio::test]
+async fn the_service_takes_its_configuration_from_the_layer() {
+    let uri = secantus!();
+    let (client, seen) = monitored(&uri, "ryw-bare").await;
+    let coll = fresh();
+    let bare = MongoService::new(&client, "ryw", &coll);
+    let out = bare
+        .clone()
+        .oneshot(MongoRequest::insert_one(doc! { "k": "plain" }))
+        .await
+        .unwrap();
+    let MongoOutput::Inserted(ids) = out.output() else {
+        panic!("{out:?}")
+    };
+    assert!(
+        matches!(ids[0], Bson::ObjectId(_)),
+        "the driver's _id: {ids:?}"
+    );
+    let read = bare
+        .clone()
+        .oneshot(MongoRequest::find(doc! { "k": "plain" }))
+        .await
+        .unwrap();
+    assert_eq!(read.documents().len(), 1);
+    assert!(
+        !read.documents()[0].contains_key("ryw_write_ids"),
+        "no write id without the layer"
+    );
+
+    // The same service under the layer: its writes carry their write id, its reads the adapter's
+    // read preference and the session's operation time.
+    let session = Session::new();
+    let mut layered = layer().layer(bare);
+    let out = layered
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(MongoRequest::insert_one(doc! { "k": "stamped" })))
+        .await
+        .unwrap();
+    let MongoOutput::Inserted(ids) = out.get_ref().output() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(ids[0], Bson::String(out.write_id().unwrap().to_string()));
+    layered
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(MongoRequest::find(doc! { "k": "stamped" })))
+        .await
+        .unwrap();
+
+    let commands = seen.lock().unwrap();
+    let finds: Vec<&Document> = commands
+        .iter()
+        .filter(|c| c.get_str("find") == Ok(coll.as_str()))
+        .collect();
+    assert_eq!(finds.len(), 2, "{finds:?}");
+    let waits = |find: &Document| {
+        find.get_document("readConcern")
+            .is_ok_and(|rc| rc.contains_key("afterClusterTime"))
+    };
+    // Without the layer: the client's read preference (the primary, not on the wire).
+    assert!(!finds[0].contains_key("$readPreference"), "{:?}", finds[0]);
+    assert!(!waits(finds[0]), "{:?}", finds[0]);
+    // Through the layer: the adapter's.
+    let mode = finds[1]
+        .get_document("$readPreference")
+        .and_then(|p| p.get_str("mode"));
+    assert_eq!(mode, Ok("secondaryPreferred"), "{:?}", finds[1]);
+    assert!(waits(finds[1]), "{:?}", finds[1]);
 }
 
 type Fut = Pin<Box<dyn Future<Output = Result<MongoResponse<Document>, MongoError>> + Send>>;
@@ -219,9 +288,8 @@ where
 async fn writes_replayed_from_another_attempt_apply_once() {
     let uri = secantus!();
     let client = Client::with_uri_str(&uri).await.unwrap();
-    let adapter = MongoAdapter::new();
     let coll = fresh();
-    let service = MongoService::<Document>::new(&client, "ryw", &coll, &adapter);
+    let service = MongoService::<Document>::new(&client, "ryw", &coll);
     let lossy = LoseNextWriteResponseForTests {
         inner: service.clone(),
         armed: Arc::new(AtomicUsize::new(1)),
@@ -276,7 +344,6 @@ async fn a_retryable_write_interrupted_by_fail_command_lands_once() {
     let uri = secantus!();
     // The fail point is scoped to this client: tests run in parallel on one server.
     let (client, seen) = monitored(&uri, "ryw-failpoint-test").await;
-    let adapter = MongoAdapter::new();
     let coll = fresh();
     client
         .database("admin")
@@ -293,9 +360,7 @@ async fn a_retryable_write_interrupted_by_fail_command_lands_once() {
         .await
         .expect("failCommand (SecantusDB with --enable-test-commands)");
     let out = layer()
-        .layer(MongoService::<Document>::new(
-            &client, "ryw", &coll, &adapter,
-        ))
+        .layer(MongoService::<Document>::new(&client, "ryw", &coll))
         .oneshot(Session::new().request(MongoRequest::insert_one(doc! { "once": true })))
         .await
         .unwrap();
@@ -323,11 +388,8 @@ async fn a_retryable_write_interrupted_by_fail_command_lands_once() {
 async fn errors_are_typed() {
     let uri = secantus!();
     let client = Client::with_uri_str(&uri).await.unwrap();
-    let adapter = MongoAdapter::new();
     let coll = fresh();
-    let mut svc = layer().layer(MongoService::<Document>::new(
-        &client, "ryw", &coll, &adapter,
-    ));
+    let mut svc = layer().layer(MongoService::<Document>::new(&client, "ryw", &coll));
     let session = Session::new();
 
     let no_operators = MongoRequest::update_one(doc! {}, doc! { "plain": 1 });
@@ -362,13 +424,9 @@ async fn errors_are_typed() {
 type Layered = ryw::ReadYourWrites<MongoService<Document>, MongoAdapter>;
 
 /// One continuation of a token: its own client (an app instance), a layered service.
-async fn instance(
-    uri: &str,
-    coll: &str,
-    adapter: &MongoAdapter,
-) -> (Layered, MongoService<Document>) {
+async fn instance(uri: &str, coll: &str) -> (Layered, MongoService<Document>) {
     let client = Client::with_uri_str(uri).await.unwrap();
-    let raw = MongoService::<Document>::new(&client, "ryw", coll, adapter);
+    let raw = MongoService::<Document>::new(&client, "ryw", coll);
     (layer().layer(raw.clone()), raw)
 }
 
@@ -379,10 +437,9 @@ async fn two_continuations_of_one_token_lose_no_acknowledged_write() {
     // ids had lanes, both stamped the same ids and one side's writes were reported as replays of
     // the other's: acknowledged, never applied.
     let uri = secantus!();
-    let adapter = MongoAdapter::new();
     let coll = fresh();
-    let (a, raw) = instance(&uri, &coll, &adapter).await;
-    let (b, _) = instance(&uri, &coll, &adapter).await;
+    let (a, raw) = instance(&uri, &coll).await;
+    let (b, _) = instance(&uri, &coll).await;
     raw.collection()
         .insert_many([
             doc! { "_id": "counter", "n": 0, "log": [] },
@@ -556,9 +613,8 @@ async fn a_retry_after_another_sessions_update_applies_once() {
     // Before the bounded list of write ids, the document kept only the last writer's id: the
     // retry no longer recognised itself and applied again (`n` 102, log [mine, other, mine]).
     let uri = secantus!();
-    let adapter = MongoAdapter::new();
     let coll = fresh();
-    let (other, raw) = instance(&uri, &coll, &adapter).await;
+    let (other, raw) = instance(&uri, &coll).await;
     raw.collection()
         .insert_one(doc! { "_id": "doc", "n": 0, "log": [] })
         .await
@@ -630,10 +686,9 @@ async fn a_replay_never_changes_a_second_document_matching_its_filter() {
     // pending job"), the replay after a lost response skipped the document its first attempt
     // changed and changed another one: two jobs claimed, two documents deleted.
     let uri = secantus!();
-    let adapter = MongoAdapter::new();
     let coll = fresh();
     let client = Client::with_uri_str(&uri).await.unwrap();
-    let service = MongoService::<Document>::new(&client, "ryw", &coll, &adapter);
+    let service = MongoService::<Document>::new(&client, "ryw", &coll);
     let lossy = LoseNextWriteResponseForTests {
         inner: service.clone(),
         armed: Arc::new(AtomicUsize::new(0)),
@@ -712,10 +767,9 @@ async fn a_replay_with_no_trace_of_its_write_is_ambiguous_never_applied_elsewher
     // job 2. Likewise an insert with the caller's own `_id` whose replay meets the first
     // attempt's document, and a conditional delete whose replay finds the document gone.
     let uri = secantus!();
-    let adapter = MongoAdapter::new();
     let coll = fresh();
     let client = Client::with_uri_str(&uri).await.unwrap();
-    let service = MongoService::<Document>::new(&client, "ryw", &coll, &adapter);
+    let service = MongoService::<Document>::new(&client, "ryw", &coll);
     let c = service.collection();
     c.insert_many((1..=3).map(|i| doc! { "_id": i, "status": "pending" }))
         .await
@@ -918,9 +972,8 @@ async fn a_write_timed_out_by_middleware_is_replayed_never_duplicated() {
 
     let uri = secantus!();
     let client = Client::with_uri_str(&uri).await.unwrap();
-    let adapter = MongoAdapter::new();
     let coll = fresh();
-    let service = MongoService::<Document>::new(&client, "ryw", &coll, &adapter);
+    let service = MongoService::<Document>::new(&client, "ryw", &coll);
     let layered = |retries: u32| {
         tower::ServiceBuilder::new()
             .layer(
@@ -999,9 +1052,8 @@ async fn a_delete_one_by_an_id_operator_is_never_replayed() {
 
     let uri = secantus!();
     let client = Client::with_uri_str(&uri).await.unwrap();
-    let adapter = MongoAdapter::new();
     let coll = fresh();
-    let service = MongoService::<Document>::new(&client, "ryw", &coll, &adapter);
+    let service = MongoService::<Document>::new(&client, "ryw", &coll);
     service
         .collection()
         .insert_many(vec![
@@ -1081,9 +1133,8 @@ where
 async fn a_hedged_claim_never_claims_two_jobs() {
     let uri = secantus!();
     let client = Client::with_uri_str(&uri).await.unwrap();
-    let adapter = MongoAdapter::new();
     let coll = fresh();
-    let service = MongoService::<Document>::new(&client, "ryw", &coll, &adapter);
+    let service = MongoService::<Document>::new(&client, "ryw", &coll);
     for by_id in [true, false] {
         service.collection().delete_many(doc! {}).await.unwrap();
         service
@@ -1136,15 +1187,13 @@ async fn db_client_operation_duration_is_recorded_per_call() {
 
     let uri = secantus!();
     let client = Client::with_uri_str(&uri).await.unwrap();
-    let adapter = MongoAdapter::new();
     let coll = fresh();
     let exporter = InMemoryMetricExporter::default();
     let provider = SdkMeterProvider::builder()
         .with_reader(PeriodicReader::builder(exporter.clone()).build())
         .build();
     let observer = Arc::new(ryw_otel::OtelObserver::new(&provider.meter("ryw")));
-    let service =
-        MongoService::<Document>::new(&client, "ryw", &coll, &adapter).observer(observer.clone());
+    let service = MongoService::<Document>::new(&client, "ryw", &coll).observer(observer.clone());
     let mut svc = layer().observer(observer).layer(service);
     let session = Session::new();
     svc.ready()
@@ -1193,11 +1242,8 @@ async fn db_client_operation_duration_is_recorded_per_call() {
 async fn a_replayed_insert_with_its_own_id_is_recognised_by_its_write_id() {
     let uri = secantus!();
     let client = Client::with_uri_str(&uri).await.unwrap();
-    let adapter = MongoAdapter::new();
     let coll = fresh();
-    let mut svc = layer().layer(MongoService::<Document>::new(
-        &client, "ryw", &coll, &adapter,
-    ));
+    let mut svc = layer().layer(MongoService::<Document>::new(&client, "ryw", &coll));
     let session = Session::new();
     let request = session.request(MongoRequest::insert_one(doc! { "_id": "mine", "v": 1 }));
     let keep = request.clone();
@@ -1219,9 +1265,7 @@ async fn a_replayed_insert_with_its_own_id_is_recognised_by_its_write_id() {
     let other = Session::new();
     let request = other.request(MongoRequest::insert_one(doc! { "_id": "mine", "v": 2 }));
     let stamped = layer()
-        .layer(MongoService::<Document>::new(
-            &client, "ryw", &coll, &adapter,
-        ))
+        .layer(MongoService::<Document>::new(&client, "ryw", &coll))
         .stamp(&request)
         .unwrap();
     let replay = ryw::SessionRequest::from_stamped(

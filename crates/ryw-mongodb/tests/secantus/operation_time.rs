@@ -36,8 +36,7 @@ async fn three_writes(
     session: &Session,
     batch: &str,
 ) -> Vec<Timestamp> {
-    let adapter = MongoAdapter::new();
-    let svc = layer().layer(MongoService::<Document>::new(client, "ryw", coll, &adapter));
+    let svc = layer().layer(MongoService::<Document>::new(client, "ryw", coll));
     let mut times = Vec::new();
     for n in 1..=3 {
         let out = svc
@@ -67,7 +66,6 @@ async fn a_find_of_the_sessions_documents_is_guaranteed_only_with_all_of_them() 
     three_writes(&client, &coll, &session, "b").await;
     let token = session.token().encode().unwrap();
 
-    let adapter = MongoAdapter::new();
     let elsewhere = Client::with_uri_str(&uri).await.unwrap();
     for (who, client, session) in [
         ("same process", &client, session.clone()),
@@ -82,9 +80,7 @@ async fn a_find_of_the_sessions_documents_is_guaranteed_only_with_all_of_them() 
             ("verify first", verifying(), FencePath::ServerWait),
         ] {
             let read = layer
-                .layer(MongoService::<Document>::new(
-                    client, "ryw", &coll, &adapter,
-                ))
+                .layer(MongoService::<Document>::new(client, "ryw", &coll))
                 .oneshot(session.request(MongoRequest::find(doc! { "batch": "b" })))
                 .await
                 .unwrap();
@@ -135,11 +131,8 @@ async fn a_fenced_find_waits_on_the_server_and_gets_every_document() {
         honours_after_cluster_time: true,
     }));
 
-    let adapter = MongoAdapter::new();
     let read = verifying()
-        .layer(MongoService::<Document>::new(
-            &client, "ryw", &coll, &adapter,
-        ))
+        .layer(MongoService::<Document>::new(&client, "ryw", &coll))
         .oneshot(session.request(MongoRequest::find(doc! { "batch": "s" })))
         .await
         .unwrap();
@@ -151,9 +144,7 @@ async fn a_fenced_find_waits_on_the_server_and_gets_every_document() {
     assert_eq!(proxy.finds(), (0, 0), "no stale answer, no primary read");
     // A session with no requirement reads the secondary as it is.
     let read = verifying()
-        .layer(MongoService::<Document>::new(
-            &client, "ryw", &coll, &adapter,
-        ))
+        .layer(MongoService::<Document>::new(&client, "ryw", &coll))
         .oneshot(Session::new().request(MongoRequest::find(doc! { "batch": "s" })))
         .await
         .unwrap();
@@ -184,7 +175,6 @@ async fn a_reply_that_overstates_its_snapshot_never_verifies_a_read() {
     let (proxy, client) = through_a_stale_secondary(&uri, &coll).await;
     let session = Session::new();
     let times = three_writes(&client, &coll, &session, "o").await;
-    let adapter = MongoAdapter::new();
     let find = || session.request(MongoRequest::find(doc! { "batch": "o" }));
 
     // The node's (later) operationTime kept on a stale answer to a read without a wait.
@@ -195,9 +185,7 @@ async fn a_reply_that_overstates_its_snapshot_never_verifies_a_read() {
         honours_after_cluster_time: true,
     }));
     let read = verifying()
-        .layer(MongoService::<Document>::new(
-            &client, "ryw", &coll, &adapter,
-        ))
+        .layer(MongoService::<Document>::new(&client, "ryw", &coll))
         .oneshot(find())
         .await
         .unwrap();
@@ -216,9 +204,7 @@ async fn a_reply_that_overstates_its_snapshot_never_verifies_a_read() {
         honours_after_cluster_time: false,
     }));
     let read = layer()
-        .layer(MongoService::<Document>::new(
-            &client, "ryw", &coll, &adapter,
-        ))
+        .layer(MongoService::<Document>::new(&client, "ryw", &coll))
         .oneshot(find())
         .await
         .unwrap();

@@ -12,7 +12,7 @@ use mongodb::Client;
 use ryw::principal::{Advanced, Entered, PrincipalRecords};
 use ryw::signing::SigningKey;
 use ryw::{Session, Visibility};
-use ryw_mongodb::{version_of, MongoAdapter, MongoRecordStore, MongoRequest, MongoService};
+use ryw_mongodb::{version_of, MongoRecordStore, MongoRequest, MongoService};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tower::{Layer, ServiceExt};
@@ -45,7 +45,6 @@ fn last_after_cluster_time(seen: &Arc<Mutex<Vec<Document>>>) -> Option<u64> {
 async fn a_second_device_reads_after_the_first_devices_write() {
     let uri = secantus!();
     let coll = fresh();
-    let adapter = MongoAdapter::new();
     let phone_client = Client::with_uri_str(&uri).await.unwrap();
     let (laptop_client, seen) = monitored(&uri, "ryw-laptop").await;
     let records_coll = format!("{coll}_principals");
@@ -59,18 +58,8 @@ async fn a_second_device_reads_after_the_first_devices_write() {
             fingerprint_key(),
         ),
     ];
-    let phone_svc = layer().layer(MongoService::<Document>::new(
-        &phone_client,
-        "ryw",
-        &coll,
-        &adapter,
-    ));
-    let laptop_svc = layer().layer(MongoService::<Document>::new(
-        &laptop_client,
-        "ryw",
-        &coll,
-        &adapter,
-    ));
+    let phone_svc = layer().layer(MongoService::<Document>::new(&phone_client, "ryw", &coll));
+    let laptop_svc = layer().layer(MongoService::<Document>::new(&laptop_client, "ryw", &coll));
 
     let phone = Session::new();
     assert_eq!(
@@ -134,11 +123,8 @@ async fn a_second_device_reads_after_the_first_devices_write() {
 async fn with_the_record_store_unreachable_reads_are_session_only() {
     let uri = secantus!();
     let coll = fresh();
-    let adapter = MongoAdapter::new();
     let client = Client::with_uri_str(&uri).await.unwrap();
-    let svc = layer().layer(MongoService::<Document>::new(
-        &client, "ryw", &coll, &adapter,
-    ));
+    let svc = layer().layer(MongoService::<Document>::new(&client, "ryw", &coll));
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -198,11 +184,8 @@ async fn what_the_principal_record_costs() {
     const N: usize = 40;
     let uri = secantus!();
     let coll = fresh();
-    let adapter = MongoAdapter::new();
     let client = Client::with_uri_str(&uri).await.unwrap();
-    let svc = layer().layer(MongoService::<Document>::new(
-        &client, "ryw", &coll, &adapter,
-    ));
+    let svc = layer().layer(MongoService::<Document>::new(&client, "ryw", &coll));
     let records = PrincipalRecords::new(
         Arc::new(MongoRecordStore::new(
             &client,

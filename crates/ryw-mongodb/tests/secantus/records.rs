@@ -21,7 +21,7 @@ use ryw::record::{
 use ryw::version::{Entry, ScopeKey, StoreId, Version};
 use ryw::{FenceConfig, ReadYourWritesLayer, Session, SessionId, Visibility};
 use ryw_mongodb::record::{RecordRefused, DEFAULT_TTL};
-use ryw_mongodb::{MongoAdapter, MongoRecordStore, MongoRequest, MongoService};
+use ryw_mongodb::{MongoRecordStore, MongoRequest, MongoService};
 use ryw_sim::{SimAdapter, SimConfig, SimRequest, SimStore};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -301,7 +301,6 @@ async fn a_session_of_200_documents_and_items_reads_them_exactly_on_another_inst
     let uri = secantus!();
     let coll = fresh();
     let records_coll = format!("{coll}_records");
-    let adapter = MongoAdapter::new();
     let clients = [
         Client::with_uri_str(&uri).await.unwrap(),
         Client::with_uri_str(&uri).await.unwrap(),
@@ -309,18 +308,8 @@ async fn a_session_of_200_documents_and_items_reads_them_exactly_on_another_inst
     // Two app instances: each its own clients, its own layers and its own records over the one
     // records collection.
     let mongo = [
-        layer().layer(MongoService::<Document>::new(
-            &clients[0],
-            "ryw",
-            &coll,
-            &adapter,
-        )),
-        layer().layer(MongoService::<Document>::new(
-            &clients[1],
-            "ryw",
-            &coll,
-            &adapter,
-        )),
+        layer().layer(MongoService::<Document>::new(&clients[0], "ryw", &coll)),
+        layer().layer(MongoService::<Document>::new(&clients[1], "ryw", &coll)),
     ];
     let sim = SimStore::new(SimConfig::default().seed(11));
     let items = SimAdapter::new().store_id(StoreId::new(7));
@@ -459,12 +448,7 @@ async fn a_session_of_200_documents_and_items_reads_them_exactly_on_another_inst
         "ryw",
         &records_coll,
     )));
-    let mongo_c = layer().layer(MongoService::<Document>::new(
-        &clients[0],
-        "ryw",
-        &coll,
-        &adapter,
-    ));
+    let mongo_c = layer().layer(MongoService::<Document>::new(&clients[0], "ryw", &coll));
     let sim_c = sim_layer.layer(sim.client(2));
     for i in 0..10 {
         let session = Session::from_encoded(&token).unwrap();

@@ -59,11 +59,8 @@ impl Mongo {
         let adapter = MongoAdapter::new();
         let instances = (0..instances.max(1))
             .map(|_| {
-                ReadYourWritesLayer::new(adapter.documents::<Document>()).layer(MongoService::<
-                    Document,
-                >::new(
-                    &client, database, collection, &adapter,
-                ))
+                ReadYourWritesLayer::new(adapter.clone())
+                    .layer(MongoService::new(&client, database, collection))
             })
             .collect();
         Ok(Mongo {
