@@ -12,6 +12,10 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+/// The store id MongoDB scopes use unless configured ([`MongoAdapter::store_id`]): the
+/// deployment's id in session tokens, and the store of its context (the signed `$clusterTime`).
+pub const STORE_ID: StoreId = StoreId::new(1);
+
 /// Packs a BSON timestamp into a ryw version (seconds in the high half, increment in the low).
 pub fn version_of(ts: Timestamp) -> Version {
     Version::new((u64::from(ts.time) << 32) | u64::from(ts.increment))
@@ -64,14 +68,13 @@ impl Default for MongoAdapter {
 }
 
 impl MongoAdapter {
-    /// The adapter for [`Document`]s: store id 1, reads secondary-preferred, recent write ids
-    /// in `ryw_write_ids`.
+    /// The adapter for [`Document`]s: store id [`STORE_ID`], reads secondary-preferred, recent
+    /// write ids in `ryw_write_ids`.
     pub fn new() -> Self {
-        let store = StoreId::new(1);
         MongoAdapter {
             config: Arc::new(MongoConfig {
-                store,
-                scope: deployment_scope(store),
+                store: STORE_ID,
+                scope: deployment_scope(STORE_ID),
                 read_preference: ReadPreference::SecondaryPreferred {
                     options: Default::default(),
                 },
@@ -107,7 +110,7 @@ impl<T> MongoAdapter<T> {
         Arc::make_mut(&mut self.config)
     }
 
-    /// Another store id (a second deployment in one session; default 1). The same
+    /// Another store id (a second deployment in one session; default [`STORE_ID`]). The same
     /// name on every adapter.
     pub fn store_id(mut self, store: StoreId) -> Self {
         let config = self.config();

@@ -87,7 +87,7 @@ mod request;
 pub mod revocation;
 mod service;
 
-pub use adapter::{timestamp_of, version_of, MongoAdapter};
+pub use adapter::{timestamp_of, version_of, MongoAdapter, STORE_ID};
 pub use error::MongoError;
 pub use record::MongoRecordStore;
 pub use request::{MongoOperation, MongoOutput, MongoRequest, MongoResponse};
