@@ -8,6 +8,11 @@ use mongodb::ClusterTime;
 use ryw::{ScopeKey, StoreId, WriteId};
 use std::sync::Arc;
 
+/// How many recent write ids a document keeps (`$push` with `$slice`, in the list
+/// `ryw_write_ids`): a retry is recognised as applied as long as fewer updates than this, and no
+/// replacement, reached the document since.
+pub const RECENT_WRITE_IDS: usize = 8;
+
 /// The field of a document that holds its recent write ids.
 pub(crate) const WRITE_ID_FIELD: &str = "ryw_write_ids";
 

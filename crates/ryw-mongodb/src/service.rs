@@ -2,7 +2,8 @@
 
 use crate::error::MongoError;
 use crate::request::{
-    names_one_by_id, MongoOperation, MongoOutput, MongoRequest, MongoResponse, WRITE_ID_FIELD,
+    names_one_by_id, MongoOperation, MongoOutput, MongoRequest, MongoResponse, RECENT_WRITE_IDS,
+    WRITE_ID_FIELD,
 };
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{
@@ -150,9 +151,8 @@ fn not_yet(filter: Document, field: &str, write_id: &str) -> Document {
     doc! { "$and": [filter, { field: { "$ne": write_id } }] }
 }
 
-/// How many recent write ids a document keeps (`$push` with `$slice`): a retry is recognised as
-/// applied as long as fewer updates than this, and no replacement, reached the document since.
-pub const RECENT_WRITE_IDS: i32 = 8;
+/// The `$slice` that keeps the last [`RECENT_WRITE_IDS`] of a document's write ids (a BSON int32).
+const KEEP_RECENT: i32 = -(RECENT_WRITE_IDS as i32);
 
 /// Appends `write_id` to the document's bounded list of recent write ids, in the `$push` of an
 /// update document.
@@ -166,7 +166,7 @@ fn push_write_id(
             "an update document must use update operators ($set, $inc...)".into(),
         ));
     }
-    let entry = doc! { "$each": [write_id], "$slice": -RECENT_WRITE_IDS };
+    let entry = doc! { "$each": [write_id], "$slice": KEEP_RECENT };
     match update.get_mut("$push") {
         Some(Bson::Document(push)) => {
             if push.contains_key(field) {

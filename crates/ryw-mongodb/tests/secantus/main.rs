@@ -561,7 +561,7 @@ async fn two_continuations_of_one_token_lose_no_acknowledged_write() {
         assert_eq!(d.get_i32("m").unwrap(), many_increments, "{id}");
     }
     let ids = counter.get_array("ryw_write_ids").unwrap();
-    assert!(ids.len() <= ryw_mongodb::RECENT_WRITE_IDS as usize);
+    assert!(ids.len() <= ryw_mongodb::RECENT_WRITE_IDS);
 }
 
 /// TEST ONLY. After the server applied the next write, another session updates the same document,
