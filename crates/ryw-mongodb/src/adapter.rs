@@ -46,10 +46,7 @@ pub struct MongoAdapter<T = Document> {
 
 impl<T> Clone for MongoAdapter<T> {
     fn clone(&self) -> Self {
-        MongoAdapter {
-            config: self.config.clone(),
-            _documents: PhantomData,
-        }
+        self.documents()
     }
 }
 

@@ -20,7 +20,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-/// A tower `Service<MongoRequest<T>>` over one collection, with majority read and write concern.
+/// A tower `Service<MongoRequest<T>>` over one collection of `T` (by default BSON
+/// [`Document`]s), with majority read and write concern.
 ///
 /// Every call runs in its own causally consistent `ClientSession`, advanced to the times the
 /// request carries; the response carries the session's times afterwards.
@@ -29,10 +30,10 @@ use std::task::{Context, Poll};
 /// read preference of cheap reads) to every request ([`ryw::StoreAdapter::prepare`]), so the
 /// adapter is given once, to the layer. A request that did not go through the layer carries no
 /// configuration and is sent as it is: the operation alone, in a session of its own that nothing
-/// advances, with the collection's majority read and write
-/// concern and the client's read preference (the driver's default is the primary); no write id is
-/// added to what it writes, and whatever a decoded outbox entry carries (write id, times, replay
-/// mark) is not used.
+/// advances, with the collection's majority read and write concern and the client's read
+/// preference (the driver's default is the primary). No write id is added to what it writes, and
+/// the stamps a decoded outbox entry carries (write id, times, replay mark) are not used: such an
+/// entry is sent through the layer.
 pub struct MongoService<T: Send + Sync = Document> {
     client: Client,
     collection: Collection<T>,
