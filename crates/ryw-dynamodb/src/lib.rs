@@ -77,6 +77,7 @@
 //! [ryw]: https://docs.rs/ryw
 
 mod adapter;
+mod conditions;
 pub mod error;
 mod expr;
 #[cfg(feature = "outbox")]

@@ -1,0 +1,292 @@
+//! The conditions ryw puts on an item write, and what the old item returned by a failed
+//! condition says about that write.
+//!
+//! Every item write through the session layer is conditional on the item's version attribute:
+//! the version the session last saw (expect v, write v + 1), or no version at all for an item the
+//! session never saw (it is created at the writer's hybrid clock, so versions keep growing across
+//! delete and re-create). The write sets the item's version and clock, and puts its write id in
+//! one of the item's recent write ids: the write that gives the item version `v` writes
+//! `<write id attribute>_<v % RECENT_WRITE_IDS>`, so the item holds the ids of its last
+//! [`RECENT_WRITE_IDS`] writes. Each write asks for the old item when its condition fails
+//! (`ReturnValuesOnConditionCheckFailure`).
+//!
+//! # Recognising a replayed write
+//!
+//! A write sent again after an attempt that may have applied (its response was lost) carries the
+//! same write id and expects the same version. If the earlier attempt applied, the version has
+//! moved on and the condition fails; the old item then tells what happened
+//! ([`Conditions::after_failed_condition`]):
+//!
+//! - [`Failed::Landed`]: one of the item's recent write ids is this write's
+//!   ([`Conditions::shows_this_write`]): the earlier attempt applied, and the write is reported
+//!   done (replayed), at the version the item shows. Later writes do not hide it as long as fewer
+//!   than [`RECENT_WRITE_IDS`] of them reached the item and none put the whole item anew.
+//! - [`Failed::Absent`]: no item came back. On a first attempt the item was deleted since the
+//!   session saw it: the write is sent again creating it ([`Conditions::creating`]). At a replay
+//!   whether the earlier attempt applied before the item was deleted cannot be told: the write is
+//!   unresolved ([`unresolved`]), never sent again.
+//! - [`Failed::Failure`]: the item holds this write's id nowhere ([`Conditions::failure`]). Its
+//!   version differs from the expected one: another writer won, a version conflict for the
+//!   resolver; or the version is the expected one: the caller's own condition failed.
+//!
+//! A canceled transaction reads each item's old item the same way: one item that shows the write
+//! proves that the whole transaction committed on an earlier attempt.
+
+use crate::error::{ConditionFailure, DynamoError};
+use crate::expr::{self, Item};
+use crate::request::{DynamoConfig, DynamoStamp, TableSchema, RECENT_WRITE_IDS};
+use aws_sdk_dynamodb::types::AttributeValue;
+use std::collections::HashMap;
+
+/// The values ryw's expressions use for one item write.
+pub(crate) struct Conditions<'a> {
+    config: &'a DynamoConfig,
+    write_id: String,
+    clock: u64,
+    /// The version the session last saw (0: none).
+    pub(crate) expected: u64,
+    /// The table's partition key attribute (`attribute_exists` of it: the item exists).
+    key: &'a str,
+    /// Sent again after an attempt that may have applied.
+    pub(crate) replay: bool,
+    /// Create the item (it was found absent though the session had seen it).
+    pub(crate) create: bool,
+}
+
+/// What a failed condition's old item says about this write.
+pub(crate) enum Failed {
+    /// The item shows this very write: an earlier attempt landed (the version it shows).
+    Landed(Option<u64>),
+    /// The item is absent.
+    Absent,
+    /// Another version, or the caller's own condition.
+    Failure(DynamoError),
+}
+
+impl Conditions<'_> {
+    pub(crate) fn new<'a>(
+        config: &'a DynamoConfig,
+        schema: &'a TableSchema,
+        write: &DynamoStamp,
+        expected: Option<u64>,
+    ) -> Result<Conditions<'a>, DynamoError> {
+        let expected = expected.unwrap_or(0);
+        if expected == u64::MAX || write.stamp.timestamp.get() == u64::MAX {
+            // Only a hostile token or item can get here; wrapping would move versions backwards.
+            return Err(DynamoError::Validation {
+                message: "item version or session clock exhausted (u64::MAX)".into(),
+                source: None,
+            });
+        }
+        Ok(Conditions {
+            config,
+            write_id: write.stamp.write_id.to_string(),
+            clock: write.stamp.timestamp.get(),
+            expected,
+            key: schema.partition_key_attribute(),
+            replay: write.replay,
+            create: false,
+        })
+    }
+
+    /// The stamp of a single-item write to `table` (which must have a declared schema).
+    pub(crate) fn single<'a>(
+        config: &'a DynamoConfig,
+        table: Option<&String>,
+        write: &DynamoStamp,
+    ) -> Result<Conditions<'a>, DynamoError> {
+        let schema = check_table(config, table)?;
+        Conditions::new(
+            config,
+            schema,
+            write,
+            write.expected.first().copied().flatten(),
+        )
+    }
+
+    /// The same write, creating the item: it was found absent (deleted since the session saw
+    /// it).
+    pub(crate) fn creating(&self) -> Self {
+        Conditions {
+            config: self.config,
+            write_id: self.write_id.clone(),
+            create: true,
+            ..*self
+        }
+    }
+
+    /// The version this write gives the item: expected + 1 while the item lives; when the item is
+    /// created (never seen by the session, or found absent), the writer's clock, and past
+    /// anything the session saw, so versions keep growing across delete and re-create.
+    pub(crate) fn next(&self) -> u64 {
+        if self.expected == 0 || self.create {
+            self.clock.max(self.expected + 1)
+        } else {
+            self.expected + 1
+        }
+    }
+
+    /// The condition: the version is the expected one, or the item exists without a version
+    /// (written without ryw); when creating, the item has no version. A replay never creates: an
+    /// item absent at a replay may have been written by the first attempt and deleted since.
+    fn condition(&self, caller: Option<String>) -> String {
+        let exists_unversioned = "(attribute_not_exists(#ryw_v) AND attribute_exists(#ryw_k))";
+        let ours = if self.expected == 0 || self.create {
+            if self.replay && !self.create {
+                exists_unversioned.to_owned()
+            } else {
+                expr::version_condition(0).to_owned()
+            }
+        } else {
+            format!(
+                "{} OR {exists_unversioned}",
+                expr::version_condition(self.expected)
+            )
+        };
+        expr::and_condition(caller, &ours)
+    }
+
+    fn names(
+        &self,
+        caller: Option<HashMap<String, String>>,
+        expressions: &[Option<&str>],
+    ) -> HashMap<String, String> {
+        let mut names = expr::with_names(caller, self.config);
+        names.insert(expr::NAME_WRITE.into(), self.slot());
+        names.insert(expr::NAME_KEY.into(), self.key.to_owned());
+        expr::prune_names(&mut names, expressions);
+        names
+    }
+
+    /// The attribute this write's id goes to (one of the item's recent write ids).
+    fn slot(&self) -> String {
+        self.config.write_id_slot(self.next())
+    }
+
+    fn values(
+        &self,
+        caller: Option<HashMap<String, AttributeValue>>,
+        expressions: &[Option<&str>],
+    ) -> Option<HashMap<String, AttributeValue>> {
+        let mut values = caller.unwrap_or_default();
+        let ours = [
+            (
+                expr::VALUE_EXPECTED,
+                AttributeValue::N(self.expected.to_string()),
+            ),
+            (expr::VALUE_NEXT, AttributeValue::N(self.next().to_string())),
+            (expr::VALUE_WRITE, AttributeValue::S(self.write_id.clone())),
+            (expr::VALUE_CLOCK, AttributeValue::N(self.clock.to_string())),
+        ];
+        for (k, v) in ours {
+            if expressions.iter().flatten().any(|e| e.contains(k)) {
+                values.insert(k.to_owned(), v);
+            }
+        }
+        (!values.is_empty()).then_some(values)
+    }
+
+    pub(crate) fn stamp_item(&self, item: &mut Item) {
+        let c = self.config;
+        item.insert(
+            c.version_attribute.clone(),
+            AttributeValue::N(self.next().to_string()),
+        );
+        item.insert(self.slot(), AttributeValue::S(self.write_id.clone()));
+        item.insert(
+            c.clock_attribute.clone(),
+            AttributeValue::N(self.clock.to_string()),
+        );
+    }
+
+    /// The one stamping path of every conditional item write (put, update and delete, alone or
+    /// in a transaction): ryw's condition ANDed with the caller's, the update expression
+    /// extended (`update`: `Some` for updates only, with the caller's expression if any), and
+    /// the names and values both use.
+    pub(crate) fn stamped(
+        &self,
+        condition: Option<String>,
+        update: Option<Option<String>>,
+        names: Option<HashMap<String, String>>,
+        values: Option<HashMap<String, AttributeValue>>,
+    ) -> ConditionalWrite {
+        let update = update.map(|caller| self.update_expression(caller));
+        let condition = self.condition(condition);
+        let exprs = [update.as_deref(), Some(condition.as_str())];
+        ConditionalWrite {
+            names: self.names(names, &exprs),
+            values: self.values(values, &exprs),
+            condition,
+            update,
+        }
+    }
+
+    fn update_expression(&self, caller: Option<String>) -> String {
+        expr::add_set_assignments(
+            caller,
+            "#ryw_v = :ryw_next, #ryw_w = :ryw_wid, #ryw_c = :ryw_clock",
+        )
+    }
+
+    /// Whether an old item shows this very write: one of its recent write ids is this write's,
+    /// whatever was written since.
+    pub(crate) fn shows_this_write(&self, item: &Item) -> bool {
+        (0..RECENT_WRITE_IDS).any(|slot| {
+            expr::string(item, &self.config.write_id_slot(slot)) == Some(&self.write_id)
+        })
+    }
+
+    /// After `ConditionalCheckFailed` of a single-item write.
+    pub(crate) fn after_failed_condition(&self, item: Option<Item>) -> Failed {
+        match item {
+            Some(item) if self.shows_this_write(&item) => {
+                tracing::debug!(target: "ryw::dynamodb", "retried write had already applied");
+                Failed::Landed(expr::number(&item, &self.config.version_attribute))
+            }
+            Some(item) => Failed::Failure(self.failure(Some(item))),
+            None => Failed::Absent,
+        }
+    }
+
+    pub(crate) fn failure(&self, item: Option<Item>) -> DynamoError {
+        let current = item
+            .as_ref()
+            .and_then(|i| expr::number(i, &self.config.version_attribute));
+        // The version condition holds when the version matches or is absent: if it held, the
+        // caller's own condition is what failed.
+        let version_held = current.is_none() || current == Some(self.expected);
+        DynamoError::ConditionFailed(Box::new(ConditionFailure {
+            item,
+            expected: Some(self.expected),
+            version_conflict: !version_held,
+        }))
+    }
+}
+
+/// A conditional item write as [`Conditions::stamped`] rewrote it.
+pub(crate) struct ConditionalWrite {
+    pub(crate) condition: String,
+    pub(crate) update: Option<String>,
+    pub(crate) names: HashMap<String, String>,
+    pub(crate) values: Option<HashMap<String, AttributeValue>>,
+}
+
+/// A replay that found the item gone ([`Failed::Absent`]): `what` could not be resolved.
+pub(crate) fn unresolved(what: &str) -> DynamoError {
+    DynamoError::Unresolved(format!(
+        "{what}: the item is gone; an earlier attempt may have applied before it was deleted"
+    ))
+}
+
+/// The schema declared for `table`.
+pub(crate) fn check_table<'a>(
+    config: &'a DynamoConfig,
+    table: Option<&String>,
+) -> Result<&'a TableSchema, DynamoError> {
+    match table.and_then(|t| config.tables.get(t)) {
+        Some(schema) => Ok(schema),
+        None => Err(DynamoError::UnknownTable(
+            table.cloned().unwrap_or_default(),
+        )),
+    }
+}
