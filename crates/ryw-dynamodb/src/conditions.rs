@@ -21,16 +21,20 @@
 //!   ([`Conditions::shows_this_write`]): the earlier attempt applied, and the write is reported
 //!   done (replayed), at the version the item shows. Later writes do not hide it as long as fewer
 //!   than [`RECENT_WRITE_IDS`] of them reached the item and none put the whole item anew.
-//! - [`Failed::Absent`]: no item came back. On a first attempt the item was deleted since the
-//!   session saw it: the write is sent again creating it ([`Conditions::creating`]). At a replay
-//!   whether the earlier attempt applied before the item was deleted cannot be told: the write is
-//!   unresolved ([`unresolved`]), never sent again.
+//! - [`Failed::Absent`]: no item came back. At a replay, whether the earlier attempt applied
+//!   before the item was deleted cannot be told: the write is unresolved ([`unresolved`]), never
+//!   sent again (but a delete without a condition of the caller's, which is sent as the caller
+//!   wrote it). On a first attempt, a put or an update of an item the session had seen is sent
+//!   again creating it ([`Conditions::creating`]): the item was deleted since; one that expected
+//!   no item met the caller's own condition failing; a delete finds nothing to delete and is sent
+//!   as the caller wrote it.
 //! - [`Failed::Failure`]: the item holds this write's id nowhere ([`Conditions::failure`]). Its
 //!   version differs from the expected one: another writer won, a version conflict for the
 //!   resolver; or the version is the expected one: the caller's own condition failed.
 //!
 //! A canceled transaction reads each item's old item the same way: one item that shows the write
-//! proves that the whole transaction committed on an earlier attempt.
+//! proves that the whole transaction committed on an earlier attempt; an item gone at a replay,
+//! with none showing the write, leaves it unresolved.
 
 use crate::error::{ConditionFailure, DynamoError};
 use crate::expr::{self, Item};
@@ -64,12 +68,15 @@ pub(crate) enum Failed {
 }
 
 impl Conditions<'_> {
+    /// The stamp of `write` on an item of `table` (which must have a declared schema) that the
+    /// session last saw at version `expected`.
     pub(crate) fn new<'a>(
         config: &'a DynamoConfig,
-        schema: &'a TableSchema,
+        table: Option<&String>,
         write: &DynamoStamp,
         expected: Option<u64>,
     ) -> Result<Conditions<'a>, DynamoError> {
+        let schema = check_table(config, table)?;
         let expected = expected.unwrap_or(0);
         if expected == u64::MAX || write.stamp.timestamp.get() == u64::MAX {
             // Only a hostile token or item can get here; wrapping would move versions backwards.
@@ -95,10 +102,9 @@ impl Conditions<'_> {
         table: Option<&String>,
         write: &DynamoStamp,
     ) -> Result<Conditions<'a>, DynamoError> {
-        let schema = check_table(config, table)?;
         Conditions::new(
             config,
-            schema,
+            table,
             write,
             write.expected.first().copied().flatten(),
         )
@@ -203,22 +209,28 @@ impl Conditions<'_> {
     /// in a transaction): ryw's condition ANDed with the caller's, the update expression
     /// extended (`update`: `Some` for updates only, with the caller's expression if any), and
     /// the names and values both use.
-    pub(crate) fn stamped(
-        &self,
-        condition: Option<String>,
-        update: Option<Option<String>>,
-        names: Option<HashMap<String, String>>,
-        values: Option<HashMap<String, AttributeValue>>,
-    ) -> ConditionalWrite {
+    fn stamped(&self, caller: Expressions, update: Option<Option<String>>) -> ConditionalWrite {
         let update = update.map(|caller| self.update_expression(caller));
-        let condition = self.condition(condition);
+        let condition = self.condition(caller.condition);
         let exprs = [update.as_deref(), Some(condition.as_str())];
         ConditionalWrite {
-            names: self.names(names, &exprs),
-            values: self.values(values, &exprs),
+            names: self.names(caller.names, &exprs),
+            values: self.values(caller.values, &exprs),
             condition,
             update,
         }
+    }
+
+    /// Stamps `input` ([`Conditions::stamped`]), asking for the old item when the condition
+    /// fails; returns the update expression to send (`update`: as for `stamped`).
+    pub(crate) fn stamp(
+        &self,
+        input: &mut impl ConditionalInput,
+        update: Option<Option<String>>,
+    ) -> Option<String> {
+        let stamped = self.stamped(input.caller_expressions(), update);
+        input.set_stamped(stamped.condition, stamped.names, stamped.values);
+        stamped.update
     }
 
     fn update_expression(&self, caller: Option<String>) -> String {
@@ -264,11 +276,35 @@ impl Conditions<'_> {
 }
 
 /// A conditional item write as [`Conditions::stamped`] rewrote it.
-pub(crate) struct ConditionalWrite {
-    pub(crate) condition: String,
-    pub(crate) update: Option<String>,
-    pub(crate) names: HashMap<String, String>,
+struct ConditionalWrite {
+    condition: String,
+    update: Option<String>,
+    names: HashMap<String, String>,
+    values: Option<HashMap<String, AttributeValue>>,
+}
+
+/// The caller's condition of an item write, and the attribute names and values of its
+/// expressions.
+pub(crate) struct Expressions {
+    pub(crate) condition: Option<String>,
+    pub(crate) names: Option<HashMap<String, String>>,
     pub(crate) values: Option<HashMap<String, AttributeValue>>,
+}
+
+/// The input of an item write that ryw makes conditional: a single-item write's builder, or a
+/// put, update or delete of a transaction.
+pub(crate) trait ConditionalInput {
+    /// The caller's condition, names and values.
+    fn caller_expressions(&self) -> Expressions;
+
+    /// Sets the condition, names and values as stamped, and asks for the old item when the
+    /// condition fails.
+    fn set_stamped(
+        &mut self,
+        condition: String,
+        names: HashMap<String, String>,
+        values: Option<HashMap<String, AttributeValue>>,
+    );
 }
 
 /// A replay that found the item gone ([`Failed::Absent`]): `what` could not be resolved.
@@ -279,7 +315,7 @@ pub(crate) fn unresolved(what: &str) -> DynamoError {
 }
 
 /// The schema declared for `table`.
-pub(crate) fn check_table<'a>(
+fn check_table<'a>(
     config: &'a DynamoConfig,
     table: Option<&String>,
 ) -> Result<&'a TableSchema, DynamoError> {

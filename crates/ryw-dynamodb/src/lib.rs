@@ -86,6 +86,8 @@ pub mod record;
 mod request;
 pub mod revocation;
 mod service;
+mod transaction;
+mod write;
 
 pub use adapter::{DynamoAdapter, DynamoAdapterBuilder};
 pub use error::{Cancellation, CancellationCode, DynamoError};

@@ -227,6 +227,28 @@ pub struct DynamoResponse {
 }
 
 impl DynamoResponse {
+    /// The response to a request sent: `written`, the versions its writes gave their items;
+    /// `consistent`, whether it read strongly.
+    pub(crate) fn new(output: DynamoOutput, written: Vec<Option<u64>>, consistent: bool) -> Self {
+        DynamoResponse {
+            output,
+            written,
+            replayed: false,
+            consistent,
+        }
+    }
+
+    /// The response to a retried write found already applied by an earlier attempt (`output`:
+    /// the operation's empty output).
+    pub(crate) fn replayed(output: DynamoOutput, written: Vec<Option<u64>>) -> Self {
+        DynamoResponse {
+            output,
+            written,
+            replayed: true,
+            consistent: false,
+        }
+    }
+
     /// The SDK output.
     pub fn output(&self) -> &DynamoOutput {
         &self.output
