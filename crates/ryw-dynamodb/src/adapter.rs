@@ -79,8 +79,8 @@ impl DynamoAdapter {
         self
     }
 
-    /// The store id in session tokens (default 2; several tables of one account share it). The
-    /// same name on every adapter.
+    /// The store id in session tokens (default [`STORE_ID`](crate::request::STORE_ID); several
+    /// tables of one account share it). The same name on every adapter.
     pub fn store_id(mut self, store: StoreId) -> Self {
         self.config_mut().store = store;
         self
@@ -170,8 +170,8 @@ impl DynamoAdapterBuilder {
         self
     }
 
-    /// The store id in session tokens (default 2; several tables of one account share it). The
-    /// same name on every adapter.
+    /// The store id in session tokens (default [`STORE_ID`](crate::request::STORE_ID); several
+    /// tables of one account share it). The same name on every adapter.
     pub fn store_id(mut self, store: StoreId) -> Self {
         self.config.store = store;
         self

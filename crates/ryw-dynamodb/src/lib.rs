@@ -94,6 +94,7 @@ pub use error::{Cancellation, CancellationCode, DynamoError};
 pub use record::DynamoRecordStore;
 pub use request::{
     DynamoOperation, DynamoOutput, DynamoRequest, DynamoResponse, TableSchema, RECENT_WRITE_IDS,
+    STORE_ID,
 };
 pub use revocation::DynamoRevocations;
 pub use service::{DynamoFuture, DynamoService};

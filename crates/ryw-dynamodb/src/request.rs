@@ -75,6 +75,11 @@ impl TableSchema {
 /// the whole item, reached the item in between.
 pub const RECENT_WRITE_IDS: u64 = 4;
 
+/// The adapter's store id in session tokens, unless
+/// [`DynamoAdapter::store_id`](crate::DynamoAdapter::store_id) sets another: the scopes of every
+/// table of one account are told apart by their table names under this one id.
+pub const STORE_ID: StoreId = StoreId::new(2);
+
 /// Configuration shared by the adapter and the service.
 #[derive(Clone, Debug)]
 pub(crate) struct DynamoConfig {
@@ -84,7 +89,7 @@ pub(crate) struct DynamoConfig {
     pub(crate) clock_attribute: String,
     pub(crate) tables: HashMap<String, TableSchema>,
     /// The store replicates each base-table partition in order
-    /// ([`DynamoAdapter::ordered_partitions`]).
+    /// ([`DynamoAdapter::ordered_partitions`](crate::DynamoAdapter::ordered_partitions)).
     pub(crate) ordered_partitions: bool,
 }
 
@@ -98,7 +103,7 @@ impl DynamoConfig {
 impl Default for DynamoConfig {
     fn default() -> Self {
         DynamoConfig {
-            store: StoreId::new(2),
+            store: STORE_ID,
             version_attribute: "ryw_version".into(),
             write_id_attribute: "ryw_write_id".into(),
             clock_attribute: "ryw_clock".into(),
