@@ -243,7 +243,7 @@ impl Conditions<'_> {
     /// Whether an old item shows this very write: one of its recent write ids is this write's,
     /// whatever was written since.
     pub(crate) fn shows_this_write(&self, item: &Item) -> bool {
-        (0..RECENT_WRITE_IDS).any(|slot| {
+        (0..RECENT_WRITE_IDS as u64).any(|slot| {
             expr::string(item, &self.config.write_id_slot(slot)) == Some(&self.write_id)
         })
     }

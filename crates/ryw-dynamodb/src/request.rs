@@ -73,7 +73,7 @@ impl TableSchema {
 /// in the attribute `<write id attribute>_<v % RECENT_WRITE_IDS>`. A retry is recognised as
 /// applied when one of them holds its id: as long as fewer than this many updates, and no put of
 /// the whole item, reached the item in between.
-pub const RECENT_WRITE_IDS: u64 = 4;
+pub const RECENT_WRITE_IDS: usize = 4;
 
 /// The adapter's store id in session tokens, unless
 /// [`DynamoAdapter::store_id`](crate::DynamoAdapter::store_id) sets another: the scopes of every
@@ -96,7 +96,11 @@ pub(crate) struct DynamoConfig {
 impl DynamoConfig {
     /// The attribute that holds the id of the write giving an item `version`.
     pub(crate) fn write_id_slot(&self, version: u64) -> String {
-        format!("{}_{}", self.write_id_attribute, version % RECENT_WRITE_IDS)
+        format!(
+            "{}_{}",
+            self.write_id_attribute,
+            version % RECENT_WRITE_IDS as u64
+        )
     }
 }
 

@@ -43,7 +43,7 @@ fn version_of(item: &Item) -> u64 {
 
 /// The write id the item's current version was written by (its recent-write-id slot).
 fn writer_of(item: &Item) -> &str {
-    let slot = version_of(item) % ryw_dynamodb::RECENT_WRITE_IDS;
+    let slot = version_of(item) % ryw_dynamodb::RECENT_WRITE_IDS as u64;
     item[&format!("ryw_write_id_{slot}")].as_s().unwrap()
 }
 
