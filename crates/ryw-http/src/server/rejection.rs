@@ -1,0 +1,168 @@
+//! Bad tokens: why a request's tokens were refused, what the server does about it, and the JSON
+//! response it rejects them with. Re-exported by [`crate::server`].
+
+use crate::headers::{MAX_TOKENS_PER_REQUEST, REJECTED_HEADER};
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use ryw::signing::VerifyError;
+use serde::Serialize;
+use serde_json::ser::{CharEscape, CompactFormatter, Formatter};
+use std::fmt;
+
+/// What the server does with a request whose token does not verify.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BadTokenPolicy {
+    /// Answer 400 (undecodable) or 401 (untrusted, expired, revoked, another principal's) with a
+    /// JSON body `{"error": code, "message": text}` and the [`REJECTED_HEADER`] header, without
+    /// calling the handler. The default.
+    #[default]
+    Reject,
+    /// Serve the request in a fresh session and say so in the
+    /// [`RESET_HEADER`](crate::RESET_HEADER) response header (value: the error code). The user
+    /// loses their read-your-writes fence, never their request.
+    StartFresh,
+}
+
+/// Why a request's tokens were refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenRejection {
+    /// A token did not verify.
+    Invalid(VerifyError),
+    /// The request carried more than [`MAX_TOKENS_PER_REQUEST`] tokens.
+    TooMany {
+        /// How many.
+        count: usize,
+    },
+    /// The token header is not visible ASCII.
+    NotText,
+}
+
+impl fmt::Display for TokenRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenRejection::Invalid(e) => e.fmt(f),
+            TokenRejection::TooMany { count } => write!(
+                f,
+                "request carries {count} session tokens, more than the {MAX_TOKENS_PER_REQUEST} allowed"
+            ),
+            TokenRejection::NotText => f.write_str("session token header is not visible ASCII"),
+        }
+    }
+}
+
+impl std::error::Error for TokenRejection {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TokenRejection::Invalid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl TokenRejection {
+    /// A stable snake_case code: [`VerifyError::code`], `token_too_many` or `token_not_text`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenRejection::Invalid(e) => e.code(),
+            TokenRejection::TooMany { .. } => "token_too_many",
+            TokenRejection::NotText => "token_not_text",
+        }
+    }
+
+    /// 400 for a token that is not a token at all; 401 for one that is not trusted (bad signature,
+    /// unknown key, unsigned, expired, revoked, another principal's).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            TokenRejection::Invalid(e) if !e.is_malformed() => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The response [`BadTokenPolicy::Reject`] sends: the status, the [`REJECTED_HEADER`]
+    /// header, and a JSON body `{"error": code, "message": text}`.
+    pub fn to_response<B: From<String>>(&self) -> Response<B> {
+        let body = to_json(&ErrorBody {
+            error: self.code(),
+            message: &self.to_string(),
+        });
+        let mut response = Response::new(B::from(body));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(REJECTED_HEADER, HeaderValue::from_static(self.code()));
+        response
+    }
+}
+
+/// The body of a rejection.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+/// `value` as compact JSON, with control characters escaped as `\u00XX`.
+fn to_json(value: &impl Serialize) -> String {
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, UnicodeControlEscapes);
+    // Writing to memory cannot fail, nor can serializing strings; and the output is UTF-8.
+    match value.serialize(&mut serializer) {
+        Ok(()) => String::from_utf8(out).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// serde_json's compact output, except that every control character is escaped as `\u00XX`
+/// (`\u000a`, not `\n`), as the rejection bodies always were.
+struct UnicodeControlEscapes;
+
+impl Formatter for UnicodeControlEscapes {
+    fn write_char_escape<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        escape: CharEscape,
+    ) -> std::io::Result<()> {
+        let control: u8 = match escape {
+            CharEscape::Backspace => 0x08,
+            CharEscape::Tab => 0x09,
+            CharEscape::LineFeed => 0x0a,
+            CharEscape::FormFeed => 0x0c,
+            CharEscape::CarriageReturn => 0x0d,
+            CharEscape::AsciiControl(byte) => byte,
+            other => return CompactFormatter.write_char_escape(writer, other),
+        };
+        write!(writer, "\\u{control:04x}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A string as the rejection bodies write it, without its quotes.
+    fn json_escape(s: &str) -> String {
+        let quoted = to_json(&s);
+        quoted[1..quoted.len() - 1].to_owned()
+    }
+
+    #[test]
+    fn a_rejection_body_is_its_code_and_message() {
+        let response: Response<String> = TokenRejection::TooMany { count: 5 }.to_response();
+        assert_eq!(
+            response.body(),
+            "{\"error\":\"token_too_many\",\"message\":\"request carries 5 session tokens, more than the 4 allowed\"}"
+        );
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        assert_eq!(
+            json_escape("\u{0}\u{8}\t\r\u{c}\u{1f} \u{7f}é/"),
+            "\\u0000\\u0008\\u0009\\u000d\\u000c\\u001f \u{7f}é/"
+        );
+    }
+
+    #[test]
+    fn rejection_bodies_are_json_escaped() {
+        assert_eq!(json_escape("a\"b\\c\n"), "a\\\"b\\\\c\\u000a");
+    }
+}
