@@ -1,76 +1,19 @@
-//! The outbox's embedded store: deferred writes and dead letters in one redb file.
-//!
-//! [redb](https://www.redb.org) is a crash-safe, copy-on-write B-tree store: every append is one
-//! write transaction committed with [`redb::Durability::Immediate`] (fsync) before
-//! [`Outbox::append`] returns, so a write answered "deferred" survives a crash of the process or
-//! the machine. The queue is bounded by entry count and bytes: past either bound an append is
-//! [`OutboxError::Full`] (backpressure), never unbounded disk.
-//!
-//! Entries are kept in append order (a global sequence number); the replayer drains them in that
-//! order, each session's in the order its writes were made (their write sequence numbers). An entry that can no
-//! longer be replayed safely moves, in one transaction, to the dead letters with its reason;
-//! the application lists them ([`Outbox::dead_letters`]) and may queue one again
-//! ([`Outbox::retry_dead_letter`]). An entry found damaged (its checksum does not match) is a
-//! dead letter too, kept as its bytes: it never blocks the others. A file so damaged that the
-//! embedded store itself fails (or panics) gives [`OutboxError::Damaged`] or
-//! [`OutboxError::Storage`], never a panic of the caller.
-//!
-//! ```
-//! use ryw::clock::HybridTimestamp;
-//! use ryw::{Session, WriteId};
-//! use ryw_outbox::entry::Entry;
-//! use ryw_outbox::{Outbox, OutboxConfig};
-//!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let dir = std::env::temp_dir().join(format!("ryw-outbox-doc-{}", std::process::id()));
-//! # std::fs::create_dir_all(&dir)?;
-//! let path = dir.join("outbox.redb");
-//! let session = Session::new();
-//! let entry = Entry {
-//!     write_id: WriteId::new(session.id(), 1, 1),
-//!     timestamp: HybridTimestamp::new(1),
-//!     may_have_applied: false,
-//!     deferred_at: 0,
-//!     scopes: vec![],
-//!     session: session.token().encode()?,
-//!     request: vec![1, 2, 3],
-//! };
-//! let seq = {
-//!     let outbox = Outbox::open(&path, OutboxConfig::default())?;
-//!     outbox.append(&entry)?
-//! };
-//! // Another process (or this one, restarted) finds it.
-//! let outbox = Outbox::open(&path, OutboxConfig::default())?;
-//! let pending = outbox.pending()?;
-//! assert_eq!(pending, vec![(seq, entry.clone())]);
-//! outbox.dead_letter(seq, "the store refused it")?;
-//! assert!(outbox.pending()?.is_empty());
-//! let letters = outbox.dead_letters()?;
-//! assert_eq!(letters[0].reason, "the store refused it");
-//! assert_eq!(letters[0].entry.as_ref().unwrap(), &entry);
-//! # drop(outbox);
-//! # std::fs::remove_dir_all(&dir)?;
-//! # Ok(())
-//! # }
-//! ```
+//! The outbox: a durable, bounded queue of deferred writes in its redb file, with what it holds
+//! in memory of the queue and of the sessions whose writes it keeps.
 
-use crate::entry::{DecodeError, DurableRequest, Entry, Reader};
+use super::dead_letter::{decode_letter, encode_letter, DeadLetter};
+use super::error::{guarded, storage, OutboxError};
+use super::file::{create_atomically, create_tables, DEAD, ENTRIES, META, NEXT_SEQ, REPLAYED};
+use super::index::Index;
+use super::replayed::Replayed;
+use crate::entry::{DurableRequest, Entry};
 use crate::sync::lock;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use ryw::{ScopeKey, Session, SessionId, SessionState, WriteId};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use ryw::{ScopeKey, Session, SessionId, WriteId};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-const ENTRIES: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("entries");
-const DEAD: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("dead_letters");
-const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
-/// What replays taught each session (its state as an unsigned session token), kept with the
-/// removal of the entry replayed, so that a restart remembers it.
-const REPLAYED: TableDefinition<'static, u128, &[u8]> = TableDefinition::new("replayed");
-/// The next sequence number: never reused, even after the entries before it are gone.
-const NEXT_SEQ: &str = "next_seq";
 
 /// The outbox's bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,206 +47,7 @@ impl OutboxConfig {
     }
 }
 
-/// What went wrong with the outbox itself.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum OutboxError {
-    /// The queue is at its bound: the write is not kept (backpressure).
-    #[error("outbox full: {entries} entries, {bytes} bytes queued")]
-    Full {
-        /// Entries queued.
-        entries: u64,
-        /// Bytes queued.
-        bytes: u64,
-    },
-    /// The entry is beyond the bounds an entry can be read back with: not kept.
-    #[error("outbox entry refused: {0}")]
-    Invalid(DecodeError),
-    /// The embedded store failed (disk full, I/O error, a damaged file, a file another process
-    /// holds open).
-    #[error("outbox storage: {0}")]
-    Storage(#[from] redb::Error),
-    /// The file is so damaged that the embedded store could not go on (it panicked; the panic
-    /// was caught).
-    #[error("outbox file damaged: {0}")]
-    Damaged(String),
-    /// A stored dead letter does not decode.
-    #[error("outbox entry {seq}: {error}")]
-    Corrupt {
-        /// The entry's sequence number.
-        seq: u64,
-        /// Why.
-        error: DecodeError,
-    },
-    /// No entry has this sequence number.
-    #[error("no outbox entry {0}")]
-    NotFound(u64),
-}
-
-macro_rules! storage {
-    ($e:expr) => {
-        $e.map_err(|e| OutboxError::Storage(e.into()))
-    };
-}
-
-/// Runs `f`, turning a panic inside the embedded store (a damaged file can make it panic) into
-/// [`OutboxError::Damaged`].
-fn guarded<T>(f: impl FnOnce() -> Result<T, OutboxError>) -> Result<T, OutboxError> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(result) => result,
-        Err(panic) => Err(OutboxError::Damaged(
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "the embedded store panicked".to_owned()),
-        )),
-    }
-}
-
-/// Gives `path` an initialised outbox file if it has none, so that a crash at any instant leaves
-/// either no file, or an initialised one, at `path`: the file is created and initialised under a
-/// temporary name beside it, synced, linked into place (never over a file another process put
-/// there first), and the directory synced. A file at `path` that was never initialised (empty,
-/// or all zero bytes: a crash while an earlier version created it in place) holds nothing and is
-/// replaced the same way; any other file is left as it is, however damaged, for the store to
-/// open or refuse.
-fn create_atomically(path: &Path) -> Result<(), OutboxError> {
-    let io = |e: std::io::Error| OutboxError::Storage(redb::Error::Io(e));
-    let replace = match std::fs::File::open(path) {
-        Ok(file) => {
-            if !never_initialised(file).map_err(io)? {
-                return Ok(());
-            }
-            true
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(io(e)),
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "outbox".to_owned());
-    remove_stale_temporaries(&dir, &name);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let temporary = dir.join(format!("{name}{CREATING}{}.{nanos}", std::process::id()));
-    let placed = (|| {
-        {
-            let db = storage!(Database::create(&temporary))?;
-            let txn = storage!(db.begin_write())?;
-            storage!(txn.open_table(ENTRIES))?;
-            storage!(txn.open_table(DEAD))?;
-            storage!(txn.open_table(META))?;
-            storage!(txn.open_table(REPLAYED))?;
-            storage!(txn.commit())?;
-        }
-        std::fs::File::open(&temporary)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
-        if replace {
-            std::fs::rename(&temporary, path).map_err(io)?;
-        } else {
-            if let Err(e) = std::fs::hard_link(&temporary, path) {
-                // Another process created it first: theirs is the outbox.
-                if !path.exists() {
-                    return Err(io(e));
-                }
-            }
-        }
-        sync_dir(&dir).map_err(io)
-    })();
-    let _ = std::fs::remove_file(&temporary);
-    placed
-}
-
-/// The suffix of the temporary name an outbox file is created under.
-const CREATING: &str = ".ryw-creating.";
-
-/// Whether `file` holds nothing: empty, or zero bytes throughout (an initialised file starts
-/// with the store's magic number, so only the first block is read for one).
-fn never_initialised(mut file: std::fs::File) -> std::io::Result<bool> {
-    use std::io::Read;
-    let mut block = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut block)?;
-        if n == 0 {
-            return Ok(true);
-        }
-        if block[..n].iter().any(|b| *b != 0) {
-            return Ok(false);
-        }
-    }
-}
-
-/// Removes temporaries left by a crash during creation (older than a minute: a creation in
-/// progress elsewhere is left alone).
-fn remove_stale_temporaries(dir: &Path, name: &str) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let prefix = format!("{name}{CREATING}");
-    for entry in entries.flatten() {
-        let stale = entry.file_name().to_string_lossy().starts_with(&prefix)
-            && entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > std::time::Duration::from_secs(60));
-        if stale {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// Makes a new name in `dir` durable.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::fs::File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
-    }
-}
-
-/// A dead letter: an entry that could not be replayed, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// Its sequence number among the dead letters (its entry's, when it was queued).
-    pub seq: u64,
-    /// The entry, or why its stored bytes are not one (a damaged entry is kept as it was found).
-    pub entry: Result<Entry, DecodeError>,
-    /// Why it was not replayed.
-    pub reason: String,
-}
-
-/// One queued write, as the index knows it.
-struct Queued {
-    seq: u64,
-    write_id: WriteId,
-    scopes: Vec<ScopeKey>,
-    bytes: u64,
-}
-
-/// What the outbox holds in memory of its queue: per session, the queued writes and their scopes
-/// (for reads, which must not claim a queued write is visible), and the totals.
-#[derive(Default)]
-struct Index {
-    sessions: HashMap<SessionId, Vec<Queued>>,
-    entries: u64,
-    bytes: u64,
-}
-
-/// A durable, bounded queue of deferred writes; see the [module docs](self).
+/// A durable, bounded queue of deferred writes; see the [module docs](crate::store).
 pub struct Outbox {
     /// `None` only while being dropped (see `Drop`).
     db: Option<Database>,
@@ -324,16 +68,6 @@ pub struct Outbox {
     /// Some replay was recorded: the request path's check, without the lock.
     any_replayed: std::sync::atomic::AtomicBool,
 }
-
-/// Sessions' states after replays of their writes, oldest first, at most `cap` of them.
-#[derive(Default)]
-struct Replayed {
-    states: HashMap<SessionId, SessionState>,
-    order: std::collections::VecDeque<SessionId>,
-}
-
-/// How many sessions' replayed states are kept for their next requests.
-pub const REPLAYED_SESSIONS: usize = 100_000;
 
 impl Drop for Outbox {
     /// Closes the file. After the embedded store panicked on a damaged file, its own clean-up may
@@ -386,13 +120,7 @@ impl Outbox {
         guarded(|| {
             create_atomically(path)?;
             let db = storage!(Database::open(path))?;
-            // Create the tables, so that reads of an empty outbox find them.
-            let txn = storage!(db.begin_write())?;
-            storage!(txn.open_table(ENTRIES))?;
-            storage!(txn.open_table(DEAD))?;
-            storage!(txn.open_table(META))?;
-            storage!(txn.open_table(REPLAYED))?;
-            storage!(txn.commit())?;
+            create_tables(&db)?;
             let outbox = Outbox {
                 db: Some(db),
                 config,
@@ -534,18 +262,9 @@ impl Outbox {
         let mut replayed = lock(&self.replayed);
         for item in storage!(table.iter())? {
             let (_, token) = storage!(item)?;
-            // A record that does not decode teaches nothing; it is replaced at the next replay.
-            let Some(state) = std::str::from_utf8(token.value())
-                .ok()
-                .and_then(|t| Session::from_encoded(t).ok())
-                .map(|s| s.snapshot())
-            else {
-                continue;
-            };
-            replayed.order.push_back(state.id());
-            replayed.states.insert(state.id(), state);
+            replayed.restore(token.value());
         }
-        if !replayed.states.is_empty() {
+        if !replayed.is_empty() {
             self.any_replayed.store(true, Ordering::Release);
         }
         Ok(())
@@ -554,53 +273,24 @@ impl Outbox {
     /// Forgets the entry `seq`, whose write a replay through `session` applied, and keeps what
     /// the replay taught the session (its state now) for the session's next requests
     /// ([`Outbox::catch_up`]), in one transaction: a restart remembers it. The oldest of more
-    /// than [`REPLAYED_SESSIONS`] sessions are forgotten. Returns whether the entry was queued.
+    /// than [`REPLAYED_SESSIONS`](crate::store::REPLAYED_SESSIONS) sessions are forgotten.
+    /// Returns whether the entry was queued.
     pub fn remove_replayed(&self, seq: u64, session: &Session) -> Result<bool, OutboxError> {
-        let id = session.id();
-        let mut state = session.snapshot();
+        let state = session.snapshot();
         let mut replayed = lock(&self.replayed);
-        if let Some(seen) = replayed.states.get(&id) {
-            state.merge(seen);
-        }
-        let token = Session::from_state(state.clone())
-            .token()
-            .encode()
-            .map_err(|e| OutboxError::Damaged(format!("session state not encodable: {e}")))?;
-        let known = replayed.states.contains_key(&id);
-        let evicted: Vec<SessionId> = if known {
-            Vec::new()
-        } else {
-            let over = (replayed.order.len() + 1).saturating_sub(REPLAYED_SESSIONS);
-            replayed.order.iter().take(over).copied().collect()
-        };
+        let lesson = replayed.lesson(session.id(), state)?;
         guarded(|| {
-            let mut index = self.index();
-            let txn = storage!(self.db()?.begin_write())?;
-            let removed = {
-                let mut table = storage!(txn.open_table(ENTRIES))?;
-                let removed = storage!(table.remove(seq))?.is_some();
+            self.remove_with(seq, |txn| {
                 let mut taught = storage!(txn.open_table(REPLAYED))?;
-                storage!(taught.insert(id.as_u128(), token.as_bytes()))?;
-                for old in &evicted {
+                storage!(taught.insert(lesson.id.as_u128(), lesson.token.as_bytes()))?;
+                for old in &lesson.evicted {
                     storage!(taught.remove(old.as_u128()))?;
                 }
-                removed
-            };
-            storage!(txn.commit())?;
-            if removed {
-                self.forget(&mut index, seq);
-            }
-            Ok(removed)
+                Ok(())
+            })
         })
         .inspect(|_| {
-            for old in &evicted {
-                replayed.states.remove(old);
-            }
-            replayed.order.retain(|s| !evicted.contains(s));
-            if !known {
-                replayed.order.push_back(id);
-            }
-            replayed.states.insert(id, state);
+            replayed.learn(lesson);
             self.any_replayed.store(true, Ordering::Release);
         })
     }
@@ -622,7 +312,7 @@ impl Outbox {
             return;
         }
         let replayed = lock(&self.replayed);
-        if let Some(state) = replayed.states.get(&session.id()) {
+        if let Some(state) = replayed.get(session.id()) {
             session.merge(state);
         }
     }
@@ -642,20 +332,29 @@ impl Outbox {
 
     /// Forgets the entry `seq` (its write applied). Returns whether it was queued.
     pub fn remove(&self, seq: u64) -> Result<bool, OutboxError> {
-        guarded(|| {
-            let mut index = self.index();
-            let txn = storage!(self.db()?.begin_write())?;
-            let removed = {
-                let mut table = storage!(txn.open_table(ENTRIES))?;
-                let removed = storage!(table.remove(seq))?.is_some();
-                removed
-            };
-            storage!(txn.commit())?;
-            if removed {
-                self.forget(&mut index, seq);
-            }
-            Ok(removed)
-        })
+        guarded(|| self.remove_with(seq, |_| Ok(())))
+    }
+
+    /// Removes the entry `seq` in one transaction with what `also` writes, and forgets it.
+    /// Returns whether it was queued.
+    fn remove_with(
+        &self,
+        seq: u64,
+        also: impl FnOnce(&WriteTransaction) -> Result<(), OutboxError>,
+    ) -> Result<bool, OutboxError> {
+        let mut index = self.index();
+        let txn = storage!(self.db()?.begin_write())?;
+        let removed = {
+            let mut table = storage!(txn.open_table(ENTRIES))?;
+            let removed = storage!(table.remove(seq))?.is_some();
+            removed
+        };
+        also(&txn)?;
+        storage!(txn.commit())?;
+        if removed {
+            self.forget(&mut index, seq);
+        }
+        Ok(removed)
     }
 
     fn forget(&self, index: &mut Index, seq: u64) {
@@ -703,10 +402,7 @@ impl Outbox {
                     .map(|v| v.value().to_vec())
                     .ok_or(OutboxError::NotFound(seq))?;
                 let mut dead = storage!(txn.open_table(DEAD))?;
-                let mut letter = Vec::with_capacity(bytes.len() + reason.len() + 4);
-                letter.extend_from_slice(&(reason.len() as u32).to_le_bytes());
-                letter.extend_from_slice(reason.as_bytes());
-                letter.extend_from_slice(&bytes);
+                let letter = encode_letter(reason, &bytes);
                 storage!(dead.insert(seq, letter.as_slice()))?;
             }
             storage!(txn.commit())?;
@@ -845,46 +541,4 @@ impl Outbox {
             storage!(table.len())
         })
     }
-}
-
-impl Index {
-    fn add(&mut self, seq: u64, entry: &Entry, bytes: u64) {
-        self.sessions
-            .entry(entry.write_id.session)
-            .or_default()
-            .push(Queued {
-                seq,
-                write_id: entry.write_id,
-                scopes: entry.scopes.clone(),
-                bytes,
-            });
-        self.entries += 1;
-        self.bytes += bytes;
-    }
-
-    /// Forgets the entry `seq` if it is indexed; returns its session.
-    fn forget(&mut self, seq: u64) -> Option<SessionId> {
-        let (&session, queued) = self
-            .sessions
-            .iter_mut()
-            .find(|(_, q)| q.iter().any(|q| q.seq == seq))?;
-        let at = queued.iter().position(|q| q.seq == seq)?;
-        let gone = queued.remove(at);
-        if queued.is_empty() {
-            self.sessions.remove(&session);
-        }
-        self.entries = self.entries.saturating_sub(1);
-        self.bytes = self.bytes.saturating_sub(gone.bytes);
-        Some(session)
-    }
-}
-
-/// A dead letter's reason and entry (or why its bytes are not one).
-fn decode_letter(bytes: &[u8]) -> (String, Result<Entry, DecodeError>) {
-    let mut r = Reader(bytes);
-    let reason = match r.len("reason", 64 * 1024).and_then(|len| r.take(len)) {
-        Ok(reason) => String::from_utf8_lossy(reason).into_owned(),
-        Err(e) => return ("damaged dead letter".to_owned(), Err(e)),
-    };
-    (reason, Entry::decode(r.0))
 }
