@@ -130,27 +130,27 @@ async fn each_cookie_option_shows_in_set_cookie() {
         (
             "defaults",
             layer().cookie("sid"),
-            format!("HttpOnly; SameSite=Lax; Path=/; Max-Age={ttl}; Secure"),
+            format!("HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age={ttl}"),
         ),
         (
             "domain",
             layer().cookie("sid").cookie_domain("example.com"),
-            format!("HttpOnly; SameSite=Lax; Path=/; Domain=example.com; Max-Age={ttl}; Secure"),
+            format!("HttpOnly; SameSite=Lax; Secure; Path=/; Domain=example.com; Max-Age={ttl}"),
         ),
         (
             "path",
             layer().cookie("sid").cookie_path("/app"),
-            format!("HttpOnly; SameSite=Lax; Path=/app; Max-Age={ttl}; Secure"),
+            format!("HttpOnly; SameSite=Lax; Secure; Path=/app; Max-Age={ttl}"),
         ),
         (
             "strict",
             layer().cookie("sid").cookie_same_site(SameSite::Strict),
-            format!("HttpOnly; SameSite=Strict; Path=/; Max-Age={ttl}; Secure"),
+            format!("HttpOnly; SameSite=Strict; Secure; Path=/; Max-Age={ttl}"),
         ),
         (
             "same site none",
             layer().cookie("sid").cookie_same_site(SameSite::None),
-            format!("HttpOnly; SameSite=None; Path=/; Max-Age={ttl}; Secure"),
+            format!("HttpOnly; SameSite=None; Secure; Path=/; Max-Age={ttl}"),
         ),
         (
             "not secure",
@@ -165,7 +165,7 @@ async fn each_cookie_option_shows_in_set_cookie() {
         (
             "secure again",
             layer().cookie("sid").insecure_cookie().cookie_secure(true),
-            format!("HttpOnly; SameSite=Lax; Path=/; Max-Age={ttl}; Secure"),
+            format!("HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age={ttl}"),
         ),
         (
             "options before the name",
@@ -197,6 +197,6 @@ async fn a_refused_cookie_is_cleared_with_the_same_domain_and_path() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(
         response.headers()[SET_COOKIE],
-        "sid=; HttpOnly; SameSite=Lax; Path=/app; Domain=example.com; Max-Age=0; Secure"
+        "sid=; HttpOnly; SameSite=Lax; Secure; Path=/app; Domain=example.com; Max-Age=0"
     );
 }
