@@ -58,8 +58,14 @@ impl ReadFence {
         scopes: impl Iterator<Item = ScopeKey>,
         by_version: bool,
     ) -> Self {
+        // Pushed one by one: `collect` into a `SmallVec` goes through its generic `extend`, which
+        // is not inlined (measured: +30 ns per read).
+        let mut requirements = SmallVec::new();
+        for scope in scopes {
+            requirements.push(state.requirement(scope));
+        }
         ReadFence {
-            requirements: scopes.map(|scope| state.requirement(scope)).collect(),
+            requirements,
             context: state.context(store).cloned().map(std::sync::Arc::new),
             by_version,
             session_only: state.principal_unavailable(),
@@ -289,6 +295,7 @@ impl ReadFence {
     /// Checks the scopes a cheap read returned beyond those it named up front (the items of a
     /// query): each must still reflect what `session` requires of it, or the read is stale like
     /// any other.
+    #[inline]
     pub(crate) fn check_beyond(
         &self,
         strategy: FenceStrategy,
