@@ -6,7 +6,7 @@
 
 mod exchange;
 mod layer;
-mod rejection;
+pub(crate) mod rejection;
 mod service;
 mod transport;
 

@@ -1,5 +1,6 @@
 //! Bad tokens: why a request's tokens were refused, what the server does about it, and the JSON
-//! response it rejects them with. Re-exported by [`crate::server`].
+//! response it rejects them with (the crate's one shape of error body). Re-exported by
+//! [`crate::server`].
 
 use crate::headers::{MAX_TOKENS_PER_REQUEST, REJECTED_HEADER};
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -82,10 +83,7 @@ impl TokenRejection {
     /// The response [`BadTokenPolicy::Reject`] sends: the status, the [`REJECTED_HEADER`]
     /// header, and a JSON body `{"error": code, "message": text}`.
     pub fn to_response<B: From<String>>(&self) -> Response<B> {
-        let body = to_json(&ErrorBody {
-            error: self.code(),
-            message: &self.to_string(),
-        });
+        let body = error_body(self.code(), &self.to_string());
         let mut response = Response::new(B::from(body));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
@@ -95,7 +93,15 @@ impl TokenRejection {
     }
 }
 
-/// The body of a rejection.
+/// The JSON body of this crate's error responses: `{"error": code, "message": text}`.
+pub(crate) fn error_body(code: &str, message: &str) -> String {
+    to_json(&ErrorBody {
+        error: code,
+        message,
+    })
+}
+
+/// The body of an error response.
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
