@@ -14,6 +14,10 @@
 //! - [`SessionRecordsLayer`], inside the server layer, keeps what a session coarsens out of its
 //!   token in a record shared by the instances ([`ryw::record`]), so that another instance still
 //!   fences those scopes exactly.
+//! - With the `axum` feature (off by default), the module `ryw_http::axum` makes this
+//!   axum-native: the request's session as an extractor (`CurrentSession`), a read's visibility
+//!   as a response part (`VisibilityHeader`), and `ryw::Error` as a response (`RywError`, so that
+//!   `?` works in handlers).
 //!
 //! # Concurrent requests of one session
 //!
@@ -75,12 +79,16 @@
 //! # }
 //! ```
 
+#[cfg(feature = "axum")]
+pub mod axum;
 pub mod client;
 mod headers;
 pub mod principal;
 pub mod records;
 pub mod server;
 
+#[cfg(feature = "axum")]
+pub use self::axum::{CurrentSession, MissingSessionLayer, RywError, VisibilityHeader};
 pub use client::ClientSessionLayer;
 /// The values of the session cookie's `SameSite` attribute
 /// ([`ServerSessionLayer::cookie_same_site`]), from the `cookie` crate.
