@@ -48,7 +48,7 @@ impl TableSchema {
     /// Declares a global secondary index and its partition attribute, so that queries on it are
     /// fenced by the writes of PutItem items that carry that attribute. A global index is
     /// updated item by item, in no order, so a query of a partition the session wrote to is
-    /// reported `Pending`, never `Guaranteed` (see the crate README).
+    /// reported `Pending`, never `Guaranteed` (see [Reads](crate#reads) in the crate docs).
     pub fn global_index(
         mut self,
         index: impl Into<String>,
