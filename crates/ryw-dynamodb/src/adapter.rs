@@ -136,68 +136,7 @@ impl DynamoAdapter {
     }
 }
 
-/// Builds a [`DynamoAdapter`]. Superseded by the adapter's own setters
-/// ([`DynamoAdapter::new`]), the style every adapter uses.
-#[derive(Clone, Debug, Default)]
-pub struct DynamoAdapterBuilder {
-    config: DynamoConfig,
-}
-
-impl DynamoAdapterBuilder {
-    /// Declares a table's key schema. Writes through the session layer to a table without one
-    /// fail with [`DynamoError::UnknownTable`]; reads of it are not fenced.
-    pub fn table(mut self, schema: TableSchema) -> Self {
-        self.config.tables.insert(schema.table.clone(), schema);
-        self
-    }
-
-    /// The version attribute (default `ryw_version`).
-    pub fn version_attribute(mut self, name: impl Into<String>) -> Self {
-        self.config.version_attribute = name.into();
-        self
-    }
-
-    /// The prefix of the attributes holding the item's recent write ids (default `ryw_write_id`:
-    /// `ryw_write_id_0` to `ryw_write_id_3`, see [`crate::request::RECENT_WRITE_IDS`]).
-    pub fn write_id_attribute(mut self, name: impl Into<String>) -> Self {
-        self.config.write_id_attribute = name.into();
-        self
-    }
-
-    /// The attribute holding the last write's hybrid clock (default `ryw_clock`).
-    pub fn clock_attribute(mut self, name: impl Into<String>) -> Self {
-        self.config.clock_attribute = name.into();
-        self
-    }
-
-    /// The store id in session tokens (default [`STORE_ID`](crate::request::STORE_ID); several
-    /// tables of one account share it). The same name on every adapter.
-    pub fn store_id(mut self, store: StoreId) -> Self {
-        self.config.store = store;
-        self
-    }
-
-    /// The former name of [`DynamoAdapterBuilder::store_id`].
-    #[deprecated(note = "use `store_id`, the name every adapter uses")]
-    pub fn store(self, store: StoreId) -> Self {
-        self.store_id(store)
-    }
-
-    /// Builds the adapter.
-    pub fn build(self) -> DynamoAdapter {
-        DynamoAdapter {
-            config: Arc::new(self.config),
-        }
-    }
-}
-
 impl DynamoAdapter {
-    /// A builder with the default attribute names and no tables.
-    #[deprecated(note = "use `DynamoAdapter::new()` and its setters, the style every adapter uses")]
-    pub fn builder() -> DynamoAdapterBuilder {
-        DynamoAdapterBuilder::default()
-    }
-
     fn schema(&self, table: Option<&String>) -> Option<&TableSchema> {
         self.config.tables.get(table?)
     }

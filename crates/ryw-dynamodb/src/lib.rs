@@ -27,7 +27,7 @@
 //!
 //! Eventually consistent by default. The fence verifies the item's version against the session's
 //! high-water mark and, on a miss, re-reads with `ConsistentRead` (escalating up front is
-//! [`ryw::FenceConfig::escalate`]). A consistent read is authoritative. A query is fenced on its
+//! [`ryw::FenceConfig::strong`]). A consistent read is authoritative. A query is fenced on its
 //! partition: the newest writer's clock among the items of a base-table partition shows how far
 //! the copy read is, because DynamoDB replicates each partition in order. On a store that does
 //! not (a DynamoDB-compatible store such as ScyllaDB Alternator), declare it with
@@ -89,7 +89,7 @@ mod service;
 mod transaction;
 mod write;
 
-pub use adapter::{DynamoAdapter, DynamoAdapterBuilder};
+pub use adapter::DynamoAdapter;
 pub use error::{Cancellation, CancellationCode, DynamoError};
 pub use record::DynamoRecordStore;
 pub use request::{

@@ -79,12 +79,6 @@ impl MongoAdapter {
             _documents: PhantomData,
         }
     }
-
-    /// The former constructor: `MongoAdapter::new().store_id(store).read_preference(..)`.
-    #[deprecated(note = "use `MongoAdapter::new().store_id(..).read_preference(..)`")]
-    pub fn with_store(store: StoreId, read_preference: ReadPreference) -> Self {
-        Self::new().store_id(store).read_preference(read_preference)
-    }
 }
 
 /// The scope of the whole deployment of `store`.

@@ -44,12 +44,6 @@ impl SimAdapter {
         self
     }
 
-    /// The former name of [`SimAdapter::store_id`].
-    #[deprecated(note = "use `store_id`, the name every adapter uses")]
-    pub const fn with_store(self, store: StoreId) -> Self {
-        self.store_id(store)
-    }
-
     /// The scope of `key`.
     pub fn scope(&self, key: &str) -> ScopeKey {
         ScopeKey::new(self.store, key.as_bytes())

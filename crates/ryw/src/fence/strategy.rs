@@ -57,12 +57,6 @@ impl FenceSupport {
         self
     }
 
-    /// Renamed [`FenceSupport::strong_reads`].
-    #[deprecated(note = "renamed `strong_reads`")]
-    pub const fn escalate(self, yes: bool) -> Self {
-        self.strong_reads(yes)
-    }
-
     /// Versions are positions in one store-wide order (a cluster time, an oplog position), so a
     /// server wait on a store horizon's version is sound.
     pub const fn global_versions(mut self, yes: bool) -> Self {
@@ -174,12 +168,6 @@ impl FenceConfig {
             escalate_on_stale: true,
             stale_reads: StaleReadPolicy::Pending,
         }
-    }
-
-    /// Renamed [`FenceConfig::strong`].
-    #[deprecated(note = "renamed `strong`")]
-    pub const fn escalate() -> Self {
-        Self::strong()
     }
 
     /// Sets what a read that stays stale returns.
