@@ -16,10 +16,9 @@
 //! # async fn run(client: aws_sdk_dynamodb::Client) -> Result<(), Box<dyn std::error::Error>> {
 //! let backend = Arc::new(DynamoRevocations::new(client, "app_revocations"));
 //! let list = Arc::new(
-//!     SharedRevocationList::builder(backend)
+//!     SharedRevocationList::new(backend)
 //!         .refresh_every(Duration::from_secs(5))
-//!         .on_outage(OutagePolicy::FailOpen, Duration::from_secs(60))
-//!         .build(),
+//!         .on_outage(OutagePolicy::FailOpen, Duration::from_secs(60)),
 //! );
 //! list.refresh().await?;
 //! tokio::spawn(list.clone().run_refresher());

@@ -15,7 +15,7 @@
 //! # async fn run(client: mongodb::Client) -> Result<(), Box<dyn std::error::Error>> {
 //! let backend = MongoRevocations::new(&client, "app", "revocations");
 //! backend.ensure_ttl_index().await?;
-//! let list = Arc::new(SharedRevocationList::builder(Arc::new(backend)).build());
+//! let list = Arc::new(SharedRevocationList::new(Arc::new(backend)));
 //! list.refresh().await?;
 //! tokio::spawn(list.clone().run_refresher());
 //! # Ok(()) }

@@ -35,11 +35,10 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), ryw::revocation::BackendError> {
 //! let backend = Arc::new(MemoryBackend::default()); // stands for a shared table
-//! let a = SharedRevocationList::builder(backend.clone()).build();
-//! let b = SharedRevocationList::builder(backend)
+//! let a = SharedRevocationList::new(backend.clone());
+//! let b = SharedRevocationList::new(backend)
 //!     .refresh_every(Duration::from_secs(2))
-//!     .on_outage(OutagePolicy::FailClosed, Duration::from_secs(30))
-//!     .build();
+//!     .on_outage(OutagePolicy::FailClosed, Duration::from_secs(30));
 //!
 //! let alice = SessionId::random();
 //! a.revoke_session(alice).await?;
@@ -409,23 +408,38 @@ impl fmt::Debug for SharedRevocationList {
     }
 }
 
-/// Builds a [`SharedRevocationList`].
-#[derive(Debug)]
-pub struct SharedRevocationListBuilder {
-    list: SharedRevocationList,
-}
+impl SharedRevocationList {
+    /// A list over `backend`, with the defaults: refreshed every 5 s, failing open after 60 s
+    /// without a refresh, entries kept for tokens of 7 days with 60 s of leeway, the system
+    /// clock. Configured with consuming setters, before it is shared. It starts empty and
+    /// unrefreshed: call [`SharedRevocationList::refresh`] (or run the refresher) before serving.
+    pub fn new(backend: Arc<dyn RevocationBackend>) -> Self {
+        let clock = SystemClock;
+        SharedRevocationList {
+            local: InMemoryRevocationList::new(),
+            backend,
+            created_at: clock.now_micros(),
+            clock: Arc::new(clock),
+            refresh_every: Duration::from_secs(5),
+            max_staleness: Duration::from_secs(60),
+            policy: OutagePolicy::FailOpen,
+            token_ttl: Duration::from_secs(7 * 24 * 3600),
+            leeway: Duration::from_secs(60),
+            refreshed_at: AtomicU64::new(0),
+            own: Mutex::new(Vec::new()),
+        }
+    }
 
-impl SharedRevocationListBuilder {
     /// How often the refresher reloads the backend (default 5 s): the propagation delay.
     pub fn refresh_every(mut self, every: Duration) -> Self {
-        self.list.refresh_every = every;
+        self.refresh_every = every;
         self
     }
 
     /// What to answer once no refresh succeeded for `max_staleness` (default: fail open, 60 s).
     pub fn on_outage(mut self, policy: OutagePolicy, max_staleness: Duration) -> Self {
-        self.list.policy = policy;
-        self.list.max_staleness = max_staleness;
+        self.policy = policy;
+        self.max_staleness = max_staleness;
         self
     }
 
@@ -434,44 +448,17 @@ impl SharedRevocationListBuilder {
     /// the leeway plus the staleness bound and the refresh interval (a lagging instance may have
     /// re-issued a token of the session until it saw the entry).
     pub fn token_ttl(mut self, ttl: Duration, leeway: Duration) -> Self {
-        self.list.token_ttl = ttl;
-        self.list.leeway = leeway;
+        self.token_ttl = ttl;
+        self.leeway = leeway;
         self
     }
 
-    /// The time source (default the system clock).
+    /// The time source (default the system clock); the staleness bound counts from its time
+    /// now.
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.list.created_at = clock.now_micros();
-        self.list.clock = Arc::new(clock);
+        self.created_at = clock.now_micros();
+        self.clock = Arc::new(clock);
         self
-    }
-
-    /// The list. It starts empty and unrefreshed: call [`SharedRevocationList::refresh`] (or run
-    /// the refresher) before serving.
-    pub fn build(self) -> SharedRevocationList {
-        self.list
-    }
-}
-
-impl SharedRevocationList {
-    /// A list over `backend`.
-    pub fn builder(backend: Arc<dyn RevocationBackend>) -> SharedRevocationListBuilder {
-        let clock = SystemClock;
-        SharedRevocationListBuilder {
-            list: SharedRevocationList {
-                local: InMemoryRevocationList::new(),
-                backend,
-                created_at: clock.now_micros(),
-                clock: Arc::new(clock),
-                refresh_every: Duration::from_secs(5),
-                max_staleness: Duration::from_secs(60),
-                policy: OutagePolicy::FailOpen,
-                token_ttl: Duration::from_secs(7 * 24 * 3600),
-                leeway: Duration::from_secs(60),
-                refreshed_at: AtomicU64::new(0),
-                own: Mutex::new(Vec::new()),
-            },
-        }
     }
 
     fn now_secs(&self) -> u64 {
@@ -672,12 +659,11 @@ mod tests {
         clock: &ManualClock,
         policy: OutagePolicy,
     ) -> SharedRevocationList {
-        SharedRevocationList::builder(backend)
+        SharedRevocationList::new(backend)
             .clock(clock.clone())
             .on_outage(policy, Duration::from_secs(30))
             .token_ttl(Duration::from_secs(3600), Duration::from_secs(10))
             .refresh_every(Duration::from_secs(5))
-            .build()
     }
 
     /// Two instances' lists over one (flaky) backend, with the clock at 1,000 s.

@@ -1332,10 +1332,9 @@ pub(crate) async fn revocation_is_shared_by_every_instance(client: Client) {
     let every = Duration::from_millis(300);
     let list = |backend| {
         Arc::new(
-            SharedRevocationList::builder(backend)
+            SharedRevocationList::new(backend)
                 .refresh_every(every)
-                .token_ttl(Duration::from_secs(3600), Duration::from_secs(60))
-                .build(),
+                .token_ttl(Duration::from_secs(3600), Duration::from_secs(60)),
         )
     };
     let (list_a, list_b) = (list(backend_a.clone()), list(backend_b.clone()));
@@ -1395,15 +1394,10 @@ pub(crate) async fn revocation_is_shared_by_every_instance(client: Client) {
     );
     let down = Arc::new(ryw_dynamodb::DynamoRevocations::new(unreachable, &table));
     let closed = Arc::new(
-        SharedRevocationList::builder(down.clone())
-            .on_outage(OutagePolicy::FailClosed, Duration::ZERO)
-            .build(),
+        SharedRevocationList::new(down.clone()).on_outage(OutagePolicy::FailClosed, Duration::ZERO),
     );
-    let open = Arc::new(
-        SharedRevocationList::builder(down)
-            .on_outage(OutagePolicy::FailOpen, Duration::ZERO)
-            .build(),
-    );
+    let open =
+        Arc::new(SharedRevocationList::new(down).on_outage(OutagePolicy::FailOpen, Duration::ZERO));
     assert!(closed.refresh().await.is_err());
     assert!(closed.revoke_session(Session::new().id()).await.is_err());
     tokio::time::sleep(Duration::from_millis(5)).await;

@@ -883,10 +883,9 @@ async fn revocation_is_shared_by_every_instance() {
     let every = Duration::from_millis(300);
     let list = |backend: MongoRevocations| {
         Arc::new(
-            SharedRevocationList::builder(Arc::new(backend))
+            SharedRevocationList::new(Arc::new(backend))
                 .refresh_every(every)
-                .token_ttl(Duration::from_secs(3600), Duration::from_secs(60))
-                .build(),
+                .token_ttl(Duration::from_secs(3600), Duration::from_secs(60)),
         )
     };
     let (list_a, list_b) = (list(backend_a), list(backend_b));
@@ -943,9 +942,8 @@ async fn revocation_is_shared_by_every_instance() {
         .build();
     let down = Client::with_options(options).unwrap();
     let closed = Arc::new(
-        SharedRevocationList::builder(Arc::new(MongoRevocations::new(&down, "ryw", &coll)))
-            .on_outage(OutagePolicy::FailClosed, Duration::ZERO)
-            .build(),
+        SharedRevocationList::new(Arc::new(MongoRevocations::new(&down, "ryw", &coll)))
+            .on_outage(OutagePolicy::FailClosed, Duration::ZERO),
     );
     assert!(closed.refresh().await.is_err());
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -955,9 +953,8 @@ async fn revocation_is_shared_by_every_instance() {
         .unwrap_err()
         .is_revoked());
     let open = Arc::new(
-        SharedRevocationList::builder(Arc::new(MongoRevocations::new(&down, "ryw", &coll)))
-            .on_outage(OutagePolicy::FailOpen, Duration::ZERO)
-            .build(),
+        SharedRevocationList::new(Arc::new(MongoRevocations::new(&down, "ryw", &coll)))
+            .on_outage(OutagePolicy::FailOpen, Duration::ZERO),
     );
     assert!(authority(open).verify(&fresh, None).is_ok());
 }
