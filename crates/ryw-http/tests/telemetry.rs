@@ -21,12 +21,7 @@ async fn tokens_and_the_session_store_are_counted() {
     let meter = provider.meter("ryw");
     let authority = Arc::new(TokenAuthority::new(SigningKey::new(1, [3u8; 32]).unwrap()));
     // Room for few sessions: new sessions soon evict old ones.
-    let store = Arc::new(
-        InMemorySessionStore::builder()
-            .max_sessions(16)
-            .shards(1)
-            .build(),
-    );
+    let store = Arc::new(InMemorySessionStore::new().max_sessions(16).shards(1));
     let layer = ServerSessionLayer::new(authority)
         .session_store(store)
         .observer(ryw_otel::OtelObserver::new(&meter));

@@ -56,9 +56,7 @@ fn state(i: u64, scopes: u64) -> SessionState {
 /// A store that holds `n` sessions without evicting any: generational eviction keeps between
 /// half and all of `max_sessions`, so it is sized at twice `n`.
 fn filled(n: u64, scopes: u64, max_sessions: usize) -> InMemorySessionStore {
-    let store = InMemorySessionStore::builder()
-        .max_sessions(max_sessions)
-        .build();
+    let store = InMemorySessionStore::new().max_sessions(max_sessions);
     for i in 0..n {
         store.save(&state(i, scopes));
     }

@@ -20,10 +20,9 @@
 //! use ryw::{Session, SessionId};
 //! use std::time::Duration;
 //!
-//! let store = InMemorySessionStore::builder()
+//! let store = InMemorySessionStore::new()
 //!     .max_sessions(1_000_000)
-//!     .ttl(Duration::from_secs(3600))
-//!     .build();
+//!     .ttl(Duration::from_secs(3600));
 //!
 //! let session = Session::with_id(SessionId::derive(b"user:1"));
 //! store.save(&session.snapshot());
@@ -310,63 +309,41 @@ struct Shard {
     evicted: u64,
 }
 
-/// Builds an [`InMemorySessionStore`].
-#[derive(Clone, Debug)]
-pub struct InMemorySessionStoreBuilder {
-    max_sessions: usize,
-    ttl: Option<Duration>,
-    shards: usize,
+impl Shard {
+    fn new() -> Self {
+        Shard {
+            sessions: Generations::default(),
+            young_since: 0,
+            evicted: 0,
+        }
+    }
 }
 
-impl InMemorySessionStoreBuilder {
-    /// At most this many sessions are kept (rounded down to fill the shards' tables; at least
-    /// 16 per shard).
-    pub fn max_sessions(mut self, n: usize) -> Self {
-        self.max_sessions = n;
-        self
-    }
+/// The default bound of an [`InMemorySessionStore`]: one million sessions.
+const DEFAULT_MAX_SESSIONS: usize = 1_000_000;
 
-    /// Sessions unused for this long are gone (loads return `None` from then on; memory is
-    /// reclaimed within a second TTL).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
+/// The default number of shards of an [`InMemorySessionStore`].
+const DEFAULT_SHARDS: usize = 16;
 
-    /// Number of shards (rounded up to a power of two; default 16).
-    pub fn shards(mut self, n: usize) -> Self {
-        self.shards = n.max(1).next_power_of_two();
-        self
+/// How many sessions one generation of one shard holds, for `max_sessions` over `shards`: the
+/// largest table capacity hashbrown reaches without growing past it (7/8 of a power of two), at
+/// most half a shard's share and at least 7. Rotating exactly there keeps tables full instead of
+/// half empty.
+fn generation_cap(max_sessions: usize, shards: usize) -> usize {
+    let per_generation = (max_sessions / shards / 2).max(7);
+    let mut buckets = 8usize;
+    while (buckets * 2) / 8 * 7 <= per_generation {
+        buckets *= 2;
     }
-
-    /// Builds the store. Tables grow as sessions arrive; nothing is allocated up front.
-    pub fn build(self) -> InMemorySessionStore {
-        let per_generation = (self.max_sessions / self.shards / 2).max(7);
-        // The largest table capacity hashbrown reaches without growing past it: 7/8 of a power of
-        // two. Rotating exactly there keeps tables full instead of half empty.
-        let mut buckets = 8usize;
-        while (buckets * 2) / 8 * 7 <= per_generation {
-            buckets *= 2;
-        }
-        let generation_cap = buckets / 8 * 7;
-        InMemorySessionStore {
-            shards: Shards::new(self.shards, || Shard {
-                sessions: Generations::default(),
-                young_since: 0,
-                evicted: 0,
-            }),
-            generation_cap,
-            ttl_secs: self
-                .ttl
-                .map(|t| t.as_secs().clamp(1, u64::from(u32::MAX)) as u32),
-            epoch: Instant::now(),
-        }
-    }
+    buckets / 8 * 7
 }
 
 /// A sharded, bounded, in-memory [`SessionStore`]. See the [module docs](self).
 pub struct InMemorySessionStore {
     shards: Shards<Shard>,
+    /// The bound asked for ([`InMemorySessionStore::max_sessions`]), kept to size the
+    /// generations again when the shards change.
+    max_sessions: usize,
     generation_cap: usize,
     ttl_secs: Option<u32>,
     epoch: Instant,
@@ -383,20 +360,49 @@ impl fmt::Debug for InMemorySessionStore {
 }
 
 impl Default for InMemorySessionStore {
-    /// One million sessions, no TTL.
+    /// One million sessions, no TTL ([`InMemorySessionStore::new`]).
     fn default() -> Self {
-        Self::builder().build()
+        Self::new()
     }
 }
 
 impl InMemorySessionStore {
-    /// A builder: one million sessions, no TTL, 16 shards.
-    pub fn builder() -> InMemorySessionStoreBuilder {
-        InMemorySessionStoreBuilder {
-            max_sessions: 1_000_000,
-            ttl: None,
-            shards: 16,
+    /// An empty store with the defaults: at most one million sessions, no TTL, 16 shards.
+    /// Configured with consuming setters, before it is shared. Tables grow as sessions arrive;
+    /// nothing but the shards' locks is allocated up front.
+    pub fn new() -> Self {
+        InMemorySessionStore {
+            shards: Shards::new(DEFAULT_SHARDS, Shard::new),
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            generation_cap: generation_cap(DEFAULT_MAX_SESSIONS, DEFAULT_SHARDS),
+            ttl_secs: None,
+            epoch: Instant::now(),
         }
+    }
+
+    /// At most this many sessions are kept (default one million; rounded down to fill the
+    /// shards' tables; at least 16 per shard).
+    pub fn max_sessions(mut self, n: usize) -> Self {
+        self.max_sessions = n;
+        self.generation_cap = generation_cap(n, self.shards.count());
+        self
+    }
+
+    /// Sessions unused for this long are gone: loads return `None` from then on, and their
+    /// memory is reclaimed within a second TTL (default: no TTL, sessions go only when evicted to
+    /// make room).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl_secs = Some(ttl.as_secs().clamp(1, u64::from(u32::MAX)) as u32);
+        self
+    }
+
+    /// Number of shards (default 16; rounded up to a power of two). The shards are made anew,
+    /// empty.
+    pub fn shards(mut self, n: usize) -> Self {
+        let n = n.max(1).next_power_of_two();
+        self.shards = Shards::new(n, Shard::new);
+        self.generation_cap = generation_cap(self.max_sessions, n);
+        self
     }
 
     /// The most sessions the store holds at once.
@@ -421,7 +427,7 @@ impl InMemorySessionStore {
         self.shards.iter().map(|s| s.evicted).sum()
     }
 
-    /// Seconds since the store was built; only a TTL needs them (without one, the clock is not
+    /// Seconds since the store was made; only a TTL needs them (without one, the clock is not
     /// read at all).
     fn now(&self) -> u32 {
         if self.ttl_secs.is_none() {
@@ -613,10 +619,7 @@ mod tests {
 
     #[test]
     fn bounded_with_generational_eviction() {
-        let store = InMemorySessionStore::builder()
-            .max_sessions(64)
-            .shards(1)
-            .build();
+        let store = InMemorySessionStore::new().max_sessions(64).shards(1);
         let cap = store.capacity();
         assert!(cap <= 64, "{cap}");
         // Keep session 0 hot while many others pass through.
@@ -632,10 +635,7 @@ mod tests {
 
     #[test]
     fn stats_count_live_sessions_and_every_eviction() {
-        let store = InMemorySessionStore::builder()
-            .max_sessions(64)
-            .shards(1)
-            .build();
+        let store = InMemorySessionStore::new().max_sessions(64).shards(1);
         for i in 0..1000u128 {
             store.save(&state(i, &[(1, 1)]));
         }

@@ -59,11 +59,7 @@ impl ServerSessionLayer {
                 policy: BadTokenPolicy::Reject,
                 renew_after: None,
                 observer: None,
-                store: Some(Arc::new(
-                    InMemorySessionStore::builder()
-                        .max_sessions(100_000)
-                        .build(),
-                )),
+                store: Some(Arc::new(InMemorySessionStore::new().max_sessions(100_000))),
             }),
         }
     }
