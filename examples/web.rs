@@ -56,9 +56,7 @@ async fn main() -> Result<(), BoxError> {
     let key = SigningKey::generate(1);
     let authority = || {
         Arc::new(
-            TokenAuthority::builder(KeyRing::new(key.clone()))
-                .ttl(Duration::from_secs(3600))
-                .build(),
+            TokenAuthority::new(KeyRing::new(key.clone())).token_ttl(Duration::from_secs(3600)),
         )
     };
     let sim_instance = |replica: usize| {

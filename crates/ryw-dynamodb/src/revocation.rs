@@ -22,7 +22,7 @@
 //! );
 //! list.refresh().await?;
 //! tokio::spawn(list.clone().run_refresher());
-//! // TokenAuthority::builder(keys).revocations(list.clone()).build()
+//! // TokenAuthority::new(keys).revocation_list(list.clone())
 //! # Ok(()) }
 //! ```
 

@@ -69,9 +69,8 @@ fn request(path: &str, token: Option<&str>) -> Request<String> {
 
 fn authority(cache: usize) -> Arc<TokenAuthority> {
     Arc::new(
-        TokenAuthority::builder(KeyRing::new(SigningKey::new(1, [0x5a; 32]).unwrap()))
-            .verified_cache(cache)
-            .build(),
+        TokenAuthority::new(KeyRing::new(SigningKey::new(1, [0x5a; 32]).unwrap()))
+            .verified_cache(cache),
     )
 }
 

@@ -38,8 +38,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .route("/write", get(write))
     };
 
-    let authority =
-        Arc::new(TokenAuthority::builder(KeyRing::new(SigningKey::new(1, [0x5a; 32])?)).build());
+    let authority = Arc::new(TokenAuthority::new(KeyRing::new(SigningKey::new(
+        1, [0x5a; 32],
+    )?)));
     let layered = app().layer(ServerSessionLayer::new(authority));
 
     let bare_listener = tokio::net::TcpListener::bind(&bare_addr).await?;

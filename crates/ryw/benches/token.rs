@@ -36,12 +36,11 @@ fn bench(c: &mut Criterion) {
             b.iter(|| black_box(SessionToken::decode(black_box(&encoded)).unwrap()))
         });
     }
-    let authority = TokenAuthority::builder(
+    let authority = TokenAuthority::new(
         KeyRing::new(SigningKey::new(2, [0x5a; 32]).unwrap())
             .with_previous(SigningKey::new(1, [0xa5; 32]).unwrap())
             .unwrap(),
-    )
-    .build();
+    );
     let s = state(4);
     let signed = authority.issue(&s, None).unwrap();
     let bound = authority.issue(&s, Some(b"user:1234")).unwrap();

@@ -26,9 +26,8 @@
 //! use ryw::{SessionId, SessionState};
 //! use std::time::Duration;
 //!
-//! let authority = TokenAuthority::builder(KeyRing::new(SigningKey::new(1, [7u8; 32])?))
-//!     .ttl(Duration::from_secs(24 * 3600))
-//!     .build();
+//! let authority = TokenAuthority::new(KeyRing::new(SigningKey::new(1, [7u8; 32])?))
+//!     .token_ttl(Duration::from_secs(24 * 3600));
 //! let state = SessionState::new(SessionId::derive(b"user:7"));
 //!
 //! // Issued to user 7: valid for user 7 only.
@@ -60,7 +59,7 @@ mod mask;
 #[cfg(test)]
 mod tests;
 
-pub use authority::{TokenAuthority, TokenAuthorityBuilder, VerifyError, DEFAULT_VERIFIED_CACHE};
+pub use authority::{TokenAuthority, VerifyError, DEFAULT_VERIFIED_CACHE};
 pub use keys::{KeyError, KeyRing, SigningKey, MAX_PREVIOUS_KEYS, MIN_KEY_LEN};
 // The revocation types the authority's API names, also where its users have always found them.
 pub use crate::revocation::{InMemoryRevocationList, PrincipalBinding, Revocation, RevocationList};

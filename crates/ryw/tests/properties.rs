@@ -381,11 +381,10 @@ mod verified_cache {
     }
 
     fn authority(cache: usize) -> TokenAuthority {
-        TokenAuthority::builder(KeyRing::new(SigningKey::new(1, [1u8; 32]).unwrap()))
-            .ttl(Duration::from_secs(TTL))
+        TokenAuthority::new(KeyRing::new(SigningKey::new(1, [1u8; 32]).unwrap()))
+            .token_ttl(Duration::from_secs(TTL))
             .leeway(Duration::from_secs(10))
             .verified_cache(cache)
-            .build()
     }
 
     fn principal(p: Option<u8>) -> Option<Vec<u8>> {

@@ -298,11 +298,10 @@ mod tests {
         // epoch revocation of the session it came from no longer applied to it.
         let list = Arc::new(ryw::signing::InMemoryRevocationList::new());
         let authority = Arc::new(
-            TokenAuthority::builder(ryw::signing::KeyRing::new(
+            TokenAuthority::new(ryw::signing::KeyRing::new(
                 SigningKey::new(1, [3u8; 32]).unwrap(),
             ))
-            .revocations(list.clone())
-            .build(),
+            .revocation_list(list.clone()),
         );
         let service = ServerSessionLayer::new(authority.clone()).layer(service_fn(echo_session));
         let now = ryw::signing::now_secs();
@@ -458,12 +457,11 @@ mod tests {
     #[tokio::test]
     async fn renew_after_zero_and_past_the_ttl_never_echo_a_token_that_should_be_renewed() {
         let authority = Arc::new(
-            TokenAuthority::builder(ryw::signing::KeyRing::new(
+            TokenAuthority::new(ryw::signing::KeyRing::new(
                 SigningKey::new(1, [3u8; 32]).unwrap(),
             ))
-            .ttl(Duration::from_secs(100))
-            .leeway(Duration::from_secs(60))
-            .build(),
+            .token_ttl(Duration::from_secs(100))
+            .leeway(Duration::from_secs(60)),
         );
         let now = ryw::signing::now_secs();
         let state = Session::new().snapshot();

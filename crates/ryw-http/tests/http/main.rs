@@ -37,10 +37,9 @@ struct Deployment {
 
 fn authority() -> Arc<TokenAuthority> {
     Arc::new(
-        TokenAuthority::builder(KeyRing::new(SigningKey::new(1, SECRET_1).unwrap()))
-            .ttl(Duration::from_secs(600))
-            .leeway(Duration::ZERO)
-            .build(),
+        TokenAuthority::new(KeyRing::new(SigningKey::new(1, SECRET_1).unwrap()))
+            .token_ttl(Duration::from_secs(600))
+            .leeway(Duration::ZERO),
     )
 }
 

@@ -892,10 +892,9 @@ async fn revocation_is_shared_by_every_instance() {
     list_a.refresh().await.unwrap();
     list_b.refresh().await.unwrap();
     let authority = |list: Arc<SharedRevocationList>| {
-        TokenAuthority::builder(KeyRing::new(SigningKey::new(1, [6u8; 32]).unwrap()))
-            .ttl(Duration::from_secs(3600))
-            .revocations(list)
-            .build()
+        TokenAuthority::new(KeyRing::new(SigningKey::new(1, [6u8; 32]).unwrap()))
+            .token_ttl(Duration::from_secs(3600))
+            .revocation_list(list)
     };
     let (a, b) = (authority(list_a.clone()), authority(list_b.clone()));
     let refresher = tokio::spawn(list_b.clone().run_refresher());

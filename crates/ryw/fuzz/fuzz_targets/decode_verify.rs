@@ -15,12 +15,11 @@ const NOW: u64 = 1_790_000_000;
 fn authority() -> &'static TokenAuthority {
     static AUTHORITY: OnceLock<TokenAuthority> = OnceLock::new();
     AUTHORITY.get_or_init(|| {
-        TokenAuthority::builder(
+        TokenAuthority::new(
             KeyRing::new(SigningKey::new(2, [0x5a; 32]).unwrap())
                 .with_previous(SigningKey::new(1, [0xa5; 32]).unwrap())
                 .unwrap(),
         )
-        .build()
     })
 }
 

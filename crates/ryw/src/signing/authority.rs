@@ -139,23 +139,53 @@ impl fmt::Debug for TokenAuthority {
     }
 }
 
-/// Builds a [`TokenAuthority`].
-#[derive(Debug)]
-pub struct TokenAuthorityBuilder {
-    keys: KeyRing,
-    ttl: Duration,
-    leeway: Duration,
-    revocations: Option<Arc<dyn RevocationList>>,
-    cache_capacity: usize,
-}
-
 /// The default capacity of the verified-token cache (tokens).
 pub const DEFAULT_VERIFIED_CACHE: usize = 16_384;
 
-impl TokenAuthorityBuilder {
-    /// How long an issued token stays valid (default 7 days). Every response re-issues the token,
-    /// so this is the longest a client may stay idle and keep its session.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
+/// The default lifetime of an issued token: 7 days.
+const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The default clock leeway: 60 s.
+const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+
+impl TokenAuthority {
+    /// An authority over `keys` (a [`KeyRing`], or one [`SigningKey`]) with the defaults: tokens
+    /// valid for 7 days, 60 s of clock leeway, its own [`InMemoryRevocationList`], a verified-token
+    /// cache of [`DEFAULT_VERIFIED_CACHE`] tokens. Configured with consuming setters, before it
+    /// is shared:
+    ///
+    /// ```
+    /// use ryw::signing::{KeyRing, SigningKey, TokenAuthority};
+    /// use std::time::Duration;
+    ///
+    /// let keys = KeyRing::new(SigningKey::new(2, [2u8; 32])?)
+    ///     .with_previous(SigningKey::new(1, [1u8; 32])?)?;
+    /// let authority = TokenAuthority::new(keys)
+    ///     .token_ttl(Duration::from_secs(24 * 3600))
+    ///     .leeway(Duration::from_secs(10));
+    /// assert_eq!(authority.ttl(), Duration::from_secs(24 * 3600));
+    /// assert_eq!(authority.key_ids(), [2, 1]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn new(keys: impl Into<KeyRing>) -> Self {
+        let keys = keys.into();
+        let in_memory = Arc::new(InMemoryRevocationList::new());
+        TokenAuthority {
+            current_id: AtomicU8::new(keys.current_id()),
+            keys: RwLock::new(keys),
+            ring_generation: AtomicU64::new(0),
+            ttl: DEFAULT_TTL,
+            leeway: DEFAULT_LEEWAY,
+            revocations: in_memory.clone(),
+            in_memory: Some(in_memory),
+            cache: cache::VerifiedCache::new(DEFAULT_VERIFIED_CACHE),
+        }
+    }
+
+    /// How long an issued token stays valid (default 7 days; read back with
+    /// [`TokenAuthority::ttl`]). Every response re-issues the token, so this is the longest a
+    /// client may stay idle and keep its session.
+    pub fn token_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
     }
@@ -167,15 +197,17 @@ impl TokenAuthorityBuilder {
         self
     }
 
-    /// Where revocations are checked (default: a fresh [`InMemoryRevocationList`], reachable with
-    /// [`TokenAuthority::revocations`]).
-    pub fn revocations(mut self, list: Arc<dyn RevocationList>) -> Self {
-        self.revocations = Some(list);
+    /// Where revocations are checked (default: the authority's own [`InMemoryRevocationList`],
+    /// reachable with [`TokenAuthority::revocations`]; given a list, the authority has none of
+    /// its own).
+    pub fn revocation_list(mut self, list: Arc<dyn RevocationList>) -> Self {
+        self.revocations = list;
+        self.in_memory = None;
         self
     }
 
     /// How many verified tokens to remember (default [`DEFAULT_VERIFIED_CACHE`]; 0 turns the
-    /// cache off).
+    /// cache off). The cache is made anew, empty.
     ///
     /// A token is remembered, by its exact text and the principal that presented it, the second
     /// time it verifies (most tokens are presented once: each write answers with a new one; a
@@ -185,57 +217,17 @@ impl TokenAuthorityBuilder {
     /// retirement empties the cache). Each entry holds the token text and its decoded state, a
     /// few hundred bytes.
     pub fn verified_cache(mut self, capacity: usize) -> Self {
-        self.cache_capacity = capacity;
+        self.cache = cache::VerifiedCache::new(capacity);
         self
     }
 
-    /// The authority.
-    pub fn build(self) -> TokenAuthority {
-        let (revocations, in_memory) = match self.revocations {
-            Some(list) => (list, None),
-            None => {
-                let list = Arc::new(InMemoryRevocationList::new());
-                (list.clone() as Arc<dyn RevocationList>, Some(list))
-            }
-        };
-        TokenAuthority {
-            current_id: AtomicU8::new(self.keys.current_id()),
-            keys: RwLock::new(self.keys),
-            ring_generation: AtomicU64::new(0),
-            ttl: self.ttl,
-            leeway: self.leeway,
-            revocations,
-            in_memory,
-            cache: cache::VerifiedCache::new(self.cache_capacity),
-        }
-    }
-}
-
-impl TokenAuthority {
-    /// Starts building an authority over `keys`.
-    pub fn builder(keys: KeyRing) -> TokenAuthorityBuilder {
-        TokenAuthorityBuilder {
-            keys,
-            ttl: Duration::from_secs(7 * 24 * 3600),
-            leeway: Duration::from_secs(60),
-            revocations: None,
-            cache_capacity: DEFAULT_VERIFIED_CACHE,
-        }
-    }
-
-    /// An authority with one key and the defaults.
-    pub fn new(key: SigningKey) -> Self {
-        Self::builder(KeyRing::new(key)).build()
-    }
-
-    /// The token lifetime.
+    /// The token lifetime (set with [`TokenAuthority::token_ttl`]).
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
 
-    /// The in-memory revocation list, when the authority was built with the default one (`None`
-    /// when it checks a list given to [`TokenAuthorityBuilder::revocations`]: revoke through
-    /// that one).
+    /// The authority's own in-memory revocation list, the default one (`None` when it checks a
+    /// list given to [`TokenAuthority::revocation_list`]: revoke through that one).
     pub fn revocations(&self) -> Option<&InMemoryRevocationList> {
         self.in_memory.as_deref()
     }
@@ -254,7 +246,7 @@ impl TokenAuthority {
 
     /// Revokes every session of `principal` that started before `epoch` (seconds since the Unix
     /// epoch), in the authority's own revocation list; returns false when the authority checks a
-    /// list given to [`TokenAuthorityBuilder::revocations`] (revoke there, with
+    /// list given to [`TokenAuthority::revocation_list`] (revoke there, with
     /// [`TokenAuthority::principal_bindings`]).
     pub fn revoke_principal_before(&self, principal: &[u8], epoch: u64) -> bool {
         let Some(list) = self.in_memory.as_deref() else {

@@ -138,6 +138,13 @@ pub struct KeyRing {
     previous: Vec<SigningKey>,
 }
 
+impl From<SigningKey> for KeyRing {
+    /// A ring with one key ([`KeyRing::new`]).
+    fn from(current: SigningKey) -> Self {
+        KeyRing::new(current)
+    }
+}
+
 impl KeyRing {
     /// A ring with one key.
     pub fn new(current: SigningKey) -> Self {

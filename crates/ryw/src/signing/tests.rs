@@ -26,10 +26,9 @@ fn state(scopes: u64) -> SessionState {
 }
 
 fn authority() -> TokenAuthority {
-    TokenAuthority::builder(KeyRing::new(SigningKey::new(1, [1u8; 32]).unwrap()))
-        .ttl(Duration::from_secs(3600))
+    TokenAuthority::new(KeyRing::new(SigningKey::new(1, [1u8; 32]).unwrap()))
+        .token_ttl(Duration::from_secs(3600))
         .leeway(Duration::from_secs(10))
-        .build()
 }
 
 #[test]
@@ -134,11 +133,10 @@ fn an_epoch_revocation_survives_a_refresh() {
     // Before, the epoch was compared with the token's issue time, and one refresh (a
     // re-issue from the verified state, at any instance) laundered an older session.
     let list = Arc::new(InMemoryRevocationList::new());
-    let a = TokenAuthority::builder(KeyRing::new(SigningKey::new(1, [1u8; 32]).unwrap()))
-        .ttl(Duration::from_secs(3600))
+    let a = TokenAuthority::new(KeyRing::new(SigningKey::new(1, [1u8; 32]).unwrap()))
+        .token_ttl(Duration::from_secs(3600))
         .leeway(Duration::from_secs(10))
-        .revocations(list.clone())
-        .build();
+        .revocation_list(list.clone());
     let t = a.issue_at(&state(2), None, NOW).unwrap();
     let refreshed = a
         .issue_at(
