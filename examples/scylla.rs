@@ -10,9 +10,14 @@
 //! as a latency-minded service would; through ryw they also start at `LOCAL_ONE`, are verified
 //! by `WRITETIME`, and re-read at `LOCAL_QUORUM` on a miss. On one node nothing is ever stale; on
 //! a multi-node cluster under write load the plain mode shows stale reads and ryw does not.
+//!
+//! `ryw::Session` (the user's read-your-writes session) and the driver's
+//! `scylla::client::session::Session` (the connection pool) share a name: the driver's is imported
+//! as `ScyllaSession`.
 
 use ryw::{FenceConfig, ReadYourWritesLayer, Session};
 use ryw_scylla::{ScyllaAdapter, ScyllaRequest, ScyllaService};
+use scylla::client::session::Session as ScyllaSession;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::{Consistency, Statement};
 use std::sync::Arc;
@@ -90,7 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn run(
-    driver: &Arc<scylla::client::session::Session>,
+    driver: &Arc<ScyllaSession>,
     ryw_on: bool,
 ) -> Result<Tally, Box<dyn std::error::Error>> {
     let layer = ReadYourWritesLayer::new(ScyllaAdapter::new())

@@ -20,16 +20,21 @@
 //!
 //! # Example
 //!
+//! [`ryw::Session`] (one user's read-your-writes session) and the driver's
+//! `scylla::client::session::Session` (the connection pool) share a name; import the driver's
+//! under another one, such as `ScyllaSession`, where both are used.
+//!
 //! ```no_run
 //! use ryw::{FenceConfig, ReadYourWritesLayer, Session};
 //! use ryw_scylla::{ScyllaAdapter, ScyllaRequest, ScyllaService};
+//! use scylla::client::session::Session as ScyllaSession;
 //! use scylla::client::session_builder::SessionBuilder;
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let driver = SessionBuilder::new().known_node("127.0.0.1:9042").build().await?;
+//! let driver: ScyllaSession = SessionBuilder::new().known_node("127.0.0.1:9042").build().await?;
 //! let mut posts = ServiceBuilder::new()
 //!     .layer(
 //!         ReadYourWritesLayer::new(ScyllaAdapter::new())
