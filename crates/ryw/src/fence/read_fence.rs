@@ -74,7 +74,7 @@ impl ReadFence {
     }
 
     /// The same fence for a read whose cheap response cannot show that it meets it
-    /// ([`Verification::ServerSideOnly`]): when fenced, the read waits server-side (where the
+    /// ([`Verification::ServerSideOnly`](crate::fence::Verification::ServerSideOnly)): when fenced, the read waits server-side (where the
     /// store can) or goes to the strong path up front, and a cheap read is never reported
     /// `Guaranteed`.
     pub fn server_side_only(mut self) -> Self {

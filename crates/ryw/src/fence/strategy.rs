@@ -10,7 +10,7 @@ pub enum FenceStrategy {
     /// The store waits until it has the required version.
     ServerWait,
     /// The read goes to the store's strongly consistent path (a read that starts here or is
-    /// escalated here reports [`FencePath::Escalated`]).
+    /// escalated here reports [`FencePath::Escalated`](crate::fence::FencePath::Escalated)).
     Strong,
     /// The read is cheap; the layer verifies the versions it returns.
     Verify,
@@ -103,7 +103,7 @@ pub enum Verification {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StaleReadPolicy {
-    /// Return the data with [`Visibility::Pending`] (the default).
+    /// Return the data with [`Visibility::Pending`](crate::fence::Visibility::Pending) (the default).
     #[default]
     Pending,
     /// Fail with [`crate::Error::StaleRead`].

@@ -28,7 +28,7 @@ pub enum Escalation {
     /// The layer is configured to read strongly up front ([`crate::FenceConfig::strong`]).
     Configured,
     /// A cheap read of these scopes cannot show that it meets the fence
-    /// ([`Verification::ServerSideOnly`]: several rows of a partition of a store
+    /// ([`Verification::ServerSideOnly`](crate::fence::Verification::ServerSideOnly): several rows of a partition of a store
     /// that does not replicate a partition in order).
     Unverifiable,
 }
