@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it (`.ci/run` calls this script and nothing else).
 #
 # Starts the test servers that can run here (moto for DynamoDB, SecantusDB for MongoDB; see
-# tests/servers.sh), then runs
+# tests/servers.sh), checks and unit-tests the Prometheus alert rules under deploy/ with promtool,
+# then runs
 # unit, property, layer, simulation, adapter, HTTP and benchmark-smoke tests, doc tests, the
 # examples, a bounded fuzzing run of the token decoder, formatting and lints. Tests that need Docker live in testcontainers/: they compile here and
 # print what they skipped.
@@ -13,6 +14,15 @@ source tests/servers.sh
 start_moto
 start_secantus
 install_chromium
+install_promtool
+
+# The alert rules parse, and fire (and stay quiet) on their unit tests' series. RYW_PROMTOOL also
+# lets tests/prometheus.rs check the Grafana dashboard's queries.
+promtool_started=$SECONDS
+"$RYW_PROMTOOL" check rules deploy/prometheus/ryw-alerts.yml
+"$RYW_PROMTOOL" test rules deploy/prometheus/ryw-alerts.test.yml
+echo "tools: promtool checks took $((SECONDS - promtool_started)) s"
+
 # With the servers up, an adapter test that cannot reach its server fails instead of skipping.
 export RYW_REQUIRE_SERVERS=1
 # A one-off build gains nothing from incremental artifacts; they would double the disk it needs.

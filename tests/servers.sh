@@ -95,3 +95,22 @@ install_chromium() {
   export RYW_CHROMIUM="$bin"
   echo "tools: chromium at $RYW_CHROMIUM"
 }
+
+# promtool (Debian's prometheus package), to check and unit-test deploy/prometheus's alert rules.
+# Installs nothing when promtool is already on PATH. Runs as root (CI's containers), no sudo.
+install_promtool() {
+  local bin
+  bin=$(command -v promtool || true)
+  if [[ -z "$bin" ]]; then
+    echo "tools: installing promtool (Debian's prometheus package): apt-get update && apt-get install -y prometheus"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    bin=$(command -v promtool || true)
+  fi
+  if [[ -z "$bin" ]]; then
+    echo "tools: promtool could not be installed" >&2
+    return 1
+  fi
+  export RYW_PROMTOOL="$bin"
+  echo "tools: $("$bin" --version 2>&1 | head -n 1) at $RYW_PROMTOOL"
+}
