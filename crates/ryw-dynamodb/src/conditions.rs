@@ -326,3 +326,90 @@ fn check_table<'a>(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ryw::clock::HybridTimestamp;
+    use ryw::stamp::Stamp;
+    use ryw::{SessionId, WriteId};
+
+    /// An attribute's size as DynamoDB bills it (the developer guide's "Item sizes and
+    /// formats"): the name's UTF-8 bytes plus, for a string, its UTF-8 bytes, and for a number,
+    /// one byte per two significant digits plus one.
+    fn billed(name: &str, value: &AttributeValue) -> usize {
+        name.len()
+            + match value {
+                AttributeValue::S(s) => s.len(),
+                AttributeValue::N(n) => {
+                    let digits = n.trim_start_matches('0').trim_end_matches('0').len();
+                    digits.div_ceil(2) + 1
+                }
+                other => panic!("not an attribute ryw writes: {other:?}"),
+            }
+    }
+
+    fn billed_size(item: &Item) -> usize {
+        item.iter().map(|(name, value)| billed(name, value)).sum()
+    }
+
+    /// What ryw's attributes add to an item, with a clock of 16 significant digits (microseconds
+    /// since 1970, as the hybrid clock reads them) and write ids whose sequence number has one
+    /// digit (a session's first nine writes). docs/cost.md quotes these numbers.
+    #[test]
+    fn what_the_stamp_adds_to_an_item() {
+        let mut config = DynamoConfig::default();
+        config
+            .tables
+            .insert("t".into(), TableSchema::new("t", "pk"));
+        let write = |seq: u64, expected: Option<u64>| DynamoStamp {
+            stamp: Stamp::new(
+                WriteId::new(SessionId::derive(b"cost"), 0x5eed, seq),
+                HybridTimestamp::new(1_767_225_600_123_457 + seq),
+            ),
+            expected: vec![expected],
+            replay: false,
+        };
+        let table = "t".to_owned();
+
+        // A put of a new item: its version (the clock), one write id, the clock.
+        let first = write(1, None);
+        let stamp = Conditions::single(&config, Some(&table), &first).unwrap();
+        let mut item = Item::new();
+        stamp.stamp_item(&mut item);
+        let write_id = first.stamp.write_id.to_string();
+        assert_eq!(
+            write_id.len(),
+            51,
+            "32 + 1 + 16 + 1 hex and dashes, one digit"
+        );
+        let sizes: std::collections::BTreeMap<&str, usize> = item
+            .iter()
+            .map(|(name, value)| (name.as_str(), billed(name, value)))
+            .collect();
+        let slot = config.write_id_slot(stamp.next());
+        assert_eq!(
+            sizes,
+            [
+                ("ryw_clock", 9 + 9),
+                ("ryw_version", 11 + 9),
+                (slot.as_str(), 14 + 51),
+            ]
+            .into()
+        );
+        assert_eq!(billed_size(&item), 103);
+
+        // Updates move the version by one and fill the other write-id slots: after four writes
+        // the item holds four ids (a put of the whole item starts again from one).
+        let mut version = stamp.next();
+        for seq in 2..=4 {
+            let w = write(seq, Some(version));
+            let stamp = Conditions::single(&config, Some(&table), &w).unwrap();
+            assert_eq!(stamp.next(), version + 1);
+            stamp.stamp_item(&mut item);
+            version = stamp.next();
+        }
+        assert_eq!(item.len(), 2 + RECENT_WRITE_IDS);
+        assert_eq!(billed_size(&item), 20 + 18 + 4 * 65);
+    }
+}

@@ -287,3 +287,43 @@ pub(crate) fn names_one_by_id(filter: &Document) -> bool {
         None => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::{doc, oid::ObjectId};
+    use ryw::SessionId;
+
+    /// The BSON bytes `document` takes inside another document (without the 5 bytes of an
+    /// empty document's length and terminator).
+    fn bson_bytes(document: Document) -> usize {
+        let mut bytes = Vec::new();
+        document.to_writer(&mut bytes).unwrap();
+        bytes.len() - 5
+    }
+
+    /// What ryw's write ids add to a document, for write ids whose sequence number has one digit
+    /// (a session's first nine writes; each further digit adds a byte per id). docs/cost.md
+    /// quotes these numbers.
+    #[test]
+    fn what_the_write_ids_add_to_a_document() {
+        let ids: Vec<String> = (1..=RECENT_WRITE_IDS as u64)
+            .map(|seq| WriteId::new(SessionId::derive(b"cost"), 0x5eed, seq).to_string())
+            .collect();
+        assert!(ids.iter().all(|id| id.len() == 51));
+        // The list after one update (or a replace, or an insert with the caller's own `_id`),
+        // and once full: 20 bytes for the field and the array, 59 per id.
+        assert_eq!(bson_bytes(doc! { WRITE_ID_FIELD: &ids[..1] }), 20 + 59);
+        assert_eq!(
+            bson_bytes(doc! { WRITE_ID_FIELD: &ids }),
+            20 + 59 * RECENT_WRITE_IDS
+        );
+        assert_eq!(RECENT_WRITE_IDS, 8);
+        // An insert without `_id`: the write id is the `_id`, a string, where the driver would
+        // have made a 12-byte ObjectId.
+        assert_eq!(bson_bytes(doc! { "_id": &ids[0] }), 61);
+        assert_eq!(bson_bytes(doc! { "_id": ObjectId::new() }), 17);
+        // In insert_many, `<write id>/<i>`.
+        assert_eq!(bson_bytes(doc! { "_id": format!("{}/0", ids[0]) }), 63);
+    }
+}
