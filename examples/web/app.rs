@@ -15,11 +15,14 @@ use axum::extract::{Path, State};
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Router};
+use axum::Router;
 use ryw::principal::PrincipalRecords;
 use ryw::signing::TokenAuthority;
 use ryw::{Session, SessionRequest, SessionResponse, Visibility, WriteId};
-use ryw_http::{BadTokenPolicy, Principal, PrincipalRecordsLayer, ServerSessionLayer};
+use ryw_http::{
+    BadTokenPolicy, CurrentSession, Principal, PrincipalRecordsLayer, RywError, ServerSessionLayer,
+    VisibilityHeader,
+};
 use ryw_sim::{SimError, SimRequest, SimResponse};
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +32,14 @@ use tower::{ServiceBuilder, ServiceExt};
 
 /// A boxed future, for the store trait below.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A store's error, whichever store: what the handlers answer with [`RywError`].
+pub(crate) type Failure = ryw::Error<Box<dyn std::error::Error + Send + Sync>>;
+
+/// A store's `ryw::Error` as a [`Failure`].
+pub(crate) fn boxed<E: std::error::Error + Send + Sync + 'static>(error: ryw::Error<E>) -> Failure {
+    error.map_store(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+}
 
 /// What a write returned.
 pub(crate) struct Written {
@@ -46,9 +57,9 @@ pub(crate) struct Read {
 /// simulated store and, with the `dynamodb` feature, for DynamoDB.
 pub(crate) trait Posts: Send + Sync + 'static {
     /// Writes post `id`.
-    fn put(&self, session: Session, id: String, value: u64) -> BoxFuture<Result<Written, String>>;
+    fn put(&self, session: Session, id: String, value: u64) -> BoxFuture<Result<Written, Failure>>;
     /// Reads post `id`.
-    fn get(&self, session: Session, id: String) -> BoxFuture<Result<Read, String>>;
+    fn get(&self, session: Session, id: String) -> BoxFuture<Result<Read, Failure>>;
 }
 
 /// The store of one app instance.
@@ -65,13 +76,13 @@ pub(crate) type SimStack = BoxCloneSyncService<
 pub(crate) struct SimPosts(pub SimStack);
 
 impl Posts for SimPosts {
-    fn put(&self, session: Session, id: String, value: u64) -> BoxFuture<Result<Written, String>> {
+    fn put(&self, session: Session, id: String, value: u64) -> BoxFuture<Result<Written, Failure>> {
         let service = self.0.clone();
         Box::pin(async move {
             let response = service
                 .oneshot(session.request(SimRequest::put(format!("posts/{id}"), value)))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(boxed)?;
             Ok(Written {
                 write_id: response.write_id(),
                 visibility: response.visibility().clone(),
@@ -79,13 +90,13 @@ impl Posts for SimPosts {
         })
     }
 
-    fn get(&self, session: Session, id: String) -> BoxFuture<Result<Read, String>> {
+    fn get(&self, session: Session, id: String) -> BoxFuture<Result<Read, Failure>> {
         let service = self.0.clone();
         Box::pin(async move {
             let response = service
                 .oneshot(session.request(SimRequest::get(format!("posts/{id}"))))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(boxed)?;
             Ok(Read {
                 value: response.get_ref().value(),
                 visibility: response.visibility().clone(),
@@ -113,7 +124,7 @@ where
 /// Posts on DynamoDB: items `{pk: "posts/<id>", value: N}` in one table.
 #[cfg(feature = "dynamodb")]
 pub mod dynamo {
-    use super::{BoxFuture, Posts, Read, Written};
+    use super::{boxed, BoxFuture, Failure, Posts, Read, Written};
     use aws_sdk_dynamodb::operation::{get_item::GetItemInput, put_item::PutItemInput};
     use aws_sdk_dynamodb::types::AttributeValue;
     use ryw::{ReadYourWritesLayer, Session};
@@ -145,7 +156,7 @@ pub mod dynamo {
             session: Session,
             id: String,
             value: u64,
-        ) -> BoxFuture<Result<Written, String>> {
+        ) -> BoxFuture<Result<Written, Failure>> {
             let request: DynamoRequest = PutItemInput::builder()
                 .table_name(&self.table)
                 .item("pk", AttributeValue::S(format!("posts/{id}")))
@@ -156,7 +167,7 @@ pub mod dynamo {
                 let response = service
                     .oneshot(session.request(request))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(boxed)?;
                 Ok(Written {
                     write_id: response.write_id(),
                     visibility: response.visibility().clone(),
@@ -164,7 +175,7 @@ pub mod dynamo {
             })
         }
 
-        fn get(&self, session: Session, id: String) -> BoxFuture<Result<Read, String>> {
+        fn get(&self, session: Session, id: String) -> BoxFuture<Result<Read, Failure>> {
             let request: DynamoRequest = GetItemInput::builder()
                 .table_name(&self.table)
                 .key("pk", AttributeValue::S(format!("posts/{id}")))
@@ -174,7 +185,7 @@ pub mod dynamo {
                 let response = service
                     .oneshot(session.request(request))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(boxed)?;
                 let value = response
                     .get_ref()
                     .item()
@@ -202,59 +213,48 @@ pub(crate) fn describe(visibility: &Visibility) -> String {
 
 async fn put_post(
     State(store): State<PostStore>,
-    Extension(session): Extension<Session>,
+    session: CurrentSession,
     Path(id): Path<String>,
     body: String,
-) -> Response {
+) -> Result<Response, RywError<Box<dyn std::error::Error + Send + Sync>>> {
     let Ok(value) = body.trim().parse::<u64>() else {
-        return (
+        return Ok((
             StatusCode::BAD_REQUEST,
             "{\"error\":\"body must be a number\"}".to_owned(),
         )
-            .into_response();
+            .into_response());
     };
-    match store.put(session, id, value).await {
-        Ok(written) => (
-            StatusCode::OK,
-            format!(
-                "{{\"write_id\":\"{}\",\"visibility\":\"{}\"}}",
-                written.write_id.map(|w| w.to_string()).unwrap_or_default(),
-                describe(&written.visibility)
-            ),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{{\"error\":{e:?}}}"),
-        )
-            .into_response(),
-    }
+    // A store error becomes a JSON answer with its status (`RywError`), through `?`.
+    let written = store.put(session.into_inner(), id, value).await?;
+    Ok((
+        StatusCode::OK,
+        VisibilityHeader(written.visibility.clone()),
+        format!(
+            "{{\"write_id\":\"{}\",\"visibility\":\"{}\"}}",
+            written.write_id.map(|w| w.to_string()).unwrap_or_default(),
+            describe(&written.visibility)
+        ),
+    )
+        .into_response())
 }
 
 async fn get_post(
     State(store): State<PostStore>,
-    Extension(session): Extension<Session>,
+    session: CurrentSession,
     Path(id): Path<String>,
-) -> Response {
-    match store.get(session, id).await {
-        // The read's visibility also goes out as the `ryw-visibility` header: the session layer
-        // turns the extension into it.
-        Ok(read) => (
-            StatusCode::OK,
-            Extension(read.visibility.clone()),
-            format!(
-                "{{\"value\":{},\"visibility\":\"{}\"}}",
-                read.value.map_or("null".to_owned(), |v| v.to_string()),
-                describe(&read.visibility)
-            ),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{{\"error\":{e:?}}}"),
-        )
-            .into_response(),
-    }
+) -> Result<Response, RywError<Box<dyn std::error::Error + Send + Sync>>> {
+    let read = store.get(session.into_inner(), id).await?;
+    // The read's visibility also goes out as the `ryw-visibility` header.
+    Ok((
+        StatusCode::OK,
+        VisibilityHeader(read.visibility.clone()),
+        format!(
+            "{{\"value\":{},\"visibility\":\"{}\"}}",
+            read.value.map_or("null".to_owned(), |v| v.to_string()),
+            describe(&read.visibility)
+        ),
+    )
+        .into_response())
 }
 
 /// The router of one app instance. With `principals`, a user's devices share the user's record:

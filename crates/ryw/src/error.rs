@@ -56,6 +56,40 @@ pub enum Error<E> {
 }
 
 impl<E> Error<E> {
+    /// The same error with the store's error mapped by `f`: for an application that serves
+    /// several stores and answers their errors with one type (for example
+    /// `ryw_http::RywError<Box<dyn std::error::Error + Send + Sync>>`).
+    ///
+    /// ```
+    /// let error: ryw::Error<std::io::Error> = ryw::Error::NotReady(std::io::ErrorKind::TimedOut.into());
+    /// let boxed: ryw::Error<String> = error.map_store(|e| e.to_string());
+    /// assert!(matches!(boxed, ryw::Error::NotReady(s) if s == "timed out"));
+    /// ```
+    pub fn map_store<F>(self, f: impl FnOnce(E) -> F) -> Error<F> {
+        match self {
+            Error::Store {
+                source,
+                attempts,
+                transient,
+                may_have_applied,
+            } => Error::Store {
+                source: f(source),
+                attempts,
+                transient,
+                may_have_applied,
+            },
+            Error::Ambiguous { write_id, source } => Error::Ambiguous {
+                write_id,
+                source: f(source),
+            },
+            Error::Conflict(c) => Error::Conflict(c),
+            Error::StaleRead(s) => Error::StaleRead(s),
+            Error::NotReady(e) => Error::NotReady(f(e)),
+            Error::AlreadySent { write_id } => Error::AlreadySent { write_id },
+            Error::Unscoped => Error::Unscoped,
+        }
+    }
+
     /// True for store failures (permanent or after retries).
     pub fn is_store(&self) -> bool {
         matches!(self, Error::Store { .. })
