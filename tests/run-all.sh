@@ -10,6 +10,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The crates' rust-version is the toolchain this suite builds and tests with: the claim is checked
+# here and nowhere else, so the suite runs on that toolchain or not at all.
+msrv="$(sed -n 's/^rust-version = "\([0-9.]*\)"$/\1/p' Cargo.toml)"
+[[ "$msrv" == *.*.* ]] || msrv="$msrv.0"
+if [[ "$(rustc --version)" != "rustc $msrv "* ]]; then
+    if command -v rustup >/dev/null && rustup toolchain list | grep -q "^$msrv-"; then
+        export RUSTUP_TOOLCHAIN="$msrv"
+    else
+        echo "rust-version is $msrv, and rustc is $(rustc --version | cut -d' ' -f2): install $msrv" \
+            "(rustup toolchain install $msrv --component clippy,rustfmt)" >&2
+        exit 1
+    fi
+fi
+
 source tests/servers.sh
 start_moto
 start_secantus

@@ -387,7 +387,7 @@ mod tests {
         Entry {
             write_id: WriteId::new(SessionId::from_u128(u128::MAX - seq as u128), 3, seq),
             timestamp: HybridTimestamp::new(seq * 1000),
-            may_have_applied: seq % 2 == 0,
+            may_have_applied: seq.is_multiple_of(2),
             deferred_at: 1_800_000_000 + seq,
             scopes: (0..scopes)
                 .map(|i| ScopeKey::new(StoreId::new(i as u8), &seq.to_le_bytes()))

@@ -438,7 +438,7 @@ impl FenceLearner {
             // Cold: the base schedule, within the budget.
             (rereads < c.base.rereads).then_some(c.base.reread_delay.min(budget))
         } else if rereads == 0 {
-            let every = |n: u32| n > 0 && s.misses % u64::from(n) == 0;
+            let every = |n: u32| n > 0 && s.misses.is_multiple_of(u64::from(n));
             let turn = Turn {
                 explore: every(c.explore_every),
                 canary: every(c.canary_every),
