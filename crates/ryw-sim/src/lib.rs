@@ -11,6 +11,15 @@
 //!
 //! It is a test and demo tool, never a substitute for the real stores in the adapters' tests.
 //!
+//! # Features
+//!
+//! - `paused-runtime` (on by default): `workload::run_blocking` and
+//!   `workload::run_blocking_observed`, which run a workload on a runtime of their own whose clock
+//!   is paused. It turns on tokio's `test-util`, without which tokio cannot pause a clock.
+//!   Without the feature, the store and the workloads run in the caller's runtime: paused by the
+//!   caller (`#[tokio::test(start_paused = true)]`, which needs `test-util` in the caller's own
+//!   build) for simulated time, or in real time.
+//!
 //! # Example
 //!
 //! ```

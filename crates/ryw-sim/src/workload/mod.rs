@@ -21,5 +21,7 @@ mod user;
 
 pub use mode::Mode;
 pub use report::RunReport;
-pub use run::{run, run_blocking, run_blocking_observed, run_observed};
+pub use run::{run, run_observed};
+#[cfg(feature = "paused-runtime")]
+pub use run::{run_blocking, run_blocking_observed};
 pub use scenario::Scenario;

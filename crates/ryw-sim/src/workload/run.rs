@@ -110,11 +110,16 @@ pub async fn run_observed(
 }
 
 /// Runs `scenario` in `mode` on a fresh paused single-threaded runtime: deterministic per seed.
+///
+/// Needs the feature `paused-runtime` (on by default): tokio pauses a runtime's clock only with its
+/// `test-util` feature. Without it, call [`run`] in a paused runtime of your own.
+#[cfg(feature = "paused-runtime")]
 pub fn run_blocking(scenario: &Scenario, mode: &Mode) -> RunReport {
     run_blocking_observed(scenario, mode, None)
 }
 
 /// [`run_blocking`], with `observer` installed on every instance's session layer.
+#[cfg(feature = "paused-runtime")]
 pub fn run_blocking_observed(
     scenario: &Scenario,
     mode: &Mode,
