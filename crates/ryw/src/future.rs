@@ -150,6 +150,7 @@ impl<A: StoreAdapter> InFlight<A> {
             Operation::Write(_) => copies.as_deref().map(Copies::lock),
             Operation::Read => None,
         };
+        let mut fence = ReadFence::new();
         let start = stamp::stamp_or_reuse(
             config,
             &session,
@@ -157,6 +158,7 @@ impl<A: StoreAdapter> InFlight<A> {
             &mut base,
             &scopes,
             slot.as_deref_mut(),
+            &mut fence,
         );
         let sent = match slot.as_deref_mut() {
             Some(Some(write)) => write.send(op, start.may_have_applied),
@@ -164,7 +166,6 @@ impl<A: StoreAdapter> InFlight<A> {
         };
         drop(slot);
 
-        let fence = start.fence;
         let strategy = match op {
             Operation::Read => fence.initial_strategy(&config.fence, config.support),
             _ => FenceStrategy::Verify,

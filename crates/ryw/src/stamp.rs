@@ -230,11 +230,10 @@ impl<R> Outstanding<R> {
     }
 }
 
-/// What a request takes from its session when it starts, and how it was stamped.
+/// What a request takes from its session when it starts (besides its fence), and how it was
+/// stamped.
 #[derive(Debug)]
 pub(crate) struct Start {
-    /// What the session requires of the request's scopes.
-    pub(crate) fence: ReadFence,
     /// A write's stamp (`None` for a read).
     pub(crate) stamp: Option<Stamp>,
     /// The session's clock when the request started.
@@ -245,9 +244,10 @@ pub(crate) struct Start {
     pub(crate) may_have_applied: bool,
 }
 
-/// The one stamp-or-reuse step, for a send and for [`crate::ReadYourWrites::stamp`] alike: reads
-/// the session's requirements of `scopes` (the read fence, or a write's conditions for
-/// writes-follow-reads) and, for a write, stamps `request` or takes its copies' stamp.
+/// The one stamp-or-reuse step, for a send and for [`crate::ReadYourWrites::stamp`] alike: fills
+/// `fence` (new) with the session's requirements of `scopes` (the read fence, or a write's
+/// conditions for writes-follow-reads) and, for a write, stamps `request` or takes its copies'
+/// stamp.
 ///
 /// `copies` is the request's copies' write, locked by the caller across the step so that copies
 /// started at once share one stamp. When a copy was stamped, `request` becomes the copy's stamped
@@ -262,6 +262,7 @@ pub(crate) fn stamp_or_reuse<A: StoreAdapter, P>(
     request: &mut A::Request,
     scopes: &Scopes,
     copies: Option<&mut Option<Outstanding<A::Request>>>,
+    fence: &mut ReadFence,
 ) -> Start {
     let adapter = &config.adapter;
     let reused = copies
@@ -272,7 +273,7 @@ pub(crate) fn stamp_or_reuse<A: StoreAdapter, P>(
         let mut state = session.lock();
         let by_version =
             op != Operation::Read || adapter.verification(request) == Verification::Versions;
-        let fence = ReadFence::of(&state, adapter.store(), scopes.iter(), by_version);
+        fence.fill(&state, adapter.store(), scopes.iter(), by_version);
         let stamp = match (op, &reused) {
             (Operation::Write(_), None) => {
                 let (write_id, timestamp) = state.next_write(config.clock.now_micros());
@@ -281,7 +282,6 @@ pub(crate) fn stamp_or_reuse<A: StoreAdapter, P>(
             _ => None,
         };
         Start {
-            fence,
             stamp,
             clock: state.clock(),
             reused: false,
@@ -295,7 +295,7 @@ pub(crate) fn stamp_or_reuse<A: StoreAdapter, P>(
         start.reused = true;
         start.may_have_applied = may_have_applied;
     } else if let Some(stamp) = start.stamp {
-        adapter.stamp_write(request, stamp, &start.fence);
+        adapter.stamp_write(request, stamp, fence);
         if let Some(slot) = copies {
             *slot = Some(Outstanding {
                 stamp,
@@ -329,7 +329,15 @@ pub(crate) fn keep_for_later<A: StoreAdapter, P>(
     adapter.scopes(&base, &mut scopes);
     // Held across stamping, as a send holds it: clones stamped at once share one stamp.
     let mut slot = copies.lock();
-    let start = stamp_or_reuse(config, session, op, &mut base, &scopes, Some(&mut slot));
+    let start = stamp_or_reuse(
+        config,
+        session,
+        op,
+        &mut base,
+        &scopes,
+        Some(&mut slot),
+        &mut ReadFence::new(),
+    );
     slot.as_mut()
         .map(|write| write.keep_for_later(start.reused))
 }
