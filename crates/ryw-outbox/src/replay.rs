@@ -5,6 +5,7 @@ use crate::entry::{DurableRequest, Entry};
 use crate::store::{Outbox, OutboxError};
 use ryw::adapter::StoreAdapter;
 use ryw::retry::RetryPolicy;
+use ryw::stamp::Stamp;
 use ryw::telemetry::{Observer, OutboxEvent};
 use ryw::{ReadYourWrites, Session, SessionId, SessionRequest, SessionResponse, StampedWrite};
 use std::collections::{HashMap, HashSet};
@@ -155,12 +156,11 @@ where
             }
             let request = SessionRequest::from_stamped(
                 session.clone(),
-                StampedWrite {
-                    write_id: entry.write_id,
-                    timestamp: entry.timestamp,
+                StampedWrite::new(
+                    Stamp::new(entry.write_id, entry.timestamp),
                     request,
-                    may_have_applied: entry.may_have_applied,
-                },
+                    entry.may_have_applied,
+                ),
             );
             let result = match self.service.ready().await {
                 Ok(service) => service.call(request).await,

@@ -468,6 +468,12 @@ impl<A: StoreAdapter> InFlight<A> {
         }
     }
 
+    /// Whether an attempt of this write, or of a copy of it, may have applied: its own, or a
+    /// copy's in flight, lost or applied. Read when the request ends in an error.
+    fn may_have_applied(&self) -> bool {
+        self.may_have_applied || self.copies.as_deref().is_some_and(Copies::outstanding)
+    }
+
     fn on_final_error(&mut self, class: Option<ErrorClass>, error: A::Error) -> Out<A> {
         // A re-read or escalation failed: the earlier (stale) data is still worth returning.
         if let Some((response, mut stale)) = self.cold.as_mut().and_then(|c| c.held.take()) {
@@ -487,7 +493,7 @@ impl<A: StoreAdapter> InFlight<A> {
             source: error,
             attempts: self.sent,
             transient,
-            may_have_applied: self.may_have_applied && self.op != Operation::Read,
+            may_have_applied: self.op != Operation::Read && self.may_have_applied(),
         })
     }
 
@@ -496,7 +502,7 @@ impl<A: StoreAdapter> InFlight<A> {
         config: &LayerConfig<A, P>,
         error: A::Error,
     ) -> Result<(), Error<A::Error>> {
-        let may_have_applied = self.may_have_applied;
+        let may_have_applied = self.may_have_applied();
         let store_error = |error| Error::Store {
             source: error,
             attempts: self.sent,

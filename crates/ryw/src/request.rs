@@ -87,7 +87,10 @@ impl<R> SessionRequest<R> {
     /// A request that sends `write` again as the same write: the layer does not stamp it anew,
     /// and sends it as a replay ([`crate::adapter::StoreAdapter::prepare_replay`]) when an
     /// attempt of it may have applied; a write that may not be replayed is then
-    /// [`crate::Error::AlreadySent`]. Its clones share the stamp as any request's do.
+    /// [`crate::Error::AlreadySent`]. Its clones share the stamp as any request's do, and so do
+    /// the requests made from clones of `write` in this process: a kept write handed to
+    /// `from_stamped` twice goes out once as itself, then as a replay (or not at all, for a
+    /// write that may not be replayed, while the first may have applied).
     pub fn from_stamped(session: Session, write: StampedWrite<R>) -> Self
     where
         R: Clone,
@@ -96,7 +99,7 @@ impl<R> SessionRequest<R> {
             session,
             request: write.request.clone(),
             stale_reads: None,
-            copies: OnceLock::from(Arc::new(Copies::of(write))),
+            copies: OnceLock::from(write.into_copies()),
         }
     }
 
@@ -124,7 +127,7 @@ impl<R> SessionRequest<R> {
     }
 
     /// The write shared by the request and its clones (created now if it was never cloned).
-    pub(crate) fn copies_write(&self) -> &Copies<R> {
+    pub(crate) fn copies_write(&self) -> &Arc<Copies<R>> {
         self.copies.get_or_init(Arc::default)
     }
 

@@ -39,7 +39,13 @@ pub use crate::session::Stamp;
 /// A write as the layer stamped it: enough to send it again later, or from another process, as
 /// the same write ([`crate::SessionRequest::from_stamped`]). `ryw-outbox` keeps these durably
 /// while the store is down.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// In the process that stamped it, a `StampedWrite` and its clones are one write: every
+/// request made from them with `from_stamped` counts its attempts with the others' (and with
+/// the request it was taken from, for [`crate::SessionRequest::stamped`]), so a write that may
+/// not be replayed goes out once however many times it is handed to `from_stamped`. One built
+/// with [`StampedWrite::new`] (decoded from storage, say) starts from its `may_have_applied`.
+#[derive(Clone)]
 pub struct StampedWrite<R> {
     /// The write's id.
     pub write_id: WriteId,
@@ -49,12 +55,65 @@ pub struct StampedWrite<R> {
     pub request: R,
     /// An attempt of it may have applied: sent again, it must go as a replay.
     pub may_have_applied: bool,
+    /// The attempts of every delivery of this write in this process.
+    copies: Option<Arc<Copies<R>>>,
 }
 
 impl<R> StampedWrite<R> {
+    /// A stamped write from its parts (as kept in storage): sent with
+    /// [`crate::SessionRequest::from_stamped`], it goes as a replay when `may_have_applied`.
+    pub fn new(stamp: Stamp, request: R, may_have_applied: bool) -> Self {
+        StampedWrite {
+            write_id: stamp.write_id,
+            timestamp: stamp.timestamp,
+            request,
+            may_have_applied,
+            copies: None,
+        }
+    }
+
     /// Its stamp.
     pub fn stamp(&self) -> Stamp {
         Stamp::new(self.write_id, self.timestamp)
+    }
+
+    /// The copies a request made from this write shares: those of the write it was taken from,
+    /// or new ones counting `may_have_applied` as an attempt.
+    pub(crate) fn into_copies(self) -> Arc<Copies<R>> {
+        match self.copies {
+            Some(copies) => copies,
+            None => Arc::new(Copies {
+                write: Mutex::new(Some(Outstanding {
+                    stamp: Stamp::new(self.write_id, self.timestamp),
+                    request: self.request,
+                    attempts: u32::from(self.may_have_applied),
+                })),
+                shared: OnceLock::new(),
+            }),
+        }
+    }
+}
+
+impl<R: PartialEq> PartialEq for StampedWrite<R> {
+    /// The same write, stamped and sent alike (whichever deliveries share its attempts).
+    fn eq(&self, other: &Self) -> bool {
+        self.write_id == other.write_id
+            && self.timestamp == other.timestamp
+            && self.request == other.request
+            && self.may_have_applied == other.may_have_applied
+    }
+}
+
+impl<R: Eq> Eq for StampedWrite<R> {}
+
+impl<R: std::fmt::Debug> std::fmt::Debug for StampedWrite<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StampedWrite")
+            .field("write_id", &self.write_id)
+            .field("timestamp", &self.timestamp)
+            .field("request", &self.request)
+            .field("may_have_applied", &self.may_have_applied)
+            .finish_non_exhaustive()
     }
 }
 
@@ -135,18 +194,6 @@ impl<R: std::fmt::Debug> std::fmt::Debug for Copies<R> {
 }
 
 impl<R> Copies<R> {
-    /// Copies already sending `write`.
-    pub(crate) fn of(write: StampedWrite<R>) -> Self {
-        Copies {
-            write: Mutex::new(Some(Outstanding {
-                stamp: write.stamp(),
-                request: write.request,
-                attempts: u32::from(write.may_have_applied),
-            })),
-            shared: OnceLock::new(),
-        }
-    }
-
     /// The stamped write, held while a copy stamps it (so that copies started at once share one
     /// stamp) or counts an attempt.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Option<Outstanding<R>>> {
@@ -159,12 +206,21 @@ impl<R> Copies<R> {
         slot.clone().downcast::<T>().ok()
     }
 
-    /// The write the copies send, once one of them stamped it.
-    pub(crate) fn stamped(&self) -> Option<StampedWrite<R>>
+    /// The write the copies send, once one of them stamped it; its deliveries count their
+    /// attempts with the copies'.
+    pub(crate) fn stamped(self: &Arc<Self>) -> Option<StampedWrite<R>>
     where
         R: Clone,
     {
-        self.lock().as_ref().map(Outstanding::write)
+        let mut write = self.lock().as_ref().map(Outstanding::write)?;
+        write.copies = Some(self.clone());
+        Some(write)
+    }
+
+    /// Whether an attempt of a copy may have applied and is not known to have failed: one in
+    /// flight, one whose answer was lost, or one that applied.
+    pub(crate) fn outstanding(&self) -> bool {
+        self.lock().as_ref().is_some_and(|write| write.attempts > 0)
     }
 
     /// The attempt just answered with `class` (`None`: it succeeded); one that shows it did not
@@ -203,6 +259,7 @@ impl<R> Outstanding<R> {
             timestamp: self.stamp.timestamp,
             request: self.request.clone(),
             may_have_applied: self.attempts > 0,
+            copies: None,
         }
     }
 
@@ -216,17 +273,25 @@ impl<R> Outstanding<R> {
         Ok(may_have_applied)
     }
 
-    /// Keeps the write for later ([`crate::ReadYourWrites::stamp`]): whoever sends it then sends
-    /// it as a replay. `reused`: it was stamped before, by a copy or a kept write.
-    pub(crate) fn keep_for_later(&mut self, reused: bool) -> StampedWrite<R>
+    /// Keeps the write for later ([`crate::ReadYourWrites::stamp`]): whoever sends the request
+    /// or a clone of it then sends it as a replay. `reused`: it was stamped before, by a copy
+    /// or a kept write, and the kept write's deliveries count their attempts with the copies'
+    /// (`copies`); otherwise they count theirs together, from none.
+    fn keep_for_later(&mut self, reused: bool, copies: &Arc<Copies<R>>) -> StampedWrite<R>
     where
         R: Clone,
     {
         self.attempts = self.attempts.max(1);
-        StampedWrite {
+        let mut kept = StampedWrite {
             may_have_applied: reused,
             ..self.write()
-        }
+        };
+        kept.copies = Some(if reused {
+            copies.clone()
+        } else {
+            kept.clone().into_copies()
+        });
+        kept
     }
 }
 
@@ -316,7 +381,7 @@ pub(crate) fn keep_for_later<A: StoreAdapter, P>(
     config: &LayerConfig<A, P>,
     session: &Session,
     request: &A::Request,
-    copies: &Copies<A::Request>,
+    copies: &Arc<Copies<A::Request>>,
 ) -> Option<StampedWrite<A::Request>> {
     let adapter = &config.adapter;
     let mut base = request.clone();
@@ -339,7 +404,7 @@ pub(crate) fn keep_for_later<A: StoreAdapter, P>(
         &mut ReadFence::new(),
     );
     slot.as_mut()
-        .map(|write| write.keep_for_later(start.reused))
+        .map(|write| write.keep_for_later(start.reused, copies))
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@ use ryw::conflict::{Conflict, ConflictResolver, Resolution};
 use ryw::fence::{FenceConfig, FencePath, FenceStrategy, FenceSupport, ReadFence, StaleReadPolicy};
 use ryw::retry::{Backoff, RetryBudget, RetryPolicy, TowerPolicy};
 use ryw::stamp::Stamp;
-use ryw::{ReadYourWritesLayer, ScopeKey, Session, StoreId, Version, Visibility, WriteId};
+use ryw::{
+    ReadYourWritesLayer, ScopeKey, Session, SessionRequest, StoreId, Version, Visibility, WriteId,
+};
 use std::time::Duration;
 use tokio_test_shim::*;
 use tower::{Layer, Service, ServiceExt};
@@ -1106,4 +1108,131 @@ async fn the_observer_hears_every_request_retry_miss_and_conflict() {
         recorder.take(),
         ["Read Guaranteed(Escalated) attempts=1 rereads=0 escalation=Some(Configured) scopes=1"]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_copy_reports_that_a_clone_still_in_flight_may_apply() {
+    // The original is refused (its own attempt did not apply) while its hedge is in flight: the
+    // write may still apply through the hedge, and the original's error says so.
+    for permanent in [false, true] {
+        let (svc, mut handle) = mock::pair::<Req, Resp>();
+        let mut svc = ReadYourWritesLayer::new(adapter())
+            .retry(RetryPolicy::new().max_retries(0))
+            .layer(svc);
+        let session = Session::new();
+        let original = session.request(put("a", Replay::Safe));
+        let hedge = original.clone();
+        let a = tokio::spawn(svc.ready().await.unwrap().call(original));
+        let (_, shed) = handle.next_request().await.unwrap();
+        let b = tokio::spawn(svc.ready().await.unwrap().call(hedge));
+        let (_, hedge_answer) = handle.next_request().await.unwrap();
+        let refusal = if permanent {
+            KvError::Invalid
+        } else {
+            KvError::Throttled
+        };
+        shed.send_error(refusal);
+        let err = a.await.unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ryw::Error::Store {
+                    may_have_applied: true,
+                    ..
+                }
+            ),
+            "permanent={permanent}, the hedge is in flight: {err:?}"
+        );
+        hedge_answer.send_response(resp(1));
+        b.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_write_sent_twice_applies_once() {
+    // A write kept for later (`stamp`) and sent twice through `from_stamped` (two deliveries of
+    // one kept write, one after the other or at once): an unreplayable write goes out once, a
+    // replayable one goes out again as a replay.
+    for (replay, concurrent) in [
+        (Replay::Never, false),
+        (Replay::Never, true),
+        (Replay::Safe, false),
+        (Replay::Safe, true),
+    ] {
+        let (svc, mut handle) = mock::pair::<Req, Resp>();
+        let mut svc = ReadYourWritesLayer::new(adapter())
+            .retry(RetryPolicy::new().max_retries(0))
+            .layer(svc);
+        let session = Session::new();
+        let kept = svc.stamp(&session.request(put("a", replay))).unwrap();
+        assert!(!kept.may_have_applied);
+        let first = SessionRequest::from_stamped(session.clone(), kept.clone());
+        let second = SessionRequest::from_stamped(session.clone(), kept.clone());
+        let a = tokio::spawn(svc.ready().await.unwrap().call(first));
+        let (sent, answer) = handle.next_request().await.unwrap();
+        assert!(
+            !replayed(&sent),
+            "the kept write's first delivery: {sent:?}"
+        );
+        let mut in_flight = Some((a, answer));
+        if !concurrent {
+            let (a, answer) = in_flight.take().unwrap();
+            answer.send_response(resp(1));
+            a.await.unwrap().unwrap();
+        }
+        let b = tokio::spawn(svc.ready().await.unwrap().call(second));
+        if replay == Replay::Never {
+            let err = tokio::time::timeout(Duration::from_secs(60), b)
+                .await
+                .expect("the second delivery was sent")
+                .unwrap()
+                .unwrap_err();
+            assert!(
+                matches!(err, ryw::Error::AlreadySent { .. }),
+                "concurrent={concurrent}: {err}"
+            );
+        } else {
+            let (again, send) = handle.next_request().await.unwrap();
+            assert_eq!(stamp_of(&again), stamp_of(&sent));
+            assert!(replayed(&again), "concurrent={concurrent}: {again:?}");
+            send.send_response(resp(1));
+            b.await.unwrap().unwrap();
+        }
+        if let Some((a, answer)) = in_flight {
+            answer.send_response(resp(1));
+            a.await.unwrap().unwrap();
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_write_refused_before_applying_is_delivered_again_as_a_first_attempt() {
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = ReadYourWritesLayer::new(adapter())
+        .retry(RetryPolicy::new().max_retries(0))
+        .layer(svc);
+    let session = Session::new();
+    let kept = svc
+        .stamp(&session.request(put("a", Replay::Never)))
+        .unwrap();
+    let a = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(SessionRequest::from_stamped(session.clone(), kept.clone())),
+    );
+    let (first, shed) = handle.next_request().await.unwrap();
+    shed.send_error(KvError::Throttled);
+    assert!(a.await.unwrap().unwrap_err().is_transient());
+    let b = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(SessionRequest::from_stamped(session.clone(), kept)),
+    );
+    let (again, send) = handle.next_request().await.unwrap();
+    assert_eq!(stamp_of(&again), stamp_of(&first));
+    assert!(!replayed(&again), "nothing applied: {again:?}");
+    send.send_response(resp(1));
+    b.await.unwrap().unwrap();
 }

@@ -1247,10 +1247,7 @@ async fn a_replayed_insert_with_its_own_id_is_recognised_by_its_write_id() {
     let stamped = keep.stamped().expect("sent");
     let replay = ryw::SessionRequest::from_stamped(
         session.clone(),
-        ryw::StampedWrite {
-            may_have_applied: true,
-            ..stamped
-        },
+        ryw::StampedWrite::new(stamped.stamp(), stamped.request, true),
     );
     let out = svc.ready().await.unwrap().call(replay).await.unwrap();
     assert!(out.get_ref().was_replayed(), "recognised as applied");
@@ -1266,10 +1263,7 @@ async fn a_replayed_insert_with_its_own_id_is_recognised_by_its_write_id() {
         .unwrap();
     let replay = ryw::SessionRequest::from_stamped(
         other,
-        ryw::StampedWrite {
-            may_have_applied: true,
-            ..stamped
-        },
+        ryw::StampedWrite::new(stamped.stamp(), stamped.request, true),
     );
     let err = svc.ready().await.unwrap().call(replay).await.unwrap_err();
     assert!(err.is_ambiguous(), "{err}");
