@@ -40,6 +40,13 @@ pub enum ScyllaError {
         /// The tracked column.
         column: String,
     },
+    /// A configuration error: a paged request that cannot be sent (a write or a batch given a
+    /// paging state, a page size that is not positive). Nothing was sent.
+    #[error("configuration: {reason}")]
+    InvalidPaging {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The result did not have the shape the request declared (a conditional write without
     /// `[applied]`, a write time that is not 64 bits, a row that could not be read).
     #[error("unexpected result: {0}")]
@@ -86,9 +93,9 @@ impl ScyllaError {
                 _ => "connection",
             },
             ScyllaError::NotApplied { .. } => "not_applied",
-            ScyllaError::Untracked | ScyllaError::TrackedColumnNotSelected { .. } => {
-                "configuration"
-            }
+            ScyllaError::Untracked
+            | ScyllaError::TrackedColumnNotSelected { .. }
+            | ScyllaError::InvalidPaging { .. } => "configuration",
             ScyllaError::Result(_) => "result",
             ScyllaError::Middleware(_) => "middleware",
         }
@@ -143,11 +150,14 @@ impl ScyllaError {
     }
 
     /// A configuration error of the request ([`ScyllaError::Untracked`],
-    /// [`ScyllaError::TrackedColumnNotSelected`]): permanent, nothing to retry.
+    /// [`ScyllaError::TrackedColumnNotSelected`], [`ScyllaError::InvalidPaging`]): permanent,
+    /// nothing to retry.
     pub fn is_configuration(&self) -> bool {
         matches!(
             self,
-            ScyllaError::Untracked | ScyllaError::TrackedColumnNotSelected { .. }
+            ScyllaError::Untracked
+                | ScyllaError::TrackedColumnNotSelected { .. }
+                | ScyllaError::InvalidPaging { .. }
         )
     }
 

@@ -2,6 +2,7 @@
 //! needs to know about it (read or write, the partitions it touches, whether it is idempotent).
 
 use ryw::stamp::Stamp;
+use scylla::response::{PagingState, PagingStateResponse};
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::Batch;
 use scylla::statement::prepared::PreparedStatement;
@@ -174,6 +175,17 @@ pub struct ScyllaRequest {
     pub(crate) stamp: Option<Stamp>,
     /// The consistency of this attempt (set by the fence for reads, by the adapter for writes).
     pub(crate) consistency: Option<Consistency>,
+    /// For a paged read: where the page starts, and its size.
+    pub(crate) paging: Option<Paging>,
+}
+
+/// One page of a paged read: where it starts and how many rows it asks for.
+#[derive(Clone, Debug)]
+pub(crate) struct Paging {
+    /// The paging state the page resumes from (`PagingState::start()` for the first page).
+    pub(crate) state: PagingState,
+    /// Rows per page; `None`: the statement's own page size.
+    pub(crate) size: Option<i32>,
 }
 
 impl fmt::Debug for ScyllaRequest {
@@ -186,6 +198,7 @@ impl fmt::Debug for ScyllaRequest {
             .field("idempotent", &self.idempotent)
             .field("stamp", &self.stamp)
             .field("consistency", &self.consistency)
+            .field("paging", &self.paging)
             .finish_non_exhaustive()
     }
 }
@@ -206,6 +219,7 @@ impl ScyllaRequest {
             idempotent: true,
             stamp: None,
             consistency: None,
+            paging: None,
         }
     }
 
@@ -331,5 +345,82 @@ impl ScyllaRequest {
     /// The consistency this attempt runs at, once the layer has chosen it.
     pub fn consistency(&self) -> Option<Consistency> {
         self.consistency
+    }
+
+    /// Makes a read paged: it fetches one page, of at most `rows` rows, and its response carries
+    /// the paging state to resume from ([`ScyllaResponse::paging_state`]). The read starts at the
+    /// first page unless [`ScyllaRequest::page`] says otherwise. `rows` must be positive: a read
+    /// with another page size fails with [`ScyllaError::InvalidPaging`] before anything is sent.
+    ///
+    /// Each page is one request through the session layer, fenced like any other read of its
+    /// scopes: see [`ScyllaRequest::page`].
+    ///
+    /// [`ScyllaResponse::paging_state`]: crate::ScyllaResponse::paging_state
+    /// [`ScyllaError::InvalidPaging`]: crate::ScyllaError::InvalidPaging
+    pub fn page_size(mut self, rows: i32) -> Self {
+        let paging = self.paging.get_or_insert_with(|| Paging {
+            state: PagingState::start(),
+            size: None,
+        });
+        paging.size = Some(rows);
+        self
+    }
+
+    /// Makes a read paged and resumes it at `state`: the paging state a page of the same
+    /// statement, with the same values, returned (`PagingState::start()` for the first page). The
+    /// page size is the one set with [`ScyllaRequest::page_size`], or else the statement's own
+    /// (5000 rows unless set on it). [`ScyllaRequest::next_page`] builds the next page's request
+    /// from a response.
+    ///
+    /// Each page is one request through the session layer, fenced by the same rules as an
+    /// unpaged read of its scopes: a page of a partition the session has written or read runs at
+    /// the strong consistency up front; a page of one row is verified by the row's write time
+    /// and re-read at the strong consistency when it is older than the session's write. A page
+    /// read again (escalated, or retried after an error) resumes from the same paging state as
+    /// the first attempt, and the response carries the paging state of the attempt returned, so
+    /// no row is skipped or returned twice. Scylla's paging state records the position the page
+    /// ended at (the last partition and clustering key, and the rows left under a `LIMIT`) and
+    /// hints for its own caches, not the replicas' data or the consistency: a page may resume at
+    /// another consistency than the page before it, through any coordinator.
+    ///
+    /// A page's guarantee covers the rows after its paging state: a write made after an earlier
+    /// page passed its row shows in a new read, not in the later pages of this one.
+    pub fn page(mut self, state: PagingState) -> Self {
+        match &mut self.paging {
+            Some(paging) => paging.state = state,
+            None => {
+                self.paging = Some(Paging { state, size: None });
+            }
+        }
+        self
+    }
+
+    /// The paging state this read resumes from, for a paged read.
+    pub fn paging_state(&self) -> Option<&PagingState> {
+        self.paging.as_ref().map(|p| &p.state)
+    }
+
+    /// The request for the page after `response` (a response to this paged read): the same
+    /// statement, values, scopes and page size, resuming at the paging state `response` carries.
+    /// `None` when `response` was the last page, or is not a page.
+    pub fn next_page(&self, response: &crate::ScyllaResponse) -> Option<ScyllaRequest> {
+        let paging = self.paging.as_ref()?;
+        let PagingStateResponse::HasMorePages { state } = response.paging_state()? else {
+            return None;
+        };
+        Some(ScyllaRequest {
+            statement: self.statement.clone(),
+            values: self.values.clone(),
+            batch_values: self.batch_values.clone(),
+            kind: self.kind.clone(),
+            scopes: self.scopes.clone(),
+            idempotent: self.idempotent,
+            stamp: None,
+            consistency: None,
+            paging: Some(Paging {
+                state: state.clone(),
+                size: paging.size,
+            }),
+        })
     }
 }

@@ -7,6 +7,7 @@ use scylla::client::session::Session;
 use scylla::deserialize::row::ColumnIterator;
 use scylla::policies::retry::{DefaultRetryPolicy, RetryPolicy};
 use scylla::response::query_result::{QueryResult, QueryRowsResult};
+use scylla::response::PagingStateResponse;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::Consistency;
 use scylla::value::{CqlValue, Row};
@@ -22,6 +23,7 @@ pub struct ScyllaResponse {
     rows: Option<QueryRowsResult>,
     writetime: Option<i64>,
     consistency: Option<Consistency>,
+    paging_state: Option<PagingStateResponse>,
 }
 
 impl ScyllaResponse {
@@ -46,6 +48,24 @@ impl ScyllaResponse {
     /// attempt of the driver's: [`ScyllaService`] never lets the driver lower it.
     pub fn consistency(&self) -> Option<Consistency> {
         self.consistency
+    }
+
+    /// For a page of a paged read ([`ScyllaRequest::page_size`], [`ScyllaRequest::page`]):
+    /// whether more pages follow, and the paging state to resume from
+    /// ([`ScyllaRequest::next_page`] builds that request). `None` for an unpaged request.
+    ///
+    /// A page the session layer read again (escalated to the strong consistency) carries the
+    /// paging state of the read it returned, never the one of the attempt it discarded.
+    pub fn paging_state(&self) -> Option<&PagingStateResponse> {
+        self.paging_state.as_ref()
+    }
+
+    /// True for a page after which more pages follow.
+    pub fn has_more_pages(&self) -> bool {
+        matches!(
+            self.paging_state,
+            Some(PagingStateResponse::HasMorePages { .. })
+        )
     }
 }
 
@@ -115,6 +135,9 @@ impl tower::Service<ScyllaRequest> for ScyllaService {
                 return Box::pin(std::future::ready(Err(ScyllaError::Untracked)));
             }
         }
+        if let Err(error) = check_paging(&request) {
+            return Box::pin(std::future::ready(Err(error)));
+        }
         let session = self.session.clone();
         if !DbCall::wanted(self.observer.as_ref()) {
             return Box::pin(async move { execute(&session, request).await });
@@ -127,6 +150,30 @@ impl tower::Service<ScyllaRequest> for ScyllaService {
             ScyllaError::kind,
         ))
     }
+}
+
+/// A paged request must be a read of one statement with a positive page size (the driver
+/// panics on any other).
+fn check_paging(request: &ScyllaRequest) -> Result<(), ScyllaError> {
+    let Some(paging) = &request.paging else {
+        return Ok(());
+    };
+    if !matches!(request.kind, RequestKind::Read { .. }) {
+        return Err(ScyllaError::InvalidPaging {
+            reason: "only a read can be paged",
+        });
+    }
+    if matches!(request.statement, ScyllaStatement::Batch(_)) {
+        return Err(ScyllaError::InvalidPaging {
+            reason: "a batch cannot be paged",
+        });
+    }
+    if paging.size.is_some_and(|rows| rows <= 0) {
+        return Err(ScyllaError::InvalidPaging {
+            reason: "the page size must be positive",
+        });
+    }
+    Ok(())
 }
 
 /// The statement's CQL command (its first word, upper-cased: `SELECT`, `INSERT`, ...), or
@@ -183,18 +230,45 @@ macro_rules! configure {
 
 async fn execute(session: &Session, request: ScyllaRequest) -> Result<ScyllaResponse, ScyllaError> {
     let values: &(dyn SerializeRow + Send + Sync) = &*request.values;
-    let result: QueryResult = match &request.statement {
-        ScyllaStatement::Query(s) => {
+    let mut paging_state = None;
+    let result: QueryResult = match (&request.statement, &request.paging) {
+        (ScyllaStatement::Query(s), None) => {
             let mut s = s.clone();
             configure!(s, request);
             session.query_unpaged(s, values).await?
         }
-        ScyllaStatement::Prepared(p) => {
+        (ScyllaStatement::Prepared(p), None) => {
             let mut p = p.clone();
             configure!(p, request);
             session.execute_unpaged(&p, values).await?
         }
-        ScyllaStatement::Batch(b) => {
+        // One page, resuming at the request's paging state: a read the layer sends again
+        // (escalated or retried) sends the same state.
+        (ScyllaStatement::Query(s), Some(paging)) => {
+            let mut s = s.clone();
+            configure!(s, request);
+            if let Some(rows) = paging.size {
+                s.set_page_size(rows);
+            }
+            let (result, next) = session
+                .query_single_page(s, values, paging.state.clone())
+                .await?;
+            paging_state = Some(next);
+            result
+        }
+        (ScyllaStatement::Prepared(p), Some(paging)) => {
+            let mut p = p.clone();
+            configure!(p, request);
+            if let Some(rows) = paging.size {
+                p.set_page_size(rows);
+            }
+            let (result, next) = session
+                .execute_single_page(&p, values, paging.state.clone())
+                .await?;
+            paging_state = Some(next);
+            result
+        }
+        (ScyllaStatement::Batch(b), _) => {
             let mut b = b.clone();
             configure!(b, request);
             let values: Vec<&(dyn SerializeRow + Send + Sync)> =
@@ -207,6 +281,7 @@ async fn execute(session: &Session, request: ScyllaRequest) -> Result<ScyllaResp
             rows: result.into_rows_result().ok(),
             writetime: None,
             consistency: request.consistency,
+            paging_state: None,
         }),
         RequestKind::Read { track } => {
             let rows = result
@@ -221,6 +296,7 @@ async fn execute(session: &Session, request: ScyllaRequest) -> Result<ScyllaResp
                 rows: Some(rows),
                 writetime,
                 consistency: request.consistency,
+                paging_state,
             })
         }
         RequestKind::Conditional => {
@@ -233,6 +309,7 @@ async fn execute(session: &Session, request: ScyllaRequest) -> Result<ScyllaResp
                     rows: Some(rows),
                     writetime: None,
                     consistency: request.consistency,
+                    paging_state: None,
                 })
             } else {
                 Err(ScyllaError::NotApplied { current })

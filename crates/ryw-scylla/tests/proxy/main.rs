@@ -7,6 +7,7 @@
 
 mod adversary;
 mod out_of_order;
+mod paging;
 mod scripted_node;
 
 use ryw::fence::FencePath;

@@ -88,6 +88,13 @@ pub(crate) enum Reply {
         columns: Vec<(&'static str, CqlType)>,
         rows: Vec<Vec<Cell>>,
     },
+    /// RESULT Rows of one page: these columns and rows, and the paging state to resume from
+    /// (`None`: the last page).
+    Page {
+        columns: Vec<(&'static str, CqlType)>,
+        rows: Vec<Vec<Cell>>,
+        paging_state: Option<Vec<u8>>,
+    },
     /// RESULT Prepared for a statement with these bind markers (id `id`).
     Prepared {
         id: &'static [u8],
@@ -113,6 +120,16 @@ impl std::fmt::Debug for Reply {
                 .field("columns", columns)
                 .field("rows", rows)
                 .finish(),
+            Reply::Page {
+                columns,
+                rows,
+                paging_state,
+            } => f
+                .debug_struct("Page")
+                .field("columns", columns)
+                .field("rows", rows)
+                .field("paging_state", paging_state)
+                .finish(),
             Reply::Prepared { id, .. } => f.debug_struct("Prepared").field("id", id).finish(),
             Reply::WriteTimeout => f.write_str("WriteTimeout"),
             Reply::ReadTimeout => f.write_str("ReadTimeout"),
@@ -131,10 +148,29 @@ fn result_body(reply: &Reply) -> Bytes {
     let mut buf = BytesMut::new();
     match reply {
         Reply::Void => buf.put_i32(0x0001),
-        Reply::Rows { columns, rows } => {
+        Reply::Rows { .. } | Reply::Page { .. } => {
+            let (columns, rows, paging_state) = match reply {
+                Reply::Rows { columns, rows } => (columns, rows, None),
+                Reply::Page {
+                    columns,
+                    rows,
+                    paging_state,
+                } => (columns, rows, paging_state.as_deref()),
+                _ => unreachable!(),
+            };
             buf.put_i32(0x0002);
-            buf.put_i32(0x0001); // global table spec
+            // Global table spec, and Has_more_pages with a paging state.
+            let flags = if paging_state.is_some() {
+                0x0003
+            } else {
+                0x0001
+            };
+            buf.put_i32(flags);
             buf.put_i32(columns.len() as i32);
+            if let Some(state) = paging_state {
+                buf.put_i32(state.len() as i32);
+                buf.put_slice(state);
+            }
             put_string(&mut buf, "app");
             put_string(&mut buf, "posts");
             for (name, typ) in columns {
@@ -193,6 +229,10 @@ pub(crate) struct Seen {
     pub timestamp: Option<i64>,
     /// Statement texts of a BATCH.
     pub batch: Vec<String>,
+    /// The page size asked for (QUERY, EXECUTE), if any.
+    pub page_size: Option<i32>,
+    /// The paging state sent (QUERY, EXECUTE), if any: the page resumes there.
+    pub paging_state: Option<Vec<u8>>,
 }
 
 fn decode(frame: &RequestFrame) -> Seen {
@@ -203,17 +243,31 @@ fn decode(frame: &RequestFrame) -> Seen {
         consistency: None,
         timestamp: None,
         batch: Vec::new(),
+        page_size: None,
+        paging_state: None,
     };
     match frame.deserialize(&features) {
         Ok(RequestV2::Query(q)) => {
             seen.text = q.contents.to_string();
             seen.consistency = Some(q.parameters.consistency);
             seen.timestamp = q.parameters.timestamp;
+            seen.page_size = q.parameters.page_size;
+            seen.paging_state = q
+                .parameters
+                .paging_state
+                .as_bytes_slice()
+                .map(|b| b.to_vec());
         }
         Ok(RequestV2::Execute(e)) => {
             seen.text = String::from_utf8_lossy(e.id.as_ref()).into_owned();
             seen.consistency = Some(e.parameters.consistency);
             seen.timestamp = e.parameters.timestamp;
+            seen.page_size = e.parameters.page_size;
+            seen.paging_state = e
+                .parameters
+                .paging_state
+                .as_bytes_slice()
+                .map(|b| b.to_vec());
         }
         Ok(RequestV2::Batch(b)) => {
             seen.consistency = Some(b.consistency);
