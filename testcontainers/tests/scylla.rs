@@ -4,8 +4,10 @@
 //!
 //! What the scripted-node suite (`crates/ryw-scylla/tests/proxy/`) cannot show: that the server
 //! stores the session clock as the cell timestamp (`WRITETIME` equals the stamp), that fenced reads
-//! verify against it, and that a lightweight transaction answers `[applied] = false` with the
-//! current row. `scylla_three_nodes` adds a three-node cluster (replication factor 3) with one
+//! verify against it, that a lightweight transaction answers `[applied] = false` with the
+//! current row, and that a partition paged through the layer returns every row once, also when a
+//! page resumes at `LOCAL_QUORUM` from the paging state of a `LOCAL_ONE` page.
+//! `scylla_three_nodes` adds a three-node cluster (replication factor 3) with one
 //! node paused while the session writes: reads coordinated by that node at `LOCAL_ONE` may miss
 //! the write, and through ryw they never do.
 
@@ -295,5 +297,90 @@ mod docker {
         assert!(row
             .columns
             .contains(&Some(scylla::value::CqlValue::Text("hello".into()))));
+
+        // A partition of seven posts, written through ryw, read back three rows a page: every
+        // page at LOCAL_QUORUM (the session wrote the partition), guaranteed, carrying the paging
+        // state of the page before; every post once, in clustering order.
+        let writer = Session::new();
+        for post in 1..=7i32 {
+            let write = ScyllaRequest::write(
+                "INSERT INTO app.posts (user_id, post_id, body) VALUES (?, ?, ?)",
+                ("pager", post, format!("post {post}")),
+            )
+            .row(b"pager", post.to_be_bytes());
+            service
+                .clone()
+                .oneshot(writer.request(write))
+                .await
+                .expect("write");
+        }
+        let feed = ScyllaRequest::read(
+            "SELECT post_id, body, WRITETIME(body) FROM app.posts WHERE user_id = ?",
+            ("pager",),
+        )
+        .partition(b"pager")
+        .track("body")
+        .page_size(3);
+        let read_all = |session: Session| {
+            let service = service.clone();
+            let feed = feed.clone();
+            async move {
+                let (mut posts, mut consistencies) = (Vec::new(), Vec::new());
+                let mut next = Some(feed.clone());
+                while let Some(page) = next.take() {
+                    assert!(consistencies.len() < 10, "the read never ends: {posts:?}");
+                    let response = service
+                        .clone()
+                        .oneshot(session.request(page))
+                        .await
+                        .expect("a page");
+                    assert!(
+                        response.visibility().is_guaranteed(),
+                        "{:?}",
+                        response.visibility()
+                    );
+                    consistencies.push(response.get_ref().consistency());
+                    for row in response
+                        .get_ref()
+                        .rows()
+                        .unwrap()
+                        .rows::<(i32, String, i64)>()
+                        .unwrap()
+                    {
+                        let (post, body, _) = row.unwrap();
+                        assert_eq!(body, format!("post {post}"));
+                        posts.push(post);
+                    }
+                    next = feed.next_page(response.get_ref());
+                }
+                (posts, consistencies)
+            }
+        };
+        let (posts, consistencies) = read_all(writer).await;
+        assert_eq!(
+            posts,
+            (1..=7).collect::<Vec<_>>(),
+            "every post once, in order"
+        );
+        assert!(consistencies.len() >= 3, "{consistencies:?}");
+        assert!(consistencies
+            .iter()
+            .all(|c| *c == Some(scylla::statement::Consistency::LocalQuorum)));
+
+        // A session that never touched the partition: its first page is cheap, the next ones
+        // (the partition now seen) strong, resuming from the cheap page's paging state.
+        let (posts, consistencies) = read_all(Session::new()).await;
+        assert_eq!(
+            posts,
+            (1..=7).collect::<Vec<_>>(),
+            "every post once, in order"
+        );
+        assert_eq!(
+            consistencies[0],
+            Some(scylla::statement::Consistency::LocalOne)
+        );
+        assert!(consistencies[1..]
+            .iter()
+            .all(|c| *c == Some(scylla::statement::Consistency::LocalQuorum)));
     }
 }

@@ -46,6 +46,11 @@ pub const STORE_ID: StoreId = StoreId::new(3);
 /// | row read | the row (its write time); the partition (as seen) | the row's write time against the row and the partition's writes |
 /// | partition read | the partition (its newest write time, as seen) | nothing on the cheap path: strong if required |
 ///
+/// A page of a paged read ([`ScyllaRequest::page`]) is a read like any other: a page of one row
+/// is verified by the row's write time, a page of a partition runs at the strong consistency
+/// once the session has a requirement on the partition (which a first page read cheaply gives
+/// it when it shows a write time, so a session's later pages of a partition are strong).
+///
 /// A partition read records its newest write time as a requirement of the partition (monotonic
 /// reads of the partition), but not of the rows it returned, which it cannot tell apart.
 ///

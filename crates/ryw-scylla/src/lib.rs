@@ -61,6 +61,56 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Paged reads
+//!
+//! A read given a page size ([`ScyllaRequest::page_size`]) fetches one page; its response
+//! carries the driver's paging state ([`ScyllaResponse::paging_state`]), and
+//! [`ScyllaRequest::next_page`] builds the request for the page after it. Each page is one
+//! request through the session layer, fenced by the rules of its scopes: a page of a partition
+//! the session has written or read runs at `LOCAL_QUORUM` up front, a page of one row is
+//! verified by the row's write time. A page read again (escalated, or retried) resumes from the
+//! same paging state, and returns the paging state of the read it kept, so no row is skipped or
+//! returned twice; Scylla's paging state is a position in the result, valid at any consistency
+//! and through any coordinator (see [`ScyllaRequest::page`]).
+//!
+//! ```no_run
+//! # use ryw::{FenceConfig, ReadYourWritesLayer, Session};
+//! # use ryw_scylla::{ScyllaAdapter, ScyllaRequest, ScyllaService};
+//! # use scylla::client::session_builder::SessionBuilder;
+//! # use std::sync::Arc;
+//! # use std::time::Duration;
+//! # use tower::{Service, ServiceBuilder, ServiceExt};
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! # let driver = SessionBuilder::new().known_node("127.0.0.1:9042").build().await?;
+//! # let mut posts = ServiceBuilder::new()
+//! #     .layer(
+//! #         ReadYourWritesLayer::new(ScyllaAdapter::new())
+//! #             .fence(FenceConfig::verify_then_escalate(0, Duration::ZERO)),
+//! #     )
+//! #     .service(ScyllaService::new(Arc::new(driver)));
+//! # let session = Session::new();
+//! let feed = ScyllaRequest::read(
+//!     "SELECT post_id, body, WRITETIME(body) FROM app.posts WHERE user_id = ?",
+//!     ("u7",),
+//! )
+//! .partition(b"u7")
+//! .track("body")
+//! .page_size(100);
+//!
+//! let mut next = Some(feed.clone());
+//! while let Some(page) = next.take() {
+//!     let response = posts.ready().await?.call(session.request(page)).await?;
+//!     assert!(response.visibility().is_guaranteed());
+//!     for row in response.get_ref().rows().unwrap().rows::<(i32, String, i64)>()? {
+//!         let (post_id, body, _) = row?;
+//!         println!("{post_id}: {body}");
+//!     }
+//!     next = feed.next_page(response.get_ref());
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 mod adapter;
 mod error;
