@@ -419,3 +419,61 @@ async fn invalid_paging_is_a_typed_error_and_nothing_is_sent() {
     assert!(node.seen().is_empty(), "nothing was sent");
     node.stop().await;
 }
+
+/// A prepared statement pages through EXECUTE frames the same way: each frame carries the page
+/// size and the paging state of the page before, at the consistency the page's fence chose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_read_pages_through_execute_frames() {
+    let mut node = ScriptedScyllaNode::start(feed_node_script(vec![
+        Script::prepare(
+            "SELECT post_id, body",
+            Reply::Prepared {
+                id: b"ryw-feed-page",
+                markers: vec![("user_id", CqlType::Text)],
+            },
+        ),
+        Script::execute("ryw-feed-page", vec![Reply::Dynamic(Arc::new(serve))]),
+    ]))
+    .await;
+    let driver = Arc::new(node.session().await);
+    let prepared = driver
+        .prepare("SELECT post_id, body, WRITETIME(body) FROM app.feed WHERE user_id = ?")
+        .await
+        .unwrap();
+    let mut service: Stack = ServiceBuilder::new()
+        .layer(
+            ReadYourWritesLayer::new(ScyllaAdapter::new())
+                .clock(FixedClock(NOW))
+                .fence(FenceConfig::verify_then_escalate(0, Duration::ZERO)),
+        )
+        .service(ScyllaService::new(driver));
+    let session = Session::new();
+    call(&mut service, &session, write(3)).await.unwrap();
+    let _ = node.seen();
+
+    let feed = ScyllaRequest::read(prepared, ("u1",))
+        .partition(b"u1")
+        .track("body")
+        .page_size(3);
+    let (rows, statuses) = read_all(&mut service, &session, feed).await;
+    assert_eq!(rows, all_posts_with("mine 3"), "every row once, in order");
+    assert_eq!(
+        statuses,
+        vec![Visibility::Guaranteed(FencePath::Escalated); 2]
+    );
+    let frames: Vec<_> = node
+        .seen()
+        .iter()
+        .map(|s| (s.opcode, s.consistency, s.page_size, s.paging_state.clone()))
+        .collect();
+    let execute = scylla_proxy::RequestOpcode::Execute;
+    let quorum = Some(Consistency::LocalQuorum);
+    assert_eq!(
+        frames,
+        vec![
+            (execute, quorum, Some(3), None),
+            (execute, quorum, Some(3), Some(state_after(3, "quorum"))),
+        ]
+    );
+    node.stop().await;
+}
