@@ -130,6 +130,32 @@ impl DynamoAdapter {
         self.config.ordered_partitions
     }
 
+    /// How many times a `BatchGetItem` sends its `UnprocessedKeys` again before failing with
+    /// [`DynamoError::UnprocessedKeys`] (default 8). The waits between rounds start at
+    /// [`DynamoAdapter::batch_get_backoff`] and double, up to one second.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ryw_dynamodb::{DynamoAdapter, TableSchema};
+    ///
+    /// let adapter = DynamoAdapter::new()
+    ///     .table(TableSchema::new("posts", "pk"))
+    ///     .batch_get_retries(3)
+    ///     .batch_get_backoff(Duration::from_millis(5));
+    /// # let _ = adapter;
+    /// ```
+    pub fn batch_get_retries(mut self, retries: u32) -> Self {
+        self.config_mut().batch_get_retries = retries;
+        self
+    }
+
+    /// The wait before a `BatchGetItem` first sends its `UnprocessedKeys` again (default 25 ms;
+    /// doubled for each next round, up to one second; see [`DynamoAdapter::batch_get_retries`]).
+    pub fn batch_get_backoff(mut self, backoff: std::time::Duration) -> Self {
+        self.config_mut().batch_get_backoff = backoff;
+        self
+    }
+
     /// The key schema declared for `table`, if any.
     pub fn schema_of(&self, table: &str) -> Option<&TableSchema> {
         self.config.tables.get(table)
@@ -168,11 +194,19 @@ impl DynamoAdapter {
         )
     }
 
-    /// Partition scopes a written item touches: its table's and those of its declared indexes.
+    /// The scope of a whole table, which every write to it raises to the write's clock: what a
+    /// `Scan` of the table is fenced on (see [Scan](crate#scan) in the crate docs).
+    pub fn table_scope(&self, table: &str) -> ScopeKey {
+        ScopeKey::new(self.config.store, &key_bytes(b't', table, "", &mut []))
+    }
+
+    /// Partition scopes a written item touches: its table's and those of its declared indexes,
+    /// and the scope of the whole table.
     fn written_partitions(&self, table: &str, item: &Item, scopes: &mut Scopes) {
         let Some(schema) = self.config.tables.get(table) else {
             return;
         };
+        scopes.push(self.table_scope(table));
         if let Some(v) = item.get(&schema.partition_key) {
             scopes.push(self.partition_scope(table, None, v));
         }
@@ -305,7 +339,11 @@ impl StoreAdapter for DynamoAdapter {
 
     fn operation(&self, request: &DynamoRequest) -> Operation {
         match request.operation {
-            DynamoOperation::GetItem(_) | DynamoOperation::Query(_) => Operation::Read,
+            DynamoOperation::GetItem(_)
+            | DynamoOperation::Query(_)
+            | DynamoOperation::BatchGetItem(_)
+            | DynamoOperation::TransactGetItems(_)
+            | DynamoOperation::Scan(_) => Operation::Read,
             // Writes are conditional on the version and carry their write id, so a replay is
             // recognised (and transactions carry a ClientRequestToken).
             _ => Operation::Write(Replay::Safe),
@@ -324,6 +362,33 @@ impl StoreAdapter for DynamoAdapter {
             DynamoOperation::Query(q) => {
                 if let Some(s) = self.query_scope(q) {
                     scopes.push(s);
+                }
+            }
+            DynamoOperation::BatchGetItem(b) => {
+                for (table, keys) in sorted_tables(b) {
+                    for key in &keys.keys {
+                        if let Some(s) = self.item_scope(table, key) {
+                            scopes.push(s);
+                        }
+                    }
+                }
+            }
+            DynamoOperation::TransactGetItems(b) => {
+                for get in b.get_transact_items().iter().flatten() {
+                    if let Some(s) = get
+                        .get
+                        .as_ref()
+                        .and_then(|g| self.item_scope(&g.table_name, &g.key))
+                    {
+                        scopes.push(s);
+                    }
+                }
+            }
+            DynamoOperation::Scan(b) => {
+                if let Some(table) = b.get_table_name() {
+                    if self.config.tables.contains_key(table) {
+                        scopes.push(self.table_scope(table));
+                    }
                 }
             }
             DynamoOperation::PutItem(b) => {
@@ -424,16 +489,14 @@ impl StoreAdapter for DynamoAdapter {
             {
                 Verification::ServerSideOnly
             }
+            // No page of a scan shows that it holds every write to the table (each partition is
+            // replicated on its own): a scan of a table the session wrote is read strongly.
+            DynamoOperation::Scan(_) => Verification::ServerSideOnly,
             _ => Verification::Versions,
         }
     }
 
-    fn apply_fence(
-        &self,
-        request: &mut DynamoRequest,
-        _fence: &ReadFence,
-        strategy: FenceStrategy,
-    ) {
+    fn apply_fence(&self, request: &mut DynamoRequest, fence: &ReadFence, strategy: FenceStrategy) {
         if strategy != FenceStrategy::Strong {
             return;
         }
@@ -442,6 +505,28 @@ impl StoreAdapter for DynamoAdapter {
             // Global secondary indexes have no strong reads: the attempt is a plain re-read.
             DynamoOperation::Query(q) if q.get_index_name().is_none() || self.is_local_index(q) => {
                 *q = std::mem::take(q).consistent_read(true)
+            }
+            // Per table: only the tables holding an item the session requires something of are
+            // read strongly (a strong read costs twice as much).
+            DynamoOperation::BatchGetItem(b) => {
+                let Some(mut tables) = b.get_request_items().clone() else {
+                    return;
+                };
+                for (table, keys) in tables.iter_mut() {
+                    let fenced = keys.keys.iter().any(|k| {
+                        self.item_scope(table, k)
+                            .and_then(|s| fence.requirement(s))
+                            .is_some_and(|r| !r.is_unfenced())
+                    });
+                    if fenced {
+                        keys.consistent_read = Some(true);
+                    }
+                }
+                *b = std::mem::take(b).set_request_items(Some(tables));
+            }
+            // Global secondary indexes have no strong reads: the attempt is a plain re-read.
+            DynamoOperation::Scan(b) if !self.is_global_index_scan(b) => {
+                *b = std::mem::take(b).consistent_read(true)
             }
             _ => {}
         }
@@ -493,6 +578,70 @@ impl StoreAdapter for DynamoAdapter {
                 }
                 if response.consistent {
                     observed.mark_strong();
+                }
+            }
+            DynamoOperation::BatchGetItem(b) => {
+                let mut every_table_strong = true;
+                for (table, keys) in sorted_tables(b) {
+                    // As sent: the fence may have made the table's reads strong.
+                    let strong = response.strong_tables.iter().any(|t| t == table);
+                    every_table_strong &= strong;
+                    let returned = response.batch_items(table);
+                    for key in &keys.keys {
+                        let Some(scope) = self.item_scope(table, key) else {
+                            continue;
+                        };
+                        let item = returned
+                            .iter()
+                            .find(|i| self.item_scope(table, i) == Some(scope));
+                        match item {
+                            Some(item) => self.observe_item(Some(scope), item, observed),
+                            // Absent, as GetItem's absence: version 0, which meets no
+                            // requirement of a cheap read.
+                            None => observed.push(scope, Version::ZERO),
+                        }
+                        if strong {
+                            // A strong read of the item reflects every write of it acknowledged
+                            // before: it meets any requirement on the item, even when the item
+                            // is older than the session saw (deleted and created again) or gone.
+                            observed.meets(scope, Version::new(u64::MAX));
+                        }
+                    }
+                }
+                if every_table_strong {
+                    observed.mark_strong();
+                }
+            }
+            DynamoOperation::TransactGetItems(b) => {
+                let items = response.transact_items();
+                for (i, get) in b.get_transact_items().iter().flatten().enumerate() {
+                    let Some(get) = &get.get else { continue };
+                    let scope = self.item_scope(&get.table_name, &get.key);
+                    match items.get(i).copied().flatten() {
+                        Some(item) => self.observe_item(scope, item, observed),
+                        None => {
+                            if let Some(s) = scope {
+                                observed.push(s, Version::ZERO);
+                            }
+                        }
+                    }
+                }
+                // DynamoDB serves TransactGetItems from the leader, in a serializable snapshot.
+                observed.mark_strong();
+            }
+            DynamoOperation::Scan(b) => {
+                // Every item is checked against what the session saw of it; the table's own
+                // scope is credited nothing (no page shows that it lacks no write of the table).
+                let table = b.get_table_name().clone().unwrap_or_default();
+                for item in response.items() {
+                    self.observe_item(self.item_scope(&table, item), item, observed);
+                }
+                if response.consistent {
+                    observed.mark_strong();
+                } else if self.config.tables.contains_key(&table) {
+                    // An eventually consistent page (a global index has no other) shows nothing of
+                    // the table: never trusted, even on the strong path.
+                    observed.push(self.table_scope(&table), Version::ZERO);
                 }
             }
             op => {
@@ -608,7 +757,27 @@ impl StoreAdapter for DynamoAdapter {
     }
 }
 
+/// The tables of a `BatchGetItem` and their keys, in name order.
+fn sorted_tables(
+    b: &aws_sdk_dynamodb::operation::batch_get_item::builders::BatchGetItemInputBuilder,
+) -> Vec<(&String, &aws_sdk_dynamodb::types::KeysAndAttributes)> {
+    let mut tables: Vec<_> = b.get_request_items().iter().flatten().collect();
+    tables.sort_by(|a, b| a.0.cmp(b.0));
+    tables
+}
+
 impl DynamoAdapter {
+    /// A scan of a global secondary index declared for its table (no strong reads).
+    fn is_global_index_scan(
+        &self,
+        b: &aws_sdk_dynamodb::operation::scan::builders::ScanInputBuilder,
+    ) -> bool {
+        match (self.schema(b.get_table_name().as_ref()), b.get_index_name()) {
+            (Some(schema), Some(index)) => schema.indexes.contains_key(index),
+            _ => false,
+        }
+    }
+
     /// Local secondary indexes (not declared as global) support consistent reads.
     fn is_local_index(
         &self,
@@ -664,6 +833,7 @@ mod tests {
             written: vec![],
             replayed: false,
             consistent: false,
+            strong_tables: vec![],
         };
         let query = |index: Option<&str>| -> DynamoRequest {
             let attr = if index == Some("by_author") {

@@ -97,6 +97,20 @@ pub enum DynamoError {
     /// again. The session layer reports it as `ryw::Error::Ambiguous`.
     #[error("replay not resolved: {0}")]
     Unresolved(String),
+    /// A `BatchGetItem` still had `UnprocessedKeys` after the service had sent them again as many
+    /// times as [`DynamoAdapter::batch_get_retries`](crate::DynamoAdapter::batch_get_retries)
+    /// allows (DynamoDB keeps keys back when it is throttled or the response is too large).
+    /// Nothing was applied, so the session layer's retry policy may send the whole batch again.
+    #[error("{remaining} keys of a BatchGetItem still unprocessed after {rounds} rounds")]
+    UnprocessedKeys {
+        /// How many keys were left.
+        remaining: usize,
+        /// The rounds sent (the first request and every resend).
+        rounds: u32,
+        /// The keys left, per table, as DynamoDB returned them: a request of its own can send
+        /// them again.
+        keys: std::collections::HashMap<String, aws_sdk_dynamodb::types::KeysAndAttributes>,
+    },
     /// Tower middleware between the session layer and this service failed (a timeout elapsed,
     /// load shedding refused the request): see [`ryw::error::MiddlewareError`].
     #[error(transparent)]
@@ -224,6 +238,7 @@ impl DynamoError {
             DynamoError::NotSent { .. } => "not_sent",
             DynamoError::UnknownTable(_) => "unknown_table",
             DynamoError::Unresolved(_) => "unresolved",
+            DynamoError::UnprocessedKeys { .. } => "unprocessed_keys",
             DynamoError::Middleware(_) => "middleware",
         }
     }
@@ -252,6 +267,11 @@ impl DynamoError {
     /// True for throttling.
     pub fn is_throttled(&self) -> bool {
         matches!(self, DynamoError::Throttled { .. })
+    }
+
+    /// True for a `BatchGetItem` whose keys were not all processed within its budget.
+    pub fn is_unprocessed_keys(&self) -> bool {
+        matches!(self, DynamoError::UnprocessedKeys { .. })
     }
 
     /// True for validation errors.
@@ -290,7 +310,9 @@ impl DynamoError {
                     ErrorClass::Permanent
                 }
             }
-            DynamoError::Throttled { .. } | DynamoError::NotSent { .. } => ErrorClass::RETRYABLE,
+            DynamoError::Throttled { .. }
+            | DynamoError::NotSent { .. }
+            | DynamoError::UnprocessedKeys { .. } => ErrorClass::RETRYABLE,
             DynamoError::Service { status, .. } if *status >= 500 => ErrorClass::AMBIGUOUS,
             DynamoError::NoResponse { .. } => ErrorClass::AMBIGUOUS,
             DynamoError::Unresolved(_) => ErrorClass::Unresolved,

@@ -82,6 +82,7 @@ pub mod error;
 mod expr;
 #[cfg(feature = "outbox")]
 mod outbox;
+pub mod pages;
 pub mod record;
 mod request;
 pub mod revocation;
@@ -91,6 +92,7 @@ mod write;
 
 pub use adapter::DynamoAdapter;
 pub use error::{Cancellation, CancellationCode, DynamoError};
+pub use pages::{AllPages, Pages};
 pub use record::DynamoRecordStore;
 pub use request::{
     DynamoOperation, DynamoOutput, DynamoRequest, DynamoResponse, TableSchema, RECENT_WRITE_IDS,

@@ -449,9 +449,11 @@ impl DurableRequest for DynamoRequest {
         let mut w = Writer(out);
         w.u8(FORMAT);
         match &self.operation {
-            DynamoOperation::GetItem(_) | DynamoOperation::Query(_) => {
-                return Err(refuse("a read is never deferred"))
-            }
+            DynamoOperation::GetItem(_)
+            | DynamoOperation::Query(_)
+            | DynamoOperation::BatchGetItem(_)
+            | DynamoOperation::TransactGetItems(_)
+            | DynamoOperation::Scan(_) => return Err(refuse("a read is never deferred")),
             DynamoOperation::PutItem(b) => {
                 if b.get_expected().is_some() || b.get_conditional_operator().is_some() {
                     return Err(legacy());

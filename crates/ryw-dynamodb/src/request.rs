@@ -2,12 +2,19 @@
 //! builders with what the session layer stamped on them, the tables' key schemas, and the
 //! configuration the adapter hands the service.
 
+use aws_sdk_dynamodb::operation::batch_get_item::{
+    builders::BatchGetItemInputBuilder, BatchGetItemOutput,
+};
 use aws_sdk_dynamodb::operation::delete_item::{
     builders::DeleteItemInputBuilder, DeleteItemOutput,
 };
 use aws_sdk_dynamodb::operation::get_item::{builders::GetItemInputBuilder, GetItemOutput};
 use aws_sdk_dynamodb::operation::put_item::{builders::PutItemInputBuilder, PutItemOutput};
 use aws_sdk_dynamodb::operation::query::{builders::QueryInputBuilder, QueryOutput};
+use aws_sdk_dynamodb::operation::scan::{builders::ScanInputBuilder, ScanOutput};
+use aws_sdk_dynamodb::operation::transact_get_items::{
+    builders::TransactGetItemsInputBuilder, TransactGetItemsOutput,
+};
 use aws_sdk_dynamodb::operation::transact_write_items::{
     builders::TransactWriteItemsInputBuilder, TransactWriteItemsOutput,
 };
@@ -18,6 +25,7 @@ use ryw::stamp::Stamp;
 use ryw::{StoreId, Version, WriteId};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The key schema of one table, and the partition attributes of its global secondary indexes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +88,13 @@ pub const RECENT_WRITE_IDS: usize = 4;
 /// table of one account are told apart by their table names under this one id.
 pub const STORE_ID: StoreId = StoreId::new(2);
 
+/// How many times a `BatchGetItem` sends its `UnprocessedKeys` again, by default.
+pub(crate) const DEFAULT_BATCH_GET_RETRIES: u32 = 8;
+
+/// The wait before the first resend of `UnprocessedKeys`, by default (doubled for each next one,
+/// up to one second).
+pub(crate) const DEFAULT_BATCH_GET_BACKOFF: Duration = Duration::from_millis(25);
+
 /// Configuration shared by the adapter and the service.
 #[derive(Clone, Debug)]
 pub(crate) struct DynamoConfig {
@@ -91,6 +106,12 @@ pub(crate) struct DynamoConfig {
     /// The store replicates each base-table partition in order
     /// ([`DynamoAdapter::ordered_partitions`](crate::DynamoAdapter::ordered_partitions)).
     pub(crate) ordered_partitions: bool,
+    /// How many times a `BatchGetItem` sends its `UnprocessedKeys` again
+    /// ([`DynamoAdapter::batch_get_retries`](crate::DynamoAdapter::batch_get_retries)).
+    pub(crate) batch_get_retries: u32,
+    /// The wait before the first of those, doubled for each next one
+    /// ([`DynamoAdapter::batch_get_backoff`](crate::DynamoAdapter::batch_get_backoff)).
+    pub(crate) batch_get_backoff: Duration,
 }
 
 impl DynamoConfig {
@@ -113,6 +134,8 @@ impl Default for DynamoConfig {
             clock_attribute: "ryw_clock".into(),
             tables: HashMap::new(),
             ordered_partitions: true,
+            batch_get_retries: DEFAULT_BATCH_GET_RETRIES,
+            batch_get_backoff: DEFAULT_BATCH_GET_BACKOFF,
         }
     }
 }
@@ -129,10 +152,17 @@ pub enum DynamoOperation {
     UpdateItem(UpdateItemInputBuilder),
     /// DeleteItem.
     DeleteItem(DeleteItemInputBuilder),
-    /// Query (one page).
+    /// Query (one page; [`Pages`](crate::Pages) follows `LastEvaluatedKey` over all of them).
     Query(QueryInputBuilder),
     /// TransactWriteItems.
     TransactWriteItems(TransactWriteItemsInputBuilder),
+    /// BatchGetItem, its `UnprocessedKeys` sent again by the service until none is left (see
+    /// [`DynamoAdapter::batch_get_retries`](crate::DynamoAdapter::batch_get_retries)).
+    BatchGetItem(BatchGetItemInputBuilder),
+    /// TransactGetItems (always strongly consistent).
+    TransactGetItems(TransactGetItemsInputBuilder),
+    /// Scan (one page; [`Pages`](crate::Pages) follows `LastEvaluatedKey` over all of them).
+    Scan(ScanInputBuilder),
 }
 
 /// A write's stamp as a DynamoDB request carries it: the layer's [`Stamp`], the versions the
@@ -206,6 +236,9 @@ from_builder! {
     DeleteItemInputBuilder => DeleteItem,
     QueryInputBuilder => Query,
     TransactWriteItemsInputBuilder => TransactWriteItems,
+    BatchGetItemInputBuilder => BatchGetItem,
+    TransactGetItemsInputBuilder => TransactGetItems,
+    ScanInputBuilder => Scan,
 }
 
 /// The SDK's output of one operation.
@@ -224,6 +257,12 @@ pub enum DynamoOutput {
     Query(QueryOutput),
     /// TransactWriteItems.
     TransactWriteItems(TransactWriteItemsOutput),
+    /// BatchGetItem: the items of every round, with no `UnprocessedKeys` left.
+    BatchGetItem(BatchGetItemOutput),
+    /// TransactGetItems.
+    TransactGetItems(TransactGetItemsOutput),
+    /// Scan.
+    Scan(ScanOutput),
 }
 
 /// A response of [`DynamoService`](crate::DynamoService): the SDK output plus what ryw learned.
@@ -233,6 +272,8 @@ pub struct DynamoResponse {
     pub(crate) written: Vec<Option<u64>>,
     pub(crate) replayed: bool,
     pub(crate) consistent: bool,
+    /// The tables a `BatchGetItem` read strongly, as sent.
+    pub(crate) strong_tables: Vec<String>,
 }
 
 impl DynamoResponse {
@@ -244,6 +285,7 @@ impl DynamoResponse {
             written,
             replayed: false,
             consistent,
+            strong_tables: Vec::new(),
         }
     }
 
@@ -255,6 +297,7 @@ impl DynamoResponse {
             written,
             replayed: true,
             consistent: false,
+            strong_tables: Vec::new(),
         }
     }
 
@@ -283,11 +326,49 @@ impl DynamoResponse {
         }
     }
 
-    /// The items of a Query page.
+    /// The items of a Query or Scan page.
     pub fn items(&self) -> &[HashMap<String, aws_sdk_dynamodb::types::AttributeValue>] {
         match &self.output {
             DynamoOutput::Query(o) => o.items(),
+            DynamoOutput::Scan(o) => o.items(),
             _ => &[],
+        }
+    }
+
+    /// The `LastEvaluatedKey` of a Query or Scan page: where the next page starts (`None` after
+    /// the last page).
+    pub fn last_evaluated_key(
+        &self,
+    ) -> Option<&HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+        match &self.output {
+            DynamoOutput::Query(o) => o.last_evaluated_key(),
+            DynamoOutput::Scan(o) => o.last_evaluated_key(),
+            _ => None,
+        }
+    }
+
+    /// The items a BatchGetItem returned from `table` (every round's, in no particular order).
+    pub fn batch_items(
+        &self,
+        table: &str,
+    ) -> &[HashMap<String, aws_sdk_dynamodb::types::AttributeValue>] {
+        match &self.output {
+            DynamoOutput::BatchGetItem(o) => o
+                .responses()
+                .and_then(|r| r.get(table))
+                .map_or(&[], Vec::as_slice),
+            _ => &[],
+        }
+    }
+
+    /// The items of a TransactGetItems, in the order of its gets (`None` where an item does not
+    /// exist).
+    pub fn transact_items(
+        &self,
+    ) -> Vec<Option<&HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>> {
+        match &self.output {
+            DynamoOutput::TransactGetItems(o) => o.responses().iter().map(|r| r.item()).collect(),
+            _ => Vec::new(),
         }
     }
 

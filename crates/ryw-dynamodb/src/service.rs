@@ -5,10 +5,14 @@ use crate::expr;
 use crate::request::{DynamoConfig, DynamoOperation, DynamoOutput, DynamoRequest, DynamoResponse};
 use crate::transaction::transact_write_items;
 use crate::write::{delete_item, single_item_write, stamped_put, stamped_update};
+use aws_sdk_dynamodb::operation::batch_get_item::builders::BatchGetItemInputBuilder;
+use aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemOutput;
 use aws_sdk_dynamodb::operation::delete_item::builders::DeleteItemInputBuilder;
 use aws_sdk_dynamodb::operation::get_item::builders::GetItemInputBuilder;
 use aws_sdk_dynamodb::operation::put_item::builders::PutItemInputBuilder;
 use aws_sdk_dynamodb::operation::query::builders::QueryInputBuilder;
+use aws_sdk_dynamodb::operation::scan::builders::ScanInputBuilder;
+use aws_sdk_dynamodb::operation::transact_get_items::builders::TransactGetItemsInputBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::builders::TransactWriteItemsInputBuilder;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemInputBuilder;
 use aws_sdk_dynamodb::Client;
@@ -107,6 +111,18 @@ fn describe(operation: &DynamoOperation) -> (&'static str, Option<String>, Optio
         DynamoOperation::UpdateItem(b) => ("UpdateItem", b.get_table_name().clone(), None),
         DynamoOperation::DeleteItem(b) => ("DeleteItem", b.get_table_name().clone(), None),
         DynamoOperation::TransactWriteItems(_) => ("TransactWriteItems", None, None),
+        DynamoOperation::BatchGetItem(b) => {
+            let tables = b.get_request_items().as_ref();
+            let consistent = tables.is_some_and(|t| {
+                !t.is_empty() && t.values().all(|k| k.consistent_read == Some(true))
+            });
+            let table = tables
+                .filter(|t| t.len() == 1)
+                .and_then(|t| t.keys().next().cloned());
+            ("BatchGetItem", table, Some(consistent))
+        }
+        DynamoOperation::TransactGetItems(_) => ("TransactGetItems", None, Some(true)),
+        DynamoOperation::Scan(b) => ("Scan", b.get_table_name().clone(), Some(b.is_consistent())),
     }
 }
 
@@ -127,6 +143,9 @@ async fn send(client: &Client, request: DynamoRequest) -> Result<DynamoResponse,
     match (operation, write) {
         (DynamoOperation::GetItem(b), _) => read(client, config, b).await,
         (DynamoOperation::Query(b), _) => read(client, config, b).await,
+        (DynamoOperation::Scan(b), _) => read(client, config, b).await,
+        (DynamoOperation::BatchGetItem(b), _) => batch_get_item(client, config, b).await,
+        (DynamoOperation::TransactGetItems(b), _) => transact_get_items(client, config, b).await,
         (DynamoOperation::PutItem(b), Some(write)) => {
             single_item_write(client, config, b, &write, stamped_put).await
         }
@@ -163,6 +182,8 @@ async fn send_unchanged(
     let consistent = match &operation {
         DynamoOperation::GetItem(b) => b.is_consistent(),
         DynamoOperation::Query(b) => b.is_consistent(),
+        DynamoOperation::Scan(b) => b.is_consistent(),
+        DynamoOperation::TransactGetItems(_) => true,
         _ => false,
     };
     let output = match operation {
@@ -172,6 +193,9 @@ async fn send_unchanged(
         DynamoOperation::UpdateItem(b) => b.send_as_is(client).await,
         DynamoOperation::DeleteItem(b) => b.send_as_is(client).await,
         DynamoOperation::TransactWriteItems(b) => b.send_as_is(client).await,
+        DynamoOperation::BatchGetItem(b) => b.send_as_is(client).await,
+        DynamoOperation::TransactGetItems(b) => b.send_as_is(client).await,
+        DynamoOperation::Scan(b) => b.send_as_is(client).await,
     }?;
     Ok(DynamoResponse::new(output, vec![], consistent))
 }
@@ -203,6 +227,9 @@ input! {
     UpdateItemInputBuilder => UpdateItem,
     DeleteItemInputBuilder => DeleteItem,
     TransactWriteItemsInputBuilder => TransactWriteItems,
+    BatchGetItemInputBuilder => BatchGetItem,
+    TransactGetItemsInputBuilder => TransactGetItems,
+    ScanInputBuilder => Scan,
 }
 
 /// The builders of reads, which the fence verifies by the items' versions and clocks.
@@ -234,7 +261,149 @@ macro_rules! read {
     )*};
 }
 
-read!(GetItemInputBuilder, QueryInputBuilder);
+read!(GetItemInputBuilder, QueryInputBuilder, ScanInputBuilder);
+
+/// BatchGetItem: each table's projection extended with what the fence reads (the version, the
+/// clock and the key, by which a returned item is matched to the key asked for), then its
+/// `UnprocessedKeys` sent again, after a doubling wait, until none is left or the budget
+/// ([`DynamoConfig::batch_get_retries`]) is spent. The response holds every round's items.
+async fn batch_get_item(
+    client: &Client,
+    config: &DynamoConfig,
+    b: BatchGetItemInputBuilder,
+) -> Result<DynamoResponse, DynamoError> {
+    let mut tables = b.get_request_items().clone().unwrap_or_default();
+    for (table, keys) in tables.iter_mut() {
+        let key_attributes: Vec<&str> = config
+            .tables
+            .get(table)
+            .map(|s| {
+                std::iter::once(s.partition_key.as_str())
+                    .chain(s.sort_key.as_deref())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (p, n) = with_ryw_projection_and_keys(
+            keys.projection_expression.take(),
+            keys.expression_attribute_names.take(),
+            &key_attributes,
+            config,
+        );
+        keys.projection_expression = p;
+        keys.expression_attribute_names = n;
+    }
+    let mut strong_tables: Vec<String> = tables
+        .iter()
+        .filter(|(_, k)| k.consistent_read == Some(true))
+        .map(|(t, _)| t.clone())
+        .collect();
+    strong_tables.sort();
+    let consistent = !tables.is_empty() && strong_tables.len() == tables.len();
+
+    let mut responses: HashMap<String, Vec<expr::Item>> = HashMap::new();
+    let mut capacity = Vec::new();
+    let mut pending = tables;
+    let mut rounds = 0u32;
+    let mut wait = config.batch_get_backoff;
+    loop {
+        rounds += 1;
+        let out = b
+            .clone()
+            .set_request_items(Some(pending))
+            .send_with(client)
+            .await
+            .map_err(DynamoError::from_sdk)?;
+        for (table, items) in out.responses.unwrap_or_default() {
+            responses.entry(table).or_default().extend(items);
+        }
+        capacity.extend(out.consumed_capacity.unwrap_or_default());
+        let left: HashMap<_, _> = out
+            .unprocessed_keys
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, k)| !k.keys.is_empty())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        if rounds > config.batch_get_retries {
+            return Err(DynamoError::UnprocessedKeys {
+                remaining: left.values().map(|k| k.keys.len()).sum(),
+                rounds,
+                keys: left,
+            });
+        }
+        tracing::debug!(
+            target: "ryw::dynamodb",
+            keys = left.values().map(|k| k.keys.len()).sum::<usize>(),
+            "BatchGetItem: unprocessed keys sent again"
+        );
+        match client.config().sleep_impl() {
+            Some(sleep) => aws_sdk_dynamodb::config::AsyncSleep::sleep(&sleep, wait).await,
+            None => tokio::time::sleep(wait).await,
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(1));
+        pending = left;
+    }
+    let output = BatchGetItemOutput::builder()
+        .set_responses(Some(responses))
+        .set_consumed_capacity((!capacity.is_empty()).then_some(capacity))
+        .build();
+    let mut response = DynamoResponse::new(DynamoOutput::BatchGetItem(output), vec![], consistent);
+    response.strong_tables = strong_tables;
+    Ok(response)
+}
+
+/// TransactGetItems, each get's projection extended with the version and clock attributes.
+/// Always strongly consistent.
+async fn transact_get_items(
+    client: &Client,
+    config: &DynamoConfig,
+    b: TransactGetItemsInputBuilder,
+) -> Result<DynamoResponse, DynamoError> {
+    let mut items = b.get_transact_items().clone().unwrap_or_default();
+    for get in items.iter_mut().filter_map(|i| i.get.as_mut()) {
+        let (p, n) = with_ryw_projection(
+            get.projection_expression.take(),
+            get.expression_attribute_names.take(),
+            config,
+        );
+        get.projection_expression = p;
+        get.expression_attribute_names = n;
+    }
+    let output = b.set_transact_items(Some(items)).send_as_is(client).await?;
+    Ok(DynamoResponse::new(output, vec![], true))
+}
+
+/// A projection (if there is one) with the version and clock attributes and every attribute of
+/// `keys` it does not name already (a path named twice is refused by DynamoDB).
+fn with_ryw_projection_and_keys(
+    projection: Option<String>,
+    names: Option<HashMap<String, String>>,
+    keys: &[&str],
+    config: &DynamoConfig,
+) -> (Option<String>, Option<HashMap<String, String>>) {
+    let (projection, names) = with_ryw_projection(projection, names, config);
+    let Some(mut p) = projection else {
+        return (None, names);
+    };
+    let mut names = names.unwrap_or_default();
+    let named: Vec<String> = p
+        .split(',')
+        .map(|path| {
+            let top = path.trim().split(['.', '[']).next().unwrap_or("");
+            names.get(top).cloned().unwrap_or_else(|| top.to_owned())
+        })
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        if !named.iter().any(|n| n == key) {
+            let placeholder = format!("#ryw_key{i}");
+            p.push_str(&format!(", {placeholder}"));
+            names.insert(placeholder, (*key).to_owned());
+        }
+    }
+    (Some(p), Some(names))
+}
 
 fn with_ryw_projection(
     projection: Option<String>,
