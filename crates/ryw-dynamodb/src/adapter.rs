@@ -490,8 +490,9 @@ impl StoreAdapter for DynamoAdapter {
                 Verification::ServerSideOnly
             }
             // No page of a scan shows that it holds every write to the table (each partition is
-            // replicated on its own): a scan of a table the session wrote is read strongly.
-            DynamoOperation::Scan(_) => Verification::ServerSideOnly,
+            // replicated on its own): a scan of a table the session wrote is read strongly, and a
+            // scan of one it did not write claims nothing (`Unscoped`).
+            DynamoOperation::Scan(_) => Verification::WritesOnly,
             _ => Verification::Versions,
         }
     }

@@ -336,9 +336,11 @@ pub(crate) fn stamp_or_reuse<A: StoreAdapter, P>(
         .map(|sent| (sent.stamp, sent.request.clone(), sent.attempts > 0));
     let mut start = {
         let mut state = session.lock();
-        let by_version =
-            op != Operation::Read || adapter.verification(request) == Verification::Versions;
-        fence.fill(&state, adapter.store(), scopes.iter(), by_version);
+        let verification = match op {
+            Operation::Read => adapter.verification(request),
+            _ => Verification::Versions,
+        };
+        fence.fill(&state, adapter.store(), scopes.iter(), verification);
         let stamp = match (op, &reused) {
             (Operation::Write(_), None) => {
                 let (write_id, timestamp) = state.next_write(config.clock.now_micros());

@@ -8,8 +8,10 @@
 //! (`OutOfOrderReplicaForTests`, in `replica.rs`; the cases in `out_of_order.rs`).
 
 mod http_relay;
+mod lagging;
 mod out_of_order;
 mod principal;
+mod reads;
 mod records;
 mod replica;
 mod suite;
@@ -108,4 +110,24 @@ principals_against_moto!(
     a_second_device_reads_the_first_devices_write,
     with_the_record_store_unreachable_reads_are_session_only,
     what_the_principal_record_costs,
+);
+
+/// Every page of a Query, BatchGetItem, TransactGetItems and Scan through a replica that lags
+/// behind moto (`reads.rs`, `lagging.rs`).
+macro_rules! reads_against_a_lagging_replica {
+    ($($case:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $case() {
+            let Some(endpoint) = endpoint() else { return };
+            reads::$case(&endpoint).await;
+        }
+    )*};
+}
+
+reads_against_a_lagging_replica!(
+    every_page_of_a_query_holds_the_sessions_writes_under_lag,
+    a_batch_get_holds_the_sessions_writes_item_by_item_under_lag,
+    unprocessed_keys_are_sent_again_within_a_budget,
+    transact_get_items_is_strong_and_advances_the_session,
+    a_scan_holds_the_sessions_writes_and_claims_nothing_otherwise,
 );

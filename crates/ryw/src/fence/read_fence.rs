@@ -2,7 +2,7 @@
 //! whether a response meets them, the next step after a stale response, the escalation reason
 //! and the status a read that met them gets. Re-exported by [`crate::fence`].
 
-use super::strategy::{FenceConfig, FenceDecision, FenceStrategy, FenceSupport};
+use super::strategy::{FenceConfig, FenceDecision, FenceStrategy, FenceSupport, Verification};
 use super::visibility::{Escalation, FencePath, Staleness, Visibility};
 use crate::clock::HybridTimestamp;
 use crate::observed::Observed;
@@ -23,6 +23,9 @@ pub struct ReadFence {
     /// Some requirement may come from the session's principal's record rather than the session
     /// itself: what a response shows is then recorded even when it only meets the fence.
     shared: bool,
+    /// Only the session's writes raise the read's scopes ([`Verification::WritesOnly`]): with
+    /// no requirement, the read claims nothing.
+    writes_only: bool,
 }
 
 impl ReadFence {
@@ -35,6 +38,7 @@ impl ReadFence {
             by_version: true,
             session_only: false,
             shared: false,
+            writes_only: false,
         }
     }
 
@@ -46,11 +50,12 @@ impl ReadFence {
             by_version: true,
             session_only: false,
             shared: false,
+            writes_only: false,
         }
     }
 
     /// Fills this (new) fence with what `state` requires of `scopes` at `store`, and its context
-    /// there. `by_version`: a cheap response can show that it meets the fence (see
+    /// there. `verification`: whether a cheap response can show that it meets the fence (see
     /// [`ReadFence::server_side_only`]). Filled in place: the request path moves no fence.
     #[inline]
     pub(crate) fn fill(
@@ -58,7 +63,7 @@ impl ReadFence {
         state: &crate::session::SessionState,
         store: crate::version::StoreId,
         scopes: impl Iterator<Item = ScopeKey>,
-        by_version: bool,
+        verification: Verification,
     ) {
         // Pushed one by one: `collect` into a `SmallVec` goes through its generic `extend`,
         // which is not inlined (measured: +30 ns per read).
@@ -66,7 +71,8 @@ impl ReadFence {
             self.requirements.push(state.requirement(scope));
         }
         self.context = state.context(store).cloned().map(std::sync::Arc::new);
-        self.by_version = by_version;
+        self.by_version = verification == Verification::Versions;
+        self.writes_only = verification == Verification::WritesOnly;
         self.session_only = state.principal_unavailable();
         self.shared = state.has_principal();
     }
@@ -273,6 +279,9 @@ impl ReadFence {
     /// The status of a read that met the fence with `strategy`, after `rereads` cheap re-reads.
     #[inline]
     pub(crate) fn met(&self, strategy: FenceStrategy, rereads: u32) -> Visibility {
+        if self.writes_only && self.is_unfenced() {
+            return Visibility::Unscoped;
+        }
         let path = if self.is_unfenced() {
             FencePath::Unfenced
         } else {

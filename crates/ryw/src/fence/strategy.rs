@@ -97,6 +97,12 @@ pub enum Verification {
     /// ([`FenceStrategy::ServerWait`]), or goes to the strong path, up front; a cheap read is
     /// never `Guaranteed`.
     ServerSideOnly,
+    /// As [`Verification::ServerSideOnly`], for a read whose scope only the session's writes
+    /// raise (a DynamoDB `Scan`, fenced on its table: nothing the session reads says which items
+    /// a page lacks). With no requirement on its scopes, such a read claims nothing and is
+    /// [`Visibility::Unscoped`](crate::fence::Visibility::Unscoped), never
+    /// `Guaranteed(Unfenced)`.
+    WritesOnly,
 }
 
 /// What the caller gets when a read stays stale after the fence budget.
