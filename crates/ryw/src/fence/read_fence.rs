@@ -385,6 +385,33 @@ mod tests {
         (scope, fence)
     }
 
+    /// A read whose scope only the session's writes raise claims nothing without a requirement,
+    /// and is fenced like a strong-path-only read with one.
+    #[test]
+    fn a_writes_only_read_is_unscoped_without_a_requirement() {
+        let writes_only = |version| {
+            let (_, mut f) = fence(version);
+            f.by_version = false;
+            f.writes_only = true;
+            f
+        };
+        assert_eq!(
+            writes_only(0).met(FenceStrategy::Verify, 0),
+            Visibility::Unscoped
+        );
+        assert_eq!(
+            writes_only(5).met(FenceStrategy::Strong, 0),
+            Visibility::Guaranteed(FencePath::Escalated)
+        );
+        assert!(writes_only(5)
+            .check(FenceStrategy::Verify, &Observed::new())
+            .is_err());
+        assert_eq!(
+            fence(0).1.met(FenceStrategy::Verify, 0),
+            Visibility::Guaranteed(FencePath::Unfenced)
+        );
+    }
+
     #[test]
     fn a_server_side_only_fence_is_never_met_by_a_cheap_read() {
         let (scope, fence) = fence(9);
