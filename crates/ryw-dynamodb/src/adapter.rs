@@ -587,14 +587,16 @@ impl StoreAdapter for DynamoAdapter {
                     // As sent: the fence may have made the table's reads strong.
                     let strong = response.strong_tables.iter().any(|t| t == table);
                     every_table_strong &= strong;
-                    let returned = response.batch_items(table);
+                    let returned: Vec<(ScopeKey, &Item)> = response
+                        .batch_items(table)
+                        .iter()
+                        .filter_map(|i| Some((self.item_scope(table, i)?, i)))
+                        .collect();
                     for key in &keys.keys {
                         let Some(scope) = self.item_scope(table, key) else {
                             continue;
                         };
-                        let item = returned
-                            .iter()
-                            .find(|i| self.item_scope(table, i) == Some(scope));
+                        let item = returned.iter().find(|(s, _)| *s == scope).map(|(_, i)| *i);
                         match item {
                             Some(item) => self.observe_item(Some(scope), item, observed),
                             // Absent, as GetItem's absence: version 0, which meets no

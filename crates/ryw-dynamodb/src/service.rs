@@ -5,6 +5,7 @@ use crate::expr;
 use crate::request::{DynamoConfig, DynamoOperation, DynamoOutput, DynamoRequest, DynamoResponse};
 use crate::transaction::transact_write_items;
 use crate::write::{delete_item, single_item_write, stamped_put, stamped_update};
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::batch_get_item::builders::BatchGetItemInputBuilder;
 use aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemOutput;
 use aws_sdk_dynamodb::operation::delete_item::builders::DeleteItemInputBuilder;
@@ -13,6 +14,7 @@ use aws_sdk_dynamodb::operation::put_item::builders::PutItemInputBuilder;
 use aws_sdk_dynamodb::operation::query::builders::QueryInputBuilder;
 use aws_sdk_dynamodb::operation::scan::builders::ScanInputBuilder;
 use aws_sdk_dynamodb::operation::transact_get_items::builders::TransactGetItemsInputBuilder;
+use aws_sdk_dynamodb::operation::transact_get_items::TransactGetItemsError;
 use aws_sdk_dynamodb::operation::transact_write_items::builders::TransactWriteItemsInputBuilder;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemInputBuilder;
 use aws_sdk_dynamodb::Client;
@@ -371,8 +373,36 @@ async fn transact_get_items(
         get.projection_expression = p;
         get.expression_attribute_names = n;
     }
-    let output = b.set_transact_items(Some(items)).send_as_is(client).await?;
-    Ok(DynamoResponse::new(output, vec![], true))
+    match b.set_transact_items(Some(items)).send_with(client).await {
+        Ok(out) => Ok(DynamoResponse::new(
+            DynamoOutput::TransactGetItems(out),
+            vec![],
+            true,
+        )),
+        // Another transaction in progress on an item, or throttling: nothing to resolve for a
+        // read, and retried when its reasons are passing.
+        Err(SdkError::ServiceError(e))
+            if matches!(
+                e.err(),
+                TransactGetItemsError::TransactionCanceledException(_)
+            ) =>
+        {
+            let reasons = match e.into_err() {
+                TransactGetItemsError::TransactionCanceledException(c) => c
+                    .cancellation_reasons
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(crate::error::Cancellation::from)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Err(DynamoError::TransactionCanceled {
+                reasons,
+                version_conflicts: Vec::new(),
+            })
+        }
+        Err(e) => Err(DynamoError::from_sdk(e)),
+    }
 }
 
 /// A projection (if there is one) with the version and clock attributes and every attribute of
