@@ -189,6 +189,16 @@ async fn the_rest_of_a_service(provider: &SdkMeterProvider) {
     ] {
         observer.outbox(&event);
     }
+    // An outbox file's depth (the gauges live as long as the provider and keep the file open;
+    // its directory is removed at once).
+    let dir = std::env::temp_dir().join(format!("ryw-prometheus-outbox-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let outbox =
+        ryw_outbox::Outbox::open(dir.join("outbox.redb"), ryw_outbox::OutboxConfig::default())
+            .unwrap();
+    ryw_otel::observe_outbox(&meter, Arc::new(outbox));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Each metric family of a Prometheus text exposition, with the names of its samples (a

@@ -114,6 +114,55 @@ pub fn observe_session_store(meter: &Meter, store: Arc<dyn SessionStore>) {
         .build();
 }
 
+/// Reports an outbox's depth whenever the SDK collects: `ryw.outbox.depth` (writes queued,
+/// a gauge), `ryw.outbox.size` (their bytes) and `ryw.outbox.dead_letters` (dead letters
+/// kept). A dead-letter count the outbox cannot read (its file damaged) is not reported for
+/// that collection. The instruments live as long as the meter provider; call it once per
+/// outbox file, with the outbox the instance's `OutboxLayer` and `Replayer` use.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use opentelemetry::metrics::MeterProvider;
+/// use ryw_outbox::{Outbox, OutboxConfig};
+/// use std::sync::Arc;
+///
+/// let dir = std::env::temp_dir().join(format!("ryw-otel-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let outbox = Arc::new(Outbox::open(dir.join("outbox.redb"), OutboxConfig::default())?);
+/// let provider = opentelemetry_sdk::metrics::SdkMeterProvider::default();
+/// ryw_otel::observe_outbox(&provider.meter("ryw"), outbox);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "outbox")]
+pub fn observe_outbox(meter: &Meter, outbox: Arc<ryw_outbox::Outbox>) {
+    let depth = outbox.clone();
+    meter
+        .u64_observable_gauge("ryw.outbox.depth")
+        .with_unit("{write}")
+        .with_description("Writes queued in the outbox, not yet replayed")
+        .with_callback(move |o| o.observe(depth.len(), &[]))
+        .build();
+    let size = outbox.clone();
+    meter
+        .u64_observable_gauge("ryw.outbox.size")
+        .with_unit("By")
+        .with_description("Bytes of the writes queued in the outbox")
+        .with_callback(move |o| o.observe(size.bytes(), &[]))
+        .build();
+    meter
+        .u64_observable_gauge("ryw.outbox.dead_letters")
+        .with_unit("{write}")
+        .with_description("Dead letters the outbox keeps: deferred writes no longer replayed")
+        .with_callback(move |o| {
+            if let Ok(n) = outbox.dead_letter_count() {
+                o.observe(n, &[]);
+            }
+        })
+        .build();
+}
+
 /// Reports what an instance's [`SessionRecords`](ryw::record::SessionRecords) did
 /// (`ryw.record.operations`, a counter with `ryw.record.operation` = `load`, `cache_hit` or
 /// `write`) and how often a session fell back to the horizon rule (`ryw.record.fallbacks`, with

@@ -201,3 +201,59 @@ async fn record_operations_and_fallbacks_are_counted() {
         ]
     );
 }
+
+/// The outbox's depth, size and dead letters, read at each collection: two writes queued,
+/// then one replayed and one dead-lettered.
+#[test]
+fn the_outbox_depth_is_read_at_each_collection() {
+    use ryw::clock::HybridTimestamp;
+    use ryw::version::{ScopeKey, StoreId};
+    use ryw::{SessionId, WriteId};
+    use ryw_outbox::entry::Entry;
+    use ryw_outbox::{Outbox, OutboxConfig};
+    use std::sync::Arc;
+
+    let dir = std::env::temp_dir().join(format!("ryw-otel-outbox-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let outbox = Arc::new(Outbox::open(dir.join("outbox.redb"), OutboxConfig::default()).unwrap());
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    ryw_otel::observe_outbox(&provider.meter("ryw"), outbox.clone());
+    let gauges = |exporter: &InMemoryMetricExporter| {
+        provider.force_flush().unwrap();
+        let exported = exporter.get_finished_metrics().unwrap();
+        let metrics = exported.last().unwrap();
+        [
+            "ryw.outbox.depth",
+            "ryw.outbox.size",
+            "ryw.outbox.dead_letters",
+        ]
+        .map(|name| points(metrics, name).iter().map(|(_, v)| *v).sum::<u64>())
+    };
+    assert_eq!(gauges(&exporter), [0, 0, 0]);
+
+    let entry = |seq: u64| Entry {
+        write_id: WriteId::new(SessionId::from_u128(7), 1, seq),
+        timestamp: HybridTimestamp::new(seq),
+        may_have_applied: false,
+        deferred_at: 0,
+        scopes: vec![ScopeKey::new(StoreId::new(0), b"k")],
+        session: String::new(),
+        request: vec![0; 100],
+    };
+    let first = outbox.append(&entry(1)).unwrap();
+    let second = outbox.append(&entry(2)).unwrap();
+    let [depth, size, dead] = gauges(&exporter);
+    assert_eq!((depth, dead), (2, 0));
+    assert_eq!(size, outbox.bytes());
+    assert!(size >= 200, "two entries of over 100 bytes: {size}");
+
+    assert!(outbox.remove(first).unwrap());
+    outbox.dead_letter(second, "expired").unwrap();
+    assert_eq!(gauges(&exporter), [0, 0, 1]);
+    drop(outbox);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
