@@ -12,12 +12,12 @@
 //! the process and shut it down on exit. `tests/otlp.rs` runs this same code against an OTLP
 //! receiver and decodes what arrived.
 
-use opentelemetry::metrics::MeterProvider;
 use opentelemetry_otlp::{MetricExporter, WithExportConfig};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-use ryw_sim::workload::{run_blocking_observed, Mode, RunReport, Scenario};
-use ryw_sim::{LagModel, SimConfig};
-use std::sync::Arc;
+#[path = "shared/workload.rs"]
+mod workload;
+
+use ryw_sim::workload::RunReport;
 use std::time::Duration;
 
 /// A meter provider that sends its instruments to the OTLP/HTTP receiver at `endpoint` (for
@@ -37,30 +37,10 @@ pub fn provider(
     Ok(SdkMeterProvider::builder().with_reader(reader).build())
 }
 
-/// Runs a small simulated workload through the session layer, reporting to `provider`'s
-/// instruments, on a blocking thread (the simulation runs on its own paused clock).
+/// Runs the small simulated workload through the session layer, reporting to `provider`'s
+/// instruments.
 pub async fn workload(provider: &SdkMeterProvider) -> RunReport {
-    let observer = Arc::new(ryw_otel::OtelObserver::new(&provider.meter("ryw")));
-    let scenario = Scenario {
-        sim: SimConfig::default()
-            .seed(11)
-            .replicas(2)
-            .lag(LagModel::new(
-                Duration::from_millis(20),
-                Duration::from_millis(20),
-            ))
-            .lost_responses(0.01),
-        users: 10,
-        instances: 2,
-        ops_per_user: 30,
-        seed: 11,
-        ..Scenario::default()
-    };
-    tokio::task::spawn_blocking(move || {
-        run_blocking_observed(&scenario, &Mode::ryw(), Some(observer))
-    })
-    .await
-    .expect("the workload does not panic")
+    workload::run(provider, 11).await
 }
 
 #[tokio::main]

@@ -11,13 +11,12 @@
 //! lost responses), then serves until interrupted. `RYW_METRICS_ADDR` changes the address.
 //! `tests/prometheus.rs` runs this same code and scrapes it with a real HTTP GET.
 
-use opentelemetry::metrics::MeterProvider;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, Registry, TextEncoder};
-use ryw_sim::workload::{run_blocking_observed, Mode, RunReport, Scenario};
-use ryw_sim::{LagModel, SimConfig};
-use std::sync::Arc;
-use std::time::Duration;
+#[path = "shared/workload.rs"]
+mod workload;
+
+use ryw_sim::workload::RunReport;
 
 /// A meter provider whose instruments the Prometheus `registry` serves.
 pub fn provider(registry: &Registry) -> SdkMeterProvider {
@@ -53,30 +52,10 @@ pub fn router(registry: Registry) -> axum::Router {
 
 use axum::response::IntoResponse;
 
-/// Runs a small simulated workload through the session layer, reporting to `provider`'s
-/// instruments, on a blocking thread (the simulation runs on its own paused clock).
+/// Runs the small simulated workload through the session layer, reporting to `provider`'s
+/// instruments.
 pub async fn workload(provider: &SdkMeterProvider) -> RunReport {
-    let observer = Arc::new(ryw_otel::OtelObserver::new(&provider.meter("ryw")));
-    let scenario = Scenario {
-        sim: SimConfig::default()
-            .seed(7)
-            .replicas(2)
-            .lag(LagModel::new(
-                Duration::from_millis(20),
-                Duration::from_millis(20),
-            ))
-            .lost_responses(0.01),
-        users: 10,
-        instances: 2,
-        ops_per_user: 30,
-        seed: 7,
-        ..Scenario::default()
-    };
-    tokio::task::spawn_blocking(move || {
-        run_blocking_observed(&scenario, &Mode::ryw(), Some(observer))
-    })
-    .await
-    .expect("the workload does not panic")
+    workload::run(provider, 7).await
 }
 
 #[tokio::main]
