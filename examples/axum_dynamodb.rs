@@ -12,15 +12,15 @@
 //!
 //! It serves on `RYW_ADDR` (default `127.0.0.1:3000`) until stopped, in the table `posts`
 //! (created if missing), with the signing secret `RYW_SIGNING_SECRET` (at least 32 bytes; a
-//! random key when unset). With `--check` it serves on a free port in a table of its own, makes
-//! one write and one read through the same session as a client would, checks the answers,
-//! deletes the table and exits (`tests/run-all.sh` runs it that way against moto).
+//! random key when unset). With `--check` it serves on a free port, makes one write and one read
+//! through the same session as a client would, checks the answers, deletes the table if it
+//! created it, and exits (`tests/run-all.sh` runs it that way against moto).
 
 #[path = "shared/dynamodb.rs"]
 mod shared;
 
 use aws_sdk_dynamodb::operation::{get_item::GetItemInput, put_item::PutItemInput};
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::AttributeValue::S;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Router;
@@ -33,29 +33,28 @@ use tower::{Layer, ServiceExt};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The table of posts, keyed by the string `pk`.
+const TABLE: &str = "posts";
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let check = std::env::args().any(|arg| arg == "--check");
     let endpoint = std::env::var("DYNAMODB_ENDPOINT").ok();
     let client = shared::client(endpoint.as_deref()).await;
-    let table = match check {
-        true => format!("ryw_axum_{}", std::process::id()),
-        false => "posts".to_owned(),
-    };
-    if client
+    let created = client
         .describe_table()
-        .table_name(&table)
+        .table_name(TABLE)
         .send()
         .await
-        .is_err()
-    {
-        shared::create_table(&client, &table).await?;
+        .is_err();
+    if created {
+        shared::create_table(&client, TABLE).await?;
     }
     let key = match std::env::var("RYW_SIGNING_SECRET") {
         Ok(secret) => SigningKey::new(1, secret)?,
         Err(_) => SigningKey::generate(1),
     };
-    let app = app(client.clone(), &table, key);
+    let app = app(client.clone(), key);
     let addr = match check {
         true => "127.0.0.1:0".to_owned(),
         false => std::env::var("RYW_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned()),
@@ -63,32 +62,27 @@ async fn main() -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     if !check {
-        println!("serving on http://{addr}, table {table}");
+        println!("serving on http://{addr}, table {TABLE}");
         axum::serve(listener, app).await?;
         return Ok(());
     }
     tokio::spawn(async move { axum::serve(listener, app).await });
     let outcome = check::write_then_read(addr).await;
-    client.delete_table().table_name(&table).send().await?;
+    if created {
+        client.delete_table().table_name(TABLE).send().await?;
+    }
     outcome
 }
 
-#[derive(Clone)]
-struct Posts {
-    table: String,
-    service: ReadYourWrites<DynamoService, DynamoAdapter>,
-}
+type Posts = ReadYourWrites<DynamoService, DynamoAdapter>;
 
-fn app(client: aws_sdk_dynamodb::Client, table: &str, key: SigningKey) -> Router {
-    let adapter = DynamoAdapter::new().table(TableSchema::new(table, "pk"));
-    let service = ReadYourWritesLayer::new(adapter).layer(DynamoService::new(client));
+fn app(client: aws_sdk_dynamodb::Client, key: SigningKey) -> Router {
+    let adapter = DynamoAdapter::new().table(TableSchema::new(TABLE, "pk"));
+    let posts: Posts = ReadYourWritesLayer::new(adapter).layer(DynamoService::new(client));
     let authority = Arc::new(TokenAuthority::new(KeyRing::new(key)));
     Router::new()
         .route("/posts/{id}", get(read_post).put(write_post))
-        .with_state(Posts {
-            table: table.to_owned(),
-            service,
-        })
+        .with_state(posts)
         .layer(ServerSessionLayer::new(authority)) // the signed token in `ryw-session`
 }
 
@@ -98,14 +92,9 @@ async fn write_post(
     Path(id): Path<String>,
     body: String,
 ) -> Result<VisibilityHeader, RywError<DynamoError>> {
-    let put = PutItemInput::builder()
-        .table_name(&posts.table)
-        .item("pk", AttributeValue::S(id))
-        .item("body", AttributeValue::S(body));
-    let written = posts
-        .service
-        .oneshot(session.request(DynamoRequest::from(put)))
-        .await?;
+    let put = PutItemInput::builder().table_name(TABLE);
+    let put = DynamoRequest::from(put.item("pk", S(id)).item("body", S(body)));
+    let written = posts.oneshot(session.request(put)).await?;
     Ok(VisibilityHeader(written.visibility().clone()))
 }
 
@@ -114,19 +103,16 @@ async fn read_post(
     session: CurrentSession,
     Path(id): Path<String>,
 ) -> Result<(VisibilityHeader, String), RywError<DynamoError>> {
-    let get = GetItemInput::builder()
-        .table_name(&posts.table)
-        .key("pk", AttributeValue::S(id));
+    let get = GetItemInput::builder().table_name(TABLE).key("pk", S(id));
     let read = posts
-        .service
         .oneshot(session.request(DynamoRequest::from(get)))
         .await?;
-    let item = read.get_ref().item().and_then(|item| item.get("body"));
-    let body = item
-        .and_then(|body| body.as_s().ok())
-        .cloned()
-        .unwrap_or_default();
-    Ok((VisibilityHeader(read.visibility().clone()), body)) // `ryw-visibility: guaranteed; ...`
+    let body = read
+        .get_ref()
+        .item()
+        .and_then(|item| item.get("body")?.as_s().ok());
+    let body = body.cloned().unwrap_or_default();
+    Ok((VisibilityHeader(read.visibility().clone()), body)) // ryw-visibility: guaranteed; ...
 }
 
 /// The `--check` mode's client: one write and one read in one session, as a browser or an app

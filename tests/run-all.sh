@@ -50,8 +50,8 @@ run_tests -p ryw-testcontainers --features docker -- --nocapture
 run_tests --workspace --all-targets --all-features
 run_tests --workspace --all-features --doc
 
-# The examples run: the quickstart and the web example on the simulated store, the web example
-# and the DynamoDB scenario on moto, the MongoDB scenario on SecantusDB. (The ScyllaDB example
+# The examples run: the quickstart and the web example on the simulated store, the web example,
+# the DynamoDB scenario and the README's axum example (one write and one read) on moto, the MongoDB scenario on SecantusDB. (The ScyllaDB example
 # needs a real cluster: it is only compiled.)
 cargo run --quiet --example quickstart
 cargo run --quiet --example coarsening
@@ -60,6 +60,7 @@ cargo run --quiet --example outbox
 cargo run --quiet --example web
 DYNAMODB_ENDPOINT="$RYW_DYNAMODB_ENDPOINT" cargo run --quiet --features dynamodb --example web
 DYNAMODB_ENDPOINT="$RYW_DYNAMODB_ENDPOINT" cargo run --quiet --features dynamodb --example dynamodb
+DYNAMODB_ENDPOINT="$RYW_DYNAMODB_ENDPOINT" cargo run --quiet --features dynamodb --example axum_dynamodb -- --check
 MONGODB_URI="$RYW_MONGODB_URI" cargo run --quiet --features mongodb --example mongodb
 
 # Fuzz the token decoder and verifier for a bounded time (installs cargo-fuzz on first use).
