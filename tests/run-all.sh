@@ -50,9 +50,10 @@ run_tests -p ryw-testcontainers --features docker -- --nocapture
 run_tests --workspace --all-targets --all-features
 run_tests --workspace --all-features --doc
 
-# The examples run: the quickstart and the web example on the simulated store, the web example,
-# the DynamoDB scenario and the README's axum example (one write and one read) on moto, the MongoDB scenario on SecantusDB. (The ScyllaDB example
-# needs a real cluster: it is only compiled.)
+# The examples run: the quickstart and the web example on the simulated store; the web example,
+# the DynamoDB scenario and the README's axum example (one write and one read, then it exits) on
+# moto; the MongoDB scenario on SecantusDB. (The ScyllaDB example needs a real cluster: it is only
+# compiled.)
 cargo run --quiet --example quickstart
 cargo run --quiet --example coarsening
 cargo run --quiet --example adaptive

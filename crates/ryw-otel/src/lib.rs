@@ -8,7 +8,7 @@
 //! release changes this crate only.
 //!
 //! No instrument carries a session id, key or token as an attribute. The instruments, their units
-//! and attributes are listed in the README ("Telemetry").
+//! and attributes are listed in docs/telemetry.md.
 //!
 //! # Example
 //!

@@ -2,7 +2,7 @@
 //! started by `tests/run-all.sh` (`RYW_MONGODB_URI`). Without it every test prints that it
 //! skipped. SecantusDB has no secondaries and does not make reads wait: what these tests prove is
 //! what goes on the wire (asserted with the driver's command monitoring) and what comes back;
-//! the waiting and secondary paths are for a real replica set (see the README).
+//! the waiting and secondary paths are for a real replica set (see docs/mongodb.md and docs/testing.md).
 
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::event::command::CommandEvent;

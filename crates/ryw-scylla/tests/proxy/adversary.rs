@@ -1,5 +1,5 @@
-//! Attacks on the ScyllaDB adapter's promise (README, "Guarantees and the status contract" and
-//! "ScyllaDB"): a read is `Guaranteed` only if, for every scope it touches, it reflects at least
+//! Attacks on the ScyllaDB adapter's promise (docs/guarantees.md, "What each fence rests on", and
+//! docs/scylla.md): a read is `Guaranteed` only if, for every scope it touches, it reflects at least
 //! the highest version of that scope the session wrote or read before.
 //!
 //! The scripted node plays a small replicated cluster (`Cluster` below): three replicas of every
@@ -11,7 +11,7 @@
 //! EXISTS`, BATCH).
 //!
 //! Each test says what the attack is and what holds under it; where what holds is one of the
-//! limitations the README states, the test says so and asserts that behaviour, so that a change
+//! limitations docs/scylla.md states, the test says so and asserts that behaviour, so that a change
 //! to it is seen.
 
 use crate::scripted_node::{
@@ -1207,7 +1207,7 @@ async fn partition_reads_under_every_fence_config() {
     rig.stop().await;
 }
 
-/// A stated limitation (README, ScyllaDB: "writes in flight"): monotonic reads cover writes
+/// A stated limitation (docs/scylla.md: "writes in flight"): monotonic reads cover writes
 /// acknowledged at the write consistency. The session reads row `r1` on a replica holding
 /// another client's write still in flight (`'new'` at T5, on one replica only; the quorum has
 /// `'old'` at T1). Its next listing of the partition goes to `LOCAL_QUORUM`, which does not hold
@@ -1258,7 +1258,7 @@ async fn monotonic_reads_row_then_partition_with_a_write_in_flight() {
     rig.stop().await;
 }
 
-/// A stated limitation (README, ScyllaDB: "writes in flight"). The session reads a row that exists
+/// A stated limitation (docs/scylla.md: "writes in flight"). The session reads a row that exists
 /// only on the replica it asked (another client's insert, still in flight: the quorum does not
 /// hold it). The next read goes to a replica without it, is escalated, and the quorum has no such
 /// row either: no write time, as for a deleted row, so it is `Guaranteed(Escalated)` without the
@@ -1329,7 +1329,7 @@ async fn monotonic_reads_a_row_seen_then_older() {
     rig.stop().await;
 }
 
-/// A stated limitation (README, ScyllaDB: "lightweight transactions"): do not mix lightweight
+/// A stated limitation (docs/scylla.md: "lightweight transactions"): do not mix lightweight
 /// transactions and plain writes on one row. A transaction (`INSERT ... IF NOT EXISTS`), then a
 /// plain write of the same row by the same session. The coordinator's clock runs 1 ms ahead of the
 /// app's, so the transaction's timestamp (NOW + 1000) is later than the session's next write
@@ -1596,7 +1596,7 @@ async fn a_range_delete_leaves_rows_outside_the_range_pending_for_good() {
 }
 
 /// Two tables keyed the same way (`app.t` and `app.u`, both by user id). Scopes carry no table:
-/// the README says to name the table in the key bytes when tables share keys. Named so
+/// docs/scylla.md says to name the table in the key bytes when tables share keys. Named so
 /// (`t/u7`, `u/u7`), writing the user's post does not hold back reads of the user's profile.
 #[tokio::test]
 async fn tables_sharing_keys_are_told_apart_by_the_key_bytes() {
@@ -1694,7 +1694,7 @@ async fn an_aliased_writetime_column() {
     rig.stop().await;
 }
 
-/// A stated limitation (README, ScyllaDB: "equal timestamps"). Two sessions write one row with
+/// A stated limitation (docs/scylla.md: "equal timestamps"). Two sessions write one row with
 /// the same timestamp: both read the row a writer whose clock runs 50 ms ahead left at W, so both
 /// stamp their writes W + 1. Scylla breaks the tie by value: the session's `'z'` wins at the
 /// quorum. The replica the session reads missed its write and holds the other session's `'a'` at
@@ -1941,7 +1941,7 @@ async fn listing_a_partition_after_a_row_delete() {
     rig.stop().await;
 }
 
-/// A stated limitation (README, ScyllaDB: "writes in flight"). The session's first listing is
+/// A stated limitation (docs/scylla.md: "writes in flight"). The session's first listing is
 /// unfenced at `LOCAL_ONE` and shows `r1 = 'new'` (T5, another client's write still in flight,
 /// on that replica only). The second listing goes to `LOCAL_QUORUM` up front, which does not hold
 /// the write in flight yet: `Guaranteed(Escalated)` with `r1 = 'old'`.
