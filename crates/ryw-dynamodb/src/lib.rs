@@ -159,6 +159,9 @@
 //! ```
 //!
 //! [ryw]: https://docs.rs/ryw
+//!
+//! The repository's guide goes further: docs/dynamodb.md (operations, what each guarantees, and the
+//! tests that show it).
 
 mod adapter;
 mod conditions;

@@ -78,6 +78,9 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The repository's guide goes further: docs/http.md (tokens, cookies, revocation, the `ryw-
+//! visibility` header and its units per store) and docs/principals.md.
 
 #[cfg(feature = "axum")]
 pub mod axum;

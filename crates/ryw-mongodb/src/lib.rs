@@ -77,6 +77,9 @@
 //! ```
 //!
 //! [ryw]: https://docs.rs/ryw
+//!
+//! The repository's guide goes further: docs/mongodb.md (operations, replays, and the tests that
+//! show them).
 
 mod adapter;
 pub mod error;

@@ -82,6 +82,9 @@
 //!   scope does not know of the write and cannot say `Queued`.
 //! - A dead letter queued again ([`Outbox::retry_dead_letter`]) goes to the end of the queue,
 //!   after the session's later writes.
+//!
+//! The repository's guide goes further: docs/outbox.md (what is deferred, replay, dead letters, and
+//! the outage and crash tests).
 
 mod breaker;
 pub mod entry;

@@ -46,6 +46,9 @@
 //! assert_eq!(curve[0]["p_visible"], 0.0); // nothing is visible at once
 //! assert_eq!(curve[4]["p_visible"], 1.0); // everything after 80 ms
 //! ```
+//!
+//! The repository's guide goes further: docs/probe.md (the commands, the stores, exit codes and
+//! sample output).
 
 pub mod check;
 pub mod cli;

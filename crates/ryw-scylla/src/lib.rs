@@ -111,6 +111,9 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The repository's guide goes further: docs/scylla.md (row and partition scopes, paged reads,
+//! limitations, and the tests that show them).
 
 mod adapter;
 mod error;

@@ -38,6 +38,8 @@
 //! assert_eq!(fresh.value(), Some(5));
 //! # }
 //! ```
+//!
+//! The repository's guide goes further: docs/testing.md (the simulation suite built on this crate).
 
 mod adapter;
 pub mod checker;

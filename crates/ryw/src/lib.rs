@@ -72,6 +72,9 @@
 //! for, or read on the strong path.
 //!
 //! [tower]: https://docs.rs/tower
+//!
+//! The repository's guide goes further: docs/guarantees.md (the status contract and what each fence
+//! rests on), docs/fence.md and docs/benchmarks.md.
 
 pub mod adapter;
 pub mod adaptive;
