@@ -79,8 +79,8 @@
 //! # }
 //! ```
 //!
-//! The repository's guide goes further: docs/http.md (tokens, cookies, revocation, the `ryw-
-//! visibility` header and its units per store) and docs/principals.md.
+//! The repository's guide goes further: docs/http.md (tokens, cookies, revocation, the
+//! `ryw-visibility` header and its units per store) and docs/principals.md.
 
 #[cfg(feature = "axum")]
 pub mod axum;
