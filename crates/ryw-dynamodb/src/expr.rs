@@ -81,6 +81,43 @@ pub(crate) fn prune_names(names: &mut HashMap<String, String>, expressions: &[Op
 }
 
 /// Canonical bytes of a key: table, index, then each attribute in name order.
+/// A DynamoDB number in one spelling per value (`1`, `1.0`, `+1` and `10e-1` are one key at
+/// DynamoDB): sign, significant digits without leading or trailing zeros, and a power of ten.
+/// `None` for text that is not a number.
+pub(crate) fn canonical_number(n: &str) -> Option<String> {
+    let s = n.trim();
+    let (negative, rest) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (mantissa, exponent) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
+        None => (rest, 0),
+    };
+    let (int, frac) = match mantissa.find('.') {
+        Some(i) => (&mantissa[..i], &mantissa[i + 1..]),
+        None => (mantissa, ""),
+    };
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let digits: String = int.chars().chain(frac.chars()).collect();
+    let significant = digits.trim_start_matches('0');
+    if significant.is_empty() {
+        return Some("0".into());
+    }
+    let trimmed = significant.trim_end_matches('0');
+    let zeros = (significant.len() - trimmed.len()) as i64;
+    let power = exponent
+        .checked_sub(frac.len() as i64)?
+        .checked_add(zeros)?;
+    let sign = if negative { "-" } else { "" };
+    Some(format!("{sign}{trimmed}e{power}"))
+}
+
 pub(crate) fn key_bytes(
     kind: u8,
     table: &str,
@@ -104,7 +141,10 @@ pub(crate) fn key_bytes(
             }
             AttributeValue::N(n) => {
                 out.push(b'N');
-                out.extend_from_slice(n.trim().as_bytes());
+                match canonical_number(n) {
+                    Some(canonical) => out.extend_from_slice(canonical.as_bytes()),
+                    None => out.extend_from_slice(n.trim().as_bytes()),
+                }
             }
             AttributeValue::B(b) => {
                 out.push(b'B');
@@ -234,6 +274,30 @@ mod tests {
         assert_eq!(
             key_condition_value("#x = :v", Some(&names), Some(&values), "pk"),
             None
+        );
+    }
+
+    #[test]
+    fn a_number_has_one_spelling() {
+        for same in ["1", "1.0", "+1", "01", "10e-1", "0.1E1", " 1 ", "1.000"] {
+            assert_eq!(canonical_number(same).as_deref(), Some("1e0"), "{same}");
+        }
+        assert_eq!(canonical_number("-2.50").as_deref(), Some("-25e-1"));
+        assert_eq!(canonical_number("1200").as_deref(), Some("12e2"));
+        assert_eq!(canonical_number("0.000").as_deref(), Some("0"));
+        assert_eq!(canonical_number("-0").as_deref(), Some("0"));
+        for not in ["", "-", ".", "1e", "abc", "1.2.3", "1e99999999999999999999"] {
+            assert_eq!(canonical_number(not), None, "{not}");
+        }
+        let one = AttributeValue::N("1".into());
+        let other = AttributeValue::N("1.0".into());
+        assert_eq!(
+            key_bytes(1, "t", "", &mut [("pk", &one)]),
+            key_bytes(1, "t", "", &mut [("pk", &other)])
+        );
+        assert_ne!(
+            key_bytes(1, "t", "", &mut [("pk", &one)]),
+            key_bytes(1, "t", "", &mut [("pk", &AttributeValue::N("10".into()))])
         );
     }
 

@@ -304,6 +304,9 @@ async fn batch_get_item(
 
     let mut responses: HashMap<String, Vec<expr::Item>> = HashMap::new();
     let mut capacity = Vec::new();
+    // Each table's settings as asked (consistency, projection, names): unprocessed keys are sent
+    // again with them, whatever the server echoes back with the keys.
+    let settings = tables.clone();
     let mut pending = tables;
     let mut rounds = 0u32;
     let mut wait = config.batch_get_backoff;
@@ -345,7 +348,17 @@ async fn batch_get_item(
             None => tokio::time::sleep(wait).await,
         }
         wait = (wait * 2).min(std::time::Duration::from_secs(1));
-        pending = left;
+        pending = left
+            .into_iter()
+            .map(|(table, echoed)| match settings.get(&table) {
+                Some(asked) => {
+                    let mut again = asked.clone();
+                    again.keys = echoed.keys;
+                    (table, again)
+                }
+                None => (table, echoed),
+            })
+            .collect();
     }
     let output = BatchGetItemOutput::builder()
         .set_responses(Some(responses))
