@@ -253,10 +253,12 @@ impl<T> MongoResponse<T> {
         self.output
     }
 
-    /// The documents of a `find` (empty for other operations).
+    /// The documents a read returned: every one of a `find`, the one of a `find_one` or a
+    /// `find_one_and_update` (none when nothing matched), none for other operations.
     pub fn documents(&self) -> &[T] {
         match &self.output {
             MongoOutput::Documents(d) => d,
+            MongoOutput::Document(Some(d)) => std::slice::from_ref(d),
             _ => &[],
         }
     }
@@ -293,6 +295,29 @@ mod tests {
     use super::*;
     use mongodb::bson::{doc, oid::ObjectId};
     use ryw::SessionId;
+
+    fn response(output: MongoOutput<Document>) -> MongoResponse<Document> {
+        MongoResponse {
+            output,
+            operation_time: None,
+            cluster_time: None,
+            replayed: false,
+        }
+    }
+
+    #[test]
+    fn documents_gives_what_a_find_or_a_find_one_returned() {
+        let a = doc! { "_id": "a" };
+        let b = doc! { "_id": "b" };
+        let found = response(MongoOutput::Documents(vec![a.clone(), b.clone()]));
+        assert_eq!(found.documents(), [a.clone(), b]);
+        assert_eq!(
+            response(MongoOutput::Document(Some(a.clone()))).documents(),
+            [a]
+        );
+        assert!(response(MongoOutput::Document(None)).documents().is_empty());
+        assert!(response(MongoOutput::Deleted(1)).documents().is_empty());
+    }
 
     /// The BSON bytes `document` takes inside another document (without the 5 bytes of an
     /// empty document's length and terminator).
