@@ -38,6 +38,11 @@ use std::task::{Context, Poll};
 #[derive(Clone)]
 pub struct DynamoService {
     client: Client,
+    /// The same client without the SDK's own retries, for the writes the session layer
+    /// stamped: a lost answer is the layer's to retry, as a replay by write id. An SDK retry
+    /// below the layer would resend it as a first attempt, and a version-conditioned write
+    /// finding the item deleted meanwhile would create it again.
+    stamped_writes: Client,
     observer: Option<std::sync::Arc<dyn Observer>>,
 }
 
@@ -49,9 +54,21 @@ impl fmt::Debug for DynamoService {
 
 impl DynamoService {
     /// A service sending through `client`.
+    ///
+    /// Reads, and writes sent without the session layer, use `client` as it is configured.
+    /// Writes the layer stamped go through a copy of it with the SDK's retries turned off: the
+    /// layer retries them itself, as replays recognised by their write id.
     pub fn new(client: Client) -> Self {
+        let stamped_writes = Client::from_conf(
+            client
+                .config()
+                .to_builder()
+                .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+                .build(),
+        );
         DynamoService {
             client,
+            stamped_writes,
             observer: None,
         }
     }
@@ -84,7 +101,11 @@ impl tower::Service<DynamoRequest> for DynamoService {
     }
 
     fn call(&mut self, request: DynamoRequest) -> DynamoFuture {
-        let client = self.client.clone();
+        let client = if request.stamp.is_some() {
+            self.stamped_writes.clone()
+        } else {
+            self.client.clone()
+        };
         if !DbCall::wanted(self.observer.as_ref()) {
             return Box::pin(async move { send(&client, request).await });
         }

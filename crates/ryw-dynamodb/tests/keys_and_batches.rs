@@ -544,4 +544,65 @@ async fn unprocessed_keys_of_an_escalated_table_are_resent_strongly() {
     );
 }
 
+/// At most once, with a client whose SDK retries are on: the session writes an item it has
+/// seen; that PutItem applies but its answer is lost (HTTP 500), and meanwhile another writer
+/// deletes the item. Were the SDK to send the same request again below the layer, its version
+/// condition would fail on the absent item and the write would be created again. The service
+/// sends stamped writes without the SDK's retries: the layer retries, as a replay, which finds
+/// the item gone and does not create it again; the item stays deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_was_lost_is_retried_by_the_layer_not_the_sdk() {
+    let Some(moto) = moto() else { return };
+    let lag = Lag::start(&moto);
+    let table = unique("sdkretry");
+    lag.create_table(&table, ScalarAttributeType::S).await;
+    let mut db = layer(&lag, numbered(&table));
+    let session = Session::new();
+    let put = |marker: &str| {
+        DynamoRequest::from(
+            PutItemInput::builder()
+                .table_name(&table)
+                .item("pk", s("k"))
+                .item("marker", s(marker)),
+        )
+    };
+    call(&mut db, session.request(put("first"))).await;
+
+    let marker = format!("lose-{table}");
+    LOSE_ANSWER.lock().unwrap().push(marker.clone());
+    let answer = db
+        .ready()
+        .await
+        .unwrap()
+        .call(session.request(put(&marker)))
+        .await;
+    assert!(
+        LOSE_ANSWER.lock().unwrap().is_empty(),
+        "the first delivery lost its answer"
+    );
+    let write_id = answer
+        .as_ref()
+        .ok()
+        .and_then(|r| r.write_id())
+        .map(|w| w.to_string());
+    let now = lag
+        .primary
+        .get_item()
+        .table_name(&table)
+        .key("pk", s("k"))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item;
+    assert!(
+        now.is_none(),
+        "the write applied again after the delete that followed it (answer {:?}, write id \
+         {write_id:?}): item {now:?}",
+        answer.as_ref().map(|r| r.visibility().clone())
+    );
+}
+
+// Silence unused warnings for items only some tests use.
+#[allow(dead_code)]
 fn _unused(_: Visibility, _: Pages<Db>) {}
