@@ -355,7 +355,10 @@ impl DynamoError {
                 DynamoError::NoResponse { message, source }
             }
             SdkError::DispatchFailure(d) => {
-                let may_have_been_sent = d.is_io() || d.is_timeout();
+                // Only a failure the client raised itself (a user error: a bad endpoint, say) shows
+                // that nothing left; a connection closed mid-answer (hyper's
+                // `IncompleteMessage`, kind "other") may follow a write that applied.
+                let may_have_been_sent = !d.is_user();
                 let (message, source) = whole(SdkError::<E, HttpResponse>::DispatchFailure(d));
                 if may_have_been_sent {
                     DynamoError::NoResponse { message, source }
