@@ -80,7 +80,9 @@ pub enum DynamoError {
         #[source]
         source: Option<Source>,
     },
-    /// The request never left the client (a connection could not be made, credentials failed).
+    /// The request never left the client: the SDK's connector refused it itself (a user error,
+    /// such as an endpoint it cannot use). A failed or closed connection is
+    /// [`DynamoError::NoResponse`]: the request may have reached DynamoDB.
     #[error("request not sent: {message}")]
     NotSent {
         /// What happened.
