@@ -1,10 +1,17 @@
-//! Reads through the session layer against moto, with eventually consistent reads answered by a
-//! lagging copy: an HTTP proxy in front of moto sends writes, `ConsistentRead` reads and
+//! The session layer against moto, with eventually consistent reads answered by a lagging copy: an HTTP proxy in front of moto sends writes, `ConsistentRead` reads and
 //! `TransactGetItems` to the primary (region us-east-1 of moto), and answers every eventually
 //! consistent `GetItem`, `Query`, `Scan` and the eventually consistent tables of a
 //! `BatchGetItem` from a copy (the same tables in region eu-west-1 of the same moto) that the
 //! test brings up to date with [`Lag::sync`] only: the copy holds exactly the writes applied
-//! before the last sync, as a DynamoDB replica that replicates each partition in order would.
+//! before the last sync (or one item put there with [`Lag::copy_item`]), as a DynamoDB replica
+//! that replicates each partition in order would. The proxy can also lose a `PutItem`'s answer
+//! after moto applied it ([`Gate`]).
+//!
+//! `lost_answers`: reads over the copy, and writes whose answers are lost. `keys_and_batches`:
+//! number keys spelled two ways, a batch's unprocessed keys, and the SDK's own retries.
+
+mod keys_and_batches;
+mod lost_answers;
 
 use aws_sdk_dynamodb::config::{Credentials, Region};
 use aws_sdk_dynamodb::operation::put_item::PutItemInput;
@@ -63,12 +70,28 @@ struct Lag {
     gate: Arc<Gate>,
 }
 
-/// Holds the next `PutItem` at the proxy, before it reaches moto, until released.
+/// What the proxy does to `PutItem`s.
 #[derive(Default)]
 struct Gate {
     /// Every `PutItem` is applied at moto and its connection closed without an answer.
     drop_puts: std::sync::atomic::AtomicBool,
-    armed: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+    /// Markers of `PutItem`s (their `marker` attribute) whose first delivery applies, then has
+    /// its item deleted by another writer, and is answered 500: each once.
+    lose_answer: Mutex<Vec<String>>,
+}
+
+impl Gate {
+    /// The table and key of a `PutItem` carrying a marker of [`Gate::lose_answer`] (taken:
+    /// once only).
+    fn lost_answer(&self, body: &[u8]) -> Option<(Value, Value)> {
+        let json: Value = serde_json::from_slice(body).ok()?;
+        let marker = json["Item"]["marker"]["S"].as_str()?;
+        let mut markers = self.lose_answer.lock().unwrap();
+        let i = markers.iter().position(|m| m == marker)?;
+        markers.remove(i);
+        let key = serde_json::json!({"pk": json["Item"]["pk"].clone()});
+        Some((json["TableName"].clone(), key))
+    }
 }
 
 impl Lag {
@@ -101,8 +124,14 @@ impl Lag {
         }
     }
 
-    /// Creates `table` (string keys `pk` and, if given, `sk`) in both regions.
-    async fn create_table(&self, table: &str, sort_key: Option<&str>) {
+    /// Creates `table` (partition key `pk` of `pk_type` and, if given, string sort key `sk`)
+    /// in both regions.
+    async fn create_table(
+        &self,
+        table: &str,
+        pk_type: ScalarAttributeType,
+        sort_key: Option<&str>,
+    ) {
         for c in [&self.primary, &self.copy] {
             let mut b = c
                 .create_table()
@@ -111,7 +140,7 @@ impl Lag {
                 .attribute_definitions(
                     AttributeDefinition::builder()
                         .attribute_name("pk")
-                        .attribute_type(ScalarAttributeType::S)
+                        .attribute_type(pk_type.clone())
                         .build()
                         .unwrap(),
                 )
@@ -186,6 +215,28 @@ impl Lag {
                 .await
                 .unwrap();
         }
+    }
+
+    /// Copies the item with `key` as the primary holds it now into the copy.
+    async fn copy_item(&self, table: &str, key: HashMap<String, AttributeValue>) {
+        let item = self
+            .primary
+            .get_item()
+            .table_name(table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item
+            .expect("the primary holds the item");
+        self.copy
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .unwrap();
     }
 
     fn routes(&self) -> Vec<Route> {
@@ -294,6 +345,11 @@ fn serve(conn: TcpStream, upstream: &str, routes: &Mutex<Vec<Route>>, gate: &Gat
             .unwrap_or_default();
         let json: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
         let strong = json.get("ConsistentRead") == Some(&Value::Bool(true));
+        let lost = if target == "PutItem" {
+            gate.lost_answer(&req.body)
+        } else {
+            None
+        };
         let (status, headers, body) = match target.as_str() {
             "GetItem" | "Query" | "Scan" if !strong => {
                 routes.lock().unwrap().push(Route::Copy(target.clone()));
@@ -309,12 +365,40 @@ fn serve(conn: TcpStream, upstream: &str, routes: &Mutex<Vec<Route>>, gate: &Gat
                 let _ = writer.shutdown(std::net::Shutdown::Both);
                 return;
             }
-            "PutItem" if gate.armed.lock().unwrap().is_some() => {
-                let (held, release) = gate.armed.lock().unwrap().take().unwrap();
-                held.send(()).unwrap();
-                release.recv().unwrap();
+            "PutItem" if lost.is_some() => {
+                // The write applies, another writer deletes the item, and the answer is lost:
+                // the client sees a 500 (InternalServerError), which the SDK retries.
+                let (table, key) = lost.unwrap();
                 routes.lock().unwrap().push(Route::Primary(target.clone()));
-                forward(upstream, &req, PRIMARY, &req.body)
+                let (status, headers, body) = forward(upstream, &req, PRIMARY, &req.body);
+                assert!(
+                    status.contains(" 200"),
+                    "{}",
+                    String::from_utf8_lossy(&body)
+                );
+                let mut delete = HttpRequest {
+                    line: req.line.clone(),
+                    headers: req.headers.clone(),
+                    body: Vec::new(),
+                };
+                for (k, v) in &mut delete.headers {
+                    if k.eq_ignore_ascii_case("x-amz-target") {
+                        *v = "DynamoDB_20120810.DeleteItem".into();
+                    }
+                }
+                let body = serde_json::to_vec(&serde_json::json!({"TableName": table, "Key": key}))
+                    .unwrap();
+                let (deleted, _, _) = forward(upstream, &delete, PRIMARY, &body);
+                assert!(deleted.contains(" 200"));
+                let _ = headers;
+                (
+                    "HTTP/1.1 500 Internal Server Error".to_owned(),
+                    vec![(
+                        "Content-Type".to_owned(),
+                        "application/x-amz-json-1.0".to_owned(),
+                    )],
+                    br#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"Internal server error"}"#.to_vec(),
+                )
             }
             _ => {
                 routes.lock().unwrap().push(Route::Primary(target.clone()));
@@ -411,236 +495,6 @@ async fn call(
     db.ready().await.unwrap().call(request).await.unwrap()
 }
 
-/// The proxy sends eventually consistent reads to the copy, which holds only what was synced.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_lagging_copy_lags() {
-    let Some(moto) = moto() else { return };
-    let lag = Lag::start(&moto);
-    let table = unique("sanity");
-    lag.create_table(&table, None).await;
-    lag.proxied
-        .put_item()
-        .table_name(&table)
-        .item("pk", s("a"))
-        .send()
-        .await
-        .unwrap();
-    let cheap = lag
-        .proxied
-        .get_item()
-        .table_name(&table)
-        .key("pk", s("a"))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        cheap.item.is_none(),
-        "the copy lacks the write until synced"
-    );
-    lag.sync(&table, &["pk"]).await;
-    let cheap = lag
-        .proxied
-        .get_item()
-        .table_name(&table)
-        .key("pk", s("a"))
-        .send()
-        .await
-        .unwrap();
-    assert!(cheap.item.is_some());
-    assert!(lag.routes().contains(&Route::Copy("GetItem".into())));
+fn n(v: &str) -> AttributeValue {
+    AttributeValue::N(v.into())
 }
-
-fn adapter(table: &str) -> DynamoAdapter {
-    DynamoAdapter::new().table(TableSchema::new(table, "pk").sort_key("sk"))
-}
-
-fn put(table: &str, pk: &str, sk: &str) -> DynamoRequest {
-    PutItemInput::builder()
-        .table_name(table)
-        .item("pk", s(pk))
-        .item("sk", s(sk))
-        .into()
-}
-
-fn query(table: &str, pk: &str) -> DynamoRequest {
-    QueryInput::builder()
-        .table_name(table)
-        .key_condition_expression("pk = :p")
-        .expression_attribute_values(":p", s(pk))
-        .into()
-}
-
-/// Attacks that held: a batch across two tables, one holding the session's write and one not
-/// (only that table read strongly), a batch after a delete the copy lacks, a scan of a written
-/// and of an unwritten table, and `Limit` 1 pages of a partition whose copy lacks the session's
-/// writes in the middle of it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn held_batches_scans_and_pages_over_a_lagging_copy() {
-    use aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemInput;
-    use aws_sdk_dynamodb::operation::delete_item::DeleteItemInput;
-    use aws_sdk_dynamodb::operation::scan::ScanInput;
-    use aws_sdk_dynamodb::types::KeysAndAttributes;
-    let Some(moto) = moto() else { return };
-    let lag = Lag::start(&moto);
-    let a = unique("heldA");
-    let b = unique("heldB");
-    lag.create_table(&a, Some("sk")).await;
-    lag.create_table(&b, Some("sk")).await;
-    let adapter = DynamoAdapter::new()
-        .table(TableSchema::new(&a, "pk").sort_key("sk"))
-        .table(TableSchema::new(&b, "pk").sort_key("sk"));
-    let mut db = layer(&lag, adapter);
-    let other = Session::new();
-    let session = Session::new();
-    for sk in ["1", "3", "5"] {
-        call(&mut db, other.request(put(&a, "p", sk))).await;
-        call(&mut db, other.request(put(&b, "p", sk))).await;
-    }
-    lag.sync(&a, &["pk", "sk"]).await;
-    lag.sync(&b, &["pk", "sk"]).await;
-    call(&mut db, session.request(put(&a, "p", "2"))).await;
-    call(&mut db, session.request(put(&a, "p", "4"))).await;
-
-    let key = |sk: &str| -> HashMap<String, AttributeValue> {
-        [("pk".to_owned(), s("p")), ("sk".to_owned(), s(sk))].into()
-    };
-    let batch = BatchGetItemInput::builder()
-        .request_items(
-            &a,
-            KeysAndAttributes::builder()
-                .keys(key("2"))
-                .keys(key("4"))
-                .build()
-                .unwrap(),
-        )
-        .request_items(
-            &b,
-            KeysAndAttributes::builder()
-                .keys(key("1"))
-                .keys(key("2"))
-                .build()
-                .unwrap(),
-        );
-    let read = call(&mut db, session.request(DynamoRequest::from(batch))).await;
-    assert!(read.visibility().is_guaranteed(), "{:?}", read.visibility());
-    assert_eq!(keys_of(read.get_ref().batch_items(&a), "sk"), ["2", "4"]);
-    assert_eq!(keys_of(read.get_ref().batch_items(&b), "sk"), ["1"]);
-    assert!(lag
-        .routes()
-        .contains(&Route::Primary(format!("BatchGetItem [{a:?}]"))));
-
-    // Limit 1 pages of the partition: the copy lacks 2 and 4.
-    let q = match query(&a, "p").operation().clone() {
-        ryw_dynamodb::DynamoOperation::Query(q) => DynamoRequest::from(q.limit(1)),
-        _ => unreachable!(),
-    };
-    let all = Pages::new(&mut db, session.request(q.clone()))
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    assert!(all.is_guaranteed(), "{:?}", all.visibilities());
-    let mut got: Vec<String> = all
-        .items()
-        .iter()
-        .map(|i| i["sk"].as_s().unwrap().clone())
-        .collect();
-    assert_eq!(got, ["1", "2", "3", "4", "5"]);
-
-    // A delete the copy lacks.
-    let delete = DeleteItemInput::builder()
-        .table_name(&a)
-        .key("pk", s("p"))
-        .key("sk", s("3"));
-    call(&mut db, session.request(DynamoRequest::from(delete))).await;
-    lag.sync(&a, &["pk", "sk"]).await;
-    let delete = DeleteItemInput::builder()
-        .table_name(&a)
-        .key("pk", s("p"))
-        .key("sk", s("5"));
-    call(&mut db, session.request(DynamoRequest::from(delete))).await;
-    let batch = BatchGetItemInput::builder().request_items(
-        &a,
-        KeysAndAttributes::builder().keys(key("5")).build().unwrap(),
-    );
-    let read = call(&mut db, session.request(DynamoRequest::from(batch))).await;
-    assert!(read.visibility().is_guaranteed());
-    assert!(read.get_ref().batch_items(&a).is_empty());
-    let all = Pages::new(&mut db, session.request(q))
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    assert!(all.is_guaranteed());
-    got = all
-        .items()
-        .iter()
-        .map(|i| i["sk"].as_s().unwrap().clone())
-        .collect();
-    assert_eq!(got, ["1", "2", "4"]);
-
-    // Scans.
-    let scan = ScanInput::builder().table_name(&a);
-    let read = call(&mut db, session.request(DynamoRequest::from(scan))).await;
-    assert!(read.visibility().is_guaranteed());
-    assert_eq!(keys_of(read.get_ref().items(), "sk"), ["1", "2", "4"]);
-    let scan = ScanInput::builder().table_name(&b);
-    let read = call(&mut db, session.request(DynamoRequest::from(scan))).await;
-    assert_eq!(read.visibility(), &Visibility::Unscoped);
-}
-
-/// A write whose every answer is lost after moto applied it (the connection closes before the
-/// response): the caller must not be told `Error::Store { may_have_applied: false }`, which
-/// says that neither the write nor any copy of it applied.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_whose_answers_are_lost_may_have_applied() {
-    let Some(moto) = moto() else { return };
-    let lag = Lag::start(&moto);
-    let table = unique("lost");
-    lag.create_table(&table, Some("sk")).await;
-    let mut db = layer(&lag, adapter(&table));
-    let session = Session::new();
-    lag.gate
-        .drop_puts
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let result = db
-        .ready()
-        .await
-        .unwrap()
-        .call(session.request(put(&table, "p", "x")))
-        .await;
-    lag.gate
-        .drop_puts
-        .store(false, std::sync::atomic::Ordering::SeqCst);
-    let now = lag
-        .primary
-        .get_item()
-        .table_name(&table)
-        .key("pk", s("p"))
-        .key("sk", s("x"))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .item;
-    assert!(now.is_some(), "moto applied the write");
-    let attempts = lag
-        .routes()
-        .iter()
-        .filter(|r| **r == Route::Primary("PutItem (answer lost)".into()))
-        .count();
-    match &result {
-        Err(ryw::Error::Store {
-            may_have_applied: false,
-            source,
-            ..
-        }) => panic!(
-            "the write applied, yet it is reported unapplied after {attempts} attempts: {source:?}"
-        ),
-        other => eprintln!("answered {other:?}"),
-    }
-}
-
-// Silence unused warnings for items only some tests use.
-#[allow(dead_code)]
-fn _unused(_: Visibility) {}
