@@ -82,14 +82,11 @@ impl<R> StampedWrite<R> {
     pub(crate) fn into_copies(self) -> Arc<Copies<R>> {
         match self.copies {
             Some(copies) => copies,
-            None => Arc::new(Copies {
-                write: Mutex::new(Some(Outstanding {
-                    stamp: Stamp::new(self.write_id, self.timestamp),
-                    request: self.request,
-                    attempts: u32::from(self.may_have_applied),
-                })),
-                shared: OnceLock::new(),
-            }),
+            None => Copies::sending(
+                Stamp::new(self.write_id, self.timestamp),
+                self.request,
+                u32::from(self.may_have_applied),
+            ),
         }
     }
 }
@@ -194,6 +191,18 @@ impl<R: std::fmt::Debug> std::fmt::Debug for Copies<R> {
 }
 
 impl<R> Copies<R> {
+    /// Copies sending the write `stamp`, `request`, with `attempts` that may have applied.
+    fn sending(stamp: Stamp, request: R, attempts: u32) -> Arc<Self> {
+        Arc::new(Copies {
+            write: Mutex::new(Some(Outstanding {
+                stamp,
+                request,
+                attempts,
+            })),
+            shared: OnceLock::new(),
+        })
+    }
+
     /// The stamped write, held while a copy stamps it (so that copies started at once share one
     /// stamp) or counts an attempt.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Option<Outstanding<R>>> {
@@ -289,7 +298,7 @@ impl<R> Outstanding<R> {
         kept.copies = Some(if reused {
             copies.clone()
         } else {
-            kept.clone().into_copies()
+            Copies::sending(self.stamp, kept.request.clone(), 0)
         });
         kept
     }
