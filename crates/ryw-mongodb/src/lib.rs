@@ -93,6 +93,8 @@ mod service;
 pub use adapter::{timestamp_of, version_of, MongoAdapter, STORE_ID};
 pub use error::MongoError;
 pub use record::MongoRecordStore;
-pub use request::{MongoOperation, MongoOutput, MongoRequest, MongoResponse, RECENT_WRITE_IDS};
+pub use request::{
+    FindOptions, MongoOperation, MongoOutput, MongoRequest, MongoResponse, RECENT_WRITE_IDS,
+};
 pub use revocation::MongoRevocations;
 pub use service::{MongoFuture, MongoService};

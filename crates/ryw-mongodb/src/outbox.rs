@@ -14,6 +14,12 @@
 //! write.encode(&mut bytes).unwrap();
 //! let back = MongoRequest::<Document>::decode(&bytes).unwrap();
 //! assert_eq!(format!("{back:?}"), format!("{write:?}"));
+//! // An upsert stays one.
+//! let upsert = MongoRequest::<Document>::replace_one(doc! { "_id": 2 }, doc! { "n": 1 }).upsert();
+//! bytes.clear();
+//! upsert.encode(&mut bytes).unwrap();
+//! let back = MongoRequest::<Document>::decode(&bytes).unwrap();
+//! assert_eq!(format!("{back:?}"), format!("{upsert:?}"));
 //! // Reads are never deferred.
 //! assert!(MongoRequest::<Document>::find(doc! {}).encode(&mut Vec::new()).is_err());
 //! ```
@@ -43,6 +49,9 @@ fn not_deferrable(reason: &'static str) -> NotDeferrable {
 impl<T: Serialize + DeserializeOwned> DurableRequest for MongoRequest<T> {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), NotDeferrable> {
         let typed = |t: &T| bson::to_bson(t).map_err(|_| not_deferrable("document is not BSON"));
+        if let Some(why) = self.refused {
+            return Err(not_deferrable(why));
+        }
         let mut d = Document::new();
         d.insert("format", FORMAT);
         match &self.operation {
@@ -60,23 +69,35 @@ impl<T: Serialize + DeserializeOwned> DurableRequest for MongoRequest<T> {
                 let all = documents.iter().map(typed).collect::<Result<Vec<_>, _>>()?;
                 d.insert("documents", all);
             }
-            MongoOperation::UpdateOne { filter, update } => {
+            MongoOperation::UpdateOne {
+                filter,
+                update,
+                upsert,
+            } => {
                 d.insert("op", "update_one");
                 d.insert("filter", filter.clone());
                 d.insert("update", update.clone());
+                d.insert("upsert", *upsert);
             }
-            MongoOperation::UpdateMany { filter, update } => {
+            MongoOperation::UpdateMany {
+                filter,
+                update,
+                upsert,
+            } => {
                 d.insert("op", "update_many");
                 d.insert("filter", filter.clone());
                 d.insert("update", update.clone());
+                d.insert("upsert", *upsert);
             }
             MongoOperation::ReplaceOne {
                 filter,
                 replacement,
+                upsert,
             } => {
                 d.insert("op", "replace_one");
                 d.insert("filter", filter.clone());
                 d.insert("replacement", typed(replacement)?);
+                d.insert("upsert", *upsert);
             }
             MongoOperation::DeleteOne { filter } => {
                 d.insert("op", "delete_one");
@@ -125,6 +146,12 @@ impl<T: Serialize + DeserializeOwned> DurableRequest for MongoRequest<T> {
             bson::from_bson::<T>(b.clone()).map_err(|_| DecodeError::Invalid("document"))
         };
         let get = |k: &'static str| d.get(k).ok_or(DecodeError::Invalid(k));
+        // A flag absent from an entry is false (entries written before it existed).
+        let flag = |k: &'static str| match d.get(k) {
+            None => Ok(false),
+            Some(Bson::Boolean(b)) => Ok(*b),
+            Some(_) => Err(DecodeError::Invalid(k)),
+        };
         let operation = match d.get_str("op").map_err(|_| DecodeError::Invalid("op"))? {
             "insert_one" => MongoOperation::InsertOne {
                 document: typed(get("document")?)?,
@@ -140,14 +167,17 @@ impl<T: Serialize + DeserializeOwned> DurableRequest for MongoRequest<T> {
             "update_one" => MongoOperation::UpdateOne {
                 filter: doc("filter")?,
                 update: doc("update")?,
+                upsert: flag("upsert")?,
             },
             "update_many" => MongoOperation::UpdateMany {
                 filter: doc("filter")?,
                 update: doc("update")?,
+                upsert: flag("upsert")?,
             },
             "replace_one" => MongoOperation::ReplaceOne {
                 filter: doc("filter")?,
                 replacement: typed(get("replacement")?)?,
+                upsert: flag("upsert")?,
             },
             "delete_one" => MongoOperation::DeleteOne {
                 filter: doc("filter")?,
@@ -199,6 +229,7 @@ impl<T: Serialize + DeserializeOwned> DurableRequest for MongoRequest<T> {
         };
         Ok(MongoRequest {
             operation,
+            refused: None,
             write_id,
             after,
             cluster_time,

@@ -33,11 +33,15 @@ pub enum MongoOperation<T> {
     Find {
         /// The filter.
         filter: Document,
+        /// Sort, skip, limit and projection.
+        options: FindOptions,
     },
     /// `find_one`.
     FindOne {
         /// The filter.
         filter: Document,
+        /// Sort, skip and projection (a limit is refused: `find_one` returns one document).
+        options: FindOptions,
     },
     /// `aggregate` (a read: pipelines with `$out` or `$merge` are not supported).
     Aggregate {
@@ -60,6 +64,8 @@ pub enum MongoOperation<T> {
         filter: Document,
         /// The update.
         update: Document,
+        /// Inserts a document when none matches.
+        upsert: bool,
     },
     /// `update_many`.
     UpdateMany {
@@ -67,6 +73,8 @@ pub enum MongoOperation<T> {
         filter: Document,
         /// The update.
         update: Document,
+        /// Inserts a document when none matches.
+        upsert: bool,
     },
     /// `replace_one`.
     ReplaceOne {
@@ -74,6 +82,8 @@ pub enum MongoOperation<T> {
         filter: Document,
         /// The replacement.
         replacement: T,
+        /// Inserts the replacement when no document matches.
+        upsert: bool,
     },
     /// `delete_one`.
     DeleteOne {
@@ -94,11 +104,52 @@ pub enum MongoOperation<T> {
     },
 }
 
+/// The options of a `find` or a `find_one`, set through [`MongoRequest::sort`],
+/// [`skip`](MongoRequest::skip), [`limit`](MongoRequest::limit) and
+/// [`projection`](MongoRequest::projection).
+///
+/// None of them changes what a read guarantees: MongoDB reads are fenced by the server
+/// (`afterClusterTime`, or the primary), not by fields of the documents, so a projection may leave
+/// out any field, `ryw_write_ids` included.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct FindOptions {
+    /// The sort document (`{ "at": -1 }`).
+    pub sort: Option<Document>,
+    /// Documents skipped.
+    pub skip: Option<u64>,
+    /// At most this many documents (`find` only).
+    pub limit: Option<i64>,
+    /// The projection document (`{ "title": 1 }`).
+    pub projection: Option<Document>,
+}
+
 /// A request to [`MongoService`](crate::MongoService): the operation plus what the session layer
 /// stamped on it.
+///
+/// Options follow the constructor:
+///
+/// ```
+/// use mongodb::bson::{doc, Document};
+/// use ryw_mongodb::MongoRequest;
+///
+/// // The 20 newest posts of a thread, titles only.
+/// let page = MongoRequest::<Document>::find(doc! { "thread": 7 })
+///     .sort(doc! { "at": -1 })
+///     .limit(20)
+///     .projection(doc! { "title": 1 });
+/// // Counts a visit, creating the counter the first time.
+/// let visit = MongoRequest::<Document>::update_one(doc! { "_id": "home" }, doc! { "$inc": { "n": 1 } })
+///     .upsert();
+/// ```
+///
+/// An option the operation does not take (a limit on an update, an upsert on a delete) is refused
+/// when the request is sent: [`MongoError::Invalid`](crate::MongoError::Invalid), nothing sent.
 #[derive(Clone, Debug)]
 pub struct MongoRequest<T> {
     pub(crate) operation: MongoOperation<T>,
+    /// An option the operation does not take, refused when sent.
+    pub(crate) refused: Option<&'static str>,
     pub(crate) write_id: Option<WriteId>,
     pub(crate) after: Option<Timestamp>,
     pub(crate) cluster_time: Option<Arc<[u8]>>,
@@ -115,6 +166,7 @@ impl<T> From<MongoOperation<T>> for MongoRequest<T> {
     fn from(operation: MongoOperation<T>) -> Self {
         MongoRequest {
             operation,
+            refused: None,
             write_id: None,
             after: None,
             cluster_time: None,
@@ -126,13 +178,23 @@ impl<T> From<MongoOperation<T>> for MongoRequest<T> {
 }
 
 impl<T> MongoRequest<T> {
-    /// `find(filter)`.
+    /// `find(filter)`; options: [`sort`](Self::sort), [`skip`](Self::skip),
+    /// [`limit`](Self::limit), [`projection`](Self::projection).
     pub fn find(filter: Document) -> Self {
-        MongoOperation::Find { filter }.into()
+        MongoOperation::Find {
+            filter,
+            options: FindOptions::default(),
+        }
+        .into()
     }
-    /// `find_one(filter)`.
+    /// `find_one(filter)`; options: [`sort`](Self::sort), [`skip`](Self::skip),
+    /// [`projection`](Self::projection).
     pub fn find_one(filter: Document) -> Self {
-        MongoOperation::FindOne { filter }.into()
+        MongoOperation::FindOne {
+            filter,
+            options: FindOptions::default(),
+        }
+        .into()
     }
     /// `aggregate(pipeline)`.
     pub fn aggregate(pipeline: Vec<Document>) -> Self {
@@ -146,19 +208,33 @@ impl<T> MongoRequest<T> {
     pub fn insert_many(documents: Vec<T>) -> Self {
         MongoOperation::InsertMany { documents }.into()
     }
-    /// `update_one(filter, update)`.
+    /// `update_one(filter, update)`; [`upsert`](Self::upsert) inserts a document when none
+    /// matches.
     pub fn update_one(filter: Document, update: Document) -> Self {
-        MongoOperation::UpdateOne { filter, update }.into()
+        MongoOperation::UpdateOne {
+            filter,
+            update,
+            upsert: false,
+        }
+        .into()
     }
-    /// `update_many(filter, update)`.
+    /// `update_many(filter, update)`; [`upsert`](Self::upsert) inserts a document when none
+    /// matches.
     pub fn update_many(filter: Document, update: Document) -> Self {
-        MongoOperation::UpdateMany { filter, update }.into()
+        MongoOperation::UpdateMany {
+            filter,
+            update,
+            upsert: false,
+        }
+        .into()
     }
-    /// `replace_one(filter, replacement)`.
+    /// `replace_one(filter, replacement)`; [`upsert`](Self::upsert) inserts the replacement when
+    /// no document matches.
     pub fn replace_one(filter: Document, replacement: T) -> Self {
         MongoOperation::ReplaceOne {
             filter,
             replacement,
+            upsert: false,
         }
         .into()
     }
@@ -173,6 +249,76 @@ impl<T> MongoRequest<T> {
     /// `find_one_and_update(filter, update)`.
     pub fn find_one_and_update(filter: Document, update: Document) -> Self {
         MongoOperation::FindOneAndUpdate { filter, update }.into()
+    }
+
+    /// Inserts a document when the filter matches none (`update_one`, `update_many`,
+    /// `replace_one`): the filter's equality fields and the update's result, or the replacement
+    /// (with the filter's `_id`). The inserted `_id` is in [`MongoOutput::Updated`]'s `upserted`.
+    ///
+    /// Applied once like every write: a replay after a lost answer finds the document by the
+    /// write id it carries. A replay that finds neither that document nor any the filter matches
+    /// reports [`MongoError::Unresolved`](crate::MongoError::Unresolved) (the layer's
+    /// `Error::Ambiguous`) and inserts nothing: the first attempt may have inserted a document
+    /// that another session deleted since.
+    pub fn upsert(mut self) -> Self {
+        match &mut self.operation {
+            MongoOperation::UpdateOne { upsert, .. }
+            | MongoOperation::UpdateMany { upsert, .. }
+            | MongoOperation::ReplaceOne { upsert, .. } => *upsert = true,
+            _ => self.refuse("upsert applies to update_one, update_many and replace_one"),
+        }
+        self
+    }
+
+    /// Sorts the documents of a `find` or `find_one` (`doc! { "at": -1 }`).
+    pub fn sort(mut self, sort: Document) -> Self {
+        match self.find_options() {
+            Some(o) => o.sort = Some(sort),
+            None => self.refuse("sort applies to find and find_one"),
+        }
+        self
+    }
+
+    /// Skips this many documents of a `find` or `find_one`.
+    pub fn skip(mut self, skip: u64) -> Self {
+        match self.find_options() {
+            Some(o) => o.skip = Some(skip),
+            None => self.refuse("skip applies to find and find_one"),
+        }
+        self
+    }
+
+    /// Returns at most this many documents of a `find` (a negative limit is MongoDB's: one batch
+    /// of at most that many).
+    pub fn limit(mut self, limit: i64) -> Self {
+        match &mut self.operation {
+            MongoOperation::Find { options, .. } => options.limit = Some(limit),
+            _ => self.refuse("limit applies to find"),
+        }
+        self
+    }
+
+    /// Returns only these fields of a `find` or `find_one` (`doc! { "title": 1 }`). Reads stay
+    /// fenced: the fence does not read fields of the documents.
+    pub fn projection(mut self, projection: Document) -> Self {
+        match self.find_options() {
+            Some(o) => o.projection = Some(projection),
+            None => self.refuse("projection applies to find and find_one"),
+        }
+        self
+    }
+
+    fn find_options(&mut self) -> Option<&mut FindOptions> {
+        match &mut self.operation {
+            MongoOperation::Find { options, .. } | MongoOperation::FindOne { options, .. } => {
+                Some(options)
+            }
+            _ => None,
+        }
+    }
+
+    fn refuse(&mut self, why: &'static str) {
+        self.refused.get_or_insert(why);
     }
 
     /// The operation.
@@ -223,11 +369,16 @@ pub enum MongoOutput<T> {
     /// `insert_one`, `insert_many`: the ids.
     Inserted(Vec<Bson>),
     /// Updates and replaces.
+    #[non_exhaustive]
     Updated {
         /// Documents matched.
         matched: u64,
         /// Documents modified.
         modified: u64,
+        /// The `_id` of the document an upsert inserted (`None` when it matched one, and for a
+        /// replay that found its first attempt's document: whether that attempt inserted or
+        /// updated it is not known).
+        upserted: Option<Bson>,
     },
     /// Deletes.
     Deleted(u64),

@@ -147,9 +147,15 @@ fn to_doc<T: Serialize>(value: &T) -> Result<Document, MongoError> {
     mongodb::bson::to_document(value).map_err(|e| MongoError::Invalid(e.to_string()))
 }
 
-/// `filter AND the document does not carry this write id yet`.
-fn not_yet(filter: Document, field: &str, write_id: &str) -> Document {
-    doc! { "$and": [filter, { field: { "$ne": write_id } }] }
+/// `filter AND the document does not carry this write id yet`. The condition joins the filter's
+/// own fields, so that an upsert still takes its equality fields (`_id` above all) from them;
+/// `$and` only when the filter already names the write-id field.
+fn not_yet(mut filter: Document, field: &str, write_id: &str) -> Document {
+    if filter.contains_key(field) {
+        return doc! { "$and": [filter, { field: { "$ne": write_id } }] };
+    }
+    filter.insert(field, doc! { "$ne": write_id });
+    filter
 }
 
 /// The `$slice` that keeps the last [`RECENT_WRITE_IDS`] of a document's write ids (a BSON int32).
@@ -190,6 +196,9 @@ where
     T: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static,
 {
     async fn send(&self, request: MongoRequest<T>) -> Result<MongoResponse<T>, MongoError> {
+        if let Some(why) = request.refused {
+            return Err(MongoError::Invalid(why.into()));
+        }
         let mut session = self.client.start_session().await.map_err(driver)?;
         let (output, replayed) = match request.config {
             // Not through the session layer: sent as it is.
@@ -282,6 +291,7 @@ where
                         _ => MongoOutput::Updated {
                             matched: 1,
                             modified: 1,
+                            upserted: None,
                         },
                     };
                     return Ok((output, true));
@@ -297,10 +307,14 @@ where
             }
         }
         Ok(match operation {
-            MongoOperation::Find { filter } => {
+            MongoOperation::Find { filter, options } => {
                 let mut cursor = coll
                     .find(filter)
                     .optional(criteria, |a, c| a.selection_criteria(c))
+                    .optional(options.sort, |a, s| a.sort(s))
+                    .optional(options.skip, |a, s| a.skip(s))
+                    .optional(options.limit, |a, l| a.limit(l))
+                    .optional(options.projection, |a, p| a.projection(p))
                     .session(&mut *session)
                     .await
                     .map_err(driver)?;
@@ -309,10 +323,13 @@ where
                     false,
                 )
             }
-            MongoOperation::FindOne { filter } => {
+            MongoOperation::FindOne { filter, options } => {
                 let found = coll
                     .find_one(filter)
                     .optional(criteria, |a, c| a.selection_criteria(c))
+                    .optional(options.sort, |a, s| a.sort(s))
+                    .optional(options.skip, |a, s| a.skip(s))
+                    .optional(options.projection, |a, p| a.projection(p))
                     .session(&mut *session)
                     .await
                     .map_err(driver)?;
@@ -425,31 +442,49 @@ where
                 }
             }
             op @ (MongoOperation::UpdateOne { .. } | MongoOperation::UpdateMany { .. }) => {
-                let (many, filter, update) = match op {
-                    MongoOperation::UpdateMany { filter, update } => (true, filter, update),
-                    MongoOperation::UpdateOne { filter, update } => (false, filter, update),
+                let (many, filter, update, upsert) = match op {
+                    MongoOperation::UpdateMany {
+                        filter,
+                        update,
+                        upsert,
+                    } => (true, filter, update, upsert),
+                    MongoOperation::UpdateOne {
+                        filter,
+                        update,
+                        upsert,
+                    } => (false, filter, update, upsert),
                     _ => unreachable!("matched above"),
                 };
+                // A replayed upsert never inserts: see `upsert_at_replay`.
+                let upsert_now = upsert && !(replay && write_id.is_some());
                 let (filter, update) = match &write_id {
                     Some(w) => (not_yet(filter, field, w), push_write_id(update, field, w)?),
                     None => (filter, update),
                 };
                 let r = if many {
                     coll.update_many(filter, update)
+                        .upsert(upsert_now)
                         .session(&mut *session)
                         .await
                 } else {
-                    coll.update_one(filter, update).session(&mut *session).await
+                    coll.update_one(filter, update)
+                        .upsert(upsert_now)
+                        .session(&mut *session)
+                        .await
                 }
                 .map_err(driver)?;
                 let replayed = match &write_id {
                     Some(w) if r.matched_count == 0 => self.already_applied(session, w).await?,
                     _ => false,
                 };
+                if upsert && replay && r.matched_count == 0 && !replayed {
+                    return Err(upsert_at_replay());
+                }
                 (
                     MongoOutput::Updated {
                         matched: r.matched_count,
                         modified: r.modified_count,
+                        upserted: r.upserted_id,
                     },
                     replayed,
                 )
@@ -457,6 +492,7 @@ where
             MongoOperation::ReplaceOne {
                 filter,
                 replacement,
+                upsert,
             } => {
                 let mut doc = to_doc(&replacement)?;
                 let filter = match &write_id {
@@ -467,9 +503,11 @@ where
                     }
                     None => filter,
                 };
+                let upsert_now = upsert && !(replay && write_id.is_some());
                 let raw = coll.clone_with_type::<Document>();
                 let r = raw
                     .replace_one(filter, doc)
+                    .upsert(upsert_now)
                     .session(&mut *session)
                     .await
                     .map_err(driver)?;
@@ -477,10 +515,14 @@ where
                     Some(w) if r.matched_count == 0 => self.already_applied(session, w).await?,
                     _ => false,
                 };
+                if upsert && replay && r.matched_count == 0 && !replayed {
+                    return Err(upsert_at_replay());
+                }
                 (
                     MongoOutput::Updated {
                         matched: r.matched_count,
                         modified: r.modified_count,
+                        upserted: r.upserted_id,
                     },
                     replayed,
                 )
@@ -544,6 +586,17 @@ where
             }
         })
     }
+}
+
+/// A replayed upsert that found neither its write id nor a document its filter matches. Its first
+/// attempt either never applied, or inserted a document another session has deleted since:
+/// inserting now could apply the write twice, so nothing is inserted.
+fn upsert_at_replay() -> MongoError {
+    MongoError::Unresolved(
+        "a replayed upsert found neither its write id nor a document to update: \
+         its first attempt may have inserted a document deleted since"
+            .into(),
+    )
 }
 
 /// Applies a builder step only when a value is present.

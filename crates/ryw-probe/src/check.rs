@@ -135,7 +135,6 @@ async fn session<S: ProbeStore>(
         .encode()
         .expect("a new token encodes");
     let mut follow_up: Option<String> = None;
-    let mut written = std::collections::HashSet::new();
     for n in 0..w.ops {
         let (write, key) = match follow_up.take() {
             Some(key) => {
@@ -170,10 +169,7 @@ async fn session<S: ProbeStore>(
         let observed = if through_ryw {
             let session = Session::from_encoded(&token).expect("own token decodes");
             let observed = if write {
-                let fresh = written.insert(key.clone());
-                store
-                    .ryw_write(instance, &session, &key, value, fresh)
-                    .await?;
+                store.ryw_write(instance, &session, &key, value).await?;
                 None
             } else {
                 let r = store.ryw_read(instance, &session, &key).await?;

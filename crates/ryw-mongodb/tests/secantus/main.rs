@@ -75,6 +75,8 @@ macro_rules! secantus {
     };
 }
 
+mod upserts;
+
 fn layer() -> ReadYourWritesLayer<MongoAdapter> {
     ReadYourWritesLayer::new(MongoAdapter::new().documents()).fence(FenceConfig::server_wait())
 }

@@ -257,7 +257,6 @@ impl ProbeStore for Dynamo {
         session: &Session,
         key: &str,
         value: u64,
-        _fresh: bool,
     ) -> Result<(), ProbeError> {
         let put: ryw_dynamodb::DynamoRequest = PutItemInput::builder()
             .table_name(&self.table)

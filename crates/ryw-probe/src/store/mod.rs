@@ -32,15 +32,13 @@ pub(crate) trait ProbeStore {
     /// Reads `key` on the cheap path (a replica, an eventually consistent read).
     async fn read_cheap(&self, key: &str) -> Result<Option<u64>, ProbeError>;
 
-    /// Writes through ryw, on app instance `instance`; `fresh` when the key was never written
-    /// (MongoDB's adapter inserts it then: it has no upsert).
+    /// Writes through ryw, on app instance `instance`.
     async fn ryw_write(
         &self,
         instance: usize,
         session: &Session,
         key: &str,
         value: u64,
-        fresh: bool,
     ) -> Result<(), ProbeError>;
 
     /// Reads through ryw, on app instance `instance`.

@@ -148,13 +148,10 @@ impl ProbeStore for Mongo {
         session: &Session,
         key: &str,
         value: u64,
-        fresh: bool,
     ) -> Result<(), ProbeError> {
-        let request = if fresh {
-            MongoRequest::insert_one(doc! { "_id": key, "v": value as i64 })
-        } else {
+        let request =
             MongoRequest::replace_one(doc! { "_id": key }, doc! { "_id": key, "v": value as i64 })
-        };
+                .upsert();
         self.instance(instance)
             .oneshot(session.request(request))
             .await

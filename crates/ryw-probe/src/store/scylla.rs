@@ -186,7 +186,6 @@ impl ProbeStore for Scylla {
         session: &Session,
         key: &str,
         value: u64,
-        _fresh: bool,
     ) -> Result<(), ProbeError> {
         let write = ScyllaRequest::write(Statement::new(self.insert(key, value)), ()).row(key, b"");
         self.instance(instance)

@@ -93,7 +93,6 @@ impl ProbeStore for Sim {
         session: &Session,
         key: &str,
         value: u64,
-        _fresh: bool,
     ) -> Result<(), ProbeError> {
         self.instance(instance)
             .oneshot(session.request(SimRequest::put(key, value)))
