@@ -22,8 +22,11 @@ pub const REJECTED_HEADER: &str = "ryw-session-rejected";
 /// writes, so that a UI can say "saving…" until its write is visible:
 ///
 /// - `guaranteed` (with the fence path: `guaranteed; path=escalated`);
-/// - `pending; behind=N; required=R; observed=O`: the data may lack the session's writes, by `N`
-///   versions (a later read converges);
+/// - `pending; behind=N; required=R; observed=O`: the data may lack the session's writes (a later
+///   read converges); `N = R - O` in the store's own version units: writes to the item for a
+///   DynamoDB item, microseconds of write time for ScyllaDB and a DynamoDB partition, packed
+///   cluster time (`seconds << 32 + increment`) for MongoDB. Compare it only within one store;
+///   to tell whether a read is behind, read the status, not the number;
 /// - `unscoped`: nothing could be fenced (a configuration gap);
 /// - `queued; write=S`: the session's write number `S` waits in an outbox (`ryw-outbox`, the
 ///   store was down): a read cannot show it yet, and a write answered so is kept, not applied.

@@ -18,8 +18,9 @@
 //! - and returns a [`Visibility`] with every response: guaranteed, or pending with the required and
 //!   observed versions (or a typed stale-read error, if asked).
 //!
-//! The session travels as a compact [`SessionToken`] (about 90 to 105 base64url characters for 4
-//! scopes, capped at 1 KiB), so a second app instance given only the token continues the session.
+//! The session travels as a compact [`SessionToken`] (for 4 scopes about 100 base64url characters
+//! unsigned, 159 signed; capped at 1 KiB), so a second app instance given only the token continues
+//! the session.
 //! Before a token goes to a client, [`signing`] signs it (HMAC-SHA256 with key rotation, expiry,
 //! revocation, principal binding); the `ryw-http` crate carries it in a header or cookie.
 //!
@@ -29,6 +30,7 @@
 //! # Example
 //!
 //! ```
+//! use ryw::signing::{KeyRing, SigningKey, TokenAuthority};
 //! use ryw::{ReadYourWritesLayer, Session};
 //! use ryw_sim::{SimAdapter, SimConfig, SimRequest, SimStore};
 //! use tower::{Service, ServiceBuilder, ServiceExt};
@@ -48,9 +50,11 @@
 //! assert!(read.visibility().is_guaranteed());
 //! assert_eq!(read.get_ref().value(), Some(1));
 //!
-//! // Another instance, given only the token, continues the session.
-//! let token = session.token().encode()?;
-//! let elsewhere = Session::from_encoded(&token)?;
+//! // Another instance, given only the token, continues the session. A token that goes to a
+//! // client is signed (`ryw-http` does this in a header or cookie); the instances share the key.
+//! let authority = TokenAuthority::new(KeyRing::new(SigningKey::generate(1)));
+//! let token = authority.issue(session.token().state(), None)?;
+//! let elsewhere = Session::from_token(&authority.verify(&token, None)?);
 //! let mut other = ServiceBuilder::new()
 //!     .layer(ReadYourWritesLayer::new(SimAdapter::new()).clock(store.clock()))
 //!     .service(store.client(1));
