@@ -146,6 +146,13 @@ impl<T: Clone + Send + Sync + 'static> StoreAdapter for MongoAdapter<T> {
             MongoOperation::DeleteOne { ref filter } if !names_one_by_id(filter) => {
                 Operation::Write(Replay::Never)
             }
+            MongoOperation::BulkWrite { ref writes }
+                if writes.iter().any(|w| {
+                    matches!(w, MongoOperation::DeleteOne { filter } if !names_one_by_id(filter))
+                }) =>
+            {
+                Operation::Write(Replay::Never)
+            }
             _ => Operation::Write(Replay::Safe),
         }
     }
@@ -246,6 +253,21 @@ mod tests {
         );
         assert_eq!(
             adapter.operation(&delete(doc! { "_id": 1 })),
+            Operation::Write(Replay::Safe)
+        );
+        // A bulk write is replayable when each of its writes is.
+        let bulk = |filter| {
+            MongoRequest::<Document>::bulk_write([
+                MongoRequest::insert_one(doc! {}),
+                MongoRequest::delete_one(filter),
+            ])
+        };
+        assert_eq!(
+            adapter.operation(&bulk(doc! { "k": 1 })),
+            Operation::Write(Replay::Never)
+        );
+        assert_eq!(
+            adapter.operation(&bulk(doc! { "_id": 1 })),
             Operation::Write(Replay::Safe)
         );
     }

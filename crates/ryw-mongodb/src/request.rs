@@ -102,6 +102,13 @@ pub enum MongoOperation<T> {
         /// The update.
         update: Document,
     },
+    /// `bulk_write`, ordered: `insert_one`, `update_one`, `update_many`, `replace_one`,
+    /// `delete_one` and `delete_many` on this collection, in one command (MongoDB 8.0 and later),
+    /// stopping at the first that fails.
+    BulkWrite {
+        /// The writes, in order.
+        writes: Vec<MongoOperation<T>>,
+    },
 }
 
 /// The options of a `find` or a `find_one`, set through [`MongoRequest::sort`],
@@ -250,6 +257,32 @@ impl<T> MongoRequest<T> {
     pub fn find_one_and_update(filter: Document, update: Document) -> Self {
         MongoOperation::FindOneAndUpdate { filter, update }.into()
     }
+    /// `bulk_write(writes)`: the writes in one ordered `bulkWrite` command (MongoDB 8.0 and
+    /// later), each applied once as if sent alone, its result at its index in
+    /// [`MongoOutput::Bulk`].
+    ///
+    /// It takes `insert_one`, `update_one`, `update_many`, `replace_one`, `delete_one` and
+    /// `delete_many` requests (with their upserts); any other is refused when sent
+    /// ([`MongoError::Invalid`](crate::MongoError::Invalid), nothing sent). A write that fails
+    /// stops the rest: when it is the first, the error is its own and nothing applied; after
+    /// writes that applied, it is [`MongoError::Unresolved`](crate::MongoError::Unresolved)
+    /// (the layer's `Error::Ambiguous`), naming the write that failed. A replay after a lost
+    /// answer resolves each write as its own replay would, one command each. A `delete_one`
+    /// whose filter is not by `_id` makes the whole bulk unreplayable, as alone.
+    pub fn bulk_write(writes: impl IntoIterator<Item = MongoRequest<T>>) -> Self {
+        let mut refused = None;
+        let writes: Vec<_> = writes
+            .into_iter()
+            .map(|w| {
+                refused = refused.or(w.refused);
+                w.operation
+            })
+            .collect();
+        refused = refused.or(bulk_refusal(&writes));
+        let mut request: Self = MongoOperation::BulkWrite { writes }.into();
+        request.refused = refused;
+        request
+    }
 
     /// Inserts a document when the filter matches none (`update_one`, `update_many`,
     /// `replace_one`): the filter's equality fields and the update's result, or the replacement
@@ -352,6 +385,7 @@ impl<T> MongoOperation<T> {
             MongoOperation::DeleteOne { .. } => "delete_one",
             MongoOperation::DeleteMany { .. } => "delete_many",
             MongoOperation::FindOneAndUpdate { .. } => "find_one_and_update",
+            MongoOperation::BulkWrite { .. } => "bulk_write",
         }
     }
 }
@@ -382,6 +416,8 @@ pub enum MongoOutput<T> {
     },
     /// Deletes.
     Deleted(u64),
+    /// `bulk_write`: each write's output, in order.
+    Bulk(Vec<MongoOutput<T>>),
 }
 
 /// A response of [`MongoService`](crate::MongoService): the output plus the session's new times.
@@ -428,6 +464,26 @@ impl<T> MongoResponse<T> {
     pub fn was_replayed(&self) -> bool {
         self.replayed
     }
+}
+
+/// Why a `bulk_write` of `writes` is refused: it takes `insert_one`, `update_one`,
+/// `update_many`, `replace_one`, `delete_one` and `delete_many`.
+pub(crate) fn bulk_refusal<T>(writes: &[MongoOperation<T>]) -> Option<&'static str> {
+    let takes = |w: &MongoOperation<T>| {
+        matches!(
+            w,
+            MongoOperation::InsertOne { .. }
+                | MongoOperation::UpdateOne { .. }
+                | MongoOperation::UpdateMany { .. }
+                | MongoOperation::ReplaceOne { .. }
+                | MongoOperation::DeleteOne { .. }
+                | MongoOperation::DeleteMany { .. }
+        )
+    };
+    (!writes.iter().all(takes)).then_some(
+        "bulk_write takes insert_one, update_one, update_many, replace_one, delete_one and \
+         delete_many",
+    )
 }
 
 /// Whether `filter` names one document by `_id` equality (`{_id: 7}`, `{_id: {a: 1}}`), not by an

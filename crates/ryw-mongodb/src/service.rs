@@ -2,15 +2,17 @@
 
 use crate::error::MongoError;
 use crate::request::{
-    names_one_by_id, MongoOperation, MongoOutput, MongoRequest, MongoResponse, RECENT_WRITE_IDS,
-    WRITE_ID_FIELD,
+    bulk_refusal, names_one_by_id, MongoOperation, MongoOutput, MongoRequest, MongoResponse,
+    RECENT_WRITE_IDS, WRITE_ID_FIELD,
 };
 use mongodb::bson::{doc, Bson, Document};
+use mongodb::error::ErrorKind;
 use mongodb::options::{
-    Acknowledgment, CollectionOptions, ReadConcern, ReadPreference, ReturnDocument,
-    SelectionCriteria, WriteConcern,
+    Acknowledgment, CollectionOptions, DeleteManyModel, DeleteOneModel, InsertOneModel,
+    ReadConcern, ReadPreference, ReplaceOneModel, ReturnDocument, SelectionCriteria,
+    UpdateManyModel, UpdateOneModel, WriteConcern, WriteModel,
 };
-use mongodb::{Client, ClientSession, ClusterTime, Collection};
+use mongodb::{Client, ClientSession, ClusterTime, Collection, Namespace};
 use ryw::telemetry::{DbCall, Observer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -158,6 +160,31 @@ fn not_yet(mut filter: Document, field: &str, write_id: &str) -> Document {
     filter
 }
 
+/// Stamps a document to insert with `write_id`: as its `_id` when it has none (then only this
+/// write can have inserted a document with that `_id`: `true`), or, next to the caller's own
+/// `_id`, in the write-id field, as an update would leave it, so that a replay can tell its own
+/// insert (`false`).
+fn stamp_insert(doc: &mut Document, write_id: &str) -> Result<bool, MongoError> {
+    if !doc.contains_key("_id") {
+        doc.insert("_id", write_id);
+        return Ok(true);
+    }
+    if doc.contains_key(WRITE_ID_FIELD) {
+        return Err(MongoError::Invalid(format!(
+            "the document must not hold `{WRITE_ID_FIELD}`: ryw keeps its write ids there"
+        )));
+    }
+    doc.insert(WRITE_ID_FIELD, vec![write_id]);
+    Ok(false)
+}
+
+/// Stamps a replacement with `write_id` (a replacement starts the document's list of write ids
+/// afresh) and returns the filter that skips a document already holding it.
+fn stamp_replacement(doc: &mut Document, filter: Document, write_id: &str) -> Document {
+    doc.insert(WRITE_ID_FIELD, vec![write_id]);
+    not_yet(filter, WRITE_ID_FIELD, write_id)
+}
+
 /// The `$slice` that keeps the last [`RECENT_WRITE_IDS`] of a document's write ids (a BSON int32).
 const KEEP_RECENT: i32 = -(RECENT_WRITE_IDS as i32);
 
@@ -260,6 +287,63 @@ where
             .map_err(driver)
     }
 
+    /// The writes of a `bulk_write` in one ordered command, each stamped with `<write id>/<i>`.
+    async fn bulk(
+        &self,
+        session: &mut ClientSession,
+        writes: Vec<MongoOperation<T>>,
+        write_id: Option<&str>,
+    ) -> Result<MongoOutput<T>, MongoError> {
+        if writes.is_empty() {
+            return Ok(MongoOutput::Bulk(Vec::new()));
+        }
+        let namespace = self.collection.namespace();
+        let models = writes
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| {
+                let sub = write_id.map(|w| format!("{w}/{i}"));
+                model(&namespace, op, sub.as_deref())
+            })
+            .collect::<Result<Vec<WriteModel>, MongoError>>()?;
+        let n = models.len();
+        let r = self
+            .client
+            .bulk_write(models)
+            .ordered(true)
+            .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
+            .verbose_results()
+            .session(&mut *session)
+            .await
+            .map_err(bulk_error)?;
+        let outputs = (0..n)
+            .map(|i| {
+                if let Some(x) = r.insert_results.get(&i) {
+                    Ok(MongoOutput::Inserted(vec![x.inserted_id.clone()]))
+                } else if let Some(u) = r.update_results.get(&i) {
+                    Ok(MongoOutput::Updated {
+                        // An upsert inserts only when nothing matched (some servers count the
+                        // inserted document in `n`).
+                        matched: if u.upserted_id.is_some() {
+                            0
+                        } else {
+                            u.matched_count
+                        },
+                        modified: u.modified_count,
+                        upserted: u.upserted_id.clone(),
+                    })
+                } else if let Some(d) = r.delete_results.get(&i) {
+                    Ok(MongoOutput::Deleted(d.deleted_count))
+                } else {
+                    Err(MongoError::Unresolved(format!(
+                        "bulk_write applied, but the server returned no result for write {i}"
+                    )))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(MongoOutput::Bulk(outputs))
+    }
+
     async fn run(
         &self,
         session: &mut ClientSession,
@@ -349,23 +433,9 @@ where
             }
             MongoOperation::InsertOne { document } => {
                 let mut doc = to_doc(&document)?;
-                let ours = match (&write_id, doc.contains_key("_id")) {
-                    (Some(w), false) => {
-                        doc.insert("_id", w.as_str());
-                        true
-                    }
-                    (Some(w), true) => {
-                        // The caller's own `_id`: the document carries the write id, as an
-                        // update would leave it, so that a replay can tell its own insert.
-                        if doc.contains_key(field) {
-                            return Err(MongoError::Invalid(format!(
-                                "the document must not hold `{field}`: ryw keeps its write ids there"
-                            )));
-                        }
-                        doc.insert(field, vec![w.as_str()]);
-                        false
-                    }
-                    _ => false,
+                let ours = match &write_id {
+                    Some(w) => stamp_insert(&mut doc, w)?,
+                    None => false,
                 };
                 let raw = coll.clone_with_type::<Document>();
                 match raw.insert_one(doc.clone()).session(&mut *session).await {
@@ -496,11 +566,7 @@ where
             } => {
                 let mut doc = to_doc(&replacement)?;
                 let filter = match &write_id {
-                    Some(w) => {
-                        // A replacement starts the document's list of write ids afresh.
-                        doc.insert(field, vec![w.as_str()]);
-                        not_yet(filter, field, w)
-                    }
+                    Some(w) => stamp_replacement(&mut doc, filter, w),
                     None => filter,
                 };
                 let upsert_now = upsert && !(replay && write_id.is_some());
@@ -552,6 +618,34 @@ where
                     .map_err(driver)?;
                 (MongoOutput::Deleted(r.deleted_count), false)
             }
+            MongoOperation::BulkWrite { writes } if bulk_refusal(&writes).is_some() => {
+                return Err(MongoError::Invalid(
+                    bulk_refusal(&writes).unwrap_or_default().into(),
+                ));
+            }
+            MongoOperation::BulkWrite { writes } => match (&write_id, replay) {
+                // A replay resolves each write as its own replay would, in order.
+                (Some(w), true) => {
+                    let mut outputs = Vec::with_capacity(writes.len());
+                    let mut replayed = false;
+                    for (i, op) in writes.into_iter().enumerate() {
+                        let one =
+                            Box::pin(self.run(session, op, None, Some(format!("{w}/{i}")), true));
+                        match one.await {
+                            Ok((output, r)) => {
+                                replayed |= r;
+                                outputs.push(output);
+                            }
+                            Err(e) => return Err(stopped_at(i, e)),
+                        }
+                    }
+                    (MongoOutput::Bulk(outputs), replayed)
+                }
+                _ => (
+                    self.bulk(session, writes, write_id.as_deref()).await?,
+                    false,
+                ),
+            },
             MongoOperation::FindOneAndUpdate { filter, update } => {
                 let (filter_w, update) = match &write_id {
                     Some(w) => (
@@ -586,6 +680,142 @@ where
             }
         })
     }
+}
+
+/// One write of a `bulk_write` as the driver's model, stamped with `write_id` (`<write id>/<i>`)
+/// as the same write sent alone would be.
+fn model<T: Serialize>(
+    namespace: &Namespace,
+    operation: MongoOperation<T>,
+    write_id: Option<&str>,
+) -> Result<WriteModel, MongoError> {
+    let ns = namespace.clone();
+    Ok(match operation {
+        MongoOperation::InsertOne { document } => {
+            let mut doc = to_doc(&document)?;
+            if let Some(w) = write_id {
+                stamp_insert(&mut doc, w)?;
+            }
+            InsertOneModel::builder()
+                .namespace(ns)
+                .document(doc)
+                .build()
+                .into()
+        }
+        MongoOperation::UpdateOne {
+            filter,
+            update,
+            upsert,
+        } => {
+            let (filter, update) = stamp_update(filter, update, write_id)?;
+            let m = UpdateOneModel::builder().namespace(ns).filter(filter);
+            m.update(update).upsert(upsert).build().into()
+        }
+        MongoOperation::UpdateMany {
+            filter,
+            update,
+            upsert,
+        } => {
+            let (filter, update) = stamp_update(filter, update, write_id)?;
+            let m = UpdateManyModel::builder().namespace(ns).filter(filter);
+            m.update(update).upsert(upsert).build().into()
+        }
+        MongoOperation::ReplaceOne {
+            filter,
+            replacement,
+            upsert,
+        } => {
+            let mut doc = to_doc(&replacement)?;
+            let filter = match write_id {
+                Some(w) => stamp_replacement(&mut doc, filter, w),
+                None => filter,
+            };
+            let m = ReplaceOneModel::builder().namespace(ns).filter(filter);
+            m.replacement(doc).upsert(upsert).build().into()
+        }
+        MongoOperation::DeleteOne { filter } => DeleteOneModel::builder()
+            .namespace(ns)
+            .filter(filter)
+            .build()
+            .into(),
+        MongoOperation::DeleteMany { filter } => DeleteManyModel::builder()
+            .namespace(ns)
+            .filter(filter)
+            .build()
+            .into(),
+        other => {
+            return Err(MongoError::Invalid(format!(
+                "bulk_write does not take {}",
+                other.name()
+            )))
+        }
+    })
+}
+
+/// An update's filter and update document, stamped with `write_id` when there is one.
+fn stamp_update(
+    filter: Document,
+    update: Document,
+    write_id: Option<&str>,
+) -> Result<(Document, Document), MongoError> {
+    Ok(match write_id {
+        Some(w) => (
+            not_yet(filter, WRITE_ID_FIELD, w),
+            push_write_id(update, WRITE_ID_FIELD, w)?,
+        ),
+        None => (filter, update),
+    })
+}
+
+/// The error of an ordered `bulk_write`. A write error at the first write: its own error, nothing
+/// applied. At a later write: the writes before it applied, so the bulk is `Unresolved` (never
+/// replayed as a whole: the same write would fail again). Otherwise the failure of the command
+/// itself (a lost connection, a write concern error), which the layer retries as a replay.
+fn bulk_error(e: mongodb::error::Error) -> MongoError {
+    let ErrorKind::BulkWrite(b) = &*e.kind else {
+        return MongoError::from_driver(e);
+    };
+    if let Some((&k, w)) = b.write_errors.iter().min_by_key(|(k, _)| **k) {
+        let own = if w.code == 11000 {
+            MongoError::DuplicateKey {
+                message: w.message.clone(),
+            }
+        } else {
+            MongoError::Command {
+                code: w.code,
+                name: w.code_name.clone().unwrap_or_default(),
+                message: w.message.clone(),
+                labels: Vec::new(),
+            }
+        };
+        return stopped_at(k, own);
+    }
+    let source = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<mongodb::error::Error>())
+        .cloned();
+    if let Some(source) = source {
+        return MongoError::from_driver(source);
+    }
+    match b.write_concern_errors.first() {
+        Some(w) => MongoError::WriteConcern {
+            code: w.code,
+            message: w.message.clone(),
+        },
+        None => MongoError::Other(format!("bulk_write failed: {b:?}")),
+    }
+}
+
+/// The error of write `i` of an ordered `bulk_write`: as it is for the first write, or when
+/// retrying may help (the layer replays the bulk, and each write applied is recognised);
+/// otherwise the writes before it applied and it will fail again: `Unresolved`.
+fn stopped_at(i: usize, error: MongoError) -> MongoError {
+    if i == 0 || error.is_transient() || matches!(error, MongoError::Unresolved(_)) {
+        return error;
+    }
+    MongoError::Unresolved(format!(
+        "bulk_write stopped at write {i}, after writes 0 to {} applied: {error}",
+        i - 1
+    ))
 }
 
 /// A replayed upsert that found neither its write id nor a document its filter matches. Its first

@@ -75,6 +75,7 @@ macro_rules! secantus {
     };
 }
 
+mod bulk;
 mod upserts;
 
 fn layer() -> ReadYourWritesLayer<MongoAdapter> {
