@@ -284,13 +284,32 @@ impl DynamoAdapter {
         }
     }
 
-    fn observe_item(&self, scope: Option<ScopeKey>, item: &Item, observed: &mut Observed) {
+    /// Records an item of `table` the response holds: its version for its scope, and its
+    /// writer's clock, which the session's clock moves past and which becomes what the session
+    /// requires of the item's base-table partition (monotonic reads: a later query of the
+    /// partition must show a write at least this recent; the requirement proves nothing of this
+    /// response).
+    fn observe_item(
+        &self,
+        table: &str,
+        scope: Option<ScopeKey>,
+        item: &Item,
+        observed: &mut Observed,
+    ) {
         if let Some(scope) = scope {
             let v = expr::number(item, &self.config.version_attribute).unwrap_or(0);
             observed.push(scope, Version::new(v));
         }
         if let Some(c) = expr::number(item, &self.config.clock_attribute) {
             observed.clock(HybridTimestamp::new(c));
+            let partition = self
+                .config
+                .tables
+                .get(table)
+                .and_then(|schema| item.get(&schema.partition_key));
+            if let Some(pk) = partition {
+                observed.require(self.partition_scope(table, None, pk), Version::new(c));
+            }
         }
     }
 
@@ -541,7 +560,10 @@ impl StoreAdapter for DynamoAdapter {
                     _ => None,
                 };
                 match response.item() {
-                    Some(item) => self.observe_item(scope, item, observed),
+                    Some(item) => {
+                        let table = b.get_table_name().as_deref().unwrap_or_default();
+                        self.observe_item(table, scope, item, observed)
+                    }
                     None => {
                         if let Some(s) = scope {
                             observed.push(s, Version::ZERO);
@@ -556,7 +578,7 @@ impl StoreAdapter for DynamoAdapter {
                 let table = q.get_table_name().clone().unwrap_or_default();
                 let mut newest = 0u64;
                 for item in response.items() {
-                    self.observe_item(self.item_scope(&table, item), item, observed);
+                    self.observe_item(&table, self.item_scope(&table, item), item, observed);
                     newest =
                         newest.max(expr::number(item, &self.config.clock_attribute).unwrap_or(0));
                 }
@@ -598,7 +620,7 @@ impl StoreAdapter for DynamoAdapter {
                         };
                         let item = returned.iter().find(|(s, _)| *s == scope).map(|(_, i)| *i);
                         match item {
-                            Some(item) => self.observe_item(Some(scope), item, observed),
+                            Some(item) => self.observe_item(table, Some(scope), item, observed),
                             // Absent, as GetItem's absence: version 0, which meets no
                             // requirement of a cheap read.
                             None => observed.push(scope, Version::ZERO),
@@ -621,7 +643,7 @@ impl StoreAdapter for DynamoAdapter {
                     let Some(get) = &get.get else { continue };
                     let scope = self.item_scope(&get.table_name, &get.key);
                     match items.get(i).copied().flatten() {
-                        Some(item) => self.observe_item(scope, item, observed),
+                        Some(item) => self.observe_item(&get.table_name, scope, item, observed),
                         None => {
                             if let Some(s) = scope {
                                 observed.push(s, Version::ZERO);
@@ -637,7 +659,7 @@ impl StoreAdapter for DynamoAdapter {
                 // scope is credited nothing (no page shows that it lacks no write of the table).
                 let table = b.get_table_name().clone().unwrap_or_default();
                 for item in response.items() {
-                    self.observe_item(self.item_scope(&table, item), item, observed);
+                    self.observe_item(&table, self.item_scope(&table, item), item, observed);
                 }
                 if response.consistent {
                     observed.mark_strong();

@@ -30,10 +30,13 @@
 //! high-water mark and, on a miss, re-reads with `ConsistentRead` (escalating up front is
 //! [`ryw::FenceConfig::strong`]). A consistent read is authoritative. A query is fenced on its
 //! partition: the newest writer's clock among the items of a base-table partition shows how far
-//! the copy read is, because DynamoDB replicates each partition in order. On a store that does
-//! not (a DynamoDB-compatible store such as ScyllaDB Alternator), declare it with
-//! [`DynamoAdapter::ordered_partitions`]: a partition the session wrote to is then met only by a
-//! `ConsistentRead` query. Queries on a global secondary index cannot read strongly, and an index
+//! the copy read is, because DynamoDB replicates each partition in order. What the session
+//! requires of a partition is the newest writer's clock of any item it wrote or read there (by
+//! `GetItem`, a batch, a transaction, a query or a scan), so a query never goes back behind an
+//! item the session has seen. On a store that does not replicate in order (a DynamoDB-compatible
+//! store such as ScyllaDB Alternator), declare it with [`DynamoAdapter::ordered_partitions`]: a
+//! partition the session wrote to, or read an item of, is then met only by a `ConsistentRead`
+//! query. Queries on a global secondary index cannot read strongly, and an index
 //! is not updated in order: a query of an index partition the session wrote to is reported
 //! `Pending`, never `Guaranteed`.
 //!

@@ -130,4 +130,5 @@ reads_against_a_lagging_replica!(
     unprocessed_keys_are_sent_again_within_a_budget,
     transact_get_items_is_strong_and_advances_the_session,
     a_scan_holds_the_sessions_writes_and_claims_nothing_otherwise,
+    a_query_after_reading_an_item_holds_that_item_under_lag,
 );

@@ -172,8 +172,9 @@ pub(crate) async fn an_unordered_partition_query_is_never_guaranteed_without_the
     assert_eq!(stale.staleness.observed, Some(Version::ZERO));
     assert_eq!(
         stale.staleness.required,
-        Version::new(clock(&ooo.x)),
-        "what the session requires of the partition: its write of x"
+        Version::new(clock(&ooo.y)),
+        "what the session requires of the partition: the newest write it has seen there, y, \
+         which the strong query before showed it"
     );
     assert_eq!(
         ooo.proxy.queries(),

@@ -500,3 +500,96 @@ pub(crate) async fn a_scan_holds_the_sessions_writes_and_claims_nothing_otherwis
         vec!["s1".to_owned(), "s2".into()]
     );
 }
+
+/// Monotonic reads from an item to its partition: the session reads an item another session just
+/// wrote (strongly, or in a transaction), then queries the item's partition through a replica that
+/// lacks it. The query must not be `Guaranteed` without the item: reading the item raises what the
+/// session requires of its partition (the item's writer's clock), which the replica's page does not
+/// meet, so the page is read again and then strongly. For a table with a sort key, and for one
+/// keyed by its partition key alone (where the partition is the item).
+pub(crate) async fn a_query_after_reading_an_item_holds_that_item_under_lag(moto: &str) {
+    let direct = client(moto);
+    let composite = partitioned_table();
+    create_partitioned_table(&direct, &composite).await;
+    let simple = fresh_table(&direct).await;
+    let adapter = DynamoAdapter::new()
+        .table(TableSchema::new(&composite, "pk").sort_key("sk"))
+        .table(TableSchema::new(&simple, "pk"));
+    let mut before = layered(&direct, &adapter);
+    call(
+        &mut before,
+        &Session::new(),
+        put(&composite, "p", Some("a"), "old"),
+    )
+    .await;
+    let proxy = LaggingReplicaForTests::start(moto, &[&composite, &simple], LAG).await;
+    let via = client(&proxy.url);
+    let mut svc = layered(&via, &adapter);
+    let writer = Session::new();
+    call(&mut svc, &writer, put(&composite, "p", Some("b"), "new")).await;
+    call(&mut svc, &writer, put(&simple, "q", None, "new")).await;
+
+    fn strong_get(table: &str, pk: &str, sk: Option<&str>) -> DynamoRequest {
+        DynamoRequest::from(
+            GetItemInput::builder()
+                .table_name(table)
+                .set_key(Some(key(pk, sk)))
+                .consistent_read(true),
+        )
+    }
+    fn transact_get(table: &str, pk: &str, sk: Option<&str>) -> DynamoRequest {
+        DynamoRequest::from(
+            TransactGetItemsInput::builder().transact_items(
+                TransactGetItem::builder()
+                    .get(
+                        Get::builder()
+                            .table_name(table)
+                            .set_key(Some(key(pk, sk)))
+                            .build()
+                            .unwrap(),
+                    )
+                    .build(),
+            ),
+        )
+    }
+    type Read = fn(&str, &str, Option<&str>) -> DynamoRequest;
+    let reads: [(&str, Read); 2] = [("GetItem", strong_get), ("TransactGetItems", transact_get)];
+    for (case, read) in reads {
+        let reader = Session::new();
+        let seen = call(&mut svc, &reader, read(&composite, "p", Some("b"))).await;
+        assert!(seen.visibility().is_guaranteed(), "{case}");
+        // The replica still lacks b: a raw query shows only a.
+        let raw = query_partition(&composite, "p")
+            .send_with(&via)
+            .await
+            .unwrap();
+        assert_eq!(
+            sk_and_body(raw.items()),
+            [("a".into(), "old".into())],
+            "the replica lags"
+        );
+        let out = call(&mut svc, &reader, query_partition(&composite, "p")).await;
+        assert!(
+            out.visibility().is_guaranteed(),
+            "{case}: {:?}",
+            out.visibility()
+        );
+        assert_eq!(
+            sk_and_body(out.get_ref().items()),
+            [("a".into(), "old".into()), ("b".into(), "new".into())],
+            "{case}: the query holds the item the session read ({:?})",
+            out.visibility()
+        );
+
+        let reader = Session::new();
+        call(&mut svc, &reader, read(&simple, "q", None)).await;
+        let out = call(&mut svc, &reader, query_partition(&simple, "q")).await;
+        assert_eq!(
+            out.get_ref().items().len(),
+            1,
+            "{case}: the partition is the item the session read ({:?})",
+            out.visibility()
+        );
+        assert!(out.visibility().is_guaranteed(), "{case}");
+    }
+}
