@@ -12,6 +12,7 @@ use ryw::conflict::Conflict;
 use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
 use ryw::stamp::Stamp;
 use ryw::{ScopeKey, StoreId, Version, WriteId};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Maps the session concepts onto DynamoDB. See the [crate docs](crate).
@@ -219,6 +220,66 @@ impl DynamoAdapter {
         }
     }
 
+    /// What an UpdateItem leaves of the item that decides its partitions: its key, and each
+    /// declared global index's key attribute that the update sets outright (`SET author = :a`).
+    fn updated_partitions_view(
+        &self,
+        b: &aws_sdk_dynamodb::operation::update_item::builders::UpdateItemInputBuilder,
+    ) -> Option<(String, Item)> {
+        let table = b.get_table_name().clone()?;
+        let view = self.updated_view(
+            &table,
+            b.get_key().as_ref()?,
+            b.get_update_expression().as_deref(),
+            b.get_expression_attribute_names().as_ref(),
+            b.get_expression_attribute_values().as_ref(),
+        );
+        Some((table, view))
+    }
+
+    /// [`DynamoAdapter::updated_partitions_view`] from the parts of an update.
+    fn updated_view(
+        &self,
+        table: &str,
+        key: &Item,
+        update: Option<&str>,
+        names: Option<&HashMap<String, String>>,
+        values: Option<&HashMap<String, AttributeValue>>,
+    ) -> Item {
+        let mut view = key.clone();
+        let Some(schema) = self.config.tables.get(table) else {
+            return view;
+        };
+        if let (false, Some(update)) = (schema.indexes.is_empty(), update) {
+            for (attr, value) in expr::set_values(update, names, values) {
+                if schema.indexes.values().any(|a| *a == attr) {
+                    view.insert(attr, value.clone());
+                }
+            }
+        }
+        view
+    }
+
+    /// The partition scopes the writes of a transaction touch.
+    fn transaction_partitions(&self, items: &[TransactWriteItem], scopes: &mut Scopes) {
+        for ti in items {
+            if let Some(p) = &ti.put {
+                self.written_partitions(&p.table_name, &p.item, scopes);
+            } else if let Some(u) = &ti.update {
+                let view = self.updated_view(
+                    &u.table_name,
+                    &u.key,
+                    Some(&u.update_expression),
+                    u.expression_attribute_names.as_ref(),
+                    u.expression_attribute_values.as_ref(),
+                );
+                self.written_partitions(&u.table_name, &view, scopes);
+            } else if let Some(d) = &ti.delete {
+                self.written_partitions(&d.table_name, &d.key, scopes);
+            }
+        }
+    }
+
     /// A query of a global secondary index declared for its table.
     fn is_global_index_query(
         &self,
@@ -422,8 +483,8 @@ impl StoreAdapter for DynamoAdapter {
                 if let Some(s) = self.single_write_scope(&request.operation) {
                     scopes.push(s);
                 }
-                if let (Some(t), Some(key)) = (b.get_table_name(), b.get_key()) {
-                    self.written_partitions(t, key, scopes);
+                if let Some((t, view)) = self.updated_partitions_view(b) {
+                    self.written_partitions(&t, &view, scopes);
                 }
             }
             DynamoOperation::DeleteItem(b) => {
@@ -441,15 +502,7 @@ impl StoreAdapter for DynamoAdapter {
                 for s in self.transaction_item_scopes(items).into_iter().flatten() {
                     scopes.push(s);
                 }
-                for ti in items {
-                    if let Some(p) = &ti.put {
-                        self.written_partitions(&p.table_name, &p.item, scopes);
-                    } else if let Some(u) = &ti.update {
-                        self.written_partitions(&u.table_name, &u.key, scopes);
-                    } else if let Some(d) = &ti.delete {
-                        self.written_partitions(&d.table_name, &d.key, scopes);
-                    }
-                }
+                self.transaction_partitions(items, scopes);
             }
         }
     }
@@ -676,15 +729,7 @@ impl StoreAdapter for DynamoAdapter {
                 let item_scopes = match op {
                     DynamoOperation::TransactWriteItems(b) => {
                         let items = b.get_transact_items().as_deref().unwrap_or_default();
-                        for ti in items {
-                            if let Some(p) = &ti.put {
-                                self.written_partitions(&p.table_name, &p.item, &mut partitions);
-                            } else if let Some(u) = &ti.update {
-                                self.written_partitions(&u.table_name, &u.key, &mut partitions);
-                            } else if let Some(d) = &ti.delete {
-                                self.written_partitions(&d.table_name, &d.key, &mut partitions);
-                            }
-                        }
+                        self.transaction_partitions(items, &mut partitions);
                         self.transaction_item_scopes(items)
                     }
                     DynamoOperation::PutItem(b) => {
@@ -694,8 +739,8 @@ impl StoreAdapter for DynamoAdapter {
                         vec![self.single_write_scope(op)]
                     }
                     DynamoOperation::UpdateItem(b) => {
-                        if let (Some(t), Some(key)) = (b.get_table_name(), b.get_key()) {
-                            self.written_partitions(t, key, &mut partitions);
+                        if let Some((t, view)) = self.updated_partitions_view(b) {
+                            self.written_partitions(&t, &view, &mut partitions);
                         }
                         vec![self.single_write_scope(op)]
                     }

@@ -200,6 +200,62 @@ pub(crate) fn key_condition_value<'a>(
     }
 }
 
+/// The values the SET clause of an update expression assigns outright (`attr = :v`, the
+/// attribute by name or through a `#name`): what those attributes hold after the update. Nested
+/// paths, functions (`if_not_exists`, `list_append`) and arithmetic are not read.
+pub(crate) fn set_values<'a>(
+    expression: &str,
+    names: Option<&HashMap<String, String>>,
+    values: Option<&'a HashMap<String, AttributeValue>>,
+) -> Vec<(String, &'a AttributeValue)> {
+    let (Some(values), Some(start)) = (values, find_keyword(expression, "SET")) else {
+        return Vec::new();
+    };
+    let body = &expression[start + 3..];
+    let end = ["REMOVE", "ADD", "DELETE"]
+        .iter()
+        .filter_map(|k| find_keyword(body, k))
+        .min()
+        .unwrap_or(body.len());
+    let body = &body[..end];
+    let mut parts = Vec::new();
+    let (mut depth, mut from) = (0i32, 0);
+    for (i, c) in body.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&body[from..i]);
+                from = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&body[from..]);
+    let plain = |t: &str| {
+        t.len() > 1
+            && t[1..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    parts
+        .into_iter()
+        .filter_map(|part| {
+            let (lhs, rhs) = part.split_once('=')?;
+            let (lhs, rhs) = (lhs.trim(), rhs.trim());
+            if !rhs.starts_with(':') || !plain(rhs) {
+                return None;
+            }
+            let attr = if lhs.starts_with('#') {
+                names?.get(lhs)?.clone()
+            } else {
+                lhs.to_owned()
+            };
+            Some((attr, values.get(rhs)?))
+        })
+        .collect()
+}
+
 /// A number attribute as `u64`.
 pub(crate) fn number(item: &Item, attribute: &str) -> Option<u64> {
     match item.get(attribute)? {
@@ -219,6 +275,38 @@ pub(crate) fn string<'a>(item: &'a Item, attribute: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_values_reads_outright_assignments_of_the_set_clause() {
+        let v = |x: &str| AttributeValue::S(x.into());
+        let values: HashMap<String, AttributeValue> =
+            [(":a", v("ada")), (":b", v("hi")), (":n", v("1"))]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+        let names: HashMap<String, String> = [("#a".to_owned(), "author".to_owned())].into();
+        let got = |e: &str| -> Vec<(String, String)> {
+            set_values(e, Some(&names), Some(&values))
+                .into_iter()
+                .map(|(k, v)| (k, v.as_s().unwrap().clone()))
+                .collect()
+        };
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(got("SET author = :a"), [pair("author", "ada")]);
+        assert_eq!(
+            got("set body=:b, #a = :a REMOVE old"),
+            [pair("body", "hi"), pair("author", "ada")]
+        );
+        assert_eq!(
+            got("REMOVE x SET #a = :a ADD n :n"),
+            [pair("author", "ada")]
+        );
+        // Not outright: a function, arithmetic, a nested path's value is still read by name.
+        assert!(got("SET author = if_not_exists(author, :a)").is_empty());
+        assert!(got("SET n = n + :n, l = list_append(l, :b)").is_empty());
+        assert!(got("REMOVE author").is_empty());
+        assert!(got("SET #unknown = :a, x = :missing").is_empty());
+    }
 
     #[test]
     fn set_clause_is_extended_not_duplicated() {

@@ -34,6 +34,7 @@ against_moto!(
     another_instance_with_the_token_reads_its_write_through_escalation,
     an_older_copy_is_stale_and_an_unseen_item_is_not_fenced,
     a_gsi_query_that_stays_stale_is_pending,
+    an_update_that_sets_an_index_key_fences_that_index_partition,
     an_ambiguous_write_is_resolved_as_success_and_applied_once,
     conflicts_go_to_the_resolver_with_both_versions_and_the_item,
     the_callers_own_condition_failing_is_not_a_conflict,

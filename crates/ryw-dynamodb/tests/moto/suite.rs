@@ -1660,3 +1660,60 @@ pub(crate) async fn db_client_operation_duration_is_recorded_per_call(client: Cl
     expected.sort();
     assert_eq!(seen, expected);
 }
+
+/// An UpdateItem that sets a global index's key attribute (`SET author = :a`, or through an
+/// attribute name) writes the item into that index partition, as a PutItem of the attribute
+/// does: a query of the partition is then fenced there (`Pending`, a global index having no strong
+/// reads) instead of `Guaranteed(Unfenced)` without the item.
+pub(crate) async fn an_update_that_sets_an_index_key_fences_that_index_partition(client: Client) {
+    let table = fresh_table(&client).await;
+    let stale = StaleReplicaForTests::new(DynamoService::new(client.clone()));
+    let mut svc = ReadYourWritesLayer::new(adapter(&table)).layer(stale.clone());
+    let cases = [
+        ("plain", "SET author = :a, body = :b", None),
+        ("named", "SET body = :b, #a = :a", Some("#a")),
+        ("spaced", "set  #a=:a", Some("#a")),
+    ];
+    for (case, expression, name) in cases {
+        let session = Session::new();
+        let author = format!("author-{case}");
+        let mut update = UpdateItemInput::builder()
+            .table_name(&table)
+            .key("pk", s(case))
+            .update_expression(expression)
+            .expression_attribute_values(":a", s(&author));
+        if expression.contains(":b") {
+            update = update.expression_attribute_values(":b", s("hi"));
+        }
+        if let Some(name) = name {
+            update = update.expression_attribute_names(name, "author");
+        }
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session.request(DynamoRequest::from(update)))
+            .await
+            .unwrap();
+        stale.stale_queries(10);
+        let query: DynamoRequest = QueryInput::builder()
+            .table_name(&table)
+            .index_name("by_author")
+            .key_condition_expression("author = :a")
+            .expression_attribute_values(":a", s(&author))
+            .into();
+        let read = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(session.request(query))
+            .await
+            .unwrap();
+        assert!(read.get_ref().items().is_empty(), "{case}: the index lags");
+        assert!(
+            read.visibility().is_pending(),
+            "{case}: {:?}",
+            read.visibility()
+        );
+        stale.stale_queries(0);
+    }
+}
