@@ -57,7 +57,7 @@
 
 use crate::error::DynamoError;
 use crate::expr::Item;
-use crate::request::{DynamoOperation, DynamoRequest, DynamoResponse};
+use crate::request::{DynamoOperation, DynamoOutput, DynamoRequest, DynamoResponse};
 use ryw::fence::Visibility;
 use ryw::{SessionRequest, SessionResponse};
 use std::fmt;
@@ -180,8 +180,8 @@ where
             let (response, visibility) = page?.into_parts();
             all.visibilities.push(visibility);
             if let Some(items) = match response.into_output() {
-                crate::DynamoOutput::Query(o) => o.items,
-                crate::DynamoOutput::Scan(o) => o.items,
+                DynamoOutput::Query(o) => o.items,
+                DynamoOutput::Scan(o) => o.items,
                 _ => None,
             } {
                 all.items.extend(items);

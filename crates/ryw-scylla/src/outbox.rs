@@ -16,7 +16,7 @@
 //! assert!(refused.reason.contains("ScyllaDB"));
 //! ```
 
-use crate::ScyllaRequest;
+use crate::request::ScyllaRequest;
 use ryw_outbox::{DecodeError, DurableRequest, NotDeferrable};
 
 impl DurableRequest for ScyllaRequest {

@@ -2,7 +2,7 @@
 //! needs to know about it (read or write, the partitions it touches, whether it is idempotent).
 
 use ryw::stamp::Stamp;
-use scylla::response::{PagingState, PagingStateResponse};
+use scylla::response::PagingState;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::Batch;
 use scylla::statement::prepared::PreparedStatement;
@@ -400,14 +400,11 @@ impl ScyllaRequest {
         self.paging.as_ref().map(|p| &p.state)
     }
 
-    /// The request for the page after `response` (a response to this paged read): the same
-    /// statement, values, scopes and page size, resuming at the paging state `response` carries.
-    /// `None` when `response` was the last page, or is not a page.
-    pub fn next_page(&self, response: &crate::ScyllaResponse) -> Option<ScyllaRequest> {
+    /// This paged read resuming at `state`: the same statement, values, scopes and page size
+    /// (`None` when this is not a paged read). [`ScyllaRequest::next_page`] gives it from a
+    /// response.
+    pub(crate) fn resumed_at(&self, state: &PagingState) -> Option<ScyllaRequest> {
         let paging = self.paging.as_ref()?;
-        let PagingStateResponse::HasMorePages { state } = response.paging_state()? else {
-            return None;
-        };
         Some(ScyllaRequest {
             statement: self.statement.clone(),
             values: self.values.clone(),

@@ -69,6 +69,18 @@ impl ScyllaResponse {
     }
 }
 
+impl ScyllaRequest {
+    /// The request for the page after `response` (a response to this paged read): the same
+    /// statement, values, scopes and page size, resuming at the paging state `response` carries.
+    /// `None` when `response` was the last page, or is not a page.
+    pub fn next_page(&self, response: &ScyllaResponse) -> Option<ScyllaRequest> {
+        let PagingStateResponse::HasMorePages { state } = response.paging_state()? else {
+            return None;
+        };
+        self.resumed_at(state)
+    }
+}
+
 /// A tower `Service<ScyllaRequest>` over a shared driver `Session`. Every attempt runs with the
 /// consistency and timestamp the request carries, so a retry (the driver's or ryw's) sends the
 /// same timestamp.
