@@ -527,10 +527,7 @@ where
                 };
                 // A replayed upsert never inserts: see `upsert_at_replay`.
                 let upsert_now = upsert && !(replay && write_id.is_some());
-                let (filter, update) = match &write_id {
-                    Some(w) => (not_yet(filter, field, w), push_write_id(update, field, w)?),
-                    None => (filter, update),
-                };
+                let (filter, update) = stamp_update(filter, update, write_id.as_deref())?;
                 let r = if many {
                     coll.update_many(filter, update)
                         .upsert(upsert_now)
@@ -647,13 +644,7 @@ where
                 ),
             },
             MongoOperation::FindOneAndUpdate { filter, update } => {
-                let (filter_w, update) = match &write_id {
-                    Some(w) => (
-                        not_yet(filter.clone(), field, w),
-                        push_write_id(update, field, w)?,
-                    ),
-                    None => (filter.clone(), update),
-                };
+                let (filter_w, update) = stamp_update(filter, update, write_id.as_deref())?;
                 let found = coll
                     .find_one_and_update(filter_w, update)
                     .return_document(ReturnDocument::After)
