@@ -542,6 +542,7 @@ impl StoreAdapter for DynamoAdapter {
             stamp,
             expected,
             replay: false,
+            rebased: false,
         });
     }
 
@@ -757,8 +758,16 @@ impl StoreAdapter for DynamoAdapter {
                         observed.push(s, Version::new(*v));
                     }
                 }
+                // A partition query is judged by the newest writer's clock among its items, which
+                // assumes writes apply in clock order. A write sent late applies after writes
+                // whose clocks are past its stamp: the session requires the clock at which it
+                // was sent, which only a later write, or a strong read, meets.
+                let required = response
+                    .sent_late
+                    .unwrap_or(0)
+                    .max(write.stamp.timestamp.get());
                 for p in partitions.iter() {
-                    observed.push(p, Version::new(write.stamp.timestamp.get()));
+                    observed.push(p, Version::new(required));
                 }
             }
         }
@@ -820,6 +829,7 @@ impl StoreAdapter for DynamoAdapter {
         match (index, request.stamp.as_mut()) {
             (Some(i), Some(write)) if i < write.expected.len() => {
                 write.expected[i] = Some(conflict.current.get());
+                write.rebased = true;
                 true
             }
             _ => false,
@@ -899,6 +909,7 @@ mod tests {
         ]
         .into();
         let response = DynamoResponse {
+            sent_late: None,
             output: DynamoOutput::Query(QueryOutput::builder().items(item.clone()).build()),
             written: vec![],
             replayed: false,
@@ -945,5 +956,59 @@ mod tests {
             assert_eq!(credited(Some("local")), base, "ordered: {ordered}");
             assert_eq!(credited(Some("by_author")), Version::ZERO);
         }
+    }
+
+    /// A write sent late (kept for later, retried, rebased) makes the session require of its
+    /// partitions the clock it was sent at; one sent at once, its stamp. A rebase marks the write
+    /// as sent late.
+    #[test]
+    fn a_write_sent_late_requires_the_clock_it_was_sent_at_of_its_partitions() {
+        use crate::request::{DynamoOutput, DynamoResponse, DynamoStamp};
+        use aws_sdk_dynamodb::operation::put_item::{PutItemInput, PutItemOutput};
+        use ryw::{SessionId, WriteId};
+
+        let adapter = DynamoAdapter::new().table(TableSchema::new("t", "pk"));
+        let write_id = WriteId::new(SessionId::derive(b"late"), 1, 1);
+        let mut request: DynamoRequest = PutItemInput::builder()
+            .table_name("t")
+            .item("pk", AttributeValue::S("p".into()))
+            .into();
+        request.stamp = Some(DynamoStamp {
+            stamp: Stamp::new(write_id, HybridTimestamp::new(1_000)),
+            expected: vec![None],
+            replay: false,
+            rebased: false,
+        });
+        let partition = adapter.partition_scope("t", None, &AttributeValue::S("p".into()));
+        let required = |sent_late: Option<u64>| {
+            let response = DynamoResponse {
+                sent_late,
+                output: DynamoOutput::PutItem(PutItemOutput::builder().build()),
+                written: vec![Some(1_000)],
+                replayed: false,
+                consistent: false,
+                strong_tables: vec![],
+            };
+            let mut observed = Observed::new();
+            adapter.observe(&request, &response, &mut observed);
+            observed.get(partition)
+        };
+        assert_eq!(required(None), Some(Version::new(1_000)));
+        assert_eq!(required(Some(9_000)), Some(Version::new(9_000)));
+
+        let conflict = Conflict::new(
+            adapter
+                .item_scope(
+                    "t",
+                    &[("pk".to_owned(), AttributeValue::S("p".into()))].into(),
+                )
+                .unwrap(),
+            write_id,
+            HybridTimestamp::new(1_000),
+            Some(Version::new(1_000)),
+            Version::new(1_001),
+        );
+        assert!(adapter.rebase(&mut request, &conflict));
+        assert!(request.stamp.as_ref().unwrap().rebased);
     }
 }

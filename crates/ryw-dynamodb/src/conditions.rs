@@ -369,6 +369,7 @@ mod tests {
             ),
             expected: vec![expected],
             replay: false,
+            rebased: false,
         };
         let table = "t".to_owned();
 

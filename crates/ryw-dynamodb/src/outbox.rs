@@ -619,6 +619,7 @@ impl DurableRequest for DynamoRequest {
                 stamp: Stamp::new(write_id, clock),
                 expected,
                 replay: flag(&mut r)?,
+                rebased: false,
             })
         } else {
             None
@@ -677,6 +678,7 @@ mod tests {
                 ),
                 expected: vec![Some(4), None],
                 replay: true,
+                rebased: false,
             }),
             explicit_version: Some(2),
             config: None,

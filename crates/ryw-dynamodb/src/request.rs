@@ -176,7 +176,17 @@ pub(crate) struct DynamoStamp {
     pub(crate) expected: Vec<Option<u64>>,
     /// Sent again after an attempt that may have applied ([`ryw::adapter::StoreAdapter::prepare_replay`]).
     pub(crate) replay: bool,
+    /// Rebased onto a newer version after a conflict: another write applied after this one was
+    /// stamped, and this one applies after it (sent late, see [`LATE`]).
+    pub(crate) rebased: bool,
 }
+
+/// How long after its stamp a write is sent before it counts as late (1 ms, in microseconds): a
+/// write kept for later or sent again after a backoff. A replay and a rebased write count as late
+/// whenever they are sent. Other writes of
+/// its partitions may have applied in between with clocks past its stamp, so the session requires
+/// of those partitions the clock at which it was sent (see `DynamoAdapter`'s `observe`).
+pub(crate) const LATE: u64 = 1_000;
 
 /// A request to [`DynamoService`](crate::DynamoService): an SDK input builder plus what ryw stamped on it.
 #[derive(Clone, Debug)]
@@ -270,6 +280,8 @@ pub enum DynamoOutput {
 pub struct DynamoResponse {
     pub(crate) output: DynamoOutput,
     pub(crate) written: Vec<Option<u64>>,
+    /// For a write sent [`LATE`] or more after it was stamped, the wall clock when it was sent.
+    pub(crate) sent_late: Option<u64>,
     pub(crate) replayed: bool,
     pub(crate) consistent: bool,
     /// The tables a `BatchGetItem` read strongly, as sent.
@@ -286,6 +298,7 @@ impl DynamoResponse {
             replayed: false,
             consistent,
             strong_tables: Vec::new(),
+            sent_late: None,
         }
     }
 
@@ -298,6 +311,7 @@ impl DynamoResponse {
             replayed: true,
             consistent: false,
             strong_tables: Vec::new(),
+            sent_late: None,
         }
     }
 

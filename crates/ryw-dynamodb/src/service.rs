@@ -2,6 +2,7 @@
 
 use crate::error::DynamoError;
 use crate::expr;
+use crate::request::LATE;
 use crate::request::{DynamoConfig, DynamoOperation, DynamoOutput, DynamoRequest, DynamoResponse};
 use crate::transaction::transact_write_items;
 use crate::write::{delete_item, single_item_write, stamped_put, stamped_update};
@@ -18,6 +19,7 @@ use aws_sdk_dynamodb::operation::transact_get_items::TransactGetItemsError;
 use aws_sdk_dynamodb::operation::transact_write_items::builders::TransactWriteItemsInputBuilder;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemInputBuilder;
 use aws_sdk_dynamodb::Client;
+use ryw::clock::{Clock, SystemClock};
 use ryw::telemetry::{DbCall, Observer};
 use std::collections::HashMap;
 use std::fmt;
@@ -163,7 +165,13 @@ async fn send(client: &Client, request: DynamoRequest) -> Result<DynamoResponse,
         return send_unchanged(client, operation).await;
     };
     let config = &*config;
-    match (operation, write) {
+    // A write sent late (see `LATE`): the wall clock it was sent at.
+    let sent_late = write.as_ref().and_then(|w| {
+        let now = SystemClock.now_micros();
+        let late = w.replay || w.rebased || now >= w.stamp.timestamp.get().saturating_add(LATE);
+        late.then_some(now)
+    });
+    let mut response = match (operation, write) {
         (DynamoOperation::GetItem(b), _) => read(client, config, b).await,
         (DynamoOperation::Query(b), _) => read(client, config, b).await,
         (DynamoOperation::Scan(b), _) => read(client, config, b).await,
@@ -183,7 +191,9 @@ async fn send(client: &Client, request: DynamoRequest) -> Result<DynamoResponse,
         }
         // A write the session layer did not stamp: sent as it is.
         (operation, None) => send_unchanged(client, operation).await,
-    }
+    }?;
+    response.sent_late = sent_late;
+    Ok(response)
 }
 
 /// GetItem or Query (one page), its projection extended with what the fence reads.

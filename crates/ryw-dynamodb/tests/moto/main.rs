@@ -132,4 +132,5 @@ reads_against_a_lagging_replica!(
     transact_get_items_is_strong_and_advances_the_session,
     a_scan_holds_the_sessions_writes_and_claims_nothing_otherwise,
     a_query_after_reading_an_item_holds_that_item_under_lag,
+    a_write_delivered_after_a_later_write_is_held_by_a_guaranteed_query,
 );

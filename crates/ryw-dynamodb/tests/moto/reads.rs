@@ -593,3 +593,56 @@ pub(crate) async fn a_query_after_reading_an_item_holds_that_item_under_lag(moto
         assert!(out.visibility().is_guaranteed(), "{case}");
     }
 }
+
+/// A write that applies long after it was stamped: a write kept for later
+/// (`ReadYourWrites::stamp`) is delivered after a later write of its partition, by another
+/// session, has applied and reached the replica. The replica then holds the later write, whose
+/// writer's clock is past the kept write's stamp, but not the kept write. The session's query of
+/// the partition must not be `Guaranteed` without its write: the kept write carries, and the
+/// session requires, the clock at which it was sent, not the one at which it was stamped.
+pub(crate) async fn a_write_delivered_after_a_later_write_is_held_by_a_guaranteed_query(
+    moto: &str,
+) {
+    let direct = client(moto);
+    let table = partitioned_table();
+    create_partitioned_table(&direct, &table).await;
+    let adapter = DynamoAdapter::new().table(TableSchema::new(&table, "pk").sort_key("sk"));
+    let proxy = LaggingReplicaForTests::start(moto, &[&table], LAG).await;
+    let via = client(&proxy.url);
+    let mut svc = layered(&via, &adapter);
+    let session = Session::new();
+    let kept = svc
+        .stamp(&session.request(put(&table, "p", Some("kept"), "mine")))
+        .expect("a write");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    call(
+        &mut svc,
+        &Session::new(),
+        put(&table, "p", Some("later"), "theirs"),
+    )
+    .await;
+    tokio::time::sleep(LAG + Duration::from_millis(300)).await;
+    svc.ready()
+        .await
+        .unwrap()
+        .call(ryw::SessionRequest::from_stamped(session.clone(), kept))
+        .await
+        .unwrap();
+    let raw = query_partition(&table, "p").send_with(&via).await.unwrap();
+    assert_eq!(
+        sk_and_body(raw.items()),
+        [("later".into(), "theirs".into())],
+        "the replica holds the later write only"
+    );
+    let out = call(&mut svc, &session, query_partition(&table, "p")).await;
+    assert_eq!(
+        sk_and_body(out.get_ref().items()),
+        [
+            ("kept".into(), "mine".into()),
+            ("later".into(), "theirs".into())
+        ],
+        "{:?}",
+        out.visibility()
+    );
+    assert!(out.visibility().is_guaranteed(), "{:?}", out.visibility());
+}
