@@ -1,7 +1,10 @@
 //! The [`StoreAdapter`] for MongoDB.
 
 use crate::error::MongoError;
-use crate::request::{names_one_by_id, MongoConfig, MongoOperation, MongoRequest, MongoResponse};
+use crate::request::{
+    names_one_by_id, upserts_by_other_than_id, MongoConfig, MongoOperation, MongoRequest,
+    MongoResponse,
+};
 use mongodb::bson::{Document, Timestamp};
 use mongodb::options::ReadPreference;
 use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, Verification};
@@ -146,9 +149,12 @@ impl<T: Clone + Send + Sync + 'static> StoreAdapter for MongoAdapter<T> {
             MongoOperation::DeleteOne { ref filter } if !names_one_by_id(filter) => {
                 Operation::Write(Replay::Never)
             }
+            // An upsert not by `_id`: a late first attempt after a replay would insert again.
+            ref op if upserts_by_other_than_id(op) => Operation::Write(Replay::Never),
             MongoOperation::BulkWrite { ref writes }
                 if writes.iter().any(|w| {
-                    matches!(w, MongoOperation::DeleteOne { filter } if !names_one_by_id(filter))
+                    upserts_by_other_than_id(w)
+                        || matches!(w, MongoOperation::DeleteOne { filter } if !names_one_by_id(filter))
                 }) =>
             {
                 Operation::Write(Replay::Never)

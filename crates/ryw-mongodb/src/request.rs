@@ -288,11 +288,14 @@ impl<T> MongoRequest<T> {
     /// `replace_one`): the filter's equality fields and the update's result, or the replacement
     /// (with the filter's `_id`). The inserted `_id` is in [`MongoOutput::Updated`]'s `upserted`.
     ///
-    /// Applied once like every write: a replay after a lost answer finds the document by the
-    /// write id it carries. A replay that finds neither that document nor any the filter matches
-    /// reports [`MongoError::Unresolved`](crate::MongoError::Unresolved) (the layer's
-    /// `Error::Ambiguous`) and inserts nothing: the first attempt may have inserted a document
-    /// that another session deleted since.
+    /// Applied once like every write. With a filter by `_id` equality, a replay after a lost
+    /// answer finds the document by the write id it carries; a replay that finds neither that
+    /// document nor any the filter matches reports
+    /// [`MongoError::Unresolved`](crate::MongoError::Unresolved) (the layer's `Error::Ambiguous`)
+    /// and inserts nothing: the first attempt may have inserted a document that another session
+    /// deleted since. With any other filter the upsert is never replayed (a first attempt
+    /// arriving after its replay would insert a second document): an ambiguous failure is the
+    /// layer's `Error::Ambiguous`.
     pub fn upsert(mut self) -> Self {
         match &mut self.operation {
             MongoOperation::UpdateOne { upsert, .. }
@@ -492,8 +495,36 @@ pub(crate) fn bulk_refusal<T>(writes: &[MongoOperation<T>]) -> Option<&'static s
 pub(crate) fn names_one_by_id(filter: &Document) -> bool {
     match filter.get("_id") {
         Some(Bson::Document(d)) => !d.keys().any(|k| k.starts_with('$')),
+        // A regular expression matches every `_id` it fits; an array (which no `_id` can be) is
+        // not taken for one either.
+        Some(Bson::RegularExpression(_) | Bson::Array(_)) => false,
         Some(_) => true,
         None => false,
+    }
+}
+
+/// Whether `operation` is an upsert whose filter does not name one document by `_id`: its first
+/// attempt, arriving late after a replay, would insert a second document (the replay's document
+/// holds the write id, so the first attempt's "not yet" filter matches nothing), so it is never
+/// replayed.
+pub(crate) fn upserts_by_other_than_id<T>(operation: &MongoOperation<T>) -> bool {
+    match operation {
+        MongoOperation::UpdateOne {
+            filter,
+            upsert: true,
+            ..
+        }
+        | MongoOperation::UpdateMany {
+            filter,
+            upsert: true,
+            ..
+        }
+        | MongoOperation::ReplaceOne {
+            filter,
+            upsert: true,
+            ..
+        } => !names_one_by_id(filter),
+        _ => false,
     }
 }
 

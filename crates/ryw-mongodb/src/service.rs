@@ -540,8 +540,11 @@ where
                         .await
                 }
                 .map_err(driver)?;
+                // Nothing matched and nothing inserted: an earlier attempt may have applied.
                 let replayed = match &write_id {
-                    Some(w) if r.matched_count == 0 => self.already_applied(session, w).await?,
+                    Some(w) if r.matched_count == 0 && r.upserted_id.is_none() => {
+                        self.already_applied(session, w).await?
+                    }
                     _ => false,
                 };
                 if upsert && replay && r.matched_count == 0 && !replayed {
@@ -574,8 +577,11 @@ where
                     .session(&mut *session)
                     .await
                     .map_err(driver)?;
+                // Nothing matched and nothing inserted: an earlier attempt may have applied.
                 let replayed = match &write_id {
-                    Some(w) if r.matched_count == 0 => self.already_applied(session, w).await?,
+                    Some(w) if r.matched_count == 0 && r.upserted_id.is_none() => {
+                        self.already_applied(session, w).await?
+                    }
                     _ => false,
                 };
                 if upsert && replay && r.matched_count == 0 && !replayed {
