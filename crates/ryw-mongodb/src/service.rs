@@ -287,6 +287,36 @@ where
             .map_err(driver)
     }
 
+    /// The result of an update or replace, or, when it failed on a duplicate key and a document
+    /// already holds `write_id`, the answer of a write applied by another attempt (`Err`): an
+    /// upsert whose filter skips the document its write id is on tries to insert it again, and
+    /// meets its `_id`.
+    async fn upserted_already(
+        &self,
+        session: &mut ClientSession,
+        result: mongodb::error::Result<mongodb::results::UpdateResult>,
+        write_id: &Option<String>,
+    ) -> Result<Result<mongodb::results::UpdateResult, (MongoOutput<T>, bool)>, MongoError> {
+        let e = match result {
+            Ok(r) => return Ok(Ok(r)),
+            Err(e) => MongoError::from_driver(e),
+        };
+        match (&e, write_id) {
+            (MongoError::DuplicateKey { .. }, Some(w))
+                if self.already_applied(session, w).await? =>
+            {
+                tracing::debug!(target: "ryw::mongodb", "upsert met the document its write applied");
+                let output = MongoOutput::Updated {
+                    matched: 1,
+                    modified: 1,
+                    upserted: None,
+                };
+                Ok(Err((output, true)))
+            }
+            _ => Err(e),
+        }
+    }
+
     /// The writes of a `bulk_write` in one ordered command, each stamped with `<write id>/<i>`.
     async fn bulk(
         &self,
@@ -538,8 +568,11 @@ where
                         .upsert(upsert_now)
                         .session(&mut *session)
                         .await
-                }
-                .map_err(driver)?;
+                };
+                let r = match self.upserted_already(session, r, &write_id).await? {
+                    Ok(r) => r,
+                    Err(done) => return Ok(done),
+                };
                 // Nothing matched and nothing inserted: an earlier attempt may have applied.
                 let replayed = match &write_id {
                     Some(w) if r.matched_count == 0 && r.upserted_id.is_none() => {
@@ -575,8 +608,11 @@ where
                     .replace_one(filter, doc)
                     .upsert(upsert_now)
                     .session(&mut *session)
-                    .await
-                    .map_err(driver)?;
+                    .await;
+                let r = match self.upserted_already(session, r, &write_id).await? {
+                    Ok(r) => r,
+                    Err(done) => return Ok(done),
+                };
                 // Nothing matched and nothing inserted: an earlier attempt may have applied.
                 let replayed = match &write_id {
                     Some(w) if r.matched_count == 0 && r.upserted_id.is_none() => {
