@@ -1,6 +1,7 @@
 //! What the DynamoDB examples share: a client for `DYNAMODB_ENDPOINT` (test credentials and
 //! region unless the environment has its own) or for AWS, and a table keyed by `pk`.
 
+use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::client::Waiters;
 use aws_sdk_dynamodb::config::{Credentials, Region};
 use aws_sdk_dynamodb::types::{
@@ -12,9 +13,9 @@ use std::time::Duration;
 /// A client for `endpoint` (an emulator), or for AWS from the environment when `None`.
 pub async fn client(endpoint: Option<&str>) -> Client {
     let Some(endpoint) = endpoint else {
-        return Client::new(&aws_config::load_from_env().await);
+        return Client::new(&aws_config::load_defaults(BehaviorVersion::latest()).await);
     };
-    let mut loader = aws_config::from_env().endpoint_url(endpoint);
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).endpoint_url(endpoint);
     if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
         loader =
             loader.credentials_provider(Credentials::new("test", "test", None, None, "example"));

@@ -118,9 +118,11 @@ pub enum TokenError {
         /// The field being read.
         field: &'static str,
     },
-    /// The token was written by a format version this build does not read.
+    /// The token was written by a format version this build does not read (or is not a session
+    /// token at all: its first byte is the version).
     #[error(
-        "session token format version {0} is not supported (this build reads {FORMAT_VERSION})"
+        "session token format version {0} is not supported (this build reads {FORMAT_VERSION}): \
+         not a session token, or one from a newer release"
     )]
     UnknownVersion(u8),
     /// The token sets flags this build does not know.

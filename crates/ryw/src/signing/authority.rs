@@ -30,8 +30,12 @@ pub enum VerifyError {
         /// The key id the token names.
         key_id: u8,
     },
-    /// The signature does not match: the token was altered, or forged.
-    #[error("session token signature does not match (tampered)")]
+    /// The signature does not match: the token was altered or forged, or signed by another key
+    /// with the same id (a key generated anew at a restart, or another instance's).
+    #[error(
+        "session token signature does not match: altered, or signed by another key with the same \
+         id (instances must share their signing keys)"
+    )]
     BadSignature,
     /// The token carries no issue and expiry times (every token an authority issues has them).
     #[error("session token carries no expiry")]
