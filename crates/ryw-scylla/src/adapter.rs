@@ -270,6 +270,14 @@ impl StoreAdapter for ScyllaAdapter {
                     .and_then(|t| u64::try_from(t).ok())
                     .filter(|t| *t > 0)
                 else {
+                    // A page of a row read with no row, and more pages to come, cannot show the
+                    // row (it may be on a later page): it shows version 0, never "absent", which
+                    // the strong path would take for a deleted row.
+                    if let (Some((p, c)), true) =
+                        (self.single_row(request), response.has_more_pages())
+                    {
+                        observed.push(row_scope(store, p, c), Version::ZERO);
+                    }
                     return;
                 };
                 let seen = Version::new(t);

@@ -47,6 +47,15 @@ pub enum ScyllaError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The session's clock is past CQL's largest write timestamp (`i64::MAX` microseconds): it
+    /// read a row written with a timestamp near it (a row pinned far in the future), and a write
+    /// ordered after it has no timestamp left. Nothing was sent: two writes sharing the largest
+    /// timestamp would not be ordered.
+    #[error("the session's clock ({clock}) is past the largest CQL write timestamp")]
+    ClockExhausted {
+        /// The session's clock reading, in microseconds.
+        clock: u64,
+    },
     /// The result did not have the shape the request declared (a conditional write without
     /// `[applied]`, a write time that is not 64 bits, a row that could not be read).
     #[error("unexpected result: {0}")]
@@ -96,6 +105,7 @@ impl ScyllaError {
             ScyllaError::Untracked
             | ScyllaError::TrackedColumnNotSelected { .. }
             | ScyllaError::InvalidPaging { .. } => "configuration",
+            ScyllaError::ClockExhausted { .. } => "clock_exhausted",
             ScyllaError::Result(_) => "result",
             ScyllaError::Middleware(_) => "middleware",
         }

@@ -333,8 +333,8 @@ impl ScyllaRequest {
     /// reads, unstamped writes and lightweight transactions (Scylla assigns theirs).
     pub fn timestamp(&self) -> Option<i64> {
         match self.kind {
-            // CQL timestamps are signed: a clock past i64::MAX (only from an absurd token) is
-            // clamped rather than wrapped into the past.
+            // CQL timestamps are signed: a clock past i64::MAX is clamped rather than wrapped
+            // into the past (`ScyllaService` refuses such a write: `ScyllaError::ClockExhausted`).
             RequestKind::Write => self
                 .stamp
                 .map(|s| i64::try_from(s.timestamp.get()).unwrap_or(i64::MAX)),

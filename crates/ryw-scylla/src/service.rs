@@ -150,6 +150,13 @@ impl tower::Service<ScyllaRequest> for ScyllaService {
         if let Err(error) = check_paging(&request) {
             return Box::pin(std::future::ready(Err(error)));
         }
+        if let Some(clock) = request.stamp.map(|s| s.timestamp.get()) {
+            if matches!(request.kind, RequestKind::Write) && i64::try_from(clock).is_err() {
+                return Box::pin(std::future::ready(Err(ScyllaError::ClockExhausted {
+                    clock,
+                })));
+            }
+        }
         let session = self.session.clone();
         if !DbCall::wanted(self.observer.as_ref()) {
             return Box::pin(async move { execute(&session, request).await });

@@ -1859,8 +1859,8 @@ async fn a_batch_over_rows_leaves_the_other_rows_pending_for_good() {
 
 /// Rows written by tools with explicit `USING TIMESTAMP` (0, -1, `i64::MIN + 1`,
 /// `i64::MAX - 1`): nothing panics, and the session's next write of such a row is stamped past it
-/// and shows. (Beyond: after reading `i64::MAX - 1` the session's clock sticks at `i64::MAX`, so
-/// two later writes of the session tie; the read after them is `Pending`, never `Guaranteed`.)
+/// and shows. (After reading `i64::MAX - 1`, the session's next write goes out at `i64::MAX`, and
+/// a write after it is refused, `ScyllaError::ClockExhausted`: see `paging_adversary.rs`.)
 #[tokio::test]
 async fn hostile_write_times() {
     let rig = Rig::start().await;

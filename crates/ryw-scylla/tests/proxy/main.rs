@@ -8,6 +8,7 @@
 mod adversary;
 mod out_of_order;
 mod paging;
+mod paging_adversary;
 mod scripted_node;
 
 use ryw::fence::FencePath;
