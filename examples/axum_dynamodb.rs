@@ -95,7 +95,7 @@ async fn write_post(
     let put = PutItemInput::builder().table_name(TABLE);
     let put = DynamoRequest::from(put.item("pk", S(id)).item("body", S(body)));
     let written = posts.oneshot(session.request(put)).await?;
-    Ok(VisibilityHeader(written.visibility().clone()))
+    Ok(VisibilityHeader::from(&written))
 }
 
 async fn read_post(
@@ -112,7 +112,7 @@ async fn read_post(
         .item()
         .and_then(|item| item.get("body")?.as_s().ok());
     let body = body.cloned().unwrap_or_default();
-    Ok((VisibilityHeader(read.visibility().clone()), body)) // ryw-visibility: guaranteed; ...
+    Ok((VisibilityHeader::from(&read), body)) // ryw-visibility: guaranteed; ...
 }
 
 /// The `--check` mode's client: one write and one read in one session, as a browser or an app

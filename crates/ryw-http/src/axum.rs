@@ -50,7 +50,7 @@
 //! ) -> Result<(VisibilityHeader, Json<Value>), RywError<SimError>> {
 //!     let read = posts.oneshot(session.request(SimRequest::get(format!("posts/{id}")))).await?;
 //!     let body = json!({ "value": read.get_ref().value() });
-//!     Ok((VisibilityHeader(read.visibility().clone()), Json(body)))
+//!     Ok((VisibilityHeader::from(&read), Json(body)))
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -239,6 +239,14 @@ pub struct VisibilityHeader(pub Visibility);
 impl From<Visibility> for VisibilityHeader {
     fn from(visibility: Visibility) -> Self {
         VisibilityHeader(visibility)
+    }
+}
+
+impl<T> From<&ryw::SessionResponse<T>> for VisibilityHeader {
+    /// The visibility of a response of the ryw layer, so that a handler writes
+    /// `(VisibilityHeader::from(&read), body)` (see the module's example).
+    fn from(response: &ryw::SessionResponse<T>) -> Self {
+        VisibilityHeader(response.visibility().clone())
     }
 }
 

@@ -36,7 +36,7 @@ pub const REJECTED_HEADER: &str = "ryw-session-rejected";
 ///
 /// The handler puts the read's [`ryw::Visibility`] into the response extensions (with axum,
 /// return `Extension(visibility)` among the response parts); [`ServerSessionLayer`](crate::ServerSessionLayer) turns it into
-/// this header. With the `axum` feature, `ryw_http::axum::VisibilityHeader(visibility)` among the
+/// this header. With the `axum` feature, `ryw_http::axum::VisibilityHeader::from(&read)` among the
 /// response parts writes the header itself. [`visibility_header`] gives the value for other stacks.
 pub const VISIBILITY_HEADER: &str = "ryw-visibility";
 

@@ -416,3 +416,38 @@ async fn a_handler_returns_a_ryw_error_with_the_question_mark() {
     let body: Value = serde_json::from_str(&text(response).await).unwrap();
     assert_eq!(body["error"], "stale_read");
 }
+
+#[tokio::test]
+async fn a_layer_response_gives_its_own_visibility_header() {
+    use ryw::{ReadYourWritesLayer, Session};
+    use ryw_sim::{SimAdapter, SimConfig, SimRequest, SimStore};
+    use tower::Layer;
+
+    let store = SimStore::new(SimConfig::default().seed(3));
+    let posts = ReadYourWritesLayer::new(SimAdapter::new())
+        .clock(store.clock())
+        .layer(store.client(0));
+    let session = Session::new();
+    let written = posts
+        .clone()
+        .oneshot(session.request(SimRequest::put("posts/1", 7)))
+        .await
+        .unwrap();
+    let read = posts
+        .oneshot(session.request(SimRequest::get("posts/1")))
+        .await
+        .unwrap();
+    for response in [
+        VisibilityHeader::from(&written).into_response(),
+        VisibilityHeader::from(&read).into_response(),
+    ] {
+        assert!(response.headers()[VISIBILITY_HEADER]
+            .to_str()
+            .unwrap()
+            .starts_with("guaranteed; path="));
+    }
+    assert_eq!(
+        VisibilityHeader::from(&read),
+        VisibilityHeader(read.visibility().clone())
+    );
+}
