@@ -543,6 +543,7 @@ impl StoreAdapter for DynamoAdapter {
             expected,
             replay: false,
             rebased: false,
+            create: false,
         });
     }
 
@@ -801,12 +802,15 @@ impl StoreAdapter for DynamoAdapter {
                 Some(conflict)
             }
             (op, DynamoError::ConditionFailed(c)) if c.version_conflict => {
-                Some(self.conflict_from_item(
+                let mut conflict = self.conflict_from_item(
                     self.single_write_scope(op)?,
                     write,
                     c.expected,
                     c.item.as_ref(),
-                ))
+                );
+                // A version conflict without an item: deleted since the session saw it.
+                conflict.gone = c.item.is_none();
+                Some(conflict)
             }
             _ => None,
         }
@@ -818,6 +822,8 @@ impl StoreAdapter for DynamoAdapter {
             return false;
         }
         let index = match &request.operation {
+            // Only a single-item write finds its item gone (a transaction is canceled).
+            DynamoOperation::TransactWriteItems(_) if conflict.gone => None,
             DynamoOperation::TransactWriteItems(b) => {
                 let items = b.get_transact_items().as_deref().unwrap_or_default();
                 self.transaction_item_scopes(items)
@@ -828,7 +834,12 @@ impl StoreAdapter for DynamoAdapter {
         };
         match (index, request.stamp.as_mut()) {
             (Some(i), Some(write)) if i < write.expected.len() => {
-                write.expected[i] = Some(conflict.current.get());
+                if conflict.gone {
+                    // Created again, at a version past the one the session saw.
+                    write.create = true;
+                } else {
+                    write.expected[i] = Some(conflict.current.get());
+                }
                 write.rebased = true;
                 true
             }
@@ -978,6 +989,7 @@ mod tests {
             expected: vec![None],
             replay: false,
             rebased: false,
+            create: false,
         });
         let partition = adapter.partition_scope("t", None, &AttributeValue::S("p".into()));
         let required = |sent_late: Option<u64>| {

@@ -24,10 +24,13 @@
 //! - [`Failed::Absent`]: no item came back. At a replay, whether the earlier attempt applied
 //!   before the item was deleted cannot be told: the write is unresolved ([`unresolved`]), never
 //!   sent again (but a delete without a condition of the caller's, which is sent as the caller
-//!   wrote it). On a first attempt, a put or an update of an item the session had seen is sent
-//!   again creating it ([`Conditions::creating`]): the item was deleted since; one that expected
-//!   no item met the caller's own condition failing; a delete finds nothing to delete and is sent
-//!   as the caller wrote it.
+//!   wrote it). On a first attempt, a put or an update of an item the session had seen found it
+//!   deleted since: a version conflict with no current item ([`Conditions::gone`]), for the
+//!   layer's resolver. A resolver that keeps the write has it sent again creating the item
+//!   ([`Conditions::creating`]), unless another attempt or copy of the write may have applied:
+//!   the layer then sends it as a replay, which never creates. One that expected no item met the
+//!   caller's own condition failing; a delete finds nothing to delete and is sent as the caller
+//!   wrote it.
 //! - [`Failed::Failure`]: the item holds this write's id nowhere ([`Conditions::failure`]). Its
 //!   version differs from the expected one: another writer won, a version conflict for the
 //!   resolver; or the version is the expected one: the caller's own condition failed.
@@ -102,16 +105,21 @@ impl Conditions<'_> {
         table: Option<&String>,
         write: &DynamoStamp,
     ) -> Result<Conditions<'a>, DynamoError> {
-        Conditions::new(
+        let stamp = Conditions::new(
             config,
             table,
             write,
             write.expected.first().copied().flatten(),
-        )
+        )?;
+        Ok(if write.create {
+            stamp.creating()
+        } else {
+            stamp
+        })
     }
 
     /// The same write, creating the item: it was found absent (deleted since the session saw
-    /// it).
+    /// it), and the conflict resolver kept the write.
     pub(crate) fn creating(&self) -> Self {
         Conditions {
             config: self.config,
@@ -134,11 +142,12 @@ impl Conditions<'_> {
 
     /// The condition: the version is the expected one, or the item exists without a version
     /// (written without ryw); when creating, the item has no version. A replay never creates: an
-    /// item absent at a replay may have been written by the first attempt and deleted since.
+    /// item absent at a replay may have been written by an earlier attempt, or by another copy
+    /// of the write, and deleted since.
     fn condition(&self, caller: Option<String>) -> String {
         let exists_unversioned = "(attribute_not_exists(#ryw_v) AND attribute_exists(#ryw_k))";
         let ours = if self.expected == 0 || self.create {
-            if self.replay && !self.create {
+            if self.replay {
                 exists_unversioned.to_owned()
             } else {
                 expr::version_condition(0).to_owned()
@@ -260,6 +269,16 @@ impl Conditions<'_> {
         }
     }
 
+    /// A first attempt found the item deleted since the session saw it: a version conflict with
+    /// no current item, for the conflict resolver ([`ryw::conflict::Conflict::gone`]).
+    pub(crate) fn gone(&self) -> DynamoError {
+        DynamoError::ConditionFailed(Box::new(ConditionFailure {
+            item: None,
+            expected: Some(self.expected),
+            version_conflict: true,
+        }))
+    }
+
     pub(crate) fn failure(&self, item: Option<Item>) -> DynamoError {
         let current = item
             .as_ref()
@@ -370,6 +389,7 @@ mod tests {
             expected: vec![expected],
             replay: false,
             rebased: false,
+            create: false,
         };
         let table = "t".to_owned();
 
@@ -412,5 +432,34 @@ mod tests {
         }
         assert_eq!(item.len(), 2 + RECENT_WRITE_IDS);
         assert_eq!(billed_size(&item), 20 + 18 + 4 * 65);
+    }
+
+    #[test]
+    fn a_write_rebased_to_create_its_item_creates_it_only_on_a_first_attempt() {
+        let mut config = DynamoConfig::default();
+        config
+            .tables
+            .insert("t".into(), TableSchema::new("t", "pk"));
+        let table = "t".to_owned();
+        let write = |replay: bool| DynamoStamp {
+            stamp: Stamp::new(
+                WriteId::new(SessionId::derive(b"gone"), 1, 1),
+                HybridTimestamp::new(1_000),
+            ),
+            expected: vec![Some(5_000)],
+            replay,
+            rebased: true,
+            create: true,
+        };
+        let first = Conditions::single(&config, Some(&table), &write(false)).unwrap();
+        assert_eq!(first.condition(None), "attribute_not_exists(#ryw_v)");
+        // Past the version the session saw, though the clock is behind it.
+        assert_eq!(first.next(), 5_001);
+        // Another copy of the write may have applied before the delete: only recognised.
+        let replay = Conditions::single(&config, Some(&table), &write(true)).unwrap();
+        assert_eq!(
+            replay.condition(None),
+            "(attribute_not_exists(#ryw_v) AND attribute_exists(#ryw_k))"
+        );
     }
 }

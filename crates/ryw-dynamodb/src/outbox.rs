@@ -620,6 +620,7 @@ impl DurableRequest for DynamoRequest {
                 expected,
                 replay: flag(&mut r)?,
                 rebased: false,
+                create: false,
             })
         } else {
             None
@@ -679,6 +680,7 @@ mod tests {
                 expected: vec![Some(4), None],
                 replay: true,
                 rebased: false,
+                create: false,
             }),
             explicit_version: Some(2),
             config: None,

@@ -179,6 +179,9 @@ pub(crate) struct DynamoStamp {
     /// Rebased onto a newer version after a conflict: another write applied after this one was
     /// stamped, and this one applies after it (sent late, see [`LATE`]).
     pub(crate) rebased: bool,
+    /// Rebased after a conflict with a delete: a single-item write that creates the item (unless
+    /// it is a replay, which never creates: see `Conditions::condition`).
+    pub(crate) create: bool,
 }
 
 /// How long after its stamp a write is sent before it counts as late (1 ms, in microseconds): a

@@ -19,9 +19,11 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use std::collections::HashMap;
 use std::future::Future;
 
-/// PutItem or UpdateItem: sent as `stamped` makes the request for a stamp, the failed
-/// condition's old item read for this very write, and, when the item is found gone though the
-/// session had seen it (on a first attempt), sent once more creating it.
+/// PutItem or UpdateItem: sent as `stamped` makes the request for a stamp, and the failed
+/// condition's old item read for this very write. An item found gone though the session had seen
+/// it is a conflict ([`Conditions::gone`]): the layer's resolver decides whether the write
+/// creates it again, and the layer, which knows whether another copy of the write may have
+/// applied, sends it (`DynamoStamp::create`).
 pub(crate) async fn single_item_write<B: ItemWrite>(
     client: &Client,
     config: &DynamoConfig,
@@ -29,26 +31,20 @@ pub(crate) async fn single_item_write<B: ItemWrite>(
     write: &DynamoStamp,
     stamped: fn(&B, &Conditions<'_>) -> B,
 ) -> Result<DynamoResponse, DynamoError> {
-    let mut stamp = Conditions::single(config, b.table(), write)?;
-    loop {
-        let old = match stamped(&b, &stamp).send(client).await? {
-            Sent::Applied(out) => {
-                return Ok(DynamoResponse::new(*out, vec![Some(stamp.next())], false))
-            }
-            Sent::ConditionFailed(old) => old,
-        };
-        match stamp.after_failed_condition(old) {
-            Failed::Landed(version) => {
-                return Ok(DynamoResponse::replayed(B::empty(), vec![version]))
-            }
-            Failed::Failure(e) => return Err(e),
-            Failed::Absent if stamp.replay => return Err(unresolved(B::WHAT)),
-            Failed::Absent if stamp.create || stamp.expected == 0 => {
-                return Err(stamp.failure(None))
-            }
-            // Deleted since the session saw it: create it, at a version past both.
-            Failed::Absent => stamp = stamp.creating(),
+    let stamp = Conditions::single(config, b.table(), write)?;
+    let old = match stamped(&b, &stamp).send(client).await? {
+        Sent::Applied(out) => {
+            return Ok(DynamoResponse::new(*out, vec![Some(stamp.next())], false))
         }
+        Sent::ConditionFailed(old) => old,
+    };
+    match stamp.after_failed_condition(old) {
+        Failed::Landed(version) => Ok(DynamoResponse::replayed(B::empty(), vec![version])),
+        Failed::Failure(e) => Err(e),
+        Failed::Absent if stamp.replay => Err(unresolved(B::WHAT)),
+        Failed::Absent if stamp.create || stamp.expected == 0 => Err(stamp.failure(None)),
+        // Deleted since the session saw it.
+        Failed::Absent => Err(stamp.gone()),
     }
 }
 

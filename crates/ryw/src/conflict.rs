@@ -53,6 +53,9 @@ pub struct Conflict {
     pub current_writer: Option<WriteId>,
     /// The current item, in the adapter's own type; see [`Conflict::current_item`].
     pub item: Option<Arc<dyn Any + Send + Sync>>,
+    /// The item is gone: another writer deleted it since the session saw it (`current` is then
+    /// [`Version::ZERO`]). Overwriting it creates it again.
+    pub gone: bool,
 }
 
 impl Conflict {
@@ -73,6 +76,7 @@ impl Conflict {
             current_timestamp: None,
             current_writer: None,
             item: None,
+            gone: false,
         }
     }
 
@@ -93,20 +97,27 @@ impl fmt::Debug for Conflict {
             .field("current_timestamp", &self.current_timestamp)
             .field("current_writer", &self.current_writer)
             .field("has_item", &self.item.is_some())
+            .field("gone", &self.gone)
             .finish()
     }
 }
 
 impl fmt::Display for Conflict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let expected = self
+            .expected
+            .map_or_else(|| "none".to_owned(), |v| v.to_string());
+        if self.gone {
+            return write!(
+                f,
+                "write {} to {:?} expected {expected} but found the item deleted",
+                self.write_id, self.scope
+            );
+        }
         write!(
             f,
-            "write {} to {:?} expected {} but found {}",
-            self.write_id,
-            self.scope,
-            self.expected
-                .map_or_else(|| "none".to_owned(), |v| v.to_string()),
-            self.current
+            "write {} to {:?} expected {expected} but found {}",
+            self.write_id, self.scope, self.current
         )
     }
 }
@@ -130,13 +141,18 @@ pub trait ConflictResolver<R>: Send + Sync + fmt::Debug + 'static {
 }
 
 /// Last writer wins on the hybrid clock, ties broken by write id; unknown current writers win
-/// (a write never overwrites what it cannot order itself after).
+/// (a write never overwrites what it cannot order itself after). An item another writer deleted
+/// is created again, as the store's own write would do: a delete leaves no clock to order
+/// against. (A resolver that yields when [`Conflict::gone`] reports it to the caller instead.)
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LastWriterWins;
 
 impl LastWriterWins {
-    /// True when this write orders after the current one.
+    /// True when this write orders after the current one, or the item is gone.
     pub fn mine_wins(conflict: &Conflict) -> bool {
+        if conflict.gone {
+            return true;
+        }
         match (conflict.current_timestamp, conflict.current_writer) {
             (Some(ts), Some(writer)) => (conflict.timestamp, conflict.write_id) > (ts, writer),
             (Some(ts), None) => conflict.timestamp > ts,
@@ -191,5 +207,16 @@ mod tests {
             Some("theirs")
         );
         assert!(c.current_item::<u32>().is_none());
+    }
+
+    #[test]
+    fn an_item_deleted_by_another_writer_is_created_again_by_last_writer_wins() {
+        // Even against a writer that would win were the item there.
+        let mut c = conflict(1, Some(9), 1);
+        c.gone = true;
+        c.current = Version::ZERO;
+        let r: Resolution<()> = LastWriterWins.resolve(&(), &c);
+        assert_eq!(r, Resolution::Overwrite);
+        assert!(c.to_string().ends_with("but found the item deleted"), "{c}");
     }
 }

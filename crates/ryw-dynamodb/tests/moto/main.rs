@@ -46,6 +46,8 @@ against_moto!(
     a_retry_after_another_sessions_update_applies_once,
     a_read_of_an_undeclared_table_is_unscoped_never_guaranteed,
     a_retry_after_another_sessions_delete_is_ambiguous_never_reapplied,
+    a_copy_that_finds_the_item_deleted_after_its_clone_applied_never_creates_it,
+    a_write_over_an_item_another_session_deleted_goes_to_the_resolver,
     versions_keep_growing_across_delete_and_re_create,
     a_conditional_delete_of_a_gone_item_is_never_a_replay,
     a_query_after_the_sessions_own_delete_does_not_show_the_item,

@@ -15,6 +15,7 @@ use ryw::fence::FencePath;
 use ryw::{ReadYourWritesLayer, Session, Version, Visibility};
 use ryw_dynamodb::{DynamoAdapter, DynamoError, DynamoRequest, DynamoService, TableSchema};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use tower::{Layer, Service, ServiceExt};
 
 fn adapter(table: &str) -> DynamoAdapter {
@@ -1716,4 +1717,99 @@ pub(crate) async fn an_update_that_sets_an_index_key_fences_that_index_partition
         );
         stale.stale_queries(0);
     }
+}
+
+pub(crate) async fn a_copy_that_finds_the_item_deleted_after_its_clone_applied_never_creates_it(
+    client: Client,
+) {
+    // The case: a write of an item the session saw goes out as two copies (a hedge). The first
+    // copy is delayed in the network; the second applies; another session deletes the item; the
+    // first copy then finds the item gone. Creating it again would apply the write twice and
+    // undo the delete.
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let service = DynamoService::new(client.clone());
+    let plain = ReadYourWritesLayer::new(adapter.clone()).layer(service.clone());
+    let session = Session::new();
+    plain
+        .clone()
+        .oneshot(session.request(put(&table, "x", "a1")))
+        .await
+        .unwrap();
+
+    let hedge: Arc<Mutex<Option<ryw::SessionRequest<DynamoRequest>>>> = Default::default();
+    let hedged: Arc<Mutex<Option<bool>>> = Default::default();
+    let interleave = {
+        let (client, adapter, table) = (client.clone(), adapter.clone(), table.clone());
+        let (hedge, hedged, plain) = (hedge.clone(), hedged.clone(), plain.clone());
+        move || {
+            let (client, adapter, table) = (client.clone(), adapter.clone(), table.clone());
+            let (hedge, hedged, plain) = (hedge.clone(), hedged.clone(), plain.clone());
+            Box::pin(async move {
+                let copy = hedge.lock().unwrap().take().expect("the hedge");
+                let applied = plain.oneshot(copy).await.is_ok();
+                *hedged.lock().unwrap() = Some(applied);
+                deleted_by_another_session(&client, &adapter, &table, "x").await;
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        }
+    };
+    let delayed = InterleaveBeforeSendingForTests::new(service.clone(), interleave);
+    delayed.armed.store(1, Ordering::Relaxed);
+    let original = session.request(put(&table, "x", "a2"));
+    *hedge.lock().unwrap() = Some(original.clone());
+    let answer = ReadYourWritesLayer::new(adapter.clone())
+        .layer(delayed)
+        .oneshot(original)
+        .await;
+    assert_eq!(*hedged.lock().unwrap(), Some(true), "the hedge applied");
+    assert!(
+        peek(&client, &table, "x").await.is_none(),
+        "the delete stands (the delayed copy answered {:?})",
+        answer.as_ref().map(|r| r.visibility().clone())
+    );
+    let err = answer.unwrap_err();
+    assert!(err.is_ambiguous(), "{err}");
+}
+
+pub(crate) async fn a_write_over_an_item_another_session_deleted_goes_to_the_resolver(
+    client: Client,
+) {
+    let table = fresh_table(&client).await;
+    let adapter = adapter(&table);
+    let service = DynamoService::new(client.clone());
+    let lww = ReadYourWritesLayer::new(adapter.clone()).layer(service.clone());
+    let polite = ReadYourWritesLayer::new(adapter.clone())
+        .resolver(Yield)
+        .layer(service.clone());
+    let session = Session::new();
+    let first = lww
+        .clone()
+        .oneshot(session.request(put(&table, "x", "a1")))
+        .await
+        .unwrap();
+    let seen = first.get_ref().written_version().unwrap();
+    deleted_by_another_session(&client, &adapter, &table, "x").await;
+
+    // A resolver that yields is told the item is gone, and the delete stands.
+    let err = polite
+        .oneshot(session.request(put(&table, "x", "a2")))
+        .await
+        .unwrap_err();
+    let conflict = err.conflict().expect("a conflict");
+    assert!(conflict.gone, "{conflict:?}");
+    assert_eq!(conflict.current, Version::ZERO);
+    assert_eq!(conflict.expected, Some(seen));
+    assert!(
+        peek(&client, &table, "x").await.is_none(),
+        "the delete stands"
+    );
+
+    // Last writer wins (the default) creates it again, at a version past the one it saw.
+    let again = lww
+        .oneshot(session.request(put(&table, "x", "a3")))
+        .await
+        .unwrap();
+    assert!(again.get_ref().written_version().unwrap() > seen);
+    let now = peek(&client, &table, "x").await.expect("created again");
+    assert_eq!(now["body"].as_s().unwrap(), "a3");
 }

@@ -410,3 +410,58 @@ where
         })
     }
 }
+
+/// TEST ONLY. Holds the next request (while `armed`) until another session's writes ran, then
+/// sends it: an attempt delayed in the network while other things happen.
+#[derive(Clone)]
+pub(crate) struct InterleaveBeforeSendingForTests<S> {
+    inner: S,
+    other: Interleave,
+    /// Requests still to hold.
+    pub armed: Arc<AtomicUsize>,
+}
+
+impl<S> InterleaveBeforeSendingForTests<S> {
+    pub(crate) fn new(
+        inner: S,
+        other: impl Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync + 'static,
+    ) -> Self {
+        InterleaveBeforeSendingForTests {
+            inner,
+            other: Arc::new(other),
+            armed: Default::default(),
+        }
+    }
+}
+
+impl<S> Service<DynamoRequest> for InterleaveBeforeSendingForTests<S>
+where
+    S: Service<DynamoRequest, Response = DynamoResponse, Error = DynamoError, Future = BoxFuture>
+        + Clone
+        + Send
+        + 'static,
+{
+    type Response = DynamoResponse;
+    type Error = DynamoError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), DynamoError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: DynamoRequest) -> BoxFuture {
+        let held = self
+            .armed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if !held {
+            return self.inner.call(req);
+        }
+        let other = self.other.clone();
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            other().await;
+            tower::ServiceExt::ready(&mut inner).await?.call(req).await
+        })
+    }
+}
