@@ -7,7 +7,7 @@ use crate::request::{
 };
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use ryw::adapter::{ErrorClass, Observed, Operation, Replay, Scopes, StoreAdapter, Verification};
-use ryw::clock::HybridTimestamp;
+use ryw::clock::{Clock, HybridTimestamp, SystemClock};
 use ryw::conflict::Conflict;
 use ryw::fence::{FenceStrategy, FenceSupport, ReadFence};
 use ryw::stamp::Stamp;
@@ -374,6 +374,60 @@ impl DynamoAdapter {
         }
     }
 
+    /// What the write `request` (stamped `write`) gave its items (`written`, per item) and
+    /// their partitions, `sent_late` the wall clock it was sent at when late.
+    fn observe_write(
+        &self,
+        request: &DynamoRequest,
+        write: &DynamoStamp,
+        written: &[Option<u64>],
+        sent_late: Option<u64>,
+        observed: &mut Observed,
+    ) {
+        let op = &request.operation;
+        observed.clock(write.stamp.timestamp);
+        let mut partitions = Scopes::new();
+        let item_scopes = match op {
+            DynamoOperation::TransactWriteItems(b) => {
+                let items = b.get_transact_items().as_deref().unwrap_or_default();
+                self.transaction_partitions(items, &mut partitions);
+                self.transaction_item_scopes(items)
+            }
+            DynamoOperation::PutItem(b) => {
+                if let (Some(t), Some(item)) = (b.get_table_name(), b.get_item()) {
+                    self.written_partitions(t, item, &mut partitions);
+                }
+                vec![self.single_write_scope(op)]
+            }
+            DynamoOperation::UpdateItem(b) => {
+                if let Some((t, view)) = self.updated_partitions_view(b) {
+                    self.written_partitions(&t, &view, &mut partitions);
+                }
+                vec![self.single_write_scope(op)]
+            }
+            DynamoOperation::DeleteItem(b) => {
+                if let (Some(t), Some(key)) = (b.get_table_name(), b.get_key()) {
+                    self.written_partitions(t, key, &mut partitions);
+                }
+                vec![self.single_write_scope(op)]
+            }
+            _ => vec![self.single_write_scope(op)],
+        };
+        for (scope, version) in item_scopes.into_iter().zip(written) {
+            if let (Some(s), Some(v)) = (scope, version) {
+                observed.push(s, Version::new(*v));
+            }
+        }
+        // A partition query is judged by the newest writer's clock among its items, which
+        // assumes writes apply in clock order. A write sent late applies after writes whose
+        // clocks are past its stamp: the session requires the clock at which it was sent, which
+        // only a later write, or a strong read, meets.
+        let required = sent_late.unwrap_or(0).max(write.stamp.timestamp.get());
+        for p in partitions.iter() {
+            observed.push(p, Version::new(required));
+        }
+    }
+
     fn conflict_from_item(
         &self,
         scope: ScopeKey,
@@ -724,54 +778,26 @@ impl StoreAdapter for DynamoAdapter {
                     observed.push(self.table_scope(&table), Version::ZERO);
                 }
             }
-            op => {
-                let Some(write) = &request.stamp else { return };
-                observed.clock(write.stamp.timestamp);
-                let mut partitions = Scopes::new();
-                let item_scopes = match op {
-                    DynamoOperation::TransactWriteItems(b) => {
-                        let items = b.get_transact_items().as_deref().unwrap_or_default();
-                        self.transaction_partitions(items, &mut partitions);
-                        self.transaction_item_scopes(items)
-                    }
-                    DynamoOperation::PutItem(b) => {
-                        if let (Some(t), Some(item)) = (b.get_table_name(), b.get_item()) {
-                            self.written_partitions(t, item, &mut partitions);
-                        }
-                        vec![self.single_write_scope(op)]
-                    }
-                    DynamoOperation::UpdateItem(b) => {
-                        if let Some((t, view)) = self.updated_partitions_view(b) {
-                            self.written_partitions(&t, &view, &mut partitions);
-                        }
-                        vec![self.single_write_scope(op)]
-                    }
-                    DynamoOperation::DeleteItem(b) => {
-                        if let (Some(t), Some(key)) = (b.get_table_name(), b.get_key()) {
-                            self.written_partitions(t, key, &mut partitions);
-                        }
-                        vec![self.single_write_scope(op)]
-                    }
-                    _ => vec![self.single_write_scope(op)],
-                };
-                for (scope, version) in item_scopes.into_iter().zip(&response.written) {
-                    if let (Some(s), Some(v)) = (scope, version) {
-                        observed.push(s, Version::new(*v));
-                    }
-                }
-                // A partition query is judged by the newest writer's clock among its items, which
-                // assumes writes apply in clock order. A write sent late applies after writes
-                // whose clocks are past its stamp: the session requires the clock at which it
-                // was sent, which only a later write, or a strong read, meets.
-                let required = response
-                    .sent_late
-                    .unwrap_or(0)
-                    .max(write.stamp.timestamp.get());
-                for p in partitions.iter() {
-                    observed.push(p, Version::new(required));
+            _ => {
+                if let Some(write) = &request.stamp {
+                    self.observe_write(
+                        request,
+                        write,
+                        &response.written,
+                        response.sent_late,
+                        observed,
+                    );
                 }
             }
         }
+    }
+
+    fn observe_unresolved(&self, request: &DynamoRequest, observed: &mut Observed) {
+        let Some(write) = &request.stamp else { return };
+        let written = crate::write::versions_if_applied(&self.config, &request.operation, write);
+        // When it was sent is not known: no later than now.
+        let now = SystemClock.now_micros();
+        self.observe_write(request, write, &written, Some(now), observed);
     }
 
     fn classify(&self, error: &DynamoError) -> ErrorClass {

@@ -99,6 +99,26 @@ fn stamp_transact_item<'a>(
     Ok(Some(stamp))
 }
 
+/// The versions the transaction `b` gives its items if it applies (as its response reports
+/// them); `None` for a condition check or an item that cannot be stamped.
+pub(crate) fn versions_if_applied(
+    config: &DynamoConfig,
+    b: &TransactWriteItemsInputBuilder,
+    write: &DynamoStamp,
+) -> Vec<Option<u64>> {
+    let mut items = b.get_transact_items().clone().unwrap_or_default();
+    items
+        .iter_mut()
+        .enumerate()
+        .map(|(i, item)| {
+            stamp_transact_item(config, write, i, item)
+                .ok()
+                .flatten()
+                .map(|s| s.next())
+        })
+        .collect()
+}
+
 /// A canceled transaction, read for this very write: one item that shows the write proves that
 /// an earlier attempt committed; a replay that finds an item gone is unresolved; otherwise the
 /// cancellation, with the items whose version another writer changed.

@@ -5,7 +5,7 @@
 use crate::conditions::{unresolved, ConditionalInput, Conditions, Expressions, Failed};
 use crate::error::DynamoError;
 use crate::expr::Item;
-use crate::request::{DynamoConfig, DynamoOutput, DynamoResponse, DynamoStamp};
+use crate::request::{DynamoConfig, DynamoOperation, DynamoOutput, DynamoResponse, DynamoStamp};
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::builders::DeleteItemInputBuilder;
 use aws_sdk_dynamodb::operation::delete_item::{DeleteItemError, DeleteItemOutput};
@@ -45,6 +45,27 @@ pub(crate) async fn single_item_write<B: ItemWrite>(
         Failed::Absent if stamp.create || stamp.expected == 0 => Err(stamp.failure(None)),
         // Deleted since the session saw it.
         Failed::Absent => Err(stamp.gone()),
+    }
+}
+
+/// The versions the stamped write `operation` gives its items if it applies, as its response
+/// would report them (a delete: the version that marks the deletion).
+pub(crate) fn versions_if_applied(
+    config: &DynamoConfig,
+    operation: &DynamoOperation,
+    write: &DynamoStamp,
+) -> Vec<Option<u64>> {
+    let single = |table: &Option<String>| Conditions::single(config, table.as_ref(), write).ok();
+    match operation {
+        DynamoOperation::PutItem(b) => vec![single(b.get_table_name()).map(|s| s.next())],
+        DynamoOperation::UpdateItem(b) => vec![single(b.get_table_name()).map(|s| s.next())],
+        DynamoOperation::DeleteItem(b) => {
+            vec![single(b.get_table_name()).map(|s| s.creating().next())]
+        }
+        DynamoOperation::TransactWriteItems(b) => {
+            crate::transaction::versions_if_applied(config, b, write)
+        }
+        _ => Vec::new(),
     }
 }
 

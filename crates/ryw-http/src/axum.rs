@@ -298,11 +298,16 @@ impl IntoResponse for VisibilityHeader {
 ///   error after an attempt that [`may_have_applied`](ryw::Error::may_have_applied)) is a `500`,
 ///   not a `503`, which would invite a blind retry that can apply it twice, and not a `409`, which
 ///   says the request was refused: the client must read before it writes again. The message
-///   names the write id when there is one.
+///   names the write id when there is one. On DynamoDB and ScyllaDB the session then requires
+///   what the write gives its items if it applied, so that read shows it or goes to the strong
+///   path ([`StoreAdapter::observe_unresolved`](ryw::adapter::StoreAdapter::observe_unresolved)).
 /// - `409` is kept for the one case where the write lost to the resource's current state (the
 ///   other writer's version was kept): read, then decide.
 /// - [`Unscoped`](ryw::Error::Unscoped) is a configuration gap of the server (the adapter named
 ///   no scope for the read), and a permanent store error is nothing the client can retry: `500`.
+///   That includes errors the request caused (a condition of the handler's own that failed, an
+///   item too large): a handler answers those itself before `?`, from
+///   [`store_error`](ryw::Error::store_error).
 ///
 /// To fold ryw's errors into an application's own error type, implement `From<ryw::Error<E>>`
 /// for it and answer `RywError(error).into_response()` for that variant.

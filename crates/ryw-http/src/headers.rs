@@ -69,8 +69,11 @@ pub fn visibility_header(visibility: &ryw::Visibility) -> http::HeaderValue {
     http::HeaderValue::from_str(&text).unwrap_or(http::HeaderValue::from_static("unscoped"))
 }
 
-/// The most tokens one request may carry (and a client keeps).
-pub const MAX_TOKENS_PER_REQUEST: usize = 4;
+/// The most tokens one request may carry, and a [`ClientSessionLayer`](crate::ClientSessionLayer)
+/// keeps: the answers to concurrent requests of one session that no other answer covers (one per
+/// instance serving them at once, at most). About 1.3 KB of header for 4-scope tokens, 8 KiB at
+/// most. A client with more than this many such answers drops the oldest, and loses its fence.
+pub const MAX_TOKENS_PER_REQUEST: usize = 8;
 
 /// Splits the values of a token header into tokens: repeated headers and comma-separated values.
 /// A value that is not visible ASCII yields one `Err(())`.

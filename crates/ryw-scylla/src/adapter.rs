@@ -87,6 +87,21 @@ impl Default for ScyllaAdapter {
 }
 
 impl ScyllaAdapter {
+    /// A write is visible from its own timestamp on; a lightweight transaction's timestamp is
+    /// Scylla's, so the session requires at least its own clock reading, which at worst sends
+    /// the next read of those scopes to the strong level.
+    fn observe_write(&self, request: &ScyllaRequest, observed: &mut Observed) {
+        let Some(v) = request.stamp.map(|s| s.timestamp.get()).filter(|t| *t > 0) else {
+            return;
+        };
+        observed.clock(HybridTimestamp::new(v));
+        let mut scopes = Scopes::new();
+        self.scopes(request, &mut scopes);
+        for scope in scopes.iter() {
+            observed.push(scope, Version::new(v));
+        }
+    }
+
     /// The defaults: store id 3, reads at `LOCAL_ONE`, strong reads and writes at `LOCAL_QUORUM`.
     pub fn new() -> Self {
         ScyllaAdapter {
@@ -307,20 +322,14 @@ impl StoreAdapter for ScyllaAdapter {
                     }
                 }
             }
-            // A write is visible from its own timestamp on; a lightweight transaction's
-            // timestamp is Scylla's, so the session requires at least its own clock reading,
-            // which at worst sends the next read of those scopes to the strong level.
-            RequestKind::Write | RequestKind::Conditional => {
-                let Some(v) = request.stamp.map(|s| s.timestamp.get()).filter(|t| *t > 0) else {
-                    return;
-                };
-                observed.clock(HybridTimestamp::new(v));
-                let mut scopes = Scopes::new();
-                self.scopes(request, &mut scopes);
-                for scope in scopes.iter() {
-                    observed.push(scope, Version::new(v));
-                }
-            }
+            RequestKind::Write | RequestKind::Conditional => self.observe_write(request, observed),
+        }
+    }
+
+    fn observe_unresolved(&self, request: &ScyllaRequest, observed: &mut Observed) {
+        // What the write gives its scopes if it applied: its own timestamp, as for an answer.
+        if matches!(request.kind, RequestKind::Write | RequestKind::Conditional) {
+            self.observe_write(request, observed);
         }
     }
 

@@ -277,6 +277,15 @@ pub trait StoreAdapter: Clone + Send + Sync + 'static {
     /// Records the versions `response` reflects.
     fn observe(&self, request: &Self::Request, response: &Self::Response, observed: &mut Observed);
 
+    /// Records what the write `request` gives its scopes if it applied, when it failed in a way
+    /// that may have applied ([`crate::Error::Ambiguous`], or [`crate::Error::Store`] with
+    /// `may_have_applied`): the session's next reads of those scopes then show the write, or go
+    /// to the strong path, which shows whether it applied. The default records nothing (a read
+    /// may then be `Guaranteed` without a write whose outcome its caller was not told).
+    fn observe_unresolved(&self, request: &Self::Request, observed: &mut Observed) {
+        let _ = (request, observed);
+    }
+
     /// Classifies an error for the retry policy.
     fn classify(&self, error: &Self::Error) -> ErrorClass;
 

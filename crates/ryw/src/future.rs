@@ -325,7 +325,7 @@ impl<A: StoreAdapter> InFlight<A> {
         }
         match result {
             Ok(response) => self.on_response(config, response),
-            Err(error) => Next::Return(self.on_final_error(class, error)),
+            Err(error) => Next::Return(self.on_final_error(config, class, error)),
         }
     }
 
@@ -474,26 +474,39 @@ impl<A: StoreAdapter> InFlight<A> {
         self.may_have_applied || self.copies.as_deref().is_some_and(Copies::outstanding)
     }
 
-    fn on_final_error(&mut self, class: Option<ErrorClass>, error: A::Error) -> Out<A> {
+    fn on_final_error<P>(
+        &mut self,
+        config: &LayerConfig<A, P>,
+        class: Option<ErrorClass>,
+        error: A::Error,
+    ) -> Out<A> {
         // A re-read or escalation failed: the earlier (stale) data is still worth returning.
         if let Some((response, mut stale)) = self.cold.as_mut().and_then(|c| c.held.take()) {
             stale.attempts = self.sent;
             return self.give_up(response, stale);
         }
         let transient = class.is_some_and(|c| c.is_transient());
-        if let (Some(class), Some(stamp)) = (class, self.stamp) {
-            if stamp::is_ambiguous(self.op, class) {
-                return Err(Error::Ambiguous {
-                    write_id: stamp.write_id,
-                    source: error,
-                });
-            }
+        let ambiguous =
+            class.is_some_and(|c| self.stamp.is_some() && stamp::is_ambiguous(self.op, c));
+        let may_have_applied = self.op != Operation::Read && self.may_have_applied();
+        if ambiguous || may_have_applied {
+            // The session requires what the write gives its scopes if it applied: its next reads
+            // show it, or go strong and show whether it did.
+            let mut observed = Observed::new();
+            config.adapter.observe_unresolved(&self.base, &mut observed);
+            record(config, &self.session, &observed);
+        }
+        if let (true, Some(stamp)) = (ambiguous, self.stamp) {
+            return Err(Error::Ambiguous {
+                write_id: stamp.write_id,
+                source: error,
+            });
         }
         Err(Error::Store {
             source: error,
             attempts: self.sent,
             transient,
-            may_have_applied: self.op != Operation::Read && self.may_have_applied(),
+            may_have_applied,
         })
     }
 

@@ -141,6 +141,15 @@ impl StoreAdapter for Kv {
             observed.clock(HybridTimestamp::new(c));
         }
     }
+    fn observe_unresolved(&self, r: &Req, observed: &mut Observed) {
+        // The version a write gives its key here: its clock.
+        if let Req::Put {
+            key, ts: Some(ts), ..
+        } = r
+        {
+            observed.push(scope(key), Version::new(ts.get()));
+        }
+    }
     fn classify(&self, e: &BoxError) -> ErrorClass {
         match e.downcast_ref::<KvError>() {
             Some(KvError::Throttled) => ErrorClass::RETRYABLE,
@@ -1235,4 +1244,85 @@ async fn a_kept_write_refused_before_applying_is_delivered_again_as_a_first_atte
     assert!(!replayed(&again), "nothing applied: {again:?}");
     send.send_response(resp(1));
     b.await.unwrap().unwrap();
+}
+
+/// A write whose outcome is unknown (ambiguous, or a store error after an attempt that may have
+/// applied) leaves the session requiring what it gives its scope if it applied, so the next read
+/// shows it or goes strong; a write known not to have applied leaves nothing.
+#[tokio::test(start_paused = true)]
+async fn a_write_of_unknown_outcome_is_required_by_the_next_read() {
+    let stamped_clock = |r: &Req| match r {
+        Req::Put { ts: Some(ts), .. } => ts.get(),
+        other => panic!("not stamped: {other:?}"),
+    };
+
+    // Ambiguous: the read that follows is fenced at the write's version and goes strong.
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::default()).layer(svc);
+    let session = Session::new();
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session.request(put("a", Replay::Never))),
+    );
+    let (sent, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Timeout);
+    assert!(call.await.unwrap().unwrap_err().is_ambiguous());
+    let clock = stamped_clock(&sent);
+    assert_eq!(
+        session.snapshot().vector().get(scope("a")),
+        Some(Version::new(clock))
+    );
+    let read = tokio::spawn(svc.ready().await.unwrap().call(session.request(get("a"))));
+    let mut strong = false;
+    for _ in 0..8 {
+        let (req, send) = handle.next_request().await.unwrap();
+        strong = matches!(req, Req::Get { strong: true, .. });
+        // The copy lacks the write; the strong path shows it applied.
+        send.send_response(resp(if strong { clock } else { 0 }));
+        if strong {
+            break;
+        }
+    }
+    assert!(strong, "the read went to the strong path");
+    let read = read.await.unwrap().unwrap();
+    assert_eq!(read.visibility().path(), Some(FencePath::Escalated));
+
+    // A replayable write whose replay failed for good after a timeout: may have applied.
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::default()).layer(svc);
+    let session = Session::new();
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session.request(put("b", Replay::Safe))),
+    );
+    let (sent, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Timeout);
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Invalid);
+    let err = call.await.unwrap().unwrap_err();
+    assert!(err.may_have_applied(), "{err}");
+    assert_eq!(
+        session.snapshot().vector().get(scope("b")),
+        Some(Version::new(stamped_clock(&sent)))
+    );
+
+    // Refused before applying: nothing required.
+    let (svc, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = layer(FenceConfig::default()).layer(svc);
+    let session = Session::new();
+    let call = tokio::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(session.request(put("c", Replay::Safe))),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(KvError::Invalid);
+    let err = call.await.unwrap().unwrap_err();
+    assert!(!err.may_have_applied(), "{err}");
+    assert_eq!(session.snapshot().vector().get(scope("c")), None);
 }

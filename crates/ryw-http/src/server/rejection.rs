@@ -126,10 +126,10 @@ mod tests {
 
     #[test]
     fn a_rejection_body_is_its_code_and_message() {
-        let response: Response<String> = TokenRejection::TooMany { count: 5 }.to_response();
+        let response: Response<String> = TokenRejection::TooMany { count: 9 }.to_response();
         assert_eq!(
             response.body(),
-            "{\"error\":\"token_too_many\",\"message\":\"request carries 5 session tokens, more than the 4 allowed\"}"
+            "{\"error\":\"token_too_many\",\"message\":\"request carries 9 session tokens, more than the 8 allowed\"}"
         );
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
         assert_eq!(

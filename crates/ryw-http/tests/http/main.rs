@@ -16,7 +16,10 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use ryw::signing::{KeyRing, SigningKey, TokenAuthority};
 use ryw::{ReadYourWritesLayer, Session, SessionToken};
-use ryw_http::{BadTokenPolicy, ClientSessionLayer, DEFAULT_HEADER, REJECTED_HEADER, RESET_HEADER};
+use ryw_http::{
+    BadTokenPolicy, ClientSessionLayer, DEFAULT_HEADER, MAX_TOKENS_PER_REQUEST, REJECTED_HEADER,
+    RESET_HEADER,
+};
 use ryw_sim::{LagModel, LatencyModel, SimAdapter, SimConfig, SimStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -232,7 +235,7 @@ async fn every_bad_token_gets_its_status_and_body() {
         engine.encode(bytes)
     };
     unknown_version.push_str("");
-    let five = vec![good.clone(); 5].join(",");
+    let too_many = vec![good.clone(); MAX_TOKENS_PER_REQUEST + 1].join(",");
 
     let cases: Vec<(&str, String, Option<&str>, u16, &str)> = vec![
         // (what, token, user, status, code)
@@ -284,7 +287,7 @@ async fn every_bad_token_gets_its_status_and_body() {
         ),
         (
             "too many tokens",
-            five,
+            too_many,
             Some("alice"),
             400,
             "token_too_many",

@@ -209,9 +209,22 @@ async fn a_retried_write_carries_the_same_timestamp() {
         ScyllaRequest::write("UPDATE app.counters SET n = n + 1 WHERE user_id = 'u1'", ())
             .partition(b"u1")
             .not_idempotent();
-    let error = call(&mut service, &session, counter).await.unwrap_err();
+    let counting = Session::new();
+    let error = call(&mut service, &counting, counter).await.unwrap_err();
     assert!(matches!(error, ryw::Error::Ambiguous { .. }), "{error:?}");
     assert_eq!(node.seen().len(), 1, "sent once");
+    // It may have applied: the session requires what it gives its partition if it did (its
+    // timestamp), so the next read there shows it or goes to the strong level.
+    let required: Vec<u64> = counting
+        .snapshot()
+        .vector()
+        .entries()
+        .map(|e| e.version.get())
+        .collect();
+    assert!(
+        !required.is_empty() && required.iter().all(|v| *v == NOW),
+        "{required:?}"
+    );
     node.stop().await;
 }
 
