@@ -598,6 +598,7 @@ impl StoreAdapter for DynamoAdapter {
             replay: false,
             rebased: false,
             create: false,
+            rebases: 0,
         });
     }
 
@@ -867,6 +868,7 @@ impl StoreAdapter for DynamoAdapter {
                     write.expected[i] = Some(conflict.current.get());
                 }
                 write.rebased = true;
+                write.rebases = write.rebases.saturating_add(1);
                 true
             }
             _ => false,
@@ -1016,6 +1018,7 @@ mod tests {
             replay: false,
             rebased: false,
             create: false,
+            rebases: 0,
         });
         let partition = adapter.partition_scope("t", None, &AttributeValue::S("p".into()));
         let required = |sent_late: Option<u64>| {

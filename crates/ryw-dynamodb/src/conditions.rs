@@ -230,6 +230,19 @@ impl Conditions<'_> {
         }
     }
 
+    /// Makes `input` (a delete of an item found absent) apply only while the item is still
+    /// absent, with the caller's own condition, asking for the old item when that fails: it
+    /// deletes nothing another writer created since, and DynamoDB still judges the caller's
+    /// condition.
+    pub(crate) fn while_absent(&self, input: &mut impl ConditionalInput) {
+        let caller = input.caller_expressions();
+        let condition = expr::and_condition(caller.condition, "attribute_not_exists(#ryw_k)");
+        let mut names = expr::with_names(caller.names, self.config);
+        names.insert(expr::NAME_KEY.into(), self.key.to_owned());
+        expr::prune_names(&mut names, &[Some(condition.as_str())]);
+        input.set_stamped(condition, names, caller.values);
+    }
+
     /// Stamps `input` ([`Conditions::stamped`]), asking for the old item when the condition
     /// fails; returns the update expression to send (`update`: as for `stamped`).
     pub(crate) fn stamp(
@@ -390,6 +403,7 @@ mod tests {
             replay: false,
             rebased: false,
             create: false,
+            rebases: 0,
         };
         let table = "t".to_owned();
 
@@ -450,6 +464,7 @@ mod tests {
             replay,
             rebased: true,
             create: true,
+            rebases: 1,
         };
         let first = Conditions::single(&config, Some(&table), &write(false)).unwrap();
         assert_eq!(first.condition(None), "attribute_not_exists(#ryw_v)");

@@ -21,8 +21,8 @@
 //! `ReturnValuesOnConditionCheckFailure`) tells whether the earlier attempt landed: if it carries
 //! this write's id, the write succeeded; otherwise it is a conflict, handed to the resolver with
 //! both versions and the current item. Transactions derive their `ClientRequestToken` from the
-//! write id. An item overwritten by another writer between the lost response and the retry is
-//! reported as a conflict (the write applied, then was superseded).
+//! write id (changed by each rebase). A retry whose write id the item no longer shows (it was
+//! superseded, or never landed) is `ryw::Error::Ambiguous`, never rebased and applied again.
 //!
 //! # Reads
 //!

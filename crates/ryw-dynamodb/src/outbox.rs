@@ -621,6 +621,7 @@ impl DurableRequest for DynamoRequest {
                 replay: flag(&mut r)?,
                 rebased: false,
                 create: false,
+                rebases: 0,
             })
         } else {
             None
@@ -681,6 +682,7 @@ mod tests {
                 replay: true,
                 rebased: false,
                 create: false,
+                rebases: 0,
             }),
             explicit_version: Some(2),
             config: None,

@@ -182,6 +182,9 @@ pub(crate) struct DynamoStamp {
     /// Rebased after a conflict with a delete: a single-item write that creates the item (unless
     /// it is a replay, which never creates: see `Conditions::condition`).
     pub(crate) create: bool,
+    /// How many times the write was rebased: a transaction's request token changes with it, as
+    /// its conditions do (DynamoDB refuses a token sent again with other parameters).
+    pub(crate) rebases: u32,
 }
 
 /// How long after its stamp a write is sent before it counts as late (1 ms, in microseconds): a

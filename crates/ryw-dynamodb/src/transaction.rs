@@ -172,8 +172,10 @@ fn canceled(
 
 fn client_request_token(write: &DynamoStamp) -> String {
     // 32 hex characters (DynamoDB takes at most 36): a 128-bit digest of the whole write id, so
-    // two different writes (two lanes of one session) never share a request token.
-    format!("{:032x}", write.stamp.write_id.digest128())
+    // two different writes (two lanes of one session) never share a request token; moved by
+    // each rebase, whose conditions differ (the same token with other parameters is refused).
+    let digest = write.stamp.write_id.digest128();
+    format!("{:032x}", digest.wrapping_add(u128::from(write.rebases)))
 }
 
 /// The puts, updates and deletes of a transaction: their expressions are read and set alike.
@@ -205,3 +207,35 @@ macro_rules! conditional_input {
 }
 
 conditional_input!(Put, Update, Delete);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ryw::clock::HybridTimestamp;
+    use ryw::stamp::Stamp;
+    use ryw::{SessionId, WriteId};
+
+    #[test]
+    fn a_rebased_transaction_is_sent_under_another_request_token() {
+        let write = |rebases: u32, replay: bool| DynamoStamp {
+            stamp: Stamp::new(
+                WriteId::new(SessionId::derive(b"token"), 1, 7),
+                HybridTimestamp::new(1_000),
+            ),
+            expected: vec![Some(3)],
+            replay,
+            rebased: rebases > 0,
+            create: false,
+            rebases,
+        };
+        let first = client_request_token(&write(0, false));
+        assert_eq!(first.len(), 32);
+        // A replay is the same request: the same token.
+        assert_eq!(client_request_token(&write(0, true)), first);
+        // A rebase changes the conditions: another token, the same for its replays.
+        let rebased = client_request_token(&write(1, false));
+        assert_ne!(rebased, first);
+        assert_eq!(client_request_token(&write(1, true)), rebased);
+        assert_ne!(client_request_token(&write(2, false)), rebased);
+    }
+}

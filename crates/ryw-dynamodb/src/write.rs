@@ -117,14 +117,24 @@ pub(crate) async fn delete_item(
         }
         Failed::Absent => {
             // Nothing to delete (gone before, or removed by this delete's first attempt at a
-            // replay). Sent as the caller wrote it: DynamoDB's own answer, never a replay
-            // claimed.
-            let out = b.send_with(client).await.map_err(DynamoError::from_sdk)?;
-            Ok(DynamoResponse::new(
-                DynamoOutput::DeleteItem(out),
-                vec![Some(stamp.creating().next())],
-                false,
-            ))
+            // replay). Sent as the caller wrote it, while the item is still absent: DynamoDB's
+            // own answer to the caller's condition, never a replay claimed, and never a delete
+            // of an item another writer created since.
+            let marker = vec![Some(stamp.creating().next())];
+            let mut absent = b.clone();
+            stamp.while_absent(&mut absent);
+            match absent.send(client).await? {
+                Sent::Applied(out) => Ok(DynamoResponse::new(*out, marker, false)),
+                // Created again by another writer: not the item this delete was for, which is
+                // gone.
+                Sent::ConditionFailed(Some(_)) => Ok(DynamoResponse::new(
+                    DynamoOutput::DeleteItem(DeleteItemOutput::builder().build()),
+                    marker,
+                    false,
+                )),
+                // Still absent: the caller's own condition failed.
+                Sent::ConditionFailed(None) => Err(stamp.failure(None)),
+            }
         }
     }
 }

@@ -160,9 +160,13 @@ impl<A: StoreAdapter> InFlight<A> {
             slot.as_deref_mut(),
             &mut fence,
         );
+        // A write kept for later goes as a replay from the request and its clones: a delivery
+        // of it elsewhere may have applied.
+        let kept = copies.as_deref().is_some_and(Copies::kept_elsewhere);
+        let may_have_applied = start.may_have_applied || kept;
         let sent = match slot.as_deref_mut() {
-            Some(Some(write)) => write.send(op, start.may_have_applied),
-            _ => Ok(start.may_have_applied),
+            Some(Some(write)) => write.send(op, may_have_applied),
+            _ => Ok(may_have_applied),
         };
         drop(slot);
 
@@ -198,7 +202,7 @@ impl<A: StoreAdapter> InFlight<A> {
             rereads: 0,
             conflicts: 0,
             cold,
-            may_have_applied: start.may_have_applied,
+            may_have_applied,
             copies,
             started: config
                 .observer
@@ -535,6 +539,18 @@ impl<A: StoreAdapter> InFlight<A> {
             observed.clock(ts);
         }
         record(config, &self.session, &observed);
+        if may_have_applied {
+            // An attempt of this write, or of a copy of it, may have applied and the store shows
+            // no trace of it (it was superseded, or never landed): rebasing could apply it a
+            // second time, and "conflict" would say it never applied.
+            let mut observed = Observed::new();
+            config.adapter.observe_unresolved(&self.base, &mut observed);
+            record(config, &self.session, &observed);
+            return Err(Error::Ambiguous {
+                write_id: stamp.write_id,
+                source: error,
+            });
+        }
         if self.conflicts >= config.conflict_retries {
             instrument::conflict(config, ConflictResolution::Reported);
             return Err(Error::Conflict(Box::new(conflict)));

@@ -70,10 +70,11 @@ impl<S, A: StoreAdapter, P> ReadYourWrites<S, A, P> {
     /// Stamps the write `request` carries as the layer would before its first attempt (a new
     /// [`crate::WriteId`] and timestamp from the session, conditions for writes-follow-reads),
     /// without sending it: for middleware that keeps writes to send later, as `ryw-outbox` does
-    /// while the store is down. Send it with [`SessionRequest::from_stamped`]. The stamp is
-    /// recorded on the request and its clones as an attempt that may apply: sent later by anyone,
-    /// it goes as this same write, as a replay, never as a second write. A request already
-    /// stamped keeps its stamp; a read gives `None`.
+    /// while the store is down. Send it with [`SessionRequest::from_stamped`]. The request and its
+    /// clones then send it as a replay (the kept write may be delivered elsewhere); the kept
+    /// write's deliveries in this process count their attempts with the request's, so each goes
+    /// as itself only while no attempt of any copy may have applied, never as a second write.
+    /// A request already stamped keeps its stamp; a read gives `None`.
     pub fn stamp(&self, request: &SessionRequest<A::Request>) -> Option<StampedWrite<A::Request>> {
         crate::stamp::keep_for_later(
             &self.config,

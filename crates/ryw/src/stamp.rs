@@ -32,6 +32,7 @@ use crate::config::LayerConfig;
 use crate::fence::{ReadFence, Verification};
 use crate::session::{Session, WriteId};
 use std::any::Any;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 pub use crate::session::Stamp;
@@ -159,7 +160,12 @@ pub(crate) fn is_ambiguous(op: Operation, class: ErrorClass) -> bool {
 /// between the copies ([`crate::SessionRequest::copies`]). Created at the first clone (or by
 /// [`crate::SessionRequest::from_stamped`]); a request without clones has none.
 pub(crate) struct Copies<R> {
-    write: Mutex<Option<Outstanding<R>>>,
+    /// The write, shared with the copies a kept write's deliveries make
+    /// ([`Outstanding::keep_for_later`]): one count of attempts for every delivery.
+    write: Arc<Mutex<Option<Outstanding<R>>>>,
+    /// These copies send the write as a replay: it was kept for later, and a delivery of it
+    /// elsewhere (another process) may have applied.
+    kept_elsewhere: AtomicBool,
     shared: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
@@ -171,12 +177,16 @@ pub(crate) struct Outstanding<R> {
     request: R,
     /// Attempts sent, by any copy, not (yet) known not to have applied.
     attempts: u32,
+    /// A kept write of it was handed out ([`crate::ReadYourWrites::stamp`]): it may be
+    /// delivered elsewhere.
+    kept: bool,
 }
 
 impl<R> Default for Copies<R> {
     fn default() -> Self {
         Copies {
-            write: Mutex::new(None),
+            write: Arc::new(Mutex::new(None)),
+            kept_elsewhere: AtomicBool::new(false),
             shared: OnceLock::new(),
         }
     }
@@ -194,13 +204,31 @@ impl<R> Copies<R> {
     /// Copies sending the write `stamp`, `request`, with `attempts` that may have applied.
     fn sending(stamp: Stamp, request: R, attempts: u32) -> Arc<Self> {
         Arc::new(Copies {
-            write: Mutex::new(Some(Outstanding {
+            write: Arc::new(Mutex::new(Some(Outstanding {
                 stamp,
                 request,
                 attempts,
-            })),
+                kept: false,
+            }))),
+            kept_elsewhere: AtomicBool::new(false),
             shared: OnceLock::new(),
         })
+    }
+
+    /// Copies of the same write that count their attempts with these: a kept write's
+    /// deliveries, which send it as itself until an attempt of any copy may have applied.
+    fn sharing(copies: &Arc<Self>) -> Arc<Self> {
+        Arc::new(Copies {
+            write: copies.write.clone(),
+            kept_elsewhere: AtomicBool::new(false),
+            shared: OnceLock::new(),
+        })
+    }
+
+    /// Whether these copies send the write as a replay whatever their attempts: it was kept
+    /// for later, and may be delivered elsewhere.
+    pub(crate) fn kept_elsewhere(&self) -> bool {
+        self.kept_elsewhere.load(Ordering::Relaxed)
     }
 
     /// The stamped write, held while a copy stamps it (so that copies started at once share one
@@ -267,7 +295,7 @@ impl<R> Outstanding<R> {
             write_id: self.stamp.write_id,
             timestamp: self.stamp.timestamp,
             request: self.request.clone(),
-            may_have_applied: self.attempts > 0,
+            may_have_applied: self.attempts > 0 || self.kept,
             copies: None,
         }
     }
@@ -283,23 +311,22 @@ impl<R> Outstanding<R> {
     }
 
     /// Keeps the write for later ([`crate::ReadYourWrites::stamp`]): whoever sends the request
-    /// or a clone of it then sends it as a replay. `reused`: it was stamped before, by a copy
-    /// or a kept write, and the kept write's deliveries count their attempts with the copies'
-    /// (`copies`); otherwise they count theirs together, from none.
+    /// or a clone of it (`copies`) then sends it as a replay, since the kept write may be
+    /// delivered elsewhere. The kept write's deliveries in this process count their attempts
+    /// with the request's: each goes as itself only while no attempt of any copy may have
+    /// applied. Stored and decoded elsewhere, it goes as a replay when `reused` (the request was
+    /// stamped before, by a copy or a kept write) or an attempt may have applied.
     fn keep_for_later(&mut self, reused: bool, copies: &Arc<Copies<R>>) -> StampedWrite<R>
     where
         R: Clone,
     {
-        self.attempts = self.attempts.max(1);
+        copies.kept_elsewhere.store(true, Ordering::Relaxed);
         let mut kept = StampedWrite {
-            may_have_applied: reused,
+            may_have_applied: reused || self.attempts > 0 || self.kept,
             ..self.write()
         };
-        kept.copies = Some(if reused {
-            copies.clone()
-        } else {
-            Copies::sending(self.stamp, kept.request.clone(), 0)
-        });
+        self.kept = true;
+        kept.copies = Some(Copies::sharing(copies));
         kept
     }
 }
@@ -377,6 +404,7 @@ pub(crate) fn stamp_or_reuse<A: StoreAdapter, P>(
                 stamp,
                 request: request.clone(),
                 attempts: 0,
+                kept: false,
             });
         }
     }
