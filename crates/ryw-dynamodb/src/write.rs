@@ -128,7 +128,7 @@ pub(crate) async fn delete_item(
                 // Created again by another writer: not the item this delete was for, which is
                 // gone.
                 Sent::ConditionFailed(Some(_)) => Ok(DynamoResponse::new(
-                    DynamoOutput::DeleteItem(DeleteItemOutput::builder().build()),
+                    DeleteItemInputBuilder::empty(),
                     marker,
                     false,
                 )),

@@ -19,10 +19,7 @@ use aws_sdk_dynamodb::operation::get_item::GetItemInput;
 use aws_sdk_dynamodb::operation::put_item::PutItemInput;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemInput;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 use ryw::conflict::{Conflict, ConflictResolver, Resolution};
 use ryw::{ReadYourWrites, ReadYourWritesLayer, Session, SessionRequest};
@@ -32,32 +29,20 @@ use ryw_dynamodb::{
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
+
+#[path = "moto/support.rs"]
+mod support;
+use support::{endpoint, fresh_table};
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type Hook = Box<dyn FnOnce() -> BoxFut<()> + Send>;
 
 // ---------------------------------------------------------------------------------------------
 // Set-up
-
-fn endpoint() -> Option<String> {
-    match std::env::var("RYW_DYNAMODB_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
-        _ => {
-            assert!(
-                std::env::var_os("RYW_REQUIRE_SERVERS").is_none(),
-                "RYW_REQUIRE_SERVERS is set but RYW_DYNAMODB_ENDPOINT is not"
-            );
-            println!(
-                "skipped: RYW_DYNAMODB_ENDPOINT is not set (bash tests/run-all.sh starts moto)"
-            );
-            None
-        }
-    }
-}
 
 fn client_with(endpoint: &str, interceptor: Option<DeleteTrap>) -> Client {
     let mut conf = aws_sdk_dynamodb::Config::builder()
@@ -69,38 +54,6 @@ fn client_with(endpoint: &str, interceptor: Option<DeleteTrap>) -> Client {
         conf = conf.interceptor(i);
     }
     Client::from_conf(conf.build())
-}
-
-static TABLES: AtomicU64 = AtomicU64::new(0);
-
-async fn new_table(client: &Client, name: &str) -> String {
-    let table = format!(
-        "dadv_{name}_{}_{}",
-        std::process::id(),
-        TABLES.fetch_add(1, Ordering::Relaxed)
-    );
-    client
-        .create_table()
-        .table_name(&table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .expect("create table");
-    table
 }
 
 fn adapter(table: &str) -> DynamoAdapter {
@@ -385,7 +338,7 @@ fn other_instance_puts(endpoint: String, table: String, key: String, who: String
 async fn a_kept_write_is_not_applied_again_after_its_request_applied_and_the_item_was_deleted() {
     let Some(endpoint) = endpoint() else { return };
     let client = client_with(&endpoint, None);
-    let table = new_table(&client, "kept_req").await;
+    let table = fresh_table(&client).await;
     let svc = db(&client, &table);
     let a = Session::new();
     send(&svc, &a, put(&table, "k", &[("n", n(0))]))
@@ -432,7 +385,7 @@ async fn a_kept_write_is_not_applied_again_after_its_request_applied_and_the_ite
 async fn two_kept_writes_of_one_request_apply_once_across_a_delete() {
     let Some(endpoint) = endpoint() else { return };
     let client = client_with(&endpoint, None);
-    let table = new_table(&client, "kept_twice").await;
+    let table = fresh_table(&client).await;
     let svc = db(&client, &table);
     let a = Session::new();
     send(&svc, &a, put(&table, "k", &[("n", n(0))]))
@@ -479,7 +432,7 @@ async fn a_replayed_delete_does_not_delete_an_item_created_again_by_another_writ
     let Some(endpoint) = endpoint() else { return };
     let trap = DeleteTrap::default();
     let client = client_with(&endpoint, Some(trap.clone()));
-    let table = new_table(&client, "del_race").await;
+    let table = fresh_table(&client).await;
     let (svc, lossy) = lossy_db(&client, &table);
     let a = Session::new();
     send(&svc, &a, put(&table, "k", &[("who", s("a"))]))
@@ -524,7 +477,7 @@ async fn a_delete_conditional_on_a_version_never_deletes_another_writers_new_ite
     let Some(endpoint) = endpoint() else { return };
     let trap = DeleteTrap::default();
     let client = client_with(&endpoint, Some(trap.clone()));
-    let table = new_table(&client, "del_first").await;
+    let table = fresh_table(&client).await;
     let svc = db(&client, &table);
     let a = Session::new();
     send(&svc, &a, put(&table, "k", &[("who", s("a"))]))
@@ -566,7 +519,7 @@ async fn a_delete_conditional_on_a_version_never_deletes_another_writers_new_ite
 async fn a_lost_add_replayed_after_four_other_writes_is_not_applied_twice() {
     let Some(endpoint) = endpoint() else { return };
     let client = client_with(&endpoint, None);
-    let table = new_table(&client, "add_lww").await;
+    let table = fresh_table(&client).await;
     let (svc_a, lossy) = lossy_db(&client, &table);
     let svc_b: Db = ReadYourWritesLayer::new(adapter(&table))
         .resolver(MineWins)
@@ -631,7 +584,7 @@ async fn a_lost_add_replayed_after_four_other_writes_is_not_applied_twice() {
 async fn a_hedged_add_delayed_past_four_other_writes_is_not_applied_twice() {
     let Some(endpoint) = endpoint() else { return };
     let client = client_with(&endpoint, None);
-    let table = new_table(&client, "add_hedge").await;
+    let table = fresh_table(&client).await;
     let svc_a = db(&client, &table);
     let svc_b: Db = ReadYourWritesLayer::new(adapter(&table))
         .resolver(MineWins)
@@ -681,7 +634,7 @@ async fn a_hedged_add_delayed_past_four_other_writes_is_not_applied_twice() {
 async fn a_write_that_applied_is_never_reported_as_not_applied_after_a_lost_answer() {
     let Some(endpoint) = endpoint() else { return };
     let client = client_with(&endpoint, None);
-    let table = new_table(&client, "conflict_lost").await;
+    let table = fresh_table(&client).await;
     let (svc_a, lossy) = lossy_db(&client, &table);
     let svc_b = db(&client, &table);
     let a = Session::new();
@@ -721,7 +674,7 @@ async fn a_write_that_applied_is_never_reported_as_not_applied_after_a_lost_answ
 async fn a_hedged_delete_copy_never_reports_not_applied_when_its_sibling_applied() {
     let Some(endpoint) = endpoint() else { return };
     let client = client_with(&endpoint, None);
-    let table = new_table(&client, "del_hedge").await;
+    let table = fresh_table(&client).await;
     let svc = db(&client, &table);
     let a = Session::new();
     send(&svc, &a, put(&table, "k", &[("who", s("a"))]))
@@ -754,7 +707,7 @@ async fn a_hedged_delete_copy_never_reports_not_applied_when_its_sibling_applied
 async fn a_kept_write_never_says_not_applied_when_its_request_applied() {
     let Some(endpoint) = endpoint() else { return };
     let client = client_with(&endpoint, None);
-    let table = new_table(&client, "kept_refused").await;
+    let table = fresh_table(&client).await;
     let (svc, lossy) = lossy_db(&client, &table);
     let a = Session::new();
     send(&svc, &a, put(&table, "k", &[("n", n(0))]))
@@ -804,7 +757,7 @@ impl ryw::clock::Clock for Fixed {
 async fn a_replay_never_applies_to_an_item_created_again_at_the_version_it_expects() {
     let Some(endpoint) = endpoint() else { return };
     let client = client_with(&endpoint, None);
-    let table = new_table(&client, "aba").await;
+    let table = fresh_table(&client).await;
     let (svc_a, lossy) = lossy_db(&client, &table);
     let svc_d = db(&client, &table);
     let a = Session::new();
@@ -852,7 +805,7 @@ async fn a_replay_never_applies_to_an_item_created_again_at_the_version_it_expec
 async fn concurrent_hedged_copies_apply_once() {
     let Some(endpoint) = endpoint() else { return };
     let client = client_with(&endpoint, None);
-    let table = new_table(&client, "hedge_conc").await;
+    let table = fresh_table(&client).await;
     let svc = db(&client, &table);
     let a = Session::new();
     send(&svc, &a, put(&table, "k", &[("n", n(0))]))
@@ -879,7 +832,7 @@ async fn concurrent_hedged_copies_apply_once() {
 async fn a_kept_write_delivered_many_times_concurrently_applies_once() {
     let Some(endpoint) = endpoint() else { return };
     let client = client_with(&endpoint, None);
-    let table = new_table(&client, "kept_conc").await;
+    let table = fresh_table(&client).await;
     let svc = db(&client, &table);
     let a = Session::new();
     send(&svc, &a, put(&table, "k", &[("n", n(0))]))
@@ -910,7 +863,7 @@ async fn a_kept_write_delivered_many_times_concurrently_applies_once() {
 async fn a_lost_add_replayed_after_three_other_writes_applies_once() {
     let Some(endpoint) = endpoint() else { return };
     let client = client_with(&endpoint, None);
-    let table = new_table(&client, "add_three").await;
+    let table = fresh_table(&client).await;
     let (svc_a, lossy) = lossy_db(&client, &table);
     let svc_b = db(&client, &table);
     let a = Session::new();
@@ -945,7 +898,7 @@ async fn a_lost_add_replayed_after_three_other_writes_applies_once() {
 async fn a_lost_add_replayed_after_a_delete_is_ambiguous_and_not_reapplied() {
     let Some(endpoint) = endpoint() else { return };
     let client = client_with(&endpoint, None);
-    let table = new_table(&client, "add_deleted").await;
+    let table = fresh_table(&client).await;
     let (svc_a, lossy) = lossy_db(&client, &table);
     let svc_b = db(&client, &table);
     let a = Session::new();
@@ -973,7 +926,7 @@ async fn a_lost_add_replayed_after_a_delete_is_ambiguous_and_not_reapplied() {
 async fn two_continuations_of_one_token_writing_one_item_apply_each_write_once() {
     let Some(endpoint) = endpoint() else { return };
     let client = client_with(&endpoint, None);
-    let table = new_table(&client, "token_fork").await;
+    let table = fresh_table(&client).await;
     let svc = db(&client, &table);
     let a = Session::new();
     send(&svc, &a, put(&table, "k", &[("n", n(0))]))
@@ -1005,7 +958,7 @@ async fn two_continuations_of_one_token_writing_one_item_apply_each_write_once()
 async fn a_lost_transaction_replayed_after_another_writer_applies_once() {
     let Some(endpoint) = endpoint() else { return };
     let client = client_with(&endpoint, None);
-    let table = new_table(&client, "txn").await;
+    let table = fresh_table(&client).await;
     let (svc_a, lossy) = lossy_db(&client, &table);
     let svc_b = db(&client, &table);
     let a = Session::new();
@@ -1057,7 +1010,7 @@ async fn a_lost_transaction_replayed_after_another_writer_applies_once() {
 async fn a_lost_delete_replayed_after_recreation_leaves_the_new_item() {
     let Some(endpoint) = endpoint() else { return };
     let client = client_with(&endpoint, None);
-    let table = new_table(&client, "del_recreate").await;
+    let table = fresh_table(&client).await;
     let (svc_a, lossy) = lossy_db(&client, &table);
     let svc_c = db(&client, &table);
     let a = Session::new();
@@ -1086,7 +1039,7 @@ async fn a_lost_delete_replayed_after_recreation_leaves_the_new_item() {
 async fn a_clone_sent_after_a_timeout_applies_once() {
     let Some(endpoint) = endpoint() else { return };
     let client = client_with(&endpoint, None);
-    let table = new_table(&client, "timeout").await;
+    let table = fresh_table(&client).await;
     let (svc, lossy) = lossy_db(&client, &table);
     let a = Session::new();
     send(&svc, &a, put(&table, "k", &[("n", n(0))]))

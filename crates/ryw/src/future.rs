@@ -494,11 +494,7 @@ impl<A: StoreAdapter> InFlight<A> {
             class.is_some_and(|c| self.stamp.is_some() && stamp::is_ambiguous(self.op, c));
         let may_have_applied = self.op != Operation::Read && self.may_have_applied();
         if ambiguous || may_have_applied {
-            // The session requires what the write gives its scopes if it applied: its next reads
-            // show it, or go strong and show whether it did.
-            let mut observed = Observed::new();
-            config.adapter.observe_unresolved(&self.base, &mut observed);
-            record(config, &self.session, &observed);
+            self.record_unresolved(config);
         }
         if let (true, Some(stamp)) = (ambiguous, self.stamp) {
             return Err(Error::Ambiguous {
@@ -512,6 +508,14 @@ impl<A: StoreAdapter> InFlight<A> {
             transient,
             may_have_applied,
         })
+    }
+
+    /// A write whose outcome is unknown: the session requires what it gives its scopes if it
+    /// applied, so its next reads show it, or go strong and show whether it did.
+    fn record_unresolved<P>(&self, config: &LayerConfig<A, P>) {
+        let mut observed = Observed::new();
+        config.adapter.observe_unresolved(&self.base, &mut observed);
+        record(config, &self.session, &observed);
     }
 
     fn resolve_conflict<P>(
@@ -543,9 +547,7 @@ impl<A: StoreAdapter> InFlight<A> {
             // An attempt of this write, or of a copy of it, may have applied and the store shows
             // no trace of it (it was superseded, or never landed): rebasing could apply it a
             // second time, and "conflict" would say it never applied.
-            let mut observed = Observed::new();
-            config.adapter.observe_unresolved(&self.base, &mut observed);
-            record(config, &self.session, &observed);
+            self.record_unresolved(config);
             return Err(Error::Ambiguous {
                 write_id: stamp.write_id,
                 source: error,
